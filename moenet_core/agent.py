@@ -1,0 +1,594 @@
+"""The agent: wires config, plugins, backends, tasks and the API, and owns their order.
+
+Start: plugin sections are structured, ``moenet_configure`` runs, backends are
+chosen and started, tasks are built and handed to the scheduler, the local API
+listens, ``moenet_startup`` is awaited, and the scheduler begins.
+
+Stop (SIGTERM/SIGINT): the API stops taking requests, the scheduler stops
+scheduling and lets in-flight runs finish (30 s), ``moenet_shutdown`` is
+awaited, backends close in reverse start order, the CP client closes. Nothing
+on the node is torn down: tunnels and BIRD config stay, so a restart costs no flap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+from . import HOOK_API_VERSION
+from .api import LocalApi
+from .breaker import CircuitBreaker
+from .clock import Clock, SystemClock
+from .config import AgentConfig, structure
+from .context import PluginContext
+from .controlplane import ControlPlane, FileControlPlane, HttpControlPlane
+from .descriptors import (
+    Backend,
+    BackendSpec,
+    ConfigSection,
+    MaintenanceEvent,
+    RouteSpec,
+    SessionStatusEvent,
+    TaskRunEvent,
+    TaskSpec,
+)
+from .errors import BackendUnavailable, ConfigError, PluginError
+from .hookspecs import hookimpl
+from .metrics import AgentMetrics
+from .models import SessionStatus
+from .plugins import AgentPluginManager
+from .retry import RetryPolicy
+from .scheduler import Scheduler
+from .state import StateStore
+from .version import __version__
+
+SHUTDOWN_GRACE = 30.0
+HOOK_TIMEOUT = 30.0
+
+
+def make_control_plane(
+    config: AgentConfig, *, clock: Clock, metrics: AgentMetrics, state: StateStore
+) -> ControlPlane:
+    """The CP source the config selects."""
+    cp = config.control_plane
+    if cp.source == "file":
+        return FileControlPlane(path=cp.file, node=config.node.name, state=state.scoped("standalone"))
+
+    def on_change(new_state: str) -> None:
+        log = logger.warning if new_state != "closed" else logger.info
+        log("control-plane circuit breaker is now {}", new_state)
+
+    breaker = CircuitBreaker(
+        failure_threshold=cp.breaker_failure_threshold,
+        success_threshold=cp.breaker_success_threshold,
+        open_duration=cp.breaker_open_duration,
+        clock=clock,
+        on_change=on_change,
+    )
+    retry = RetryPolicy(
+        max_retries=cp.max_retries,
+        initial_delay=cp.retry_initial_delay / 1000,
+        max_delay=cp.retry_max_delay / 1000,
+        multiplier=cp.retry_multiplier,
+    )
+    return HttpControlPlane(
+        base_url=cp.url,
+        node=config.node.name,
+        token=cp.token or None,
+        clock=clock,
+        metrics=metrics,
+        retry=retry,
+        breaker=breaker,
+        request_timeout=cp.request_timeout,
+    )
+
+
+def structure_plugin_sections(
+    config: AgentConfig, pm: AgentPluginManager
+) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
+    """Structure every active plugin's declared section.
+
+    Returns (section name -> object, plugin -> problems, warnings). A section
+    declared by two plugins, or clashing with a core section, is a problem of
+    the later plugin.
+    """
+    from .config import CORE_SECTIONS
+
+    sections: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    problems: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    for plugin, result in pm.collect("moenet_config_sections"):
+        items = [result] if isinstance(result, ConfigSection) else list(result)
+        for sec in items:
+            if not isinstance(sec, ConfigSection):
+                problems.setdefault(plugin, []).append(
+                    f"moenet_config_sections returned {type(sec).__name__}"
+                )
+                continue
+            if sec.name in CORE_SECTIONS or sec.name in owners:
+                other = owners.get(sec.name, "the core")
+                problems.setdefault(plugin, []).append(f"section {sec.name!r} is already owned by {other}")
+                continue
+            owners[sec.name] = plugin
+            pm.records[plugin].sections.append(sec.name) if plugin in pm.records else None
+            raw = config.plugin_sections.get(sec.name)
+            if raw is None and sec.required:
+                problems.setdefault(plugin, []).append(f"{sec.name}: required")
+                continue
+            obj, errs = structure(sec.type, raw or {}, sec.name, warnings)
+            if errs:
+                problems.setdefault(plugin, []).extend(errs)
+            else:
+                sections[sec.name] = obj
+    for key in config.plugin_sections:
+        if key in owners:
+            continue
+        record = pm.records.get(key)
+        if record is not None and record.status != "active":
+            warnings.append(f"{key}: section of plugin {key!r}, which is {record.status}; unused")
+        else:
+            warnings.append(f"{key}: unknown section (no active plugin declares it), ignored")
+    for plugin, errs in problems.items():
+        pm.mark_failed(plugin, "config: " + "; ".join(errs))
+    return sections, problems, warnings
+
+
+class _CoreObserver:
+    """The core's own listener: session counts for ``/status`` and metrics."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    @hookimpl
+    def moenet_session_status_changed(self, event: SessionStatusEvent) -> None:
+        if event.removed:
+            self.agent.sessions.pop(event.uuid, None)
+        else:
+            self.agent.sessions[event.uuid] = event.new
+        counts = self.agent.session_counts()
+        for status in SessionStatus:
+            self.agent.metrics.sessions.labels(status=status.name).set(counts.get(status.name, 0))
+
+
+class Agent:
+    """One running agent. Also the :class:`moenet_core.api.ApiHost` of its API."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        pm: AgentPluginManager,
+        *,
+        clock: Clock | None = None,
+        cp: ControlPlane | None = None,
+        state: StateStore | None = None,
+        config_warnings: Sequence[str] = (),
+        api: bool = True,
+    ) -> None:
+        self.config = config
+        self.pm = pm
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = AgentMetrics()
+        self.state = state or StateStore(config.state.directory)
+        self.cp: ControlPlane = cp or make_control_plane(
+            config, clock=self.clock, metrics=self.metrics, state=self.state
+        )
+        self.config_warnings = list(config_warnings)
+        self.scheduler = Scheduler(
+            clock=self.clock,
+            metrics=self.metrics,
+            on_finished=self._task_finished,
+            is_paused=lambda spec: spec.skip_in_maintenance and self.maintenance_state()["enabled"],
+        )
+        self.sessions: dict[str, SessionStatus] = {}
+        self.features: list[str] = []
+        self._sections: dict[str, Any] = {}
+        self._contexts: dict[str, PluginContext] = {}
+        self._backends: dict[str, Backend] = {}
+        self._backend_specs: dict[str, BackendSpec] = {}
+        self._backend_errors: dict[str, str] = {}
+        self._started_backends: list[tuple[str, Backend]] = []
+        self._tasks: dict[str, TaskSpec] = {}
+        self._task_problems: dict[str, str] = {}
+        self._routes: list[RouteSpec] = []
+        self._maintenance: dict[str, Any] = {"enabled": False, "since": None, "reason": ""}
+        self._started_at: float | None = None
+        self._stop = asyncio.Event()
+        self._reload_requested = False
+        self.api: LocalApi | None = (
+            LocalApi(self, listen=config.server.listen, token=config.server.token) if api else None
+        )
+        self.pm.register(_CoreObserver(self), name="moenet_core")
+
+    # ------------------------------------------------------------ helpers
+
+    def plugin_section(self, plugin: str) -> Any:
+        record = self.pm.records.get(plugin)
+        names = record.sections if record else []
+        return self._sections.get(names[0]) if names else None
+
+    def context(self, plugin: str) -> PluginContext:
+        if plugin not in self._contexts:
+            self._contexts[plugin] = PluginContext(self, plugin)
+        return self._contexts[plugin]
+
+    def backend(self, kind: str) -> Backend:
+        if kind in self._backends:
+            return self._backends[kind]
+        reason = self._backend_errors.get(kind, "no plugin provides one")
+        raise BackendUnavailable(f"no {kind!r} backend is running: {reason}")
+
+    def session_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in self.sessions.values():
+            counts[status.name] = counts.get(status.name, 0) + 1
+        return counts
+
+    # --------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        """Bring everything up; raises :class:`PluginError` on a task/backend conflict."""
+        self._started_at = self.clock.time()
+        self.metrics.start_time.set(self._started_at)
+        self.state.ensure()
+        self._restore_maintenance()
+
+        self._sections, _problems, warnings = structure_plugin_sections(self.config, self.pm)
+        self.config_warnings.extend(warnings)
+        for w in warnings:
+            logger.warning("config: {}", w)
+        self.pm.collect("moenet_configure", config=self.config)
+
+        await self._start_backends()
+        self._build_tasks()
+        self._routes = list(
+            self.pm.collect_descriptors(
+                "moenet_api_routes",
+                RouteSpec,
+                key=lambda r: (r.plugin, r.method, r.path),
+                describe=lambda k: f"route {k[1]} {k[2]}",
+                config=self.config,
+            ).values()
+        )
+        self.features = sorted(
+            {str(f) for _, res in self.pm.collect("moenet_features", setup=False) for f in res}
+        )
+        self._update_plugin_metrics()
+        if self.api is not None:
+            await self.api.start()
+        await self._await_hooks("moenet_startup")
+        await self.scheduler.start()
+        logger.bind(node=self.config.node.name).info(
+            "moenet-agent {} started: {} tasks, backends {}",
+            __version__,
+            len(self.scheduler.names()),
+            ", ".join(f"{k}={s.name}" for k, s in self._backend_specs.items()) or "none",
+        )
+
+    async def _start_backends(self) -> None:
+        specs = self.pm.collect_descriptors(
+            "moenet_backends",
+            BackendSpec,
+            key=lambda s: (s.kind, s.name),
+            describe=lambda k: f"backend {k[1]!r} of kind {k[0]!r}",
+            config=self.config,
+        )
+        by_kind: dict[str, dict[str, BackendSpec]] = {}
+        for (kind, name), spec in specs.items():
+            by_kind.setdefault(kind, {})[name] = spec
+        for kind, candidates in sorted(by_kind.items()):
+            try:
+                spec = self._select_backend(kind, candidates)
+            except ConfigError as exc:
+                self._backend_errors[kind] = "; ".join(exc.problems)
+                logger.error("backend {}: {}", kind, self._backend_errors[kind])
+                continue
+            ctx = self.context(spec.plugin)
+            try:
+                backend = spec.factory(ctx)
+                if inspect.isawaitable(backend):
+                    raise PluginError(
+                        f"backend factory of {spec.plugin!r} must return a Backend, not an awaitable"
+                    )
+                await backend.start()
+            except Exception as exc:
+                self._backend_errors[kind] = f"{spec.name}: {type(exc).__name__}: {exc}"
+                logger.bind(plugin=spec.plugin).opt(exception=exc).error(
+                    "backend {}={} failed to start", kind, spec.name
+                )
+                continue
+            self._backends[kind] = backend
+            self._backend_specs[kind] = spec
+            self._started_backends.append((kind, backend))
+            if spec.plugin in self.pm.records:
+                self.pm.records[spec.plugin].backends.append(f"{kind}:{spec.name}")
+
+    def _select_backend(self, kind: str, candidates: dict[str, BackendSpec]) -> BackendSpec:
+        choice = self.config.backend_choice(kind)
+        if choice != "auto":
+            if choice not in candidates:
+                raise ConfigError(
+                    [
+                        f"backends.{kind}: unknown backend {choice!r}; "
+                        f"choose one of: auto, {', '.join(sorted(candidates))}"
+                    ]
+                )
+            return candidates[choice]
+        decided = self.pm.first_result(
+            "moenet_select_backend", kind=kind, candidates=dict(candidates), config=self.config
+        )
+        if decided is not None:
+            name = decided[1]
+            if name in candidates:
+                return candidates[name]
+            logger.warning("plugin {} chose unknown backend {!r} for {}", decided[0], name, kind)
+        usable = []
+        for spec in candidates.values():
+            try:
+                if spec.probe is None or spec.probe():
+                    usable.append(spec)
+            except Exception as exc:
+                logger.bind(plugin=spec.plugin).warning(
+                    "probe of backend {}={} raised: {}", kind, spec.name, exc
+                )
+        if not usable:
+            raise ConfigError(
+                [f"backends.{kind}: no available backend among {', '.join(sorted(candidates))}"]
+            )
+        return max(usable, key=lambda s: (s.priority, s.name))
+
+    def _build_tasks(self) -> None:
+        specs = self.pm.collect_descriptors(
+            "moenet_tasks",
+            TaskSpec,
+            key=lambda s: s.name,
+            describe=lambda k: f"task {k!r}",
+            config=self.config,
+        )
+        for name, spec in sorted(specs.items()):
+            override = self.config.tasks.get(name)
+            if override is not None and not override.enabled:
+                self._task_problems[name] = "disabled by tasks." + name + ".enabled"
+                continue
+            missing = [k for k in spec.requires if k not in self._backends]
+            if missing:
+                reasons = "; ".join(
+                    f"{k}: {self._backend_errors.get(k, 'no plugin provides one')}" for k in missing
+                )
+                self._task_problems[name] = f"needs backend {', '.join(missing)} ({reasons})"
+                logger.bind(task=name, plugin=spec.plugin).error("task {} not started: {}", name, reasons)
+                continue
+            try:
+                task = spec.factory(self.context(spec.plugin))
+                built: object = task
+                if inspect.isawaitable(built) or not callable(getattr(built, "run_once", None)):
+                    if inspect.iscoroutine(built):
+                        built.close()
+                    raise PluginError(
+                        f"task factory for {name!r} must return an object with async run_once()"
+                    )
+            except Exception as exc:
+                self._task_problems[name] = f"factory failed: {type(exc).__name__}: {exc}"
+                self.pm.mark_failed(spec.plugin, f"task {name}: {exc}")
+                continue
+            self._tasks[name] = spec
+            self.scheduler.add(
+                spec,
+                task,
+                interval=override.interval if override else None,
+                timeout=override.timeout if override else None,
+            )
+            if spec.plugin in self.pm.records:
+                self.pm.records[spec.plugin].tasks.append(name)
+
+    async def _await_hooks(self, hook_name: str) -> None:
+        for plugin, result in self.pm.collect(hook_name, setup=hook_name == "moenet_startup", agent=self):
+            if not inspect.isawaitable(result):
+                continue
+            try:
+                await asyncio.wait_for(_as_coroutine(result), HOOK_TIMEOUT)
+            except Exception as exc:
+                if hook_name == "moenet_startup":
+                    self.pm.mark_failed(plugin, f"{hook_name}: {type(exc).__name__}: {exc}")
+                else:
+                    logger.bind(plugin=plugin).opt(exception=exc).error("{} of {} failed", hook_name, plugin)
+
+    def _update_plugin_metrics(self) -> None:
+        counts: dict[str, int] = {}
+        for record in self.pm.records.values():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        for status in ("active", "blocked", "failed", "incompatible"):
+            self.metrics.plugins.labels(status=status).set(counts.get(status, 0))
+
+    def _task_finished(self, event: TaskRunEvent) -> None:
+        self.pm.broadcast("moenet_task_finished", event=event)
+
+    # -------------------------------------------------------------- stop
+
+    async def stop(self) -> None:
+        """Graceful shutdown, in the order the module docstring gives."""
+        if self.api is not None:
+            await self.api.stop()
+        await self.scheduler.stop(timeout=SHUTDOWN_GRACE)
+        await self._await_hooks("moenet_shutdown")
+        for kind, backend in reversed(self._started_backends):
+            try:
+                await backend.aclose()
+            except Exception as exc:
+                logger.opt(exception=exc).error("closing backend {} failed", kind)
+        self._started_backends.clear()
+        for ctx in self._contexts.values():
+            ctx.close()
+        await self.cp.aclose()
+        logger.info("moenet-agent stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+        return 0
+
+    def _on_sighup(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply what can change live (task intervals,
+        plugin sections). Settings that need a restart are logged as such."""
+        from .bootstrap import load_config
+
+        if self.config.source is None:
+            logger.warning("SIGHUP: configuration did not come from a file; nothing to reload")
+            return False
+        try:
+            new, warnings = await load_config(self.config.source, clock=self.clock, use_cache_only=True)
+        except ConfigError as exc:
+            logger.error("SIGHUP: keeping the running configuration: {}", exc)
+            return False
+        for w in warnings:
+            logger.warning("config: {}", w)
+        old = self.config
+        restart_needed = [
+            key
+            for key, a, b in (
+                ("server", old.server, new.server),
+                ("plugins", old.plugins, new.plugins),
+                ("backends", old.backends, new.backends),
+                ("controlPlane.url", old.control_plane.url, new.control_plane.url),
+                ("state", old.state, new.state),
+            )
+            if a != b
+        ]
+        self.config = new
+        self._sections, _, _ = structure_plugin_sections(new, self.pm)
+        for name, spec in self._tasks.items():
+            override = new.tasks.get(name)
+            self.scheduler.set_interval(
+                name, override.interval if override and override.interval else spec.interval
+            )
+        self.pm.broadcast("moenet_config_updated", old=old, new=new)
+        if restart_needed:
+            logger.warning("SIGHUP: {} changed; restart the agent to apply", ", ".join(restart_needed))
+        logger.info("configuration reloaded from {}", new.source)
+        return True
+
+    # ---------------------------------------------------------- ApiHost
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.time()
+        plugins = self.pm.listing()
+        infos = dict(self.pm.collect("moenet_status_info", setup=False))
+        for p in plugins:
+            if p["name"] in infos:
+                p["info"] = infos[p["name"]]
+        return {
+            "version": __version__,
+            "hookApiVersion": HOOK_API_VERSION,
+            "uptime": round(now - self._started_at, 3) if self._started_at else 0.0,
+            "node": {"name": self.config.node.name, "id": self.config.node.id, "mode": self.config.mode},
+            "maintenance": self.maintenance_state(),
+            "controlPlane": {"source": self.config.control_plane.source, "breaker": self.cp.breaker_state},
+            "plugins": plugins,
+            "backends": {
+                **{
+                    k: {"name": s.name, "plugin": s.plugin, "ok": True}
+                    for k, s in self._backend_specs.items()
+                },
+                **{k: {"ok": False, "error": e} for k, e in self._backend_errors.items()},
+            },
+            "tasks": self.scheduler.status(),
+            "tasksNotStarted": dict(self._task_problems),
+            "sessions": self.session_counts(),
+            "features": self.features,
+            "warnings": self.config_warnings,
+        }
+
+    async def sync(self, task: str | None, wait: bool) -> dict[str, Any]:
+        names = [task] if task else [n for n, s in self._tasks.items() if s.on_sync]
+        if task and task not in self._tasks:
+            raise KeyError(task)
+        futures = {n: self.scheduler.trigger(n) for n in names}
+        if not wait:
+            return {"triggered": names}
+        results = {}
+        for name, fut in futures.items():
+            ev = await fut
+            results[name] = {"ok": ev.ok, "duration": round(ev.duration, 3), "error": ev.error}
+        return {"triggered": names, "results": results}
+
+    def maintenance_state(self) -> dict[str, Any]:
+        return dict(self._maintenance)
+
+    def maintenance(self) -> dict[str, Any]:
+        return self.maintenance_state()
+
+    async def set_maintenance(self, enabled: bool, reason: str) -> dict[str, Any]:
+        if enabled == self._maintenance["enabled"]:
+            return self.maintenance_state()
+        self._maintenance = {
+            "enabled": enabled,
+            "since": self.clock.time() if enabled else None,
+            "reason": reason,
+        }
+        self.state.write_json("maintenance.json", self._maintenance)
+        self.metrics.maintenance.set(1 if enabled else 0)
+        logger.warning(
+            "maintenance {}{}", "started" if enabled else "stopped", f": {reason}" if reason else ""
+        )
+        self.pm.broadcast(
+            "moenet_maintenance_changed",
+            event=MaintenanceEvent(enabled=enabled, since=self._maintenance["since"], reason=reason),
+        )
+        return self.maintenance_state()
+
+    def _restore_maintenance(self) -> None:
+        saved = self.state.read_json("maintenance.json", None)
+        if isinstance(saved, dict) and saved.get("enabled") is True:
+            self._maintenance = {
+                "enabled": True,
+                "since": saved.get("since") if isinstance(saved.get("since"), int | float) else None,
+                "reason": str(saved.get("reason", ""))[:200],
+            }
+            self.metrics.maintenance.set(1)
+            logger.warning("node is in maintenance (restored from the state directory)")
+            self.pm.broadcast(
+                "moenet_maintenance_changed",
+                event=MaintenanceEvent(enabled=True, since=self._maintenance["since"], reason="restored"),
+            )
+
+    async def restart(self, interface: str) -> dict[str, Any] | None:
+        answer = self.pm.first_result("moenet_restart", interface=interface)
+        if answer is None:
+            return None
+        plugin, action = answer
+        result = await action()
+        return {"plugin": plugin, **dict(result)}
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    @property
+    def routes(self) -> Sequence[RouteSpec]:
+        return self._routes
+
+
+async def _as_coroutine(aw: Awaitable[Any]) -> Any:
+    return await aw

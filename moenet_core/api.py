@@ -1,0 +1,511 @@
+"""The agent's local HTTP API: status, metrics, sync, maintenance, restart, plugin routes.
+
+What the Go agent got wrong and this module fixes (research ``go-agent.md`` §17, §20.35):
+
+- **Mutating endpoints are protected.** With ``server.token`` set they need
+  ``Authorization: Bearer <token>``, compared in constant time. Without a token
+  they answer loopback clients only, and refuse browser cross-origin requests
+  (a web page must not be able to drain a node through ``127.0.0.1``).
+  Read-only endpoints (``/status``, ``/metrics``, ``GET /maintenance``) stay open
+  for monitoring.
+- **Inputs are validated strictly** before they reach the agent: interface and
+  task names by pattern (no newline, no leading ``-``, no path tricks), the
+  maintenance reason as short printable text. Nothing the client sends is ever
+  pasted into a command.
+- **Errors are JSON** ``{"error", "code"}`` with the right status, from one
+  middleware; an unexpected exception is logged with its traceback and answered
+  with a bare 500 that leaks nothing.
+- The token and the ``Authorization`` header are never logged.
+
+The agent implements :class:`ApiHost`; this module only translates HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any, Protocol
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from loguru import logger
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from .descriptors import RouteSpec
+from .errors import MoenetError, PluginError
+from .logs import add_secret
+
+__all__ = [
+    "MAX_BODY",
+    "ApiError",
+    "ApiHost",
+    "LocalApi",
+    "is_loopback",
+    "parse_listen",
+    "valid_interface_name",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:24368"
+MAX_BODY = 64 * 1024
+"""Largest request body accepted; every legitimate body is a few hundred bytes."""
+
+_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+# Linux IFNAMSIZ is 16 including the NUL. "/" and whitespace are refused by the
+# kernel; ":" is legal there but only for aliases, which we never manage.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
+_MAX_REASON = 200
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"0", "false", "no", ""})
+
+_FORBIDDEN_REMOTE = "mutating endpoints accept loopback clients only when server.token is unset"
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+    500: "internal_error",
+    501: "not_implemented",
+    503: "unavailable",
+}
+
+
+class ApiHost(Protocol):
+    """What the agent exposes to the API (implemented in ``agent.py``)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def sync(self, task: str | None, wait: bool) -> dict[str, Any]:
+        """Trigger the ``on_sync`` tasks (or just ``task``); raise ``KeyError(task)``
+        for an unknown task. With ``wait`` return after the run finished."""
+        ...
+
+    def maintenance(self) -> dict[str, Any]:
+        """``{"enabled": bool, "since": float | None, "reason": str}``."""
+        ...
+
+    async def set_maintenance(self, enabled: bool, reason: str) -> dict[str, Any]: ...
+
+    async def restart(self, interface: str) -> dict[str, Any] | None:
+        """Restart one managed interface; ``None`` when no plugin manages it."""
+        ...
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    @property
+    def routes(self) -> Sequence[RouteSpec]: ...
+
+
+class ApiError(Exception):
+    """Raise from a handler (core or plugin) to answer ``{"error", "code"}`` with ``status``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """Parse ``host:port`` the way Go's ``net.Listen`` does.
+
+    ``"127.0.0.1:24368"``, ``"[::1]:24368"``, ``"localhost:80"``; ``":24368"``
+    means all interfaces and gives host ``None``. IPv6 literals need brackets.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("listen address is empty: expected host:port, e.g. 127.0.0.1:24368")
+    text = value.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ValueError(f"invalid listen address {value!r}: expected [ipv6]:port, e.g. [::1]:24368")
+        host: str | None = text[1:close]
+        port_text = text[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid listen address {value!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid listen address {value!r}: missing port, expected host:port")
+        if ":" in host:
+            raise ValueError(
+                f"invalid listen address {value!r}: put an IPv6 address in brackets, e.g. [::1]:24368"
+            )
+        if host == "":
+            host = None
+        elif not _HOSTNAME.match(host):
+            raise ValueError(f"invalid listen address {value!r}: {host!r} is not a host name or address")
+    if not _PORT.match(port_text) or int(port_text) > 65535:
+        raise ValueError(f"invalid listen address {value!r}: port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def is_loopback(remote: str | None) -> bool:
+    """True for 127.0.0.0/8, ``::1`` and IPv4-mapped loopback (``::ffff:127.x``).
+
+    ``request.remote`` is the socket peer: no ``X-Forwarded-For`` is trusted.
+    """
+    if not remote:
+        return False
+    try:
+        addr = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def valid_interface_name(name: object) -> bool:
+    """A Linux interface name we are willing to act on.
+
+    1-15 characters of ``[A-Za-z0-9_.-]``, not ``.``/``..`` (path components
+    under ``/sys/class/net``) and no leading ``-`` (it would read as an option
+    to ``wg``/``ip``). Newlines are refused by the pattern: the Go agent let one
+    through into a BIRD command.
+    """
+    return (
+        isinstance(name, str)
+        and _IFNAME.fullmatch(name) is not None
+        and name not in (".", "..")
+        and not name.startswith("-")
+    )
+
+
+def _bearer_matches(header: str | None, expected_digest: bytes) -> bool:
+    if not header:
+        return False
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given = credentials.strip().encode("utf-8", "surrogateescape")
+    # Compare fixed-size digests: compare_digest is constant-time for equal
+    # lengths only, and hashing first keeps the token's length private too.
+    return hmac.compare_digest(hashlib.sha256(given).digest(), expected_digest)
+
+
+def _json_dumps(value: Any) -> str:
+    # default=str: a status field the agent forgot to make JSON-able (a Path,
+    # an enum) should show up as text, not turn /status into a 500.
+    return json.dumps(value, default=str)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_json_dumps)
+
+
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    resp = _json({"error": message, "code": code}, status=status)
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+def _bad_request(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def _flag(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _bad_request(f"{name} must be 1/true or 0/false")
+
+
+async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    """The request body as a JSON object with only ``allowed`` keys; ``{}`` if empty."""
+    raw = await request.read()  # raises 413 past client_max_size
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad_request("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _bad_request("request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise _bad_request(f"unknown field(s): {', '.join(unknown)}")
+    return body
+
+
+# ------------------------------------------------------------------ the API
+
+
+class LocalApi:
+    """The aiohttp application and its server.
+
+    ``app`` is built once, on first use, so tests can drive it with aiohttp's
+    ``TestClient`` without binding a port; ``start``/``stop`` run it for real.
+    """
+
+    def __init__(
+        self,
+        host: ApiHost,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        token: str | None = None,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self._host = host
+        self._listen = listen
+        self._bind = parse_listen(listen)  # fail at construction, not at start
+        if token is not None and token == "":
+            token = None  # an empty config value means "no token"
+        if token is not None and (any(c.isspace() or not c.isprintable() for c in token)):
+            raise ValueError("server.token must be printable and contain no whitespace")
+        if token is not None:
+            add_secret(token)
+        self._token_digest = hashlib.sha256(token.encode()).digest() if token is not None else None
+        self._shutdown_timeout = shutdown_timeout
+        self._app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        # Routes that need the token (or a loopback client). Keyed by route object,
+        # so HEAD routes aiohttp adds for read-only GETs are not covered by accident.
+        self._protected: set[web.AbstractRoute] = set()
+
+    # ---------------------------------------------------------- lifecycle
+
+    @property
+    def app(self) -> web.Application:
+        if self._app is None:
+            self._app = self._build_app()
+        return self._app
+
+    @property
+    def bound(self) -> list[tuple[str, int]]:
+        """The addresses actually listened on (``port 0`` resolved), for tests and logs."""
+        if self._runner is None:
+            return []
+        return [(str(a[0]), int(a[1])) for a in self._runner.addresses]
+
+    async def start(self) -> None:
+        """Listen on ``listen``. A busy port raises :class:`MoenetError` saying so."""
+        if self._runner is not None:
+            raise RuntimeError("LocalApi already started")
+        host, port = self._bind
+        # access_log=None: aiohttp's access log is one INFO line per scrape; we
+        # log mutating requests ourselves, without headers.
+        runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=self._shutdown_timeout
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise MoenetError(f"cannot listen on {self._listen}: address in use") from exc
+            reason = exc.strerror or str(exc)
+            raise MoenetError(f"cannot listen on {self._listen}: {reason}") from exc
+        self._runner = runner
+        logger.info("local API listening on {}", ", ".join(f"{h}:{p}" for h, p in self.bound))
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (bounded), release everything."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # ---------------------------------------------------------- building
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=MAX_BODY, middlewares=[self._error_middleware, self._auth_middleware]
+        )
+        r = app.router
+        r.add_get("/status", self._status)
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/maintenance", self._maintenance)
+        # GET /sync triggers work too (the Go agent's docs used it), so it is
+        # protected, and no implicit HEAD route is added for it.
+        self._protected.add(r.add_route("GET", "/sync", self._sync))
+        self._protected.add(r.add_post("/sync", self._sync))
+        self._protected.add(r.add_post("/maintenance/start", partial(self._set_maintenance, True)))
+        self._protected.add(r.add_post("/maintenance/stop", partial(self._set_maintenance, False)))
+        self._protected.add(r.add_post("/restart", self._restart))
+        for spec in self._host.routes:
+            self._add_plugin_route(app, spec)
+        return app
+
+    def _add_plugin_route(self, app: web.Application, spec: RouteSpec) -> None:
+        if not _PLUGIN_NAME.match(spec.plugin):
+            raise PluginError(
+                f"route {spec.method} {spec.path}: invalid plugin name {spec.plugin!r}", [spec.plugin]
+            )
+        if any(seg in (".", "..") for seg in spec.path.split("/")):
+            raise PluginError(
+                f"plugin {spec.plugin!r}: route path {spec.path!r} must not contain '.' or '..' segments",
+                [spec.plugin],
+            )
+        path = f"/plugins/{spec.plugin}/{spec.path[1:]}"
+        try:
+            route = app.router.add_route(spec.method, path, spec.handler)
+        except (RuntimeError, ValueError) as exc:
+            raise PluginError(
+                f"plugin {spec.plugin!r}: cannot add route {spec.method} {path}: {exc}", [spec.plugin]
+            ) from exc
+        if spec.is_mutating:
+            self._protected.add(route)
+
+    # ---------------------------------------------------------- middlewares
+
+    @web.middleware
+    async def _error_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Turn every failure into ``{"error", "code"}`` JSON with the right status."""
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects and the like are not errors
+            return self._from_http_exception(exc)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:
+            route = request.match_info.route
+            logger.opt(exception=True).bind(method=request.method, path=request.path).error(
+                "local API handler failed: {}", getattr(route.handler, "__qualname__", "?")
+            )
+            return _error(500, "internal_error", "internal server error")
+
+    @staticmethod
+    def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
+        if exc.content_type == "application/json":
+            return exc  # a handler built its own JSON error: keep it
+        default = f"{exc.status}: {exc.reason}"
+        text = exc.text if exc.text and exc.text != default else exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE)}
+        code = _CODES.get(exc.status, re.sub(r"[^a-z0-9]+", "_", exc.reason.lower()).strip("_") or "error")
+        return _error(exc.status, code, text, headers)
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Protect mutating routes; log who changed what (never the credentials)."""
+        if request.match_info.route not in self._protected:
+            return await handler(request)
+        self._authorize(request)
+        log = logger.bind(method=request.method, path=request.path, remote=request.remote or "")
+        try:
+            resp = await handler(request)
+        except Exception as exc:
+            status = exc.status if isinstance(exc, ApiError | web.HTTPException) else 500
+            log.bind(status=status).info("local API mutating request")
+            raise
+        log.bind(status=resp.status).info("local API mutating request")
+        return resp
+
+    def _authorize(self, request: web.Request) -> None:
+        if self._token_digest is not None:
+            if not _bearer_matches(request.headers.get(hdrs.AUTHORIZATION), self._token_digest):
+                logger.bind(path=request.path, remote=request.remote or "").warning(
+                    "local API: missing or wrong bearer token"
+                )
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "missing or invalid bearer token",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return
+        if not is_loopback(request.remote):
+            logger.bind(path=request.path, remote=request.remote or "").warning(
+                "local API: mutating request from a non-loopback client refused"
+            )
+            raise ApiError(403, "forbidden", _FORBIDDEN_REMOTE)
+        # Loopback is not enough against a browser: any web page can make it POST
+        # to 127.0.0.1. Browsers label cross-origin requests; curl and scripts do not.
+        site = request.headers.get("Sec-Fetch-Site", "").lower()
+        if hdrs.ORIGIN in request.headers or site in ("cross-site", "same-site"):
+            raise ApiError(403, "forbidden", "cross-origin browser requests are refused; set server.token")
+
+    # ---------------------------------------------------------- handlers
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(self._host.status())
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        # prometheus_client's own handler: content negotiation (OpenMetrics or
+        # text), name[] filtering and gzip. Built per request so the host's
+        # registry is read at scrape time (it is cheap: a closure).
+        return await make_aiohttp_handler(self._host.registry)(request)
+
+    async def _maintenance(self, request: web.Request) -> web.Response:
+        return _json(self._host.maintenance())
+
+    async def _sync(self, request: web.Request) -> web.Response:
+        params: dict[str, Any] = dict(request.query)
+        if request.method == "POST":
+            if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+                form = await request.post()
+                params.update({k: v for k, v in form.items() if isinstance(v, str)})
+            else:
+                params.update(await _json_object(request, frozenset({"task", "wait"})))
+        unknown = sorted(set(params) - {"task", "wait"})
+        if unknown:
+            raise _bad_request(f"unknown parameter(s): {', '.join(unknown)}")
+        task = params.get("task")
+        if task is not None and (not isinstance(task, str) or not _TASK_NAME.match(task)):
+            raise _bad_request(f"invalid task name: must match {_TASK_NAME.pattern}")
+        wait = _flag(params.get("wait", False), "wait")
+        try:
+            result = await self._host.sync(task, wait)
+        except KeyError:
+            if task is None:
+                raise  # not "unknown task": a bug, answered as a 500
+            raise ApiError(404, "unknown_task", f"unknown task {task!r}") from None
+        return _json(result, status=200 if wait else 202)
+
+    async def _set_maintenance(self, enabled: bool, request: web.Request) -> web.Response:
+        body = await _json_object(request, frozenset({"reason"}))
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise _bad_request("reason must be a string")
+        if len(reason) > _MAX_REASON or not reason.isprintable():
+            raise _bad_request(f"reason must be at most {_MAX_REASON} printable characters")
+        return _json(await self._host.set_maintenance(enabled, reason))
+
+    async def _restart(self, request: web.Request) -> web.Response:
+        body = await _json_object(request, frozenset({"interface"}))
+        if "interface" not in body:
+            raise _bad_request("missing field: interface")
+        name = body["interface"]
+        if not valid_interface_name(name):
+            raise _bad_request(
+                "invalid interface name: 1-15 characters of A-Z a-z 0-9 _ . -, not '.' or '..', "
+                "not starting with '-'"
+            )
+        result = await self._host.restart(name)
+        if result is None:
+            raise ApiError(404, "unknown_interface", f"no plugin manages interface {name!r}")
+        return _json(result)

@@ -1,0 +1,229 @@
+"""Backend interfaces: how tasks reach the systems a node is made of.
+
+A task never talks to WireGuard, BIRD, nftables or netlink directly; it asks for a
+backend by *kind* (``ctx.backend("tunnel")``) and uses the interface below. The node
+config picks the implementation (``backends.<kind>``; ``auto`` chooses by probe).
+
+The interfaces are ABCs. Methods that every implementation must provide are
+abstract; methods added in a later minor release get a default, so a third-party
+backend written against an older core keeps working. The value types are frozen
+attrs classes: equality is what reconcilers diff on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import attrs
+
+from .descriptors import Backend
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: DN42's usual allowed IPs on a peering tunnel.
+DN42_ALLOWED_IPS: tuple[str, ...] = ("0.0.0.0/0", "fd00::/8", "fe80::/64")
+
+
+# ------------------------------------------------------------------ tunnel
+
+
+@attrs.frozen(kw_only=True)
+class TunnelAddress:
+    """An address on a tunnel; ``peer`` makes it point-to-point (``local peer peer``)."""
+
+    local: str
+    peer: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TunnelSpec:
+    """Everything needed to ensure one WireGuard tunnel with one peer.
+
+    ``private_key_file`` names a 0600 file (keys are never passed around as
+    strings); ``endpoint`` is ``host:port`` or ``[v6]:port`` and may be a host name.
+    """
+
+    name: str
+    private_key_file: str
+    listen_port: int | None
+    peer_public_key: str
+    preshared_key_file: str | None = None
+    endpoint: str | None = None
+    allowed_ips: tuple[str, ...] = DN42_ALLOWED_IPS
+    keepalive: int | None = None
+    mtu: int = 1420
+    addresses: tuple[TunnelAddress, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class TunnelState:
+    """What the system has for one of the agent's tunnels (for diffing against a spec)."""
+
+    name: str
+    ifindex: int
+    listen_port: int | None
+    peer_public_key: str | None
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    keepalive: int | None
+    mtu: int
+    addresses: tuple[TunnelAddress, ...]
+    up: bool
+
+
+@attrs.frozen(kw_only=True)
+class TunnelStats:
+    """Counters of one tunnel. ``latest_handshake`` is epoch seconds, None if never."""
+
+    name: str
+    latest_handshake: float | None
+    rx_bytes: int
+    tx_bytes: int
+    endpoint: str | None
+
+
+class TunnelBackend(Backend):
+    """Kind ``tunnel``: WireGuard interfaces owned by the agent."""
+
+    kind: ClassVar[str] = "tunnel"
+
+    @abstractmethod
+    async def ensure(self, spec: TunnelSpec) -> bool:
+        """Make the tunnel match ``spec``, in place where possible (no delete and
+        recreate, no forced handshake). Returns True when anything was written."""
+
+    @abstractmethod
+    async def remove(self, name: str) -> bool:
+        """Remove one of the agent's tunnels. Returns False when it did not exist.
+        Refuses (raises) for an interface the agent does not own."""
+
+    @abstractmethod
+    async def list(self) -> Mapping[str, TunnelState]:
+        """The agent's tunnels as the system has them now (read, not remembered)."""
+
+    @abstractmethod
+    async def stats(self, name: str) -> TunnelStats:
+        """Handshake and traffic counters of one tunnel."""
+
+
+# ---------------------------------------------------------------- firewall
+
+
+class FirewallBackend(Backend):
+    """Kind ``firewall``: the UDP ports the node accepts for its tunnels."""
+
+    kind: ClassVar[str] = "firewall"
+
+    @abstractmethod
+    async def sync(self, ports: frozenset[int]) -> bool:
+        """Make the open set exactly ``ports`` in one atomic change, only when the
+        system differs. Returns True when a change was applied."""
+
+    @abstractmethod
+    async def list_ports(self) -> frozenset[int]:
+        """The ports open now, read from the system."""
+
+    async def remove_all(self) -> None:
+        """Drop everything the agent created (only its own objects)."""
+
+
+# ---------------------------------------------------------------- loopback
+
+
+class LoopbackBackend(Backend):
+    """Kind ``loopback``: the node's DN42 addresses on a dummy-like interface."""
+
+    kind: ClassVar[str] = "loopback"
+
+    @abstractmethod
+    async def ensure(self, addresses: Sequence[str]) -> bool:
+        """Make the loopback interface exist, be up and carry exactly ``addresses``
+        (``a.b.c.d/32``, ``x::y/128``) among those the agent manages; addresses
+        added by others are left alone. Returns True when anything changed."""
+
+    @abstractmethod
+    async def addresses(self) -> tuple[str, ...]:
+        """The managed addresses present now."""
+
+
+# ----------------------------------------------------------------- routing
+
+
+@attrs.frozen(kw_only=True)
+class ProtocolState:
+    """One routing protocol as the routing daemon reports it."""
+
+    name: str
+    proto: str
+    table: str | None
+    state: str
+    since: str | None
+    info: str
+    last_error: str | None = None
+    bgp_state: str | None = None
+    neighbor: str | None = None
+    routes: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict)
+    """Per channel (``ipv4``, ``ipv6``): ``imported``, ``filtered``, ``exported``."""
+
+
+@attrs.frozen(kw_only=True)
+class ApplyResult:
+    """Outcome of handing intent to the routing backend.
+
+    ``ok`` is false when the daemon rejected the configuration; ``error`` then
+    carries its message (``file:line: text``) and the previous config stays live.
+    ``changed`` is false when the rendered result was identical and nothing was
+    written or reloaded.
+    """
+
+    ok: bool
+    changed: bool
+    error: str | None = None
+    rejected: Mapping[str, str] = attrs.field(factory=dict)
+    """Per-fragment errors the backend could attribute (fragment key -> message)."""
+
+
+class RoutingBackend(Backend):
+    """Kind ``routing``: the one writer of routing-daemon configuration.
+
+    Plugins *declare intent* as named fragments: an ``owner`` (the declaring
+    plugin, e.g. ``sessions``) replaces its whole set of fragments at once. The
+    backend validates, renders and applies everything declared so far with one
+    coalesced reload, so several owners declaring in the same moment cost one
+    reconfigure. Fragment payloads are plain mappings whose schema the backend
+    documents; invalid payloads are rejected per fragment (``ApplyResult.rejected``)
+    without touching the others.
+    """
+
+    kind: ClassVar[str] = "routing"
+
+    @abstractmethod
+    async def declare(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> ApplyResult:
+        """Replace ``owner``'s fragments (key -> payload) and apply. Awaits the
+        reload's real completion."""
+
+    @abstractmethod
+    async def protocols(self) -> Sequence[ProtocolState]:
+        """Current protocol states, read from the daemon."""
+
+    async def set_maintenance(self, enabled: bool) -> ApplyResult:
+        """Drain (graceful-shutdown community, lowered preference) or restore."""
+        raise NotImplementedError(f"{type(self).__name__} does not support maintenance drain")
+
+    async def restart_protocol(self, name: str) -> None:
+        """Restart one protocol the agent owns."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restart protocols")
+
+
+#: The interface each built-in backend kind must implement.
+BACKEND_INTERFACES: dict[str, type[Backend]] = {
+    "tunnel": TunnelBackend,
+    "firewall": FirewallBackend,
+    "loopback": LoopbackBackend,
+    "routing": RoutingBackend,
+}

@@ -1,0 +1,345 @@
+"""``moenet-agent``: run the daemon, validate a config, list plugins, show status.
+
+The Go agent's flags keep working: ``-c FILE``, ``-v``/``-version``,
+``-validate`` and ``-config FILE``; with no subcommand the agent runs.
+Exit codes: 0 ok, 1 invalid configuration or failed check, 2 usage error,
+3 the local API could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from loguru import logger
+
+from . import HOOK_API_VERSION
+from .config import AgentConfig, build_config
+from .descriptors import BackendSpec, TaskSpec
+from .errors import ConfigError, MoenetError, PluginError
+from .plugins import AgentPluginManager
+from .version import __version__
+
+COMMANDS = ("run", "validate", "plugins", "status", "version")
+_GO_FLAGS = {"-validate": "validate", "--validate": "validate", "-version": "version", "-v": "version"}
+
+
+def _translate_go_flags(argv: list[str]) -> list[str]:
+    """Map the Go agent's single-dash flags onto subcommands."""
+    out: list[str] = []
+    command = None
+    for arg in argv:
+        if arg in _GO_FLAGS:
+            command = _GO_FLAGS[arg]
+        elif arg == "-config":
+            out.append("-c")
+        elif arg.startswith("-config="):
+            out.append("--config=" + arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+    if (
+        command is None
+        and not any(a in COMMANDS for a in out)
+        and not any(a in ("-h", "--help") for a in out)
+    ):
+        command = "run"
+    if command is not None:
+        # Options before the command stay global; the command goes in front of the rest.
+        out = [command, *out]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moenet-agent",
+        description="DN42 node agent: makes WireGuard, BIRD 3 and nftables match the control plane.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("-c", "--config", metavar="FILE", help="config file (default: search path)")
+        return p
+
+    add("run", "run the agent (the default)")
+    p = add("validate", "check the config file and every enabled plugin's section; start nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("plugins", "list plugins: distribution, hooks, tasks, backends, status")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("status", "ask the running agent for its status (local API)")
+    p.add_argument("--url", help="API base URL (default: from server.listen)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p = sub.add_parser("version", help="print version information", description="print version information")
+    p.add_argument("-c", "--config", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_translate_go_flags(list(sys.argv[1:] if argv is None else argv)))
+    command = args.command or "run"
+    try:
+        if command == "version":
+            return cmd_version()
+        if command == "validate":
+            return cmd_validate(args.config, as_json=args.json)
+        if command == "plugins":
+            return cmd_plugins(args.config, as_json=args.json)
+        if command == "status":
+            return cmd_status(args.config, args.url, as_json=args.json)
+        return cmd_run(args.config)
+    except ConfigError as exc:
+        print(f"moenet-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ------------------------------------------------------------------ shared
+
+
+def disabled_plugins(
+    config: AgentConfig | None, env: dict[str, str] | os._Environ[str]
+) -> tuple[set[str], set[str] | None]:
+    """Block and allow lists from config and ``MOENET_DISABLE_PLUGINS``."""
+    disabled = {n.strip() for n in env.get("MOENET_DISABLE_PLUGINS", "").split(",") if n.strip()}
+    enabled = None
+    if config is not None:
+        disabled |= set(config.plugins.disable)
+        enabled = set(config.plugins.enable) if config.plugins.enable is not None else None
+    return disabled, enabled
+
+
+def make_plugin_manager(config: AgentConfig | None) -> AgentPluginManager:
+    """A manager with every installed plugin loaded, honouring block lists."""
+    pm = AgentPluginManager()
+    if os.environ.get("MOENET_DISABLE_PLUGIN_AUTOLOAD", "") in ("1", "true", "yes"):
+        return pm
+    disabled, enabled = disabled_plugins(config, os.environ)
+    pm.load_entrypoints(disabled=disabled, enabled=enabled)
+    return pm
+
+
+def _try_local_config(path: str | None) -> tuple[AgentConfig | None, list[str], str | None]:
+    """The config without contacting a CP (bootstrap files validate locally)."""
+    from .config import find_config_file, read_config_file
+
+    try:
+        file = find_config_file(path)
+    except ConfigError as exc:
+        if path:
+            raise
+        return None, [], exc.problems[0]
+    cfg, warnings = build_config(read_config_file(file), source=str(file))
+    return cfg, warnings, None
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_version() -> int:
+    import aiohttp
+    import pluggy
+
+    print(f"moenet-agent {__version__}")
+    print(f"hook API {HOOK_API_VERSION}")
+    print(f"python {platform.python_version()}, pluggy {pluggy.__version__}, aiohttp {aiohttp.__version__}")
+    return 0
+
+
+def cmd_validate(path: str | None, *, as_json: bool = False) -> int:
+    from .agent import structure_plugin_sections
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    config = None
+    source = None
+    try:
+        config, warnings, _ = _try_local_config(path or None)
+        if config is None:
+            raise ConfigError(["no config file found (pass -c FILE)"])
+        source = config.source
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        source = exc.source
+    plugins: list[dict[str, Any]] = []
+    if config is not None:
+        pm = make_plugin_manager(config)
+        _sections, plugin_problems, more = structure_plugin_sections(config, pm)
+        warnings.extend(more)
+        for errs in plugin_problems.values():
+            problems.extend(errs)
+        for record in pm.records.values():
+            if record.status in ("failed", "incompatible") and not record.error.startswith("config:"):  # type: ignore[union-attr]
+                problems.append(f"plugin {record.name}: {record.error}")
+        try:
+            pm.collect_descriptors(
+                "moenet_tasks",
+                TaskSpec,
+                key=lambda s: s.name,
+                describe=lambda k: f"task {k!r}",
+                config=config,
+            )
+            pm.collect_descriptors(
+                "moenet_backends",
+                BackendSpec,
+                key=lambda s: (s.kind, s.name),
+                describe=lambda k: f"backend {k[1]!r} of kind {k[0]!r}",
+                config=config,
+            )
+        except PluginError as exc:
+            problems.append(str(exc))
+        pm.describe_provided(config)
+        plugins = pm.listing()
+    ok = not problems
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "source": source,
+                    "mode": config.mode if config else None,
+                    "problems": problems,
+                    "warnings": warnings,
+                    "plugins": plugins,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for w in warnings:
+            print(f"warning: {w}")
+        if ok:
+            assert config is not None
+            active = [p["name"] for p in plugins if p["status"] == "active"]
+            print(f"OK: {source} ({config.mode} mode; plugins: {', '.join(active) or 'none'})")
+        else:
+            print(f"invalid configuration{f' in {source}' if source else ''}:", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_plugins(path: str | None, *, as_json: bool = False) -> int:
+    from .agent import structure_plugin_sections
+
+    config, _, missing = _try_local_config(path)
+    pm = make_plugin_manager(config)
+    if config is not None:
+        structure_plugin_sections(config, pm)
+        pm.describe_provided(config)
+    else:
+        pm.describe_provided(AgentConfig())
+    listing = pm.listing()
+    if as_json:
+        print(json.dumps({"plugins": listing}, indent=2))
+        return 0
+    if missing:
+        print(f"(no config file: {missing}; tasks and backends need one to be listed)")
+    if not listing:
+        print("no plugins installed")
+        return 0
+    rows = [("NAME", "STATUS", "DISTRIBUTION", "TASKS", "BACKENDS", "HOOKS")]
+    for r in listing:
+        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "-"
+        hooks = ",".join(h.removeprefix("moenet_") for h in r["hooks"]) or "-"
+        rows.append(
+            (r["name"], r["status"], dist, ",".join(r["tasks"]) or "-", ",".join(r["backends"]) or "-", hooks)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    for r in listing:
+        if r["error"]:
+            print(f"{r['name']}: {r['error']}")
+    return 0
+
+
+def cmd_status(path: str | None, url: str | None, *, as_json: bool = False) -> int:
+    if url is None:
+        config, _, _ = _try_local_config(path)
+        listen = config.server.listen if config else "127.0.0.1:24368"
+        host, _, port = listen.rpartition(":")
+        host = host or "127.0.0.1"
+        if host in ("0.0.0.0", "::", "[::]"):  # noqa: S104 - a wildcard listener is reached on loopback
+            host = "127.0.0.1"
+        url = f"http://{host}:{port}"
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=10) as resp:  # noqa: S310 (local API)
+            data = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"moenet-agent: cannot reach the agent at {url}: {exc}", file=sys.stderr)
+        return 3
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(render_status(data))
+    return 0
+
+
+def render_status(data: dict[str, Any]) -> str:
+    """The ``/status`` answer as a short human-readable report."""
+    node = data.get("node", {})
+    maint = data.get("maintenance", {})
+    cp = data.get("controlPlane", {})
+    lines = [
+        f"moenet-agent {data.get('version')}  node {node.get('name')} "
+        f"(id {node.get('id')}, {node.get('mode')} mode)",
+        f"uptime {int(data.get('uptime', 0))} s   control plane: {cp.get('source')} "
+        f"(breaker {cp.get('breaker')})   "
+        f"maintenance: {'ON since ' + str(maint.get('since')) if maint.get('enabled') else 'off'}",
+        "",
+        f"{'TASK':<18}{'PLUGIN':<14}{'EVERY':>7}  {'RUNS':>5} {'FAILS':>5}  LAST",
+    ]
+    for t in data.get("tasks", []):
+        last = t.get("last") or {}
+        state = "running" if t.get("running") else ("ok" if last.get("ok") else (last.get("error") or "-"))
+        if not last and not t.get("running"):
+            state = "not run yet"
+        lines.append(
+            f"{t['name']:<18}{t.get('plugin', ''):<14}{int(t.get('interval', 0)):>6}s  "
+            f"{t.get('runs', 0):>5} {t.get('failures', 0):>5}  {str(state)[:60]}"
+        )
+    for name, why in data.get("tasksNotStarted", {}).items():
+        lines.append(f"{name:<18}{'':<14}{'':>7}  not started: {why}")
+    lines.append("")
+    lines.append("PLUGINS  " + "  ".join(f"{p['name']}={p['status']}" for p in data.get("plugins", [])))
+    sessions = data.get("sessions") or {}
+    lines.append(
+        "SESSIONS " + ("  ".join(f"{k}={v}" for k, v in sorted(sessions.items())) or "none reported")
+    )
+    return "\n".join(lines)
+
+
+def cmd_run(path: str | None) -> int:
+    from .agent import Agent
+    from .bootstrap import load_config
+    from .logs import add_secret, setup_logging
+
+    setup_logging(fmt=os.environ.get("MOENET_LOG_FORMAT", "auto"))
+
+    async def run() -> int:
+        config, warnings = await load_config(path)
+        setup_logging(fmt=config.logging.format, level=config.logging.level)
+        for secret in (config.control_plane.token, config.bootstrap.token, config.server.token):
+            add_secret(secret)
+        for w in warnings:
+            logger.warning("config: {}", w)
+        pm = make_plugin_manager(config)
+        agent = Agent(config, pm, config_warnings=warnings)
+        return await agent.run()
+
+    try:
+        return asyncio.run(run())
+    except (PluginError, MoenetError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        logger.error("{}", exc)
+        return 1

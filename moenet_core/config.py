@@ -1,0 +1,793 @@
+"""Configuration: attrs models, strict structuring, and where the file comes from.
+
+The file format is JSON, compatible with the Go agent's: camelCase keys in the
+sections ``server``, ``node``, ``controlPlane``, ``bird``, ``wireguard``, ``mesh``,
+``metric``, ``autoUpdate`` and ``bootstrap``, plus ours: ``plugins``, ``tasks``,
+``backends``, ``state``, ``logging``. Any other top-level key is a plugin's section
+and is structured by the plugin manager with the class the plugin declares.
+
+Errors are collected, not raised one at a time: an operator sees every problem in
+the file at once, each with its path (``controlPlane.token: required``). Unknown
+keys are reported as warnings (the Go agent dropped them silently); a key spelled
+with different case (``dn42IPv4``, which the Go agent's case-insensitive decoder
+accepted) is accepted with a warning naming the right spelling.
+
+Precedence, lowest first: built-in defaults, the CP's ``/agent/{node}/config``
+answer (bootstrap mode only), the local file, the ``MOENET_*`` environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+SEARCH_PATH: tuple[str, ...] = (
+    "./config.json",
+    "/etc/moenet-agent/config.json",
+    "~/.config/moenet-agent/config.json",
+)
+
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+PLUGIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TASK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+BACKEND_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def camel(name: str) -> str:
+    """``retry_initial_delay`` -> ``retryInitialDelay`` (``dn42_ipv4`` -> ``dn42Ipv4``)."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+# ----------------------------------------------------------------- checks
+#
+# A check takes the structured value and returns an error message or None. They
+# run after structuring, so the message lands on the field's own path.
+
+Check = Callable[[Any], "str | None"]
+
+
+def _check(fn: Check) -> dict[str, Check]:
+    return {"check": fn}
+
+
+def positive(v: float | None) -> str | None:
+    return None if v is None or v > 0 else "must be greater than 0"
+
+
+def non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or greater"
+
+
+def port(v: int | None) -> str | None:
+    return None if v is None or 1 <= v <= 65535 else "must be a port number (1-65535)"
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)} (got {v!r})"
+
+    return check
+
+
+def http_url(v: str) -> str | None:
+    if not v:
+        return None
+    m = re.match(r"^(https?)://([^/\s?#]+)(/[^\s?#]*)?$", v)
+    if not m:
+        return "must be an http:// or https:// URL without query or fragment"
+    return None
+
+
+def node_name(v: str) -> str | None:
+    if not v or NODE_NAME_RE.match(v):
+        return None
+    return "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def ipv4_address(v: str | None) -> str | None:
+    if not v:
+        return None
+    try:
+        iface = ipaddress.IPv4Interface(v)
+    except ValueError as exc:
+        return f"not an IPv4 address: {exc}"
+    if iface.network.prefixlen not in (32,) and "/" in v:
+        return "must be a single address (/32)"
+    return None
+
+
+def ipv6_address(v: str | None) -> str | None:
+    if not v:
+        return None
+    try:
+        iface = ipaddress.IPv6Interface(v)
+    except ValueError as exc:
+        return f"not an IPv6 address: {exc}"
+    if iface.network.prefixlen != 128 and "/" in v:
+        return "must be a single address (/128)"
+    return None
+
+
+def ipv6_link_local(v: str) -> str | None:
+    if not v:
+        return None
+    try:
+        iface = ipaddress.IPv6Interface(v)
+    except ValueError as exc:
+        return f"not an IPv6 address: {exc}"
+    if not iface.ip.is_link_local:
+        return "must be a link-local address (fe80::/10)"
+    return None
+
+
+def listen_address(v: str) -> str | None:
+    m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.\-]*)):(\d{1,5})$", v)
+    if not m or not 0 <= int(m.group(3)) <= 65535:
+        return "must be host:port, [v6]:port or :port"
+    return None
+
+
+def log_level(v: str) -> str | None:
+    return one_of("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")(v.upper())
+
+
+# ----------------------------------------------------------------- models
+
+
+@attrs.define(kw_only=True)
+class ServerConfig:
+    """The local HTTP API."""
+
+    listen: str = attrs.field(default="127.0.0.1:24368", metadata=_check(listen_address))
+    read_timeout: float = attrs.field(default=30.0, metadata=_check(positive))
+    write_timeout: float = attrs.field(default=30.0, metadata=_check(positive))
+    idle_timeout: float = attrs.field(default=120.0, metadata=_check(positive))
+    token: str | None = None
+    """Bearer token for mutating endpoints; unset means loopback clients only."""
+
+
+@attrs.define(kw_only=True)
+class NodeConfig:
+    """Who this node is. Bootstrap mode fills it from the CP."""
+
+    name: str = attrs.field(default="", metadata=_check(node_name))
+    id: int = attrs.field(default=0, metadata=_check(non_negative))
+    region: str = ""
+    location: str = ""
+    provider: str = ""
+    asn: int | None = attrs.field(
+        default=None,
+        metadata=_check(lambda v: None if v is None or 1 <= v <= 4294967295 else "must be a 32-bit ASN"),
+    )
+    loopback_ipv4: str | None = attrs.field(default=None, metadata=_check(ipv4_address))
+    loopback_ipv6: str | None = attrs.field(default=None, metadata=_check(ipv6_address))
+
+
+@attrs.define(kw_only=True)
+class ControlPlaneConfig:
+    """The control plane: where it is, how hard to try, and the task intervals
+    the Go agent kept here (seconds unless the name says ms)."""
+
+    url: str = attrs.field(default="", metadata=_check(http_url))
+    token: str = ""
+    source: str = attrs.field(default="http", metadata=_check(one_of("http", "file")))
+    """``http`` (the CP) or ``file`` (standalone: read ``file``, no CP at all)."""
+    file: str = ""
+    request_timeout: float = attrs.field(default=15.0, metadata=_check(positive))
+    heartbeat_interval: float = attrs.field(default=30.0, metadata=_check(positive))
+    sync_interval: float = attrs.field(default=60.0, metadata=_check(positive))
+    metric_interval: float = attrs.field(default=60.0, metadata=_check(positive))
+    max_retries: int = attrs.field(default=3, metadata=_check(non_negative))
+    retry_initial_delay: int = attrs.field(default=1000, metadata=_check(positive))
+    retry_max_delay: int = attrs.field(default=30000, metadata=_check(positive))
+    retry_multiplier: float = attrs.field(
+        default=2.0, metadata=_check(lambda v: None if v >= 1 else "must be 1 or greater")
+    )
+    breaker_failure_threshold: int = attrs.field(default=5, metadata=_check(positive))
+    breaker_success_threshold: int = attrs.field(default=3, metadata=_check(positive))
+    breaker_open_duration: float = attrs.field(default=30.0, metadata=_check(positive))
+
+
+@attrs.define(kw_only=True)
+class BirdConfig:
+    """BIRD 3: control socket and the directories the agent writes."""
+
+    control_socket: str = "/var/run/bird/bird.ctl"
+    pool_size: int = attrs.field(default=5, metadata=_check(positive))
+    pool_size_max: int = attrs.field(default=10, metadata=_check(positive))
+    config_dir: str = "/etc/bird"
+    peer_conf_dir: str = "/etc/bird/peers"
+    ibgp_conf_dir: str = "/etc/bird/ibgp"
+    template_dir: str = ""
+    """Operator templates that override the shipped ones, file by file."""
+    ebgp_conf_template_file: str = ""
+    """Accepted for Go-agent compatibility; unused (see ``templateDir``)."""
+
+
+@attrs.define(kw_only=True)
+class WireguardConfig:
+    """WireGuard: keys, keepalive, the node's DN42 loopbacks, backend choice."""
+
+    private_key_path: str = "/etc/wireguard/private.key"
+    public_key_path: str = ""
+    config_dir: str = "/etc/wireguard"
+    persistent_keepalive_interval: int = attrs.field(
+        default=25, metadata=_check(lambda v: None if 0 <= v <= 65535 else "must be 0-65535 seconds")
+    )
+    dn42_ipv4: str = attrs.field(default="", metadata=_check(ipv4_address))
+    dn42_ipv6: str = attrs.field(default="", metadata=_check(ipv6_address))
+    dn42_ipv6_link_local: str = attrs.field(default="", metadata=_check(ipv6_link_local))
+    backend: str = attrs.field(default="auto", metadata=_check(one_of("auto", "kernel", "userspace")))
+
+
+@attrs.define(kw_only=True)
+class MeshConfig:
+    """The WireGuard + Babel IGP mesh between this network's nodes."""
+
+    enabled: bool = True
+    mtu: int = attrs.field(
+        default=1420, metadata=_check(lambda v: None if 1280 <= v <= 9000 else "1280-9000")
+    )
+
+
+@attrs.define(kw_only=True)
+class MetricConfig:
+    """Probing for RTT and loss."""
+
+    ping_timeout: float = attrs.field(default=5.0, metadata=_check(positive))
+    ping_count: int = attrs.field(default=4, metadata=_check(positive))
+    ping_workers: int = attrs.field(default=32, metadata=_check(positive))
+
+
+@attrs.define(kw_only=True)
+class AutoUpdateConfig:
+    """The self-updater (off by default)."""
+
+    enabled: bool = False
+    check_interval: float = attrs.field(default=60.0, metadata=_check(positive))
+    """Minutes."""
+    channel: str = attrs.field(default="stable", metadata=_check(one_of("stable", "beta", "dev")))
+    github_repo: str = ""
+
+
+@attrs.define(kw_only=True)
+class BootstrapConfig:
+    """Bootstrap mode: just enough to ask the CP for the rest."""
+
+    api_url: str = attrs.field(default="", metadata=_check(http_url))
+    node_name: str = attrs.field(default="", metadata=_check(node_name))
+    token: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_url or self.node_name or self.token)
+
+
+def _plugin_names(v: list[str] | None) -> str | None:
+    if v is None:
+        return None
+    bad = [n for n in v if not PLUGIN_NAME_RE.match(n)]
+    return f"invalid plugin names: {', '.join(map(repr, bad))}" if bad else None
+
+
+@attrs.define(kw_only=True)
+class PluginsConfig:
+    """Which plugins load. Blocked plugins are never imported."""
+
+    enable: list[str] | None = attrs.field(default=None, metadata=_check(_plugin_names))
+    """Allow-list: when set, only these plugins load."""
+    disable: list[str] = attrs.field(factory=list, metadata=_check(_plugin_names))
+
+
+@attrs.define(kw_only=True)
+class TaskOverride:
+    """Per-task switches: ``tasks.<name>``."""
+
+    enabled: bool = True
+    interval: float | None = attrs.field(default=None, metadata=_check(positive))
+    timeout: float | None = attrs.field(default=None, metadata=_check(positive))
+
+
+@attrs.define(kw_only=True)
+class StateConfig:
+    """Where the agent keeps what must survive a restart."""
+
+    directory: str = "/var/lib/moenet-agent"
+
+
+@attrs.define(kw_only=True)
+class LoggingConfig:
+    """Log format (``auto``: JSON unless stderr is a terminal) and level."""
+
+    format: str = attrs.field(default="auto", metadata=_check(one_of("auto", "json", "text")))
+    level: str = attrs.field(default="INFO", metadata=_check(log_level))
+
+
+def _task_names(v: dict[str, TaskOverride]) -> str | None:
+    bad = [n for n in v if not TASK_NAME_RE.match(n)]
+    return f"invalid task names: {', '.join(map(repr, bad))}" if bad else None
+
+
+def _backend_choices(v: dict[str, str]) -> str | None:
+    bad = [f"{k}={n}" for k, n in v.items() if not (BACKEND_NAME_RE.match(k) and BACKEND_NAME_RE.match(n))]
+    return f"invalid backend selections: {', '.join(bad)}" if bad else None
+
+
+@attrs.define(kw_only=True)
+class AgentConfig:
+    """The whole configuration (core sections; plugin sections in ``plugin_sections``)."""
+
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    node: NodeConfig = attrs.field(factory=NodeConfig)
+    control_plane: ControlPlaneConfig = attrs.field(factory=ControlPlaneConfig)
+    bird: BirdConfig = attrs.field(factory=BirdConfig)
+    wireguard: WireguardConfig = attrs.field(factory=WireguardConfig)
+    mesh: MeshConfig = attrs.field(factory=MeshConfig)
+    metric: MetricConfig = attrs.field(factory=MetricConfig)
+    auto_update: AutoUpdateConfig = attrs.field(factory=AutoUpdateConfig)
+    bootstrap: BootstrapConfig = attrs.field(factory=BootstrapConfig)
+    plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
+    tasks: dict[str, TaskOverride] = attrs.field(factory=dict, metadata=_check(_task_names))
+    backends: dict[str, str] = attrs.field(factory=dict, metadata=_check(_backend_choices))
+    """Backend choice per kind (``auto`` or a name); ``tunnel`` defaults to ``wireguard.backend``."""
+    state: StateConfig = attrs.field(factory=StateConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+
+    # Not read from the file's core sections:
+    plugin_sections: dict[str, Any] = attrs.field(factory=dict, metadata={"internal": True})
+    """Raw top-level sections that belong to plugins (structured by the plugin manager)."""
+    mode: str = attrs.field(default="full", metadata={"internal": True})
+    """``full``, ``bootstrap`` or ``standalone``."""
+    source: str | None = attrs.field(default=None, metadata={"internal": True})
+    """The file the config came from, if any."""
+
+    def task_interval(self, name: str, default: float) -> float:
+        """The configured interval of task ``name``, else ``default``."""
+        override = self.tasks.get(name)
+        return override.interval if override and override.interval else default
+
+    def backend_choice(self, kind: str) -> str:
+        """The configured backend name for ``kind`` (``auto`` when unset)."""
+        if kind in self.backends:
+            return self.backends[kind]
+        if kind == "tunnel":
+            return self.wireguard.backend
+        return "auto"
+
+    @property
+    def loopback_ipv4(self) -> str | None:
+        return self.node.loopback_ipv4 or self.wireguard.dn42_ipv4 or None
+
+    @property
+    def loopback_ipv6(self) -> str | None:
+        return self.node.loopback_ipv6 or self.wireguard.dn42_ipv6 or None
+
+
+CORE_SECTIONS: dict[str, str] = {
+    camel(f.name): f.name for f in attrs.fields(AgentConfig) if not f.metadata.get("internal")
+}
+"""camelCase section key -> AgentConfig attribute."""
+
+
+# -------------------------------------------------------------- converter
+
+
+def _strict_bool(value: Any, _t: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"expected true or false, got {json.dumps(value)}")
+
+
+def _strict_int(value: Any, _t: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError(f"expected an integer, got {json.dumps(value)}")
+    return value
+
+
+def _strict_float(value: Any, _t: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {json.dumps(value)}")
+    return float(value)
+
+
+def _strict_str(value: Any, _t: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {json.dumps(value)}")
+    return value
+
+
+def make_converter() -> cattrs.Converter:
+    """A converter that is strict about JSON types and maps camelCase keys."""
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(str, _strict_str)
+
+    def factory(cls: type) -> Callable[[Any, type], Any]:
+        renames = {f.name: override(rename=camel(f.name)) for f in attrs.fields(cls)}
+        return make_dict_structure_fn(cls, conv, **renames)  # type: ignore[arg-type]
+
+    conv.register_structure_hook_factory(attrs.has, factory)
+    return conv
+
+
+CONVERTER = make_converter()
+
+
+def _format_cattrs_error(exc: BaseException, prefix: str) -> list[str]:
+    def fmt(e: BaseException, _type: type | None) -> str:
+        if isinstance(e, KeyError):
+            return "required"
+        if isinstance(e, TypeError | ValueError) and e.args:
+            return str(e.args[0])
+        return str(e) or type(e).__name__
+
+    problems = []
+    for line in cattrs.transform_error(exc, path="", format_exception=fmt):
+        msg, _, sub = line.rpartition(" @ ")
+        sub = re.sub(r"\['([^']*)'\]", r".\1", sub)
+        full = (
+            f"{prefix}{sub}" if sub.startswith("[") else ".".join(p for p in (prefix, sub.lstrip(".")) if p)
+        )
+        problems.append(f"{full}: {msg}" if full else msg)
+    return problems
+
+
+def _fields(cls: type) -> list[attrs.Attribute[Any]]:
+    attrs.resolve_types(cls)
+    return [f for f in attrs.fields(cls) if not f.metadata.get("internal")]
+
+
+def _model_type(tp: Any) -> tuple[type | None, str]:
+    """The attrs class inside a field type and how it is held:
+    ``("plain"|"optional"|"dict")``, or ``(None, "")`` for a plain value."""
+    if attrs.has(tp):
+        return tp, "plain"
+    args = get_args(tp)
+    if get_origin(tp) is dict and len(args) == 2 and attrs.has(args[1]):
+        return args[1], "dict"
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and attrs.has(inner[0]):
+            return inner[0], "optional"
+    return None, ""
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _structure_obj(cls: type, data: Any, path: str, problems: list[str], warnings: list[str]) -> Any:
+    """Structure one attrs object field by field, so that one bad field never
+    hides the problems of its siblings. Returns None when anything failed."""
+    if not isinstance(data, dict):
+        problems.append(f"{path or '(top level)'}: expected an object, got {_describe(data)}")
+        return None
+    fields = _fields(cls)
+    known = {camel(f.name): f for f in fields}
+    lower = {k.lower(): k for k in known}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        canonical = key if key in known else lower.get(str(key).lower())
+        if canonical is None:
+            warnings.append(f"{_join(path, str(key))}: unknown key, ignored")
+            continue
+        if canonical != key:
+            if canonical in data:
+                warnings.append(f"{_join(path, str(key))}: duplicate of {canonical!r}, ignored")
+                continue
+            warnings.append(f"{_join(path, str(key))}: accepted as {canonical!r} (spell it that way)")
+        values[canonical] = value
+
+    ok = True
+    kwargs: dict[str, Any] = {}
+    for key, f in known.items():
+        fpath = _join(path, key)
+        if key not in values:
+            if f.default is attrs.NOTHING:
+                problems.append(f"{fpath}: required")
+                ok = False
+            continue
+        value = values[key]
+        sub, how = _model_type(f.type)
+        before = len(problems)
+        if how == "plain" or (how == "optional" and value is not None):
+            result = _structure_obj(sub, value, fpath, problems, warnings)  # type: ignore[arg-type]
+        elif how == "dict":
+            if not isinstance(value, dict):
+                problems.append(f"{fpath}: expected an object, got {_describe(value)}")
+                result = None
+            else:
+                result = {
+                    str(k): _structure_obj(sub, v, _join(fpath, str(k)), problems, warnings)  # type: ignore[arg-type]
+                    for k, v in value.items()
+                }
+        elif how == "optional":
+            result = None
+        else:
+            try:
+                result = CONVERTER.structure(value, cast(Any, f.type))
+            except Exception as exc:
+                problems.extend(_format_cattrs_error(exc, fpath))
+        if len(problems) > before:
+            ok = False
+            continue
+        check = f.metadata.get("check")
+        if check is not None and (msg := check(result)):
+            problems.append(f"{fpath}: {msg}")
+            ok = False
+            continue
+        kwargs[f.name] = result
+    if not ok:
+        return None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{path or '(top level)'}: {exc}")
+        return None
+
+
+def structure(cls: type[T], data: Any, path: str, warnings: list[str]) -> tuple[T | None, list[str]]:
+    """Structure ``data`` into the attrs class ``cls``.
+
+    Returns ``(object, [])`` or ``(None, problems)``; every problem carries its
+    path below ``path``. Unknown keys become warnings.
+    """
+    problems: list[str] = []
+    obj = _structure_obj(cls, {} if data is None else data, path, problems, warnings)
+    return (obj if not problems else None), problems
+
+
+# ------------------------------------------------------------- assembling
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Objects merge key by key; anything else in ``over`` replaces ``base``."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def is_bootstrap(raw: Mapping[str, Any]) -> bool:
+    """A file with a non-empty ``bootstrap`` section is a bootstrap config."""
+    boot = raw.get("bootstrap")
+    return isinstance(boot, Mapping) and any(boot.get(k) for k in ("apiUrl", "nodeName", "token"))
+
+
+def apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """Overlay ``MOENET_NODE_NAME``/``_NODE_ID``/``_CP_URL``/``_CP_TOKEN``."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    boot = is_bootstrap(raw)
+
+    def put(section: str, key: str, value: Any) -> None:
+        sec = out.get(section)
+        out[section] = dict(sec) if isinstance(sec, Mapping) else {}
+        out[section][key] = value
+
+    if (v := env.get("MOENET_NODE_NAME")) is not None:
+        put("node", "name", v)
+        if boot:
+            put("bootstrap", "nodeName", v)
+    if (v := env.get("MOENET_NODE_ID")) is not None:
+        try:
+            put("node", "id", int(v))
+        except ValueError:
+            problems.append(f"MOENET_NODE_ID: expected an integer, got {v!r}")
+    if (v := env.get("MOENET_CP_URL")) is not None:
+        put("controlPlane", "url", v)
+        if boot:
+            put("bootstrap", "apiUrl", v)
+    if (v := env.get("MOENET_CP_TOKEN")) is not None:
+        put("controlPlane", "token", v)
+        if boot:
+            put("bootstrap", "token", v)
+    return out
+
+
+def remote_overlay(remote: Any, problems: list[str]) -> dict[str, Any]:
+    """The CP's ``/agent/{node}/config`` answer as a config overlay.
+
+    Only sections the CP may decide are taken (node, bird, wireguard, mesh,
+    metric, autoUpdate, controlPlane intervals, tasks, backends); local-only
+    settings (server, plugins, state, logging, bootstrap) are never taken from
+    the network.
+    """
+    if not isinstance(remote, Mapping):
+        problems.append("control plane config: expected an object")
+        return {}
+    allowed = {
+        "node",
+        "bird",
+        "wireguard",
+        "mesh",
+        "metric",
+        "autoUpdate",
+        "controlPlane",
+        "tasks",
+        "backends",
+    }
+    overlay = {k: v for k, v in remote.items() if k in allowed}
+    cp = overlay.get("controlPlane")
+    if isinstance(cp, Mapping):
+        # The CP may tune intervals but never redirect the agent or change its token.
+        overlay["controlPlane"] = {k: v for k, v in cp.items() if k not in ("url", "token", "source", "file")}
+    return overlay
+
+
+def build_config(
+    raw: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    remote: Any = None,
+    source: str | None = None,
+) -> tuple[AgentConfig, list[str]]:
+    """Assemble and validate the configuration.
+
+    Returns the config and the warnings; raises :class:`ConfigError` listing
+    every problem when it is invalid.
+    """
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError(["(top level): expected a JSON object"], source)
+    env = os.environ if env is None else env
+    bootstrap_mode = is_bootstrap(raw)
+    local = apply_env(dict(raw), env, problems)
+    merged = local
+    if remote is not None:
+        merged = deep_merge(remote_overlay(remote, problems), local)
+
+    core_raw: dict[str, Any] = {}
+    plugin_raw: dict[str, Any] = {}
+    lower_core = {k.lower(): k for k in CORE_SECTIONS}
+    for key, value in merged.items():
+        canonical = key if key in CORE_SECTIONS else lower_core.get(str(key).lower())
+        if canonical is None:
+            plugin_raw[key] = value
+            continue
+        if canonical != key:
+            warnings.append(f"{key}: accepted as {canonical!r} (spell it that way)")
+        core_raw[canonical] = value
+
+    cfg, errs = structure(AgentConfig, core_raw, "", warnings)
+    problems.extend(errs)
+    if cfg is None:
+        raise ConfigError(problems, source)
+
+    cfg.plugin_sections = plugin_raw
+    cfg.source = source
+    if cfg.control_plane.source == "file":
+        cfg.mode = "standalone"
+    elif bootstrap_mode:
+        cfg.mode = "bootstrap"
+    else:
+        cfg.mode = "full"
+
+    if bootstrap_mode:
+        boot = cfg.bootstrap
+        for key, value in (("apiUrl", boot.api_url), ("nodeName", boot.node_name), ("token", boot.token)):
+            if not value:
+                problems.append(f"bootstrap.{key}: required")
+        if remote is not None:
+            if cfg.node.name and boot.node_name and cfg.node.name != boot.node_name:
+                warnings.append(
+                    f"node.name: the CP calls this node {cfg.node.name!r}; "
+                    f"using {boot.node_name!r} from bootstrap"
+                )
+            cfg.node.name = boot.node_name
+            cfg.control_plane.url = boot.api_url
+            cfg.control_plane.token = boot.token
+    elif cfg.mode == "standalone":
+        if not cfg.control_plane.file:
+            problems.append("controlPlane.file: required when controlPlane.source is 'file'")
+        if not cfg.node.name:
+            problems.append("node.name: required")
+    else:
+        if not cfg.node.name:
+            problems.append("node.name: required")
+        if not cfg.control_plane.url:
+            problems.append("controlPlane.url: required (or use a bootstrap section)")
+        if not cfg.control_plane.token:
+            problems.append("controlPlane.token: required")
+
+    if cfg.control_plane.retry_max_delay < cfg.control_plane.retry_initial_delay:
+        problems.append("controlPlane.retryMaxDelay: must not be smaller than retryInitialDelay")
+    if cfg.bird.pool_size_max < cfg.bird.pool_size:
+        problems.append("bird.poolSizeMax: must not be smaller than poolSize")
+    if cfg.bird.ebgp_conf_template_file:
+        warnings.append(
+            "bird.ebgpConfTemplateFile: not used by this agent; put overrides in bird.templateDir"
+        )
+    for n, (sec, key) in enumerate(
+        ((cfg.node.loopback_ipv4, cfg.wireguard.dn42_ipv4), (cfg.node.loopback_ipv6, cfg.wireguard.dn42_ipv6))
+    ):
+        if sec and key and sec.split("/")[0] != key.split("/")[0]:
+            fam = "Ipv4" if n == 0 else "Ipv6"
+            problems.append(f"node.loopback{fam}: disagrees with wireguard.dn42{fam} ({sec} vs {key})")
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg, warnings
+
+
+# ------------------------------------------------------------ file access
+
+
+def find_config_file(explicit: str | None = None) -> Path:
+    """The config file: ``explicit`` if given, else the first of :data:`SEARCH_PATH`."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError([f"{explicit}: no such file"])
+        return path
+    for candidate in SEARCH_PATH:
+        path = Path(candidate).expanduser()
+        if path.is_file():
+            return path
+    raise ConfigError([f"no config file found; looked for {', '.join(SEARCH_PATH)} (or pass -c FILE)"])
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse the JSON file; a syntax error reports line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"], str(path)) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"line {exc.lineno} column {exc.colno}: {exc.msg}"], str(path)) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a JSON object"], str(path))
+    return data
+
+
+def to_dict(cfg: AgentConfig) -> dict[str, Any]:
+    """The config as the JSON the file would hold (camelCase; secrets masked)."""
+
+    def dump(obj: Any) -> Any:
+        if attrs.has(type(obj)):
+            return {
+                camel(f.name): dump(getattr(obj, f.name))
+                for f in attrs.fields(type(obj))
+                if not f.metadata.get("internal")
+            }
+        if isinstance(obj, dict):
+            return {k: dump(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [dump(v) for v in obj]
+        return obj
+
+    out: dict[str, Any] = dump(cfg)
+    for section, key in (("server", "token"), ("controlPlane", "token"), ("bootstrap", "token")):
+        if out[section].get(key):
+            out[section][key] = "***"
+    out.update({k: v for k, v in cfg.plugin_sections.items() if k not in out})
+    return out

@@ -1,0 +1,544 @@
+"""Where desired state comes from and where reports go.
+
+:class:`ControlPlane` is what tasks use (``ctx.cp``): ``fetch("sessions")`` reads
+``GET /agent/{node}/sessions``; ``send("modify", body)`` posts
+``POST /agent/{node}/modify``. Two sources exist:
+
+- :class:`HttpControlPlane` (``controlPlane.source: "http"``, the default): the
+  real CP over HTTP, behind retries and a circuit breaker.
+- :class:`FileControlPlane` (``controlPlane.source: "file"``): a local JSON file
+  for nodes without a CP; sends land in the state directory and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import email.utils
+import json
+import os
+import random
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+import attrs
+import yarl
+from loguru import logger
+
+from .breaker import CircuitBreaker
+from .clock import Clock, SystemClock
+from .errors import CircuitOpenError, ControlPlaneRejected, ControlPlaneUnavailable
+from .metrics import BREAKER_STATE_VALUES, AgentMetrics
+from .retry import RetryPolicy
+from .state import StateError, StateStore
+from .version import __version__
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+_DEFAULT_RETRY = RetryPolicy()
+
+#: Bodies kept per resource by :class:`FileControlPlane`.
+SENT_KEEP = 1000
+
+_LOG_BODY_MAX = 4096
+
+
+class ControlPlane(ABC):
+    """A control-plane source for one node."""
+
+    node: str
+
+    @abstractmethod
+    async def fetch(self, resource: str) -> Any:
+        """``GET /agent/{node}/{resource}``; returns the unwrapped ``data``.
+
+        Raises :class:`~moenet_core.errors.ControlPlaneUnavailable` (network,
+        timeout, 5xx, 429 after retries; breaker open) or
+        :class:`~moenet_core.errors.ControlPlaneRejected` (4xx, non-zero envelope
+        code, unparseable body). Never returns "empty" in place of an error.
+        """
+
+    @abstractmethod
+    async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
+        """``POST /agent/{node}/{resource}`` with a JSON body; returns the
+        unwrapped answer (None for an empty body). Errors as for :meth:`fetch`."""
+
+    @property
+    @abstractmethod
+    def breaker_state(self) -> str:
+        """``closed``, ``open`` or ``half_open`` (``closed`` for sources without one)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional: not every source holds connections
+        """Release connections."""
+
+
+_RESOURCE = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
+
+#: Upper bound on a server-requested ``Retry-After`` wait (seconds).
+RETRY_AFTER_CAP = 300.0
+
+#: Characters of a response body quoted in an error message.
+_EXCERPT = 200
+
+
+def validate_resource(resource: str) -> str:
+    """Return ``resource`` if it is a safe path below ``/agent/{node}/``
+    (segments of ``[A-Za-z0-9_-]`` joined by ``/``), else raise ValueError, so a
+    resource name can never climb out of the node's namespace."""
+    if not isinstance(resource, str) or not _RESOURCE.fullmatch(resource):
+        raise ValueError(f"invalid control-plane resource {resource!r}")
+    return resource
+
+
+def default_user_agent() -> str:
+    """``moenet-agent/<version> (+python aiohttp/<version>)``."""
+    return f"moenet-agent/{__version__} (+python aiohttp/{aiohttp.__version__})"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP
+    date, relative to the wall-clock ``now``); None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _excerpt(body: bytes) -> str:
+    text = " ".join(body.decode("utf-8", errors="replace").split())
+    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
+
+
+def _unwrap(payload: Any, status: int | None) -> Any:
+    """Return the envelope's ``data``, or the bare payload when it is not an
+    envelope; raise on a non-zero envelope code (an error is never empty data)."""
+    if (
+        isinstance(payload, dict)
+        and "code" in payload
+        and isinstance(payload["code"], int)
+        and not isinstance(payload["code"], bool)
+        and ("data" in payload or "message" in payload)
+    ):
+        code: int = payload["code"]
+        if code != 0:
+            message = payload.get("message")
+            text = str(message) if message not in (None, "") else f"error code {code}"
+            raise ControlPlaneRejected(text, status=status, code=code)
+        return payload.get("data")
+    return payload
+
+
+class _Transient(Exception):
+    """One attempt found the CP unavailable (network error, timeout); it may be retried."""
+
+
+@attrs.frozen
+class _Answer:
+    """What one attempt got back: enough of the response to judge it."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
+    location: str | None = None
+
+
+class _Refused(Exception):
+    """The breaker refused a call before any request was made."""
+
+    def __init__(self, error: CircuitOpenError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class HttpControlPlane(ControlPlane):
+    """The real CP over HTTP, with retries and a circuit breaker.
+
+    Each *attempt* is one breaker admission, so the breaker sees every failed
+    attempt (one call whose four attempts all fail counts four failures) and a
+    breaker that opens half-way through a call stops its remaining retries.
+    A refused admission before any request ends the call with
+    :class:`CircuitOpenError` (metric result ``breaker_open``); a refusal after
+    failed attempts raises :class:`CircuitOpenError` carrying the last reason
+    (result ``unavailable``, since requests were made).
+
+    All waits (backoff and the per-attempt deadline) run on ``clock``;
+    aiohttp's own timeout is set to the same ``request_timeout`` as a backstop.
+    Redirects are not followed (a 3xx is a rejection naming the target), so the
+    bearer token is only ever sent to ``base_url``.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        node: str,
+        token: str | None,
+        clock: Clock,
+        metrics: AgentMetrics | None = None,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        breaker: CircuitBreaker | None = None,
+        request_timeout: float = 15.0,
+        user_agent: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        base = base_url.rstrip("/")
+        try:
+            parsed = yarl.URL(base)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid control-plane URL {base_url!r}: {exc}") from exc
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"control-plane URL must be http(s)://host[/prefix], got {base_url!r}")
+        if not node:
+            raise ValueError("node name must not be empty")
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0, got {request_timeout!r}")
+        self.node = node
+        self._base = str(parsed)
+        self._token = token
+        self._clock = clock
+        self._metrics = metrics
+        self._retry = retry
+        self._request_timeout = float(request_timeout)
+        self._user_agent = user_agent or default_user_agent()
+        self._session = session
+        self._owns_session = session is None
+        self._rng = rng if rng is not None else random.Random()
+        self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
+        if metrics is not None:
+            self.breaker.subscribe(self._on_breaker_change)
+            self._on_breaker_change(self.breaker.state)
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"<HttpControlPlane {self._base} node={self.node!r} breaker={self.breaker.state}>"
+
+    @property
+    def breaker_state(self) -> str:
+        return self.breaker.state
+
+    def url_for(self, resource: str) -> str:
+        """The full URL of ``resource`` for this node (node name percent-escaped)."""
+        validate_resource(resource)
+        return f"{self._base}/agent/{quote(self.node, safe='')}/{resource}"
+
+    async def fetch(self, resource: str) -> Any:
+        return await self._call("GET", resource, None)
+
+    async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
+        return await self._call("POST", resource, body)
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+    # -- internals --------------------------------------------------------
+
+    def _on_breaker_change(self, state: str) -> None:
+        if self._metrics is not None:
+            self._metrics.breaker_state.set(BREAKER_STATE_VALUES[state])
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily: aiohttp wants a running loop.
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        return self._session
+
+    def _headers(self, method: str) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if method == "POST":
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def _count(self, resource: str, method: str, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.cp_requests.labels(resource=resource, method=method, result=result).inc()
+
+    async def _call(self, method: str, resource: str, body: Mapping[str, Any] | None) -> Any:
+        url = yarl.URL(self.url_for(resource), encoded=True)
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        log = logger.bind(resource=resource, method=method)
+        started = self._clock.monotonic()
+        result = "unavailable"
+        try:
+            value = await self._attempts(method, resource, url, data, log)
+        except _Refused as refused:
+            result = "breaker_open"
+            raise refused.error from None
+        except ControlPlaneRejected:
+            result = "rejected"
+            raise
+        except ControlPlaneUnavailable:
+            result = "unavailable"
+            raise
+        except BaseException:
+            result = ""  # cancelled or a bug: not a CP outcome
+            raise
+        else:
+            result = "ok"
+            return value
+        finally:
+            if result:
+                self._count(resource, method, result)
+                if result != "breaker_open" and self._metrics is not None:
+                    self._metrics.cp_duration.labels(resource=resource).observe(
+                        max(0.0, self._clock.monotonic() - started)
+                    )
+
+    async def _attempts(
+        self, method: str, resource: str, url: yarl.URL, data: bytes | None, log: Logger
+    ) -> Any:
+        policy = self._retry
+        last_reason = ""
+        for attempt in range(policy.max_attempts):
+            try:
+                ticket = self.breaker.before_call()
+            except CircuitOpenError as exc:
+                if attempt == 0:
+                    log.debug("control plane {} {} refused: {}", method, resource, exc)
+                    raise _Refused(exc) from None
+                raise CircuitOpenError(
+                    f"{method} {resource}: circuit breaker opened after {attempt} failed "
+                    f"attempt(s); last error: {last_reason}"
+                ) from None
+            try:
+                answer = await self._attempt(method, url, data)
+            except _Transient as exc:
+                self.breaker.record_failure(ticket)
+                last_reason, server_wait = str(exc), None
+            except BaseException:
+                self.breaker.release(ticket)
+                raise
+            else:
+                status = answer.status
+                if 500 <= status <= 599 or status == 429:
+                    self.breaker.record_failure(ticket)
+                    last_reason = f"HTTP {status}"
+                    excerpt = _excerpt(answer.body)
+                    if excerpt:
+                        last_reason += f": {excerpt}"
+                    server_wait = None
+                    if status in (429, 503):
+                        server_wait = parse_retry_after(answer.retry_after, self._clock.time())
+                else:
+                    # The CP answered: whatever the content, it is up.
+                    self.breaker.record_success(ticket)
+                    return self._interpret(method, resource, answer, log)
+
+            if attempt + 1 >= policy.max_attempts:
+                break
+            if self.breaker.state == "open":
+                raise CircuitOpenError(
+                    f"{method} {resource}: circuit breaker opened after {attempt + 1} failed "
+                    f"attempt(s); last error: {last_reason}"
+                )
+            wait = policy.delay(attempt, self._rng)
+            if server_wait is not None:
+                wait = max(wait, min(server_wait, RETRY_AFTER_CAP))
+            log.warning(
+                "control plane {} {} failed ({}); retry {}/{} in {:.1f}s",
+                method,
+                resource,
+                last_reason,
+                attempt + 1,
+                policy.max_retries,
+                wait,
+            )
+            if self._metrics is not None:
+                self._metrics.cp_retries.labels(resource=resource).inc()
+            await self._clock.sleep(wait)
+
+        attempts = policy.max_attempts
+        log.warning(
+            "control plane {} {} unavailable after {} attempt(s): {}", method, resource, attempts, last_reason
+        )
+        raise ControlPlaneUnavailable(
+            f"{method} {resource}: control plane unavailable after {attempts} attempt(s): {last_reason}"
+        )
+
+    def _interpret(self, method: str, resource: str, answer: _Answer, log: Logger) -> Any:
+        status, payload = answer.status, answer.body
+        if 200 <= status <= 299:
+            if not payload.strip():
+                log.debug("control plane {} {} -> {} (empty)", method, resource, status)
+                return None
+            try:
+                decoded = json.loads(payload)
+            except ValueError:
+                raise ControlPlaneRejected(
+                    f"unparseable response to {method} {resource} (HTTP {status}, not JSON): "
+                    f"{_excerpt(payload)}",
+                    status=status,
+                ) from None
+            log.debug("control plane {} {} -> {}", method, resource, status)
+            return _unwrap(decoded, status)
+        detail = _excerpt(payload)
+        if 300 <= status <= 399 and answer.location:
+            # Redirects are not followed: the bearer token must not travel to
+            # another URL. The operator fixes controlPlane.url instead.
+            detail = f"redirected to {answer.location} (not followed; fix the control-plane URL)"
+        code: int | None = None
+        try:
+            decoded = json.loads(payload) if payload.strip() else None
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            if isinstance(decoded.get("message"), str) and decoded["message"]:
+                detail = decoded["message"]
+            raw_code = decoded.get("code")
+            if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+                code = raw_code
+        log.warning("control plane {} {} rejected: HTTP {}", method, resource, status)
+        text = f"{method} {resource}: HTTP {status}"
+        raise ControlPlaneRejected(f"{text}: {detail}" if detail else text, status=status, code=code)
+
+    async def _attempt(self, method: str, url: yarl.URL, data: bytes | None) -> _Answer:
+        """One request, bounded by ``request_timeout`` on the injected clock.
+        Returns the answer or raises :class:`_Transient`."""
+        io = asyncio.ensure_future(self._request(method, url, data))
+        timer = asyncio.ensure_future(self._clock.sleep(self._request_timeout))
+        try:
+            await asyncio.wait((io, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            io.cancel()
+            timer.cancel()
+            await asyncio.gather(io, timer, return_exceptions=True)
+        if io.cancelled():
+            raise _Transient(f"timed out after {self._request_timeout:g}s")
+        exc = io.exception()
+        if exc is None:
+            return io.result()
+        if isinstance(exc, TimeoutError):
+            raise _Transient(f"timed out after {self._request_timeout:g}s")
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            raise _Transient(_describe(exc))
+        raise exc
+
+    async def _request(self, method: str, url: yarl.URL, data: bytes | None) -> _Answer:
+        session = self._get_session()
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        async with session.request(
+            method, url, data=data, headers=self._headers(method), timeout=timeout, allow_redirects=False
+        ) as resp:
+            payload = await resp.read()
+            return _Answer(
+                status=resp.status,
+                body=payload,
+                retry_after=resp.headers.get("Retry-After"),
+                location=resp.headers.get("Location"),
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for a transport error (never includes headers)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+class FileControlPlane(ControlPlane):
+    """Desired state from a local JSON file, for nodes without a CP.
+
+    The file is an object keyed by resource (``"config"``, ``"sessions"``,
+    ``"mesh"``, ``"bird-config"``...), each value what the CP's ``data`` would
+    be. It is re-read on every :meth:`fetch`, so an operator's edit takes effect
+    on the next sync. A missing file, invalid JSON or a missing resource is an
+    error, never empty data (empty data would tell reconcilers to remove
+    everything).
+
+    :meth:`send` keeps the last :data:`SENT_KEEP` bodies per resource in the
+    state file ``sent-<resource>.json`` (``/`` → ``_``) and logs each at info.
+    """
+
+    def __init__(
+        self, *, path: str | os.PathLike[str], node: str, state: StateStore, clock: Clock | None = None
+    ) -> None:
+        self.node = node
+        self.path = Path(path)
+        self._state = state
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<FileControlPlane {self.path} node={self.node!r}>"
+
+    @property
+    def breaker_state(self) -> str:
+        return "closed"
+
+    @staticmethod
+    def sent_name(resource: str) -> str:
+        """The state file holding the bodies sent to ``resource``."""
+        return f"sent-{validate_resource(resource).replace('/', '_')}.json"
+
+    async def fetch(self, resource: str) -> Any:
+        validate_resource(resource)
+        document = self._load()
+        if resource not in document:
+            raise ControlPlaneRejected(f"resource '{resource}' not in {self.path}")
+        return document[resource]
+
+    async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
+        name = self.sent_name(resource)
+        entry = {"time": self._clock.time(), "resource": resource, "body": dict(body)}
+        text = json.dumps(entry["body"], separators=(",", ":"), sort_keys=True)  # TypeError early
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._record, name, entry)
+            except StateError as exc:
+                raise ControlPlaneUnavailable(f"cannot record send to {resource}: {exc}") from exc
+        if len(text) > _LOG_BODY_MAX:
+            text = text[: _LOG_BODY_MAX - 3] + "..."
+        logger.bind(resource=resource).info("control plane (file) send {}: {}", resource, text)
+        return None
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ControlPlaneRejected(f"control-plane file {self.path} does not exist") from None
+        except OSError as exc:
+            raise ControlPlaneRejected(
+                f"cannot read control-plane file {self.path}: {exc.strerror}"
+            ) from None
+        try:
+            document = json.loads(raw)
+        except ValueError as exc:
+            raise ControlPlaneRejected(f"control-plane file {self.path} is not valid JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise ControlPlaneRejected(
+                f"control-plane file {self.path} must hold a JSON object keyed by resource name"
+            )
+        return document
+
+    def _record(self, name: str, entry: dict[str, Any]) -> None:
+        try:
+            entries = self._state.read_json(name, default=[])
+        except StateError as exc:
+            logger.warning("discarding unreadable send log {}: {}", name, exc)
+            entries = []
+        if not isinstance(entries, list):
+            logger.warning("discarding send log {}: not a JSON list", name)
+            entries = []
+        entries.append(entry)
+        self._state.write_json(name, entries[-SENT_KEEP:])

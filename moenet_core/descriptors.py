@@ -1,0 +1,229 @@
+"""Descriptors: what sync hooks return so the core can build the async objects.
+
+Hooks are synchronous. A plugin that needs async work (a periodic task, a backend,
+an HTTP route) returns one of these frozen attrs classes holding a *factory*; the
+core calls the factory inside the running event loop and owns the object's
+lifetime: scheduling, timeouts, cancellation and closing. Every descriptor is
+stamped with the providing plugin's name (``plugin``) by the plugin manager.
+
+Adding a keyword field with a default is a compatible change (see the hook API
+versioning rules in ``docs/plugins``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+from .models import SessionStatus
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .context import PluginContext
+
+_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SECTION = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_ROUTE_PATH = re.compile(r"^/[A-Za-z0-9_\-./{}]*$")
+
+
+def _check(pattern: re.Pattern[str], what: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def validator(_inst: Any, _attr: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ValueError(f"invalid {what} {value!r}: must match {pattern.pattern}")
+
+    return validator
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _upper(value: object) -> str:
+    return str(value).upper()
+
+
+def _positive(_inst: Any, attr: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attr.name} must be > 0, got {value!r}")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What a :class:`TaskSpec` factory builds.
+
+    ``run_once`` does one unit of work (one sync, one heartbeat). It may return a
+    short JSON-able summary shown in ``/status``. An optional ``async aclose()`` is
+    awaited at shutdown.
+    """
+
+    async def run_once(self) -> object: ...
+
+
+class Backend:
+    """Base of every backend. ``start`` and ``aclose`` default to no-ops.
+
+    Backend *interfaces* (``TunnelBackend`` ...) live in :mod:`moenet_core.backends`.
+    """
+
+    async def start(self) -> None:
+        """Acquire resources (sockets, processes). Called once before any task runs."""
+
+    async def aclose(self) -> None:
+        """Release resources. Called once at shutdown, in reverse start order."""
+
+
+@attrs.frozen(kw_only=True)
+class TaskSpec:
+    """A periodic task.
+
+    ``interval`` is the default period in seconds; ``tasks.<name>.interval`` in the
+    config overrides it. ``jitter`` is a fraction of the interval added at random to
+    each wait (0 to 0.5). ``timeout`` bounds one run (default: the interval).
+    ``requires`` lists backend kinds that must be running, else the task is not
+    started and ``/status`` says why. ``on_sync`` marks tasks that ``/sync`` runs.
+    ``skip_in_maintenance`` pauses the task while the node is in maintenance.
+    """
+
+    name: str = attrs.field(validator=_check(_TASK_NAME, "task name"))
+    factory: Callable[[PluginContext], Task]
+    interval: float = attrs.field(validator=_positive)
+    initial_delay: float = attrs.field(default=0.0)
+    jitter: float = attrs.field(default=0.1)
+    timeout: float | None = attrs.field(default=None, validator=_positive)
+    requires: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    on_sync: bool = False
+    skip_in_maintenance: bool = False
+    description: str = ""
+    plugin: str = ""
+
+    @jitter.validator
+    def _jitter_range(self, _attr: attrs.Attribute[float], value: float) -> None:
+        if not 0.0 <= value <= 0.5:
+            raise ValueError(f"jitter must be within 0..0.5 of the interval, got {value!r}")
+
+    @initial_delay.validator
+    def _delay_range(self, _attr: attrs.Attribute[float], value: float) -> None:
+        if value < 0:
+            raise ValueError(f"initial_delay must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class BackendSpec:
+    """One implementation of a backend kind (``tunnel``, ``routing``, ``firewall``,
+    ``loopback``, or a kind a plugin defines).
+
+    ``probe`` is a cheap synchronous availability check used when the config says
+    ``auto``; among candidates whose probe passes, the highest ``priority`` wins
+    unless a ``moenet_select_backend`` implementation decides first.
+    """
+
+    kind: str = attrs.field(converter=_lower, validator=_check(_IDENT, "backend kind"))
+    name: str = attrs.field(converter=_lower, validator=_check(_IDENT, "backend name"))
+    factory: Callable[[PluginContext], Backend]
+    probe: Callable[[], bool] | None = None
+    priority: int = 0
+    description: str = ""
+    plugin: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ConfigSection:
+    """A top-level config section owned by a plugin, structured into ``type``
+    (an attrs class) with the core's converter; errors carry the section path."""
+
+    name: str = attrs.field(validator=_check(_SECTION, "config section name"))
+    type: builtins.type = attrs.field()
+    required: bool = False
+    description: str = ""
+    plugin: str = ""
+
+    @type.validator
+    def _is_attrs(self, _attr: attrs.Attribute[Any], value: object) -> None:
+        if not (isinstance(value, builtins.type) and attrs.has(value)):
+            raise ValueError(f"config section {self.name!r}: type must be an attrs class")
+
+
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+@attrs.frozen(kw_only=True)
+class RouteSpec:
+    """An HTTP route on the local API, mounted under ``/plugins/<plugin>/``.
+
+    ``mutating`` defaults to true for every method but GET and HEAD; mutating
+    routes get the same protection as the core's (token or loopback only).
+    """
+
+    method: str = attrs.field(converter=_upper)
+    path: str = attrs.field(validator=_check(_ROUTE_PATH, "route path"))
+    handler: Handler
+    mutating: bool | None = None
+    description: str = ""
+    plugin: str = ""
+
+    @property
+    def is_mutating(self) -> bool:
+        if self.mutating is not None:
+            return self.mutating
+        return self.method not in ("GET", "HEAD")
+
+
+# ---------------------------------------------------------------- events
+
+
+@attrs.frozen(kw_only=True)
+class SessionStatusEvent:
+    """A session's status changed (``old`` is None the first time it is seen;
+    ``removed`` is true once nothing of it is left on the node)."""
+
+    uuid: str
+    name: str
+    asn: int | None
+    old: SessionStatus | None
+    new: SessionStatus
+    error: str | None = None
+    interface: str | None = None
+    removed: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class MaintenanceEvent:
+    """The node entered (``enabled``) or left maintenance."""
+
+    enabled: bool
+    since: float | None
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class SyncEvent:
+    """A reconciler finished a cycle (``task`` names it, e.g. ``sessionSync``)."""
+
+    task: str
+    ok: bool
+    duration: float
+    changes: int = 0
+    error: str | None = None
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class TaskRunEvent:
+    """The scheduler finished one run of a task (success, failure or timeout)."""
+
+    task: str
+    plugin: str
+    ok: bool
+    started: float
+    duration: float
+    error: str | None = None
+    result: object = None
+
+
+RestartAction = Callable[[], Awaitable[Mapping[str, Any]]]

@@ -1,0 +1,113 @@
+"""The agent's own Prometheus registry, the core metrics, and the per-plugin helper.
+
+Each :class:`AgentMetrics` owns a private :class:`CollectorRegistry` (never the
+global one), so several agents can live in one test process. Plugins get a
+:class:`PluginMetrics` that forces their metric names under ``moenet_<plugin>_``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
+
+from .version import __version__
+
+BREAKER_STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
+
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class AgentMetrics:
+    """Core metrics. Every name is documented in ``docs/metrics.md``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.info = Gauge("moenet_agent_info", "Agent version (value is always 1).", ["version"], registry=r)
+        self.info.labels(version=__version__).set(1)
+        self.start_time = Gauge(
+            "moenet_agent_start_time_seconds", "Unix time the agent process started.", registry=r
+        )
+        self.plugins = Gauge("moenet_agent_plugins", "Plugins by load status.", ["status"], registry=r)
+        self.maintenance = Gauge(
+            "moenet_agent_maintenance", "1 while the node is in maintenance (drained), else 0.", registry=r
+        )
+        self.cp_requests = Counter(
+            "moenet_cp_requests_total",
+            "Control-plane calls by resource, method and outcome (ok, rejected, unavailable, breaker_open).",
+            ["resource", "method", "result"],
+            registry=r,
+        )
+        self.cp_retries = Counter(
+            "moenet_cp_retries_total",
+            "Control-plane request attempts that were retried.",
+            ["resource"],
+            registry=r,
+        )
+        self.cp_duration = Histogram(
+            "moenet_cp_request_duration_seconds",
+            "Duration of one control-plane call including retries.",
+            ["resource"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "moenet_cp_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open.", registry=r
+        )
+        self.task_runs = Counter(
+            "moenet_task_runs_total",
+            "Task runs by outcome (ok, error, timeout).",
+            ["task", "result"],
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "moenet_task_duration_seconds",
+            "Duration of task runs.",
+            ["task"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.task_last_success = Gauge(
+            "moenet_task_last_success_timestamp_seconds",
+            "Unix time of the task's last successful run.",
+            ["task"],
+            registry=r,
+        )
+        self.sessions = Gauge("moenet_sessions", "eBGP sessions by reported status.", ["status"], registry=r)
+
+    def for_plugin(self, plugin: str) -> PluginMetrics:
+        return PluginMetrics(self.registry, plugin)
+
+
+class PluginMetrics:
+    """Metric factory for one plugin: names are ``moenet_<plugin>_<name>``."""
+
+    def __init__(self, registry: CollectorRegistry, plugin: str) -> None:
+        self.registry = registry
+        self.prefix = "moenet_" + re.sub(r"[^a-z0-9_]", "_", plugin.lower()) + "_"
+
+    def _name(self, name: str) -> str:
+        if not _METRIC_NAME.match(name):
+            raise ValueError(f"invalid metric name {name!r}")
+        return name if name.startswith(self.prefix) else self.prefix + name
+
+    def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(self._name(name), doc, list(labels), registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(self._name(name), doc, list(labels), registry=self.registry)
+
+    def histogram(
+        self, name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] | None = None
+    ) -> Histogram:
+        if buckets is None:
+            return Histogram(self._name(name), doc, list(labels), registry=self.registry)
+        return Histogram(self._name(name), doc, list(labels), buckets=tuple(buckets), registry=self.registry)
+
+    def register_collector(self, collector: Collector) -> None:
+        """Add a pull collector. Its ``collect()`` runs on the event loop during a
+        scrape: read cached state only, never do I/O."""
+        self.registry.register(collector)

@@ -1,0 +1,42 @@
+"""pytest fixtures (see :mod:`moenet_core.testing`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .clock import ManualClock
+from .fake_cp import FakeControlPlane
+from .harness import AgentHarness
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """A clock that only moves on ``await manual_clock.advance(seconds)``."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def fake_cp() -> AsyncIterator[FakeControlPlane]:
+    """A started fake control plane (token ``test-token``); ``fake_cp.url`` is its base URL."""
+    cp = FakeControlPlane()
+    await cp.start()
+    try:
+        yield cp
+    finally:
+        await cp.stop()
+
+
+@pytest.fixture
+def agent_harness(tmp_path: Path) -> Callable[..., AgentHarness]:
+    """Factory: ``agent_harness(config_dict, plugins=[(name, module)], ...)``;
+    the state directory defaults to a fresh temporary one."""
+
+    def make(config: dict[str, Any], **kwargs: Any) -> AgentHarness:
+        kwargs.setdefault("state_dir", tmp_path / "state")
+        return AgentHarness(config, **kwargs)
+
+    return make

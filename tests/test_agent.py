@@ -1,0 +1,553 @@
+"""The agent core end to end: a real agent, real HTTP to a fake CP, the real API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import attrs
+import moenet_heartbeat
+import pytest
+
+from moenet_core import Backend, BackendSpec, ConfigSection, RouteSpec, SessionStatus, TaskSpec, hookimpl
+from moenet_core.bootstrap import CACHE_FILE, load_config
+from moenet_core.descriptors import SessionStatusEvent
+from moenet_core.errors import PluginError
+from moenet_core.state import StateStore
+from moenet_core.testing import AgentHarness, ManualClock
+
+TOKEN = "test-token"
+API_TOKEN = "api-token-123"
+
+
+def node_config(cp_url: str, **extra):
+    cfg = {
+        "node": {"name": "jp1", "id": 1},
+        "controlPlane": {"url": cp_url, "token": TOKEN},
+        "server": {"listen": "127.0.0.1:0"},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def api_url(agent) -> str:
+    host, port = agent.api.bound[0]
+    return f"http://{host}:{port}"
+
+
+async def test_heartbeat_is_sent_authenticated(fake_cp, agent_harness):
+    async with agent_harness(node_config(fake_cp.url), plugins=[("heartbeat", moenet_heartbeat)]):
+        [req] = await fake_cp.wait_for("heartbeat")
+    assert req.method == "POST" and req.node == "jp1" and req.authorized
+    assert req.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert req.headers["User-Agent"].startswith("moenet-agent/")
+    body = req.body
+    assert body["node_id"] == "jp1"
+    status = body["status"]
+    for key in (
+        "version",
+        "kernel",
+        "loadAvg",
+        "uptime",
+        "timestamp",
+        "tx",
+        "rx",
+        "tcp",
+        "udp",
+        "maintenance",
+    ):
+        assert key in status
+    assert status["maintenance"] is False
+    assert isinstance(status["tcp"], int) and isinstance(status["uptime"], int)
+
+
+class MeshKeyPublisher:
+    """A plugin that publishes heartbeat fields from a run-time object."""
+
+    class Task:
+        def __init__(self, ctx):
+            ctx.register_hooks(self)
+
+        @hookimpl
+        def moenet_heartbeat_fields(self):
+            return {"meshPublicKey": "bWVzaC1wdWJsaWMta2V5LWJhc2U2NC1lbmNvZGVkMDA="}
+
+        async def run_once(self):
+            return None
+
+    @hookimpl
+    def moenet_tasks(self, config):
+        return [TaskSpec(name="meshSync", factory=self.Task, interval=120)]
+
+
+async def test_heartbeat_carries_fields_from_other_plugins(fake_cp, agent_harness):
+    plugins = [("heartbeat", moenet_heartbeat), ("mesh", MeshKeyPublisher())]
+    async with agent_harness(node_config(fake_cp.url), plugins=plugins) as h:
+        # The mesh task registers its hooks when it is built, before the first heartbeat.
+        [req] = await fake_cp.wait_for("heartbeat")
+        assert h.agent.pm.records["mesh"].status == "active"
+    assert req.body["status"]["meshPublicKey"] == "bWVzaC1wdWJsaWMta2V5LWJhc2U2NC1lbmNvZGVkMDA="
+
+
+async def test_disabled_heartbeat_is_not_loaded(fake_cp, agent_harness):
+    async with agent_harness(
+        node_config(fake_cp.url), plugins=[("heartbeat", moenet_heartbeat)], disabled=["heartbeat"]
+    ) as h:
+        status = h.agent.status()
+    assert [p["status"] for p in status["plugins"] if p["name"] == "heartbeat"] == ["blocked"]
+    assert status["tasks"] == []
+    assert fake_cp.calls("heartbeat") == []
+
+
+async def test_status_metrics_and_auth_over_http(fake_cp, agent_harness):
+    config = node_config(fake_cp.url, server={"listen": "127.0.0.1:0", "token": API_TOKEN})
+    async with agent_harness(config, plugins=[("heartbeat", moenet_heartbeat)], api=True) as h:
+        await fake_cp.wait_for("heartbeat")
+        base = api_url(h.agent)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/status") as resp:
+                assert resp.status == 200
+                status = await resp.json()
+            async with http.get(f"{base}/metrics") as resp:
+                metrics = await resp.text()
+            async with http.post(f"{base}/maintenance/start") as resp:
+                assert resp.status == 401
+                assert (await resp.json())["code"] == "unauthorized"
+            async with http.post(
+                f"{base}/maintenance/start", headers={"Authorization": "Bearer wrong"}
+            ) as resp:
+                assert resp.status == 401
+            assert h.agent.maintenance_state()["enabled"] is False
+            auth = {"Authorization": f"Bearer {API_TOKEN}"}
+            async with http.post(
+                f"{base}/maintenance/start", headers=auth, json={"reason": "kernel upgrade"}
+            ) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["enabled"] is True
+            async with http.post(f"{base}/sync", headers=auth) as resp:
+                assert resp.status == 202
+    assert status["node"] == {"name": "jp1", "id": 1, "mode": "full"}
+    assert status["controlPlane"] == {"source": "http", "breaker": "closed"}
+    [task] = status["tasks"]
+    assert task["name"] == "heartbeat" and task["plugin"] == "heartbeat"
+    assert 'moenet_agent_info{version="' in metrics
+    assert 'moenet_task_runs_total{result="ok",task="heartbeat"}' in metrics
+    assert 'moenet_cp_requests_total{method="POST",resource="heartbeat",result="ok"}' in metrics
+    # Maintenance survives a restart of the agent.
+    saved = StateStore(h.state_dir).read_json("maintenance.json")
+    assert saved["enabled"] is True and saved["reason"] == "kernel upgrade"
+
+
+async def test_maintenance_restored_and_broadcast(fake_cp, agent_harness, tmp_path):
+    seen = []
+
+    class Watcher:
+        @hookimpl
+        def moenet_maintenance_changed(self, event):
+            seen.append(event)
+
+    StateStore(tmp_path / "state").write_json(
+        "maintenance.json", {"enabled": True, "since": 5.0, "reason": "x"}
+    )
+    async with agent_harness(node_config(fake_cp.url), plugins=[("watch", Watcher())]) as h:
+        assert h.agent.maintenance_state()["enabled"] is True
+        await h.agent.set_maintenance(False, "")
+    assert [e.enabled for e in seen] == [True, False]
+    assert StateStore(tmp_path / "state").read_json("maintenance.json")["enabled"] is False
+
+
+class Recorder(Backend):
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    async def start(self):
+        self.log.append(("start", self.name))
+
+    async def aclose(self):
+        self.log.append(("close", self.name))
+
+
+async def test_graceful_shutdown_waits_for_running_task_then_closes_backends(fake_cp, agent_harness):
+    log: list[tuple[str, str]] = []
+    release = asyncio.Event()
+    running = asyncio.Event()
+
+    class Slow:
+        def __init__(self, ctx):
+            self.ctx = ctx
+
+        async def run_once(self):
+            running.set()
+            await release.wait()
+            log.append(("task-done", "slow"))
+            return "done"
+
+    class Plugin:
+        @hookimpl
+        def moenet_backends(self, config):
+            return [
+                BackendSpec(kind="firewall", name="one", factory=lambda ctx: Recorder("firewall", log)),
+                BackendSpec(kind="tunnel", name="two", factory=lambda ctx: Recorder("tunnel", log)),
+            ]
+
+        @hookimpl
+        def moenet_tasks(self, config):
+            return [TaskSpec(name="slow", factory=Slow, interval=60, requires=("tunnel",))]
+
+        @hookimpl
+        def moenet_shutdown(self, agent):
+            log.append(("shutdown-hook", "plugin"))
+
+    h = agent_harness(node_config(fake_cp.url), plugins=[("p", Plugin())])
+    agent = h.build()
+    await agent.start()
+    await running.wait()
+    stopping = asyncio.create_task(agent.stop())
+    await asyncio.sleep(0)
+    assert not stopping.done()  # waits for the in-flight run
+    release.set()
+    await stopping
+    assert log == [
+        ("start", "firewall"),
+        ("start", "tunnel"),
+        ("task-done", "slow"),
+        ("shutdown-hook", "plugin"),
+        ("close", "tunnel"),
+        ("close", "firewall"),
+    ]
+
+
+async def test_backend_selection(fake_cp, agent_harness):
+    def spec(name, probe, priority=0):
+        return BackendSpec(
+            kind="tunnel", name=name, factory=lambda ctx: Recorder(name, []), probe=probe, priority=priority
+        )
+
+    class Provider:
+        @hookimpl
+        def moenet_backends(self, config):
+            return [spec("kernel", lambda: False, priority=10), spec("userspace", lambda: True)]
+
+    async with agent_harness(node_config(fake_cp.url), plugins=[("wg", Provider())]) as h:
+        assert h.agent.backend("tunnel").name == "userspace"  # auto: kernel probe fails here
+
+    class Chooser:
+        @hookimpl
+        def moenet_select_backend(self, kind, candidates):
+            return "kernel" if kind == "tunnel" else None
+
+    async with agent_harness(node_config(fake_cp.url), plugins=[("wg", Provider()), ("c", Chooser())]) as h:
+        assert h.agent.backend("tunnel").name == "kernel"
+
+    cfg = node_config(fake_cp.url, wireguard={"backend": "kernel"})
+    async with agent_harness(cfg, plugins=[("wg", Provider())]) as h:
+        assert h.agent.backend("tunnel").name == "kernel"
+
+    cfg = node_config(fake_cp.url, backends={"tunnel": "magic"})
+    async with agent_harness(cfg, plugins=[("wg", Provider())]) as h:
+        status = h.agent.status()
+        with pytest.raises(
+            Exception, match="unknown backend 'magic'; choose one of: auto, kernel, userspace"
+        ):
+            h.agent.backend("tunnel")
+    assert status["backends"]["tunnel"]["ok"] is False
+
+
+async def test_conflicting_tasks_refuse_to_start(fake_cp, agent_harness):
+    class Dup:
+        @hookimpl
+        def moenet_tasks(self, config):
+            return [TaskSpec(name="heartbeat", factory=lambda ctx: None, interval=5)]
+
+    h = agent_harness(node_config(fake_cp.url), plugins=[("heartbeat", moenet_heartbeat), ("dup", Dup())])
+    agent = h.build()
+    with pytest.raises(PluginError, match="task 'heartbeat' is provided by both") as info:
+        await agent.start()
+    assert set(info.value.plugins) == {"heartbeat", "dup"}
+    await agent.stop()
+
+
+async def test_failing_plugin_is_isolated_and_agent_keeps_running(fake_cp, agent_harness):
+    class Broken:
+        @hookimpl
+        def moenet_tasks(self, config):
+            raise RuntimeError("plugin bug")
+
+    class BadFactory:
+        @hookimpl
+        def moenet_tasks(self, config):
+            def factory(ctx):
+                raise OSError("cannot open socket")
+
+            return [TaskSpec(name="bad", factory=factory, interval=5)]
+
+    plugins = [("heartbeat", moenet_heartbeat), ("broken", Broken()), ("badfactory", BadFactory())]
+    async with agent_harness(node_config(fake_cp.url), plugins=plugins) as h:
+        await fake_cp.wait_for("heartbeat")
+        status = h.agent.status()
+    states = {p["name"]: (p["status"], p["error"]) for p in status["plugins"]}
+    assert states["broken"] == ("failed", "moenet_tasks: RuntimeError: plugin bug")
+    assert states["badfactory"][0] == "failed"
+    assert status["tasksNotStarted"]["bad"] == "factory failed: OSError: cannot open socket"
+    assert states["heartbeat"] == ("active", None)
+
+
+async def test_plugin_section_structured_and_invalid_section_fails_only_that_plugin(fake_cp, agent_harness):
+    @attrs.define
+    class WebhookConfig:
+        url: str
+        retries: int = 3
+
+    got = []
+
+    class Webhook:
+        @hookimpl
+        def moenet_config_sections(self):
+            return [ConfigSection(name="webhook", type=WebhookConfig)]
+
+        @hookimpl
+        def moenet_tasks(self, config):
+            class T:
+                def __init__(self, ctx):
+                    got.append(ctx.section)
+
+                async def run_once(self):
+                    return None
+
+            return [TaskSpec(name="hook", factory=T, interval=5)]
+
+    cfg = node_config(fake_cp.url, webhook={"url": "http://127.0.0.1:9/x"}, stray={"a": 1})
+    async with agent_harness(cfg, plugins=[("webhook", Webhook())]) as h:
+        assert got == [WebhookConfig(url="http://127.0.0.1:9/x")]
+        assert (
+            "stray: unknown section (no active plugin declares it), ignored" in h.agent.status()["warnings"]
+        )
+
+    cfg = node_config(fake_cp.url, webhook={"retries": "x"})
+    async with agent_harness(cfg, plugins=[("webhook", Webhook()), ("heartbeat", moenet_heartbeat)]) as h:
+        rec = h.agent.pm.records["webhook"]
+        assert rec.status == "failed"
+        assert rec.error == 'config: webhook.url: required; webhook.retries: expected an integer, got "x"'
+        assert [t["name"] for t in h.agent.status()["tasks"]] == ["heartbeat"]
+
+
+async def test_plugin_routes_status_info_and_session_counts(fake_cp, agent_harness):
+    from aiohttp import web
+
+    async def hello(request):
+        return web.json_response({"hello": request.match_info.get("who", "?")})
+
+    class P:
+        @hookimpl
+        def moenet_api_routes(self, config):
+            return [RouteSpec(method="GET", path="/hello/{who}", handler=hello)]
+
+        @hookimpl
+        def moenet_status_info(self):
+            return {"guard": "ok"}
+
+        @hookimpl
+        def moenet_features(self):
+            return ["demo"]
+
+    async with agent_harness(node_config(fake_cp.url), plugins=[("demo", P())], api=True) as h:
+        ctx = h.agent.context("demo")
+        for uuid, st in (
+            ("a", SessionStatus.ACTIVE),
+            ("b", SessionStatus.ACTIVE),
+            ("c", SessionStatus.ERROR),
+        ):
+            ctx.emit_session_status(
+                SessionStatusEvent(uuid=uuid, name=uuid, asn=4242420001, old=None, new=st)
+            )
+        ctx.emit_session_status(
+            SessionStatusEvent(
+                uuid="c", name="c", asn=1, old=SessionStatus.ERROR, new=SessionStatus.DISABLED, removed=True
+            )
+        )
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{api_url(h.agent)}/plugins/demo/hello/world") as resp:
+                assert await resp.json() == {"hello": "world"}
+            async with http.get(f"{api_url(h.agent)}/status") as resp:
+                status = await resp.json()
+    assert status["sessions"] == {"ACTIVE": 2}
+    assert status["features"] == ["demo"]
+    assert [p["info"] for p in status["plugins"] if p["name"] == "demo"] == [{"guard": "ok"}]
+    assert h.agent.metrics.registry.get_sample_value("moenet_sessions", {"status": "ACTIVE"}) == 2
+    assert h.agent.metrics.registry.get_sample_value("moenet_sessions", {"status": "ERROR"}) == 0
+
+
+async def test_sync_triggers_on_sync_tasks_and_waits(fake_cp, agent_harness):
+    runs = []
+
+    class P:
+        @hookimpl
+        def moenet_tasks(self, config):
+            class T:
+                def __init__(self, ctx):
+                    pass
+
+                async def run_once(self):
+                    runs.append(1)
+                    return {"changed": 0}
+
+            return [TaskSpec(name="sessionSync", factory=T, interval=60, initial_delay=30, on_sync=True)]
+
+    clock = ManualClock()
+    async with agent_harness(node_config(fake_cp.url), plugins=[("s", P())], clock=clock) as h:
+        result = await h.agent.sync(None, wait=True)
+        assert result["triggered"] == ["sessionSync"]
+        assert result["results"]["sessionSync"]["ok"] is True
+        with pytest.raises(KeyError):
+            await h.agent.sync("nope", wait=False)
+    assert runs == [1]
+
+
+async def test_task_finished_broadcast(fake_cp, agent_harness):
+    events = []
+
+    class Obs:
+        @hookimpl
+        def moenet_task_finished(self, event):
+            events.append(event)
+
+    async with agent_harness(
+        node_config(fake_cp.url), plugins=[("heartbeat", moenet_heartbeat), ("o", Obs())]
+    ) as h:
+        await h.agent.scheduler.run_now("heartbeat")
+    assert events and events[-1].task == "heartbeat" and events[-1].ok and events[-1].plugin == "heartbeat"
+
+
+# ------------------------------------------------------------- bootstrap
+
+
+def bootstrap_file(tmp_path, cp_url):
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps(
+            {
+                "bootstrap": {"apiUrl": cp_url, "nodeName": "jp1", "token": TOKEN},
+                "server": {"listen": "127.0.0.1:0"},
+                "state": {"directory": str(tmp_path / "state")},
+            }
+        )
+    )
+    return path
+
+
+REMOTE = {
+    "node": {
+        "id": 7,
+        "name": "jp1",
+        "region": "ap-east",
+        "asn": 4242420998,
+        "loopbackIpv4": "172.22.68.7",
+        "loopbackIpv6": "fd00:4242:7777::7",
+    },
+    "bird": {"controlSocket": "/run/bird/bird.ctl"},
+}
+
+
+async def test_bootstrap_survives_cp_down_for_the_first_attempts(fake_cp, tmp_path):
+    fake_cp.set("config", REMOTE)
+    fake_cp.fail("config", times=6, status=503)
+    path = bootstrap_file(tmp_path, fake_cp.url)
+    clock = ManualClock()
+    config, _ = await clock.drive(load_config(str(path), env={}, clock=clock))
+    assert config.mode == "bootstrap"
+    assert config.node.id == 7 and config.loopback_ipv4 == "172.22.68.7"
+    assert config.control_plane.url == fake_cp.url and config.control_plane.token == TOKEN
+    assert len(fake_cp.calls("config")) == 7
+    assert all(r.authorized for r in fake_cp.calls("config"))
+    # The good answer is cached for the next start.
+    assert StateStore(tmp_path / "state").read_json(CACHE_FILE) == REMOTE
+
+
+async def test_bootstrap_uses_cache_when_cp_is_down(fake_cp, tmp_path):
+    StateStore(tmp_path / "state").write_json(CACHE_FILE, REMOTE)
+    fake_cp.fail("config", times=100, status=502)
+    clock = ManualClock()
+    config, _ = await clock.drive(
+        load_config(str(bootstrap_file(tmp_path, fake_cp.url)), env={}, clock=clock)
+    )
+    assert config.node.id == 7
+    assert len(fake_cp.calls("config")) == 4  # one round of 1 + 3 retries, then the cache
+
+
+async def test_bootstrap_retries_an_invalid_answer(fake_cp, tmp_path):
+    fake_cp.set("config", {"node": {"id": "seven"}})
+    clock = ManualClock()
+    task = asyncio.ensure_future(
+        clock.drive(load_config(str(bootstrap_file(tmp_path, fake_cp.url)), env={}, clock=clock))
+    )
+    await fake_cp.wait_for("config", 2)
+    fake_cp.set("config", REMOTE)
+    config, _ = await task
+    assert config.node.id == 7
+
+
+async def test_agent_from_bootstrap_sends_heartbeats(fake_cp, tmp_path):
+    fake_cp.set("config", REMOTE)
+    config, warnings = await load_config(str(bootstrap_file(tmp_path, fake_cp.url)), env={})
+    h = AgentHarness({}, plugins=[("heartbeat", moenet_heartbeat)], state_dir=tmp_path / "state")
+    from moenet_core.agent import Agent
+    from moenet_core.plugins import AgentPluginManager
+
+    pm = AgentPluginManager()
+    pm.register_plugin(moenet_heartbeat, "heartbeat")
+    agent = Agent(config, pm, config_warnings=warnings)
+    await agent.start()
+    try:
+        [req] = await fake_cp.wait_for("heartbeat")
+    finally:
+        await agent.stop()
+    assert req.node == "jp1" and req.authorized
+    assert h is not None
+
+
+async def test_standalone_file_source(tmp_path, agent_harness):
+    data = tmp_path / "cp.json"
+    data.write_text(json.dumps({"sessions": {"bgpSessions": []}}))
+    cfg = {"node": {"name": "jp1"}, "controlPlane": {"source": "file", "file": str(data)}}
+    async with agent_harness(cfg, plugins=[("heartbeat", moenet_heartbeat)]) as h:
+        event = await h.agent.scheduler.run_now("heartbeat")
+        assert event.ok, event.error
+        assert await h.agent.cp.fetch("sessions") == {"bgpSessions": []}
+        assert h.agent.status()["controlPlane"] == {"source": "file", "breaker": "closed"}
+    sent = list((tmp_path / "state" / "standalone").iterdir())
+    assert sent, "heartbeat recorded in the state directory"
+
+
+async def test_reload_applies_new_task_interval(fake_cp, tmp_path):
+    path = tmp_path / "config.json"
+    raw = node_config(fake_cp.url, state={"directory": str(tmp_path / "state")})
+    path.write_text(json.dumps(raw))
+    config, _ = await load_config(str(path), env={})
+    from moenet_core.agent import Agent
+    from moenet_core.plugins import AgentPluginManager
+
+    seen = []
+
+    class Obs:
+        @hookimpl
+        def moenet_config_updated(self, old, new):
+            seen.append((old.tasks.get("heartbeat"), new.tasks["heartbeat"].interval))
+
+    pm = AgentPluginManager()
+    pm.register_plugin(moenet_heartbeat, "heartbeat")
+    pm.register_plugin(Obs(), "obs")
+    agent = Agent(config, pm, api=False)
+    await agent.start()
+    try:
+        raw["tasks"] = {"heartbeat": {"interval": 5}}
+        path.write_text(json.dumps(raw))
+        assert await agent.reload() is True
+        [task] = agent.scheduler.status()
+        assert task["interval"] == 5
+        path.write_text("{broken")
+        assert await agent.reload() is False  # the running config stays
+        assert agent.config.tasks["heartbeat"].interval == 5
+    finally:
+        await agent.stop()
+    assert seen == [(None, 5)]

@@ -323,7 +323,19 @@ def cmd_run(path: str | None) -> int:
     from .bootstrap import load_config
     from .logs import add_secret, setup_logging
 
-    setup_logging(fmt=os.environ.get("MOENET_LOG_FORMAT", "auto"))
+    # Log in the configured format from the first line on (bootstrap logs before
+    # the full config exists); a broken file is reported by load_config below.
+    early: dict[str, Any] = {}
+    try:
+        from .config import find_config_file, read_config_file
+
+        early = read_config_file(find_config_file(path)).get("logging") or {}
+    except (ConfigError, AttributeError):
+        pass
+    try:
+        setup_logging(fmt=str(early.get("format", "auto")), level=str(early.get("level", "INFO")))
+    except ValueError:
+        setup_logging()
 
     async def run() -> int:
         config, warnings = await load_config(path)

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast, get_args, get_origin
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn, override
 
 from .errors import ConfigError
@@ -419,6 +420,35 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
+
+    def strict_list(tp: Any) -> Callable[[Any, type], Any]:
+        default = list_structure_factory(tp, conv)
+
+        def hook(value: Any, t: type) -> Any:
+            if not isinstance(value, list):  # a string would otherwise become a list of characters
+                raise TypeError(f"expected a list, got {json.dumps(value)}")
+            return default(value, t)
+
+        return hook
+
+    def strict_dict(tp: Any) -> Callable[[Any, type], Any]:
+        default = mapping_structure_factory(tp, conv)
+
+        def hook(value: Any, t: type) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected an object, got {json.dumps(value)}")
+            return default(value, t)
+
+        return hook
+
+    def is_list(tp: Any) -> bool:
+        return bool(get_origin(tp) is list)
+
+    def is_dict(tp: Any) -> bool:
+        return bool(get_origin(tp) is dict)
+
+    conv.register_structure_hook_factory(is_list, strict_list)
+    conv.register_structure_hook_factory(is_dict, strict_dict)
 
     def factory(cls: type) -> Callable[[Any, type], Any]:
         renames = {f.name: override(rename=camel(f.name)) for f in attrs.fields(cls)}

@@ -551,3 +551,118 @@ async def test_reload_applies_new_task_interval(fake_cp, tmp_path):
     finally:
         await agent.stop()
     assert seen == [(None, 5)]
+
+
+async def test_configure_hook_failure_isolates_the_plugin(fake_cp, agent_harness):
+    seen = []
+
+    class Checker:
+        @hookimpl
+        def moenet_configure(self, config):
+            seen.append(config.node.name)
+
+        @hookimpl
+        def moenet_tasks(self, config):
+            return [TaskSpec(name="checked", factory=lambda ctx: MeshKeyPublisher.Task(ctx), interval=60)]
+
+    class Picky:
+        @hookimpl
+        def moenet_configure(self, config):
+            raise ValueError("needs node.asn")
+
+        @hookimpl
+        def moenet_tasks(self, config):
+            return [TaskSpec(name="picky", factory=lambda ctx: MeshKeyPublisher.Task(ctx), interval=60)]
+
+    async with agent_harness(
+        node_config(fake_cp.url), plugins=[("checker", Checker()), ("picky", Picky())]
+    ) as h:
+        names = [t["name"] for t in h.agent.status()["tasks"]]
+        assert h.agent.pm.records["picky"].error == "moenet_configure: ValueError: needs node.asn"
+    assert seen == ["jp1"]
+    assert names == ["checked"]
+
+
+async def test_restart_is_routed_to_the_owning_plugin(fake_cp, agent_harness):
+    calls = []
+
+    class Owner:
+        @hookimpl
+        def moenet_restart(self, interface):
+            if not interface.startswith("dn42-"):
+                return None
+
+            async def action():
+                calls.append(interface)
+                return {"restarted": interface}
+
+            return action
+
+    cfg = node_config(fake_cp.url, server={"listen": "127.0.0.1:0", "token": API_TOKEN})
+    async with agent_harness(cfg, plugins=[("sessions", Owner())], api=True) as h:
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{api_url(h.agent)}/restart", json={"interface": "dn42-4242420001"}, headers=auth
+            ) as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"plugin": "sessions", "restarted": "dn42-4242420001"}
+            async with http.post(
+                f"{api_url(h.agent)}/restart", json={"interface": "eth0"}, headers=auth
+            ) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["code"] == "unknown_interface"
+            async with http.post(
+                f"{api_url(h.agent)}/restart", json={"interface": "dn42-x; reboot"}, headers=auth
+            ) as resp:
+                assert resp.status == 400
+    assert calls == ["dn42-4242420001"]
+
+
+async def test_sync_completed_event_from_a_task(fake_cp, agent_harness):
+    from moenet_core import SyncEvent
+
+    got = []
+
+    class Reconciler:
+        @hookimpl
+        def moenet_tasks(self, config):
+            class T:
+                def __init__(self, ctx):
+                    self.ctx = ctx
+
+                async def run_once(self):
+                    self.ctx.emit_sync_completed(SyncEvent(task="demoSync", ok=True, duration=0.1, changes=2))
+
+            return [TaskSpec(name="demoSync", factory=T, interval=60)]
+
+    class Listener:
+        @hookimpl
+        def moenet_sync_completed(self, event):
+            got.append(event)
+
+    async with agent_harness(node_config(fake_cp.url), plugins=[("r", Reconciler()), ("l", Listener())]) as h:
+        await h.agent.scheduler.run_now("demoSync")
+    assert got and got[-1].changes == 2 and got[-1].task == "demoSync"
+
+
+async def test_startup_awaitable_is_awaited_and_failure_marks_plugin(fake_cp, agent_harness):
+    order = []
+
+    class Warm:
+        @hookimpl
+        def moenet_startup(self, agent):
+            async def warm():
+                order.append(("warm", agent.config.node.name))
+
+            return warm()
+
+    class Cold:
+        @hookimpl
+        async def moenet_startup(self, agent):
+            raise RuntimeError("cache unavailable")
+
+    async with agent_harness(node_config(fake_cp.url), plugins=[("warm", Warm()), ("cold", Cold())]) as h:
+        assert order == [("warm", "jp1")]
+        assert h.agent.pm.records["cold"].status == "failed"
+        assert "cache unavailable" in h.agent.pm.records["cold"].error

@@ -288,3 +288,11 @@ def test_to_dict_masks_secrets():
     assert out["controlPlane"]["token"] == "***" and out["server"]["token"] == "***"
     assert out["controlPlane"]["url"] == "https://cp.example/api/v1"
     assert isinstance(AgentConfig(), AgentConfig)
+
+
+def test_containers_are_strict():
+    # A string is not a list of plugin names (cattrs would happily split it into characters).
+    assert problems_of({**FULL, "plugins": {"disable": "heartbeat"}, "backends": [1]}) == [
+        'plugins.disable: expected a list, got "heartbeat"',
+        "backends: expected an object, got [1]",
+    ]

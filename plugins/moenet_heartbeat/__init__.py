@@ -9,6 +9,7 @@ The payload keeps the Go agent's shape so existing control planes accept it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,16 @@ class Heartbeat:
         }
         offered: dict[str, str] = {}
         for plugin, fields in self.ctx.call_hook("moenet_heartbeat_fields"):
-            if not isinstance(fields, dict):
+            if not isinstance(fields, Mapping):
                 self.ctx.log.warning(
                     "plugin {} returned {} from moenet_heartbeat_fields", plugin, type(fields)
                 )
                 continue
             for key, value in fields.items():
+                if not isinstance(key, str):
+                    # A tuple key would make the whole POST fail to serialise.
+                    self.ctx.log.warning("plugin {} offered a non-string heartbeat key {!r}", plugin, key)
+                    continue
                 if key in status and key not in offered:
                     self.ctx.log.warning("plugin {} may not override heartbeat field {!r}", plugin, key)
                     continue
@@ -73,7 +78,8 @@ class Heartbeat:
                     status.pop(key, None)
                     continue
                 try:
-                    json.dumps(value)
+                    # allow_nan=False: NaN/Infinity are not JSON; a strict CP would reject the POST.
+                    json.dumps(value, allow_nan=False)
                 except (TypeError, ValueError):
                     self.ctx.log.warning("plugin {} offered a non-JSON value for {!r}", plugin, key)
                     continue

@@ -23,10 +23,8 @@ def _read(path: Path) -> str | None:
 
 def kernel(proc: Path = Path("/proc")) -> str:
     """The kernel release (``uname -r``)."""
-    text = _read(proc / "sys/kernel/osrelease")
-    if text:
-        return text.strip()
-    return os.uname().release
+    text = (_read(proc / "sys/kernel/osrelease") or "").strip()
+    return text or os.uname().release
 
 
 def load_average(proc: Path = Path("/proc")) -> str:
@@ -46,7 +44,7 @@ def uptime(proc: Path = Path("/proc")) -> int:
     text = _read(proc / "uptime")
     try:
         return int(float(text.split()[0])) if text else 0
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OverflowError):  # OverflowError: "inf"
         return 0
 
 

@@ -1,0 +1,177 @@
+"""The command line, run as a subprocess the way an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from moenet_core import __version__
+from moenet_core.cli import _translate_go_flags, render_status
+
+GOOD = {
+    "node": {"name": "jp1", "id": 1},
+    "controlPlane": {"url": "https://cp.example/api/v1", "token": "tok-123456"},
+}
+
+
+def run(*args, env=None, cwd=None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MOENET_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "moenet_core", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def write(tmp_path, data, name="config.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def test_version():
+    res = run("version")
+    assert res.returncode == 0
+    assert res.stdout.splitlines()[0] == f"moenet-agent {__version__}"
+    assert run("-v").stdout == res.stdout  # Go agent's flag
+
+
+@pytest.mark.parametrize("cmd", ["run", "validate", "plugins", "status", "version"])
+def test_help_for_every_command(cmd):
+    res = run(cmd, "--help")
+    assert res.returncode == 0 and "usage: moenet-agent" in res.stdout
+
+
+def test_validate_ok_and_go_style_flag(tmp_path):
+    path = write(tmp_path, GOOD)
+    res = run("validate", "-c", path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"OK: {path} (full mode; plugins: heartbeat)"
+    res = run("-validate", "-config", path)
+    assert res.returncode == 0 and res.stdout.startswith("OK:")
+
+
+def test_validate_reports_every_problem(tmp_path):
+    bad = {
+        "node": {"name": "bad name"},
+        "controlPlane": {"url": "ftp://x", "token": 5},
+        "heartbeat": {"interfaces": "eth0"},
+    }
+    res = run("validate", "-c", write(tmp_path, bad))
+    assert res.returncode == 1
+    assert "node.name: must be 1-63 characters" in res.stderr
+    assert "controlPlane.url: must be an http:// or https:// URL" in res.stderr
+    assert "controlPlane.token: expected a string, got 5" in res.stderr
+
+
+def test_validate_checks_plugin_sections(tmp_path):
+    res = run("validate", "-c", write(tmp_path, {**GOOD, "heartbeat": {"interfaces": "eth0"}}))
+    assert res.returncode == 1
+    assert "heartbeat.interfaces: expected" in res.stderr
+
+
+def test_validate_json_and_warnings(tmp_path):
+    res = run("validate", "--json", "-c", write(tmp_path, {**GOOD, "server": {"lisen": 1}, "nosuch": {}}))
+    out = json.loads(res.stdout)
+    assert out["ok"] is True and out["mode"] == "full"
+    assert "server.lisen: unknown key, ignored" in out["warnings"]
+    assert "nosuch: unknown section (no active plugin declares it), ignored" in out["warnings"]
+
+
+def test_validate_bootstrap_file_offline(tmp_path):
+    path = write(
+        tmp_path,
+        {
+            "bootstrap": {"apiUrl": "http://127.0.0.1:9", "nodeName": "jp1", "token": "t0k3n"},
+            "server": {"listen": ":24368"},
+        },
+    )
+    res = run("validate", "-c", path)
+    assert res.returncode == 0, res.stderr
+    assert "(bootstrap mode;" in res.stdout
+
+
+def test_validate_syntax_error_and_missing_file(tmp_path):
+    res = run("validate", "-c", write(tmp_path, "{oops"))
+    assert res.returncode == 1 and "line 1 column 2" in res.stderr
+    res = run("validate", "-c", str(tmp_path / "nope.json"))
+    assert res.returncode == 1 and "no such file" in res.stderr
+
+
+def test_plugins_lists_heartbeat_from_its_entry_point(tmp_path):
+    res = run("plugins", "-c", write(tmp_path, GOOD))
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("heartbeat"))
+    assert line.split()[:4] == ["heartbeat", "active", "moenet-agent", __version__]
+    assert "heartbeat" in line.split()[4]  # the task it provides
+    data = json.loads(run("plugins", "--json", "-c", write(tmp_path, GOOD)).stdout)
+    [hb] = [p for p in data["plugins"] if p["name"] == "heartbeat"]
+    assert hb["status"] == "active" and hb["tasks"] == ["heartbeat"] and hb["module"] == "moenet_heartbeat"
+    assert "moenet_tasks" in hb["hooks"]
+
+
+def test_plugins_blocked_by_env_and_config(tmp_path):
+    res = run("plugins", "--json", "-c", write(tmp_path, GOOD), env={"MOENET_DISABLE_PLUGINS": "heartbeat"})
+    [hb] = [p for p in json.loads(res.stdout)["plugins"] if p["name"] == "heartbeat"]
+    assert hb["status"] == "blocked" and hb["hooks"] == []
+    cfg = {**GOOD, "plugins": {"disable": ["heartbeat"]}}
+    res = run("plugins", "--json", "-c", write(tmp_path, cfg))
+    [hb] = [p for p in json.loads(res.stdout)["plugins"] if p["name"] == "heartbeat"]
+    assert hb["status"] == "blocked"
+
+
+def test_plugins_without_config_file(tmp_path):
+    res = run("plugins", cwd=tmp_path, env={"HOME": str(tmp_path)})
+    assert res.returncode == 0
+    assert "(no config file" in res.stdout and "heartbeat" in res.stdout
+
+
+def test_status_unreachable():
+    res = run("status", "--url", "http://127.0.0.1:9")
+    assert res.returncode == 3 and "cannot reach the agent" in res.stderr
+
+
+def test_go_flag_translation():
+    assert _translate_go_flags(["-c", "x.json"]) == ["run", "-c", "x.json"]
+    assert _translate_go_flags(["-validate", "-config", "x.json"]) == ["validate", "-c", "x.json"]
+    assert _translate_go_flags(["status", "--json"]) == ["status", "--json"]
+
+
+def test_render_status_table():
+    text = render_status(
+        {
+            "version": "0.1.0",
+            "uptime": 61.5,
+            "node": {"name": "jp1", "id": 1, "mode": "bootstrap"},
+            "controlPlane": {"source": "http", "breaker": "open"},
+            "maintenance": {"enabled": False},
+            "tasks": [
+                {
+                    "name": "heartbeat",
+                    "plugin": "heartbeat",
+                    "interval": 30,
+                    "runs": 3,
+                    "failures": 1,
+                    "running": False,
+                    "last": {"ok": False, "error": "ControlPlaneUnavailable: 503"},
+                }
+            ],
+            "tasksNotStarted": {"sessionSync": "needs backend routing"},
+            "plugins": [{"name": "heartbeat", "status": "active"}],
+            "sessions": {"ACTIVE": 2},
+        }
+    )
+    assert "node jp1 (id 1, bootstrap mode)" in text
+    assert "breaker open" in text
+    assert "heartbeat" in text and "ControlPlaneUnavailable: 503" in text
+    assert "sessionSync" in text and "not started: needs backend routing" in text
+    assert "SESSIONS ACTIVE=2" in text

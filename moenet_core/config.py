@@ -136,9 +136,18 @@ def ipv6_link_local(v: str) -> str | None:
 
 
 def listen_address(v: str) -> str | None:
-    m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.\-]*)):(\d{1,5})$", v)
-    if not m or not 0 <= int(m.group(3)) <= 65535:
-        return "must be host:port, [v6]:port or :port"
+    from .api import parse_listen  # one parser for the config check and the server
+
+    try:
+        parse_listen(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def api_token(v: str | None) -> str | None:
+    if v and any(c.isspace() or not c.isprintable() for c in v):
+        return "must be printable and contain no whitespace"
     return None
 
 
@@ -157,7 +166,7 @@ class ServerConfig:
     read_timeout: float = attrs.field(default=30.0, metadata=_check(positive))
     write_timeout: float = attrs.field(default=30.0, metadata=_check(positive))
     idle_timeout: float = attrs.field(default=120.0, metadata=_check(positive))
-    token: str | None = None
+    token: str | None = attrs.field(default=None, metadata=_check(api_token))
     """Bearer token for mutating endpoints; unset means loopback clients only."""
 
 

@@ -245,6 +245,7 @@ def moenet_config_updated(old: AgentConfig, new: AgentConfig) -> None:
 def moenet_startup(agent: Agent) -> Awaitable[None] | None:
     """The agent is up: backends started, API listening, tasks about to run.
 
+    **When**: once at start, before the scheduler's first run.
     **Returns**: None or an awaitable, which the core awaits (bounded) before
     the first task run; a failure marks the plugin failed. **Type**: broadcast.
     """
@@ -254,6 +255,7 @@ def moenet_startup(agent: Agent) -> Awaitable[None] | None:
 def moenet_shutdown(agent: Agent) -> Awaitable[None] | None:
     """The agent is stopping: tasks have finished, backends are still open.
 
+    **When**: once at shutdown (SIGTERM/SIGINT), after in-flight runs ended.
     **Returns**: None or an awaitable, awaited with a bounded timeout.
     **Type**: broadcast.
     """

@@ -351,7 +351,16 @@ async def test_plugin_routes_status_info_and_session_counts(fake_cp, agent_harne
         def moenet_features(self):
             return ["demo"]
 
-    async with agent_harness(node_config(fake_cp.url), plugins=[("demo", P())], api=True) as h:
+    heard = []
+
+    class Listener:
+        @hookimpl
+        def moenet_session_status_changed(self, event):
+            heard.append((event.uuid, event.new, event.removed))
+
+    async with agent_harness(
+        node_config(fake_cp.url), plugins=[("demo", P()), ("l", Listener())], api=True
+    ) as h:
         ctx = h.agent.context("demo")
         for uuid, st in (
             ("a", SessionStatus.ACTIVE),
@@ -372,6 +381,7 @@ async def test_plugin_routes_status_info_and_session_counts(fake_cp, agent_harne
             async with http.get(f"{api_url(h.agent)}/status") as resp:
                 status = await resp.json()
     assert status["sessions"] == {"ACTIVE": 2}
+    assert heard[-1] == ("c", SessionStatus.DISABLED, True) and len(heard) == 4
     assert status["features"] == ["demo"]
     assert [p["info"] for p in status["plugins"] if p["name"] == "demo"] == [{"guard": "ok"}]
     assert h.agent.metrics.registry.get_sample_value("moenet_sessions", {"status": "ACTIVE"}) == 2

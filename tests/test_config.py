@@ -111,7 +111,7 @@ def test_all_errors_reported_at_once_with_paths():
         "autoUpdate": {"channel": "nightly", "enabled": "yes"},
     }
     assert problems_of(raw) == [
-        "server.listen: must be host:port, [v6]:port or :port",
+        "server.listen: invalid listen address 'nope': missing port, expected host:port",
         'server.readTimeout: expected a number, got "5"',
         "node.name: must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",
         "node.id: expected an integer, got true",

@@ -188,8 +188,17 @@ async def test_installed_agent_bootstrap_heartbeat_status_metrics_auth(installed
                     f"{base}/sync?wait=1", headers={"Authorization": "Bearer local-api-token"}
                 ) as resp:
                     assert resp.status == 200
+                # SIGHUP re-reads the file: a new heartbeat interval applies without a restart.
+                config = json.loads((tmp_path / "config.json").read_text())
+                config["tasks"] = {"heartbeat": {"interval": 7}}
+                (tmp_path / "config.json").write_text(json.dumps(config))
+                daemon.proc.send_signal(signal.SIGHUP)
+                await daemon.wait_log("configuration reloaded")
+                async with http.get(f"{base}/status") as resp:
+                    reloaded = await resp.json()
         finally:
             code = await daemon.terminate()
+    assert [t["interval"] for t in reloaded["tasks"]] == [7]
     assert code == 0
     assert beat.authorized and beat.node == "de-fra1"
     assert beat.body["status"]["version"] == __version__

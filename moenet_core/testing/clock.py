@@ -25,7 +25,7 @@ class ManualClock:
         self._wall_offset = wall_offset - start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
-        self._new_sleeper: asyncio.Event | None = None
+        self._sleep_waiters: list[asyncio.Future[None]] = []
 
     def monotonic(self) -> float:
         return self._now
@@ -39,8 +39,10 @@ class ManualClock:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
-        if self._new_sleeper is not None:
-            self._new_sleeper.set()
+        waiters, self._sleep_waiters = self._sleep_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
         await fut
 
     @property
@@ -73,35 +75,51 @@ class ManualClock:
         self._now = target
         await self.settle()
 
-    async def drive(self, awaitable: asyncio.Future[T] | Coroutine[Any, Any, T], limit: float = 3600.0) -> T:
-        """Await ``awaitable`` while moving time to each sleeper's deadline.
+    async def wait_sleeping(self, count: int = 1) -> None:
+        """Return once at least ``count`` coroutines are parked in :meth:`sleep`
+        (woken by each new sleep; no polling)."""
+        while self.sleepers < count:
+            await self._next_sleep()
+
+    def _next_sleep(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleep_waiters.append(fut)
+        return fut
+
+    async def drive(
+        self,
+        awaitable: asyncio.Future[T] | Coroutine[Any, Any, T],
+        *,
+        max_jump: float | None = None,
+        limit: float = 3600.0,
+    ) -> T:
+        """Await ``awaitable``, moving time to each sleeper's deadline.
 
         For code that mixes real I/O (a request to a local server) with clock
-        sleeps (backoff): whenever it sleeps, time jumps to the deadline;
-        whenever it waits on I/O, we wait with it. Raises TimeoutError when
-        more than ``limit`` simulated seconds pass.
+        sleeps (backoff): when the earliest sleeper is due within ``max_jump``
+        seconds (any, if None), time jumps to it; otherwise we wait for the
+        awaitable or for a new sleeper. Use ``max_jump`` when longer sleepers,
+        such as a run's timeout, are pending while real I/O is in flight, so
+        they are not jumped over. Raises TimeoutError after ``limit``
+        simulated seconds.
         """
         task = asyncio.ensure_future(awaitable)
         end = self._now + limit
-        self._new_sleeper = asyncio.Event()
-        try:
-            while not task.done():
-                deadline = self.next_deadline()
-                if deadline is not None:
-                    if deadline > end:
-                        task.cancel()
-                        raise TimeoutError(f"still waiting after {limit} simulated seconds")
-                    await self.advance(deadline - self._now)
-                    continue
-                self._new_sleeper.clear()
-                waiter = asyncio.ensure_future(self._new_sleeper.wait())
-                try:
-                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-            return task.result()
-        finally:
-            self._new_sleeper = None
+        while not task.done():
+            deadline = self.next_deadline()
+            if deadline is not None and (max_jump is None or deadline - self._now <= max_jump):
+                if deadline > end:
+                    task.cancel()
+                    raise TimeoutError(f"still waiting after {limit} simulated seconds")
+                await self.advance(deadline - self._now)
+                continue
+            waiter = self._next_sleep()
+            try:
+                pending: set[asyncio.Future[Any]] = {task, waiter}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        return task.result()
 
     async def run_until_idle(self, limit: float = 3600.0) -> None:
         """Advance to successive deadlines until nobody sleeps or ``limit`` seconds pass."""

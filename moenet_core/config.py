@@ -99,28 +99,28 @@ def node_name(v: str) -> str | None:
     return "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
-def ipv4_address(v: str | None) -> str | None:
-    if not v:
+def _host_address(
+    family: type[ipaddress.IPv4Interface] | type[ipaddress.IPv6Interface], bits: int
+) -> Check:
+    """A single address of one family, bare or with a full-length prefix."""
+    name = "IPv4" if bits == 32 else "IPv6"
+
+    def check(v: str | None) -> str | None:
+        if not v:
+            return None
+        try:
+            iface = family(v)
+        except ValueError as exc:
+            return f"not an {name} address: {exc}"
+        if iface.network.prefixlen != bits and "/" in v:
+            return f"must be a single address (/{bits})"
         return None
-    try:
-        iface = ipaddress.IPv4Interface(v)
-    except ValueError as exc:
-        return f"not an IPv4 address: {exc}"
-    if iface.network.prefixlen not in (32,) and "/" in v:
-        return "must be a single address (/32)"
-    return None
+
+    return check
 
 
-def ipv6_address(v: str | None) -> str | None:
-    if not v:
-        return None
-    try:
-        iface = ipaddress.IPv6Interface(v)
-    except ValueError as exc:
-        return f"not an IPv6 address: {exc}"
-    if iface.network.prefixlen != 128 and "/" in v:
-        return "must be a single address (/128)"
-    return None
+ipv4_address = _host_address(ipaddress.IPv4Interface, 32)
+ipv6_address = _host_address(ipaddress.IPv6Interface, 128)
 
 
 def ipv6_link_local(v: str) -> str | None:

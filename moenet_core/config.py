@@ -99,9 +99,7 @@ def node_name(v: str) -> str | None:
     return "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
-def _host_address(
-    family: type[ipaddress.IPv4Interface] | type[ipaddress.IPv6Interface], bits: int
-) -> Check:
+def _host_address(family: type[ipaddress.IPv4Interface] | type[ipaddress.IPv6Interface], bits: int) -> Check:
     """A single address of one family, bare or with a full-length prefix."""
     name = "IPv4" if bits == 32 else "IPv6"
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from .clock import ManualClock
 from .fake_cp import FakeControlPlane, RecordedRequest
 from .harness import AgentHarness
+from .netns import NetNS, veth_pair
 
-__all__ = ["AgentHarness", "FakeControlPlane", "ManualClock", "RecordedRequest"]
+__all__ = ["AgentHarness", "FakeControlPlane", "ManualClock", "NetNS", "RecordedRequest", "veth_pair"]
 
 try:
-    from .fixtures import agent_harness, fake_cp, manual_clock
+    from .fixtures import agent_harness, fake_cp, manual_clock, netns
 except ImportError:  # pragma: no cover - pytest is not installed
     pass
 else:
-    __all__ += ["agent_harness", "fake_cp", "manual_clock"]
+    __all__ += ["agent_harness", "fake_cp", "manual_clock", "netns"]

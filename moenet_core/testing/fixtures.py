@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 from .clock import ManualClock
 from .fake_cp import FakeControlPlane
 from .harness import AgentHarness
+from .netns import NetNS, have_root
 
 
 @pytest.fixture
@@ -40,3 +41,23 @@ def agent_harness(tmp_path: Path) -> Callable[..., AgentHarness]:
         return AgentHarness(config, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[], NetNS]]:
+    """Factory of throwaway network namespaces, all removed after the test.
+
+    Needs root; without it the test fails (it is never silently skipped).
+    """
+    if not have_root():
+        pytest.fail("this test runs real daemons in network namespaces and needs root")
+    made: list[NetNS] = []
+
+    def make() -> NetNS:
+        ns = NetNS()
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in made:
+        ns.remove()

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+import attrs
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
@@ -89,22 +90,43 @@ def make_control_plane(
     )
 
 
-def structure_plugin_sections(
-    config: AgentConfig, pm: AgentPluginManager
-) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
-    """Structure every active plugin's declared section.
+@attrs.frozen
+class PluginSections:
+    """The structured plugin sections of one configuration."""
 
-    Returns (section name -> object, plugin -> problems, warnings). A section
-    declared by two plugins, or clashing with a core section, is a problem of
-    the later plugin.
+    values: dict[str, Any]
+    """Section name -> structured object."""
+    owners: dict[str, str]
+    """Section name -> plugin."""
+    problems: dict[str, list[str]]
+    """Plugin -> problems with its sections."""
+    warnings: list[str]
+
+    def of(self, plugin: str) -> Any:
+        """The first section ``plugin`` owns, or None."""
+        for name, owner in self.owners.items():
+            if owner == plugin:
+                return self.values.get(name)
+        return None
+
+
+def structure_plugin_sections(
+    config: AgentConfig, pm: AgentPluginManager, *, apply: bool = True
+) -> PluginSections:
+    """Structure every active plugin's declared sections.
+
+    A section declared by two plugins, or clashing with a core section, is a
+    problem of the later plugin. With ``apply`` the plugin records are updated
+    and plugins with problems are marked failed; without it (a reload being
+    checked) nothing changes.
     """
     from .config import CORE_SECTIONS
 
-    sections: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     owners: dict[str, str] = {}
     problems: dict[str, list[str]] = {}
     warnings: list[str] = []
-    for plugin, result in pm.collect("moenet_config_sections"):
+    for plugin, result in pm.collect("moenet_config_sections", setup=apply):
         items = [result] if isinstance(result, ConfigSection) else list(result)
         for sec in items:
             if not isinstance(sec, ConfigSection):
@@ -117,7 +139,6 @@ def structure_plugin_sections(
                 problems.setdefault(plugin, []).append(f"section {sec.name!r} is already owned by {other}")
                 continue
             owners[sec.name] = plugin
-            pm.records[plugin].sections.append(sec.name) if plugin in pm.records else None
             raw = config.plugin_sections.get(sec.name)
             if raw is None and sec.required:
                 problems.setdefault(plugin, []).append(f"{sec.name}: required")
@@ -126,7 +147,7 @@ def structure_plugin_sections(
             if errs:
                 problems.setdefault(plugin, []).extend(errs)
             else:
-                sections[sec.name] = obj
+                values[sec.name] = obj
     for key in config.plugin_sections:
         if key in owners:
             continue
@@ -135,9 +156,13 @@ def structure_plugin_sections(
             warnings.append(f"{key}: section of plugin {key!r}, which is {record.status}; unused")
         else:
             warnings.append(f"{key}: unknown section (no active plugin declares it), ignored")
-    for plugin, errs in problems.items():
-        pm.mark_failed(plugin, "config: " + "; ".join(errs))
-    return sections, problems, warnings
+    if apply:
+        for name, plugin in owners.items():
+            if plugin in pm.records and name not in pm.records[plugin].sections:
+                pm.records[plugin].sections.append(name)
+        for plugin, errs in problems.items():
+            pm.mark_failed(plugin, "config: " + "; ".join(errs))
+    return PluginSections(values, owners, problems, warnings)
 
 
 class _CoreObserver:
@@ -188,7 +213,7 @@ class Agent:
         )
         self.sessions: dict[str, SessionStatus] = {}
         self.features: list[str] = []
-        self._sections: dict[str, Any] = {}
+        self._sections = PluginSections({}, {}, {}, [])
         self._contexts: dict[str, PluginContext] = {}
         self._backends: dict[str, Backend] = {}
         self._backend_specs: dict[str, BackendSpec] = {}
@@ -209,9 +234,7 @@ class Agent:
     # ------------------------------------------------------------ helpers
 
     def plugin_section(self, plugin: str) -> Any:
-        record = self.pm.records.get(plugin)
-        names = record.sections if record else []
-        return self._sections.get(names[0]) if names else None
+        return self._sections.of(plugin)
 
     def context(self, plugin: str) -> PluginContext:
         if plugin not in self._contexts:
@@ -239,9 +262,9 @@ class Agent:
         self.state.ensure()
         self._restore_maintenance()
 
-        self._sections, _problems, warnings = structure_plugin_sections(self.config, self.pm)
-        self.config_warnings.extend(warnings)
-        for w in warnings:
+        self._sections = structure_plugin_sections(self.config, self.pm)
+        self.config_warnings.extend(self._sections.warnings)
+        for w in self._sections.warnings:
             logger.warning("config: {}", w)
         self.pm.collect("moenet_configure", config=self.config)
 
@@ -464,6 +487,12 @@ class Agent:
             return False
         for w in warnings:
             logger.warning("config: {}", w)
+        sections = structure_plugin_sections(new, self.pm, apply=False)
+        active_problems = {p: e for p, e in sections.problems.items() if self.pm.active(p)}
+        if active_problems:
+            detail = "; ".join(f"{p}: {', '.join(e)}" for p, e in active_problems.items())
+            logger.error("SIGHUP: keeping the running configuration: {}", detail)
+            return False
         old = self.config
         restart_needed = [
             key
@@ -477,7 +506,7 @@ class Agent:
             if a != b
         ]
         self.config = new
-        self._sections, _, _ = structure_plugin_sections(new, self.pm)
+        self._sections = sections
         for name, spec in self._tasks.items():
             override = new.tasks.get(name)
             self.scheduler.set_interval(

@@ -172,9 +172,9 @@ def cmd_validate(path: str | None, *, as_json: bool = False) -> int:
     plugins: list[dict[str, Any]] = []
     if config is not None:
         pm = make_plugin_manager(config)
-        _sections, plugin_problems, more = structure_plugin_sections(config, pm)
-        warnings.extend(more)
-        for errs in plugin_problems.values():
+        sections = structure_plugin_sections(config, pm)
+        warnings.extend(sections.warnings)
+        for errs in sections.problems.values():
             problems.extend(errs)
         for record in pm.records.values():
             if record.status in ("failed", "incompatible") and not record.error.startswith("config:"):  # type: ignore[union-attr]

@@ -558,6 +558,12 @@ async def test_reload_applies_new_task_interval(fake_cp, tmp_path):
         path.write_text("{broken")
         assert await agent.reload() is False  # the running config stays
         assert agent.config.tasks["heartbeat"].interval == 5
+        raw["tasks"] = {"heartbeat": {"interval": 9}}
+        raw["heartbeat"] = {"interfaces": "eth0"}  # an invalid plugin section refuses the whole reload
+        path.write_text(json.dumps(raw))
+        assert await agent.reload() is False
+        assert agent.config.tasks["heartbeat"].interval == 5
+        assert agent.pm.records["heartbeat"].status == "active"
     finally:
         await agent.stop()
     assert seen == [(None, 5)]

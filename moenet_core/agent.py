@@ -22,7 +22,7 @@ import attrs
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from . import HOOK_API_VERSION
+from . import HOOK_API_VERSION, systemd
 from .api import LocalApi
 from .breaker import CircuitBreaker
 from .clock import Clock, SystemClock
@@ -51,6 +51,8 @@ from .version import __version__
 
 SHUTDOWN_GRACE = 30.0
 HOOK_TIMEOUT = 30.0
+#: Longest wait for the first sync before telling systemd we are ready anyway.
+READY_TIMEOUT = 120.0
 
 
 def make_control_plane(
@@ -225,7 +227,9 @@ class Agent:
         self._maintenance: dict[str, Any] = {"enabled": False, "since": None, "reason": ""}
         self._started_at: float | None = None
         self._stop = asyncio.Event()
-        self._reload_requested = False
+        self._first_runs: dict[str, asyncio.Event] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
         self.api: LocalApi | None = (
             LocalApi(self, listen=config.server.listen, token=config.server.token) if api else None
         )
@@ -430,7 +434,30 @@ class Agent:
             self.metrics.plugins.labels(status=status).set(counts.get(status, 0))
 
     def _task_finished(self, event: TaskRunEvent) -> None:
+        self._first_runs.setdefault(event.task, asyncio.Event()).set()
         self.pm.broadcast("moenet_task_finished", event=event)
+
+    async def wait_first_sync(self, timeout: float = READY_TIMEOUT) -> None:
+        """Return once every ``on_sync`` task has finished (or failed) its first
+        run, or after ``timeout`` seconds of the agent's clock."""
+        events = [
+            self._first_runs.setdefault(n, asyncio.Event()) for n, s in self._tasks.items() if s.on_sync
+        ]
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in events)))
+        timer: asyncio.Future[Any] = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            await asyncio.wait({waiting, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            timer.cancel()
+            await asyncio.gather(waiting, timer, return_exceptions=True)
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        # Pings come from the event loop itself: a wedged loop stops them and
+        # systemd restarts the agent.
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await self.clock.sleep(interval)
 
     # -------------------------------------------------------------- stop
 
@@ -462,15 +489,34 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
+            if (interval := systemd.watchdog_interval()) is not None:
+                self._watchdog = asyncio.ensure_future(self._watchdog_loop(interval))
+            ready = asyncio.ensure_future(self._announce_ready())
             await self._stop.wait()
+            ready.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            systemd.notify("STOPPING=1")
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             await self.stop()
         return 0
 
+    async def _announce_ready(self) -> None:
+        """READY=1 once the API answers and the first sync finished or failed."""
+        await self.wait_first_sync()
+        systemd.notify(f"READY=1\nSTATUS=running: {len(self.scheduler.names())} tasks")
+
     def _on_sighup(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload())
+        async def reload() -> None:
+            systemd.notify("RELOADING=1")
+            try:
+                await self.reload()
+            finally:
+                systemd.notify("READY=1")
+
+        self._reload_task = asyncio.get_running_loop().create_task(reload())
 
     async def reload(self) -> bool:
         """Re-read the config file; apply what can change live (task intervals,

@@ -61,7 +61,12 @@ def camel(name: str) -> str:
 Check = Callable[[Any], "str | None"]
 
 
-def _check(fn: Check) -> dict[str, Check]:
+def check(fn: Check) -> dict[str, Check]:
+    """Field metadata that validates the structured value: ``attrs.field(
+    default=..., metadata=check(fn))`` where ``fn(value)`` returns an error
+    message or None. Unlike an attrs validator, the error is reported with the
+    field's own path (``loopback.kind: must be one of ...``). Plugins use it
+    for their config sections too."""
     return {"check": fn}
 
 
@@ -160,11 +165,11 @@ def log_level(v: str) -> str | None:
 class ServerConfig:
     """The local HTTP API."""
 
-    listen: str = attrs.field(default="127.0.0.1:24368", metadata=_check(listen_address))
-    read_timeout: float = attrs.field(default=30.0, metadata=_check(positive))
-    write_timeout: float = attrs.field(default=30.0, metadata=_check(positive))
-    idle_timeout: float = attrs.field(default=120.0, metadata=_check(positive))
-    token: str | None = attrs.field(default=None, metadata=_check(api_token))
+    listen: str = attrs.field(default="127.0.0.1:24368", metadata=check(listen_address))
+    read_timeout: float = attrs.field(default=30.0, metadata=check(positive))
+    write_timeout: float = attrs.field(default=30.0, metadata=check(positive))
+    idle_timeout: float = attrs.field(default=120.0, metadata=check(positive))
+    token: str | None = attrs.field(default=None, metadata=check(api_token))
     """Bearer token for mutating endpoints; unset means loopback clients only."""
 
 
@@ -172,17 +177,17 @@ class ServerConfig:
 class NodeConfig:
     """Who this node is. Bootstrap mode fills it from the CP."""
 
-    name: str = attrs.field(default="", metadata=_check(node_name))
-    id: int = attrs.field(default=0, metadata=_check(non_negative))
+    name: str = attrs.field(default="", metadata=check(node_name))
+    id: int = attrs.field(default=0, metadata=check(non_negative))
     region: str = ""
     location: str = ""
     provider: str = ""
     asn: int | None = attrs.field(
         default=None,
-        metadata=_check(lambda v: None if v is None or 1 <= v <= 4294967295 else "must be a 32-bit ASN"),
+        metadata=check(lambda v: None if v is None or 1 <= v <= 4294967295 else "must be a 32-bit ASN"),
     )
-    loopback_ipv4: str | None = attrs.field(default=None, metadata=_check(ipv4_address))
-    loopback_ipv6: str | None = attrs.field(default=None, metadata=_check(ipv6_address))
+    loopback_ipv4: str | None = attrs.field(default=None, metadata=check(ipv4_address))
+    loopback_ipv6: str | None = attrs.field(default=None, metadata=check(ipv6_address))
 
 
 @attrs.define(kw_only=True)
@@ -190,24 +195,24 @@ class ControlPlaneConfig:
     """The control plane: where it is, how hard to try, and the task intervals
     the Go agent kept here (seconds unless the name says ms)."""
 
-    url: str = attrs.field(default="", metadata=_check(http_url))
+    url: str = attrs.field(default="", metadata=check(http_url))
     token: str = ""
-    source: str = attrs.field(default="http", metadata=_check(one_of("http", "file")))
+    source: str = attrs.field(default="http", metadata=check(one_of("http", "file")))
     """``http`` (the CP) or ``file`` (standalone: read ``file``, no CP at all)."""
     file: str = ""
-    request_timeout: float = attrs.field(default=15.0, metadata=_check(positive))
-    heartbeat_interval: float = attrs.field(default=30.0, metadata=_check(positive))
-    sync_interval: float = attrs.field(default=60.0, metadata=_check(positive))
-    metric_interval: float = attrs.field(default=60.0, metadata=_check(positive))
-    max_retries: int = attrs.field(default=3, metadata=_check(non_negative))
-    retry_initial_delay: int = attrs.field(default=1000, metadata=_check(positive))
-    retry_max_delay: int = attrs.field(default=30000, metadata=_check(positive))
+    request_timeout: float = attrs.field(default=15.0, metadata=check(positive))
+    heartbeat_interval: float = attrs.field(default=30.0, metadata=check(positive))
+    sync_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    metric_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    max_retries: int = attrs.field(default=3, metadata=check(non_negative))
+    retry_initial_delay: int = attrs.field(default=1000, metadata=check(positive))
+    retry_max_delay: int = attrs.field(default=30000, metadata=check(positive))
     retry_multiplier: float = attrs.field(
-        default=2.0, metadata=_check(lambda v: None if v >= 1 else "must be 1 or greater")
+        default=2.0, metadata=check(lambda v: None if v >= 1 else "must be 1 or greater")
     )
-    breaker_failure_threshold: int = attrs.field(default=5, metadata=_check(positive))
-    breaker_success_threshold: int = attrs.field(default=3, metadata=_check(positive))
-    breaker_open_duration: float = attrs.field(default=30.0, metadata=_check(positive))
+    breaker_failure_threshold: int = attrs.field(default=5, metadata=check(positive))
+    breaker_success_threshold: int = attrs.field(default=3, metadata=check(positive))
+    breaker_open_duration: float = attrs.field(default=30.0, metadata=check(positive))
 
 
 @attrs.define(kw_only=True)
@@ -215,8 +220,8 @@ class BirdConfig:
     """BIRD 3: control socket and the directories the agent writes."""
 
     control_socket: str = "/var/run/bird/bird.ctl"
-    pool_size: int = attrs.field(default=5, metadata=_check(positive))
-    pool_size_max: int = attrs.field(default=10, metadata=_check(positive))
+    pool_size: int = attrs.field(default=5, metadata=check(positive))
+    pool_size_max: int = attrs.field(default=10, metadata=check(positive))
     config_dir: str = "/etc/bird"
     peer_conf_dir: str = "/etc/bird/peers"
     ibgp_conf_dir: str = "/etc/bird/ibgp"
@@ -234,12 +239,12 @@ class WireguardConfig:
     public_key_path: str = ""
     config_dir: str = "/etc/wireguard"
     persistent_keepalive_interval: int = attrs.field(
-        default=25, metadata=_check(lambda v: None if 0 <= v <= 65535 else "must be 0-65535 seconds")
+        default=25, metadata=check(lambda v: None if 0 <= v <= 65535 else "must be 0-65535 seconds")
     )
-    dn42_ipv4: str = attrs.field(default="", metadata=_check(ipv4_address))
-    dn42_ipv6: str = attrs.field(default="", metadata=_check(ipv6_address))
-    dn42_ipv6_link_local: str = attrs.field(default="", metadata=_check(ipv6_link_local))
-    backend: str = attrs.field(default="auto", metadata=_check(one_of("auto", "kernel", "userspace")))
+    dn42_ipv4: str = attrs.field(default="", metadata=check(ipv4_address))
+    dn42_ipv6: str = attrs.field(default="", metadata=check(ipv6_address))
+    dn42_ipv6_link_local: str = attrs.field(default="", metadata=check(ipv6_link_local))
+    backend: str = attrs.field(default="auto", metadata=check(one_of("auto", "kernel", "userspace")))
 
 
 @attrs.define(kw_only=True)
@@ -247,18 +252,16 @@ class MeshConfig:
     """The WireGuard + Babel IGP mesh between this network's nodes."""
 
     enabled: bool = True
-    mtu: int = attrs.field(
-        default=1420, metadata=_check(lambda v: None if 1280 <= v <= 9000 else "1280-9000")
-    )
+    mtu: int = attrs.field(default=1420, metadata=check(lambda v: None if 1280 <= v <= 9000 else "1280-9000"))
 
 
 @attrs.define(kw_only=True)
 class MetricConfig:
     """Probing for RTT and loss."""
 
-    ping_timeout: float = attrs.field(default=5.0, metadata=_check(positive))
-    ping_count: int = attrs.field(default=4, metadata=_check(positive))
-    ping_workers: int = attrs.field(default=32, metadata=_check(positive))
+    ping_timeout: float = attrs.field(default=5.0, metadata=check(positive))
+    ping_count: int = attrs.field(default=4, metadata=check(positive))
+    ping_workers: int = attrs.field(default=32, metadata=check(positive))
 
 
 @attrs.define(kw_only=True)
@@ -266,9 +269,9 @@ class AutoUpdateConfig:
     """The self-updater (off by default)."""
 
     enabled: bool = False
-    check_interval: float = attrs.field(default=60.0, metadata=_check(positive))
+    check_interval: float = attrs.field(default=60.0, metadata=check(positive))
     """Minutes."""
-    channel: str = attrs.field(default="stable", metadata=_check(one_of("stable", "beta", "dev")))
+    channel: str = attrs.field(default="stable", metadata=check(one_of("stable", "beta", "dev")))
     github_repo: str = ""
 
 
@@ -276,8 +279,8 @@ class AutoUpdateConfig:
 class BootstrapConfig:
     """Bootstrap mode: just enough to ask the CP for the rest."""
 
-    api_url: str = attrs.field(default="", metadata=_check(http_url))
-    node_name: str = attrs.field(default="", metadata=_check(node_name))
+    api_url: str = attrs.field(default="", metadata=check(http_url))
+    node_name: str = attrs.field(default="", metadata=check(node_name))
     token: str = ""
 
     @property
@@ -296,9 +299,9 @@ def _plugin_names(v: list[str] | None) -> str | None:
 class PluginsConfig:
     """Which plugins load. Blocked plugins are never imported."""
 
-    enable: list[str] | None = attrs.field(default=None, metadata=_check(_plugin_names))
+    enable: list[str] | None = attrs.field(default=None, metadata=check(_plugin_names))
     """Allow-list: when set, only these plugins load."""
-    disable: list[str] = attrs.field(factory=list, metadata=_check(_plugin_names))
+    disable: list[str] = attrs.field(factory=list, metadata=check(_plugin_names))
 
 
 @attrs.define(kw_only=True)
@@ -306,8 +309,8 @@ class TaskOverride:
     """Per-task switches: ``tasks.<name>``."""
 
     enabled: bool = True
-    interval: float | None = attrs.field(default=None, metadata=_check(positive))
-    timeout: float | None = attrs.field(default=None, metadata=_check(positive))
+    interval: float | None = attrs.field(default=None, metadata=check(positive))
+    timeout: float | None = attrs.field(default=None, metadata=check(positive))
 
 
 @attrs.define(kw_only=True)
@@ -321,8 +324,8 @@ class StateConfig:
 class LoggingConfig:
     """Log format (``auto``: JSON unless stderr is a terminal) and level."""
 
-    format: str = attrs.field(default="auto", metadata=_check(one_of("auto", "json", "text")))
-    level: str = attrs.field(default="INFO", metadata=_check(log_level))
+    format: str = attrs.field(default="auto", metadata=check(one_of("auto", "json", "text")))
+    level: str = attrs.field(default="INFO", metadata=check(log_level))
 
 
 def _task_names(v: dict[str, TaskOverride]) -> str | None:
@@ -349,8 +352,8 @@ class AgentConfig:
     auto_update: AutoUpdateConfig = attrs.field(factory=AutoUpdateConfig)
     bootstrap: BootstrapConfig = attrs.field(factory=BootstrapConfig)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
-    tasks: dict[str, TaskOverride] = attrs.field(factory=dict, metadata=_check(_task_names))
-    backends: dict[str, str] = attrs.field(factory=dict, metadata=_check(_backend_choices))
+    tasks: dict[str, TaskOverride] = attrs.field(factory=dict, metadata=check(_task_names))
+    backends: dict[str, str] = attrs.field(factory=dict, metadata=check(_backend_choices))
     """Backend choice per kind (``auto`` or a name); ``tunnel`` defaults to ``wireguard.backend``."""
     state: StateConfig = attrs.field(factory=StateConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)

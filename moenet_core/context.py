@@ -10,6 +10,7 @@ import each other or reach into the agent.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from loguru import logger
@@ -73,19 +74,19 @@ class PluginContext:
     def backend(self, kind: str) -> Backend: ...
 
     @overload
-    def backend(self, kind: str, interface: type[B]) -> B: ...
+    def backend(self, kind: str, interface: Callable[..., B]) -> B: ...
 
-    def backend(self, kind: str, interface: type[Backend] = Backend) -> Backend:
+    def backend(self, kind: str, interface: Callable[..., Backend] = Backend) -> Backend:
         """The running backend of ``kind``; raises :class:`BackendUnavailable`.
 
         Pass the interface (``ctx.backend("tunnel", TunnelBackend)``) to get a
         typed object; a backend that does not implement it is refused.
         """
         backend = self._agent.backend(kind)
-        if not isinstance(backend, interface):
-            raise BackendUnavailable(
-                f"backend for {kind!r} is a {type(backend).__name__}, not a {interface.__name__}"
-            )
+        # ``interface`` is a class; it is typed as a callable so abstract interfaces type-check.
+        if not isinstance(backend, interface):  # type: ignore[arg-type]
+            wanted = getattr(interface, "__name__", repr(interface))
+            raise BackendUnavailable(f"backend for {kind!r} is a {type(backend).__name__}, not a {wanted}")
         return backend
 
     def trigger(self, task: str) -> asyncio.Future[TaskRunEvent]:

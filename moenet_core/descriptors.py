@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -42,6 +42,10 @@ def _check(pattern: re.Pattern[str], what: str) -> Callable[[Any, attrs.Attribut
 
 def _lower(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 def _upper(value: object) -> str:
@@ -96,7 +100,7 @@ class TaskSpec:
     initial_delay: float = attrs.field(default=0.0)
     jitter: float = attrs.field(default=0.1)
     timeout: float | None = attrs.field(default=None, validator=_positive)
-    requires: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    requires: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     on_sync: bool = False
     skip_in_maintenance: bool = False
     description: str = ""

@@ -1,0 +1,509 @@
+"""The ``loopback`` backend: the node's DN42 addresses on a dummy-like interface.
+
+What it creates on the node, and how it knows what is its own:
+
+- **The interface** (``loopback.interface``, default ``dummy0``), of kind
+  ``loopback.kind``, only when it is missing. An interface the agent creates
+  carries the alias (``IFLA_IFALIAS``, ``ip -d link`` shows it) ``moenet-agent
+  loopback`` and has IPv6 address generation off (``addr_gen_mode`` 1, set while
+  it is still down), so no automatic link-local appears. An interface that
+  already exists, of another kind or without the alias, is used as it is and
+  logged; the backend never deletes or re-creates an interface.
+- **Addresses**: IPv4 ``/32`` and IPv6 ``/128``, IPv6 with ``nodad`` so the
+  address is usable at once (an empty bridge has no carrier, and a tentative
+  address on it would never finish DAD). The addresses the agent added are
+  recorded in its state directory (``plugins/<plugin>/addresses.json``, written
+  atomically *before* the kernel is changed), so a restarted agent still knows
+  them. Only recorded addresses are ever removed: an operator's own address on
+  the same interface stays. Comparison is on the exact canonical address and
+  prefix length (the Go agent's substring test took ``172.22.188.1`` to be
+  present when ``172.22.188.12`` was).
+
+Netlink is spoken with pyroute2's :class:`AsyncIPRoute` on the event-loop thread,
+never from a worker thread: a thread switched into a network namespace (the
+tests, a node run with ``ip netns exec``) must see its own links, and a worker
+thread would see the host's. A socket is opened per call: the task runs every
+few minutes and a fresh socket always belongs to the caller's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from loguru import logger
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from moenet_core import LoopbackBackend, MoenetError
+
+from .config import KINDS, LoopbackConfig, check_ifname
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from moenet_core.state import StateStore
+
+#: The alias an interface created by the agent carries.
+MARKER = "moenet-agent loopback"
+#: The state file recording which addresses the agent added, per interface.
+STATE_FILE = "addresses.json"
+STATE_VERSION = 1
+
+IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+#: ``IFLA_AF_SPEC`` turning automatic IPv6 addresses (the link-local) off.
+_NO_ADDR_GEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
+
+Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class LoopbackError(MoenetError):
+    """The loopback could not be made to match (the message says what and why)."""
+
+
+class InvalidLoopbackAddress(LoopbackError, ValueError):
+    """An address handed to :meth:`LinkLoopback.ensure` is not a single host address."""
+
+
+def normalize_address(value: object) -> str:
+    """The canonical form of one loopback address: ``a.b.c.d/32`` or ``x::y/128``.
+
+    Accepts a bare address or one with the full-length prefix; refuses networks,
+    other prefix lengths, scoped or special addresses, with a message naming the
+    value.
+    """
+    if not isinstance(value, str):
+        raise InvalidLoopbackAddress(f"loopback address must be a string, got {value!r}")
+    text = value.strip()
+    if not text or text != value or "%" in text:
+        raise InvalidLoopbackAddress(f"invalid loopback address {value!r}: not an IPv4 or IPv6 address")
+    try:
+        iface: Address = ipaddress.ip_interface(text)
+    except ValueError:
+        raise InvalidLoopbackAddress(
+            f"invalid loopback address {value!r}: not an IPv4 or IPv6 address"
+        ) from None
+    bits = iface.max_prefixlen
+    if iface.network.prefixlen != bits:
+        raise InvalidLoopbackAddress(
+            f"invalid loopback address {value!r}: must be a single address "
+            f"(IPv{iface.version} /{bits}), not a /{iface.network.prefixlen}"
+        )
+    ip = iface.ip
+    for bad, what in (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "a loopback (127/8, ::1) address"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+    ):
+        if bad:
+            raise InvalidLoopbackAddress(f"invalid loopback address {value!r}: {what}")
+    return iface.with_prefixlen
+
+
+def _sort_key(addr: str) -> tuple[int, int]:
+    iface = ipaddress.ip_interface(addr)
+    return iface.version, int(iface.ip)
+
+
+def normalize_addresses(values: Iterable[object]) -> tuple[str, ...]:
+    """Canonical, de-duplicated, sorted (IPv4 first); every bad value in one error."""
+    if isinstance(values, str | bytes):
+        raise InvalidLoopbackAddress(f"expected a sequence of addresses, got the string {values!r}")
+    good: set[str] = set()
+    problems: list[str] = []
+    for value in values:
+        try:
+            good.add(normalize_address(value))
+        except InvalidLoopbackAddress as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InvalidLoopbackAddress("; ".join(problems))
+    return tuple(sorted(good, key=_sort_key))
+
+
+@attrs.frozen
+class _Link:
+    index: int
+    name: str
+    kind: str | None
+    alias: str | None
+    up: bool
+
+    @property
+    def marked(self) -> bool:
+        return self.alias == MARKER
+
+
+@attrs.frozen
+class _Present:
+    """Addresses on one interface: exact ``addr/len`` forms, and the bare IPs
+    (an IPv6 address cannot be on an interface twice with different lengths)."""
+
+    exact: frozenset[str]
+    ips: frozenset[str]
+
+
+Settings = LoopbackConfig | Callable[[], LoopbackConfig | None]
+
+
+class LinkLoopback(LoopbackBackend):
+    """``loopback`` backend ``netlink``.
+
+    ``settings`` is the section, or a callable returning the current one (the
+    plugin passes ``lambda: ctx.section`` so a reloaded section applies to the
+    next call). ``writes`` counts netlink write requests, so a caller (or a test)
+    can see that an unchanged :meth:`ensure` wrote nothing.
+    """
+
+    def __init__(self, state: StateStore, settings: Settings, *, log: Logger | None = None) -> None:
+        self._state = state
+        self._settings = settings
+        self.log: Logger = log or logger.bind(plugin="loopback")
+        self.writes = 0
+        self._lock = asyncio.Lock()
+        self._owned: dict[str, tuple[str, ...]] | None = None
+        self._said: set[str] = set()
+
+    # ----------------------------------------------------------- settings
+
+    @property
+    def settings(self) -> LoopbackConfig:
+        current = self._settings() if callable(self._settings) else self._settings
+        return current if current is not None else LoopbackConfig()
+
+    # -------------------------------------------------------------- state
+
+    def owned(self) -> dict[str, tuple[str, ...]]:
+        """Interface -> addresses the agent added there (from the state file)."""
+        if self._owned is None:
+            self._owned = self._read_state()
+        return dict(self._owned)
+
+    def _read_state(self) -> dict[str, tuple[str, ...]]:
+        where = self._state.path(STATE_FILE)
+        raw = self._state.read_json(STATE_FILE, default=None)
+        if raw is None:
+            return {}
+        # A malformed file is refused, not read as empty: the addresses it names
+        # would otherwise stay on the node forever, unnoticed.
+        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+            raise LoopbackError(f"state file {where}: unknown format (expected version {STATE_VERSION})")
+        interfaces = raw.get("interfaces")
+        if not isinstance(interfaces, dict):
+            raise LoopbackError(f"state file {where}: 'interfaces' must be an object")
+        out: dict[str, tuple[str, ...]] = {}
+        for name, addrs in interfaces.items():
+            if (problem := check_ifname(name)) is not None:
+                raise LoopbackError(f"state file {where}: interface {name!r}: {problem}")
+            if not isinstance(addrs, list):
+                raise LoopbackError(f"state file {where}: interfaces.{name} must be a list")
+            try:
+                out[str(name)] = normalize_addresses(addrs)
+            except InvalidLoopbackAddress as exc:
+                raise LoopbackError(f"state file {where}: interfaces.{name}: {exc}") from None
+        return out
+
+    def _save(self, owned: dict[str, tuple[str, ...]]) -> None:
+        clean = {name: tuple(sorted(set(a), key=_sort_key)) for name, a in owned.items() if a}
+        if clean == self._owned:
+            return
+        self._state.write_json(
+            STATE_FILE,
+            {"version": STATE_VERSION, "interfaces": {k: list(v) for k, v in sorted(clean.items())}},
+        )
+        self._owned = clean
+
+    # ------------------------------------------------------------ netlink
+
+    @contextlib.asynccontextmanager
+    async def _netlink(self) -> AsyncIterator[Any]:
+        ipr = AsyncIPRoute()
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+
+    async def _write(self, ipr: Any, obj: str, command: str, **kwargs: Any) -> None:
+        self.writes += 1
+        await getattr(ipr, obj)(command, **kwargs)
+
+    async def _get_link(self, ipr: Any, name: str) -> _Link | None:
+        try:
+            msgs = await ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise LoopbackError(f"cannot read interface {name!r}: {_strerror(exc)}") from exc
+        msg = msgs[0]
+        return _Link(
+            index=int(msg["index"]),
+            name=name,
+            kind=msg.get(("linkinfo", "kind")),
+            alias=msg.get("ifalias"),
+            up=bool(int(msg["flags"]) & IFF_UP),
+        )
+
+    async def _present(self, ipr: Any, index: int) -> _Present:
+        exact: set[str] = set()
+        ips: set[str] = set()
+        async for msg in await ipr.addr("dump", index=index):
+            if int(msg["index"]) != index:
+                continue
+            local = msg.get("local")
+            address = msg.get("address")
+            ip = local or address
+            if not ip:
+                continue
+            ips.add(str(ipaddress.ip_address(ip)))
+            if local and address and local != address:
+                continue  # point-to-point (``local peer``): never one of ours
+            exact.add(ipaddress.ip_interface(f"{ip}/{int(msg['prefixlen'])}").with_prefixlen)
+        return _Present(frozenset(exact), frozenset(ips))
+
+    async def _create(self, ipr: Any, name: str, kind: str) -> _Link:
+        try:
+            await self._write(ipr, "link", "add", ifname=name, kind=kind)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise LoopbackError(_create_error(name, kind, exc)) from exc
+            # Someone created it just now: use it like any interface found in place.
+            link = await self._get_link(ipr, name)
+            if link is None:
+                raise LoopbackError(f"interface {name!r} exists and vanished at once") from exc
+            self._note_foreign(link, kind)
+            return link
+        link = await self._get_link(ipr, name)
+        if link is None:
+            raise LoopbackError(f"interface {name!r} vanished right after it was created")
+        # While the link is down: mark it as ours, and switch off automatic IPv6
+        # addresses so bringing it up adds no link-local address.
+        await self._write(ipr, "link", "set", index=link.index, ifalias=MARKER)
+        try:
+            await self._write(ipr, "link", "set", index=link.index, af_spec=_NO_ADDR_GEN)
+        except NetlinkError as exc:
+            if exc.code != errno.EAFNOSUPPORT:
+                raise LoopbackError(f"cannot configure IPv6 on {name!r}: {_strerror(exc)}") from exc
+            self.log.info("IPv6 is disabled on this node; {} gets no IPv6 settings", name)
+        self.log.info("created loopback interface {} (kind {}, alias {!r})", name, kind, MARKER)
+        return attrs.evolve(link, alias=MARKER)
+
+    def _note_foreign(self, link: _Link, kind: str) -> None:
+        if not link.marked:
+            self._say_once(
+                f"unmarked:{link.name}",
+                "loopback interface {} was not created by the agent (no alias {!r}); "
+                "it is used as it is and never deleted",
+                link.name,
+                MARKER,
+            )
+        if link.kind != kind:
+            self._say_once(
+                f"kind:{link.name}:{link.kind}:{kind}",
+                "loopback interface {} is of kind {}, not {} (loopback.kind); used as it is, "
+                "never re-created",
+                link.name,
+                link.kind or "unknown",
+                kind,
+            )
+
+    def _say_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.log.warning(message, *args)
+
+    # --------------------------------------------------------------- API
+
+    async def ensure(self, addresses: Sequence[str]) -> bool:
+        """Make ``loopback.interface`` exist, be up and carry ``addresses``
+        (IPv4 /32, IPv6 /128); remove addresses the agent added earlier that are
+        no longer wanted. Returns True when the system changed.
+
+        With no addresses wanted, nothing is created or brought up: only the
+        agent's own earlier addresses are removed. Invalid input raises
+        :class:`InvalidLoopbackAddress` before anything is touched.
+        """
+        wanted = normalize_addresses(addresses)
+        settings = self.settings
+        async with self._lock:
+            return await self._ensure(settings, wanted)
+
+    async def _ensure(self, settings: LoopbackConfig, wanted: tuple[str, ...]) -> bool:
+        owned = self.owned()
+        name = settings.interface
+        if not wanted and not any(owned.values()):
+            return False
+        changed = False
+        errors: list[str] = []
+        async with self._netlink() as ipr:
+            link = await self._get_link(ipr, name)
+            if link is None and wanted:
+                link = await self._create(ipr, name, settings.kind)
+                changed = True
+            elif link is not None:
+                self._note_foreign(link, settings.kind)
+            if link is None:  # nothing wanted and no interface: only forget
+                owned.pop(name, None)
+                self._save(owned)
+            else:
+                if wanted and not link.up:
+                    await self._write(ipr, "link", "set", index=link.index, state="up")
+                    self.log.info("loopback interface {} set up", name)
+                    changed = True
+                present = await self._present(ipr, link.index)
+                changed |= await self._reconcile(ipr, link, wanted, present, owned, errors)
+            # ``loopback.interface`` changed: take the agent's addresses off the
+            # interface it used before, only once the new one is complete, so a
+            # failure above leaves the node with its old loopback rather than none.
+            if not errors:
+                for other in [n for n in owned if n != name]:
+                    changed |= await self._release(ipr, other, owned, errors)
+        self._raise(errors)
+        return changed
+
+    async def _reconcile(
+        self,
+        ipr: Any,
+        link: _Link,
+        wanted: tuple[str, ...],
+        present: _Present,
+        owned: dict[str, tuple[str, ...]],
+        errors: list[str],
+    ) -> bool:
+        name = link.name
+        mine = set(owned.get(name, ()))
+        to_add: list[str] = []
+        for addr in wanted:
+            if addr in present.exact:
+                if addr not in mine:
+                    self._say_once(
+                        f"foreign:{name}:{addr}",
+                        "{} on {} was not added by the agent; left as it is (and never removed)",
+                        addr,
+                        name,
+                    )
+                continue
+            ip = addr.split("/")[0]
+            if ip in present.ips:
+                # Already there with another prefix length (or with a peer): the
+                # node has the address; adding a second copy would only confuse.
+                self._say_once(
+                    f"conflict:{name}:{addr}",
+                    "{} is on {} with another prefix length or a peer, not added by the agent; left as it is",
+                    ip,
+                    name,
+                )
+                mine.discard(addr)
+                continue
+            to_add.append(addr)
+        to_remove = sorted((mine & present.exact) - set(wanted), key=_sort_key)
+        # Gone from the kernel by other hands (a reboot drops the interface): forget
+        # unless still wanted, in which case it is re-added below.
+        mine -= (mine - present.exact) - set(wanted)
+        if to_add:
+            # Write-ahead: record before adding, so a crash in between cannot leave
+            # an address of ours on the node that the next agent does not know.
+            owned[name] = tuple(mine | set(to_add))
+            self._save(owned)
+        changed = False
+        for addr in to_add:
+            iface = ipaddress.ip_interface(addr)
+            kwargs: dict[str, Any] = {"index": link.index, "address": str(iface.ip)}
+            kwargs["prefixlen"] = iface.network.prefixlen
+            if iface.version == 6:
+                kwargs["flags"] = IFA_F_NODAD
+            try:
+                await self._write(ipr, "addr", "add", **kwargs)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:  # raced with someone else: theirs, not ours
+                    self.log.warning("{} appeared on {} meanwhile; not the agent's", addr, name)
+                else:
+                    errors.append(f"cannot add {addr} to {name}: {_strerror(exc)}")
+                continue
+            mine.add(addr)
+            changed = True
+            self.log.info("loopback {}: added {}", name, addr)
+        for addr in to_remove:
+            if await self._delete(ipr, link, addr, errors):
+                mine.discard(addr)
+                changed = True
+        owned[name] = tuple(mine)
+        self._save(owned)
+        return changed
+
+    async def _delete(self, ipr: Any, link: _Link, addr: str, errors: list[str]) -> bool:
+        """Remove one of the agent's addresses; True when it is gone."""
+        iface = ipaddress.ip_interface(addr)
+        try:
+            await self._write(
+                ipr, "addr", "del", index=link.index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+            )
+        except NetlinkError as exc:
+            if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+                return True
+            errors.append(f"cannot remove {addr} from {link.name}: {_strerror(exc)}")
+            return False
+        self.log.info("loopback {}: removed {} (no longer wanted)", link.name, addr)
+        return True
+
+    async def _release(
+        self, ipr: Any, name: str, owned: dict[str, tuple[str, ...]], errors: list[str]
+    ) -> bool:
+        """``loopback.interface`` changed: take the agent's addresses off the old
+        interface (the interface itself stays)."""
+        mine = set(owned.get(name, ()))
+        link = await self._get_link(ipr, name)
+        changed = False
+        if link is not None:
+            present = await self._present(ipr, link.index)
+            for addr in sorted(mine & present.exact, key=_sort_key):
+                if await self._delete(ipr, link, addr, errors):
+                    mine.discard(addr)
+                    changed = True
+            mine &= present.exact  # what is left: removals that failed
+        else:
+            mine.clear()
+        owned[name] = tuple(mine)
+        self._save(owned)
+        return changed
+
+    @staticmethod
+    def _raise(errors: list[str]) -> None:
+        if errors:
+            raise LoopbackError("; ".join(errors))
+
+    async def addresses(self) -> tuple[str, ...]:
+        """The agent's addresses on ``loopback.interface`` now, read from the kernel."""
+        name = self.settings.interface
+        mine = set(self.owned().get(name, ()))
+        if not mine:
+            return ()
+        async with self._netlink() as ipr:
+            link = await self._get_link(ipr, name)
+            if link is None:
+                return ()
+            present = await self._present(ipr, link.index)
+        return tuple(sorted(mine & present.exact, key=_sort_key))
+
+
+def _strerror(exc: NetlinkError) -> str:
+    code = int(exc.code)
+    return f"{os.strerror(code)} (errno {code})" if code else str(exc)
+
+
+def _create_error(name: str, kind: str, exc: NetlinkError) -> str:
+    base = f"cannot create loopback interface {name!r} of kind {kind!r}: {_strerror(exc)}"
+    if exc.code == errno.EOPNOTSUPP:
+        others = ", ".join(k for k in KINDS if k != kind)
+        return (
+            f"{base}; this kernel has no {kind!r} link support. Load it (modprobe {kind}) "
+            f"or set loopback.kind to one of {others}"
+        )
+    return base

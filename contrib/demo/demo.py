@@ -6,8 +6,10 @@ configuration (bootstrap mode, the seed's recommended mode), runs the installed
 what the agent reports (``moenet-agent status``). Ctrl-C stops both and removes
 the temporary directory. ``--once`` stops after the first heartbeat (CI).
 
-Nothing here touches the host's network configuration: the agent of this
-release only talks HTTP (BIRD, WireGuard and the lab come with later issues).
+Everything runs inside a throwaway network namespace (so it needs root): the
+agent's link-layer plugins (loopback, firewall) act on the namespace, never on
+the host, and the namespace is deleted at the end. (BIRD, WireGuard peerings
+and a multi-node lab come with later issues.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from moenet_core.testing import FakeControlPlane
+from moenet_core.testing import FakeControlPlane, NetNS
+from moenet_core.testing.netns import have_root
 
 NODE = "demo1"
 TOKEN = "demo-cp-token"  # noqa: S105 - a throwaway token for the local demo CP
@@ -38,6 +41,8 @@ DEFAULT_NODE_CONFIG = {
     },
     "controlPlane": {"heartbeatInterval": 5},
 }
+#: This kernel (like many VPS kernels) has no dummy driver; a bridge works everywhere.
+LOCAL_SETTINGS = {"loopback": {"kind": "bridge", "interface": "dummy0"}}
 
 
 def free_port() -> int:
@@ -47,6 +52,18 @@ def free_port() -> int:
 
 
 async def main(once: bool) -> int:
+    if not have_root():
+        print("the demo builds a network namespace and needs root", file=sys.stderr)
+        return 1
+    ns = NetNS(prefix="moenet-demo")
+    try:
+        with ns.entered():
+            return await run_demo(once, ns.name)
+    finally:
+        ns.remove()
+
+
+async def run_demo(once: bool, ns_name: str) -> int:
     agent_bin = shutil.which("moenet-agent") or str(Path(sys.executable).with_name("moenet-agent"))
     work = Path(tempfile.mkdtemp(prefix="moenet-demo-"))
     port = free_port()
@@ -64,11 +81,12 @@ async def main(once: bool) -> int:
                     "server": {"listen": f"127.0.0.1:{port}"},
                     "state": {"directory": str(work / "state")},
                     "logging": {"format": "text"},
+                    **LOCAL_SETTINGS,
                 },
                 indent=2,
             )
         )
-        print(f"control plane: {cp.url}   agent API: http://127.0.0.1:{port}   config: {config}")
+        print(f"network namespace: {ns_name}   control plane: {cp.url}   agent API: http://127.0.0.1:{port}")
         agent = await asyncio.create_subprocess_exec(
             agent_bin, "run", "-c", str(config), stdin=subprocess.DEVNULL
         )
@@ -94,6 +112,11 @@ async def main(once: bool) -> int:
                         f"load {st['loadAvg']}, tcp {st['tcp']}, maintenance {st['maintenance']}"
                     )
                     if seen == 1:
+                        show = await asyncio.create_subprocess_exec(
+                            "ip", "-br", "addr", "show", "dev", "dummy0", stdout=subprocess.PIPE
+                        )
+                        addrs = (await show.communicate())[0].decode().strip()
+                        print(f"loopback in the namespace: {addrs or '(not yet)'}")
                         status = await asyncio.create_subprocess_exec(
                             agent_bin, "status", "--url", f"http://127.0.0.1:{port}"
                         )

@@ -1,0 +1,262 @@
+"""The agent's table as data: the script that creates it, the form ``nft -j``
+lists it in, and the comparison between the two.
+
+Pure functions without I/O, so what decides "is there anything to do" is unit
+tested without a kernel. The desired table is always written whole; the
+comparison therefore only has to answer "identical or not", and the details it
+reports are for the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+SET_NAME = "udp_ports"
+CHAIN_NAME = "input"
+TABLE_COMMENT = "managed by moenet-agent: hand edits are overwritten on its next sync"
+SET_COMMENT = "moenet-agent: UDP ports open for tunnels"
+CHAIN_COMMENT = "moenet-agent: tunnel ports (priority before the usual filter chain)"
+ACCEPT_COMMENT = "moenet-agent: open ports"
+DROP_COMMENT = "moenet-agent: closed ports of the managed range"
+
+Obj = dict[str, Any]
+"""One listed object, ``{"set": {...}}``, normalised (no handles, no counter values)."""
+
+
+class ListingError(ValueError):
+    """``nft -j`` printed something that is not a ruleset listing."""
+
+
+def validate_ports(ports: Iterable[object]) -> frozenset[int]:
+    """The ports as a frozenset; raises ValueError naming every bad one.
+
+    Runs before any nft call: a bad port must never reach a transaction.
+    """
+    if isinstance(ports, str | bytes | Mapping):
+        raise ValueError(f"ports must be a set of port numbers, not {type(ports).__name__}")
+    bad = [p for p in ports if type(p) is not int or not 1 <= p <= 65535]
+    if bad:
+        shown = ", ".join(repr(p) for p in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise ValueError(f"invalid UDP ports (must be integers 1-65535): {shown}")
+    return frozenset(p for p in ports if isinstance(p, int))
+
+
+@attrs.frozen(kw_only=True)
+class Desired:
+    """Everything the table's content depends on."""
+
+    table: str
+    ports: frozenset[int]
+    priority: int
+    managed_range: tuple[int, int] | None = None
+
+
+def _dport(value: object) -> Obj:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": value}}
+
+
+def _range_text(bounds: tuple[int, int]) -> str:
+    lo, hi = bounds
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def render(want: Desired) -> str:
+    """The ``nft -f`` script that replaces the table with ``want`` in one transaction.
+
+    ``table T {}`` + ``delete table T`` first makes the script valid whether or
+    not the table exists (and whatever was hand-added to it); the kernel applies
+    the file as one batch, so packets see the old table or the new one, never
+    a half-built one.
+    """
+    t = want.table
+    lines = [
+        f"table inet {t} {{}}",
+        f"delete table inet {t}",
+        f"table inet {t} {{",
+        f'\tcomment "{TABLE_COMMENT}"',
+        f"\tset {SET_NAME} {{",
+        "\t\ttype inet_service",
+        f'\t\tcomment "{SET_COMMENT}"',
+    ]
+    if want.ports:
+        lines.append("\t\telements = { " + ", ".join(str(p) for p in sorted(want.ports)) + " }")
+    lines += [
+        "\t}",
+        f"\tchain {CHAIN_NAME} {{",
+        f'\t\tcomment "{CHAIN_COMMENT}"',
+        f"\t\ttype filter hook input priority {want.priority}; policy accept;",
+        f'\t\tudp dport @{SET_NAME} counter accept comment "{ACCEPT_COMMENT}"',
+    ]
+    if want.managed_range is not None:
+        rng = _range_text(want.managed_range)
+        lines.append(f'\t\tudp dport {rng} counter drop comment "{DROP_COMMENT}"')
+    lines += ["\t}", "}", ""]
+    return "\n".join(lines)
+
+
+def render_delete(table: str) -> str:
+    """Delete the table; valid (and a no-op) when it is already gone."""
+    return f"table inet {table} {{}}\ndelete table inet {table}\n"
+
+
+def expected(want: Desired) -> list[Obj]:
+    """The normalised listing the kernel gives for ``want`` (nft 1.0.6 JSON)."""
+    t = want.table
+    base = {"family": "inet", "table": t}
+    nft_set: Obj = {**base, "name": SET_NAME, "type": "inet_service", "comment": SET_COMMENT}
+    if want.ports:
+        nft_set["elem"] = sorted(want.ports)
+    objs: list[Obj] = [
+        {"table": {"family": "inet", "name": t}},
+        {"set": nft_set},
+        {
+            "chain": {
+                **base,
+                "name": CHAIN_NAME,
+                "type": "filter",
+                "hook": "input",
+                "prio": want.priority,
+                "policy": "accept",
+            }
+        },
+        {
+            "rule": {
+                **base,
+                "chain": CHAIN_NAME,
+                "comment": ACCEPT_COMMENT,
+                "expr": [_dport(f"@{SET_NAME}"), {"counter": None}, {"accept": None}],
+            }
+        },
+    ]
+    if want.managed_range is not None:
+        lo, hi = want.managed_range
+        right: object = lo if lo == hi else {"range": [lo, hi]}
+        objs.append(
+            {
+                "rule": {
+                    **base,
+                    "chain": CHAIN_NAME,
+                    "comment": DROP_COMMENT,
+                    "expr": [_dport(right), {"counter": None}, {"drop": None}],
+                }
+            }
+        )
+    return objs
+
+
+def _elem_key(elem: object) -> tuple[int, int, str]:
+    if isinstance(elem, int):
+        return (0, elem, "")
+    return (1, 0, json.dumps(elem, sort_keys=True))
+
+
+def _normalise(kind: str, body: Mapping[str, Any]) -> Obj:
+    out = {k: v for k, v in body.items() if k != "handle"}
+    if kind in ("table", "chain"):
+        # Table and chain comments are cosmetic, and nft 1.0.6 does not list
+        # them in JSON while later versions do: never compare them.
+        out.pop("comment", None)
+    if kind == "set" and isinstance(out.get("elem"), list):
+        out["elem"] = sorted(out["elem"], key=_elem_key)
+    if kind == "rule" and isinstance(out.get("expr"), list):
+        out["expr"] = [
+            {"counter": None} if isinstance(e, dict) and "counter" in e else e for e in out["expr"]
+        ]
+    return {kind: out}
+
+
+def parse_listing(text: str) -> list[Obj]:
+    """Normalise ``nft -j list table ...`` output: handles dropped, counter
+    values zeroed (they change with traffic, not with configuration), set
+    elements sorted; the metainfo object is skipped."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ListingError(f"nft printed invalid JSON: {exc}") from exc
+    items = data.get("nftables") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ListingError("nft printed JSON without an 'nftables' list")
+    objs: list[Obj] = []
+    for item in items:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ListingError(f"unexpected object in nft listing: {str(item)[:120]}")
+        [(kind, body)] = item.items()
+        if kind == "metainfo":
+            continue
+        if not isinstance(body, dict):
+            raise ListingError(f"unexpected {kind} in nft listing: {str(body)[:120]}")
+        objs.append(_normalise(kind, body))
+    return objs
+
+
+def ports_in(objs: Iterable[Obj]) -> frozenset[int]:
+    """The ports in the agent's set, as listed (single ports, element objects, ranges)."""
+    ports: set[int] = set()
+    for obj in objs:
+        body = obj.get("set")
+        if not isinstance(body, dict) or body.get("name") != SET_NAME:
+            continue
+        for elem in body.get("elem", []):
+            if isinstance(elem, dict) and isinstance(elem.get("elem"), dict):
+                elem = elem["elem"].get("val")
+            if isinstance(elem, int):
+                ports.add(elem)
+            elif isinstance(elem, dict) and isinstance(elem.get("range"), list) and len(elem["range"]) == 2:
+                lo, hi = elem["range"]
+                if isinstance(lo, int) and isinstance(hi, int):
+                    ports.update(range(max(lo, 1), min(hi, 65535) + 1))
+    return frozenset(ports)
+
+
+def _without_elements(objs: Iterable[Obj]) -> list[Obj]:
+    out = []
+    for obj in objs:
+        if "set" in obj:
+            obj = {"set": {k: v for k, v in obj["set"].items() if k != "elem"}}
+        out.append(obj)
+    return out
+
+
+def _summary(obj: Obj) -> str:
+    [(kind, body)] = obj.items()
+    if kind == "rule":
+        text = json.dumps(body.get("expr"), sort_keys=True)
+        return f"rule in {body.get('chain')}: {text[:160]}"
+    return f"{kind} {body.get('name', '?')}: {json.dumps(body, sort_keys=True)[:160]}"
+
+
+def describe(current: list[Obj] | None, want: Desired, want_objs: list[Obj]) -> list[str]:
+    """Human-readable reasons why ``current`` (None: no table) is not ``want``.
+
+    Empty when they are identical. Anything other than opening or closing
+    ports is drift: someone changed the agent's table by hand.
+    """
+    if current is None:
+        return [f"create table inet {want.table} with {len(want.ports)} open ports"]
+    if current == want_objs:
+        return []
+    have_ports = ports_in(current)
+    reasons = []
+    if opened := sorted(want.ports - have_ports):
+        reasons.append("open " + ", ".join(map(str, opened)))
+    if closed := sorted(have_ports - want.ports):
+        reasons.append("close " + ", ".join(map(str, closed)))
+    drift = drift_of(current, want_objs)
+    if not drift and current != want_objs and not reasons:
+        drift = ["set elements differ in form (element options added by hand)"]
+    return reasons + drift
+
+
+def drift_of(current: list[Obj], want_objs: list[Obj]) -> list[str]:
+    """Differences other than the set's elements (hand edits, or a changed
+    priority or managed range)."""
+    have, want = _without_elements(current), _without_elements(want_objs)
+    if have == want:
+        return []
+    out = [f"missing {_summary(o)}" for o in want if o not in have]
+    out += [f"unexpected {_summary(o)}" for o in have if o not in want]
+    return out or ["objects in a different order"]

@@ -388,3 +388,20 @@ async def test_invalid_section_fails_the_plugin_naming_the_key(fake_cp, agent_ha
     assert record.error == 'config: heartbeat.interfaces: expected a list, got "eth0"'
     assert tasks == []
     assert fake_cp.calls("heartbeat") == []
+
+
+def test_socket_counts_prefer_the_kernel_counters(tmp_path):
+    # /proc/net/snmp and sockstat are O(1); the socket tables are only the fallback.
+    write(
+        tmp_path / "net/snmp",
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens CurrEstab InSegs\n"
+        "Tcp: 1 200 120000 -1 4458 17 62179\n",
+    )
+    write(
+        tmp_path / "net/sockstat",
+        "sockets: used 21\nTCP: inuse 20 orphan 0 tw 3 alloc 21 mem 1\nUDP: inuse 4 mem 0\n",
+    )
+    write(tmp_path / "net/sockstat6", "TCP6: inuse 2\nUDP6: inuse 5\n")
+    write(tmp_path / "net/tcp", TCP_HEADER + sock_line(0, V4_LOCAL, V4_REMOTE, "01"))  # ignored
+    assert sysinfo.socket_counts(tmp_path) == (17, 9)

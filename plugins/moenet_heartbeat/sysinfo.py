@@ -84,16 +84,59 @@ def traffic(proc: Path = Path("/proc"), interfaces: list[str] | None = None) -> 
     return tx, rx
 
 
+def _snmp_value(text: str, table: str, field: str) -> int | None:
+    """A value from /proc/net/snmp (a header line and a value line per table)."""
+    lines = [line.split() for line in text.splitlines() if line.startswith(table + ":")]
+    if len(lines) < 2 or field not in lines[0]:
+        return None
+    try:
+        return int(lines[1][lines[0].index(field)])
+    except (ValueError, IndexError):
+        return None
+
+
+def _sockstat_inuse(text: str, proto: str) -> int | None:
+    for line in text.splitlines():
+        fields = line.split()
+        if fields[:1] == [proto + ":"] and "inuse" in fields:
+            try:
+                return int(fields[fields.index("inuse") + 1])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
 def socket_counts(proc: Path = Path("/proc")) -> tuple[int, int]:
-    """(established TCP connections, UDP sockets), IPv4 and IPv6 together."""
-    tcp = udp = 0
-    for name in ("tcp", "tcp6"):
+    """(established TCP connections, UDP sockets), IPv4 and IPv6 together.
+
+    Read from the kernel's counters (``Tcp: CurrEstab`` in /proc/net/snmp, the
+    ``UDP``/``UDP6`` ``inuse`` lines of sockstat): reading /proc/net/tcp walks
+    the whole connection hash table, which costs milliseconds even when it is
+    empty and far more on a busy router. Falls back to counting the socket
+    tables when the counters are missing.
+    """
+    snmp = _read(proc / "net/snmp") or ""
+    tcp = _snmp_value(snmp, "Tcp", "CurrEstab")
+    udp4 = _sockstat_inuse(_read(proc / "net/sockstat") or "", "UDP")
+    udp6 = _sockstat_inuse(_read(proc / "net/sockstat6") or "", "UDP6")
+    if tcp is None:
+        tcp = _count_rows(proc, ("tcp", "tcp6"), state=TCP_ESTABLISHED)
+    udp = (
+        (udp4 or 0) + (udp6 or 0)
+        if udp4 is not None or udp6 is not None
+        else _count_rows(proc, ("udp", "udp6"))
+    )
+    return tcp, udp
+
+
+def _count_rows(proc: Path, tables: tuple[str, ...], state: str | None = None) -> int:
+    count = 0
+    for name in tables:
         text = _read(proc / "net" / name)
         for line in (text or "").splitlines()[1:]:
             fields = line.split()
-            if len(fields) > 3 and fields[3] == TCP_ESTABLISHED:
-                tcp += 1
-    for name in ("udp", "udp6"):
-        text = _read(proc / "net" / name)
-        udp += sum(1 for line in (text or "").splitlines()[1:] if line.strip())
-    return tcp, udp
+            if not fields:
+                continue
+            if state is None or (len(fields) > 3 and fields[3] == state):
+                count += 1
+    return count

@@ -110,6 +110,16 @@ class TunnelBackend(Backend):
     async def stats(self, name: str) -> TunnelStats:
         """Handshake and traffic counters of one tunnel."""
 
+    async def refresh_endpoints(self) -> Sequence[str]:
+        """Re-resolve host-name endpoints of tunnels whose handshake is stale and
+        move peers whose address changed. Call once per sync cycle; returns the
+        tunnels updated. Default: nothing to refresh."""
+        return ()
+
+    def public_key(self, private_key_file: str) -> str:
+        """The base64 public key of a (mode-checked) private key file."""
+        raise NotImplementedError(f"{type(self).__name__} cannot derive public keys")
+
 
 # ---------------------------------------------------------------- firewall
 

@@ -94,11 +94,7 @@ class LoopbackSync:
             )
         else:
             self._said.discard("empty")
-        # Not ctx.backend("loopback", LoopbackBackend): mypy refuses an abstract
-        # class where the core's signature says type[B].
-        backend = self.ctx.backend("loopback")
-        if not isinstance(backend, LoopbackBackend):
-            raise LoopbackError(f"the loopback backend is a {type(backend).__name__}, not a LoopbackBackend")
+        backend = self.ctx.backend("loopback", LoopbackBackend)
         # With nothing wanted this only takes off addresses the agent added earlier
         # (and touches nothing at all when there are none).
         changed = await backend.ensure(wanted)
@@ -146,9 +142,7 @@ def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
             interval=300.0,
             initial_delay=0.0,
             timeout=30.0,
-            # ignore: TaskSpec.requires' converter (the builtin ``tuple``) leaves mypy
-            # an unsolved type variable, whatever is passed.
-            requires=("loopback",),  # type: ignore[arg-type]
+            requires=("loopback",),
             description="Ensure the node's DN42 loopback addresses on the loopback interface",
         )
     ]

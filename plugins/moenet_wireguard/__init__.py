@@ -1,0 +1,60 @@
+"""WireGuard tunnels: the ``tunnel`` backends ``kernel`` and ``userspace``.
+
+Selection (core rule): ``backends.tunnel`` if set, else ``wireguard.backend``
+(``auto`` by default). ``auto`` takes ``kernel`` when the kernel offers
+WireGuard (probe: the ``wireguard`` generic-netlink family) and ``userspace``
+(wireguard-go) otherwise (probe: the binary is on PATH).
+
+What exists on the node: one interface per tunnel (kind ``wireguard``, or a TUN
+device served by a ``wireguard-go <ifname>`` daemon with its socket in
+``/var/run/wireguard``), carrying the alias ``moenet-agent``. That alias is the
+ownership marker: nothing without it is ever changed, listed or removed.
+
+Only hook implementations live here; see :mod:`.base` for the behaviour.
+"""
+
+from __future__ import annotations
+
+from moenet_core import BackendSpec, ConfigSection, hookimpl
+from moenet_core.config import AgentConfig
+
+from .config import SECTION, TunnelSection, raw_wireguard_go, wireguard_go_available
+from .genl import kernel_supports_wireguard
+from .kernel import KernelTunnelBackend
+from .userspace import UserspaceTunnelBackend
+
+__all__ = ["KernelTunnelBackend", "TunnelSection", "UserspaceTunnelBackend"]
+
+
+@hookimpl
+def moenet_config_sections() -> list[ConfigSection]:
+    return [
+        ConfigSection(
+            name=SECTION,
+            type=TunnelSection,
+            description="WireGuard tunnel backends: wireguard-go binary, timeouts, stale-handshake age",
+        )
+    ]
+
+
+@hookimpl
+def moenet_backends(config: AgentConfig) -> list[BackendSpec]:
+    binary = raw_wireguard_go(config)
+    return [
+        BackendSpec(
+            kind="tunnel",
+            name="kernel",
+            factory=KernelTunnelBackend.from_context,
+            probe=kernel_supports_wireguard,
+            priority=20,
+            description="WireGuard kernel module over netlink (pyroute2)",
+        ),
+        BackendSpec(
+            kind="tunnel",
+            name="userspace",
+            factory=UserspaceTunnelBackend.from_context,
+            probe=lambda: wireguard_go_available(binary),
+            priority=10,
+            description="wireguard-go daemons configured over their UAPI sockets",
+        ),
+    ]

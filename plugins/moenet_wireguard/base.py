@@ -1,0 +1,383 @@
+"""What both tunnel backends share: the ensure/remove/list/stats logic.
+
+The two implementations differ only in how a WireGuard device is created and
+how its keys and peer are read and written (kernel generic netlink or the
+wireguard-go UAPI). Everything else is here, once:
+
+**ensure** reads first and writes only the differences, in this order: create
+the link if missing (and mark it as the agent's), the IPv6 sysctls (before the
+link is ever up), device (key, port, peer), MTU, link up, then addresses (the
+kernel drops the peer route of an IPv6 address added while the link is down). An unchanged spec performs reads
+only; a changed endpoint, keepalive or address is applied in place (same
+ifindex, same peer session, no forced handshake). Each call's writes are
+counted in a :class:`~.journal.Journal`.
+
+**Ownership**: only links carrying the :data:`~.links.MARKER` alias are
+touched; an existing interface of the same name without it is refused.
+
+**Endpoints**: host names are resolved and remembered; :meth:`refresh_endpoints`
+(call it once per sync cycle) re-resolves them for tunnels whose handshake is
+stale and moves the peer when the address changed. It also brings back a peer
+that roamed away from its configured address and then went quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import time
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from loguru import logger
+
+from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats
+
+from .config import Settings
+from .device import DesiredDevice, Device, DeviceUpdate, endpoint_update, plan
+from .endpoints import EndpointBook, Resolved, Resolver, system_resolver
+from .errors import EndpointError, NotOwnedError, TunnelError
+from .journal import Journal
+from .keys import SecretKey, bytes_to_b64, load_or_create_private_key, read_key, write_public_key_file
+from .links import MARKER, Link, Netlink
+from .spec import Address, Desired, normalise, validate_ifname
+from .sysctl import ensure_ipv6_sysctls
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from moenet_core.context import PluginContext
+
+
+class WireguardBackend(TunnelBackend):
+    """Common part of :class:`~.userspace.UserspaceTunnelBackend` and
+    :class:`~.kernel.KernelTunnelBackend`."""
+
+    implementation: ClassVar[str]
+    link_kind: ClassVar[str]
+    """``IFLA_INFO_KIND`` of the links this implementation creates."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        ctx: PluginContext | None = None,
+        resolver: Resolver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._ctx = ctx
+        self.log: Logger = ctx.log if ctx is not None else logger.bind(plugin="wireguard")
+        self.endpoints = EndpointBook(resolver or system_resolver)
+        self._now = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.writes: Counter[str] = Counter()
+        """Every write this backend made, by operation (tests assert on it)."""
+        self._metric: Any = None
+        if ctx is not None:
+            self._metric = ctx.metrics.counter(
+                "tunnel_writes", "Changes made to WireGuard tunnels, by operation", ["op"]
+            )
+
+    @classmethod
+    def from_context(cls, ctx: PluginContext) -> WireguardBackend:
+        """The factory the core calls (settings are re-read from ``ctx`` per call)."""
+        return cls(ctx=ctx)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is not None:
+            return self._settings
+        if self._ctx is not None:
+            return Settings.from_context(self._ctx)
+        return Settings()
+
+    # ------------------------------------------------- implementation hooks
+
+    @abstractmethod
+    async def _create(self, nl: Netlink, name: str, journal: Journal) -> Link:
+        """Create the device ``name`` and mark it; return the marked link.
+        Must not leave an unmarked device behind when it fails."""
+
+    @abstractmethod
+    async def _read(self, name: str) -> Device:
+        """Keys, port and peers of the device ``name``."""
+
+    @abstractmethod
+    async def _write(self, name: str, update: DeviceUpdate, journal: Journal) -> None:
+        """Apply ``update`` to the device ``name`` in one transaction."""
+
+    async def _destroy(self, nl: Netlink, link: Link, journal: Journal) -> None:
+        """Remove an owned link (of either kind) and whatever served it."""
+        await nl.delete(link.index, journal)
+
+    async def _cleanup_absent(self, name: str, journal: Journal) -> None:
+        """Leftovers of a tunnel whose link is already gone."""
+
+    def _serving(self, link: Link) -> bool:
+        """Is something configuring this link? (wireguard-go: a live socket.)"""
+        return True
+
+    # -------------------------------------------------------------- helpers
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _account(self, journal: Journal) -> None:
+        self.writes.update(journal.ops)
+        if self._metric is not None:
+            for op, n in journal.ops.items():
+                self._metric.labels(op=op).inc(n)
+
+    def _private_key(self, path: str, settings: Settings, journal: Journal) -> SecretKey:
+        """Read the key file; the *node* key is generated when it is missing."""
+        if os.path.abspath(path) == os.path.abspath(settings.node_key_path) and not os.path.lexists(path):
+            key, created = load_or_create_private_key(path)
+            if created:
+                journal.record("key_generate")
+                self.log.warning("generated a new node private key in {} (mode 0600)", path)
+                if settings.public_key_path and write_public_key_file(
+                    settings.public_key_path, key.public_key()
+                ):
+                    journal.record("public_key_write")
+            return key
+        return read_key(path)
+
+    def node_public_key(self) -> str:
+        """The node key's public half (generated if missing; also written to
+        ``wireguard.publicKeyPath`` when that is set and out of date)."""
+        settings = self.settings
+        key, created = load_or_create_private_key(settings.node_key_path)
+        if created:
+            self.log.warning("generated a new node private key in {} (mode 0600)", settings.node_key_path)
+        public = key.public_key()
+        if settings.public_key_path:
+            write_public_key_file(settings.public_key_path, public)
+        return public
+
+    @staticmethod
+    def public_key(private_key_file: str) -> str:
+        """The public key of a private key file (mode-checked, derived in-process)."""
+        return read_key(private_key_file).public_key()
+
+    def _fresh(self, last_handshake: float | None, settings: Settings) -> bool:
+        return last_handshake is not None and self._now() - last_handshake < settings.stale_handshake
+
+    async def _owned_link(self, nl: Netlink, name: str) -> Link:
+        link = await nl.get_link(name)
+        if link is None:
+            raise TunnelError(f"no tunnel named {name}")
+        if not link.owned:
+            raise NotOwnedError(
+                f"interface {name} is not one of moenet-agent's tunnels (no {MARKER!r} alias)"
+            )
+        return link
+
+    # --------------------------------------------------------------- ensure
+
+    async def ensure(self, spec: TunnelSpec) -> bool:
+        settings = self.settings
+        want = normalise(spec, settings.default_keepalive)
+        async with self._lock(want.name):
+            journal = Journal()
+            try:
+                await self._ensure(want, settings, journal)
+            finally:
+                self._account(journal)
+            if journal:
+                self.log.debug("tunnel {}: {}", want.name, dict(journal.ops))
+            return bool(journal)
+
+    async def _ensure(self, want: Desired, settings: Settings, journal: Journal) -> None:
+        name = want.name
+        private = self._private_key(want.private_key_file, settings, journal)
+        psk = read_key(want.preshared_key_file, "preshared key") if want.preshared_key_file else None
+        record: Resolved | None = None
+        spec_changed = False
+        unresolved: EndpointError | None = None
+        if want.endpoint is None:
+            self.endpoints.forget(name)
+        else:
+            try:
+                record, spec_changed = await self.endpoints.lookup(name, want.endpoint)
+            except EndpointError as exc:
+                unresolved = exc
+
+        async with Netlink() as nl:
+            link = await nl.get_link(name)
+            if link is not None and not link.owned:
+                raise NotOwnedError(
+                    f"interface {name} exists and is not one of moenet-agent's tunnels "
+                    f"(no {MARKER!r} alias); refusing to touch it"
+                )
+            if link is not None and link.kind != self.link_kind:
+                self.log.warning(
+                    "tunnel {} is a {} link; recreating it for the {} backend",
+                    name,
+                    link.kind,
+                    self.implementation,
+                )
+                await self._destroy(nl, link, journal)
+                link = None
+            elif link is not None and not self._serving(link):
+                self.log.warning("tunnel {}: nothing serves the device any more; recreating it", name)
+                await self._destroy(nl, link, journal)
+                link = None
+            if link is None:
+                link = await self._create(nl, name, journal)
+                self.log.info("tunnel {}: created ({} backend)", name, self.implementation)
+            ensure_ipv6_sysctls(name, journal)
+
+            current = await self._read(name)
+            ours = current.peer(want.peer_public_key)
+            desired = DesiredDevice(
+                private_key=private.raw,
+                listen_port=want.listen_port,
+                peer_public_key=want.peer_public_key,
+                preshared_key=psk.raw if psk is not None else None,
+                endpoints=record.candidates if record is not None else (),
+                keep_roamed_endpoint=(
+                    not spec_changed and ours is not None and self._fresh(ours.last_handshake, settings)
+                ),
+                keepalive=want.keepalive,
+                allowed_ips=want.allowed_ips,
+            )
+            update = plan(current, desired)
+            if update is not None:
+                self.log.info("tunnel {}: {}", name, update.describe())
+                await self._write(name, update, journal)
+
+            if link.mtu != want.mtu:
+                await nl.set_mtu(link.index, want.mtu, journal)
+            if not link.up:
+                await nl.set_up(link.index, journal)
+            # Addresses last, on a link that is up: an IPv6 address with a peer added
+            # while the link is down loses its peer route when the link comes up.
+            await nl.sync_addresses(link.index, want.addresses, journal)
+        if unresolved is not None:
+            raise EndpointError(f"tunnel {name}: {unresolved}; configured without an endpoint for now")
+
+    # --------------------------------------------------------------- remove
+
+    async def remove(self, name: str) -> bool:
+        name = validate_ifname(name)
+        async with self._lock(name):
+            journal = Journal()
+            try:
+                async with Netlink() as nl:
+                    link = await nl.get_link(name)
+                    if link is None:
+                        await self._cleanup_absent(name, journal)
+                        self.endpoints.forget(name)
+                        return False
+                    if not link.owned:
+                        raise NotOwnedError(
+                            f"interface {name} is not one of moenet-agent's tunnels "
+                            f"(no {MARKER!r} alias); refusing to remove it"
+                        )
+                    await self._destroy(nl, link, journal)
+                self.endpoints.forget(name)
+                self.log.info("tunnel {}: removed", name)
+                return True
+            finally:
+                self._account(journal)
+
+    # ---------------------------------------------------------------- stats
+
+    async def stats(self, name: str) -> TunnelStats:
+        name = validate_ifname(name)
+        async with Netlink() as nl:
+            await self._owned_link(nl, name)
+        dev = await self._read(name)
+        peer = dev.peers[0] if len(dev.peers) == 1 else None
+        return TunnelStats(
+            name=name,
+            latest_handshake=peer.last_handshake if peer else None,
+            rx_bytes=sum(p.rx_bytes for p in dev.peers),
+            tx_bytes=sum(p.tx_bytes for p in dev.peers),
+            endpoint=peer.endpoint if peer else None,
+        )
+
+    # ------------------------------------------------------ endpoint refresh
+
+    async def refresh_endpoints(self) -> builtins.list[str]:
+        """Re-resolve endpoints of tunnels whose handshake is stale.
+
+        For every tunnel ensured with an endpoint: when its latest handshake is
+        older than ``tunnel.staleHandshake`` (or there never was one), a host
+        name is resolved again, and the peer's endpoint is moved when it is not
+        one of the (new) addresses. Fresh tunnels are not touched, so roaming
+        is never fought. Meant to be called once per sync cycle; returns the
+        tunnels whose endpoint was updated.
+        """
+        settings = self.settings
+        updated: builtins.list[str] = []
+        for name in self.endpoints.names():
+            async with self._lock(name):
+                journal = Journal()
+                try:
+                    if await self._refresh_one(name, settings, journal):
+                        updated.append(name)
+                except TunnelError as exc:
+                    self.log.warning("tunnel {}: endpoint refresh failed: {}", name, exc)
+                finally:
+                    self._account(journal)
+        return updated
+
+    async def _refresh_one(self, name: str, settings: Settings, journal: Journal) -> bool:
+        async with Netlink() as nl:
+            link = await nl.get_link(name)
+        if link is None or not link.owned or link.kind != self.link_kind:
+            self.endpoints.forget(name)
+            return False
+        dev = await self._read(name)
+        if len(dev.peers) != 1 or self._fresh(dev.peers[0].last_handshake, settings):
+            return False
+        peer = dev.peers[0]
+        record = await self.endpoints.refresh(name)
+        if record is None or not record.candidates or peer.endpoint in record.candidates:
+            return False
+        self.log.info("tunnel {}: handshake stale, endpoint moved to {}", name, record.candidates[0])
+        await self._write(name, endpoint_update(peer.public_key, record.candidates[0]), journal)
+        return True
+
+    # ----------------------------------------------------------------- list
+
+    def _state(self, link: Link, dev: Device | None, addrs: set[Address]) -> TunnelState:
+        peer = dev.peers[0] if dev is not None and len(dev.peers) == 1 else None
+        return TunnelState(
+            name=link.name,
+            ifindex=link.index,
+            listen_port=dev.listen_port if dev is not None else None,
+            peer_public_key=bytes_to_b64(peer.public_key) if peer else None,
+            endpoint=peer.endpoint if peer else None,
+            allowed_ips=tuple(sorted(peer.allowed_ips)) if peer else (),
+            keepalive=(peer.keepalive or None) if peer else None,
+            mtu=link.mtu,
+            addresses=tuple(a.to_tunnel_address() for a in sorted(addrs)),
+            up=link.up,
+        )
+
+    async def list(self) -> Mapping[str, TunnelState]:
+        """The agent's tunnels, read from the system now.
+
+        Marked links of the other WireGuard kind (left from before a backend
+        switch) are listed too, without device details, so a reconciler can
+        remove them; :meth:`ensure` recreates them with this backend's kind.
+        """
+        async with Netlink() as nl:
+            links = [link for link in await nl.links() if link.owned]
+            addrs = await nl.addresses()
+        out: dict[str, TunnelState] = {}
+        for link in sorted(links, key=lambda lk: lk.name):
+            dev: Device | None = None
+            if link.kind == self.link_kind:
+                try:
+                    dev = await self._read(link.name)
+                except TunnelError as exc:
+                    self.log.warning("tunnel {}: cannot read its device: {}", link.name, exc)
+            out[link.name] = self._state(link, dev, addrs.get(link.index, set()))
+        return out

@@ -1,0 +1,215 @@
+"""wireguard-go processes: start, find, wait for, and clean up after them.
+
+**Why wireguard-go is left to daemonise** (its default, no ``-f``): the tunnels
+must outlive the agent, so that a restarted agent adopts them instead of tearing
+them down (which would cost every peer a new handshake). The launcher creates
+the TUN device and the UAPI socket, forks the daemon and exits 0, so when
+:func:`start` returns both exist; a non-zero exit carries the reason on stderr.
+The daemon runs in its own session (``start_new_session``), with /dev/null as
+stdin/stdout/stderr (``LOG_LEVEL`` is removed from its environment: with it set,
+the daemon would keep the launcher's output pipe, which we read, open).
+
+**No pid files.** A daemon is found from ``/proc``: a live (not zombie)
+``wireguard-go`` whose last argument is the interface name, in the caller's
+network namespace. (``SO_PEERCRED`` on the UAPI socket is no help: it names the
+launcher, which has exited.) The process, not the socket, says whether a tunnel
+is served: a killed daemon's socket can still accept for a moment.
+
+**Stopping** is deleting the link: wireguard-go notices, closes its device,
+removes its socket and exits. :func:`wait_exited` waits for that on a pidfd
+(an event, not polling) and SIGKILLs a daemon that does not exit in time; a
+socket left behind by a killed daemon is stale (nobody accepts on it) and is
+removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+
+from .errors import DaemonError
+from .journal import Journal
+
+_BANNER_CHARS = set("┌─┐│└┘ ")
+
+
+_LOG_PREFIX = re.compile(r"^[A-Z]+: \([^)]*\) \d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
+
+
+def _clean_output(text: str) -> str:
+    """wireguard-go's output without its 'use the kernel module' box and log prefixes."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    keep = [
+        _LOG_PREFIX.sub("", ln)
+        for ln in lines
+        if ln and not (ln[0] in _BANNER_CHARS and ln[-1] in _BANNER_CHARS)
+    ]
+    return "; ".join(keep)[:500] or "no message"
+
+
+async def start(name: str, binary: str, timeout: float, journal: Journal) -> None:
+    """Run ``wireguard-go <name>`` and wait for its launcher to exit.
+
+    The launcher is killed if the wait times out or the caller is cancelled.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+    journal.record("daemon_start")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            name,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,  # wireguard-go logs its errors here
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            cwd="/",
+            env=env,
+        )
+    except OSError as exc:
+        raise DaemonError(f"cannot run {binary} for {name}: {exc.strerror or exc}") from None
+    try:
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        raise DaemonError(f"{binary} {name} did not finish starting within {timeout:g} s") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        reason = _clean_output(out.decode(errors="replace"))
+        if "socket in use" in reason:
+            reason += f" (another wireguard-go serves {name}, maybe in another network namespace)"
+        raise DaemonError(f"{binary} {name} failed (exit {proc.returncode}): {reason}")
+
+
+def _netns_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _live_state(stat: str) -> bool:
+    return not stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
+
+
+def serves(pid: int, name: str, binary: str = "wireguard-go", *, any_netns: bool = False) -> bool:
+    """``pid`` is a live (not zombie) wireguard-go for ``name``, in the caller's
+    network namespace unless ``any_netns``. A handful of small ``/proc`` reads."""
+    entry = f"/proc/{pid}"
+    try:
+        argv = Path(f"{entry}/cmdline").read_bytes().split(b"\0")
+        if argv and argv[-1] == b"":
+            argv.pop()
+        if len(argv) < 2 or argv[-1].decode(errors="replace") != name:
+            return False
+        if os.path.basename(argv[0].decode(errors="replace")) not in {
+            "wireguard-go",
+            os.path.basename(binary),
+        }:
+            return False
+        if not _live_state(Path(f"{entry}/stat").read_text()):
+            return False
+    except (OSError, ValueError):
+        return False  # exited while we looked
+    return any_netns or _netns_id(f"{entry}/ns/net") == _netns_id("/proc/thread-self/ns/net")
+
+
+def find_daemons(
+    name: str, binary: str = "wireguard-go", *, any_netns: bool = False, proc: Path = Path("/proc")
+) -> list[int]:
+    """Live wireguard-go processes serving ``name`` (in the caller's network
+    namespace unless ``any_netns``)."""
+    return sorted(
+        int(e.name)
+        for e in proc.iterdir()
+        if e.name.isdigit() and serves(int(e.name), name, binary, any_netns=any_netns)
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return _live_state(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
+        return False
+
+
+async def _wait_pidfd(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (a pidfd becomes readable then)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        if not _alive(pid):  # exited (or a zombie) before the reader was armed
+            return True
+        async with asyncio.timeout(timeout):
+            await done
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def wait_exited(pids: list[int], timeout: float) -> list[int]:
+    """Wait for ``pids`` to exit; SIGKILL those still running after ``timeout``.
+    Returns the pids that had to be killed."""
+    killed = []
+    for pid in pids:
+        if await _wait_pidfd(pid, timeout):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        await _wait_pidfd(pid, timeout)
+    return killed
+
+
+def socket_is_live(path: Path) -> bool:
+    """Something accepts connections on the UNIX socket ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect(str(path))
+    except BlockingIOError:
+        return True  # backlog full: someone is listening
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            return False
+        raise
+    finally:
+        s.close()
+    return True
+
+
+def remove_stale_socket(path: Path, name: str, binary: str, journal: Journal) -> bool:
+    """Remove ``path`` if no live wireguard-go for ``name`` exists, in any network
+    namespace (left by a killed daemon). The process is what counts: a killed
+    daemon's listening socket can still accept connections for a moment."""
+    if not path.is_socket():
+        return False
+    if socket_is_live(path) and find_daemons(name, binary, any_netns=True):
+        return False
+    journal.record("socket_unlink")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return True

@@ -1,0 +1,41 @@
+"""The plugin's error types: every deliberate failure says which tunnel and why.
+
+They derive from :class:`moenet_core.MoenetError` so a reconciler can report the
+message as the session's ``lastError``. No message ever contains key material.
+"""
+
+from __future__ import annotations
+
+from moenet_core import MoenetError
+
+
+class TunnelError(MoenetError):
+    """Base of this plugin's errors."""
+
+
+class WireguardKeyError(TunnelError, ValueError):
+    """A key or key file is unusable (names the file, never the key)."""
+
+
+class TunnelSpecError(TunnelError, ValueError):
+    """A :class:`~moenet_core.TunnelSpec` field is invalid (names the field)."""
+
+
+class NotOwnedError(TunnelError):
+    """The interface exists but is not one of the agent's tunnels."""
+
+
+class UapiError(TunnelError):
+    """wireguard-go's UAPI socket is missing, unreachable, or answered an errno."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class DaemonError(TunnelError):
+    """wireguard-go could not be started or stopped."""
+
+
+class EndpointError(TunnelError):
+    """An endpoint is malformed or its host name does not resolve."""

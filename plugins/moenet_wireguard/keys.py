@@ -1,0 +1,265 @@
+"""WireGuard keys: X25519 in pure Python, key files, and base64/hex forms.
+
+Private keys live in files that only their owner may read: a file whose mode
+gives the group or others any access is refused, because a key that others could
+read must be treated as leaked. The node key is generated when missing (random,
+clamped, written 0600 through an atomic link so a concurrent writer's key is never
+overwritten). Public keys are derived here, with no ``wg`` subprocess and no new
+dependency. Key material never appears in a log line, a repr or an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from .errors import WireguardKeyError
+
+KEY_LEN = 32
+
+# ----------------------------------------------------------------- X25519
+#
+# RFC 7748 section 5, the Montgomery ladder exactly as specified. Python's
+# integers are not constant time; the agent derives public keys of its own keys
+# a few times per run, on its own machine, which is not a timing oracle.
+
+_P = 2**255 - 19
+_A24 = 121665
+_BASEPOINT = (9).to_bytes(32, "little")
+
+
+def clamp(scalar: bytes) -> bytes:
+    """RFC 7748 decodeScalar25519 clamping, as ``wg genkey`` stores keys."""
+    if len(scalar) != KEY_LEN:
+        raise ValueError("an X25519 scalar is 32 bytes")
+    b = bytearray(scalar)
+    b[0] &= 248
+    b[31] &= 127
+    b[31] |= 64
+    return bytes(b)
+
+
+def x25519(scalar: bytes, u: bytes) -> bytes:
+    """The X25519 function of RFC 7748 (scalar multiplication on Curve25519)."""
+    if len(scalar) != KEY_LEN or len(u) != KEY_LEN:
+        raise ValueError("X25519 takes 32-byte inputs")
+    k = int.from_bytes(clamp(scalar), "little")
+    x1 = int.from_bytes(u, "little") & ((1 << 255) - 1)
+    x2, z2, x3, z3 = 1, 0, x1, 1
+    swap = 0
+    for t in reversed(range(255)):
+        k_t = (k >> t) & 1
+        swap ^= k_t
+        if swap:
+            x2, x3 = x3, x2
+            z2, z3 = z3, z2
+        swap = k_t
+        a = (x2 + z2) % _P
+        aa = a * a % _P
+        b = (x2 - z2) % _P
+        bb = b * b % _P
+        e = (aa - bb) % _P
+        c = (x3 + z3) % _P
+        d = (x3 - z3) % _P
+        da = d * a % _P
+        cb = c * b % _P
+        x3 = (da + cb) ** 2 % _P
+        z3 = x1 * (da - cb) ** 2 % _P
+        x2 = aa * bb % _P
+        z2 = e * (aa + _A24 * e) % _P
+    if swap:
+        x2, x3 = x3, x2
+        z2, z3 = z3, z2
+    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(32, "little")
+
+
+def public_from_private(private: bytes) -> bytes:
+    """The public key (X25519 with the base point)."""
+    return x25519(private, _BASEPOINT)
+
+
+# ------------------------------------------------------------------ forms
+
+
+def b64_to_bytes(text: str, what: str = "key") -> bytes:
+    """Strict base64 of exactly 32 bytes (44 characters, canonical padding)."""
+    text = text.strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise WireguardKeyError(f"{what} is not valid base64") from None
+    if len(raw) != KEY_LEN or len(text) != 44 or base64.b64encode(raw).decode() != text:
+        raise WireguardKeyError(f"{what} must be 44 characters of base64 encoding 32 bytes")
+    return raw
+
+
+def bytes_to_b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def hex_to_bytes(text: str) -> bytes:
+    """The UAPI's lower-case hex form (64 characters)."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise WireguardKeyError("key is not valid hex") from None
+    if len(raw) != KEY_LEN:
+        raise WireguardKeyError("key must be 64 hex characters")
+    return raw
+
+
+def bytes_to_hex(raw: bytes) -> str:
+    return raw.hex()
+
+
+def b64_to_hex(text: str) -> str:
+    return bytes_to_hex(b64_to_bytes(text))
+
+
+def hex_to_b64(text: str) -> str:
+    return bytes_to_b64(hex_to_bytes(text))
+
+
+def is_valid_public_key(text: str) -> bool:
+    try:
+        b64_to_bytes(text)
+    except WireguardKeyError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ files
+
+
+class SecretKey:
+    """32 bytes of secret key material that refuse to print themselves."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != KEY_LEN:
+            raise WireguardKeyError("a WireGuard key is 32 bytes")
+        self._raw = bytes(raw)
+
+    @property
+    def raw(self) -> bytes:
+        return self._raw
+
+    def public_key(self) -> str:
+        """Base64 public key (meaningful for private keys, not preshared ones)."""
+        return bytes_to_b64(public_from_private(self._raw))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretKey) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    def __repr__(self) -> str:
+        return "SecretKey(<hidden>)"
+
+    __str__ = __repr__
+
+
+def check_mode(path: str | os.PathLike[str]) -> os.stat_result:
+    """Refuse a key file that the group or others may access in any way."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise WireguardKeyError(f"key file {os.fspath(path)} does not exist") from None
+    except OSError as exc:
+        raise WireguardKeyError(f"key file {os.fspath(path)}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise WireguardKeyError(f"key file {os.fspath(path)} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise WireguardKeyError(
+            f"key file {os.fspath(path)} has mode {mode:04o}, which lets group or others read it; "
+            f"it must be 0600 or 0400 (chmod 600 {os.fspath(path)}) and the key should be rotated"
+        )
+    return st
+
+
+def read_key(path: str | os.PathLike[str], what: str = "private key") -> SecretKey:
+    """Read a base64 key file after checking its mode."""
+    check_mode(path)
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="strict")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        raise WireguardKeyError(f"key file {os.fspath(path)}: {reason}") from None
+    try:
+        return SecretKey(b64_to_bytes(text, what))
+    except WireguardKeyError as exc:
+        raise WireguardKeyError(f"key file {os.fspath(path)}: {exc}") from None
+
+
+def generate_private_key() -> SecretKey:
+    return SecretKey(clamp(os.urandom(KEY_LEN)))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> bool:
+    """Write ``key`` to ``path`` (0600) unless the file exists.
+
+    The key goes to a private temporary file first and is *linked* into place,
+    so a reader never sees a partial key and a key another process wrote in the
+    meantime is kept (returns False then).
+    """
+    target = Path(path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(bytes_to_b64(key.raw) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        _fsync_dir(target.parent)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def load_or_create_private_key(path: str | os.PathLike[str]) -> tuple[SecretKey, bool]:
+    """The node key: read it, or generate and store it when the file is missing.
+
+    Returns ``(key, created)``. A file that exists but is unreadable or has a
+    loose mode is an error, never silently replaced.
+    """
+    created = not os.path.lexists(path) and write_key_file(path, generate_private_key())
+    return read_key(path), created
+
+
+def write_public_key_file(path: str | os.PathLike[str], public_key: str) -> bool:
+    """Publish the public key (0644) where other tools expect it; only if changed."""
+    target = Path(path)
+    content = public_key + "\n"
+    with contextlib.suppress(OSError):
+        if target.read_text(encoding="ascii") == content:
+            return False
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return True

@@ -1,0 +1,141 @@
+"""The ``userspace`` tunnel backend: wireguard-go, configured over its UAPI socket.
+
+For kernels without the WireGuard module (this one, and many VPS kernels).
+Each tunnel is one ``wireguard-go <ifname>`` daemon owning a TUN device;
+keys, port and peer go through ``/var/run/wireguard/<ifname>.sock``; addresses,
+MTU, sysctls and link state through netlink like the kernel backend.
+
+Lifecycle (see :mod:`.daemon` for why wireguard-go daemonises):
+
+- ``ensure`` starts a daemon only when the link is missing; a running one is
+  configured in place. A restarted agent therefore *adopts* its tunnels: the
+  first ensure finds the marked link and writes nothing if nothing changed.
+- ``remove`` deletes the link; the daemon exits and removes its socket, and the
+  backend waits for that (killing a daemon that hangs, removing a stale socket).
+- ``aclose`` leaves tunnels running on purpose (they are adopted by the next
+  agent). A launcher still starting when the agent stops is killed by the
+  cancellation of the ``ensure`` that started it, and its half-made device is
+  deleted, so no unmarked tunnel or stray process is left.
+
+Socket paths are global (not per network namespace): two namespaces must not
+use the same interface name. wireguard-go refuses to start on a live socket, so
+one namespace can never take over another's tunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from . import daemon
+from .base import WireguardBackend
+from .config import Settings, wireguard_go_available
+from .device import Device, DeviceUpdate
+from .errors import DaemonError, TunnelError
+from .journal import Journal
+from .links import MARKER, Link, Netlink
+from .uapi import SOCKET_DIR, UapiClient
+
+if TYPE_CHECKING:
+    from .endpoints import Resolver
+
+
+class UserspaceTunnelBackend(WireguardBackend):
+    """Tunnels served by wireguard-go daemons."""
+
+    implementation: ClassVar[str] = "userspace"
+    link_kind: ClassVar[str] = "tun"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        socket_dir: str = SOCKET_DIR,
+        resolver: Resolver | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(settings, resolver=resolver, **kwargs)
+        self.socket_dir = socket_dir
+        self._pids: dict[str, int] = {}
+
+    def _uapi(self) -> UapiClient:
+        return UapiClient(self.socket_dir, self.settings.uapi_timeout)
+
+    async def start(self) -> None:
+        binary = self.settings.wireguard_go
+        if not wireguard_go_available(binary):
+            raise DaemonError(
+                f"wireguard-go not found ({binary!r} is not an executable on PATH); "
+                "install it or set tunnel.wireguardGo"
+            )
+
+    async def _create(self, nl: Netlink, name: str, journal: Journal) -> Link:
+        settings = self.settings
+        try:
+            await daemon.start(name, settings.wireguard_go, settings.start_timeout, journal)
+            link = await nl.get_link(name)
+            if link is None or link.kind != "tun":
+                raise DaemonError(f"{settings.wireguard_go} {name} exited 0 but created no TUN device {name}")
+            await nl.mark(link.index, journal)
+        except BaseException:
+            # An unmarked tunnel would be refused as foreign forever: take it back down.
+            with contextlib.suppress(Exception):
+                await self._discard_unmarked(name, journal)
+            raise
+        return attrs.evolve(link, alias=MARKER)
+
+    async def _discard_unmarked(self, name: str, journal: Journal) -> None:
+        async with Netlink() as nl:
+            link = await nl.get_link(name)
+            if link is not None and link.kind == "tun" and link.alias != MARKER:
+                await self._destroy(nl, link, journal)
+            else:
+                await self._cleanup_absent(name, journal)
+
+    async def _destroy(self, nl: Netlink, link: Link, journal: Journal) -> None:
+        settings = self.settings
+        pids = daemon.find_daemons(link.name, settings.wireguard_go) if link.kind == "tun" else []
+        await nl.delete(link.index, journal)
+        killed = await daemon.wait_exited(pids, settings.start_timeout)
+        if killed:
+            journal.record("daemon_kill", len(killed))
+            self.log.warning("tunnel {}: wireguard-go {} did not exit; killed", link.name, killed)
+        await self._cleanup_absent(link.name, journal)
+
+    async def _cleanup_absent(self, name: str, journal: Journal) -> None:
+        self._pids.pop(name, None)
+        if daemon.remove_stale_socket(self._uapi().path(name), name, self.settings.wireguard_go, journal):
+            self.log.info("tunnel {}: removed a stale wireguard-go socket", name)
+
+    def _daemon(self, name: str) -> int | None:
+        """The pid of the daemon serving ``name``: the remembered one if it still
+        is (a few /proc reads per ensure), else looked up again."""
+        binary = self.settings.wireguard_go
+        pid = self._pids.get(name)
+        if pid is not None and daemon.serves(pid, name, binary):
+            return pid
+        found = daemon.find_daemons(name, binary)
+        if found:
+            self._pids[name] = found[0]
+            return found[0]
+        self._pids.pop(name, None)
+        return None
+
+    def _serving(self, link: Link) -> bool:
+        """A marked TUN whose daemon died (killed, crashed) is dead: it vanishes
+        with the daemon's last file descriptor, and ensure replaces it."""
+        return self._daemon(link.name) is not None
+
+    async def _read(self, name: str) -> Device:
+        return await self._uapi().get(name)
+
+    async def _write(self, name: str, update: DeviceUpdate, journal: Journal) -> None:
+        journal.record("uapi_set")
+        try:
+            await self._uapi().set(name, update)
+        except TunnelError:
+            raise
+        except Exception as exc:  # defensive: never let key material surface in a traceback
+            raise TunnelError(f"tunnel {name}: UAPI set failed: {type(exc).__name__}") from None

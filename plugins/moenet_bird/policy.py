@@ -1,0 +1,612 @@
+"""Validated input models for rendering: the CP's bird-config answer and peer intent.
+
+The Go agent rendered whatever the CP sent (an empty ``asPathMaxLen`` rejected
+every route, an empty region broke the file). Here every field is checked before
+anything is rendered, and each problem names its field
+(``policy.asPathMaxLen: must be 1-255``). Values that the Go agent sent as BIRD
+symbol names (``DN42_REGION_AS_E``) are accepted and normalised to numbers by
+meaning (see :mod:`.communities`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid as uuidlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from moenet_core.config import camel, check, structure
+
+from . import communities as C
+from .names import (
+    HOSTNAME_RE,
+    IFPATTERN_RE,
+    NODE_NAME_RE,
+    SHORT_NAME_RE,
+    BirdConfigError,
+    bird_string,
+    ifname_error,
+    sanitise_symbol_part,
+    short_hash,
+    symbol_error,
+    text_error,
+)
+
+Check = Callable[[Any], "str | None"]
+
+# ----------------------------------------------------------------- checks
+
+
+def _range(lo: int, hi: int) -> Check:
+    def fn(v: int | None) -> str | None:
+        return None if v is None or lo <= v <= hi else f"must be {lo}-{hi} (got {v})"
+
+    return fn
+
+
+def _positive(v: int | None) -> str | None:
+    return None if v is None or v > 0 else "must be greater than 0"
+
+
+_BAD_ASNS = {0, 23456, 65535, 4294967295} | set(range(64496, 64512)) | set(range(65536, 65552))
+
+
+def asn_value(v: Any) -> int | None:
+    """An ASN from an int or a decimal string (the CP sends ``dn42As`` as a string)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and re.fullmatch(r"(AS)?[0-9]{1,10}", v.strip(), re.IGNORECASE):
+        return int(v.strip().upper().removeprefix("AS"))
+    return None
+
+
+def _asn(v: Any) -> str | None:
+    n = asn_value(v)
+    if n is None:
+        return f"must be an AS number (got {v!r})"
+    if not 1 <= n <= 4294967294 or n in _BAD_ASNS:
+        return f"must be a usable 32-bit AS number, not reserved (got {n})"
+    return None
+
+
+def _network(version: int) -> Check:
+    def fn(v: str) -> str | None:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as exc:
+            return f"not a network: {exc}"
+        if net.version != version:
+            return f"must be an IPv{version} network"
+        return None
+
+    return fn
+
+
+def _address(version: int, *, link_local: bool | None = None, empty_ok: bool = True) -> Check:
+    def fn(v: str) -> str | None:
+        if not v:
+            return None if empty_ok else "required"
+        try:
+            ip = ipaddress.ip_address(v)
+        except ValueError:
+            return f"not an IPv{version} address (got {v[:50]!r})"
+        if "%" in v or v != v.strip():  # Python accepts scope ids ("fe80::1%wg0"): free text
+            return f"not an IPv{version} address (no %scope; got {v[:50]!r})"
+        if ip.version != version:
+            return f"must be an IPv{version} address"
+        if link_local is True and not ip.is_link_local:
+            return "must be a link-local address (fe80::/10)"
+        if link_local is False and ip.is_link_local:
+            return "must not be link-local (use the link-local field)"
+        if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+            return "must be a unicast address"
+        return None
+
+    return fn
+
+
+def _pattern(rx: re.Pattern[str], what: str, *, empty_ok: bool = False) -> Check:
+    def fn(v: str) -> str | None:
+        if not v and empty_ok:
+            return None
+        return None if rx.match(v) else f"must be {what} (got {v[:40]!r})"
+
+    return fn
+
+
+def _text(v: str) -> str | None:
+    return text_error(v)
+
+
+def _ifname(v: str) -> str | None:
+    return None if not v else ifname_error(v)
+
+
+def _host(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+        return None if "%" not in v else f"must not carry a %scope (got {v[:40]!r})"
+    except ValueError:
+        pass
+    return None if HOSTNAME_RE.match(v) else f"must be an IP address or a DNS name (got {v[:40]!r})"
+
+
+def _uuid(v: str) -> str | None:
+    try:
+        uuidlib.UUID(v)
+    except ValueError:
+        return f"must be a UUID (got {v[:40]!r})"
+    return None
+
+
+def _symbolic(
+    table: Mapping[str, int],
+    valid: Callable[[int], bool],
+    what: str,
+    ambiguous: Mapping[str, str] | None = None,
+) -> tuple[Check, Callable[[Any], int | None]]:
+    """A check plus a normaliser for values sent as a number or a symbol name."""
+
+    def norm(v: Any) -> int | None:
+        if isinstance(v, bool) or v is None:
+            return None
+        if isinstance(v, int):
+            return v if valid(v) else None
+        if isinstance(v, str):
+            s = v.strip()
+            if s.isdigit():
+                n = int(s)
+                return n if valid(n) else None
+            return table.get(C.symbol_key(s))
+        return None
+
+    def fn(v: Any) -> str | None:
+        if v is None:
+            return "required"
+        if norm(v) is not None:
+            return None
+        if isinstance(v, str) and ambiguous and C.symbol_key(v) in ambiguous:
+            return f"{v!r} is ambiguous in the DN42 standard: send {ambiguous[C.symbol_key(v)]}"
+        return f"must be {what} or one of {', '.join(sorted(table))} (got {v!r})"
+
+    return fn, norm
+
+
+_region_check, region_value = _symbolic(
+    C.REGION_SYMBOLS, lambda n: n in C.REGION_RANGE, "a DN42 region 41-70", C.AMBIGUOUS_REGION_SYMBOLS
+)
+_bwc_check, bandwidth_community_value = _symbolic(
+    C.BANDWIDTH_SYMBOLS, lambda n: 21 <= n <= 29, "a DN42 bandwidth community 21-29"
+)
+_continent_check, continent_value = _symbolic(
+    C.CONTINENTS, lambda n: n in C.CONTINENTS.values(), "a MoeNet continent code"
+)
+_subregion_check, subregion_value = _symbolic(
+    C.SUBREGIONS, lambda n: n in C.SUBREGIONS.values(), "a MoeNet subregion code"
+)
+
+
+def country_value(v: Any) -> int | None:
+    """DN42 country community (1000 + ISO-3166 numeric) from either form."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v.strip())
+    if isinstance(v, int):
+        if 1 <= v <= 999:
+            return C.COUNTRY_BASE + v
+        if v in C.COUNTRY_RANGE:
+            return v
+    return None
+
+
+def _country(v: Any) -> str | None:
+    if v is None or country_value(v) is not None:
+        return None
+    return f"must be an ISO-3166-1 numeric country code (1-999) or its DN42 community 1001-1999 (got {v!r})"
+
+
+_BW_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:BIT|B|BPS)?(?:_PLUS)?$", re.IGNORECASE)
+_BW_SCALE = {"K": 0.001, "": 1.0, "M": 1.0, "G": 1000.0, "T": 1_000_000.0}
+
+
+def bandwidth_mbit(v: Any) -> int | None:
+    """Node bandwidth in Mbit/s from ``1000``, ``"1G"``, ``"500M"``, ``"LC_BW_10G"``."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int | float):
+        return int(v) if 1 <= v <= 2**32 - 1 else None
+    if isinstance(v, str):
+        m = _BW_RE.match(re.sub(r"^(LC_BW_|BW_)", "", v.strip(), flags=re.IGNORECASE))
+        if m:
+            mbit = int(float(m.group(1)) * _BW_SCALE[m.group(2).upper()])
+            return mbit if 1 <= mbit <= 2**32 - 1 else None
+    return None
+
+
+def _bandwidth(v: Any) -> str | None:
+    if v is None or bandwidth_mbit(v) is not None:
+        return None
+    return f"must be a bandwidth in Mbit/s or like '1G', '500M' (got {v!r})"
+
+
+# ----------------------------------------------------------------- CP models
+
+
+@attrs.define(kw_only=True)
+class NodeInfo:
+    """``node`` of the CP's bird-config answer: who this node is and where."""
+
+    id: int = attrs.field(metadata=check(_range(1, 4294967295)))
+    name: str = attrs.field(
+        metadata=check(_pattern(NODE_NAME_RE, "a node name (letters, digits, '.', '_', '-')"))
+    )
+    type: str = attrs.field(
+        default="",
+        metadata=check(_pattern(re.compile(r"^[A-Za-z0-9_-]{0,32}$"), "a short word", empty_ok=True)),
+    )
+    bandwidth: Any = attrs.field(default=None, metadata=check(_bandwidth))
+    region_code: str = attrs.field(
+        default="",
+        metadata=check(_pattern(re.compile(r"^[A-Za-z0-9_-]{0,32}$"), "a short code", empty_ok=True)),
+    )
+    loopback_ipv4: str = attrs.field(metadata=check(_address(4, link_local=False, empty_ok=False)))
+    loopback_ipv6: str = attrs.field(metadata=check(_address(6, link_local=False, empty_ok=False)))
+    continent_lc: Any = attrs.field(metadata=check(_continent_check))
+    subregion_lc: Any = attrs.field(metadata=check(_subregion_check))
+    region_community: Any = attrs.field(metadata=check(_region_check))
+    bandwidth_community: Any = attrs.field(metadata=check(_bwc_check))
+    country_community: Any = attrs.field(default=None, metadata=check(_country))
+    """Our extension: ISO-3166 numeric (or 1000+ that); adds (64511, 1000+n) to own routes."""
+
+    @property
+    def region(self) -> int:
+        return region_value(self.region_community) or 0
+
+    @property
+    def bandwidth_dn42(self) -> int:
+        return bandwidth_community_value(self.bandwidth_community) or 0
+
+    @property
+    def continent(self) -> int:
+        return continent_value(self.continent_lc) or 0
+
+    @property
+    def subregion(self) -> int:
+        return subregion_value(self.subregion_lc) or 0
+
+    @property
+    def country(self) -> int | None:
+        return country_value(self.country_community)
+
+    @property
+    def bandwidth_mbit(self) -> int | None:
+        return bandwidth_mbit(self.bandwidth)
+
+
+@attrs.define(kw_only=True)
+class RpkiServer:
+    """One RTR cache; each becomes its own ``protocol rpki`` feeding the ROA tables."""
+
+    name: str = attrs.field(metadata=check(_pattern(SHORT_NAME_RE, "1-32 letters, digits, '_' or '-'")))
+    host: str = attrs.field(metadata=check(_host))
+    port: int = attrs.field(default=8082, metadata=check(_range(1, 65535)))
+
+    @property
+    def symbol(self) -> str:
+        return "rpki_" + sanitise_symbol_part(self.name)
+
+    @property
+    def remote(self) -> str:
+        """An address bare, a DNS name as a (pattern-checked) BIRD string."""
+        try:
+            return str(ipaddress.ip_address(self.host))
+        except ValueError:
+            return bird_string(self.host, "policy.rpkiServers.host")
+
+
+@attrs.define(kw_only=True)
+class PolicyInfo:
+    """``policy`` of the bird-config answer: the AS-wide routing policy."""
+
+    dn42_as: Any = attrs.field(metadata=check(_asn))
+    dn42_ipv4_prefix: str = attrs.field(metadata=check(_network(4)))
+    dn42_ipv6_prefix: str = attrs.field(metadata=check(_network(6)))
+    rpki_servers: list[RpkiServer] = attrs.field(factory=list)
+    ebgp_import_limit: int = attrs.field(metadata=check(_positive))
+    ebgp_export_limit: int = attrs.field(metadata=check(_positive))
+    ibgp_import_limit: int = attrs.field(metadata=check(_positive))
+    ibgp_export_limit: int = attrs.field(metadata=check(_positive))
+    as_path_max_len: int = attrs.field(metadata=check(_range(1, 255)))
+    communities: dict[str, Any] = attrs.field(factory=dict)
+    """Accepted, not rendered (the Go agent ignored them too; semantics undefined)."""
+    large_communities: dict[str, Any] = attrs.field(factory=dict)
+    """Accepted, not rendered."""
+
+    @property
+    def asn(self) -> int:
+        return asn_value(self.dn42_as) or 0
+
+
+@attrs.define(kw_only=True)
+class IbgpPeer:
+    """Another node of ours; one iBGP session over the loopbacks."""
+
+    node_id: int = attrs.field(metadata=check(_range(1, 4294967295)))
+    node_name: str = attrs.field(metadata=check(_pattern(NODE_NAME_RE, "a node name")))
+    loopback_ipv4: str = attrs.field(default="", metadata=check(_address(4, link_local=False)))
+    loopback_ipv6: str = attrs.field(default="", metadata=check(_address(6, link_local=False)))
+    is_rr: bool = False
+
+    @property
+    def symbol(self) -> str:
+        return f"ibgp_{sanitise_symbol_part(self.node_name)[:40]}_{self.node_id}"
+
+    @property
+    def file_name(self) -> str:
+        return f"ibgp/{self.node_name}.conf"
+
+
+@attrs.define(kw_only=True)
+class BirdPolicy:
+    """The whole validated bird-config answer."""
+
+    config_hash: str = attrs.field(
+        default="",
+        metadata=check(_pattern(re.compile(r"^[A-Za-z0-9:_+/=.-]{0,128}$"), "a hash string", empty_ok=True)),
+    )
+    node: NodeInfo
+    policy: PolicyInfo
+    ibgp_peers: list[IbgpPeer] = attrs.field(factory=list)
+
+
+# ----------------------------------------------------------------- peer intent
+
+
+@attrs.define(kw_only=True)
+class EbgpPeer:
+    """One eBGP session as the sessions plugin declares it.
+
+    ``name``/``description`` are free CP text: only ever rendered inside a BIRD
+    string (made inert) and refused if they hold control characters. Everything
+    else is matched against strict patterns.
+    """
+
+    uuid: str = attrs.field(metadata=check(_uuid))
+    asn: int = attrs.field(metadata=check(_asn))
+    latency: int = attrs.field(metadata=check(_range(1, 9)))
+    """DN42 latency tier 1..9 (see :func:`.communities.latency_tier`)."""
+    bandwidth: int = attrs.field(metadata=check(_range(21, 29)))
+    crypto: int = attrs.field(default=C.CRYPTO_WIREGUARD, metadata=check(_range(31, 34)))
+    name: str = attrs.field(default="", metadata=check(_text))
+    description: str = attrs.field(default="", metadata=check(_text))
+    interface: str = attrs.field(default="", metadata=check(_ifname))
+    neighbor_link_local: str = attrs.field(default="", metadata=check(_address(6, link_local=True)))
+    neighbor_ipv6: str = attrs.field(default="", metadata=check(_address(6, link_local=False)))
+    neighbor_ipv4: str = attrs.field(default="", metadata=check(_address(4)))
+    local_link_local: str = attrs.field(default="", metadata=check(_address(6, link_local=True)))
+    """Our link-local pinned on the tunnel: the session's source address."""
+    local_ipv6: str = attrs.field(default="", metadata=check(_address(6, link_local=False)))
+    local_ipv4: str = attrs.field(default="", metadata=check(_address(4)))
+    mp_bgp: bool = True
+    """One session over IPv6 carrying both families (session extension ``mp-bgp``)."""
+    extended_nexthop: bool = True
+    """IPv4 routes with IPv6 next hops, RFC 8950 (session extension ``extended-nexthop``)."""
+    import_limit: int | None = attrs.field(default=None, metadata=check(_positive))
+    export_limit: int | None = attrs.field(default=None, metadata=check(_positive))
+    disabled: bool = False
+
+    @property
+    def canonical_uuid(self) -> str:
+        return str(uuidlib.UUID(self.uuid))
+
+    @property
+    def symbol(self) -> str:
+        """``dn42_<asn>_<hash of uuid>``: two sessions with one ASN never collide."""
+        return f"dn42_{self.asn}_{short_hash(self.canonical_uuid)}"
+
+    @property
+    def file_name(self) -> str:
+        return f"peers/{self.symbol}.conf"
+
+
+@attrs.define(kw_only=True)
+class BabelInterface:
+    """A mesh interface (or ``prefix*`` pattern) Babel runs on."""
+
+    pattern: str = attrs.field(
+        metadata=check(_pattern(IFPATTERN_RE, "an interface name, optionally ending in '*'"))
+    )
+    type: str = attrs.field(
+        default="tunnel",
+        metadata=check(
+            lambda v: None if v in ("tunnel", "wired", "wireless") else "must be tunnel, wired or wireless"
+        ),
+    )
+    rxcost: int | None = attrs.field(default=None, metadata=check(_range(1, 65535)))
+    rtt_cost: int = attrs.field(default=1024, metadata=check(_range(0, 65535)))
+    rtt_min_ms: int = attrs.field(default=10, metadata=check(_range(1, 60000)))
+    rtt_max_ms: int = attrs.field(default=150, metadata=check(_range(1, 60000)))
+    hello_interval_s: int = attrs.field(default=5, metadata=check(_range(1, 600)))
+
+
+@attrs.define(kw_only=True)
+class BabelOptions:
+    """What the mesh plugin declares: the interfaces the IGP runs on."""
+
+    interfaces: list[BabelInterface] = attrs.field(factory=list)
+
+
+@attrs.define(kw_only=True)
+class IbgpOptions:
+    """iBGP role of this node. ``route_reflector=None`` derives it from ``node.type == "rr"``."""
+
+    route_reflector: bool | None = None
+    enabled: bool = True
+
+
+# ----------------------------------------------------------------- validation
+
+
+def run_checks(obj: Any, path: str) -> list[str]:
+    """Field checks of an attrs object built in Python (not from JSON)."""
+    problems = []
+    for f in attrs.fields(type(obj)):
+        fn = f.metadata.get("check")
+        if fn is not None and (msg := fn(getattr(obj, f.name))):
+            problems.append(f"{path}.{camel(f.name)}: {msg}")
+    return problems
+
+
+def _structure_list(
+    cls: type[Any], items: Any, path: str, warnings: list[str], problems: list[str]
+) -> list[Any]:
+    if not isinstance(items, list):
+        problems.append(f"{path}: expected a list")
+        return []
+    out = []
+    for i, item in enumerate(items):
+        obj, errs = structure(cls, item, f"{path}[{i}]", warnings)
+        problems.extend(errs)
+        if obj is not None:
+            out.append(obj)
+    return out
+
+
+def parse_bird_config(data: Any) -> tuple[BirdPolicy, list[str]]:
+    """Validate the CP's bird-config ``data`` object. Returns (policy, warnings);
+    raises :class:`BirdConfigError` listing every problem with its field path."""
+    warnings: list[str] = []
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise BirdConfigError("(top level): expected an object")
+    raw = dict(data)
+    raw_policy = raw.get("policy")
+    raw_rpki: Any = []
+    if isinstance(raw_policy, dict):
+        raw_policy = dict(raw_policy)
+        raw_rpki = raw_policy.pop("rpkiServers", [])
+        raw["policy"] = raw_policy
+    raw_ibgp = raw.pop("ibgpPeers", [])
+    bp, errs = structure(BirdPolicy, raw, "", warnings)
+    problems.extend(errs)
+    rpki = _structure_list(
+        RpkiServer, raw_rpki if raw_rpki is not None else [], "policy.rpkiServers", warnings, problems
+    )
+    ibgp = _structure_list(
+        IbgpPeer, raw_ibgp if raw_ibgp is not None else [], "ibgpPeers", warnings, problems
+    )
+    if bp is not None:
+        bp.policy.rpki_servers = rpki
+        bp.ibgp_peers = ibgp
+        problems.extend(_cross_checks(bp, warnings))
+    if problems or bp is None:
+        raise BirdConfigError(problems)
+    return bp, warnings
+
+
+def _dupes(items: list[tuple[str, str]], what: str) -> list[str]:
+    seen: dict[str, str] = {}
+    out = []
+    for path, key in items:
+        if key in seen:
+            out.append(f"{path}: duplicate {what} (same as {seen[key]})")
+        else:
+            seen[key] = path
+    return out
+
+
+def _cross_checks(bp: BirdPolicy, warnings: list[str]) -> list[str]:
+    problems: list[str] = []
+    pol, node = bp.policy, bp.node
+    v4 = ipaddress.IPv4Network(pol.dn42_ipv4_prefix)
+    v6 = ipaddress.IPv6Network(pol.dn42_ipv6_prefix)
+    if ipaddress.IPv4Address(node.loopback_ipv4) not in v4:
+        warnings.append("node.loopbackIpv4: not inside policy.dn42Ipv4Prefix; Babel will not carry it")
+    if ipaddress.IPv6Address(node.loopback_ipv6) not in v6:
+        warnings.append("node.loopbackIpv6: not inside policy.dn42Ipv6Prefix; Babel will not carry it")
+    if not pol.rpki_servers:
+        warnings.append("policy.rpkiServers: empty; ROA tables stay empty and no route is ROA-invalid")
+    problems += _dupes(
+        [(f"policy.rpkiServers[{i}].name", s.symbol) for i, s in enumerate(pol.rpki_servers)],
+        "RPKI server name",
+    )
+    for i, s in enumerate(pol.rpki_servers):
+        if err := symbol_error(s.symbol):
+            problems.append(f"policy.rpkiServers[{i}].name: {err}")
+    problems += _dupes(
+        [(f"ibgpPeers[{i}].nodeId", str(p.node_id)) for i, p in enumerate(bp.ibgp_peers)], "nodeId"
+    )
+    problems += _dupes(
+        [(f"ibgpPeers[{i}].nodeName", p.node_name.lower()) for i, p in enumerate(bp.ibgp_peers)], "nodeName"
+    )
+    for i, p in enumerate(bp.ibgp_peers):
+        if not p.loopback_ipv4 and not p.loopback_ipv6:
+            problems.append(f"ibgpPeers[{i}]: needs loopbackIpv6 or loopbackIpv4")
+    return problems
+
+
+def validate_peers(peers: list[EbgpPeer]) -> list[str]:
+    """Every problem of the declared eBGP sessions, each naming ``peers[i].field``."""
+    problems: list[str] = []
+    for i, p in enumerate(peers):
+        path = f"peers[{i}]"
+        errs = run_checks(p, path)
+        problems += errs
+        if errs:
+            continue
+        v6_neighbor = p.neighbor_link_local or p.neighbor_ipv6
+        if not v6_neighbor and not p.neighbor_ipv4:
+            problems.append(f"{path}: needs neighborLinkLocal, neighborIpv6 or neighborIpv4")
+        if p.neighbor_link_local and not p.interface:
+            problems.append(f"{path}.interface: required with a link-local neighbour")
+        if p.local_link_local and not p.neighbor_link_local:
+            problems.append(f"{path}.localLinkLocal: only used with neighborLinkLocal")
+        if p.mp_bgp and not v6_neighbor:
+            problems.append(f"{path}.mpBgp: needs an IPv6 neighbour (link-local or neighborIpv6)")
+        if p.mp_bgp and v6_neighbor and not p.extended_nexthop and not p.local_ipv4:
+            problems.append(
+                f"{path}.extendedNexthop: IPv4 over an IPv6 session needs extended next hop or localIpv4"
+            )
+    if not problems:
+        problems += _dupes(
+            [(f"peers[{i}].uuid", p.canonical_uuid) for i, p in enumerate(peers)], "session uuid"
+        )
+        problems += _dupes(
+            [(f"peers[{i}].uuid", p.symbol) for i, p in enumerate(peers)], "protocol name (hash clash)"
+        )
+    return problems
+
+
+def validate_babel(babel: BabelOptions) -> list[str]:
+    problems: list[str] = []
+    for i, iface in enumerate(babel.interfaces):
+        problems += run_checks(iface, f"babel.interfaces[{i}]")
+        if iface.rtt_min_ms > iface.rtt_max_ms:
+            problems.append(f"babel.interfaces[{i}].rttMinMs: must not exceed rttMaxMs")
+    problems += _dupes(
+        [(f"babel.interfaces[{i}].pattern", b.pattern) for i, b in enumerate(babel.interfaces)], "pattern"
+    )
+    return problems
+
+
+__all__ = [
+    "BabelInterface",
+    "BabelOptions",
+    "BirdPolicy",
+    "EbgpPeer",
+    "IbgpOptions",
+    "IbgpPeer",
+    "NodeInfo",
+    "PolicyInfo",
+    "RpkiServer",
+    "parse_bird_config",
+    "run_checks",
+    "validate_babel",
+    "validate_peers",
+]

@@ -16,7 +16,7 @@ import platform
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
@@ -45,12 +45,11 @@ def _translate_go_flags(argv: list[str]) -> list[str]:
             out.append("--config=" + arg.split("=", 1)[1])
         else:
             out.append(arg)
-    if (
-        command is None
-        and not any(a in COMMANDS for a in out)
-        and not any(a in ("-h", "--help") for a in out)
-    ):
-        command = "run"
+    starts_with_option = not out or out[0].startswith("-")
+    names_a_command = any(a in COMMANDS for a in out)
+    asks_help = any(a in ("-h", "--help") for a in out)
+    if command is None and starts_with_option and not names_a_command and not asks_help:
+        command = "run"  # the Go agent's "moenet-agent -c FILE"
     if command is not None:
         # Options before the command stay global; the command goes in front of the rest.
         out = [command, *out]
@@ -82,10 +81,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CommandHandler = Callable[[argparse.Namespace, "AgentConfig | None"], int]
+CommandRegistrar = Callable[[str, str, CommandHandler], argparse.ArgumentParser]
+
+
+def _config_arg(argv: Sequence[str]) -> str | None:
+    """``-c FILE`` / ``--config FILE`` / ``--config=FILE`` from a raw command line."""
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def add_plugin_commands(parser: argparse.ArgumentParser, argv: Sequence[str]) -> dict[str, CommandHandler]:
+    """Let plugins add subcommands (``moenet_cli_commands``); returns name -> handler."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    handlers: dict[str, CommandHandler] = {}
+    owners: dict[str, str] = {}
+    try:
+        config, _, _ = _try_local_config(_config_arg(argv))
+    except ConfigError:
+        config = None
+    pm = make_plugin_manager(config)
+    for impl in reversed(pm.hook.moenet_cli_commands.get_hookimpls()):
+        plugin = pm.owner_of(impl.plugin_name)
+
+        def register(
+            name: str, help_: str, handler: CommandHandler, plugin: str = plugin
+        ) -> argparse.ArgumentParser:
+            if name in sub.choices:
+                other = owners.get(name, "the core")
+                raise PluginError(
+                    f"command {name!r} of plugin {plugin!r} is already provided by {other}", [plugin]
+                )
+            p: argparse.ArgumentParser = sub.add_parser(name, help=f"{help_} [{plugin}]", description=help_)
+            p.add_argument("-c", "--config", metavar="FILE", help="config file (default: search path)")
+            handlers[name], owners[name] = handler, plugin
+            return p
+
+        try:
+            impl.function(register)
+        except Exception as exc:
+            print(f"moenet-agent: plugin {plugin!r} could not add its commands: {exc}", file=sys.stderr)
+    return handlers
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_translate_go_flags(list(sys.argv[1:] if argv is None else argv)))
+    raw = _translate_go_flags(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    handlers: dict[str, CommandHandler] = {}
+    if raw and (raw[0] not in COMMANDS or raw[0] in ("-h", "--help")):
+        handlers = add_plugin_commands(parser, raw)
+    args = parser.parse_args(raw)
     command = args.command or "run"
     try:
+        if command in handlers:
+            config, warnings, _ = _try_local_config(args.config)
+            for w in warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            return handlers[command](args, config)
         if command == "version":
             return cmd_version()
         if command == "validate":

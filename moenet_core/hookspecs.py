@@ -50,6 +50,7 @@ from .descriptors import (
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .cli import CommandRegistrar
     from .config import AgentConfig
     from .plugins import AgentPluginManager
 
@@ -159,6 +160,22 @@ def moenet_features() -> Iterable[str]:
     **Type**: collect.
     """
     raise NotImplementedError
+
+
+@hookspec
+def moenet_cli_commands(register: CommandRegistrar) -> None:
+    """Add subcommands to ``moenet-agent`` (``render``, ``plan``...).
+
+    **When**: when the command line names a command the core does not have, or
+    asks for ``--help``; plugins are loaded (honouring the block lists) first.
+    **Arguments**: ``register(name, help, handler)`` adds a subcommand and
+    returns its :class:`argparse.ArgumentParser` (``-c/--config`` is already
+    on it) for the plugin to add options to. ``handler(args, config)`` runs
+    the command: ``config`` is the validated :class:`AgentConfig`, or None when
+    no config file was found; it returns the exit code. A name the core or
+    another plugin already uses is refused, naming both.
+    **Returns**: nothing. **Type**: collect.
+    """
 
 
 # --------------------------------------------------------------- run time

@@ -176,3 +176,55 @@ def test_render_status_table():
     assert "heartbeat" in text and "ControlPlaneUnavailable: 503" in text
     assert "sessionSync" in text and "not started: needs backend routing" in text
     assert "SESSIONS ACTIVE=2" in text
+
+
+def test_go_flags_do_not_swallow_commands():
+    assert _translate_go_flags([]) == ["run"]
+    assert _translate_go_flags(["-c", "x.json", "status"]) == ["-c", "x.json", "status"]
+    assert _translate_go_flags(["render", "--out", "d"]) == ["render", "--out", "d"]
+
+
+CLI_PLUGIN = """
+from moenet_core import hookimpl
+
+@hookimpl
+def moenet_cli_commands(register):
+    def hello(args, config):
+        node = config.node.name if config else "(no config)"
+        print(f"hello {args.name} from {node}")
+        return 7
+
+    p = register("hello", "say hello", hello)
+    p.add_argument("--name", default="world")
+"""
+
+CLASHING = """
+from moenet_core import hookimpl
+
+@hookimpl
+def moenet_cli_commands(register):
+    register("status", "shadow the core", lambda args, config: 0)
+"""
+
+
+def test_plugin_cli_commands(tmp_path):
+    from test_plugins import write_dist
+
+    site = tmp_path / "site"
+    site.mkdir()
+    write_dist(site, "moenet-hello", "1.0", {"hello": "fake_cli_hello"}, {"fake_cli_hello": CLI_PLUGIN})
+    write_dist(site, "moenet-clash", "1.0", {"clash": "fake_cli_clash"}, {"fake_cli_clash": CLASHING})
+    env = {"PYTHONPATH": str(site)}
+    cfg = write(tmp_path, GOOD)
+    res = run("hello", "--name", "dn42", "-c", cfg, env=env)
+    assert res.returncode == 7, res.stderr
+    assert res.stdout.strip() == "hello dn42 from jp1"
+    assert (
+        "plugin 'clash' could not add its commands: command 'status' of plugin 'clash' is already provided by the core"
+        in res.stderr
+    )
+    helptext = run("--help", env=env).stdout
+    assert "hello" in helptext and "say hello [hello]" in helptext
+    # Blocked plugins add no commands.
+    res = run("hello", "-c", cfg, env={**env, "MOENET_DISABLE_PLUGINS": "hello"})
+    assert res.returncode == 2 and "invalid choice: 'hello'" in res.stderr

@@ -1,0 +1,119 @@
+"""``moenet-agent render --out DIR``: the whole BIRD tree, without touching BIRD.
+
+Operators diff what the agent would write against ``/etc/bird`` before letting
+it loose, or review a CP policy change. The policy comes from ``--policy FILE``
+(the CP's ``bird-config`` answer as JSON) or, by default, from the configured
+control plane (HTTP or the standalone file); eBGP sessions from ``--peers FILE``
+(a JSON list of peer objects, the ``sessions`` fragments of the routing
+backend). Nothing is sent to BIRD and nothing outside ``DIR`` is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moenet_core.config import structure
+from moenet_core.errors import ConfigError, ControlPlaneError
+
+from .policy import BirdPolicy, EbgpPeer, parse_bird_config, validate_peers
+from .render import render_tree
+
+if TYPE_CHECKING:
+    from moenet_core.cli import CommandRegistrar
+    from moenet_core.config import AgentConfig
+
+EXIT_INVALID = 1
+EXIT_UNREACHABLE = 3
+
+
+def add_render_command(register: CommandRegistrar) -> None:
+    p = register(
+        "render", "render the BIRD configuration tree into a directory (BIRD untouched)", render_command
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the tree into")
+    p.add_argument(
+        "--policy", metavar="FILE", help="the CP's bird-config answer as JSON (default: ask the CP)"
+    )
+    p.add_argument("--peers", metavar="FILE", help="JSON list of eBGP peers to render")
+    p.add_argument("--base-dir", metavar="DIR", help="paths the files refer to (default: bird.configDir)")
+    p.add_argument("--maintenance", action="store_true", help="render the drained (maintenance) variant")
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{what}: cannot read {path}: {exc.strerror}"]) from exc
+    except ValueError as exc:
+        raise ConfigError([f"{what}: {path} is not valid JSON: {exc}"]) from exc
+
+
+async def _fetch_policy(config: AgentConfig) -> Any:
+    from moenet_core.agent import make_control_plane
+    from moenet_core.clock import SystemClock
+    from moenet_core.metrics import AgentMetrics
+    from moenet_core.state import StateStore
+
+    cp = make_control_plane(
+        config, clock=SystemClock(), metrics=AgentMetrics(), state=StateStore(config.state.directory)
+    )
+    try:
+        return await cp.fetch("bird-config")
+    finally:
+        await cp.aclose()
+
+
+def load_peers(data: Any) -> list[EbgpPeer]:
+    """Peers from JSON (camelCase keys), every problem with its path."""
+    if not isinstance(data, list):
+        raise ConfigError(["peers: expected a JSON list of peer objects"])
+    peers: list[EbgpPeer] = []
+    problems: list[str] = []
+    for i, item in enumerate(data):
+        peer, errs = structure(EbgpPeer, item, f"peers[{i}]", [])
+        problems.extend(errs)
+        if peer is not None:
+            peers.append(peer)
+    if not problems:
+        problems = validate_peers(peers)
+    if problems:
+        raise ConfigError(problems)
+    return peers
+
+
+def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
+    try:
+        if args.policy:
+            data = _read_json(args.policy, "--policy")
+        elif config is None:
+            raise ConfigError(["no config file found: pass -c FILE, or --policy FILE"])
+        else:
+            data = asyncio.run(_fetch_policy(config))
+        policy: BirdPolicy
+        policy, warnings = parse_bird_config(data)
+        peers = load_peers(_read_json(args.peers, "--peers")) if args.peers else []
+    except ConfigError as exc:
+        print(f"moenet-agent render: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ControlPlaneError as exc:
+        print(f"moenet-agent render: cannot get the policy from the control plane: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    base_dir = args.base_dir or (config.bird.config_dir if config else "/etc/bird")
+    template_dir = (config.bird.template_dir or None) if config else None
+    tree = render_tree(
+        policy, peers, maintenance=args.maintenance, base_dir=base_dir, template_dir=template_dir
+    )
+    out = Path(args.out)
+    for rel, text in sorted(tree.items()):
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(target)
+    return 0

@@ -1,0 +1,90 @@
+"""``moenet-agent render``: the BIRD tree from a policy (file, or the configured CP), parse-checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from moenet_bird.cli import render_command
+from test_bird_render import cp_data
+
+from moenet_core.config import build_config
+
+PEER = {
+    "uuid": "0b5e8a52-3c1e-4e5a-9a51-000000000001",
+    "asn": 4242420002,
+    "latency": 3,
+    "bandwidth": 25,
+    "name": "example",
+    "interface": "dn42-2",
+    "neighborLinkLocal": "fe80::2",
+    "localLinkLocal": "fe80::1234",
+}
+
+
+def args(out: Path, **kw: object) -> argparse.Namespace:
+    base = {"out": str(out), "policy": None, "peers": None, "base_dir": str(out), "maintenance": False}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def bird_parse(tree_dir: Path) -> subprocess.CompletedProcess[str]:
+    bird = shutil.which("bird") or "/opt/moenet-bird3/bin/bird"
+    return subprocess.run(
+        [bird, "-p", "-c", str(tree_dir / "bird.conf")], capture_output=True, text=True, check=False
+    )
+
+
+def test_render_from_files_parses(tmp_path, capsys):
+    (tmp_path / "policy.json").write_text(json.dumps(cp_data()))
+    (tmp_path / "peers.json").write_text(json.dumps([PEER]))
+    out = tmp_path / "tree"
+    code = render_command(
+        args(out, policy=str(tmp_path / "policy.json"), peers=str(tmp_path / "peers.json")), None
+    )
+    assert code == 0
+    written = capsys.readouterr().out.split()
+    assert str(out / "bird.conf") in written
+    assert any(p.startswith(str(out / "peers" / "dn42_4242420002_")) for p in written)
+    res = bird_parse(out)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+def test_render_reports_every_problem(tmp_path, capsys):
+    data = cp_data()
+    data["policy"]["asPathMaxLen"] = 0
+    (tmp_path / "policy.json").write_text(json.dumps(data))
+    (tmp_path / "peers.json").write_text(json.dumps([{**PEER, "interface": "bad name!"}]))
+    code = render_command(args(tmp_path / "tree", policy=str(tmp_path / "policy.json")), None)
+    assert code == 1
+    assert "policy.asPathMaxLen" in capsys.readouterr().err
+    data["policy"]["asPathMaxLen"] = 32
+    (tmp_path / "policy.json").write_text(json.dumps(data))
+    code = render_command(
+        args(tmp_path / "tree", policy=str(tmp_path / "policy.json"), peers=str(tmp_path / "peers.json")),
+        None,
+    )
+    assert code == 1
+    assert "peers[0].interface" in capsys.readouterr().err
+    assert not (tmp_path / "tree").exists()  # nothing written when anything is invalid
+
+
+def test_render_takes_the_policy_from_the_configured_source(tmp_path):
+    cp_file = tmp_path / "cp.json"
+    cp_file.write_text(json.dumps({"bird-config": cp_data()}))
+    config, _ = build_config(
+        {
+            "node": {"name": "hkg1"},
+            "controlPlane": {"source": "file", "file": str(cp_file)},
+            "state": {"directory": str(tmp_path / "state")},
+        },
+        env={},
+    )
+    out = tmp_path / "tree"
+    assert render_command(args(out), config) == 0
+    assert bird_parse(out).returncode == 0
+    assert render_command(args(out, maintenance=True), config) == 0
+    assert "65535, 0" in (out / "filters.conf").read_text() + (out / "moenet_communities.conf").read_text()

@@ -69,7 +69,15 @@ def test_wheel_contains_every_package_in_the_tree(wheel):
     assert "moenet_templates/README.md" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[moenet]\nheartbeat = moenet_heartbeat" in text
+    section = text.split("[moenet]\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert {
+        "bird = moenet_bird",
+        "heartbeat = moenet_heartbeat",
+        "loopback = moenet_loopback",
+        "nftables = moenet_nftables",
+        "wireguard = moenet_wireguard",
+    } <= set(section)
+    assert "moenet_templates/bird/bird.conf.j2" in names
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -155,6 +163,12 @@ def write_bootstrap(tmp_path: Path, cp_url: str, port: int) -> Path:
                 "bootstrap": {"apiUrl": cp_url, "nodeName": "de-fra1", "token": "test-token"},
                 "server": {"listen": f"127.0.0.1:{port}", "token": "local-api-token"},
                 "state": {"directory": str(tmp_path / "state")},
+                "bird": {
+                    "configDir": str(tmp_path / "bird"),
+                    "peerConfDir": str(tmp_path / "bird/peers"),
+                    "ibgpConfDir": str(tmp_path / "bird/ibgp"),
+                    "controlSocket": str(tmp_path / "bird.ctl"),
+                },
             }
         )
     )

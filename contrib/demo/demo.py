@@ -81,6 +81,13 @@ async def run_demo(once: bool, ns_name: str) -> int:
                     "server": {"listen": f"127.0.0.1:{port}"},
                     "state": {"directory": str(work / "state")},
                     "logging": {"format": "text"},
+                    # BIRD files stay in the demo's directory (no BIRD policy is served yet).
+                    "bird": {
+                        "configDir": str(work / "bird"),
+                        "controlSocket": str(work / "bird.ctl"),
+                        "peerConfDir": str(work / "bird/peers"),
+                        "ibgpConfDir": str(work / "bird/ibgp"),
+                    },
                     **LOCAL_SETTINGS,
                 },
                 indent=2,

@@ -1,0 +1,462 @@
+"""The ``routing`` backend ``bird``: every owner's intent, one policy, one coalesced apply.
+
+Other plugins never write BIRD files; they ``declare(owner, fragments)`` and this
+backend renders the whole tree (:func:`~moenet_bird.render.render_tree`) from the
+CP policy plus every owner's fragments plus the maintenance flag, and hands it to
+:class:`~moenet_bird.apply.TreeApplier`.
+
+Fragment payload schemas (plain JSON-able mappings, camelCase keys as in the CP
+and config; unknown keys are ignored with a warning in ``/status``):
+
+``declare("sessions", {uuid: payload})``
+    One eBGP session per fragment; ``payload`` holds the
+    :class:`~moenet_bird.policy.EbgpPeer` fields: ``asn`` (int), ``latency``
+    (DN42 tier 1-9), ``bandwidth`` (21-29), ``crypto`` (31-34, default 33),
+    ``name``, ``description``, ``interface``, ``neighborLinkLocal``,
+    ``neighborIpv6``, ``neighborIpv4``, ``localLinkLocal``, ``localIpv6``,
+    ``localIpv4``, ``mpBgp`` (default true), ``extendedNexthop`` (default true),
+    ``importLimit``, ``exportLimit``, ``disabled``. ``uuid`` may be omitted (the
+    key is used); if given it must equal the key.
+``declare("ibgp", {"options": payload})``
+    :class:`~moenet_bird.policy.IbgpOptions`: ``enabled`` (default true),
+    ``routeReflector`` (null: derived from the node type). Only the key
+    ``options`` is accepted. The iBGP neighbours themselves come from the CP policy.
+``declare("mesh", {label: payload})``
+    One Babel interface per fragment (:class:`~moenet_bird.policy.BabelInterface`):
+    ``pattern`` (interface name, may end in ``*``), ``type`` (tunnel / wired /
+    wireless), ``rxcost``, ``rttCost``, ``rttMinMs``, ``rttMaxMs``, ``helloIntervalS``.
+
+An invalid fragment lands in ``ApplyResult.rejected[key]`` with the reason and is
+left out; the owner's other fragments still apply. An owner's declare replaces
+all of its previous fragments.
+
+Applies are coalesced: declares (and policy or maintenance changes) arriving
+while an apply runs, or in the same event-loop turn (plus an optional debounce),
+share one render and one configure, and every caller gets that run's result.
+The last applied policy and fragments are persisted in the plugin state after
+each successful apply, so a restarted agent renders the same tree at once (and,
+with unchanged input, writes nothing and reconfigures nothing) instead of
+deleting every peer file until the owners have declared again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from loguru import logger
+
+from moenet_core import hookimpl
+from moenet_core.backends import ApplyResult, ProtocolState, RoutingBackend
+from moenet_core.config import structure
+from moenet_core.descriptors import MaintenanceEvent
+
+from .apply import TreeApplier
+from .client import BirdClient
+from .names import BirdConfigError as RenderError
+from .policy import (
+    BabelInterface,
+    BabelOptions,
+    BirdPolicy,
+    EbgpPeer,
+    IbgpOptions,
+    parse_bird_config,
+    validate_babel,
+    validate_peers,
+)
+from .protocol import BirdClientError
+from .render import render_tree
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from moenet_core.state import StateStore
+
+__all__ = ["NO_POLICY", "OWNERS", "STATE_FILE", "BirdRoutingBackend"]
+
+OWNERS = ("sessions", "ibgp", "mesh")
+NO_POLICY = "no BIRD policy from the control plane yet"
+STATE_FILE = "applied.json"
+
+_BASE_PROTOCOLS = frozenset({"moenet_igp", "moenet_lo", "kernel4", "kernel6", "own4", "own6"})
+
+
+@attrs.define
+class _Candidate:
+    policy: BirdPolicy
+    config_hash: str
+    raw: Any
+
+
+class BirdRoutingBackend(RoutingBackend):
+    """The one writer of BIRD configuration (see the module doc)."""
+
+    def __init__(
+        self,
+        client: BirdClient,
+        config_dir: str,
+        *,
+        state: StateStore | None = None,
+        template_dir: str | None = None,
+        bird_binary: str | None = None,
+        loopback_interface: str = "dummy0",
+        maintenance: bool = False,
+        debounce: float = 0.0,
+        log: Logger | None = None,
+    ) -> None:
+        self.client = client
+        self.applier = TreeApplier(config_dir, client, bird_binary=bird_binary)
+        self.state = state
+        self.template_dir = template_dir or None
+        self.loopback_interface = loopback_interface
+        self.maintenance = maintenance
+        self.debounce = debounce
+        self.log: Logger = log or logger
+
+        self._policy: _Candidate | None = None
+        self._candidate: _Candidate | None = None
+        self._raw: dict[str, dict[str, Any]] = {o: {} for o in OWNERS}
+        self._peers: dict[str, EbgpPeer] = {}
+        self._ibgp = IbgpOptions()
+        self._babel: dict[str, BabelInterface] = {}
+        self._warnings: dict[str, list[str]] = {o: [] for o in OWNERS}
+        self._rejected: dict[str, dict[str, str]] = {o: {} for o in OWNERS}
+
+        self._next: asyncio.Future[ApplyResult] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._persisted: Any = None
+
+        self.last_result: ApplyResult | None = None
+        self.last_apply_at: float | None = None
+        self.last_apply_seconds: float | None = None
+        self.last_error_at: float | None = None
+        self.sync_error: str | None = None
+        """Why the last policy from the CP was not taken (set by ``birdConfigSync``)."""
+
+    # ------------------------------------------------------------- lifetime
+
+    async def start(self) -> None:
+        """Restore the last applied input and try BIRD; BIRD being down is not fatal."""
+        self._restore()
+        try:
+            await self.client.warm_up()
+            self.log.info("BIRD: {}", self.client.banner)
+        except BirdClientError as exc:
+            self.log.warning("BIRD not reachable at start ({}); will retry on next use", exc)
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._runner, *self._background) if t is not None and not t.done()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._next is not None and not self._next.done():
+            self._next.set_result(ApplyResult(ok=False, changed=False, error="agent shutting down"))
+        await self.client.close()
+
+    # ---------------------------------------------------------------- input
+
+    @property
+    def policy(self) -> BirdPolicy | None:
+        return self._policy.policy if self._policy else None
+
+    @property
+    def config_hash(self) -> str | None:
+        return self._policy.config_hash if self._policy else None
+
+    async def set_policy(self, policy: BirdPolicy, config_hash: str, raw: Any = None) -> ApplyResult:
+        """Apply with a new CP policy. It becomes the current (and persisted) policy
+        only if the apply succeeds; otherwise the last good one stays in use."""
+        self._candidate = _Candidate(policy, config_hash, raw)
+        return await self._request()
+
+    async def declare(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> ApplyResult:
+        if owner not in OWNERS:
+            return ApplyResult(
+                ok=False,
+                changed=False,
+                error=f"unknown owner {owner!r} (the bird backend takes {', '.join(OWNERS)})",
+                rejected={k: "unknown owner" for k in fragments},
+            )
+        rejected = self._accept(owner, fragments)
+        if self._policy is None and self._candidate is None:
+            return ApplyResult(ok=False, changed=False, error=NO_POLICY, rejected=rejected)
+        result = await self._request()
+        return attrs.evolve(result, rejected=rejected)
+
+    async def set_maintenance(self, enabled: bool) -> ApplyResult:
+        self.maintenance = enabled
+        if self._policy is None and self._candidate is None:
+            return ApplyResult(ok=False, changed=False, error=NO_POLICY)
+        return await self._request()
+
+    def _accept(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
+        """Validate and store ``owner``'s fragments; returns key -> reason for the rejected."""
+        rejected: dict[str, str] = {}
+        warnings: list[str] = []
+        raw: dict[str, Any] = {}
+        if owner == "sessions":
+            peers: dict[str, EbgpPeer] = {}
+            symbols: dict[str, str] = {}
+            for key, payload in sorted(fragments.items()):
+                peer, why = _session(key, payload, warnings)
+                if peer is not None and peer.symbol in symbols:
+                    why = f"protocol name {peer.symbol} clashes with session {symbols[peer.symbol]}"
+                if peer is None or why:
+                    rejected[key] = why or "invalid"
+                    continue
+                symbols[peer.symbol] = key
+                peers[key] = peer
+                raw[key] = dict(payload)
+            self._peers = peers
+        elif owner == "ibgp":
+            opts = IbgpOptions()
+            for key, payload in fragments.items():
+                if key != "options":
+                    rejected[key] = "the ibgp owner declares one fragment named 'options'"
+                    continue
+                obj, errs = structure(IbgpOptions, _plain(payload), "ibgp.options", warnings)
+                if obj is None:
+                    rejected[key] = "; ".join(errs)
+                    continue
+                opts = obj
+                raw[key] = dict(payload)
+            self._ibgp = opts
+        else:
+            babel: dict[str, BabelInterface] = {}
+            patterns: dict[str, str] = {}
+            for key, payload in sorted(fragments.items()):
+                iface, errs = structure(BabelInterface, _plain(payload), f"mesh[{key}]", warnings)
+                if iface is not None:
+                    errs = [
+                        e.replace("babel.interfaces[0]", f"mesh[{key}]")
+                        for e in validate_babel(BabelOptions(interfaces=[iface]))
+                    ]
+                    if not errs and iface.pattern in patterns:
+                        errs = [f"mesh[{key}].pattern: duplicate of fragment {patterns[iface.pattern]}"]
+                if iface is None or errs:
+                    rejected[key] = "; ".join(errs) or "invalid"
+                    continue
+                patterns[iface.pattern] = key
+                babel[key] = iface
+                raw[key] = dict(payload)
+            self._babel = babel
+        self._raw[owner] = raw
+        self._warnings[owner] = warnings
+        self._rejected[owner] = rejected
+        for key, why in rejected.items():
+            self.log.warning("{} fragment {} rejected: {}", owner, key, why)
+        return rejected
+
+    # -------------------------------------------------------------- applying
+
+    def _request(self) -> asyncio.Future[ApplyResult]:
+        """The future of the next apply run (joined if one is already pending)."""
+        if self._next is None or self._next.done():
+            self._next = asyncio.get_running_loop().create_future()
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name="bird-apply")
+        # Shielded: a caller giving up must not cancel a half-done swap for everyone.
+        return asyncio.shield(self._next)
+
+    async def _run(self) -> None:
+        while self._next is not None and not self._next.done():
+            if self.debounce > 0:
+                await asyncio.sleep(self.debounce)  # lets owners declaring together share the run
+            fut, self._next = self._next, None
+            try:
+                result = await self._apply_once()
+            except Exception as exc:  # a bug must not leave callers waiting forever
+                self.log.exception("BIRD apply failed")
+                result = ApplyResult(ok=False, changed=False, error=f"apply failed: {exc}")
+            if not fut.done():
+                fut.set_result(result)
+
+    async def _apply_once(self) -> ApplyResult:
+        used = self._candidate or self._policy
+        if used is None:
+            return ApplyResult(ok=False, changed=False, error=NO_POLICY)
+        peers = list(self._peers.values())
+        ibgp = attrs.evolve(self._ibgp)
+        babel = BabelOptions(interfaces=list(self._babel.values()))
+        maintenance = self.maintenance
+        policy = used.policy
+
+        def render(base: str) -> dict[str, str]:
+            return render_tree(
+                policy,
+                peers,
+                ibgp=ibgp,
+                babel=babel,
+                maintenance=maintenance,
+                base_dir=base,
+                template_dir=self.template_dir,
+                loopback_interface=self.loopback_interface,
+            )
+
+        started = time.monotonic()
+        result = await self.applier.apply(render)
+        self.last_apply_seconds = time.monotonic() - started
+        self.last_apply_at = time.time()
+        self.last_result = result
+        if self._candidate is used:
+            self._candidate = None
+        if result.changed:
+            # The files on disk now carry this policy (even if BIRD could not be told yet).
+            self._policy = used
+        if result.ok:
+            self._policy = used
+            self._persist()
+        else:
+            self.last_error_at = self.last_apply_at
+        return result
+
+    # ----------------------------------------------------------- persistence
+
+    def _persist(self) -> None:
+        if self.state is None or self._policy is None or self._policy.raw is None:
+            return
+        doc = {
+            "configHash": self._policy.config_hash,
+            "policy": self._policy.raw,
+            "fragments": self._raw,
+        }
+        try:
+            doc = json.loads(json.dumps(doc))  # a snapshot: self._raw keeps changing
+        except (TypeError, ValueError) as exc:
+            self.log.warning("cannot persist the applied BIRD input: {}", exc)
+            return
+        if doc == self._persisted:
+            return
+        self.state.write_json(STATE_FILE, doc)
+        self._persisted = doc
+
+    def _restore(self) -> None:
+        """Load the last applied policy and fragments (a bad file is ignored, not fatal)."""
+        if self.state is None:
+            return
+        try:
+            doc = self.state.read_json(STATE_FILE)
+        except Exception as exc:
+            self.log.warning("ignoring the saved BIRD state: {}", exc)
+            return
+        if not isinstance(doc, dict):
+            return
+        try:
+            policy, _ = parse_bird_config(doc.get("policy"))
+        except RenderError as exc:
+            self.log.warning("ignoring the saved BIRD policy: {}", exc)
+            return
+        self._policy = _Candidate(policy, str(doc.get("configHash") or ""), doc.get("policy"))
+        fragments = doc.get("fragments")
+        if isinstance(fragments, dict):
+            for owner in OWNERS:
+                if isinstance(fragments.get(owner), dict):
+                    self._accept(owner, fragments[owner])
+        self._persisted = doc
+        self.log.info("restored the last applied BIRD policy (hash {})", self._policy.config_hash or "none")
+
+    # --------------------------------------------------------------- read-out
+
+    async def protocols(self) -> Sequence[ProtocolState]:
+        return await self.client.protocols()
+
+    def agent_protocols(self) -> set[str]:
+        """Protocol names the agent's tree defines (the ones it may restart)."""
+        names = set(_BASE_PROTOCOLS)
+        for p in self._peers.values():
+            names |= {p.symbol, p.symbol + "_v4", p.symbol + "_v6"}
+        if self._policy is not None:
+            names |= {p.symbol for p in self._policy.policy.ibgp_peers}
+            names |= {s.symbol for s in self._policy.policy.policy.rpki_servers}
+        return names
+
+    async def restart_protocol(self, name: str) -> None:
+        if name not in self.agent_protocols():
+            raise ValueError(f"{name!r} is not a BIRD protocol the agent owns")
+        await self.client.command(f"restart {name}")
+
+    # ------------------------------------------------------------------ hooks
+
+    @hookimpl
+    def moenet_maintenance_changed(self, event: MaintenanceEvent) -> None:
+        if event.enabled == self.maintenance:
+            return
+        task = asyncio.get_running_loop().create_task(self._maintenance(event.enabled))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def settle(self) -> None:
+        """Wait until hook-started work (a maintenance change) and pending applies are done."""
+        while True:
+            tasks = [t for t in (*self._background, self._runner) if t is not None and not t.done()]
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
+
+    async def _maintenance(self, enabled: bool) -> None:
+        result = await self.set_maintenance(enabled)
+        if not result.ok:
+            self.log.error("maintenance {}: BIRD not updated: {}", "on" if enabled else "off", result.error)
+
+    @hookimpl
+    def moenet_status_info(self) -> dict[str, Any]:
+        return self.status_info()
+
+    def status_info(self) -> dict[str, Any]:
+        """Summary for ``/status`` (no I/O)."""
+        r = self.last_result
+        return {
+            "policyHash": self.config_hash,
+            "policyLoaded": self._policy is not None,
+            "maintenance": self.maintenance,
+            "lastApply": None
+            if r is None
+            else {
+                "ok": r.ok,
+                "changed": r.changed,
+                "error": r.error,
+                "at": self.last_apply_at,
+                "seconds": round(self.last_apply_seconds or 0.0, 4),
+            },
+            "lastApplyError": r.error if r is not None and not r.ok else None,
+            "syncError": self.sync_error,
+            "pendingConfigure": self.applier.pending_configure,
+            "owners": {
+                "sessions": len(self._peers),
+                "ibgp": len(self._raw["ibgp"]),
+                "mesh": len(self._babel),
+            },
+            "rejected": {o: dict(r) for o, r in self._rejected.items() if r},
+            "warnings": {o: list(w) for o, w in self._warnings.items() if w},
+            "stats": attrs.asdict(self.applier.stats),
+        }
+
+
+def _plain(payload: object) -> Any:
+    """A dict copy of a mapping; anything else as is, for the structurer to refuse."""
+    return dict(payload) if isinstance(payload, Mapping) else payload
+
+
+def _session(key: str, payload: Mapping[str, object], warnings: list[str]) -> tuple[EbgpPeer | None, str]:
+    """One sessions fragment as an :class:`EbgpPeer`, or None and why not."""
+    if not isinstance(payload, Mapping):  # callers pass JSON they did not check
+        return None, "payload must be an object"  # type: ignore[unreachable]
+    data = dict(payload)
+    if "uuid" in data and str(data["uuid"]).lower() != str(key).lower():
+        return None, f"uuid {data['uuid']!r} differs from the fragment key"
+    data["uuid"] = data.get("uuid", key)
+    peer, errs = structure(EbgpPeer, data, f"sessions[{key}]", warnings)
+    if peer is None:
+        return None, "; ".join(errs)
+    problems = [e.replace("peers[0]", f"sessions[{key}]") for e in validate_peers([peer])]
+    if problems:
+        return None, "; ".join(problems)
+    return peer, ""

@@ -1,0 +1,76 @@
+"""The ``birdConfigSync`` task: the CP's BIRD policy, validated, applied, remembered only on success.
+
+Every run fetches ``/agent/{node}/bird-config``, validates it
+(:func:`~moenet_bird.policy.parse_bird_config`) and hands it to the backend,
+which applies it together with every owner's fragments. Nothing is skipped on an
+unchanged ``configHash``: an unchanged tree costs one render and a byte compare
+and writes nothing, and comparing content also catches a hand-edited or deleted
+file and an operator's template change. The hash and policy are persisted by the
+backend only after BIRD has accepted the result, so a failed apply is retried on
+the next cycle.
+
+Failures raise (the task's last error in ``/status`` says why) and never tear
+anything down: an invalid answer or an unreachable CP keeps the last good policy
+live.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from moenet_core.backends import RoutingBackend
+from moenet_core.errors import ControlPlaneError, MoenetError
+
+from .backend import BirdRoutingBackend
+from .names import BirdConfigError
+from .policy import parse_bird_config
+
+if TYPE_CHECKING:
+    from moenet_core.context import PluginContext
+
+__all__ = ["RESOURCE", "TASK_NAME", "BirdConfigSync", "BirdSyncError"]
+
+TASK_NAME = "birdConfigSync"
+RESOURCE = "bird-config"
+
+
+class BirdSyncError(MoenetError):
+    """One sync cycle did not bring a new policy live (the previous one stays)."""
+
+
+class BirdConfigSync:
+    """Fetch, validate and apply the CP's bird-config (see the module doc)."""
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+
+    def _backend(self) -> BirdRoutingBackend:
+        backend = self.ctx.backend("routing", RoutingBackend)
+        if not isinstance(backend, BirdRoutingBackend):
+            raise BirdSyncError(f"the routing backend is {type(backend).__name__}, not moenet_bird's")
+        return backend
+
+    async def run_once(self) -> dict[str, Any]:
+        backend = self._backend()
+        keeping = f"keeping the last good policy (hash {backend.config_hash or 'none'})"
+        try:
+            data = await self.ctx.cp.fetch(RESOURCE)
+        except ControlPlaneError as exc:
+            raise BirdSyncError(f"control plane unreachable for {RESOURCE}: {exc}; {keeping}") from exc
+        try:
+            policy, warnings = parse_bird_config(data)
+        except BirdConfigError as exc:
+            backend.sync_error = f"invalid {RESOURCE} from the control plane: " + "; ".join(exc.problems)
+            raise BirdSyncError(f"{backend.sync_error}; {keeping}") from None
+        for w in warnings:
+            self.ctx.log.warning("{}: {}", RESOURCE, w)
+        result = await backend.set_policy(policy, policy.config_hash, raw=data)
+        if not result.ok:
+            backend.sync_error = f"policy {policy.config_hash or '(no hash)'} not applied: {result.error}"
+            raise BirdSyncError(f"{backend.sync_error}; {keeping}; retried next cycle")
+        backend.sync_error = None
+        return {
+            "configHash": policy.config_hash,
+            "changed": result.changed,
+            "warnings": warnings,
+        }

@@ -1,0 +1,133 @@
+"""``birdConfigSync`` and the ``bird`` routing backend through the real agent core.
+
+A FakeControlPlane serves ``bird-config``; BIRD runs in a namespace
+(``moenet_bird.testing.BirdDaemon``). Runs are triggered with
+``scheduler.run_now`` and BIRD traffic is read from the applier's counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import moenet_bird
+import pytest
+from moenet_bird.backend import BirdRoutingBackend
+from moenet_bird.sync import TASK_NAME
+from moenet_bird.testing import BirdDaemon
+from test_bird_apply import U1, cp_data, session, symbol
+
+from moenet_core.testing import AgentHarness, FakeControlPlane, NetNS
+
+
+def config(fake_cp: FakeControlPlane, daemon: BirdDaemon, etc: Path, state: Path) -> dict[str, Any]:
+    return {
+        "node": {"name": "hkg1", "id": 3},
+        "controlPlane": {"url": fake_cp.url, "token": "test-token", "maxRetries": 0},
+        "bird": {
+            "controlSocket": str(daemon.socket),
+            "configDir": str(etc),
+            "peerConfDir": str(etc / "peers"),
+            "ibgpConfDir": str(etc / "ibgp"),
+        },
+        "birdAgent": {"applyDebounce": 0},
+        "state": {"directory": str(state)},
+    }
+
+
+def inodes(etc: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {
+        str(p.relative_to(etc)): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(etc.rglob("*"))
+        if p.is_file()
+    }
+
+
+def task_status(h: AgentHarness) -> dict[str, Any]:
+    [entry] = [t for t in h.agent.status()["tasks"] if t["name"] == TASK_NAME]
+    return entry  # type: ignore[no-any-return]
+
+
+@pytest.mark.netns
+async def test_bird_config_sync_through_the_core(
+    netns: Callable[[], NetNS], tmp_path: Path, fake_cp: FakeControlPlane
+) -> None:
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    with BirdDaemon(netns(), tmp_path / "bird").start() as daemon:
+        cfg = config(fake_cp, daemon, etc, state)
+        fake_cp.set("bird-config", cp_data("h1"))
+        async with AgentHarness(cfg, plugins=[("bird", moenet_bird)], state_dir=state) as h:
+            backend = h.agent.backend("routing")
+            assert isinstance(backend, BirdRoutingBackend)
+            assert h.agent.status()["backends"]["routing"]["name"] == "bird"
+            # First sync (the start-up run, or this one) applies.
+            ev = await h.agent.scheduler.run_now(TASK_NAME)
+            assert ev.ok, ev.error
+            assert backend.applier.stats.configures == 1 and backend.config_hash == "h1"
+            assert (etc / "bird.conf").read_text().count("DN42_MAX_PATH = 32;") == 1
+
+            # Unchanged: nothing written, no configure.
+            before = inodes(etc)
+            ev = await h.agent.scheduler.run_now(TASK_NAME)
+            assert ev.ok and ev.result["changed"] is False
+            assert inodes(etc) == before and backend.applier.stats.configures == 1
+
+            # A session declared by another owner, then a changed policy: one configure each.
+            r = await backend.declare("sessions", {U1: session()})
+            assert r.ok and r.changed
+            fake_cp.set("bird-config", cp_data("h2", asPathMaxLen=16))
+            ev = await h.agent.scheduler.run_now(TASK_NAME)
+            assert ev.ok and ev.result == {
+                "configHash": "h2",
+                "changed": True,
+                "warnings": ev.result["warnings"],
+            }
+            assert backend.applier.stats.configures == 3 and backend.config_hash == "h2"
+            assert "DN42_MAX_PATH = 16;" in (etc / "bird.conf").read_text()
+            good = inodes(etc)
+
+            # An invalid answer: the old policy stays live and /status says why.
+            fake_cp.set("bird-config", cp_data("h3", asPathMaxLen=0, ebgpImportLimit=-1))
+            ev = await h.agent.scheduler.run_now(TASK_NAME)
+            assert not ev.ok
+            assert ev.error is not None and "policy.asPathMaxLen: must be 1-255" in ev.error
+            assert (
+                "policy.ebgpImportLimit" in ev.error and "keeping the last good policy (hash h2)" in ev.error
+            )
+            assert inodes(etc) == good and backend.config_hash == "h2"
+            status = h.agent.status()
+            assert "policy.asPathMaxLen" in task_status(h)["last"]["error"]
+            [plugin] = [p for p in status["plugins"] if p["name"] == "bird"]
+            assert "policy.asPathMaxLen" in plugin["info"]["syncError"]
+            assert plugin["info"]["policyHash"] == "h2" and plugin["info"]["owners"]["sessions"] == 1
+            assert symbol(U1, 4242420002) in {p.name for p in await backend.protocols()}
+
+            # CP down: keeps serving.
+            fake_cp.fail("bird-config", times=1, status=503)  # maxRetries 0: one attempt
+            ev = await h.agent.scheduler.run_now(TASK_NAME)
+            assert not ev.ok and ev.error is not None and "unreachable" in ev.error
+            assert inodes(etc) == good and backend.config_hash == "h2"
+
+            # Maintenance through the core hook: drained exports, then restored.
+            fake_cp.set("bird-config", cp_data("h2", asPathMaxLen=16))
+            await h.agent.set_maintenance(True, "test")
+            await backend.settle()
+            drain = "bgp_community.add((65535, 0));"
+            assert (etc / "filters.conf").read_text().count(drain) == 2
+            await h.agent.set_maintenance(False, "")
+            await backend.settle()
+            assert drain not in (etc / "filters.conf").read_text()
+            assert inodes(etc)["filters.conf"][2] == good["filters.conf"][2]
+            ev = await h.agent.scheduler.run_now(TASK_NAME)
+            assert ev.ok and ev.result["changed"] is False
+            final = inodes(etc)
+
+        # A restarted agent with unchanged input: no write, no configure, peer kept.
+        async with AgentHarness(cfg, plugins=[("bird", moenet_bird)], state_dir=state) as h2:
+            backend2 = h2.agent.backend("routing")
+            assert isinstance(backend2, BirdRoutingBackend)
+            ev = await h2.agent.scheduler.run_now(TASK_NAME)
+            assert ev.ok and ev.result["changed"] is False, ev
+            assert backend2.applier.stats.configures == 0
+            assert inodes(etc) == final

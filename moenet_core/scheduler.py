@@ -59,6 +59,7 @@ from loguru import logger
 
 from .clock import Clock
 from .descriptors import Task, TaskRunEvent, TaskSpec
+from .errors import MoenetError
 from .metrics import AgentMetrics
 
 __all__ = ["CANCELLED_ERROR", "PAUSED_ERROR", "STOPPED_ERROR", "Scheduler"]
@@ -460,6 +461,13 @@ class Scheduler:
         with logger.contextualize(task=entry.name):
             try:
                 value = await entry.task.run_once()
+            except MoenetError as exc:
+                # A deliberate error that already says what went wrong (CP down,
+                # BIRD rejected a file): one line, no traceback.
+                logger.bind(task=entry.name, plugin=entry.spec.plugin).error(
+                    "task {} failed: {}", entry.name, _describe(exc)
+                )
+                return False, None, _describe(exc)
             except Exception as exc:
                 logger.bind(task=entry.name, plugin=entry.spec.plugin).exception("task {} failed", entry.name)
                 return False, None, _describe(exc)

@@ -648,3 +648,23 @@ async def test_stop_before_start(clock: ManualClock) -> None:
         await sched.start()
     with pytest.raises(RuntimeError):
         sched.add(make_spec(name="late"), FakeTask(clock))
+
+
+async def test_deliberate_errors_log_one_line_without_traceback(
+    sched: Scheduler, clock: ManualClock, metrics: AgentMetrics, logs: list[Any]
+) -> None:
+    from moenet_core.errors import ControlPlaneUnavailable
+
+    class Unavailable:
+        async def run_once(self) -> None:
+            raise ControlPlaneUnavailable("control plane unavailable after 4 attempt(s): HTTP 503")
+
+    sched.add(make_spec(), Unavailable())
+    await sched.start()
+    await clock.settle()
+    assert runs(metrics, "t", "error") == 1.0
+    [failure] = [r for r in logs if r["level"].name == "ERROR"]
+    assert failure["exception"] is None
+    assert failure["message"] == (
+        "task t failed: ControlPlaneUnavailable: control plane unavailable after 4 attempt(s): HTTP 503"
+    )

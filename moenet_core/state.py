@@ -66,19 +66,10 @@ class StateStore:
         """Replace the file atomically with ``data``."""
         target = self._path(name)
         self.ensure()
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.root)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
+            atomic_write(target, data, mode=mode)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise StateError(f"cannot write {target}: {exc.strerror}") from exc
-        _fsync_dir(self.root)
 
     def read_json(self, name: str, default: Any = None) -> Any:
         """Parsed JSON content, or ``default`` when the file does not exist.
@@ -114,6 +105,40 @@ class StateStore:
             return sorted(p.name for p in self.root.iterdir() if p.is_file() and not p.name.startswith("."))
         except FileNotFoundError:
             return []
+
+
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, replace: bool = True
+) -> bool:
+    """Write ``data`` to ``path`` so a reader sees the old content or the new, never a torn file.
+
+    The data goes to a temporary file in the same directory (created with
+    ``mode`` from the start, so a secret is never readable by others), is
+    fsync'd, then renamed over ``path`` — or, with ``replace=False``, linked
+    into place only if ``path`` does not exist yet (returns False when it did:
+    someone else's file wins). The directory is fsync'd so the rename survives
+    a crash. Raises OSError; the temporary file never stays behind.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(target.parent)
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

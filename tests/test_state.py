@@ -64,3 +64,16 @@ def test_scoped_store_and_names(tmp_path):
     assert (tmp_path / "plugins" / "heartbeat" / "a.json").is_file()
     assert sub.delete("a.json") is True
     assert sub.delete("a.json") is False
+
+
+def test_atomic_write_modes_and_no_replace(tmp_path):
+    from moenet_core.state import atomic_write
+
+    target = tmp_path / "key"
+    assert atomic_write(target, b"first", mode=0o600, replace=False) is True
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert atomic_write(target, b"second", replace=False) is False  # an existing file wins
+    assert target.read_bytes() == b"first"
+    assert atomic_write(target, b"third", mode=0o644) is True
+    assert target.read_bytes() == b"third" and stat.S_IMODE(os.stat(target).st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]

@@ -17,6 +17,8 @@ import os
 import stat
 from pathlib import Path
 
+from moenet_core.state import atomic_write
+
 from .errors import WireguardKeyError
 
 KEY_LEN = 32
@@ -202,39 +204,16 @@ def generate_private_key() -> SecretKey:
     return SecretKey(clamp(os.urandom(KEY_LEN)))
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> bool:
     """Write ``key`` to ``path`` (0600) unless the file exists.
 
-    The key goes to a private temporary file first and is *linked* into place,
-    so a reader never sees a partial key and a key another process wrote in the
-    meantime is kept (returns False then).
+    Linked into place from a private temporary file, so a reader never sees a
+    partial key and a key another process wrote in the meantime is kept
+    (returns False then).
     """
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(bytes_to_b64(key.raw) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
-        _fsync_dir(target.parent)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    return atomic_write(target, (bytes_to_b64(key.raw) + "\n").encode("ascii"), mode=0o600, replace=False)
 
 
 def load_or_create_private_key(path: str | os.PathLike[str]) -> tuple[SecretKey, bool]:
@@ -255,11 +234,4 @@ def write_public_key_file(path: str | os.PathLike[str], public_key: str) -> bool
         if target.read_text(encoding="ascii") == content:
             return False
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    return True
+    return atomic_write(target, content.encode("ascii"), mode=0o644)

@@ -258,16 +258,115 @@ async def test_a_configure_refused_after_the_check_restores_the_previous_files(
 async def test_an_operator_file_in_the_way_is_refused_and_untouched(env: Env) -> None:
     env.etc.mkdir()
     (env.etc / "peers").mkdir()
-    mine = b'log syslog all;\nrouter id 10.0.0.1;\ninclude "/etc/bird/peers/*.conf";\n'
+    mine = b'log syslog all;\nrouter id 10.0.0.1;\ninclude "moenet.conf";\n'
     (env.etc / "bird.conf").write_bytes(mine)
-    (env.etc / "peers" / "hand.conf").write_bytes(b"# operator's\n")
+    (env.etc / "filters.conf").write_bytes(b"# operator's filters\n")
     b = await env.backend()
     data = cp_data()
     r = await b.set_policy(policy(data), "h", raw=data)
     assert (r.ok, r.changed) == (False, False)
-    assert r.error is not None and f"refusing to overwrite {env.etc / 'bird.conf'}" in r.error
-    assert env.files() == {"bird.conf": mine, "peers/hand.conf": b"# operator's\n"}, "no partial write"
+    assert r.error is not None and f"refusing to overwrite {env.etc / 'filters.conf'}" in r.error
+    assert env.files() == {"bird.conf": mine, "filters.conf": b"# operator's filters\n"}, "no partial write"
     assert env.configures == 0
+
+
+#: An operator's own bird.conf: own router id, device and kernel protocols, one
+#: file of their own (relative include), the agent's aggregator, then something of
+#: theirs that uses the agent's symbols.
+OPERATOR_CONF = """\
+# The operator's bird.conf.
+router id 192.0.2.1;
+protocol device {{ scan time 5; }}
+include "local.conf";
+include "{aggregator}";
+protocol kernel op_kernel4 {{
+  ipv4 {{ import none; export filter {{ krt_prefsrc = OWNIP; reject; }}; }};
+}}
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("form", ["absolute", "relative"])
+async def test_an_operator_bird_conf_that_includes_moenet_conf_is_kept_and_loads_the_agent(
+    env: Env, form: str
+) -> None:
+    env.etc.mkdir()
+    aggregator = str(env.etc / "moenet.conf") if form == "absolute" else "moenet.conf"
+    mine = OPERATOR_CONF.format(aggregator=aggregator).encode()
+    local = b"protocol static op_static { ipv4; route 192.0.2.0/24 unreachable; }\n"
+    (env.etc / "bird.conf").write_bytes(mine)
+    (env.etc / "local.conf").write_bytes(local)
+    b = await env.backend()
+    data = cp_data()
+    r = await b.set_policy(policy(data), "h", raw=data)
+    assert (r.ok, r.changed, r.error) == (True, True, None)
+    r = await b.declare("sessions", {U1: session(), U2: session(4242420003, 3)})
+    assert (r.ok, r.changed, r.error) == (True, True, None)
+    files = env.files()
+    assert files["bird.conf"] == mine and files["local.conf"] == local, "the operator's files are untouched"
+    assert {"moenet.conf", "filters.conf", f"peers/{symbol(U1, 4242420002)}.conf"} <= set(files)
+    assert all(
+        v.startswith(MARKER.encode()) for k, v in files.items() if k not in ("bird.conf", "local.conf")
+    )
+    names = await protocol_names(b)
+    assert {symbol(U1, 4242420002), symbol(U2, 4242420003), "own4", "moenet_lo"} <= names
+    assert {"op_kernel4", "op_static"} <= names and "kernel4" not in names
+    # Unchanged: nothing written, no configure, the operator's file still the same.
+    before, configures = env.inodes(), env.configures
+    r = await b.declare("sessions", {U1: session(), U2: session(4242420003, 3)})
+    assert (r.ok, r.changed) == (True, False)
+    assert env.inodes() == before and env.configures == configures
+
+
+@pytest.mark.netns
+async def test_an_operator_bird_conf_without_the_include_is_refused_clearly(env: Env) -> None:
+    env.etc.mkdir()
+    mine = b'router id 192.0.2.1;\nprotocol device {}\ninclude "peers/*.conf";\n'
+    (env.etc / "bird.conf").write_bytes(mine)
+    b = await env.backend()
+    data = cp_data()
+    r = await b.set_policy(policy(data), "h", raw=data)
+    assert (r.ok, r.changed) == (False, False)
+    assert r.error is not None and "does not include the agent's files" in r.error, r.error
+    assert f'include "{env.etc / "moenet.conf"}";' in r.error
+    assert env.files() == {"bird.conf": mine} and env.configures == 0
+
+
+@pytest.mark.netns
+async def test_a_session_bird_rejects_is_dropped_and_the_rest_applies(env: Env, tmp_path: Path) -> None:
+    """A fragment that passes validation but BIRD rejects: reported, left out, the rest goes live."""
+    override = tmp_path / "templates"
+    override.mkdir()
+    shipped = (ROOT / "templates/bird/peer.conf.j2").read_text()
+    # Only AS4242420003's file is broken (BIRD: syntax error on its file line 2).
+    (override / "peer.conf.j2").write_text(
+        "{% if p.asn == 4242420003 %}this is not bird syntax;{% endif %}\n" + shipped
+    )
+    b = await env.backend(template_dir=str(override))
+    r = await b.declare("sessions", {U1: session(), U2: session(4242420003, 3), U3: session(4242420004, 4)})
+    data = cp_data("h1", asPathMaxLen=20)
+    r = await b.set_policy(policy(data), "h1", raw=data)
+    assert (r.ok, r.changed, r.error) == (True, True, None), r
+    bad = env.etc / f"peers/{symbol(U2, 4242420003)}.conf"
+    assert set(r.rejected) == {U2} and r.rejected[U2].startswith(f"{bad}:2: syntax error"), r.rejected
+    assert b.config_hash == "h1" and "DN42_MAX_PATH = 20;" in env.files()["moenet.conf"].decode()
+    assert not bad.exists()
+    names = await protocol_names(b)
+    assert {symbol(U1, 4242420002), symbol(U3, 4242420004)} <= names and symbol(U2, 4242420003) not in names
+    assert b.status_info()["rejected"]["sessions"] == {U2: r.rejected[U2]}
+    assert env.configures == 1, "one configure: the retry's"
+
+    # The owner declares again: still rejected, nothing else changes and nothing is reconfigured.
+    r = await b.declare("sessions", {U1: session(), U2: session(4242420003, 3), U3: session(4242420004, 4)})
+    assert (r.ok, r.changed) == (True, False) and set(r.rejected) == {U2}
+    assert env.configures == 1
+
+    # The template is fixed: the session comes back on the next apply.
+    (override / "peer.conf.j2").write_text(shipped)
+    r = await b.declare("sessions", {U1: session(), U2: session(4242420003, 3), U3: session(4242420004, 4)})
+    assert (r.ok, r.changed, dict(r.rejected)) == (True, True, {})
+    assert symbol(U2, 4242420003) in await protocol_names(b)
+    assert "rejected" not in b.status_info() or not b.status_info()["rejected"]
 
 
 @pytest.mark.netns
@@ -377,10 +476,31 @@ async def test_with_bird_down_the_tree_is_parse_checked_by_bird_p(tmp_path: Path
         await b.aclose()
 
 
+async def test_with_bird_down_a_session_bird_p_rejects_is_dropped(tmp_path: Path) -> None:
+    """The ``bird -p`` path names the file too, so the one bad session is left out there as well."""
+    etc = tmp_path / "etc"
+    override = tmp_path / "templates"
+    override.mkdir()
+    shipped = (ROOT / "templates/bird/peer.conf.j2").read_text()
+    (override / "peer.conf.j2").write_text("{% if p.asn == 4242420003 %}oops;{% endif %}\n" + shipped)
+    b = BirdRoutingBackend(BirdClient(str(tmp_path / "nothing.ctl")), str(etc), template_dir=str(override))
+    await b.start()
+    try:
+        await b.declare("sessions", {U1: session(), U2: session(4242420003, 3)})
+        data = cp_data()
+        r = await b.set_policy(policy(data), "h", raw=data)
+        assert (r.ok, r.changed) == (False, True) and "could not be told to load it" in (r.error or "")
+        bad = etc / f"peers/{symbol(U2, 4242420003)}.conf"
+        assert set(r.rejected) == {U2} and r.rejected[U2].startswith(f"{bad}:2: "), r.rejected
+        assert (etc / f"peers/{symbol(U1, 4242420002)}.conf").exists() and not bad.exists()
+    finally:
+        await b.aclose()
+
+
 async def test_tree_applier_refuses_paths_outside_its_directories(tmp_path: Path) -> None:
     applier = TreeApplier(tmp_path, BirdClient(str(tmp_path / "x.ctl")))
-    r = await applier.apply(lambda base: {"../evil.conf": MARKER + "\n"})
+    r = await applier.apply(lambda: {"../evil.conf": MARKER + "\n"})
     assert not r.ok and "refusing to write" in (r.error or "")
-    r = await applier.apply(lambda base: {"bird.conf": "no marker\n"})
+    r = await applier.apply(lambda: {"bird.conf": "no marker\n"})
     assert not r.ok and "lacks the ownership marker" in (r.error or "")
     assert os.listdir(tmp_path) == []

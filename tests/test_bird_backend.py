@@ -65,7 +65,7 @@ async def test_bird_config_sync_through_the_core(
             ev = await h.agent.scheduler.run_now(TASK_NAME)
             assert ev.ok, ev.error
             assert backend.applier.stats.configures == 1 and backend.config_hash == "h1"
-            assert (etc / "bird.conf").read_text().count("DN42_MAX_PATH = 32;") == 1
+            assert (etc / "moenet.conf").read_text().count("DN42_MAX_PATH = 32;") == 1
 
             # Unchanged: nothing written, no configure.
             before = inodes(etc)
@@ -84,7 +84,7 @@ async def test_bird_config_sync_through_the_core(
                 "warnings": ev.result["warnings"],
             }
             assert backend.applier.stats.configures == 3 and backend.config_hash == "h2"
-            assert "DN42_MAX_PATH = 16;" in (etc / "bird.conf").read_text()
+            assert "DN42_MAX_PATH = 16;" in (etc / "moenet.conf").read_text()
             good = inodes(etc)
 
             # An invalid answer: the old policy stays live and /status says why.

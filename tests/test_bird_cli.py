@@ -26,7 +26,7 @@ PEER = {
 
 
 def args(out: Path, **kw: object) -> argparse.Namespace:
-    base = {"out": str(out), "policy": None, "peers": None, "base_dir": str(out), "maintenance": False}
+    base = {"out": str(out), "policy": None, "peers": None, "no_bird_conf": False, "maintenance": False}
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -88,3 +88,13 @@ def test_render_takes_the_policy_from_the_configured_source(tmp_path):
     assert bird_parse(out).returncode == 0
     assert render_command(args(out, maintenance=True), config) == 0
     assert "65535, 0" in (out / "filters.conf").read_text() + (out / "moenet_communities.conf").read_text()
+
+
+def test_render_without_bird_conf_is_what_sits_next_to_an_operators_own(tmp_path, capsys):
+    (tmp_path / "policy.json").write_text(json.dumps(cp_data()))
+    out = tmp_path / "tree"
+    assert render_command(args(out, policy=str(tmp_path / "policy.json"), no_bird_conf=True), None) == 0
+    assert not (out / "bird.conf").exists() and (out / "moenet.conf").is_file()
+    (out / "bird.conf").write_text('router id 192.0.2.1;\nprotocol device {}\ninclude "moenet.conf";\n')
+    res = bird_parse(out)
+    assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -231,14 +231,13 @@ def _cases() -> dict[str, dict[str, Any]]:
 CASES = _cases()
 
 
-def render_case(case: dict[str, Any], base_dir: str = "/etc/bird", **kw: Any) -> dict[str, str]:
+def render_case(case: dict[str, Any], **kw: Any) -> dict[str, str]:
     return render_tree(
         policy(case.get("data")),
         case.get("peers", []),
         ibgp=case.get("ibgp"),
         babel=case.get("babel"),
         maintenance=case.get("maintenance", False),
-        base_dir=base_dir,
         **kw,
     )
 
@@ -287,12 +286,12 @@ def test_golden_and_parse(name: str, bird_bin: Path, tmp_path: Path) -> None:
     # Every file carries the ownership marker on its first line.
     assert all(c.startswith(MARKER) for c in tree.values())
     # The same tree rendered for the temporary directory parses on the real BIRD.
-    parse_check(bird_bin, render_case(case, base_dir=str(tmp_path)), tmp_path)
+    parse_check(bird_bin, render_case(case), tmp_path)
 
 
 def test_parse_timing_report(bird_bin: Path, tmp_path: Path) -> None:
     """Not a speed assertion: records how long one ``bird -p`` takes on the biggest tree."""
-    parse_check(bird_bin, render_case(CASES["maintenance_on"], base_dir=str(tmp_path)), tmp_path)
+    parse_check(bird_bin, render_case(CASES["maintenance_on"]), tmp_path)
     elapsed = PARSE_TIMES[-1]
     print(f"\nbird -p on the maintenance_on tree: {elapsed * 1000:.1f} ms ({len(PARSE_TIMES)} parses so far)")
     assert elapsed < 10
@@ -311,7 +310,7 @@ def test_many_peers_parse(bird_bin: Path, tmp_path: Path) -> None:
                     neighbor_link_local=f"fe80::{i + 1:x}:{j + 1}",
                 )
             )
-    tree = render_case({"peers": peers}, base_dir=str(tmp_path))
+    tree = render_case({"peers": peers})
     assert len([p for p in tree if p.startswith("peers/dn42_")]) == 200
     parse_check(bird_bin, tree, tmp_path)
 
@@ -325,20 +324,107 @@ def test_deterministic() -> None:
 
 
 def test_empty_peer_dirs_exist_and_parse(bird_bin: Path, tmp_path: Path) -> None:
-    tree = render_case(CASES["minimal"], base_dir=str(tmp_path))
+    tree = render_case(CASES["minimal"])
     assert "peers/00_moenet.conf" in tree and "ibgp/00_moenet.conf" in tree
     parse_check(bird_bin, tree, tmp_path)
 
 
-def test_includes_only_owned_files() -> None:
-    tree = render_case(CASES["ibgp_rr"], base_dir="/srv/bird")
-    includes = [line.split('"')[1] for line in tree["bird.conf"].splitlines() if line.startswith("include ")]
-    for inc in includes:
-        rel = inc.removeprefix("/srv/bird/")
-        if "*" in rel:
-            assert any(p.startswith(rel.split("*")[0]) for p in tree), inc
+def _includes(text: str) -> list[str]:
+    return [line.split('"')[1] for line in text.splitlines() if line.startswith("include ")]
+
+
+def test_includes_are_relative_and_only_owned_files() -> None:
+    """bird.conf includes only moenet.conf; moenet.conf includes every other owned file."""
+    tree = render_case(CASES["ibgp_rr"])
+    assert _includes(tree["bird.conf"]) == ["moenet.conf"]
+    reached = {"bird.conf", "moenet.conf"}
+    for inc in _includes(tree["moenet.conf"]):
+        assert not inc.startswith("/"), f"moenet.conf includes {inc}: includes must be relative"
+        if "*" in inc:
+            matched = {p for p in tree if p.startswith(inc.split("*")[0]) and p.endswith(".conf")}
+            assert matched, inc
+            reached |= matched
         else:
-            assert rel in tree, f"bird.conf includes {inc}, which the agent does not write"
+            assert inc in tree, f"moenet.conf includes {inc}, which the agent does not write"
+            reached.add(inc)
+    assert reached == set(tree), f"never included: {set(tree) - reached}"
+    for path, text in tree.items():
+        if path not in ("bird.conf", "moenet.conf"):
+            assert not _includes(text), f"{path} includes files; only bird.conf and moenet.conf may"
+    assert not any("/etc/bird" in text for text in tree.values()), "the texts must not embed a directory"
+
+
+#: An operator's hand-written bird.conf: own router id, device and kernel protocols,
+#: the agent's aggregator included before anything that uses its symbols.
+OPERATOR_CONF = """\
+# My own bird.conf (not the agent's).
+log syslog all;
+router id 172.20.42.1;
+
+protocol device {{
+  scan time 5;
+}}
+
+include "{aggregator}";
+
+protocol kernel {{
+  ipv4 {{
+    import none;
+    export filter {{
+      if source = RTS_STATIC then reject;
+      krt_prefsrc = OWNIP;
+      accept;
+    }};
+  }};
+}}
+
+protocol kernel {{
+  ipv6 {{ import none; export where source != RTS_STATIC; }};
+}}
+"""
+
+
+@pytest.mark.parametrize("form", ["absolute", "relative"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_operator_bird_conf_mode_golden_and_parse(
+    name: str, form: str, bird_bin: Path, tmp_path: Path
+) -> None:
+    """Without bird.conf the tree is the golden tree minus bird.conf, and an operator's
+    own bird.conf including moenet.conf (absolute or relative) parses with no warnings."""
+    tree = render_case(CASES[name], bird_conf=False)
+    gdir = GOLDEN / name
+    expected = {str(p.relative_to(gdir)): p.read_text() for p in sorted(gdir.rglob("*")) if p.is_file()}
+    expected.pop("bird.conf")
+    assert tree == expected
+    aggregator = str(tmp_path / "moenet.conf") if form == "absolute" else "moenet.conf"
+    parse_check(bird_bin, {**tree, "bird.conf": OPERATOR_CONF.format(aggregator=aggregator)}, tmp_path)
+
+
+def test_operator_bird_conf_from_another_directory_parses(bird_bin: Path, tmp_path: Path) -> None:
+    """BIRD started with a bird.conf elsewhere that includes <dir>/moenet.conf absolutely:
+    moenet.conf's own relative includes still resolve next to it."""
+    agent = tmp_path / "agent"
+    write_tree(render_case(CASES["maintenance_on"], bird_conf=False), agent)
+    (tmp_path / "op").mkdir()
+    conf = tmp_path / "op" / "bird.conf"
+    conf.write_text(OPERATOR_CONF.format(aggregator=agent / "moenet.conf"))
+    res = subprocess.run(
+        [str(bird_bin), "-p", "-c", str(conf)], capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    assert res.returncode == 0 and res.stderr == "" and res.stdout == "", res.stderr
+
+
+def test_an_operator_symbol_clash_is_named_by_bird(bird_bin: Path, tmp_path: Path) -> None:
+    """The contract: the operator's bird.conf must not define the agent's symbols."""
+    tree = render_case(CASES["minimal"], bird_conf=False)
+    clash = OPERATOR_CONF.format(aggregator="moenet.conf").replace(
+        "router id 172.20.42.1;", "router id 172.20.42.1;\ndefine OWNAS = 4242420000;"
+    )
+    write_tree({**tree, "bird.conf": clash}, tmp_path)
+    res = subprocess.run(
+        [str(bird_bin), "-p", "-c", str(tmp_path / "bird.conf")], capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "Symbol 'OWNAS' already defined" in res.stderr, res.stderr
 
 
 # ------------------------------------------------------------------- semantics
@@ -418,12 +504,29 @@ def test_operator_override_replaces_one_template(tmp_path: Path, bird_bin: Path)
         "# operator: no cold potato\nfunction moenet_cold_potato() -> bool {\n  return true;\n}\n"
     )
     base = tmp_path / "etc"
-    tree = render_case(CASES["ibgp_rr"], base_dir=str(base), template_dir=tmp_path / "tpl")
+    tree = render_case(CASES["ibgp_rr"], template_dir=tmp_path / "tpl")
     assert tree["cold_potato.conf"].startswith(MARKER)  # the marker is added whatever the template says
     assert "# operator: no cold potato" in tree["cold_potato.conf"]
-    default = render_case(CASES["ibgp_rr"], base_dir=str(base))
+    default = render_case(CASES["ibgp_rr"])
     assert {k for k in tree if tree[k] != default[k]} == {"cold_potato.conf"}
     parse_check(bird_bin, tree, base)
+
+
+def test_cached_environment_sees_added_edited_and_removed_overrides(tmp_path: Path) -> None:
+    """The jinja2 environment is cached per template dir, yet override changes show at once."""
+    from moenet_bird.render import environment
+
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    default = render_case(CASES["minimal"], template_dir=tpl)
+    assert environment(tpl) is environment(tpl)
+    (tpl / "cold_potato.conf.j2").write_text("# first override\n")
+    assert "# first override" in render_case(CASES["minimal"], template_dir=tpl)["cold_potato.conf"]
+    (tpl / "cold_potato.conf.j2").write_text("# second override, edited\n")
+    os.utime(tpl / "cold_potato.conf.j2", ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert "# second override" in render_case(CASES["minimal"], template_dir=tpl)["cold_potato.conf"]
+    (tpl / "cold_potato.conf.j2").unlink()
+    assert render_case(CASES["minimal"], template_dir=tpl) == default
 
 
 # ------------------------------------------------------------------- validation
@@ -563,8 +666,6 @@ def test_duplicate_session_uuid_rejected() -> None:
 
 
 def test_bad_render_parameters() -> None:
-    with pytest.raises(BirdConfigError, match="baseDir"):
-        render_tree(policy(), [], base_dir='/etc/bird"; include "/etc/shadow')
     with pytest.raises(BirdConfigError, match="loopbackInterface"):
         render_tree(policy(), [], loopback_interface="lo0 x")
     with pytest.raises(BirdConfigError, match=r"babel.interfaces\[0\].pattern"):
@@ -591,7 +692,7 @@ HOSTILE = [
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_text_rendered_inertly(text: str, bird_bin: Path, tmp_path: Path) -> None:
     peer = ll_peer(name=text, description=text)
-    tree = render_tree(policy(), [peer], base_dir=str(tmp_path))
+    tree = render_tree(policy(), [peer])
     body = tree[peer.file_name]
     desc = next(line for line in body.splitlines() if line.strip().startswith("description "))
     # One string literal: exactly two double quotes on the line, nothing after it.
@@ -619,7 +720,7 @@ def test_overlong_and_keyword_names() -> None:
     data = cp_data()
     data["policy"]["rpkiServers"] = [{"name": "bgp", "host": "rpki.dn42"}]
     tree = render_tree(policy(data), [])
-    assert "protocol rpki rpki_bgp {" in tree["bird.conf"]
+    assert "protocol rpki rpki_bgp {" in tree["moenet.conf"]
     data["policy"]["rpkiServers"] = [{"name": "x" * 33, "host": "rpki.dn42"}]
     assert any(p.startswith("policy.rpkiServers[0].name") for p in _problems(data))
 

@@ -10,15 +10,25 @@ Here:
   in ``config_dir`` or in its ``peers/`` / ``ibgp/`` directories. Anything else is
   the operator's: never overwritten, never deleted. A tree that would overwrite one
   is refused before anything is written.
+- **The operator may keep their own ``bird.conf``.** If ``<config_dir>/bird.conf``
+  exists without the marker it is the operator's: the agent writes everything
+  except ``bird.conf`` (:mod:`.render` lists the files and the contract) and
+  never touches that file. It must include the agent's aggregator
+  (``include "<config_dir>/moenet.conf";`` or ``include "moenet.conf";``),
+  otherwise the apply is refused, since the agent's files would never load.
+  Without a ``bird.conf`` (or with one carrying the marker) the agent writes its own.
 - **Unchanged is free.** The live render is compared byte for byte with the owned
   files; identical (and nothing to delete) means no write, no check, no configure.
-- **BIRD judges the whole new tree before it goes live.** It is rendered again
-  into a staging directory inside ``config_dir`` with ``base_dir`` = staging (the
-  includes are absolute, so they point into the staging copy), together with the
-  operator's own files from ``peers/`` and ``ibgp/`` that the live globs would
-  include too, and checked with ``configure check "<staging>/bird.conf"`` (or
-  ``bird -p`` when the daemon is down). A rejection names the live path, since the
-  staging tree has the same line numbers.
+- **BIRD judges the whole new tree before it goes live.** The same texts (every
+  include is relative) are copied into a staging directory inside ``config_dir``,
+  together with the operator's own files from ``peers/`` and ``ibgp/`` that the
+  live globs would include too, and checked with ``configure check
+  "<staging>/bird.conf"`` (or ``bird -p`` when the daemon is down). An operator's
+  ``bird.conf`` is staged as a copy whose include of the aggregator points at the
+  staged one and whose other relative includes point at the live directory. A
+  rejection names the live path, since the staging tree has the same line numbers;
+  :attr:`TreeApplier.last_rejection` also says which staged file it was in, so the
+  backend can drop the one fragment that file belongs to and retry.
 - **The swap is per file atomic** (temp name not ending in ``.conf`` so BIRD's
   ``*.conf`` globs never see it, fsync, rename, fsync the directory) and the
   previous content of every touched owned file is kept, so a configure that BIRD
@@ -59,13 +69,13 @@ from moenet_core.backends import ApplyResult
 from .client import BirdClient
 from .names import BirdConfigError as RenderError
 from .protocol import BirdClientError, BirdConfigError, BirdUnavailable
-from .render import IBGP_DIR, MARKER, PEER_DIR
+from .render import AGGREGATOR, BIRD_CONF, IBGP_DIR, MARKER, PEER_DIR
 
-__all__ = ["STAGING_PREFIX", "ApplyStats", "RenderFn", "TreeApplier", "default_bird_binary"]
+__all__ = ["STAGING_PREFIX", "ApplyStats", "Rejection", "RenderFn", "TreeApplier", "default_bird_binary"]
 
-#: ``render(base_dir) -> {relative path: text}``; called once for the live tree and
-#: once for the staging tree, so it must be deterministic.
-RenderFn = Callable[[str], Mapping[str, str]]
+#: ``render() -> {relative path: text}``: the whole tree, ``bird.conf`` included
+#: (the applier leaves it out when the operator keeps their own).
+RenderFn = Callable[[], Mapping[str, str]]
 
 #: Staging directories are dot-named so no ``*`` glob of BIRD ever matches them.
 STAGING_PREFIX = ".moenet-staging-"
@@ -73,6 +83,7 @@ STAGING_PREFIX = ".moenet-staging-"
 _MARKER_BYTES = MARKER.encode()
 _REL_PATH = re.compile(r"^(?:(?P<dir>[A-Za-z0-9_-]+)/)?(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)$")
 _BIRD_P_LINE = re.compile(r"<(?P<level>FATAL|ERR|WARN)> (?P<msg>.*)$")
+_INCLUDE = re.compile(r'^(?P<pre>[ \t]*include[ \t]+")(?P<path>[^"\n]*)(?P<post>"[ \t]*;)', re.MULTILINE)
 _LOCATION = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+) (?P<msg>.*)\Z", re.DOTALL)
 
 
@@ -105,6 +116,15 @@ class _Saved:
     mode: int
 
 
+@attrs.frozen
+class Rejection:
+    """Why BIRD rejected the last staged tree: its message (live paths) and, when
+    BIRD named one of the agent's files, that file's relative path."""
+
+    error: str
+    file: str | None
+
+
 class _Refused(Exception):
     """The tree cannot be applied as asked (foreign file in the way, bad path)."""
 
@@ -128,6 +148,8 @@ class TreeApplier:
         self.pending_configure = False
         """Files on disk are newer than what BIRD confirmed loading (BIRD was down,
         or the configure timed out): the next apply reconfigures even if unchanged."""
+        self.last_rejection: Rejection | None = None
+        """Set when the last apply's staged tree was rejected by BIRD, else None."""
         self._lock = asyncio.Lock()
         self._swept = False
 
@@ -205,12 +227,60 @@ class TreeApplier:
             except RenderError as exc:
                 return ApplyResult(ok=False, changed=False, error=str(exc))
 
+    def _operator_conf(self, foreign: set[str]) -> bytes | None:
+        """The operator's own bird.conf, or None when the agent writes it.
+
+        Refused when it does not include the agent's aggregator: the agent's
+        files would be written and checked, and BIRD would never load them.
+        """
+        if BIRD_CONF not in foreign:
+            return None
+        try:
+            data = self.live_conf.read_bytes()
+        except OSError as exc:
+            raise _Refused(f"cannot read the operator's {self.live_conf}: {exc.strerror}") from exc
+        if not any(self._is_aggregator(m["path"]) for m in _INCLUDE.finditer(data.decode(errors="replace"))):
+            target = self.config_dir / AGGREGATOR
+            raise _Refused(
+                f"{self.live_conf} is the operator's (its first line is not {MARKER!r}) and does not "
+                f'include the agent\'s files: add include "{target}"; to it (after its router id, before '
+                "anything using the agent's symbols), or remove it to let the agent write its own"
+            )
+        return data
+
+    def _is_aggregator(self, include: str) -> bool:
+        live = os.path.abspath(self.config_dir)
+        return os.path.normpath(os.path.join(live, include)) == os.path.join(live, AGGREGATOR)
+
+    def _staged_operator_conf(self, data: bytes, staging: Path) -> bytes:
+        """The operator's bird.conf for the staging directory, same line numbers:
+        the aggregator include points at the staged one, other relative includes
+        at the live directory they mean."""
+        live = os.path.abspath(self.config_dir)
+
+        def repl(m: re.Match[str]) -> str:
+            path = m["path"]
+            if self._is_aggregator(path):
+                path = str(staging / AGGREGATOR)
+            elif not path.startswith("/"):
+                path = os.path.join(live, path)
+            if '"' in path or "\\" in path:
+                raise _Refused(f"cannot stage {self.live_conf}: the path {path!r} has a quote or backslash")
+            return m["pre"] + path + m["post"]
+
+        return _INCLUDE.sub(repl, data.decode(errors="surrogateescape")).encode(errors="surrogateescape")
+
     async def _apply(self, render: RenderFn) -> ApplyResult:
+        self.last_rejection = None
         if not self._swept:
             self._sweep_staging()
         self.config_dir.mkdir(parents=True, exist_ok=True)
         owned, foreign = self.scan()
-        wanted = self._check_tree(render(str(self.config_dir)), foreign)
+        operator_conf = self._operator_conf(foreign)
+        tree = dict(render())
+        if operator_conf is not None:
+            tree.pop(BIRD_CONF, None)
+        wanted = self._check_tree(tree, foreign)
         to_write = {rel: data for rel, data in wanted.items() if rel not in owned or owned[rel].data != data}
         to_delete = sorted(set(owned) - set(wanted))
         if not to_write and not to_delete:
@@ -222,12 +292,13 @@ class TreeApplier:
 
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.config_dir))
         try:
-            self._stage(staging, render, foreign)
-            error = await self._validate(staging)
-            if error is not None:
+            self._stage(staging, wanted, foreign, operator_conf)
+            rejection = await self._validate(staging)
+            if rejection is not None:
                 self.stats.rejected += 1
-                logger.error("BIRD rejected the new config (nothing changed): {}", error)
-                return ApplyResult(ok=False, changed=False, error=error)
+                self.last_rejection = rejection
+                logger.error("BIRD rejected the new config (nothing changed): {}", rejection.error)
+                return ApplyResult(ok=False, changed=False, error=rejection.error)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -255,13 +326,17 @@ class TreeApplier:
                     shutil.rmtree(entry, ignore_errors=True)
         self._swept = True
 
-    def _stage(self, staging: Path, render: RenderFn, foreign: set[str]) -> None:
+    def _stage(
+        self, staging: Path, tree: Mapping[str, bytes], foreign: set[str], operator_conf: bytes | None
+    ) -> None:
+        """The same texts in ``staging`` (includes are relative), plus the operator's files."""
         # BIRD (possibly running as user bird) must read it: group of config_dir, 0750.
         st = self.config_dir.stat()
         os.chmod(staging, 0o750)  # noqa: S103 - group read for a daemon running as user bird
         with contextlib.suppress(OSError):
             os.chown(staging, -1, st.st_gid)
-        tree = self._check_tree(render(str(staging)), set())
+        if operator_conf is not None:
+            (staging / BIRD_CONF).write_bytes(self._staged_operator_conf(operator_conf, staging))
         for d in (PEER_DIR, IBGP_DIR):
             (staging / d).mkdir(mode=0o750, exist_ok=True)
         for rel, data in tree.items():
@@ -272,25 +347,28 @@ class TreeApplier:
             if "/" in rel and rel.endswith(".conf") and src.is_file():
                 shutil.copyfile(src, staging / rel)
 
-    async def _validate(self, staging: Path) -> str | None:
+    async def _validate(self, staging: Path) -> Rejection | None:
         """None when BIRD accepts the staged tree, else its message with live paths."""
         self.stats.checks += 1
-        conf = str(staging / "bird.conf")
+        conf = str(staging / BIRD_CONF)
         try:
             await self.client.check(conf, timeout=self.check_timeout)
             return None
         except BirdConfigError as exc:
-            return self._live_message(exc.message, staging)
+            return Rejection(self._live_message(exc.message, staging), _staged_file(exc.message, staging))
         except BirdUnavailable:
             logger.info("BIRD is not running: checking the new config with bird -p")
             return await self._parse_check(conf, staging)
         except BirdClientError as exc:
-            return f"could not check the config with BIRD: {exc}"
+            return Rejection(f"could not check the config with BIRD: {exc}", None)
 
-    async def _parse_check(self, conf: str, staging: Path) -> str | None:
+    async def _parse_check(self, conf: str, staging: Path) -> Rejection | None:
         binary = self.bird_binary or default_bird_binary()
         if binary is None:
-            return "BIRD is not running and no bird binary was found for a parse check (birdAgent.birdBinary)"
+            return Rejection(
+                "BIRD is not running and no bird binary was found for a parse check (birdAgent.birdBinary)",
+                None,
+            )
         proc = await asyncio.create_subprocess_exec(
             binary,
             "-p",
@@ -305,20 +383,24 @@ class TreeApplier:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            return f"{binary} -p did not finish within {self.check_timeout:g} s"
+            return Rejection(f"{binary} -p did not finish within {self.check_timeout:g} s", None)
         errors: list[str] = []
+        first_file: str | None = None
         for line in out.decode(errors="replace").splitlines():
             if m := _BIRD_P_LINE.search(line):
                 text = self._live_message(m["msg"], staging)
                 if m["level"] == "WARN":
                     logger.warning("bird -p: {}", text)
                 else:
+                    if not errors:
+                        first_file = _staged_file(m["msg"], staging)
                     errors.append(text)
         if proc.returncode == 0 and not errors:
             return None
-        return (
+        return Rejection(
             "; ".join(errors)
-            or f"{binary} -p exited {proc.returncode}: {out.decode(errors='replace').strip()}"
+            or f"{binary} -p exited {proc.returncode}: {out.decode(errors='replace').strip()}",
+            first_file,
         )
 
     def _live_message(self, message: str, staging: Path) -> str:
@@ -425,6 +507,15 @@ class TreeApplier:
         self.pending_configure = False
         logger.info("BIRD reconfigured in {:.3f} s", time.monotonic() - started)
         return ApplyResult(ok=True, changed=True)
+
+
+def _staged_file(message: str, staging: Path) -> str | None:
+    """The staged file (relative path) BIRD's ``file:line:col text`` names, if any."""
+    m = _LOCATION.match(message)
+    prefix = f"{staging}/"
+    if m and m["file"].startswith(prefix):
+        return m["file"][len(prefix) :]
+    return None
 
 
 def _atomic_write(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:

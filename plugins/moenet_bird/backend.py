@@ -28,7 +28,12 @@ and config; unknown keys are ignored with a warning in ``/status``):
 
 An invalid fragment lands in ``ApplyResult.rejected[key]`` with the reason and is
 left out; the owner's other fragments still apply. An owner's declare replaces
-all of its previous fragments.
+all of its previous fragments. The same holds for a session that passes
+validation but that BIRD rejects: when BIRD's check names a session's own file
+(``peers/<symbol>.conf``), that session is dropped, reported in
+``rejected[key]`` with BIRD's message, and the apply is retried once without it,
+so the other sessions and the policy still go live. It is tried again on every
+apply (the next one may be after a template fix), at the cost of one extra check.
 
 Applies are coalesced: declares (and policy or maintenance changes) arriving
 while an apply runs, or in the same event-loop turn (plus an optional debounce),
@@ -45,7 +50,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -126,6 +131,8 @@ class BirdRoutingBackend(RoutingBackend):
         self._babel: dict[str, BabelInterface] = {}
         self._warnings: dict[str, list[str]] = {o: [] for o in OWNERS}
         self._rejected: dict[str, dict[str, str]] = {o: {} for o in OWNERS}
+        self._bird_rejected: dict[str, str] = {}
+        """Sessions left out of the last apply because BIRD rejected their file."""
 
         self._next: asyncio.Future[ApplyResult] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -189,6 +196,8 @@ class BirdRoutingBackend(RoutingBackend):
         if self._policy is None and self._candidate is None:
             return ApplyResult(ok=False, changed=False, error=NO_POLICY, rejected=rejected)
         result = await self._request()
+        if owner == "sessions":
+            rejected = {**result.rejected, **rejected}
         return attrs.evolve(result, rejected=rejected)
 
     async def set_maintenance(self, enabled: bool) -> ApplyResult:
@@ -283,26 +292,39 @@ class BirdRoutingBackend(RoutingBackend):
         used = self._candidate or self._policy
         if used is None:
             return ApplyResult(ok=False, changed=False, error=NO_POLICY)
-        peers = list(self._peers.values())
+        peers = dict(self._peers)
         ibgp = attrs.evolve(self._ibgp)
         babel = BabelOptions(interfaces=list(self._babel.values()))
         maintenance = self.maintenance
         policy = used.policy
 
-        def render(base: str) -> dict[str, str]:
-            return render_tree(
+        def render(sessions: dict[str, EbgpPeer]) -> Callable[[], dict[str, str]]:
+            return lambda: render_tree(
                 policy,
-                peers,
+                list(sessions.values()),
                 ibgp=ibgp,
                 babel=babel,
                 maintenance=maintenance,
-                base_dir=base,
                 template_dir=self.template_dir,
                 loopback_interface=self.loopback_interface,
             )
 
         started = time.monotonic()
-        result = await self.applier.apply(render)
+        result = await self.applier.apply(render(peers))
+        bird_rejected: dict[str, str] = {}
+        key = self._rejected_session(peers)
+        if key is not None and self.applier.last_rejection is not None:
+            # BIRD named one session's own file: drop that session, retry once without it.
+            first = result
+            bird_rejected[key] = self.applier.last_rejection.error
+            self.log.warning("sessions fragment {} rejected by BIRD, applying without it", key)
+            result = await self.applier.apply(render({k: v for k, v in peers.items() if k != key}))
+            if not result.ok:
+                # Not (only) that session's fault, e.g. a broken shared template: BIRD's first
+                # complaint is the one to read, the retry's follows it.
+                result = attrs.evolve(result, error=f"{first.error}; without session {key}: {result.error}")
+            result = attrs.evolve(result, rejected={**result.rejected, **bird_rejected})
+        self._bird_rejected = bird_rejected
         self.last_apply_seconds = time.monotonic() - started
         self.last_apply_at = time.time()
         self.last_result = result
@@ -317,6 +339,13 @@ class BirdRoutingBackend(RoutingBackend):
         else:
             self.last_error_at = self.last_apply_at
         return result
+
+    def _rejected_session(self, peers: Mapping[str, EbgpPeer]) -> str | None:
+        """The session whose file BIRD's last rejection names, if any."""
+        rejection = self.applier.last_rejection
+        if rejection is None or rejection.file is None:
+            return None
+        return next((k for k, p in peers.items() if p.file_name == rejection.file), None)
 
     # ----------------------------------------------------------- persistence
 
@@ -434,7 +463,11 @@ class BirdRoutingBackend(RoutingBackend):
                 "ibgp": len(self._raw["ibgp"]),
                 "mesh": len(self._babel),
             },
-            "rejected": {o: dict(r) for o, r in self._rejected.items() if r},
+            "rejected": {
+                o: {**r, **(self._bird_rejected if o == "sessions" else {})}
+                for o, r in self._rejected.items()
+                if r or (o == "sessions" and self._bird_rejected)
+            },
             "warnings": {o: list(w) for o, w in self._warnings.items() if w},
             "stats": attrs.asdict(self.applier.stats),
         }

@@ -5,7 +5,10 @@ it loose, or review a CP policy change. The policy comes from ``--policy FILE``
 (the CP's ``bird-config`` answer as JSON) or, by default, from the configured
 control plane (HTTP or the standalone file); eBGP sessions from ``--peers FILE``
 (a JSON list of peer objects, the ``sessions`` fragments of the routing
-backend). Nothing is sent to BIRD and nothing outside ``DIR`` is written.
+backend). Nothing is sent to BIRD and nothing outside ``DIR`` is written. The
+files' includes are relative, so the tree means the same in ``DIR`` as in
+``/etc/bird``; ``--no-bird-conf`` renders what the agent writes next to an
+operator's own ``bird.conf``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ def add_render_command(register: CommandRegistrar) -> None:
         "--policy", metavar="FILE", help="the CP's bird-config answer as JSON (default: ask the CP)"
     )
     p.add_argument("--peers", metavar="FILE", help="JSON list of eBGP peers to render")
-    p.add_argument("--base-dir", metavar="DIR", help="paths the files refer to (default: bird.configDir)")
+    p.add_argument(
+        "--no-bird-conf",
+        action="store_true",
+        help="leave out bird.conf, as when the operator keeps their own (it includes moenet.conf)",
+    )
     p.add_argument("--maintenance", action="store_true", help="render the drained (maintenance) variant")
 
 
@@ -105,10 +112,13 @@ def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
         return EXIT_UNREACHABLE
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    base_dir = args.base_dir or (config.bird.config_dir if config else "/etc/bird")
     template_dir = (config.bird.template_dir or None) if config else None
     tree = render_tree(
-        policy, peers, maintenance=args.maintenance, base_dir=base_dir, template_dir=template_dir
+        policy,
+        peers,
+        maintenance=args.maintenance,
+        template_dir=template_dir,
+        bird_conf=not args.no_bird_conf,
     )
     out = Path(args.out)
     for rel, text in sorted(tree.items()):

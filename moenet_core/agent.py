@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from . import HOOK_API_VERSION, systemd
 from .api import LocalApi
+from .backends import BACKEND_INTERFACES
 from .breaker import CircuitBreaker
 from .clock import Clock, SystemClock
 from .config import AgentConfig, structure
@@ -322,6 +323,12 @@ class Agent:
                 if inspect.isawaitable(backend):
                     raise PluginError(
                         f"backend factory of {spec.plugin!r} must return a Backend, not an awaitable"
+                    )
+                interface = BACKEND_INTERFACES.get(kind, Backend)
+                if not isinstance(backend, interface):
+                    raise PluginError(
+                        f"backend {kind}={spec.name} of {spec.plugin!r} is a {type(backend).__name__}, "
+                        f"which does not implement {interface.__name__}"
                     )
                 await backend.start()
             except Exception as exc:

@@ -10,7 +10,16 @@ import attrs
 import moenet_heartbeat
 import pytest
 
-from moenet_core import Backend, BackendSpec, ConfigSection, RouteSpec, SessionStatus, TaskSpec, hookimpl
+from moenet_core import (
+    Backend,
+    BackendSpec,
+    ConfigSection,
+    RouteSpec,
+    SessionStatus,
+    TaskSpec,
+    TunnelBackend,
+    hookimpl,
+)
 from moenet_core.bootstrap import CACHE_FILE, load_config
 from moenet_core.descriptors import SessionStatusEvent
 from moenet_core.errors import PluginError
@@ -168,6 +177,22 @@ class Recorder(Backend):
         self.log.append(("close", self.name))
 
 
+class RecorderTunnel(Recorder, TunnelBackend):
+    """A do-nothing tunnel backend (the core checks a backend implements its kind)."""
+
+    async def ensure(self, spec):
+        return False
+
+    async def remove(self, name):
+        return False
+
+    async def list(self):
+        return {}
+
+    async def stats(self, name):
+        raise KeyError(name)
+
+
 async def test_graceful_shutdown_waits_for_running_task_then_closes_backends(fake_cp, agent_harness):
     log: list[tuple[str, str]] = []
     release = asyncio.Event()
@@ -187,13 +212,13 @@ async def test_graceful_shutdown_waits_for_running_task_then_closes_backends(fak
         @hookimpl
         def moenet_backends(self, config):
             return [
-                BackendSpec(kind="firewall", name="one", factory=lambda ctx: Recorder("firewall", log)),
-                BackendSpec(kind="tunnel", name="two", factory=lambda ctx: Recorder("tunnel", log)),
+                BackendSpec(kind="alpha", name="one", factory=lambda ctx: Recorder("alpha", log)),
+                BackendSpec(kind="beta", name="two", factory=lambda ctx: Recorder("beta", log)),
             ]
 
         @hookimpl
         def moenet_tasks(self, config):
-            return [TaskSpec(name="slow", factory=Slow, interval=60, requires=("tunnel",))]
+            return [TaskSpec(name="slow", factory=Slow, interval=60, requires=("beta",))]
 
         @hookimpl
         def moenet_shutdown(self, agent):
@@ -209,19 +234,23 @@ async def test_graceful_shutdown_waits_for_running_task_then_closes_backends(fak
     release.set()
     await stopping
     assert log == [
-        ("start", "firewall"),
-        ("start", "tunnel"),
+        ("start", "alpha"),
+        ("start", "beta"),
         ("task-done", "slow"),
         ("shutdown-hook", "plugin"),
-        ("close", "tunnel"),
-        ("close", "firewall"),
+        ("close", "beta"),
+        ("close", "alpha"),
     ]
 
 
 async def test_backend_selection(fake_cp, agent_harness):
     def spec(name, probe, priority=0):
         return BackendSpec(
-            kind="tunnel", name=name, factory=lambda ctx: Recorder(name, []), probe=probe, priority=priority
+            kind="tunnel",
+            name=name,
+            factory=lambda ctx: RecorderTunnel(name, []),
+            probe=probe,
+            priority=priority,
         )
 
     class Provider:
@@ -682,3 +711,15 @@ async def test_startup_awaitable_is_awaited_and_failure_marks_plugin(fake_cp, ag
         assert order == [("warm", "jp1")]
         assert h.agent.pm.records["cold"].status == "failed"
         assert "cache unavailable" in h.agent.pm.records["cold"].error
+
+
+async def test_backend_must_implement_its_kind(fake_cp, agent_harness):
+    class Sloppy:
+        @hookimpl
+        def moenet_backends(self, config):
+            return [BackendSpec(kind="tunnel", name="fake", factory=lambda ctx: Recorder("x", []))]
+
+    async with agent_harness(node_config(fake_cp.url), plugins=[("sloppy", Sloppy())]) as h:
+        backends = h.agent.status()["backends"]
+    assert backends["tunnel"]["ok"] is False
+    assert "does not implement TunnelBackend" in backends["tunnel"]["error"]

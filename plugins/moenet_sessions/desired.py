@@ -1,0 +1,182 @@
+"""What one valid session needs on this node: a tunnel, a routing fragment, a port.
+
+Pure and deterministic: equal sessions and settings give equal
+:class:`DesiredSession` values, so an unchanged session diffs as unchanged and
+costs nothing. Addresses are produced in the canonical form the tunnel backend
+reports (``ip/prefix`` locals, plain peers), so "is the system already like
+this?" is an equality test.
+
+Tunnel addressing (fixing go-agent.md §20.13/25):
+
+- our IPv6 link-local ``<ll>/64`` always (the usual DN42 session source);
+- ``<loopback v4>/32 peer <neighbour v4>`` when the session has an IPv4 neighbour;
+- ``<loopback v6>/128 peer <neighbour v6>`` when it has a ULA/IPv6 neighbour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from moenet_core.backends import DN42_ALLOWED_IPS, TunnelAddress, TunnelSpec
+
+from .model import Session
+
+if TYPE_CHECKING:
+    from moenet_core.config import AgentConfig
+
+#: Latency tier until the RTT task has measured the link: DN42 tier 5 (< 148 ms),
+#: pessimistic so an unmeasured link never looks better than it is.
+DEFAULT_LATENCY = 5
+#: Bandwidth tier: 24 (>= 100 Mbit/s), the usual VPS uplink.
+DEFAULT_BANDWIDTH = 24
+#: Where preshared keys are written (one 0600 file per interface) by the apply phase.
+DEFAULT_PSK_DIR = "/var/lib/moenet-agent/psk"
+
+
+class DesiredError(ValueError):
+    """A valid session this node cannot build (e.g. an IPv4 neighbour but no IPv4 loopback)."""
+
+
+@attrs.frozen(kw_only=True)
+class NodeSettings:
+    """The node-wide inputs of :func:`build_desired`."""
+
+    private_key_file: str
+    link_local: str
+    """Our IPv6 link-local on every peering tunnel (no prefix length)."""
+    keepalive: int = 25
+    """Persistent keepalive in seconds; 0 turns it off."""
+    loopback_ipv4: str | None = None
+    loopback_ipv6: str | None = None
+    latency: int = DEFAULT_LATENCY
+    bandwidth: int = DEFAULT_BANDWIDTH
+    psk_dir: str = DEFAULT_PSK_DIR
+    import_limit: int | None = None
+    export_limit: int | None = None
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, *, psk_dir: str | None = None) -> NodeSettings:
+        """From ``wireguard.*`` and the node loopbacks (``node.loopback*`` first,
+        then ``wireguard.dn42Ipv4/6``)."""
+        wg = config.wireguard
+        v4 = _host(config.node.loopback_ipv4 or wg.dn42_ipv4)
+        v6 = _host(config.node.loopback_ipv6 or wg.dn42_ipv6)
+        ll = _host(wg.dn42_ipv6_link_local) or derive_link_local(v6, config.node.name)
+        return cls(
+            private_key_file=wg.private_key_path,
+            link_local=ll,
+            keepalive=wg.persistent_keepalive_interval,
+            loopback_ipv4=v4,
+            loopback_ipv6=v6,
+            psk_dir=psk_dir or f"{config.state.directory.rstrip('/')}/psk",
+        )
+
+
+def _host(text: str | None) -> str | None:
+    """``a.b.c.d/32`` or a bare address -> the bare canonical address."""
+    if not text:
+        return None
+    return str(ipaddress.ip_interface(text.strip()).ip)
+
+
+def derive_link_local(loopback_ipv6: str | None, node_name: str = "") -> str:
+    """Our link-local when ``wireguard.dn42Ipv6LinkLocal`` is not configured.
+
+    A loopback ``fd..:..:..:<g3>:<g4>::…`` gives ``fe80::998:<g3>:<g4>:1``: the Go
+    agent's rule (``fd00:4242:7777:302:1::1`` -> ``fe80::998:302:1:1``), done on the
+    expanded address, so peers of migrated nodes keep their configured neighbour.
+    Without a loopback the interface identifier is the first 64 bits of
+    sha256(node name): stable, and unlikely to equal a peer's ``fe80::1``.
+    """
+    if loopback_ipv6:
+        groups = ipaddress.IPv6Address(_host(loopback_ipv6)).exploded.split(":")
+        return str(ipaddress.IPv6Address(f"fe80::998:{groups[3]}:{groups[4]}:1"))
+    digest = hashlib.sha256(node_name.encode()).digest()[:8]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + digest))
+
+
+@attrs.frozen(kw_only=True)
+class DesiredSession:
+    """The node-side intent of one session."""
+
+    uuid: str
+    tunnel: TunnelSpec
+    peer: Mapping[str, Any]
+    """The ``declare("sessions", {uuid: peer})`` payload (EbgpPeer fields, camelCase)."""
+    port: int | None
+    """The UDP port to open (None: we only initiate, nothing to open)."""
+    preshared_key: str | None = attrs.field(default=None, repr=False)
+    """Content for ``tunnel.preshared_key_file``; the apply phase writes it (0600)."""
+    psk_digest: str | None = None
+
+
+def build_desired(session: Session, settings: NodeSettings, *, latency: int | None = None) -> DesiredSession:
+    """The tunnel spec, routing fragment and port of ``session``.
+
+    ``latency`` overrides the default tier (the RTT task's measured tier).
+    Raises :class:`DesiredError` when the session needs something the node lacks.
+    """
+    addresses = [TunnelAddress(local=f"{settings.link_local}/64")]
+    if session.ipv4:
+        if not settings.loopback_ipv4:
+            raise DesiredError("the session has an IPv4 neighbour but the node has no IPv4 loopback")
+        addresses.append(TunnelAddress(local=f"{settings.loopback_ipv4}/32", peer=session.ipv4))
+    if session.ipv6:
+        if not settings.loopback_ipv6:
+            raise DesiredError("the session has an IPv6 neighbour but the node has no IPv6 loopback")
+        addresses.append(TunnelAddress(local=f"{settings.loopback_ipv6}/128", peer=session.ipv6))
+    psk_file = f"{settings.psk_dir.rstrip('/')}/{session.interface}.psk" if session.preshared_key else None
+    tunnel = TunnelSpec(
+        name=session.interface,
+        private_key_file=settings.private_key_file,
+        listen_port=session.listen_port,
+        peer_public_key=session.public_key,
+        preshared_key_file=psk_file,
+        endpoint=session.endpoint,
+        allowed_ips=DN42_ALLOWED_IPS,
+        keepalive=settings.keepalive,
+        mtu=session.mtu,
+        addresses=tuple(sorted(addresses, key=lambda a: (a.local, a.peer or ""))),
+    )
+    peer: dict[str, Any] = {
+        "asn": session.asn,
+        "latency": latency if latency is not None else settings.latency,
+        "bandwidth": settings.bandwidth,
+        "name": session.name,
+        "description": session.description,
+        "interface": session.interface,
+        "localLinkLocal": settings.link_local,
+    }
+    if session.ipv6_link_local:
+        peer["neighborLinkLocal"] = session.ipv6_link_local
+    if session.ipv6:
+        peer["neighborIpv6"] = session.ipv6
+        peer["localIpv6"] = settings.loopback_ipv6
+    if session.ipv4:
+        peer["neighborIpv4"] = session.ipv4
+        peer["localIpv4"] = settings.loopback_ipv4
+    if session.extensions is not None:
+        peer["mpBgp"] = "mp-bgp" in session.extensions
+        peer["extendedNexthop"] = "extended-nexthop" in session.extensions
+    if settings.import_limit is not None:
+        peer["importLimit"] = settings.import_limit
+    if settings.export_limit is not None:
+        peer["exportLimit"] = settings.export_limit
+    return DesiredSession(
+        uuid=session.uuid,
+        tunnel=tunnel,
+        peer=peer,
+        port=session.listen_port,
+        preshared_key=session.preshared_key,
+        psk_digest=psk_digest(session.preshared_key),
+    )
+
+
+def psk_digest(key: str | None) -> str | None:
+    """sha256 of a preshared key (what the state remembers instead of the key)."""
+    return hashlib.sha256(key.encode()).hexdigest() if key else None

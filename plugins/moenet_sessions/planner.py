@@ -1,0 +1,532 @@
+"""Diff the desired sessions against the node and the agent's memory: the plan.
+
+Pure: no I/O, no clock. The apply phases (tunnels, firewall, one routing declare
+and reconfigure) and the reporting consume a :class:`Plan`; ``moenet-agent plan``
+prints one. What each CP status means (issue 5):
+
+- ``QUEUED_FOR_SETUP``: configure; report ``ACTIVE`` when the apply succeeds, else
+  ``SETUP_FAILED`` with the error and roll back what was built (``rollback_on_failure``).
+- ``ACTIVE`` / ``ERROR``: verify; repair drift in place; ``ACTIVE`` when healthy,
+  ``ERROR`` with the apply's error when the repair fails.
+- ``QUEUED_FOR_DELETE``: remove everything, then report ``{status: 0, removed: true}``.
+- ``DISABLED`` / ``PENDING_REVIEW`` / ``SETUP_FAILED``: remove anything present;
+  report (its own status, ``removed: true``) only if something was removed.
+- vanished from the answer: removed like a deleted session, no report (the CP no
+  longer knows the uuid).
+- invalid: whatever is configured stays untouched (a bad answer never breaks a
+  working session), ``ERROR`` with the reason is reported once. An invalid session
+  whose status asks for removal is still removed (removal needs no other field).
+
+Only tunnels in ``Observed.tunnels`` (the backend lists only its own) are ever
+removed. Reports are de-duplicated: none when the CP already holds the wanted
+status, and none when the same report was made while the CP showed the same status
+(so a lagging CP is not nagged, but a re-queued session is answered again).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from moenet_core.backends import TunnelSpec, TunnelState
+from moenet_core.models import SessionStatus
+
+from .desired import DesiredError, NodeSettings, build_desired
+from .guard import GuardPolicy, GuardVerdict, evaluate
+from .model import CONFIGURE_STATUSES, Invalid, Session
+from .records import ConfiguredSession, Previous, Report
+
+REMOVE_STATUSES = frozenset(
+    {
+        SessionStatus.DISABLED,
+        SessionStatus.PENDING_REVIEW,
+        SessionStatus.QUEUED_FOR_DELETE,
+        SessionStatus.SETUP_FAILED,
+    }
+)
+
+
+class TunnelAction(enum.StrEnum):
+    NONE = "none"
+    CREATE = "create"
+    UPDATE = "update"
+    """Ensure in place (the backend changes only what differs)."""
+    REMOVE = "remove"
+
+
+class RoutingAction(enum.StrEnum):
+    NONE = "none"
+    """Nothing declared and nothing wanted."""
+    KEEP = "keep"
+    REPLACE = "replace"
+    DROP = "drop"
+
+
+class Kind(enum.StrEnum):
+    CONFIGURE = "configure"
+    REMOVE = "remove"
+    WITHHELD = "withheld"
+    """A removal the guard refused: everything stays as it is."""
+    INVALID = "invalid"
+    """Invalid or not buildable: left as configured, ERROR reported."""
+
+
+@attrs.frozen(kw_only=True)
+class Observed:
+    """The node as the backends report it now.
+
+    ``fragments`` are the ``sessions`` owner's routing fragments the routing backend
+    has *applied* (a fragment it rejected is not applied, so it is re-declared and
+    the session is not reported ACTIVE). ``protocols`` (uuid -> BIRD protocol
+    state, None if unknown) is informative only: it never triggers an action.
+    """
+
+    tunnels: Mapping[str, TunnelState] = attrs.field(factory=dict)
+    ports: frozenset[int] = frozenset()
+    fragments: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    protocols: Mapping[str, str] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SessionPlan:
+    """What to do for one uuid."""
+
+    uuid: str
+    kind: Kind
+    status: SessionStatus | None
+    """The CP status; None when the session vanished from the answer."""
+    interface: str | None
+    tunnel: TunnelAction = TunnelAction.NONE
+    spec: TunnelSpec | None = None
+    """For CREATE/UPDATE: what to ensure."""
+    preshared_key: str | None = attrs.field(default=None, repr=False)
+    """Content of ``spec.preshared_key_file`` (written 0600 before ensuring)."""
+    remove_interfaces: tuple[str, ...] = ()
+    """The agent's tunnels of this session to delete (removal, or a renamed interface)."""
+    routing: RoutingAction = RoutingAction.NONE
+    peer: Mapping[str, Any] | None = None
+    port: int | None = None
+    drift: tuple[str, ...] = ()
+    """Why anything is done, for logs and ``moenet-agent plan``."""
+    report: Report | None = None
+    """Send regardless of the apply (invalid sessions)."""
+    report_on_success: Report | None = None
+    report_on_failure: SessionStatus | None = None
+    """Status to report with the apply's error text (see :meth:`failure_report`)."""
+    rollback_on_failure: bool = False
+    """A failed setup must leave nothing behind: remove its tunnel, port and fragment."""
+    configured: ConfiguredSession | None = None
+    """This session's record once the apply succeeded (None with ``kind=REMOVE``: forget)."""
+    cp_error: str | None = None
+    last_reported: Report | None = None
+    last_seen: SessionStatus | None = None
+
+    @property
+    def changes(self) -> bool:
+        """True when the apply has something to write for this session."""
+        return (
+            self.tunnel is not TunnelAction.NONE
+            or bool(self.remove_interfaces)
+            or self.routing in (RoutingAction.REPLACE, RoutingAction.DROP)
+        )
+
+    def failure_report(self, error: str) -> Report | None:
+        """The report for a failed apply, or None (no failure report, or a repeat)."""
+        if self.report_on_failure is None:
+            return None
+        report = Report(uuid=self.uuid, status=self.report_on_failure, last_error=error[:1024])
+        return (
+            report
+            if report_needed(report, self.status, self.cp_error, self.last_reported, self.last_seen)
+            else None
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """Everything one sync cycle would change."""
+
+    sessions: tuple[SessionPlan, ...]
+    fragments: Mapping[str, Mapping[str, Any]]
+    """The complete ``sessions`` owner fragment set to declare (kept ones included)."""
+    routing_changed: bool
+    ports: frozenset[int]
+    """The complete desired firewall port set."""
+    firewall_changed: bool
+    guard: GuardVerdict
+    seen: Mapping[str, SessionStatus]
+    """The CP status per uuid in this answer (for the next ``Previous``)."""
+    unreportable: tuple[str, ...] = ()
+    """Reasons of invalid sessions without a usable uuid (logged, cannot be reported)."""
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write and nothing to report."""
+        return not (
+            self.routing_changed
+            or self.firewall_changed
+            or any(s.changes or s.report or s.report_on_success for s in self.sessions)
+        )
+
+    def by_uuid(self, uuid: str) -> SessionPlan | None:
+        return next((s for s in self.sessions if s.uuid == uuid), None)
+
+    def immediate_reports(self) -> list[Report]:
+        return [s.report for s in self.sessions if s.report is not None]
+
+
+def report_needed(
+    report: Report,
+    cp_status: SessionStatus | None,
+    cp_error: str | None,
+    last_reported: Report | None,
+    last_seen: SessionStatus | None,
+) -> bool:
+    """False when the CP already holds ``report`` or it was made while the CP showed
+    the same status as now."""
+    if (
+        not report.removed
+        and cp_status == report.status
+        and (report.last_error is None or cp_error == report.last_error)
+    ):
+        return False
+    return not (last_reported == report and last_seen == cp_status)
+
+
+# ------------------------------------------------------------------ the planner
+
+
+def plan(
+    sessions: Iterable[Session],
+    invalid: Iterable[Invalid],
+    observed: Observed,
+    previous: Previous,
+    *,
+    settings: NodeSettings,
+    guard: GuardPolicy | None = None,
+    override: str | None = None,
+    latency: Mapping[str, int] | None = None,
+) -> Plan:
+    """The plan for one CP answer. ``override`` is an operator-allowed guard digest;
+    ``latency`` the measured tier per uuid."""
+    valid = {s.uuid: s for s in sessions}
+    bad = {i.uuid: i for i in invalid if i.uuid is not None}
+    unreportable = tuple(i.reason for i in invalid if i.uuid is None)
+    answer = set(valid) | set(bad)
+    seen: dict[str, SessionStatus] = {u: s.status for u, s in valid.items()}
+    seen.update({u: i.status for u, i in bad.items() if i.status is not None})
+    tunnels = observed.tunnels
+
+    def owned(uuid: str, *names: str | None) -> tuple[str, ...]:
+        rec = previous.configured.get(uuid)
+        cands = {n for n in (*names, rec.interface if rec else None) if n}
+        return tuple(sorted(n for n in cands if n in tunnels))
+
+    def memo(uuid: str) -> dict[str, Any]:
+        return {
+            "last_reported": previous.reported.get(uuid),
+            "last_seen": previous.seen.get(uuid),
+        }
+
+    # 1. removals (requested, vanished, and invalid sessions asking for removal)
+    removals: dict[str, SessionPlan] = {}
+    for uuid, s in valid.items():
+        if s.status in REMOVE_STATUSES:
+            removals[uuid] = _removal(
+                uuid, s.status, s.last_error, owned(uuid, s.interface), observed, memo(uuid)
+            )
+    for uuid, i in bad.items():
+        if i.status in REMOVE_STATUSES:
+            removals[uuid] = _removal(uuid, i.status, i.last_error, owned(uuid), observed, memo(uuid))
+    for uuid in sorted((set(previous.configured) | set(observed.fragments)) - answer):
+        removals[uuid] = _removal(uuid, None, None, owned(uuid), observed, memo(uuid))
+
+    configured_now = set(previous.configured) | set(observed.fragments)
+    really = [u for u, p in removals.items() if p.changes or u in previous.configured]
+    verdict = evaluate(really, configured_now, guard, override=override)
+    if verdict.refused:
+        for uuid in verdict.removals:
+            removals[uuid] = _withheld(removals[uuid], previous, observed)
+    removed_names = {n for p in removals.values() if p.kind is Kind.REMOVE for n in p.remove_interfaces}
+
+    # 2. sessions to configure; invalid ones left as they are
+    items: dict[str, SessionPlan] = dict(removals)
+    for uuid, s in valid.items():
+        if s.status not in CONFIGURE_STATUSES:
+            continue
+        try:
+            d = build_desired(s, settings, latency=(latency or {}).get(uuid))
+        except DesiredError as exc:
+            items[uuid] = _invalid(
+                uuid, s.status, s.last_error, f"sessions[{uuid}]: {exc}", previous, observed
+            )
+            continue
+        rec = previous.configured.get(uuid)
+        name = d.tunnel.name
+        drift: list[str] = []
+        state = tunnels.get(name) if name not in removed_names else None
+        if state is None:
+            action = TunnelAction.CREATE
+            drift.append(f"tunnel {name} missing")
+        else:
+            drift += tunnel_drift(d.tunnel, state)
+            if rec is None:
+                if d.psk_digest:
+                    drift.append("preshared key not known to be applied")
+            else:
+                if rec.tunnel != d.tunnel:
+                    drift.append(
+                        "tunnel parameters changed: " + ", ".join(_spec_changes(rec.tunnel, d.tunnel))
+                    )
+                if rec.psk_digest != d.psk_digest:
+                    drift.append("preshared key changed")
+            action = TunnelAction.UPDATE if drift else TunnelAction.NONE
+        stale = tuple(n for n in owned(uuid) if n != name)
+        if stale:
+            drift.append(f"interface renamed: removing {', '.join(stale)}")
+        fragment = observed.fragments.get(uuid)
+        if fragment is None:
+            routing = RoutingAction.REPLACE
+            drift.append("routing fragment missing")
+        elif dict(fragment) != dict(d.peer):
+            routing = RoutingAction.REPLACE
+            drift.append("routing fragment differs")
+        else:
+            routing = RoutingAction.KEEP
+        if d.port is not None and d.port not in observed.ports:
+            drift.append(f"port {d.port} not open")
+        if (
+            observed.protocols is not None
+            and fragment is not None
+            and routing is RoutingAction.KEEP
+            and uuid not in observed.protocols
+        ):
+            drift.append("no BGP protocol in the routing daemon (informative)")
+        success = Report(uuid=uuid, status=SessionStatus.ACTIVE)
+        m = memo(uuid)
+        setup = s.status is SessionStatus.QUEUED_FOR_SETUP
+        items[uuid] = SessionPlan(
+            uuid=uuid,
+            kind=Kind.CONFIGURE,
+            status=s.status,
+            interface=name,
+            tunnel=action,
+            spec=d.tunnel if action is not TunnelAction.NONE else None,
+            preshared_key=d.preshared_key if action is not TunnelAction.NONE else None,
+            remove_interfaces=stale,
+            routing=routing,
+            peer=d.peer,
+            port=d.port,
+            drift=tuple(drift),
+            report_on_success=success if report_needed(success, s.status, s.last_error, **m) else None,
+            report_on_failure=SessionStatus.SETUP_FAILED if setup else SessionStatus.ERROR,
+            rollback_on_failure=setup and rec is None,
+            configured=ConfiguredSession(
+                interface=name, tunnel=d.tunnel, peer=d.peer, port=d.port, psk_digest=d.psk_digest
+            ),
+            cp_error=s.last_error,
+            **m,
+        )
+    for uuid, i in bad.items():
+        if uuid not in items:
+            items[uuid] = _invalid(uuid, i.status, i.last_error, i.reason, previous, observed)
+
+    # 3. the complete fragment and port sets
+    fragments: dict[str, Mapping[str, Any]] = {}
+    ports: set[int] = set()
+    for uuid, p in items.items():
+        if p.kind is Kind.REMOVE:
+            continue
+        if p.peer is not None:
+            fragments[uuid] = p.peer
+        if p.port is not None:
+            ports.add(p.port)
+    ordered = tuple(items[u] for u in sorted(items))
+    return Plan(
+        sessions=ordered,
+        fragments=fragments,
+        routing_changed={u: dict(f) for u, f in fragments.items()}
+        != {u: dict(f) for u, f in observed.fragments.items()},
+        ports=frozenset(ports),
+        firewall_changed=frozenset(ports) != observed.ports,
+        guard=verdict,
+        seen=seen,
+        unreportable=unreportable,
+    )
+
+
+def _removal(
+    uuid: str,
+    status: SessionStatus | None,
+    cp_error: str | None,
+    names: tuple[str, ...],
+    observed: Observed,
+    memo: dict[str, Any],
+) -> SessionPlan:
+    has_fragment = uuid in observed.fragments
+    drift = [f"removing tunnel {n}" for n in names] + (["dropping routing fragment"] if has_fragment else [])
+    report: Report | None = None
+    if status is SessionStatus.QUEUED_FOR_DELETE:
+        report = Report(uuid=uuid, status=SessionStatus.DISABLED, removed=True)
+    elif status is not None and (names or has_fragment):
+        report = Report(uuid=uuid, status=status, last_error=cp_error, removed=True)
+    if report is not None and not report_needed(report, status, cp_error, **memo):
+        report = None
+    return SessionPlan(
+        uuid=uuid,
+        kind=Kind.REMOVE,
+        status=status,
+        interface=names[0] if names else None,
+        tunnel=TunnelAction.REMOVE if names else TunnelAction.NONE,
+        remove_interfaces=names,
+        routing=RoutingAction.DROP if has_fragment else RoutingAction.NONE,
+        drift=tuple(drift) if status is not None else ("vanished from the CP answer", *drift),
+        report_on_success=report,
+        cp_error=cp_error,
+        **memo,
+    )
+
+
+def _withheld(p: SessionPlan, previous: Previous, observed: Observed) -> SessionPlan:
+    rec = previous.configured.get(p.uuid)
+    return SessionPlan(
+        uuid=p.uuid,
+        kind=Kind.WITHHELD,
+        status=p.status,
+        interface=rec.interface if rec else p.interface,
+        routing=RoutingAction.KEEP if p.uuid in observed.fragments else RoutingAction.NONE,
+        peer=observed.fragments.get(p.uuid) or (rec.peer if rec else None),
+        port=rec.port if rec else None,
+        drift=("removal withheld by the guard",),
+        cp_error=p.cp_error,
+        last_reported=p.last_reported,
+        last_seen=p.last_seen,
+    )
+
+
+def _invalid(
+    uuid: str,
+    status: SessionStatus | None,
+    cp_error: str | None,
+    reason: str,
+    previous: Previous,
+    observed: Observed,
+) -> SessionPlan:
+    rec = previous.configured.get(uuid)
+    report = Report(uuid=uuid, status=SessionStatus.ERROR, last_error=reason[:1024])
+    last = previous.reported.get(uuid)
+    needed = report_needed(report, status, cp_error, last, previous.seen.get(uuid))
+    peer = observed.fragments.get(uuid) or (rec.peer if rec else None)
+    return SessionPlan(
+        uuid=uuid,
+        kind=Kind.INVALID,
+        status=status,
+        interface=rec.interface if rec else None,
+        routing=RoutingAction.KEEP if uuid in observed.fragments else RoutingAction.NONE,
+        peer=peer,
+        port=rec.port if rec else None,
+        drift=(reason,),
+        report=report if needed else None,
+        cp_error=cp_error,
+        last_reported=last,
+        last_seen=previous.seen.get(uuid),
+    )
+
+
+# ------------------------------------------------------------------ tunnel drift
+
+
+def _canon_address(local: str, peer: str | None) -> tuple[str, str | None]:
+    text = local.strip()
+    iface = ipaddress.ip_interface(text)
+    if "/" not in text and isinstance(iface, ipaddress.IPv6Interface):
+        iface = ipaddress.IPv6Interface(f"{iface.ip}/{64 if iface.ip.is_link_local else 128}")
+    return iface.with_prefixlen, str(ipaddress.ip_address(peer.strip())) if peer else None
+
+
+def _canon_networks(nets: Iterable[str]) -> frozenset[str]:
+    return frozenset(str(ipaddress.ip_network(n.strip(), strict=False)) for n in nets)
+
+
+def tunnel_drift(spec: TunnelSpec, state: TunnelState) -> list[str]:
+    """How the system's tunnel differs from ``spec`` in what can be observed.
+
+    The endpoint is not compared: WireGuard roams, and the backend re-resolves
+    names itself; an endpoint change in the *spec* is caught against ``Previous``.
+    Keys in files (private key, PSK) cannot be observed either.
+    """
+    out: list[str] = []
+    if spec.listen_port is not None and state.listen_port != spec.listen_port:
+        out.append(f"listen port is {state.listen_port}, want {spec.listen_port}")
+    if state.peer_public_key != spec.peer_public_key:
+        out.append("peer public key differs")
+    try:
+        if _canon_networks(state.allowed_ips) != _canon_networks(spec.allowed_ips):
+            out.append("allowed IPs differ")
+        have = {_canon_address(a.local, a.peer) for a in state.addresses}
+        want = {_canon_address(a.local, a.peer) for a in spec.addresses}
+    except ValueError as exc:
+        out.append(f"unreadable address on the tunnel: {exc}")
+    else:
+        if have != want:
+            out.append("addresses differ")
+    if (spec.keepalive or None) != (state.keepalive or None):
+        out.append(f"keepalive is {state.keepalive}, want {spec.keepalive}")
+    if state.mtu != spec.mtu:
+        out.append(f"mtu is {state.mtu}, want {spec.mtu}")
+    if not state.up:
+        out.append("interface is down")
+    return out
+
+
+def _spec_changes(old: TunnelSpec, new: TunnelSpec) -> list[str]:
+    return [f.name for f in attrs.fields(TunnelSpec) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+# ------------------------------------------------------------------ memory
+
+
+def with_intent(previous: Previous, plan_: Plan) -> Previous:
+    """``previous`` plus the records of every session about to be configured:
+    persist this *before* applying, so a crash mid-apply leaves the agent knowing
+    what it may have created (removed later if the session vanishes)."""
+    configured = dict(previous.configured)
+    for p in plan_.sessions:
+        if p.kind is Kind.CONFIGURE and p.configured is not None and p.changes and p.uuid not in configured:
+            configured[p.uuid] = p.configured
+    return attrs.evolve(previous, configured=configured)
+
+
+def next_previous(
+    previous: Previous,
+    plan_: Plan,
+    *,
+    failed: Collection[str] = (),
+    sent: Iterable[Report] = (),
+) -> Previous:
+    """The memory after applying ``plan_``: ``failed`` uuids whose apply failed,
+    ``sent`` the reports queued in the outbox this cycle."""
+    configured = dict(previous.configured)
+    for p in plan_.sessions:
+        if p.uuid in failed:
+            if p.rollback_on_failure:
+                configured.pop(p.uuid, None)
+            continue
+        if p.kind is Kind.CONFIGURE and p.configured is not None:
+            configured[p.uuid] = p.configured
+        elif p.kind is Kind.REMOVE:
+            configured.pop(p.uuid, None)
+    reported = dict(previous.reported)
+    for r in sent:
+        reported[r.uuid] = r
+    keep = set(plan_.seen) | set(configured)
+    seen = {u: s for u, s in {**previous.seen, **plan_.seen}.items() if u in keep}
+    return Previous(
+        configured=configured,
+        reported={u: r for u, r in reported.items() if u in keep},
+        seen=seen,
+    )

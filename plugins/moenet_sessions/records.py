@@ -1,0 +1,192 @@
+"""What the reconciler remembers between cycles, and its JSON form.
+
+``Previous`` is the planner's memory: what the agent configured per session (so
+vanished sessions can be removed and unobservable changes such as a new
+preshared key detected, even after a restart), what it last reported, and the
+CP status it last saw (so a report is not repeated while the CP has not moved).
+The JSON codecs are strict: a record that does not decode is an error, never a
+silently empty memory (empty memory would look like "nothing configured").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from moenet_core.backends import TunnelAddress, TunnelSpec
+from moenet_core.errors import MoenetError
+from moenet_core.models import SessionStatus
+
+
+class RecordError(MoenetError):
+    """A persisted record does not decode."""
+
+
+@attrs.frozen(kw_only=True)
+class Report:
+    """One ``POST /modify`` body: ``{uuid, status, lastError?, removed?}``."""
+
+    uuid: str
+    status: SessionStatus
+    last_error: str | None = None
+    removed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"uuid": self.uuid, "status": int(self.status)}
+        if self.last_error:
+            out["lastError"] = self.last_error
+        if self.removed:
+            out["removed"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "report") -> Report:
+        if not isinstance(data, Mapping):
+            raise RecordError(f"{where}: must be an object")
+        try:
+            uuid, status = data["uuid"], data["status"]
+            last_error, removed = data.get("lastError"), data.get("removed", False)
+            if not isinstance(uuid, str) or not isinstance(removed, bool):
+                raise TypeError("uuid must be a string, removed a boolean")
+            if last_error is not None and not isinstance(last_error, str):
+                raise TypeError("lastError must be a string")
+            if isinstance(status, bool) or not isinstance(status, int):
+                raise TypeError("status must be an integer")
+            return cls(uuid=uuid, status=SessionStatus(status), last_error=last_error, removed=removed)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError(f"{where}: {exc}") from None
+
+
+@attrs.frozen(kw_only=True)
+class ConfiguredSession:
+    """What the agent put on the node for one session (the last successful apply,
+    or the intent written ahead of an apply so a crash leaves no unknown orphan)."""
+
+    interface: str
+    tunnel: TunnelSpec
+    peer: Mapping[str, Any]
+    port: int | None
+    psk_digest: str | None = None
+    """sha256 of the preshared key: a changed key is detected without storing it twice."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "interface": self.interface,
+            "tunnel": spec_to_json(self.tunnel),
+            "peer": dict(self.peer),
+            "port": self.port,
+            "pskDigest": self.psk_digest,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> ConfiguredSession:
+        if not isinstance(data, Mapping):
+            raise RecordError(f"{where}: must be an object")
+        try:
+            peer = data["peer"]
+            if not isinstance(peer, Mapping):
+                raise TypeError("peer must be an object")
+            port = data.get("port")
+            if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+                raise TypeError("port must be an integer or null")
+            return cls(
+                interface=_str(data["interface"], "interface"),
+                tunnel=spec_from_json(data["tunnel"]),
+                peer=dict(peer),
+                port=port,
+                psk_digest=data.get("pskDigest"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError(f"{where}: {exc}") from None
+
+
+@attrs.frozen(kw_only=True)
+class Previous:
+    """The persisted memory the planner diffs against (empty on a first start)."""
+
+    configured: Mapping[str, ConfiguredSession] = attrs.field(factory=dict)
+    reported: Mapping[str, Report] = attrs.field(factory=dict)
+    """The last report queued per uuid (delivered or still in the outbox)."""
+    seen: Mapping[str, SessionStatus] = attrs.field(factory=dict)
+    """The CP status per uuid when that report was made."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "configured": {u: c.to_json() for u, c in sorted(self.configured.items())},
+            "reported": {u: r.to_json() for u, r in sorted(self.reported.items())},
+            "seen": {u: int(s) for u, s in sorted(self.seen.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "sessions state") -> Previous:
+        if not isinstance(data, Mapping) or data.get("version") != 1:
+            raise RecordError(f"{where}: not a version-1 sessions state object")
+        sections = {k: data.get(k, {}) for k in ("configured", "reported", "seen")}
+        for key, value in sections.items():
+            if not isinstance(value, Mapping):
+                raise RecordError(f"{where}.{key}: must be an object")
+        seen: dict[str, SessionStatus] = {}
+        for u, s in sections["seen"].items():
+            if isinstance(s, bool) or not isinstance(s, int) or s not in SessionStatus._value2member_map_:
+                raise RecordError(f"{where}.seen.{u}: not a status code")
+            seen[u] = SessionStatus(s)
+        return cls(
+            configured={
+                u: ConfiguredSession.from_json(c, f"{where}.configured.{u}")
+                for u, c in sections["configured"].items()
+            },
+            reported={
+                u: Report.from_json(r, f"{where}.reported.{u}") for u, r in sections["reported"].items()
+            },
+            seen=seen,
+        )
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{what} must be a string")
+    return v
+
+
+def spec_to_json(spec: TunnelSpec) -> dict[str, Any]:
+    """A ``TunnelSpec`` as JSON (keys stay in their files; only paths are stored)."""
+    return {
+        "name": spec.name,
+        "privateKeyFile": spec.private_key_file,
+        "listenPort": spec.listen_port,
+        "peerPublicKey": spec.peer_public_key,
+        "presharedKeyFile": spec.preshared_key_file,
+        "endpoint": spec.endpoint,
+        "allowedIps": list(spec.allowed_ips),
+        "keepalive": spec.keepalive,
+        "mtu": spec.mtu,
+        "addresses": [{"local": a.local, "peer": a.peer} for a in spec.addresses],
+    }
+
+
+def spec_from_json(data: Any) -> TunnelSpec:
+    """Inverse of :func:`spec_to_json`; raises TypeError/KeyError on a malformed record."""
+    if not isinstance(data, Mapping):
+        raise TypeError("tunnel must be an object")
+    addresses = data["addresses"]
+    allowed = data["allowedIps"]
+    if not isinstance(addresses, list) or not isinstance(allowed, list):
+        raise TypeError("tunnel.addresses and tunnel.allowedIps must be lists")
+    return TunnelSpec(
+        name=_str(data["name"], "tunnel.name"),
+        private_key_file=_str(data["privateKeyFile"], "tunnel.privateKeyFile"),
+        listen_port=data["listenPort"],
+        peer_public_key=_str(data["peerPublicKey"], "tunnel.peerPublicKey"),
+        preshared_key_file=data.get("presharedKeyFile"),
+        endpoint=data.get("endpoint"),
+        allowed_ips=tuple(_str(a, "tunnel.allowedIps[]") for a in allowed),
+        keepalive=data.get("keepalive"),
+        mtu=data["mtu"],
+        addresses=tuple(
+            TunnelAddress(local=_str(a["local"], "tunnel.addresses[].local"), peer=a.get("peer"))
+            for a in addresses
+        ),
+    )

@@ -1,0 +1,111 @@
+"""Desired state of one session (moenet_sessions.desired)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from moenet_sessions.desired import DesiredError, NodeSettings, build_desired, derive_link_local
+from moenet_sessions.model import Session, parse_sessions
+
+from moenet_core.backends import TunnelAddress
+from moenet_core.config import AgentConfig, NodeConfig, WireguardConfig
+
+KEY = base64.b64encode(b"\x01" * 32).decode()
+PSK = base64.b64encode(b"\x02" * 32).decode()
+SETTINGS = NodeSettings(
+    private_key_file="/etc/wireguard/private.key",
+    link_local="fe80::998:302:1:1",
+    loopback_ipv4="172.20.0.1",
+    loopback_ipv6="fd00:4242:7777:302:1::1",
+    psk_dir="/var/lib/moenet-agent/psk",
+)
+
+
+def session(**over: Any) -> Session:
+    item: dict[str, Any] = {
+        "uuid": "00000000-0000-4000-8000-000000000001",
+        "asn": 4242420001,
+        "status": 4,
+        "interface": "wg1",
+        "endpoint": "198.51.100.1:51820",
+        "credential": KEY,
+        "ipv6LinkLocal": "fe80::1",
+        "port": 20001,
+    }
+    item.update(over)
+    ok, bad = parse_sessions([item])
+    assert not bad, bad
+    return ok[0]
+
+
+def test_deterministic() -> None:
+    a = build_desired(session(ipv4="172.20.9.9", ipv6="fd00::9"), SETTINGS)
+    b = build_desired(session(ipv6="fd00::9", ipv4="172.20.9.9/32"), SETTINGS)
+    assert a == b and a.peer == b.peer
+
+
+def test_link_local_only() -> None:
+    d = build_desired(session(), SETTINGS)
+    assert d.tunnel.addresses == (TunnelAddress(local="fe80::998:302:1:1/64"),)
+    assert d.tunnel.keepalive == 25 and d.tunnel.mtu == 1420 and d.tunnel.listen_port == 20001
+    assert d.port == 20001 and d.tunnel.preshared_key_file is None and d.preshared_key is None
+    assert d.peer == {
+        "asn": 4242420001,
+        "latency": 5,
+        "bandwidth": 24,
+        "name": "",
+        "description": "",
+        "interface": "wg1",
+        "localLinkLocal": "fe80::998:302:1:1",
+        "neighborLinkLocal": "fe80::1",
+    }
+
+
+def test_ipv4_and_ula() -> None:
+    d = build_desired(session(ipv4="172.20.9.9", ipv6="fd00:9::9", extensions=["mp-bgp"]), SETTINGS)
+    assert set(d.tunnel.addresses) == {
+        TunnelAddress(local="fe80::998:302:1:1/64"),
+        TunnelAddress(local="172.20.0.1/32", peer="172.20.9.9"),
+        TunnelAddress(local="fd00:4242:7777:302:1::1/128", peer="fd00:9::9"),
+    }
+    assert d.peer["neighborIpv4"] == "172.20.9.9" and d.peer["localIpv4"] == "172.20.0.1"
+    assert d.peer["neighborIpv6"] == "fd00:9::9" and d.peer["localIpv6"] == "fd00:4242:7777:302:1::1"
+    assert d.peer["mpBgp"] is True and d.peer["extendedNexthop"] is False
+
+
+def test_missing_loopback_is_an_error() -> None:
+    with pytest.raises(DesiredError, match="IPv4"):
+        build_desired(session(ipv4="172.20.9.9"), NodeSettings(private_key_file="k", link_local="fe80::1"))
+
+
+def test_psk() -> None:
+    d = build_desired(session(credential={"public_key": KEY, "preshared_key": PSK}), SETTINGS)
+    assert d.tunnel.preshared_key_file == "/var/lib/moenet-agent/psk/wg1.psk"
+    assert d.preshared_key == PSK and d.psk_digest and PSK not in repr(d)
+    other = build_desired(session(credential={"public_key": KEY, "preshared_key": KEY}), SETTINGS)
+    assert other.tunnel == d.tunnel and other.psk_digest != d.psk_digest  # detected via the digest
+
+
+def test_latency_override() -> None:
+    assert build_desired(session(), SETTINGS, latency=2).peer["latency"] == 2
+
+
+def test_derive_link_local() -> None:
+    assert derive_link_local("fd00:4242:7777:302:1::1") == "fe80::998:302:1:1"
+    assert derive_link_local("fd00:4242:7777::1/128") == "fe80::998:0:0:1"
+    a, b = derive_link_local(None, "node-a"), derive_link_local(None, "node-b")
+    assert a.startswith("fe80::") and a != b and a == derive_link_local(None, "node-a")
+
+
+def test_from_config() -> None:
+    cfg = AgentConfig(
+        node=NodeConfig(name="n1", loopback_ipv4="172.20.0.1/32", loopback_ipv6="fd00:4242:7777:302:1::1"),
+        wireguard=WireguardConfig(private_key_path="/k", persistent_keepalive_interval=15),
+    )
+    s = NodeSettings.from_config(cfg)
+    assert (s.private_key_file, s.keepalive, s.loopback_ipv4) == ("/k", 15, "172.20.0.1")
+    assert s.link_local == "fe80::998:302:1:1"
+    cfg2 = AgentConfig(wireguard=WireguardConfig(dn42_ipv6_link_local="fe80::42"))
+    assert NodeSettings.from_config(cfg2).link_local == "fe80::42"

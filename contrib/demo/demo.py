@@ -73,6 +73,7 @@ async def run_demo(once: bool, ns_name: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with FakeControlPlane(token=TOKEN) as cp:
         cp.set("config", DEFAULT_NODE_CONFIG)
+        cp.set("sessions", {"bgpSessions": []})  # no peerings yet: the two-node lab comes with issue 5
         config = work / "config.json"
         config.write_text(
             json.dumps(

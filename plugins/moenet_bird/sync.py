@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moenet_core.backends import RoutingBackend
-from moenet_core.errors import ControlPlaneError, MoenetError
+from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
 
 from .backend import BirdRoutingBackend
 from .names import BirdConfigError
@@ -55,8 +55,10 @@ class BirdConfigSync:
         keeping = f"keeping the last good policy (hash {backend.config_hash or 'none'})"
         try:
             data = await self.ctx.cp.fetch(RESOURCE)
-        except ControlPlaneError as exc:
+        except ControlPlaneUnavailable as exc:
             raise BirdSyncError(f"control plane unreachable for {RESOURCE}: {exc}; {keeping}") from exc
+        except ControlPlaneError as exc:
+            raise BirdSyncError(f"control plane refused {RESOURCE}: {exc}; {keeping}") from exc
         try:
             policy, warnings = parse_bird_config(data)
         except BirdConfigError as exc:

@@ -1,7 +1,12 @@
 """eBGP sessions from the control plane: the pure half of the ``sessionSync`` reconciler.
 
-What exists (no hookimpls yet; the task, the apply phases and the CLI ``plan``
-command come later and call these modules):
+Hooks: the ``sessionSync`` task (:mod:`.task`), the optional ``sessions`` config
+section (:mod:`.config`: guard limits, operator override, PSK directory), the
+``GET /plugins/sessions/plan`` API route and the ``moenet-agent plan`` command
+(:mod:`.cli`), which asks the running agent for that route: a plan needs the
+live backends (tunnel list, firewall set), which only the agent has built.
+
+The pure modules the task calls:
 
 - :mod:`.model`: ``parse_sessions`` validates the CP answer into ``Session`` or
   ``Invalid`` per element, never letting one bad session break the others.
@@ -17,3 +22,67 @@ command come later and call these modules):
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from moenet_core import ConfigSection, TaskSpec, hookimpl
+from moenet_core.descriptors import RouteSpec
+
+from .config import SessionsConfig
+from .task import TASK_NAME, SessionSync, SessionSyncError
+
+if TYPE_CHECKING:
+    from moenet_core.cli import CommandRegistrar
+    from moenet_core.config import AgentConfig
+
+__all__ = ["SECTION", "TASK_NAME", "SessionSync", "SessionSyncError", "SessionsConfig"]
+
+SECTION = "sessions"
+
+
+@hookimpl
+def moenet_config_sections() -> list[ConfigSection]:
+    return [
+        ConfigSection(
+            name=SECTION,
+            type=SessionsConfig,
+            description="eBGP sessions: mass-removal guard, operator override, preshared-key directory",
+        )
+    ]
+
+
+@hookimpl
+def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            name=TASK_NAME,
+            factory=SessionSync,
+            interval=config.control_plane.sync_interval,
+            initial_delay=0.0,
+            timeout=120.0,
+            requires=("tunnel", "firewall", "routing"),
+            on_sync=True,
+            description="Make the node's eBGP sessions (tunnel, port, BIRD peer) match the control plane",
+        )
+    ]
+
+
+@hookimpl
+def moenet_api_routes(config: AgentConfig) -> list[RouteSpec]:
+    from .cli import plan_route
+
+    return [
+        RouteSpec(
+            method="GET",
+            path="/plan",
+            handler=plan_route,
+            description="what a sessionSync would change now (changes nothing)",
+        )
+    ]
+
+
+@hookimpl
+def moenet_cli_commands(register: CommandRegistrar) -> None:
+    from .cli import add_plan_command
+
+    add_plan_command(register)

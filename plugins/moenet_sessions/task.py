@@ -1,0 +1,561 @@
+"""The ``sessionSync`` task: make the node's eBGP sessions match the control plane.
+
+One cycle (DESIGN.md §4, issue 5):
+
+1. **Fetch** ``sessions``. An unreachable CP is not "no sessions": the persisted
+   last valid answer is served instead (the node keeps running, drift is still
+   repaired). An answer that is wrong as a whole (a CP error reply, a body that
+   is not a session list) is refused: the last valid one is served and the run
+   ends with a :class:`SessionSyncError` so ``/status`` shows why.
+2. **Parse** (``model.parse_sessions``) and persist the answer when it changed.
+3. **Observe**: the tunnel backend's list, the firewall's open ports, and the
+   ``sessions`` fragments the routing backend has *applied*. The routing
+   interface has no read-back of applied fragments, so the task persists what it
+   declared and the backend accepted (``applied.json``: declared minus
+   ``ApplyResult.rejected``, updated only when the apply succeeded). That is the
+   truth the planner diffs against; a fragment the backend rejected is therefore
+   re-declared and never counted as live.
+4. **Plan** (``planner.plan``) with the guard policy of the ``sessions`` section,
+   then persist the intent (``with_intent``) *before* touching anything, so a
+   crash mid-apply leaves the agent knowing what it may have created.
+5. **Apply in phases**: removals first (they free names and ports a successor may
+   want), tunnel creates/updates (PSK files written 0600 first), one firewall
+   sync with the full port set, then ONE ``declare("sessions", all fragments)``.
+   A failed ``QUEUED_FOR_SETUP`` session is rolled back (tunnel removed, its port
+   and fragment left out, re-declared without it) so nothing half-built stays.
+6. **Report**: per session the success or failure report (deduplicated by the
+   planner), ``SessionStatusEvent`` for every status change, reports queued in
+   the persisted :class:`~.store.Outbox` and then delivered (acked on success,
+   kept on failure: a CP outage never loses a report).
+
+Nothing is written for an unchanged session: no file, no tunnel call, no
+firewall transaction, no declare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moenet_core import hookimpl
+from moenet_core.backends import (
+    ApplyResult,
+    FirewallBackend,
+    RoutingBackend,
+    TunnelBackend,
+)
+from moenet_core.descriptors import SessionStatusEvent
+from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
+from moenet_core.models import SessionStatus
+from moenet_core.state import atomic_write
+
+from .config import SessionsConfig
+from .desired import NodeSettings
+from .guard import GuardPolicy, GuardVerdict
+from .model import Invalid, Session, SessionsPayloadError, parse_sessions
+from .planner import Kind, Observed, Plan, SessionPlan, TunnelAction, next_previous, plan, with_intent
+from .records import Previous, Report
+from .store import Outbox, SessionStore
+
+if TYPE_CHECKING:
+    from moenet_core.context import PluginContext
+
+__all__ = ["APPLIED_FILE", "RESOURCE", "TASK_NAME", "SessionSync", "SessionSyncError"]
+
+TASK_NAME = "sessionSync"
+RESOURCE = "sessions"
+OWNER = "sessions"
+APPLIED_FILE = "applied.json"
+
+#: Live task instances (weakly), for the ``/plugins/sessions/plan`` route: a route
+#: handler gets only the request, and the plugin is a module shared by every agent
+#: in the process; the newest live instance is the running agent's.
+_LIVE: list[weakref.ref[SessionSync]] = []
+
+
+def live_task() -> SessionSync | None:
+    """The most recently built task still alive, or None."""
+    for ref in reversed(_LIVE):
+        task = ref()
+        if task is not None:
+            return task
+    return None
+
+
+class SessionSyncError(MoenetError):
+    """A sync cycle could not do its job (the reason says what was kept)."""
+
+
+class _Answer:
+    """The answer a cycle works on and where it came from."""
+
+    def __init__(self, raw: Any, source: str, problem: str | None = None, fatal: bool = False) -> None:
+        self.raw = raw
+        self.source = source
+        self.problem = problem
+        self.fatal = fatal
+
+
+class SessionSync:
+    """The reconciler (see the module doc)."""
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        self._store: SessionStore | None = None
+        self._outbox: Outbox | None = None
+        self._statuses: dict[str, SessionStatus] | None = None
+        self.guard: GuardVerdict | None = None
+        self._logged_refusal: str | None = None
+        self.last: dict[str, Any] | None = None
+        ctx.register_hooks(self)
+        _LIVE[:] = [r for r in _LIVE if r() is not None]
+        _LIVE.append(weakref.ref(self))
+
+    # ----------------------------------------------------------- plumbing
+
+    @property
+    def section(self) -> SessionsConfig:
+        section = self.ctx.section
+        return section if isinstance(section, SessionsConfig) else SessionsConfig()
+
+    @property
+    def store(self) -> SessionStore:
+        # Loaded lazily: an unreadable state file fails the run (visible in /status)
+        # instead of the task's construction.
+        if self._store is None:
+            self._store = SessionStore(self.ctx.state)
+        return self._store
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox(self.ctx.state)
+        return self._outbox
+
+    def settings(self) -> NodeSettings:
+        return NodeSettings.from_config(self.ctx.config, psk_dir=self.section.psk_dir or None)
+
+    def policy(self) -> GuardPolicy:
+        return GuardPolicy(max_share=self.section.guard_max_share, min_count=self.section.guard_min_count)
+
+    def load_applied(self, previous: Previous) -> dict[str, Mapping[str, Any]]:
+        """The fragments the routing backend accepted last (see the module doc).
+
+        Without the file (first run after an upgrade), the configured records'
+        fragments stand in: they were recorded only after a successful apply.
+        """
+        raw = self.ctx.state.read_json(APPLIED_FILE)
+        if raw is None:
+            return {u: rec.peer for u, rec in previous.configured.items()}
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("fragments"), Mapping):
+            raise SessionSyncError(f"{self.ctx.state.path(APPLIED_FILE)}: not a saved fragment set")
+        return {str(k): dict(v) for k, v in raw["fragments"].items() if isinstance(v, Mapping)}
+
+    def save_applied(self, fragments: Mapping[str, Mapping[str, Any]]) -> None:
+        doc = {"version": 1, "fragments": {k: dict(v) for k, v in sorted(fragments.items())}}
+        if self.ctx.state.read_json(APPLIED_FILE) != doc:
+            self.ctx.state.write_json(APPLIED_FILE, doc)
+
+    async def fetch_answer(self, *, persist: bool) -> _Answer:
+        """The CP's answer, or the saved one when the CP cannot give a usable one."""
+        problem: str
+        fatal = False
+        try:
+            raw = await self.ctx.cp.fetch(RESOURCE)
+        except ControlPlaneUnavailable as exc:
+            problem = f"control plane unreachable for {RESOURCE}: {exc}"
+        except ControlPlaneError as exc:
+            problem, fatal = f"control plane refused {RESOURCE}: {exc}", True
+        else:
+            try:
+                parse_sessions(raw)
+            except SessionsPayloadError as exc:
+                problem, fatal = f"invalid {RESOURCE} answer from the control plane: {exc}", True
+            else:
+                if persist:
+                    self.store.save_answer(raw)
+                return _Answer(raw, "controlPlane")
+        saved = self.store.load_answer()
+        if saved is None:
+            raise SessionSyncError(f"{problem}; no saved answer to serve, nothing changed")
+        return _Answer(saved, "saved", f"{problem}; serving the last valid answer", fatal)
+
+    async def observe(self, tunnel: TunnelBackend, firewall: FirewallBackend, previous: Previous) -> Observed:
+        return Observed(
+            tunnels=dict(await tunnel.list()),
+            ports=frozenset(await firewall.list_ports()),
+            fragments=self.load_applied(previous),
+        )
+
+    def make_plan(
+        self, sessions: list[Session], invalid: list[Invalid], observed: Observed, previous: Previous
+    ) -> Plan:
+        return plan(
+            sessions,
+            invalid,
+            observed,
+            previous,
+            settings=self.settings(),
+            guard=self.policy(),
+            override=self.section.allow_removal or None,
+        )
+
+    # ------------------------------------------------------------ the cycle
+
+    async def run_once(self) -> dict[str, Any]:
+        started = time.monotonic()
+        tunnel = self.ctx.backend("tunnel", TunnelBackend)
+        firewall = self.ctx.backend("firewall", FirewallBackend)
+        routing = self.ctx.backend("routing", RoutingBackend)
+        try:
+            answer = await self.fetch_answer(persist=True)
+        except SessionSyncError:
+            await self.deliver()  # queued reports still go out when the CP is back
+            raise
+        sessions, invalid = parse_sessions(answer.raw)
+        for i in invalid:
+            if i.uuid is None:
+                self.ctx.log.warning("sessions: unreportable invalid session: {}", i.reason)
+        previous = self.store.load_previous()
+        if self._statuses is None:
+            self._statuses = {u: r.status for u, r in previous.reported.items() if not r.removed}
+        observed = await self.observe(tunnel, firewall, previous)
+        p = self.make_plan(sessions, invalid, observed, previous)
+        self._note_guard(p.guard)
+        intent = with_intent(previous, p)
+        self.store.save_previous(intent)
+
+        failed, applied, counts = await self.apply(p, observed, tunnel, firewall, routing)
+
+        reports = self.outcome(p, failed, {s.uuid: s for s in sessions})
+        for r in reports:
+            self.outbox.put(r)
+        self.store.save_previous(next_previous(intent, p, failed=failed, sent=reports))
+        self.save_applied(applied)
+        delivered = await self.deliver()
+        summary = {
+            "answer": answer.source,
+            "sessions": len(sessions) + len(invalid),
+            "changed": {u: list(s.drift) for u, s in ((s.uuid, s) for s in p.sessions) if s.changes},
+            "failed": dict(failed),
+            "reports": len(reports),
+            "delivered": delivered,
+            "outbox": len(self.outbox),
+            "guard": p.guard.status_info() if p.guard.refused or p.guard.overridden else None,
+            **counts,
+            "seconds": round(time.monotonic() - started, 4),
+        }
+        self.last = {**summary, "problem": answer.problem}
+        if answer.problem is not None:
+            if answer.fatal:
+                raise SessionSyncError(answer.problem)
+            self.ctx.log.warning("{}", answer.problem)
+            summary["problem"] = answer.problem
+        return summary
+
+    def _note_guard(self, verdict: GuardVerdict) -> None:
+        self.guard = verdict
+        if verdict.refused:
+            if self._logged_refusal != verdict.digest:
+                self._logged_refusal = verdict.digest
+                self.ctx.log.error(
+                    "sessions guard: {} (allow with sessions.allowRemoval: {})",
+                    verdict.reason,
+                    verdict.digest,
+                )
+        else:
+            self._logged_refusal = None
+
+    # -------------------------------------------------------------- applying
+
+    async def apply(
+        self,
+        p: Plan,
+        observed: Observed,
+        tunnel: TunnelBackend,
+        firewall: FirewallBackend,
+        routing: RoutingBackend,
+    ) -> tuple[dict[str, str], dict[str, Mapping[str, Any]], dict[str, int]]:
+        """Apply ``p``; returns (failed uuid -> error, the applied fragment set, counters)."""
+        failed: dict[str, str] = {}
+        counts = {"tunnelWrites": 0, "firewallSyncs": 0, "declares": 0}
+        plans = {s.uuid: s for s in p.sessions}
+
+        # 1. removals (a removed tunnel frees its name and port for a successor)
+        for s in p.sessions:
+            for name in s.remove_interfaces:
+                try:
+                    await tunnel.remove(name)
+                    counts["tunnelWrites"] += 1
+                    self._drop_psk(name)
+                except Exception as exc:
+                    failed[s.uuid] = f"removing tunnel {name}: {exc}"
+                    self.ctx.log.error("session {}: removing tunnel {} failed: {}", s.uuid, name, exc)
+
+        # 2. tunnel creates and updates
+        for s in p.sessions:
+            if (
+                s.uuid in failed
+                or s.spec is None
+                or s.tunnel not in (TunnelAction.CREATE, TunnelAction.UPDATE)
+            ):
+                continue
+            try:
+                if s.spec.preshared_key_file and s.preshared_key:
+                    path = Path(s.spec.preshared_key_file)
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    atomic_write(path, (s.preshared_key + "\n").encode("ascii"), mode=0o600)
+                await tunnel.ensure(s.spec)
+                counts["tunnelWrites"] += 1
+            except Exception as exc:
+                failed[s.uuid] = f"tunnel {s.spec.name}: {exc}"
+                self.ctx.log.error("session {}: tunnel {} failed: {}", s.uuid, s.spec.name, exc)
+
+        def rolled_back() -> set[str]:
+            return {u for u in failed if plans[u].rollback_on_failure}
+
+        # 3. the firewall, with the full port set (rolled-back sessions' ports closed)
+        async def sync_ports(have: frozenset[int]) -> frozenset[int]:
+            drop = {plans[u].port for u in rolled_back()} - {
+                s.port for s in p.sessions if s.uuid not in rolled_back() and s.kind is not Kind.REMOVE
+            }
+            ports = frozenset(q for q in p.ports if q not in drop)
+            if ports == have:
+                return have
+            try:
+                await firewall.sync(ports)
+                counts["firewallSyncs"] += 1
+                return ports
+            except Exception as exc:
+                for s in p.sessions:
+                    if s.kind is Kind.CONFIGURE and s.port is not None and s.port not in have:
+                        failed.setdefault(s.uuid, f"firewall: {exc}")
+                self.ctx.log.error("firewall sync failed: {}", exc)
+                return have
+
+        open_ports = await sync_ports(observed.ports)
+
+        # 4. ONE declare of every fragment (only when the set differs from the applied one)
+        applied: dict[str, Mapping[str, Any]] = dict(observed.fragments)
+        declared: Any = _plain(applied)
+
+        async def declare() -> ApplyResult | None:
+            nonlocal applied, declared
+            fragments = {u: f for u, f in p.fragments.items() if u not in rolled_back()}
+            if _plain(fragments) == declared:
+                return None
+            declared = _plain(fragments)
+            result = await routing.declare(OWNER, fragments)
+            counts["declares"] += 1
+            if result.ok:
+                applied = {u: f for u, f in fragments.items() if u not in result.rejected}
+            return result
+
+        result = await declare()
+        if result is not None:
+            routing_failed = self._fail_routing(p, result, observed, failed)
+            failed.update(routing_failed)
+            if rolled_back() & set(p.fragments):
+                # A failed setup leaves nothing behind: the backend must not keep its
+                # fragment either (an apply without it renders what is live: no reconfigure).
+                again = await declare()
+                if again is not None:
+                    for u in routing_failed:
+                        if not plans[u].rollback_on_failure:
+                            del failed[u]
+                    failed.update(self._fail_routing(p, again, observed, failed))
+
+        # 5. roll back what a failed setup created
+        for u in sorted(rolled_back()):
+            iface = plans[u].interface
+            if iface and plans[u].tunnel in (TunnelAction.CREATE, TunnelAction.UPDATE):
+                try:
+                    if await tunnel.remove(iface):
+                        counts["tunnelWrites"] += 1
+                    self._drop_psk(iface)
+                except Exception as exc:
+                    self.ctx.log.error("session {}: rolling back tunnel {} failed: {}", u, iface, exc)
+        if rolled_back():
+            await sync_ports(open_ports)
+        return failed, applied, counts
+
+    @staticmethod
+    def _fail_routing(
+        p: Plan, result: ApplyResult, observed: Observed, failed: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Sessions whose routing did not go live: rejected, or changed in a failed apply."""
+        out: dict[str, str] = {}
+        for s in p.sessions:
+            if s.uuid in failed:
+                continue
+            if s.uuid in result.rejected:
+                out[s.uuid] = f"routing: {result.rejected[s.uuid]}"
+            elif not result.ok:
+                live = observed.fragments.get(s.uuid)
+                wanted = p.fragments.get(s.uuid)
+                if (s.kind is Kind.CONFIGURE and _plain(live) != _plain(wanted)) or (
+                    s.kind is Kind.REMOVE and live is not None
+                ):
+                    out[s.uuid] = f"routing: {result.error or 'apply failed'}"
+        return out
+
+    def _drop_psk(self, name: str) -> None:
+        path = Path(self.settings().psk_dir) / f"{name}.psk"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    # ------------------------------------------------------------- reporting
+
+    def outcome(self, p: Plan, failed: Mapping[str, str], valid: Mapping[str, Session]) -> list[Report]:
+        """The reports of this cycle, and a status event for every change."""
+        assert self._statuses is not None
+        reports: list[Report] = []
+        for s in p.sessions:
+            report: Report | None
+            new: SessionStatus | None
+            error: str | None = None
+            if s.kind is Kind.WITHHELD:
+                continue
+            if s.kind is Kind.INVALID:
+                report, new, error = s.report, SessionStatus.ERROR, s.drift[0] if s.drift else None
+            elif s.uuid in failed:
+                error = failed[s.uuid]
+                report = s.failure_report(error) if s.kind is Kind.CONFIGURE else None
+                new = s.report_on_failure if s.kind is Kind.CONFIGURE else None
+            else:
+                report = s.report_on_success
+                new = SessionStatus.ACTIVE if s.kind is Kind.CONFIGURE else None
+            if report is not None:
+                reports.append(report)
+            session = valid.get(s.uuid)
+            old = self._statuses.get(s.uuid)
+            if s.kind is Kind.REMOVE and s.uuid not in failed:
+                if s.changes or old is not None:
+                    self._statuses.pop(s.uuid, None)
+                    self._emit(s, session, old, s.status or SessionStatus.DISABLED, None, removed=True)
+            elif new is not None and new != old:
+                self._statuses[s.uuid] = new
+                self._emit(s, session, old, new, error)
+        return reports
+
+    def _emit(
+        self,
+        s: SessionPlan,
+        session: Session | None,
+        old: SessionStatus | None,
+        new: SessionStatus,
+        error: str | None,
+        *,
+        removed: bool = False,
+    ) -> None:
+        self.ctx.emit_session_status(
+            SessionStatusEvent(
+                uuid=s.uuid,
+                name=session.name if session is not None else "",
+                asn=session.asn if session is not None else None,
+                old=old,
+                new=new,
+                error=error,
+                interface=s.interface,
+                removed=removed,
+            )
+        )
+
+    async def deliver(self) -> int:
+        """Send the outbox, oldest first; returns how many the CP accepted.
+
+        An unreachable CP stops the round (the rest waits for the next cycle); a
+        refused report stays queued with its attempt count (never dropped).
+        """
+        sent = 0
+        for entry in self.outbox.pending():
+            try:
+                await self.ctx.cp.send("modify", entry.report.to_json())
+            except ControlPlaneUnavailable as exc:
+                self.outbox.failed(entry.report.uuid, entry.report, str(exc))
+                break
+            except ControlPlaneError as exc:
+                self.outbox.failed(entry.report.uuid, entry.report, str(exc))
+                self.ctx.log.warning("report for {} refused by the CP: {}", entry.report.uuid, exc)
+                continue
+            self.outbox.ack(entry.report.uuid, entry.report)
+            sent += 1
+        return sent
+
+    # --------------------------------------------------------------- preview
+
+    async def preview(self) -> dict[str, Any]:
+        """What a sync would change now, per session and per system; changes nothing
+        (no answer persisted, no backend write)."""
+        tunnel = self.ctx.backend("tunnel", TunnelBackend)
+        firewall = self.ctx.backend("firewall", FirewallBackend)
+        answer = await self.fetch_answer(persist=False)
+        sessions, invalid = parse_sessions(answer.raw)
+        previous = self.store.load_previous()
+        observed = await self.observe(tunnel, firewall, previous)
+        p = self.make_plan(sessions, invalid, observed, previous)
+        return plan_json(p, observed, answer.source, answer.problem)
+
+    # ------------------------------------------------------------------ hooks
+
+    @hookimpl
+    def moenet_status_info(self) -> dict[str, Any]:
+        g = self.guard
+        return {
+            "guard": g.status_info() if g is not None else None,
+            "guardRefused": bool(g and g.refused),
+            "outbox": len(self._outbox) if self._outbox is not None else None,
+            "lastRun": self.last,
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Mappings to dicts, for comparing fragment sets regardless of mapping type."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _report_json(report: Report | None) -> dict[str, Any] | None:
+    return report.to_json() if report is not None else None
+
+
+def plan_json(p: Plan, observed: Observed, source: str, problem: str | None) -> dict[str, Any]:
+    """A plan as JSON for ``moenet-agent plan`` (no secrets: PSKs are never included)."""
+    return {
+        "answer": source,
+        "problem": problem,
+        "empty": p.empty,
+        "sessions": [
+            {
+                "uuid": s.uuid,
+                "kind": str(s.kind),
+                "status": s.status.name if s.status is not None else None,
+                "interface": s.interface,
+                "tunnel": str(s.tunnel),
+                "removeInterfaces": list(s.remove_interfaces),
+                "routing": str(s.routing),
+                "port": s.port,
+                "drift": list(s.drift),
+                "report": _report_json(s.report or s.report_on_success),
+            }
+            for s in p.sessions
+        ],
+        "system": {
+            "routing": {"changed": p.routing_changed, "fragments": sorted(p.fragments)},
+            "firewall": {
+                "changed": p.firewall_changed,
+                "open": sorted(p.ports - observed.ports),
+                "close": sorted(observed.ports - p.ports),
+            },
+            "guard": p.guard.status_info(),
+        },
+        "unreportable": list(p.unreportable),
+    }

@@ -64,8 +64,10 @@ class BirdConfigSync:
         except BirdConfigError as exc:
             backend.sync_error = f"invalid {RESOURCE} from the control plane: " + "; ".join(exc.problems)
             raise BirdSyncError(f"{backend.sync_error}; {keeping}") from None
-        for w in warnings:
-            self.ctx.log.warning("{}: {}", RESOURCE, w)
+        if policy.config_hash != backend.config_hash or not policy.config_hash:
+            # Once per policy, not every cycle: an unchanged policy's warnings are old news.
+            for w in warnings:
+                self.ctx.log.warning("{}: {}", RESOURCE, w)
         result = await backend.set_policy(policy, policy.config_hash, raw=data)
         if not result.ok:
             backend.sync_error = f"policy {policy.config_hash or '(no hash)'} not applied: {result.error}"

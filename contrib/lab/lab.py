@@ -288,15 +288,36 @@ class Lab:
         )
         self.t0 = time.monotonic()  # times are measured from the agents' start
         for n in self.nodes:
-            with n.log_path.open("ab") as log:
-                n.agent = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", n.ns_name, self.agent_bin, "run", "-c", str(n.dir / "config.json"),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                )  # fmt: skip
+            await self.start_agent(n)
             self.log(
                 f"{n.name}: agent pid {n.agent.pid} (AS{n.asn}, {n.prefix4} + {n.prefix6}, "
                 f"tunnel {n.interface} :{n.listen_port}, log {n.log_path})"
             )
+
+    async def start_agent(self, n: Node) -> asyncio.subprocess.Process:
+        """Start ``n``'s agent (again) in its namespace, appending to its log."""
+        assert n.agent is None or n.agent.returncode is not None, f"{n.name}'s agent is running"
+        with n.log_path.open("ab") as log:
+            n.agent = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", n.ns_name, self.agent_bin, "run", "-c", str(n.dir / "config.json"),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        return n.agent
+
+    async def stop_agent(self, n: Node, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``sig`` to ``n``'s agent and wait for it to exit; returns its exit code."""
+        assert n.agent is not None
+        if n.agent.returncode is None:
+            n.agent.send_signal(sig)
+        rc = await asyncio.wait_for(n.agent.wait(), timeout)
+        self.log(f"{n.name}: agent exited {rc} after {sig.name}")
+        return rc
+
+    def set_session_status(self, n: Node, status: int) -> None:
+        """Make ``n``'s CP answer its session with ``status`` from now on."""
+        assert n.cp is not None
+        other = next(x for x in self.nodes if x is not n)
+        n.cp.set("sessions", {"bgpSessions": [session_for(n, other, status)]})
 
     # -------------------------------------------------------------- checks
 

@@ -21,7 +21,7 @@ from moenet_bird.backend import NO_POLICY, BirdRoutingBackend
 from moenet_bird.client import BirdClient
 from moenet_bird.policy import parse_bird_config
 from moenet_bird.render import MARKER
-from moenet_bird.testing import BirdDaemon
+from moenet_bird.testing import BirdDaemon, sample_bird_config
 
 from moenet_core.state import StateStore
 from moenet_core.testing import NetNS
@@ -33,39 +33,8 @@ U3 = "0b5e8a52-3c1e-4e5a-9a51-000000000003"
 
 
 def cp_data(config_hash: str = "3f2a9c", **policy_over: Any) -> dict[str, Any]:
-    """A CP bird-config answer (as in test_bird_render, without RPKI: no DNS in a namespace)."""
-    return {
-        "configHash": config_hash,
-        "node": {
-            "id": 3,
-            "name": "hkg1",
-            "type": "edge",
-            "bandwidth": "1G",
-            "regionCode": "HK",
-            "loopbackIpv4": "172.20.42.1",
-            "loopbackIpv6": "fd42:4242:1234::1",
-            "continentLc": "LC_ORIGIN_AS",
-            "subregionLc": "AS_E",
-            "regionCommunity": "DN42_REGION_AS_E",
-            "bandwidthCommunity": "DN42_BW_1G_PLUS",
-            "countryCommunity": 344,
-        },
-        "policy": {
-            "dn42As": "4242421234",
-            "dn42Ipv4Prefix": "172.20.42.0/27",
-            "dn42Ipv6Prefix": "fd42:4242:1234::/48",
-            "rpkiServers": [],
-            "ebgpImportLimit": 9000,
-            "ebgpExportLimit": 9000,
-            "ibgpImportLimit": 20000,
-            "ibgpExportLimit": 20000,
-            "asPathMaxLen": 32,
-            "communities": {},
-            "largeCommunities": {},
-            **policy_over,
-        },
-        "ibgpPeers": [],
-    }
+    """A CP bird-config answer without RPKI (no DNS in a namespace)."""
+    return sample_bird_config(config_hash=config_hash, policy=policy_over)
 
 
 def session(asn: int = 4242420002, n: int = 2, **kw: Any) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from moenet_bird.policy import (
     parse_bird_config,
 )
 from moenet_bird.render import MARKER, render_tree
+from moenet_bird.testing import sample_bird_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "data" / "bird_render"
@@ -53,38 +54,9 @@ def bird_bin() -> Path:
 
 def cp_data(**node_over: Any) -> dict[str, Any]:
     """A CP bird-config answer as the Go agent's CP sends it (symbol names included)."""
-    return {
-        "configHash": "3f2a9c",
-        "node": {
-            "id": 3,
-            "name": "hkg1",
-            "type": "edge",
-            "bandwidth": "1G",
-            "regionCode": "HK",
-            "loopbackIpv4": "172.20.42.1",
-            "loopbackIpv6": "fd42:4242:1234::1",
-            "continentLc": "LC_ORIGIN_AS",
-            "subregionLc": "AS_E",
-            "regionCommunity": "DN42_REGION_AS_E",
-            "bandwidthCommunity": "DN42_BW_1G_PLUS",
-            "countryCommunity": 344,
-            **node_over,
-        },
-        "policy": {
-            "dn42As": "4242421234",
-            "dn42Ipv4Prefix": "172.20.42.0/27",
-            "dn42Ipv6Prefix": "fd42:4242:1234::/48",
-            "rpkiServers": [{"name": "akae", "host": "rpki.akae.re", "port": 8082}],
-            "ebgpImportLimit": 9000,
-            "ebgpExportLimit": 9000,
-            "ibgpImportLimit": 20000,
-            "ibgpExportLimit": 20000,
-            "asPathMaxLen": 32,
-            "communities": {},
-            "largeCommunities": {},
-        },
-        "ibgpPeers": [],
-    }
+    return sample_bird_config(
+        node=node_over, policy={"rpkiServers": [{"name": "akae", "host": "rpki.akae.re", "port": 8082}]}
+    )
 
 
 def policy(data: dict[str, Any] | None = None) -> BirdPolicy:

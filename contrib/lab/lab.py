@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from moenet_bird.testing import BirdDaemon
+from moenet_bird.testing import BirdDaemon, sample_bird_config
 from moenet_wireguard import keys
 
 from moenet_core.testing import FakeControlPlane, NetNS, RecordedRequest, veth_pair
@@ -146,38 +146,22 @@ def node_config(n: Node) -> dict[str, Any]:
 
 
 def bird_config(n: Node) -> dict[str, Any]:
-    """The CP's ``bird-config`` answer (shape of tests/test_bird_render.py ``cp_data``)."""
-    return {
-        "configHash": f"lab-{n.name}",
-        "node": {
+    """The CP's ``bird-config`` answer for node ``n``."""
+    return sample_bird_config(
+        config_hash=f"lab-{n.name}",
+        node={
             "id": n.index,
             "name": n.name,
-            "type": "edge",
-            "bandwidth": "1G",
             "regionCode": "EU",
             "loopbackIpv4": n.loopback4,
             "loopbackIpv6": n.loopback6,
             "continentLc": "LC_ORIGIN_EU",
             "subregionLc": "EU_W",
             "regionCommunity": "DN42_REGION_EU",
-            "bandwidthCommunity": "DN42_BW_1G_PLUS",
             "countryCommunity": 276,
         },
-        "policy": {
-            "dn42As": str(n.asn),
-            "dn42Ipv4Prefix": n.prefix4,
-            "dn42Ipv6Prefix": n.prefix6,
-            "rpkiServers": [],
-            "ebgpImportLimit": 9000,
-            "ebgpExportLimit": 9000,
-            "ibgpImportLimit": 20000,
-            "ibgpExportLimit": 20000,
-            "asPathMaxLen": 32,
-            "communities": {},
-            "largeCommunities": {},
-        },
-        "ibgpPeers": [],
-    }
+        policy={"dn42As": str(n.asn), "dn42Ipv4Prefix": n.prefix4, "dn42Ipv6Prefix": n.prefix6},
+    )
 
 
 def session_for(n: Node, other: Node, status: int) -> dict[str, Any]:

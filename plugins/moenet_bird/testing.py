@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from moenet_core.testing import NetNS
 
@@ -107,3 +109,47 @@ class BirdDaemon:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def sample_bird_config(
+    *,
+    config_hash: str = "3f2a9c",
+    node: Mapping[str, Any] | None = None,
+    policy: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A valid CP ``bird-config`` answer (as a Go-agent-era CP sends it, symbol names
+    included) for tests and the lab; ``node`` and ``policy`` override its fields.
+    No RPKI server by default: a namespace has no DNS to resolve one."""
+    return {
+        "configHash": config_hash,
+        "node": {
+            "id": 3,
+            "name": "hkg1",
+            "type": "edge",
+            "bandwidth": "1G",
+            "regionCode": "HK",
+            "loopbackIpv4": "172.20.42.1",
+            "loopbackIpv6": "fd42:4242:1234::1",
+            "continentLc": "LC_ORIGIN_AS",
+            "subregionLc": "AS_E",
+            "regionCommunity": "DN42_REGION_AS_E",
+            "bandwidthCommunity": "DN42_BW_1G_PLUS",
+            "countryCommunity": 344,
+            **(node or {}),
+        },
+        "policy": {
+            "dn42As": "4242421234",
+            "dn42Ipv4Prefix": "172.20.42.0/27",
+            "dn42Ipv6Prefix": "fd42:4242:1234::/48",
+            "rpkiServers": [],
+            "ebgpImportLimit": 9000,
+            "ebgpExportLimit": 9000,
+            "ibgpImportLimit": 20000,
+            "ibgpExportLimit": 20000,
+            "asPathMaxLen": 32,
+            "communities": {},
+            "largeCommunities": {},
+            **(policy or {}),
+        },
+        "ibgpPeers": [],
+    }

@@ -221,6 +221,12 @@ class RoutingBackend(Backend):
     async def protocols(self) -> Sequence[ProtocolState]:
         """Current protocol states, read from the daemon."""
 
+    def fragment_protocols(self, owner: str) -> Mapping[str, tuple[str, ...]]:
+        """The protocol names each of ``owner``'s applied fragments produced
+        (fragment key -> names), so an owner can find its sessions' states in
+        :meth:`protocols`. Default: nothing known."""
+        return {}
+
     async def set_maintenance(self, enabled: bool) -> ApplyResult:
         """Drain (graceful-shutdown community, lowered preference) or restore."""
         raise NotImplementedError(f"{type(self).__name__} does not support maintenance drain")

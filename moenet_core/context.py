@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from loguru import logger
 
-from .descriptors import Backend, SessionStatusEvent, SyncEvent, TaskRunEvent
+from .descriptors import Backend, LinkLatency, LinkTarget, SessionStatusEvent, SyncEvent, TaskRunEvent
 from .errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -112,6 +112,22 @@ class PluginContext:
     def emit_sync_completed(self, event: SyncEvent) -> None:
         """Announce the end of a reconcile cycle."""
         self._agent.pm.broadcast("moenet_sync_completed", event=event)
+
+    def link_targets(self) -> list[LinkTarget]:
+        """Every plugin's ``moenet_link_targets`` (a raising plugin is isolated);
+        entries that are not :class:`LinkTarget` are logged and dropped."""
+        out: list[LinkTarget] = []
+        for plugin, result in self._agent.pm.collect("moenet_link_targets", setup=False):
+            for target in result or ():
+                if isinstance(target, LinkTarget):
+                    out.append(target)
+                else:
+                    self.log.warning("plugin {} offered a link target that is not a LinkTarget", plugin)
+        return out
+
+    def emit_link_latency(self, measurements: tuple[LinkLatency, ...]) -> None:
+        """Announce an RTT round's results to every plugin."""
+        self._agent.pm.broadcast("moenet_link_latency", measurements=measurements)
 
     def close(self) -> None:
         for name in self._runtime:

@@ -230,4 +230,44 @@ class TaskRunEvent:
     result: object = None
 
 
+@attrs.frozen(kw_only=True)
+class LinkTarget:
+    """A link whose latency a measuring plugin should probe (``moenet_link_targets``).
+
+    ``owner`` is the offering plugin's fragment owner (``sessions``, ``mesh``) and
+    ``key`` its own id for the link (a session uuid); together they route the
+    result back. ``addresses`` are the far end's addresses in preference order
+    (IPv6 link-local first, then IPv6, then IPv4), without scope: the probe goes
+    out of ``interface``. ``labels`` are extra Prometheus/report labels such as
+    ``asn``.
+    """
+
+    owner: str
+    key: str
+    interface: str
+    addresses: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class LinkLatency:
+    """One measured link (``moenet_link_latency``).
+
+    ``rtt_ms`` is the mean over answered probes (None when none answered);
+    ``loss`` is the lost share in percent (0-100); ``tier`` is the DN42 latency
+    tier (1-9) after hysteresis, None until a first successful measurement.
+    ``target`` is the address that was probed (the first that answered).
+    """
+
+    owner: str
+    key: str
+    interface: str
+    target: str | None
+    rtt_ms: float | None
+    loss: float
+    tier: int | None
+    measured_at: float
+    tier_changed: bool = False
+
+
 RestartAction = Callable[[], Awaitable[Mapping[str, Any]]]

@@ -39,6 +39,8 @@ import pluggy
 from .descriptors import (
     BackendSpec,
     ConfigSection,
+    LinkLatency,
+    LinkTarget,
     MaintenanceEvent,
     RestartAction,
     RouteSpec,
@@ -199,6 +201,30 @@ def moenet_status_info() -> Mapping[str, Any] | None:
 
     **When**: each time ``/status`` is served. Must be fast: no I/O.
     **Returns**: a JSON-able mapping, or None. **Type**: collect.
+    """
+
+
+@hookspec
+def moenet_link_targets() -> Iterable[LinkTarget] | None:
+    """Offer links whose round-trip time should be measured.
+
+    **When**: at the start of every RTT round (``rttMeasurement``).
+    **Returns**: :class:`~moenet_core.descriptors.LinkTarget` objects, one per
+    link this plugin owns (e.g. one per configured eBGP session), or None. Must be
+    fast: no I/O. **Type**: collect.
+    """
+
+
+@hookspec
+def moenet_link_latency(measurements: tuple[LinkLatency, ...]) -> None:
+    """The links' latest round-trip times, loss and DN42 latency tiers.
+
+    **When**: at the end of every RTT round, with every link measured in it (each
+    plugin picks its own ``owner``). Tiers already carry hysteresis;
+    ``tier_changed`` marks the links whose tier moved this round, so an owner
+    re-declares its routing fragments once for the whole round (one coalesced
+    reconfigure). Must be fast; start async work with ``ctx.trigger``.
+    **Type**: broadcast.
     """
 
 

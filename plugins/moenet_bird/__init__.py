@@ -83,6 +83,7 @@ def make_backend(ctx: PluginContext) -> BirdRoutingBackend:
         maintenance=ctx.maintenance,
         debounce=section.apply_debounce,
         log=ctx.log,
+        metrics=ctx.metrics,
     )
     ctx.register_hooks(backend)
     return backend

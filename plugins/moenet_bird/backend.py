@@ -75,11 +75,13 @@ from .policy import (
     validate_peers,
 )
 from .protocol import BirdClientError
-from .render import render_tree
+from .render import peer_protocol_names, render_tree
 
 if TYPE_CHECKING:
     from loguru import Logger
+    from prometheus_client import Counter, Histogram
 
+    from moenet_core.metrics import PluginMetrics
     from moenet_core.state import StateStore
 
 __all__ = ["NO_POLICY", "OWNERS", "STATE_FILE", "BirdRoutingBackend"]
@@ -113,6 +115,7 @@ class BirdRoutingBackend(RoutingBackend):
         maintenance: bool = False,
         debounce: float = 0.0,
         log: Logger | None = None,
+        metrics: PluginMetrics | None = None,
     ) -> None:
         self.client = client
         self.applier = TreeApplier(config_dir, client, bird_binary=bird_binary)
@@ -145,6 +148,20 @@ class BirdRoutingBackend(RoutingBackend):
         self.last_error_at: float | None = None
         self.sync_error: str | None = None
         """Why the last policy from the CP was not taken (set by ``birdConfigSync``)."""
+        self._m_applies: Counter | None = None
+        self._m_duration: Histogram | None = None
+        if metrics is not None:
+            self._m_applies = metrics.counter(
+                "applies_total",
+                "Applies of the rendered tree by result: reconfigured, unchanged (nothing written), "
+                "failed (BIRD refused or the apply broke; the previous config stays live).",
+                ["result"],
+            )
+            self._m_duration = metrics.histogram(
+                "apply_duration_seconds",
+                "Render, check and configure of one coalesced apply.",
+                buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            )
 
     # ------------------------------------------------------------- lifetime
 
@@ -326,6 +343,10 @@ class BirdRoutingBackend(RoutingBackend):
             result = attrs.evolve(result, rejected={**result.rejected, **bird_rejected})
         self._bird_rejected = bird_rejected
         self.last_apply_seconds = time.monotonic() - started
+        if self._m_applies is not None and self._m_duration is not None:
+            outcome = "failed" if not result.ok else "reconfigured" if result.changed else "unchanged"
+            self._m_applies.labels(result=outcome).inc()
+            self._m_duration.observe(self.last_apply_seconds)
         self.last_apply_at = time.time()
         self.last_result = result
         if self._candidate is used:
@@ -396,6 +417,16 @@ class BirdRoutingBackend(RoutingBackend):
 
     async def protocols(self) -> Sequence[ProtocolState]:
         return await self.client.protocols()
+
+    def fragment_protocols(self, owner: str) -> Mapping[str, tuple[str, ...]]:
+        """Protocol names per applied fragment: ``sessions`` keys to their BGP
+        protocols (BIRD-rejected sessions left out), ``ibgp`` ``options`` to the
+        iBGP protocols."""
+        if owner == "sessions":
+            return {k: peer_protocol_names(p) for k, p in self._peers.items() if k not in self._bird_rejected}
+        if owner == "ibgp" and self._policy is not None and self._ibgp.enabled:
+            return {"options": tuple(p.symbol for p in self._policy.policy.ibgp_peers)}
+        return {}
 
     def agent_protocols(self) -> set[str]:
         """Protocol names the agent's tree defines (the ones it may restart)."""

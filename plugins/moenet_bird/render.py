@@ -167,6 +167,12 @@ class _Session:
     channels: tuple[_Channel, ...]
 
 
+def peer_protocol_names(p: EbgpPeer) -> tuple[str, ...]:
+    """The BGP protocol names one eBGP peer renders to (one MP-BGP session, or
+    ``_v4`` / ``_v6``)."""
+    return tuple(s.symbol for s in _peer_sessions(p))
+
+
 def _peer_sessions(p: EbgpPeer) -> list[_Session]:
     """One MP-BGP session over IPv6, or separate IPv4 / IPv6 sessions."""
     text = " ".join(x for x in (f"AS{p.asn}", p.name, p.description) if x)[:200]

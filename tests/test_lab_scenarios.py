@@ -270,17 +270,6 @@ async def test_sigkill_mid_apply_then_restart_converges(lab):
     await bgp_since(lab, n2)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "intermittent, under investigation: after a re-queue (CP status 1 -> 4) during a CP "
-        "outage, the agent's ACTIVE report sometimes does not reach the CP within 90 s (2 of 4 "
-        "runs). Likeliest: each queued 503 that lands on a half-open trial re-opens the breaker "
-        "for another 30 s, and while it is open the saved answer (status 1) is served, so "
-        "recovery can take several windows; not yet excluded: the planner's report "
-        "de-duplication dropping the report"
-    ),
-)
 async def test_cp_down_tears_nothing_down_and_outbox_delivers(lab):
     n1, n2 = lab.nodes
     since = await bgp_since(lab, n1)

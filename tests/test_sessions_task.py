@@ -234,7 +234,13 @@ async def test_setup_unchanged_outbox_delete_and_hostile(netns: Callable[[], Net
         assert symbol(1) not in await n.protocols() and not psk.exists()
         assert n.modifies()[-1] == {"uuid": uid(1), "status": 0, "removed": True}
         assert n.events[-1].removed and n.events[-1].uuid == uid(1)
-        # And nothing more on the next run.
+        # The CP accepted the confirmation yet still shows the session queued for
+        # delete: the confirmation is repeated (the truth, once per cycle), nothing touched.
+        r = await n.sync()
+        assert (r["tunnelWrites"], r["declares"], r["reports"]) == (0, 0, 1), r
+        assert n.modifies()[-1] == {"uuid": uid(1), "status": 0, "removed": True}
+        # Once the CP has dropped it, nothing more.
+        n.cp.set("sessions", [])
         r = await n.sync()
         assert (r["tunnelWrites"], r["declares"], r["reports"]) == (0, 0, 0), r
 
@@ -316,3 +322,30 @@ async def test_guard_refuses_an_empty_answer_and_20_session_timing(
         assert r["failed"] == {} and r["declares"] == 1, r
         assert all(n.link(i) is None for i in range(1, count + 1))
         assert list((n.etc / "peers").glob("dn42_*.conf")) == [] and "21001" not in n.ports()
+
+
+async def test_a_requeue_the_agent_never_saw_is_reported_again(
+    netns: Callable[[], NetNS], tmp_path: Path
+) -> None:
+    """The CP accepts ACTIVE, then re-queues the session (1 -> 4) before the agent's
+    next fetch: the agent only ever sees 4. It must report ACTIVE again, not take
+    the unchanged observation for "the CP has not processed the report yet"."""
+    async with node(netns, tmp_path) as n:
+        n.cp.set("sessions", [n.session(1, 4)])
+        await n.sync()
+        assert n.modifies() == [{"uuid": uid(1), "status": 1}]
+        r = await n.sync()  # still 4: the CP contradicts the accepted report
+        assert r["reports"] == 1 and r["delivered"] == 1, r
+        assert n.modifies()[-1] == {"uuid": uid(1), "status": 1}
+        # Once the CP agrees, nothing more is said.
+        n.cp.set("sessions", [n.session(1, 1)])
+        r = await n.sync()
+        assert r["reports"] == 0 and len(n.modifies()) == 2, r
+        # An undelivered report is not repeated while the CP shows what it showed
+        # when the report was made: the outbox holds it.
+        n.cp.set("sessions", [n.session(1, 4)])
+        n.cp.fail("modify", 1, status=503)
+        r = await n.sync()
+        assert r["reports"] == 1 and r["delivered"] == 0, r
+        r = await n.sync()
+        assert r["reports"] == 0 and r["delivered"] == 1, r

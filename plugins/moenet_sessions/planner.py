@@ -14,13 +14,16 @@ prints one. What each CP status means (issue 5):
 - vanished from the answer: removed like a deleted session, no report (the CP no
   longer knows the uuid).
 - invalid: whatever is configured stays untouched (a bad answer never breaks a
-  working session), ``ERROR`` with the reason is reported once. An invalid session
+  working session), ``ERROR`` with the reason is reported. An invalid session
   whose status asks for removal is still removed (removal needs no other field).
 
 Only tunnels in ``Observed.tunnels`` (the backend lists only its own) are ever
 removed. Reports are de-duplicated: none when the CP already holds the wanted
 status, and none when the same report was made while the CP showed the same status
-(so a lagging CP is not nagged, but a re-queued session is answered again).
+and has not accepted it yet (the outbox holds it). Once the CP *accepts* a report the
+task forgets the status it saw (``SessionSync.deliver``), so a CP that still, or
+again, contradicts an accepted report gets it once more per cycle: a re-queue
+(``ACTIVE`` -> ``QUEUED_FOR_SETUP``) that happened between two fetches is answered.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ firewall transaction, no declare.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -42,6 +43,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from moenet_core import hookimpl
 from moenet_core.backends import (
     ApplyResult,
@@ -49,7 +52,7 @@ from moenet_core.backends import (
     RoutingBackend,
     TunnelBackend,
 )
-from moenet_core.descriptors import SessionStatusEvent
+from moenet_core.descriptors import LinkLatency, LinkTarget, RestartAction, SessionStatusEvent
 from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
 from moenet_core.models import SessionStatus
 from moenet_core.state import atomic_write
@@ -57,9 +60,10 @@ from moenet_core.state import atomic_write
 from .config import SessionsConfig
 from .desired import NodeSettings
 from .guard import GuardPolicy, GuardVerdict
+from .links import LinkBook
 from .model import Invalid, Session, SessionsPayloadError, parse_sessions
 from .planner import Kind, Observed, Plan, SessionPlan, TunnelAction, next_previous, plan, with_intent
-from .records import Previous, Report
+from .records import ConfiguredSession, Previous, Report
 from .store import Outbox, SessionStore
 
 if TYPE_CHECKING:
@@ -112,6 +116,10 @@ class SessionSync:
         self.guard: GuardVerdict | None = None
         self._logged_refusal: str | None = None
         self.last: dict[str, Any] | None = None
+        self.links = LinkBook(ctx.state)
+        self._configured: Mapping[str, ConfiguredSession] | None = None
+        self._lock = asyncio.Lock()
+        """Held by a cycle and by ``/restart``: both write the same tunnels."""
         ctx.register_hooks(self)
         _LIVE[:] = [r for r in _LIVE if r() is not None]
         _LIVE.append(weakref.ref(self))
@@ -203,11 +211,16 @@ class SessionSync:
             settings=self.settings(),
             guard=self.policy(),
             override=self.section.allow_removal or None,
+            latency=self.links.tiers(),
         )
 
     # ------------------------------------------------------------ the cycle
 
     async def run_once(self) -> dict[str, Any]:
+        async with self._lock:
+            return await self._cycle()
+
+    async def _cycle(self) -> dict[str, Any]:
         started = time.monotonic()
         tunnel = self.ctx.backend("tunnel", TunnelBackend)
         firewall = self.ctx.backend("firewall", FirewallBackend)
@@ -235,7 +248,10 @@ class SessionSync:
         reports = self.outcome(p, failed, {s.uuid: s for s in sessions})
         for r in reports:
             self.outbox.put(r)
-        self.store.save_previous(next_previous(intent, p, failed=failed, sent=reports))
+        after = next_previous(intent, p, failed=failed, sent=reports)
+        self.store.save_previous(after)
+        self._configured = after.configured
+        self.links.forget(after.configured)
         self.save_applied(applied)
         delivered = await self.deliver()
         summary = {
@@ -471,8 +487,16 @@ class SessionSync:
 
         An unreachable CP stops the round (the rest waits for the next cycle); a
         refused report stays queued with its attempt count (never dropped).
+
+        An accepted report also resets what the agent remembers the CP showing for
+        that session: whatever the CP answers from now on is its word *after* the
+        report. A CP that still (or again: a re-queue the agent never saw in
+        between) shows a status contradicting the report gets it once more on the
+        next cycle, instead of the planner's de-duplication taking the old
+        observation for "the CP has not processed it yet" forever.
         """
         sent = 0
+        acked: set[str] = set()
         for entry in self.outbox.pending():
             try:
                 await self.ctx.cp.send("modify", entry.report.to_json())
@@ -484,7 +508,13 @@ class SessionSync:
                 self.ctx.log.warning("report for {} refused by the CP: {}", entry.report.uuid, exc)
                 continue
             self.outbox.ack(entry.report.uuid, entry.report)
+            acked.add(entry.report.uuid)
             sent += 1
+        if acked:
+            previous = self.store.load_previous()
+            if acked & set(previous.seen):
+                seen = {u: s for u, s in previous.seen.items() if u not in acked}
+                self.store.save_previous(attrs.evolve(previous, seen=seen))
         return sent
 
     # --------------------------------------------------------------- preview
@@ -503,6 +533,75 @@ class SessionSync:
 
     # ------------------------------------------------------------------ hooks
 
+    def configured(self) -> Mapping[str, ConfiguredSession]:
+        """What the agent has on the node per session (cached after each cycle)."""
+        if self._configured is None:
+            self._configured = self.store.load_previous().configured
+        return self._configured
+
+    @hookimpl
+    def moenet_link_targets(self) -> list[LinkTarget]:
+        return self.links.targets(self.configured())
+
+    @hookimpl
+    def moenet_link_latency(self, measurements: tuple[LinkLatency, ...]) -> None:
+        changed = self.links.update(measurements)
+        if not changed:
+            return
+        for uuid, (old, new) in sorted(changed.items()):
+            self.ctx.log.info("session {}: latency tier {} -> {}", uuid, old or "default", new)
+        # One cycle re-declares every session with its new tier: one BIRD reconfigure.
+        fut = self.ctx.trigger(TASK_NAME)
+        fut.add_done_callback(_consume)
+
+    @hookimpl
+    def moenet_restart(self, interface: str) -> RestartAction | None:
+        found = [(u, c) for u, c in self.configured().items() if c.interface == interface]
+        if not found:
+            return None
+        uuid, configured = found[0]
+
+        async def restart() -> Mapping[str, Any]:
+            return await self.restart(uuid, configured)
+
+        return restart
+
+    async def restart(self, uuid: str, configured: ConfiguredSession) -> dict[str, Any]:
+        """``/restart``: re-apply the session's tunnel as recorded, then restart its
+        BGP protocols (a fresh session with the peer, as ``birdc restart`` does)."""
+        from moenet_core.api import ApiError
+
+        tunnel = self.ctx.backend("tunnel", TunnelBackend)
+        routing = self.ctx.backend("routing", RoutingBackend)
+        async with self._lock:
+            try:
+                written = await tunnel.ensure(configured.tunnel)
+            except Exception as exc:
+                raise ApiError(502, "restart_failed", f"tunnel {configured.interface}: {exc}") from None
+            protocols = tuple(routing.fragment_protocols(OWNER).get(uuid, ()))
+            restarted: list[str] = []
+            for name in protocols:
+                try:
+                    await routing.restart_protocol(name)
+                except Exception as exc:
+                    raise ApiError(
+                        502, "restart_failed", f"BGP protocol {name} of session {uuid}: {exc}"
+                    ) from None
+                restarted.append(name)
+        self.ctx.log.info(
+            "session {}: restarted (tunnel {} {}, protocols {})",
+            uuid,
+            configured.interface,
+            "repaired" if written else "unchanged",
+            ", ".join(restarted) or "none",
+        )
+        return {
+            "session": uuid,
+            "interface": configured.interface,
+            "tunnelRepaired": written,
+            "protocols": restarted,
+        }
+
     @hookimpl
     def moenet_status_info(self) -> dict[str, Any]:
         g = self.guard
@@ -512,6 +611,12 @@ class SessionSync:
             "outbox": len(self._outbox) if self._outbox is not None else None,
             "lastRun": self.last,
         }
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """A triggered run's outcome is in /status already; do not warn about it."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _plain(value: Any) -> Any:

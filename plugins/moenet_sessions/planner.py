@@ -29,6 +29,7 @@ again, contradicts an accepted report gets it once more per cycle: a re-queue
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -443,6 +444,7 @@ def _invalid(
 # ------------------------------------------------------------------ tunnel drift
 
 
+@functools.lru_cache(maxsize=4096)
 def _canon_address(local: str, peer: str | None) -> tuple[str, str | None]:
     text = local.strip()
     iface = ipaddress.ip_interface(text)
@@ -452,7 +454,12 @@ def _canon_address(local: str, peer: str | None) -> tuple[str, str | None]:
 
 
 def _canon_networks(nets: Iterable[str]) -> frozenset[str]:
-    return frozenset(str(ipaddress.ip_network(n.strip(), strict=False)) for n in nets)
+    return frozenset(_canon_network(n) for n in nets)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canon_network(net: str) -> str:
+    return str(ipaddress.ip_network(net.strip(), strict=False))
 
 
 def tunnel_drift(spec: TunnelSpec, state: TunnelState) -> list[str]:

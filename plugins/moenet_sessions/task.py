@@ -103,6 +103,13 @@ class _Answer:
         self.source = source
         self.problem = problem
         self.fatal = fatal
+        self.parsed: tuple[list[Session], list[Invalid]] | None = None
+
+    def sessions(self) -> tuple[list[Session], list[Invalid]]:
+        """The parsed answer (parsed once; the CP's was already parsed to validate it)."""
+        if self.parsed is None:
+            self.parsed = parse_sessions(self.raw)
+        return self.parsed
 
 
 class SessionSync:
@@ -181,13 +188,15 @@ class SessionSync:
             problem, fatal = f"control plane refused {RESOURCE}: {exc}", True
         else:
             try:
-                parse_sessions(raw)
+                parsed = parse_sessions(raw)
             except SessionsPayloadError as exc:
                 problem, fatal = f"invalid {RESOURCE} answer from the control plane: {exc}", True
             else:
                 if persist:
                     self.store.save_answer(raw)
-                return _Answer(raw, "controlPlane")
+                answer = _Answer(raw, "controlPlane")
+                answer.parsed = parsed
+                return answer
         saved = self.store.load_answer()
         if saved is None:
             raise SessionSyncError(f"{problem}; no saved answer to serve, nothing changed")
@@ -230,7 +239,7 @@ class SessionSync:
         except SessionSyncError:
             await self.deliver()  # queued reports still go out when the CP is back
             raise
-        sessions, invalid = parse_sessions(answer.raw)
+        sessions, invalid = answer.sessions()
         for i in invalid:
             if i.uuid is None:
                 self.ctx.log.warning("sessions: unreportable invalid session: {}", i.reason)
@@ -525,7 +534,7 @@ class SessionSync:
         tunnel = self.ctx.backend("tunnel", TunnelBackend)
         firewall = self.ctx.backend("firewall", FirewallBackend)
         answer = await self.fetch_answer(persist=False)
-        sessions, invalid = parse_sessions(answer.raw)
+        sessions, invalid = answer.sessions()
         previous = self.store.load_previous()
         observed = await self.observe(tunnel, firewall, previous)
         p = self.make_plan(sessions, invalid, observed, previous)

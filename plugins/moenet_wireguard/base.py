@@ -51,6 +51,11 @@ if TYPE_CHECKING:
 
     from moenet_core.context import PluginContext
 
+#: Device reads in flight at once while listing (each is one UAPI round trip to a
+#: wireguard-go process, or one netlink request): enough to overlap the waits of a
+#: node with a hundred peers, few enough not to flood the daemons.
+LIST_CONCURRENCY = 16
+
 
 class WireguardBackend(TunnelBackend):
     """Common part of :class:`~.userspace.UserspaceTunnelBackend` and
@@ -371,13 +376,21 @@ class WireguardBackend(TunnelBackend):
         async with Netlink() as nl:
             links = [link for link in await nl.links() if link.owned]
             addrs = await nl.addresses()
-        out: dict[str, TunnelState] = {}
-        for link in sorted(links, key=lambda lk: lk.name):
-            dev: Device | None = None
-            if link.kind == self.link_kind:
+        gate = asyncio.Semaphore(LIST_CONCURRENCY)
+
+        async def read(link: Link) -> Device | None:
+            if link.kind != self.link_kind:
+                return None
+            async with gate:
                 try:
-                    dev = await self._read(link.name)
+                    return await self._read(link.name)
                 except TunnelError as exc:
                     self.log.warning("tunnel {}: cannot read its device: {}", link.name, exc)
-            out[link.name] = self._state(link, dev, addrs.get(link.index, set()))
-        return out
+                    return None
+
+        ordered = sorted(links, key=lambda lk: lk.name)
+        devices = await asyncio.gather(*(read(link) for link in ordered))
+        return {
+            link.name: self._state(link, dev, addrs.get(link.index, set()))
+            for link, dev in zip(ordered, devices, strict=True)
+        }

@@ -9,29 +9,18 @@ routes. The lab fixture and helpers are the scenario module's.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
 import pytest
 import test_lab_scenarios
-from test_lab_scenarios import _run, _until, agent_status, bgp_since, tunnel
+from test_lab_scenarios import _run, _until, agent_status, api, bgp_since, tunnel
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 lab = test_lab_scenarios.lab  # the same fresh-lab fixture
 
 GSHUT = "(65535,0)"
-
-
-async def api(n, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    """Call node ``n``'s local API from inside its namespace (loopback: no token needed)."""
-    args = ["ip", "netns", "exec", n.ns_name, "curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]
-    if body is not None:
-        args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
-    out = await _run(*args, f"http://127.0.0.1:{n.api_port}{path}")
-    text, _, code = out.rpartition("\n")
-    return int(code), json.loads(text) if text.strip() else {}
 
 
 async def imported(lab, n, other) -> dict[str, str]:

@@ -158,6 +158,16 @@ async def agent_status(n) -> dict[str, Any]:
     return json.loads(out)
 
 
+async def api(n, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """Call node ``n``'s local API from inside its namespace (loopback: no token needed)."""
+    args = ["ip", "netns", "exec", n.ns_name, "curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    out = await _run(*args, f"http://127.0.0.1:{n.api_port}{path}")
+    text, _, code = out.rpartition("\n")
+    return int(code), json.loads(text) if text.strip() else {}
+
+
 def session_sync(status: dict[str, Any]) -> dict[str, Any]:
     return next(t for t in status["tasks"] if t["name"] == "sessionSync")
 
@@ -215,6 +225,50 @@ async def test_restart_with_unchanged_state_does_not_flap(lab):
     assert result["changed"] == {} and result["tunnelWrites"] == 0, result
     assert result["declares"] == 0 and result["firewallSyncs"] == 0, result
     assert len(modify_bodies(n1)) == reports_before  # nothing new to report
+
+
+async def test_sync_to_active_and_established(lab):
+    """A fresh setup on both nodes, started by ``POST /sync``: how long until each
+    session is reported ACTIVE and BGP is Established (the numbers in the README)."""
+    n1, n2 = lab.nodes
+
+    def removed(n):
+        return lambda r: (
+            isinstance(r.body, dict) and r.body.get("uuid") == n.session_uuid and r.body.get("removed")
+        )
+
+    for n in (n1, n2):
+        lab.set_session_status(n, STATUS_QUEUED_FOR_DELETE)
+    await asyncio.gather(
+        *(lab._watch(n, n.cp.wait_for("modify", where=removed(n), timeout=20)) for n in (n1, n2))
+    )
+    for n in (n1, n2):
+        assert await tunnel(n) is None
+
+    def active(n):
+        return lambda r: isinstance(r.body, dict) and r.body == {"uuid": n.session_uuid, "status": 1}
+
+    before = {n.name: len([r for r in n.cp.calls("modify") if active(n)(r)]) for n in (n1, n2)}
+    for n in (n1, n2):
+        lab.set_session_status(n, STATUS_QUEUED_FOR_SETUP)
+    t0 = time.monotonic()
+    for n in (n1, n2):
+        code, body = await api(n, "POST", "/sync")
+        assert code in (200, 202), body
+
+    async def reported(n) -> float:
+        await lab._watch(n, n.cp.wait_for("modify", before[n.name] + 1, where=active(n), timeout=20))
+        return time.monotonic() - t0
+
+    t_active = await asyncio.gather(*(reported(n) for n in (n1, n2)))
+    await asyncio.gather(lab.wait_established(n1), lab.wait_established(n2))
+    t_established = time.monotonic() - t0
+    lab.log(
+        f"/sync -> ACTIVE reported: {t_active[0]:.2f}s (lab1), {t_active[1]:.2f}s (lab2); "
+        f"-> BGP Established on both: {t_established:.2f}s"
+    )
+    for n in (n1, n2):
+        assert (await tunnel(n)) is not None and len(peer_files(n)) == 1
 
 
 async def test_interface_deleted_by_hand_is_repaired(lab):

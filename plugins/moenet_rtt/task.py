@@ -1,0 +1,303 @@
+"""The ``rttMeasurement`` task: probe every offered link, keep tiers, tell everyone.
+
+One run:
+
+1. collects the links other plugins offer (``ctx.link_targets()``, the
+   ``moenet_link_targets`` hook); a duplicate ``owner/key`` is measured once;
+2. probes them over ICMP out of their own interfaces (:mod:`.icmp`), at most
+   ``concurrency`` at a time;
+3. updates each link's tier with hysteresis (:mod:`.tier`) and persists the
+   per-link state (``links.json`` in the plugin's state directory, written only
+   when it changed), dropping links no longer offered;
+4. announces the round (``moenet_link_latency``), with ``tier_changed`` set on
+   the links whose tier moved, so each owner re-declares its routing once;
+5. sets the Prometheus gauges and removes those of links that are gone;
+6. reports to the CP (``POST /agent/{node}/rtt``, the Go agent's body plus the
+   link's owner, key, interface, tier and labels). A CP failure is logged and
+   does not undo anything above: the next round reports again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from moenet_core import hookimpl
+from moenet_core.descriptors import LinkLatency, LinkTarget
+from moenet_core.errors import ControlPlaneError
+from moenet_core.state import StateError
+
+from .config import RttConfig
+from .icmp import DEFAULT_INTERVAL, LinkProbe, Prober
+from .tier import Hysteresis, LinkState, update
+
+if TYPE_CHECKING:
+    from moenet_core.context import PluginContext
+
+TASK_NAME = "rttMeasurement"
+CP_RESOURCE = "rtt"
+STATE_FILE = "links.json"
+STATE_VERSION = 1
+#: Prometheus labels of every gauge; ``asn`` comes from ``LinkTarget.labels`` ("" when absent).
+METRIC_LABELS = ("owner", "key", "interface", "asn")
+#: Body keys a target's labels may not override.
+_BODY_KEYS = frozenset({"target", "rtt_ms", "loss", "owner", "key", "interface", "tier"})
+
+
+def link_id(owner: str, key: str) -> str:
+    """The per-link key of the state file and ``/status``: ``owner/key``."""
+    return f"{owner}/{key}"
+
+
+class RttMeasurement:
+    """The ``rttMeasurement`` task (one per agent)."""
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        self.rtt_gauge = ctx.metrics.gauge(
+            "rtt_milliseconds",
+            "Mean ICMP round-trip time of the link's last round (ms); absent when no probe was answered.",
+            METRIC_LABELS,
+        )
+        self.loss_gauge = ctx.metrics.gauge(
+            "loss_ratio", "Share of the link's probes lost in the last round (0-1).", METRIC_LABELS
+        )
+        self.tier_gauge = ctx.metrics.gauge(
+            "latency_tier",
+            "DN42 latency tier (1-9) of the link after hysteresis; absent until a probe was answered.",
+            METRIC_LABELS,
+        )
+        self._labelsets: dict[str, tuple[str, str, str, str]] = {}
+        self._saved: dict[str, Any] | None = None
+        self._states: dict[str, LinkState] = self._load()
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._errors: dict[str, str] = {}
+        self.last_run: float | None = None
+        self.last_report_error: str | None = None
+        ctx.register_hooks(self)
+
+    @property
+    def section(self) -> RttConfig:
+        section = self.ctx.section
+        return section if isinstance(section, RttConfig) else RttConfig()
+
+    def states(self) -> dict[str, LinkState]:
+        """Current per-link hysteresis state (a copy)."""
+        return dict(self._states)
+
+    # ------------------------------------------------------------ state file
+
+    def _load(self) -> dict[str, LinkState]:
+        try:
+            raw = self.ctx.state.read_json(STATE_FILE, None)
+        except StateError as exc:
+            self.ctx.log.warning("rtt: ignoring the saved tiers ({}); they start afresh", exc)
+            return {}
+        if raw is None:
+            return {}
+        links = raw.get("links") if isinstance(raw, Mapping) else None
+        if not isinstance(links, Mapping):
+            self.ctx.log.warning("rtt: {} has no 'links' object; tiers start afresh", STATE_FILE)
+            return {}
+        out: dict[str, LinkState] = {}
+        for key, value in links.items():
+            state = LinkState.from_json(value)
+            if state is None:
+                self.ctx.log.warning("rtt: dropping an invalid saved state for link {}", key)
+                continue
+            out[str(key)] = state
+        self._saved = self._document(out)
+        return out
+
+    @staticmethod
+    def _document(states: Mapping[str, LinkState]) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "links": {k: states[k].to_json() for k in sorted(states)}}
+
+    def _save(self) -> None:
+        doc = self._document(self._states)
+        if doc == self._saved:
+            return
+        try:
+            self.ctx.state.write_json(STATE_FILE, doc)
+        except StateError as exc:
+            self.ctx.log.error("rtt: cannot save the tiers: {}", exc)
+            return
+        self._saved = doc
+
+    # ------------------------------------------------------------------ run
+
+    def _targets(self) -> list[LinkTarget]:
+        seen: set[str] = set()
+        out: list[LinkTarget] = []
+        for target in self.ctx.link_targets():
+            lid = link_id(target.owner, target.key)
+            if lid in seen:
+                self.ctx.log.warning("rtt: link {} is offered twice; measuring the first", lid)
+                continue
+            seen.add(lid)
+            out.append(target)
+        return out
+
+    async def run_once(self) -> dict[str, Any]:
+        cfg = self.section
+        targets = self._targets()
+        count, timeout, concurrency = cfg.probe_settings(self.ctx.config.metric)
+        prober = Prober(count=count, timeout=timeout, interval=DEFAULT_INTERVAL, concurrency=concurrency)
+        probes = await prober.probe_all((t.interface, t.addresses) for t in targets)
+        measured_at = self.ctx.clock.time()
+        params = Hysteresis(margin=cfg.hysteresis, confirm_rounds=cfg.confirm_rounds, alpha=cfg.ewma_alpha)
+
+        results: list[LinkLatency] = []
+        for target, probe in zip(targets, probes, strict=True):
+            lid = link_id(target.owner, target.key)
+            old = self._states.get(lid, LinkState())
+            new = update(old, probe.rtt_ms, params)
+            self._states[lid] = new
+            changed = new.tier is not None and new.tier != old.tier
+            if changed:
+                self.ctx.log.info(
+                    "rtt: link {} ({}) latency tier {} -> {}", lid, target.interface, old.tier, new.tier
+                )
+            self._note_error(lid, target, probe)
+            results.append(
+                LinkLatency(
+                    owner=target.owner,
+                    key=target.key,
+                    interface=target.interface,
+                    target=probe.target,
+                    rtt_ms=probe.rtt_ms,
+                    loss=probe.loss,
+                    tier=new.tier,
+                    measured_at=measured_at,
+                    tier_changed=changed,
+                )
+            )
+        offered = {link_id(t.owner, t.key) for t in targets}
+        # Links never answered have nothing worth keeping (and are not written).
+        self._states = {k: v for k, v in self._states.items() if k in offered and v != LinkState()}
+        self._errors = {k: v for k, v in self._errors.items() if k in offered}
+        self._save()
+
+        if results:
+            self.ctx.emit_link_latency(tuple(results))
+        self._set_metrics(targets, results)
+        self._latest = {
+            link_id(t.owner, t.key): self._status_entry(t, p, r)
+            for t, p, r in zip(targets, probes, results, strict=True)
+        }
+        self.last_run = measured_at
+
+        reported = await self._report(targets, results, measured_at)
+        return {
+            "links": len(results),
+            "answered": sum(1 for r in results if r.rtt_ms is not None),
+            "tierChanges": sorted(link_id(r.owner, r.key) for r in results if r.tier_changed),
+            "errors": {
+                link_id(t.owner, t.key): p.error for t, p in zip(targets, probes, strict=True) if p.error
+            },
+            "reported": reported,
+        }
+
+    def _note_error(self, lid: str, target: LinkTarget, probe: LinkProbe) -> None:
+        """Log a link's error when it appears or changes (not every 5 minutes)."""
+        if probe.error is None:
+            if self._errors.pop(lid, None) is not None:
+                self.ctx.log.info("rtt: link {} ({}) can be probed again", lid, target.interface)
+            return
+        if self._errors.get(lid) != probe.error:
+            self.ctx.log.warning("rtt: link {} ({}): {}", lid, target.interface, probe.error)
+        self._errors[lid] = probe.error
+
+    # -------------------------------------------------------------- outputs
+
+    def _set_metrics(self, targets: Iterable[LinkTarget], results: Iterable[LinkLatency]) -> None:
+        gauges = (self.rtt_gauge, self.loss_gauge, self.tier_gauge)
+        current: dict[str, tuple[str, str, str, str]] = {}
+        for target, result in zip(targets, results, strict=True):
+            lid = link_id(target.owner, target.key)
+            labels = (target.owner, target.key, target.interface, str(target.labels.get("asn", "")))
+            old = self._labelsets.get(lid)
+            if old is not None and old != labels:
+                self._remove(gauges, old)
+            current[lid] = labels
+            self.loss_gauge.labels(*labels).set(result.loss / 100.0)
+            if result.rtt_ms is None:
+                self._remove((self.rtt_gauge,), labels)
+            else:
+                self.rtt_gauge.labels(*labels).set(result.rtt_ms)
+            if result.tier is None:
+                self._remove((self.tier_gauge,), labels)
+            else:
+                self.tier_gauge.labels(*labels).set(result.tier)
+        for lid, labels in self._labelsets.items():
+            if lid not in current:
+                self._remove(gauges, labels)
+        self._labelsets = current
+
+    @staticmethod
+    def _remove(gauges: Iterable[Any], labels: tuple[str, ...]) -> None:
+        for gauge in gauges:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
+    @staticmethod
+    def _status_entry(target: LinkTarget, probe: LinkProbe, result: LinkLatency) -> dict[str, Any]:
+        return {
+            "owner": target.owner,
+            "key": target.key,
+            "interface": target.interface,
+            "target": probe.target,
+            "rttMs": None if probe.rtt_ms is None else round(probe.rtt_ms, 3),
+            "loss": round(probe.loss, 1),
+            "tier": result.tier,
+            "tierChanged": result.tier_changed,
+            "error": probe.error,
+            "measuredAt": result.measured_at,
+        }
+
+    @staticmethod
+    def measurement(target: LinkTarget, result: LinkLatency) -> dict[str, Any]:
+        """One entry of the CP body: the Go agent's ``target``/``rtt_ms``/``loss``
+        first, then the link's identity, tier and labels."""
+        rtt = result.rtt_ms
+        entry: dict[str, Any] = {
+            "target": result.target or (target.addresses[0] if target.addresses else ""),
+            "rtt_ms": -1.0 if rtt is None or not math.isfinite(rtt) else round(rtt, 3),
+            "loss": round(result.loss, 1),
+            "owner": target.owner,
+            "key": target.key,
+            "interface": target.interface,
+            "tier": result.tier,
+        }
+        for name, value in target.labels.items():
+            if isinstance(name, str) and name not in _BODY_KEYS:
+                entry[name] = str(value)
+        return entry
+
+    async def _report(
+        self, targets: list[LinkTarget], results: list[LinkLatency], measured_at: float
+    ) -> bool:
+        if not results:
+            return False
+        body = {
+            "timestamp": int(measured_at),
+            "measurements": [self.measurement(t, r) for t, r in zip(targets, results, strict=True)],
+        }
+        try:
+            await self.ctx.cp.send(CP_RESOURCE, body)
+        except ControlPlaneError as exc:
+            self.last_report_error = str(exc)
+            self.ctx.log.warning("rtt: report of {} links not delivered: {}", len(results), exc)
+            return False
+        self.last_report_error = None
+        return True
+
+    @hookimpl
+    def moenet_status_info(self) -> dict[str, Any]:
+        return {
+            "lastRun": self.last_run,
+            "links": dict(self._latest),
+            "reportError": self.last_report_error,
+        }

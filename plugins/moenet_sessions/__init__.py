@@ -1,6 +1,9 @@
 """eBGP sessions from the control plane: the pure half of the ``sessionSync`` reconciler.
 
-Hooks: the ``sessionSync`` task (:mod:`.task`), the optional ``sessions`` config
+Hooks: the ``sessionSync`` task (:mod:`.task`), the ``metricCollector`` task
+(:mod:`.collector`: per-session BGP, routes, tunnel and RTT report, Prometheus
+series and the health verdict of :mod:`.health`), RTT targets and tiers
+(:mod:`.links`), ``/restart`` of a session's interface, the optional ``sessions`` config
 section (:mod:`.config`: guard limits, operator override, PSK directory), the
 ``GET /plugins/sessions/plan`` API route and the ``moenet-agent plan`` command
 (:mod:`.cli`), which asks the running agent for that route: a plan needs the
@@ -26,14 +29,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moenet_core import ConfigSection, TaskSpec, hookimpl
-from moenet_core.descriptors import RouteSpec
+from moenet_core.descriptors import LinkLatency, RouteSpec
 
+from .collector import TASK_NAME as COLLECTOR_TASK
+from .collector import MetricCollector
 from .config import SessionsConfig
-from .task import TASK_NAME, SessionSync, SessionSyncError
+from .task import TASK_NAME, SessionSync, SessionSyncError, live_task
 
 if TYPE_CHECKING:
     from moenet_core.cli import CommandRegistrar
     from moenet_core.config import AgentConfig
+    from moenet_core.context import PluginContext
 
 __all__ = ["SECTION", "TASK_NAME", "SessionSync", "SessionSyncError", "SessionsConfig"]
 
@@ -63,8 +69,26 @@ def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
             requires=("tunnel", "firewall", "routing"),
             on_sync=True,
             description="Make the node's eBGP sessions (tunnel, port, BIRD peer) match the control plane",
-        )
+        ),
+        TaskSpec(
+            name=COLLECTOR_TASK,
+            factory=make_collector,
+            interval=config.control_plane.metric_interval,
+            initial_delay=30.0,  # let the first sessionSync and BIRD settle
+            timeout=45.0,
+            requires=("routing",),  # without a tunnel backend, tunnel stats are a health reason
+            description="Report per-session BGP state, routes, tunnel and RTT to the CP; metrics; health",
+        ),
     ]
+
+
+def _latest_latency(uuid: str) -> LinkLatency | None:
+    task = live_task()
+    return task.links.latest(uuid) if task is not None else None
+
+
+def make_collector(ctx: PluginContext) -> MetricCollector:
+    return MetricCollector(ctx, latency=_latest_latency)
 
 
 @hookimpl

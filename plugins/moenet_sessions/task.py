@@ -57,6 +57,7 @@ from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, Moene
 from moenet_core.models import SessionStatus
 from moenet_core.state import atomic_write
 
+from .collector import live_collector
 from .config import SessionsConfig
 from .desired import NodeSettings
 from .guard import GuardPolicy, GuardVerdict
@@ -614,11 +615,14 @@ class SessionSync:
     @hookimpl
     def moenet_status_info(self) -> dict[str, Any]:
         g = self.guard
+        collector = live_collector()
         return {
             "guard": g.status_info() if g is not None else None,
             "guardRefused": bool(g and g.refused),
             "outbox": len(self._outbox) if self._outbox is not None else None,
             "lastRun": self.last,
+            "health": collector.health_info() if collector is not None else None,
+            "metrics": collector.last if collector is not None else None,
         }
 
 

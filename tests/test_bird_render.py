@@ -756,7 +756,6 @@ def test_dn42_tables_match_standard(kind: str, value: int, meaning: Any) -> None
         lo, hi = meaning
         assert C.LATENCY_TIERS[value][0] == pytest.approx(lo, rel=0.02)  # the wiki rounds e^x down
         assert C.LATENCY_TIERS[value][1] == pytest.approx(hi, rel=0.02)
-        assert C.latency_tier((lo + hi) / 2) == value
     elif kind == "bandwidth":
         assert C.BANDWIDTH_MBIT[value] == pytest.approx(meaning)
         assert C.bandwidth_community(meaning) == value
@@ -767,8 +766,6 @@ def test_dn42_tables_match_standard(kind: str, value: int, meaning: Any) -> None
 
 
 def test_dn42_table_edges() -> None:
-    assert C.latency_tier(2.7) == 1 and C.latency_tier(2.8) == 2 and C.latency_tier(11) == 3
-    assert C.latency_tier(5000) == 9 and C.latency_tier(0) == 1
     assert C.bandwidth_community(250) == 24 and C.bandwidth_community(0.01) == 21
     assert C.CRYPTO_WIREGUARD == 34
     assert set(C.REGIONS) == set(range(41, 58)) and all(

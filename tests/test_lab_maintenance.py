@@ -39,13 +39,16 @@ def path_length(route: str) -> int:
     return len(m.group(1).split())
 
 
-async def metric(n, name: str) -> float | None:
+async def metric(n, name: str, labels: str = "") -> float | None:
+    """The value of ``name`` on ``n``'s /metrics (the first series whose labels
+    contain ``labels``), or None."""
     text = await _run(
         "ip", "netns", "exec", n.ns_name, "curl", "-sf", f"http://127.0.0.1:{n.api_port}/metrics"
     )
     for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
+        series, _, value = line.rpartition(" ")
+        if (series == name and not labels) or (series.startswith(name + "{") and labels in series):
+            return float(value)
     return None
 
 

@@ -147,13 +147,6 @@ COLD_POTATO_PREF: dict[str, int] = {
 }
 
 
-def latency_tier(rtt_ms: float) -> int:
-    """DN42 latency community value (1..9) for a measured round-trip time."""
-    if rtt_ms <= 0 or math.isnan(rtt_ms):
-        return 1
-    return min(9, max(1, math.ceil(math.log(rtt_ms))))
-
-
 def bandwidth_community(mbit: float) -> int:
     """DN42 bandwidth community value (21..29) for a link speed in Mbit/s."""
     best = 21

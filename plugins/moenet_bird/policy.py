@@ -380,7 +380,7 @@ class EbgpPeer:
     uuid: str = attrs.field(metadata=check(_uuid))
     asn: int = attrs.field(metadata=check(_asn))
     latency: int = attrs.field(metadata=check(_range(1, 9)))
-    """DN42 latency tier 1..9 (see :func:`.communities.latency_tier`)."""
+    """DN42 latency tier 1..9 (measured by the rtt plugin; default until then)."""
     bandwidth: int = attrs.field(metadata=check(_range(21, 29)))
     crypto: int = attrs.field(default=C.CRYPTO_WIREGUARD, metadata=check(_range(31, 34)))
     name: str = attrs.field(default="", metadata=check(_text))

@@ -16,6 +16,13 @@ after the checks; otherwise it runs until Ctrl-C. Teardown: agents SIGTERM,
 BIRDs stopped, the tunnels deleted (the agent leaves tunnels running on purpose),
 any wireguard-go left killed, namespaces and the work directory removed, and
 then verified: nothing is left behind.
+
+For tests (``tests/test_lab*.py``) the :class:`Lab` also changes what a node's CP
+answers (:meth:`Lab.set_session_status`, extra sessions to peers that do not exist
+with :meth:`Lab.extra_session` / :meth:`Lab.set_extra_sessions`, or any raw list
+with :meth:`Lab.set_sessions`) and observes a node (its links, nftables ports, BIRD
+files and protocols, wireguard-go processes, the agent's ``/status``). Teardown
+removes the extra sessions' tunnels too.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +55,9 @@ TOKEN = "lab-cp-token"  # noqa: S105 - a throwaway token for the local lab CPs
 WG_RUN_DIR = Path("/var/run/wireguard")
 STATUS_QUEUED_FOR_SETUP = 4
 STATUS_ACTIVE = 1
+#: What the agent accepts as an interface name (moenet_sessions.model.IFNAME_RE): only
+#: such names are ever used in teardown paths (``/var/run/wireguard/<name>.sock``).
+SAFE_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
 
 @attrs.define
@@ -77,6 +89,15 @@ class Node:
     t_established: float | None = None
     bgp_protocol: str = ""
     learned: dict[str, str] = attrs.field(factory=dict)
+    status: int = STATUS_QUEUED_FOR_SETUP
+    """The status the CP serves the node's own session with."""
+    last_error: str | None = None
+    """The ``lastError`` the CP serves with the node's own session (None: the key is absent)."""
+    extras: list[Any] = attrs.field(factory=list)
+    """Extra sessions the CP serves after the node's own (see :meth:`Lab.set_extra_sessions`);
+    normally session dicts, but anything JSON-able is served as it is."""
+    extra_interfaces: list[str] = attrs.field(factory=list)
+    """Every (safe) interface name an extra session was given: teardown deletes them."""
 
     @property
     def ns_name(self) -> str:
@@ -90,6 +111,16 @@ class Node:
     @property
     def log_path(self) -> Path:
         return self.dir / "agent.log"
+
+    @property
+    def bird_dir(self) -> Path:
+        """The agent's ``bird.configDir`` (``peers/`` holds one file per session)."""
+        return self.dir / "bird"
+
+    @property
+    def interfaces(self) -> list[str]:
+        """The node's own tunnel name and every extra session's."""
+        return [self.interface, *self.extra_interfaces]
 
 
 def plan_nodes(suffix: str) -> list[Node]:
@@ -166,7 +197,7 @@ def bird_config(n: Node) -> dict[str, Any]:
 
 def session_for(n: Node, other: Node, status: int) -> dict[str, Any]:
     """``n``'s session to ``other``: WireGuard over the underlay, MP-BGP over link-local."""
-    return {
+    session = {
         "uuid": n.session_uuid,
         "asn": other.asn,
         "name": f"lab-{other.name}",
@@ -179,11 +210,14 @@ def session_for(n: Node, other: Node, status: int) -> dict[str, Any]:
         "mtu": 1420,
         "extensions": ["mp-bgp", "extended-nexthop"],
     }
+    if n.last_error is not None:
+        session["lastError"] = n.last_error
+    return session
 
 
 def agent_config(n: Node, cp_url: str) -> dict[str, Any]:
     """The node's local ``config.json`` (bootstrap mode; local settings win over the CP's)."""
-    bird_dir = n.dir / "bird"
+    bird_dir = n.bird_dir
     return {
         "bootstrap": {"apiUrl": cp_url, "nodeName": n.name, "token": TOKEN},
         "server": {"listen": f"127.0.0.1:{n.api_port}"},
@@ -219,7 +253,9 @@ class Lab:
         self.timeout = timeout
         self.keep_logs = keep_logs
         self.work = Path(tempfile.mkdtemp(prefix="moenet-lab-"))
-        self.nodes = plan_nodes(os.urandom(2).hex()[:3])
+        self.suffix = os.urandom(2).hex()[:3]
+        self.nodes = plan_nodes(self.suffix)
+        self._extras = 0
         self.t0 = time.monotonic()
         sibling = Path(sys.executable).with_name("moenet-agent")  # the venv's installed agent
         self.agent_bin = (
@@ -253,7 +289,7 @@ class Lab:
         self.log(
             f"namespaces {n1.ns_name} ({n1.underlay}) <-> {n2.ns_name} ({n2.underlay}), work dir {self.work}"
         )
-        for n, other in ((n1, n2), (n2, n1)):
+        for n in self.nodes:
             assert n.ns is not None
             n.bird = BirdDaemon(n.ns, n.dir / "bird-run").start()
             cp = FakeControlPlane(token=TOKEN)
@@ -264,7 +300,8 @@ class Lab:
             n.cp = cp
             cp.set("config", node_config(n))
             cp.set("bird-config", bird_config(n))
-            cp.set("sessions", {"bgpSessions": [session_for(n, other, STATUS_QUEUED_FOR_SETUP)]})
+            n.status = STATUS_QUEUED_FOR_SETUP
+            self.publish(n)
             cfg = n.dir / "config.json"
             cfg.write_text(json.dumps(agent_config(n, cp.url), indent=2))
         self.log(
@@ -297,11 +334,90 @@ class Lab:
         self.log(f"{n.name}: agent exited {rc} after {sig.name}")
         return rc
 
+    # -------------------------------------------------------------- the CP's answers
+
+    def other(self, n: Node) -> Node:
+        return next(x for x in self.nodes if x is not n)
+
+    def session_list(self, n: Node) -> list[dict[str, Any]]:
+        """What ``n``'s CP serves: its own session (with ``n.status``), then ``n.extras``."""
+        return [session_for(n, self.other(n), n.status), *n.extras]
+
+    def publish(self, n: Node) -> None:
+        """Serve :meth:`session_list` from ``n``'s CP from now on."""
+        self.set_sessions(n, self.session_list(n))
+
+    def set_sessions(self, n: Node, sessions: list[Any]) -> None:
+        """Serve exactly ``sessions`` (raw, anything JSON-able) until the next :meth:`publish`."""
+        assert n.cp is not None
+        n.cp.set("sessions", {"bgpSessions": sessions})
+
     def set_session_status(self, n: Node, status: int) -> None:
         """Make ``n``'s CP answer its session with ``status`` from now on."""
-        assert n.cp is not None
-        other = next(x for x in self.nodes if x is not n)
-        n.cp.set("sessions", {"bgpSessions": [session_for(n, other, status)]})
+        n.status = status
+        self.publish(n)
+
+    def set_extra_sessions(self, n: Node, extras: list[Any]) -> None:
+        """Serve ``extras`` after ``n``'s own session from now on (``[]``: none)."""
+        n.extras = list(extras)
+        self.publish(n)
+
+    def set_extra_status(self, n: Node, uuid: str, status: int, last_error: str | None = None) -> None:
+        """Serve one extra session with ``status`` (and ``lastError``, removed when None)."""
+        found = [s for s in n.extras if isinstance(s, dict) and s.get("uuid") == uuid]
+        assert found, f"no extra session {uuid} on {n.name}"
+        for s in found:
+            s["status"] = status
+            if last_error is None:
+                s.pop("lastError", None)
+            else:
+                s["lastError"] = last_error
+        self.publish(n)
+
+    def accept_report(self, n: Node, report: dict[str, Any]) -> None:
+        """Take one of the agent's ``modify`` bodies like a real CP: from now on the
+        session is served with the reported ``status`` and ``lastError``.
+
+        (An agent whose report the CP accepts but does not reflect in its answer
+        sends it again.)
+        """
+        uuid, status, last_error = report["uuid"], report["status"], report.get("lastError")
+        if uuid == n.session_uuid:
+            n.status, n.last_error = status, last_error
+            self.publish(n)
+        else:
+            self.set_extra_status(n, uuid, status, last_error)
+
+    def extra_session(self, n: Node, status: int = STATUS_QUEUED_FOR_SETUP, **fields: Any) -> dict[str, Any]:
+        """A fresh, valid session of ``n`` to a peer that does not exist (not served yet).
+
+        Its own uuid, a new public key, interface ``dn42-e<k><suffix>``, listen port
+        ``51900 + k``, an endpoint on the underlay nobody answers, link-local
+        ``fe80::e:<k>`` and AS ``4242420100 + k``; ``fields`` replace top-level keys
+        (the result is a plain dict: a test may change or delete anything). The tunnel
+        and BIRD protocol come up, BGP never reaches Established.
+        """
+        self._extras += 1
+        k = self._extras
+        interface = f"dn42-e{k}{self.suffix}"
+        session: dict[str, Any] = {
+            "uuid": str(uuidlib.uuid4()),
+            "asn": 4242420100 + k,
+            "name": f"lab-extra-{k}",
+            "status": status,
+            "type": "wireguard",
+            "interface": interface,
+            "endpoint": f"192.0.2.{100 + k % 150}:51820",
+            "credential": {"publicKey": keys.generate_private_key().public_key(), "listenPort": 51900 + k},
+            "ipv6LinkLocal": f"fe80::e:{k:x}",
+            "mtu": 1420,
+            "extensions": ["mp-bgp", "extended-nexthop"],
+        }
+        session.update(fields)
+        for name in (interface, session.get("interface")):
+            if isinstance(name, str) and SAFE_IFNAME.fullmatch(name) and name not in n.extra_interfaces:
+                n.extra_interfaces.append(name)
+        return session
 
     # -------------------------------------------------------------- checks
 
@@ -317,7 +433,8 @@ class Lab:
         await self._watch(n, n.cp.wait_for("modify", where=active, timeout=self.timeout))
         n.t_active = time.monotonic() - self.t0
         # Like a real CP: the session now is ACTIVE.
-        n.cp.set("sessions", {"bgpSessions": [session_for(n, other, STATUS_ACTIVE)]})
+        n.status, n.last_error = STATUS_ACTIVE, None
+        self.publish(n)
         self.log(f"{n.name}: session {n.session_uuid[:8]} QUEUED_FOR_SETUP -> ACTIVE (CP updated)")
 
     async def _watch(self, n: Node, aw: Any) -> Any:
@@ -344,6 +461,103 @@ class Lab:
         )  # fmt: skip
         out, _ = await asyncio.wait_for(proc.communicate(), 15)
         return out.decode(errors="replace")
+
+    async def links(self, n: Node) -> list[dict[str, Any]]:
+        """``ip -j -d link show`` in ``n``'s namespace."""
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "-n", n.ns_name, "-j", "-d", "link", "show",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        if proc.returncode != 0:
+            raise LabError(f"ip link show in {n.ns_name} failed: {err.decode(errors='replace')}")
+        links: list[dict[str, Any]] = json.loads(out)
+        return links
+
+    async def open_ports(self, n: Node) -> set[int]:
+        """The agent's nftables UDP port set in ``n`` (empty when the table or set is absent)."""
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", n.ns_name, "nft", "-j", "list", "ruleset",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        if proc.returncode != 0:
+            raise LabError(f"nft list ruleset in {n.ns_name} failed: {err.decode(errors='replace')}")
+        ports: set[int] = set()
+        for obj in json.loads(out).get("nftables", []):
+            s = obj.get("set")
+            if s and s.get("table") == "moenet_agent" and s.get("name") == "udp_ports":
+                for e in s.get("elem", []):
+                    if isinstance(e, int):
+                        ports.add(e)
+                    elif isinstance(e, dict) and "range" in e:
+                        lo, hi = e["range"]
+                        ports.update(range(lo, hi + 1))
+        return ports
+
+    def bird_files(self, n: Node) -> list[Path]:
+        """Every file under ``n``'s BIRD config directory."""
+        if not n.bird_dir.exists():
+            return []
+        return sorted(p for p in n.bird_dir.rglob("*") if p.is_file())
+
+    def peer_files(self, n: Node) -> list[Path]:
+        """Per-session peer files (``00_moenet.conf`` is the routing backend's placeholder)."""
+        d = n.bird_dir / "peers"
+        if not d.exists():
+            return []
+        return sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("00_"))
+
+    async def bgp_protocols(self, n: Node) -> dict[str, dict[str, str]]:
+        """BIRD's ``show protocols``: BGP protocol name -> {state, since, info}."""
+        out: dict[str, dict[str, str]] = {}
+        for line in (await self.birdc(n, "show", "protocols")).splitlines():
+            cols = line.split()
+            if len(cols) >= 5 and cols[1] == "BGP":
+                # Name Proto Table State Since... Info (since may be "date time")
+                out[cols[0]] = {"state": cols[3], "since": " ".join(cols[4:-1]), "info": cols[-1]}
+        return out
+
+    def wireguard_go(self, n: Node, interface: str | None = None) -> list[int]:
+        """wireguard-go processes serving ``interface`` (default: any of ``n``'s)."""
+        names = [interface] if interface else n.interfaces
+        return [
+            p
+            for p in _all_pids()
+            if _comm(p) == "wireguard-go" and any(i in _cmdline(p).split() for i in names)
+        ]
+
+    async def agent_status(self, n: Node) -> dict[str, Any]:
+        """The agent's ``GET /status``."""
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", n.ns_name, "curl", "-sf", f"http://127.0.0.1:{n.api_port}/status",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        if proc.returncode != 0:
+            raise LabError(
+                f"GET /status of {n.name} failed ({proc.returncode}): {err.decode(errors='replace')}"
+            )
+        status: dict[str, Any] = json.loads(out)
+        return status
+
+    async def sync(self, n: Node, task: str = "sessionSync") -> dict[str, Any]:
+        """``POST /sync {task, wait: true}`` to ``n``'s agent: one run of ``task`` that
+        *starts after this call* (a run in progress is followed by a fresh one), awaited;
+        returns that run's ``{ok, duration, error}``."""
+        body = json.dumps({"task": task, "wait": True})
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", n.ns_name, "curl", "-sf", "-m", str(int(self.timeout)), "-X", "POST",
+            "-H", "Content-Type: application/json", "-d", body, f"http://127.0.0.1:{n.api_port}/sync",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await self._watch(n, proc.communicate())
+        if proc.returncode != 0:
+            raise LabError(
+                f"POST /sync to {n.name} failed ({proc.returncode}): {err.decode(errors='replace')}"
+            )
+        result: dict[str, Any] = json.loads(out)["results"][task]
+        return result
 
     async def poll(self, what: str, check: Callable[[], Any]) -> Any:
         """Bounded poll (BIRD has no push interface): every 0.25 s until ``check`` is truthy."""
@@ -430,11 +644,12 @@ class Lab:
                 n.bird.stop()
             if n.ns is not None:
                 # The agent leaves tunnels up on purpose (no flap across restarts): delete them.
-                deleter = await asyncio.create_subprocess_exec(
-                    "ip", "-n", n.ns_name, "link", "del", n.interface,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-                await deleter.wait()
+                for name in n.interfaces:
+                    deleter = await asyncio.create_subprocess_exec(
+                        "ip", "-n", n.ns_name, "link", "del", name,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                    await deleter.wait()
                 wg = [p for p in n.ns.pids() if _comm(p) == "wireguard-go"]
                 for pid in wg:
                     with contextlib.suppress(ProcessLookupError):
@@ -443,9 +658,10 @@ class Lab:
                 n.ns.remove()
             if n.cp is not None:
                 await n.cp.stop()
-            with contextlib.suppress(FileNotFoundError):
-                (WG_RUN_DIR / f"{n.interface}.sock").unlink()
-                self.log(f"{n.name}: removed a stale {WG_RUN_DIR}/{n.interface}.sock")
+            for name in n.interfaces:
+                with contextlib.suppress(FileNotFoundError):
+                    (WG_RUN_DIR / f"{name}.sock").unlink()
+                    self.log(f"{n.name}: removed a stale {WG_RUN_DIR}/{name}.sock")
         shutil.rmtree(self.work, ignore_errors=True)
         self.leftovers = self.find_leftovers()
         if self.leftovers:
@@ -457,11 +673,12 @@ class Lab:
         left: list[str] = []
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
         left += [f"namespace {name}" for name in self.ns_names if name in listed]
-        for n in self.nodes:
-            if (WG_RUN_DIR / f"{n.interface}.sock").exists():
-                left.append(f"{WG_RUN_DIR}/{n.interface}.sock")
+        names = [name for n in self.nodes for name in n.interfaces]
+        for name in names:
+            if (WG_RUN_DIR / f"{name}.sock").exists():
+                left.append(f"{WG_RUN_DIR}/{name}.sock")
         for pid in _all_pids():
-            if _comm(pid) == "wireguard-go" and any(n.interface in _cmdline(pid) for n in self.nodes):
+            if _comm(pid) == "wireguard-go" and any(name in _cmdline(pid) for name in names):
                 left.append(f"wireguard-go pid {pid}")
         if self.work.exists():
             left.append(str(self.work))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import moenet_templates
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,21 +185,26 @@ async def assert_nothing_of(lab, n, session: dict[str, Any], protocol: str | Non
 async def test_bird_rejected_session_ends_setup_failed_and_leaves_nothing(lab):
     """A session that passes the agent's validation but that BIRD 3 rejects.
 
-    The rejection is real, not injected: the peer's ASN is the node's *own* ASN. The
-    session model accepts any usable ASN (it does not know the node's), the renderer
-    puts it in ``neighbor ... as OWNAS`` of an eBGP template, BIRD reads that as iBGP
-    (multihop by default) over the link-local neighbour and refuses the file:
-    ``peers/dn42_<asn>_<hash>.conf:<line>: Multihop BGP cannot be used with
-    link-local addresses`` (BIRD 3.3; nothing else valid-for-us was found that BIRD
-    refuses). Should the agent start refusing an own-ASN eBGP session up front, this
-    test needs another BIRD rejection or fault injection (a per-node
-    ``bird.templateDir`` whose ``peer.conf.j2`` breaks one session).
+    Nothing the session model accepts is refused by BIRD any more (the last case, a
+    peer with the node's own AS, is now refused up front as ERROR), so the rejection
+    is injected the way an operator could cause it: a ``peer.conf.j2`` override in the
+    node's ``bird.templateDir`` that writes an invalid line for one peer AS only. BIRD
+    then really refuses that session's file (``peers/dn42_<asn>_<hash>.conf:<line>``);
+    the agent must drop that session alone.
     """
     n1, n2 = lab.nodes
     since1, since2 = await bgp_since(lab, n1), await bgp_since(lab, n2)
     files = {p: p.read_bytes() for p in lab.peer_files(n1)}
     assert len(files) == 1
-    bad = lab.extra_session(n1, asn=n1.asn, name="lab-own-as")
+    bad_asn = 4242420199
+    template = (Path(moenet_templates.__file__).parent / "bird" / "peer.conf.j2").read_text()
+    anchor = "from dn42_ebgp {\n"
+    assert anchor in template
+    broken = template.replace(
+        anchor, anchor + f"{{% if p.asn == {bad_asn} %}}  injected_invalid_option on;\n{{% endif %}}"
+    )
+    (n1.dir / "templates" / "peer.conf.j2").write_text(broken)
+    bad = lab.extra_session(n1, asn=bad_asn, name="lab-bird-refuses")
 
     t = time.monotonic()
     lab.set_extra_sessions(n1, [bad])
@@ -207,7 +213,7 @@ async def test_bird_rejected_session_ends_setup_failed_and_leaves_nothing(lab):
     lab.log(f"bird-rejected: SETUP_FAILED reported {time.monotonic() - t:.2f}s after the CP change + /sync")
     assert body["status"] == STATUS_SETUP_FAILED, body
     error = body.get("lastError") or ""
-    assert "Multihop BGP cannot be used with link-local addresses" in error, error
+    assert "syntax error" in error, error
     assert re.search(r"peers/dn42_\d+_[0-9a-f]+\.conf:\d+", error), error  # BIRD names file:line
     assert not body.get("removed"), body
 
@@ -259,6 +265,7 @@ def _hostile(lab, n) -> list[tuple[dict[str, Any], str, list[str]]]:
     add(".interface: must be 1-15 characters", [], interface="..")
     add(".interface: must be 1-15 characters", ["dn42 evil x"], interface="dn42 evil x")
     add(".interface: must be 1-15 characters", ["dn42-way-too-long0"], interface="dn42-way-too-long0")
+    add("this node's own AS", [], asn=n.asn)  # iBGP, not a peering: refused up front
     add(".asn:", [], asn=4294967296)
     add(".asn:", [], asn=-1)
     add(".asn: must be an AS number", ["evil_asn"], asn="4242420099; protocol evil_asn")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import attrs
 import pytest
 from moenet_sessions.desired import DesiredError, NodeSettings, build_desired, derive_link_local
 from moenet_sessions.model import Session, parse_sessions
@@ -73,6 +74,34 @@ def test_ipv4_and_ula() -> None:
     assert d.peer["neighborIpv4"] == "172.20.9.9" and d.peer["localIpv4"] == "172.20.0.1"
     assert d.peer["neighborIpv6"] == "fd00:9::9" and d.peer["localIpv6"] == "fd00:4242:7777:302:1::1"
     assert d.peer["mpBgp"] is True and d.peer["extendedNexthop"] is False
+
+
+def test_sessions_without_link_local_get_working_bgp() -> None:
+    """No link-local neighbour: no local link-local either (BIRD would have no use
+    for it and the backend refuses it), and IPv4-only is plain IPv4 BGP."""
+    v4 = build_desired(session(ipv6LinkLocal=None, ipv4="172.20.9.9"), SETTINGS)
+    assert "localLinkLocal" not in v4.peer and "neighborLinkLocal" not in v4.peer
+    assert v4.peer["mpBgp"] is False and v4.peer["neighborIpv4"] == "172.20.9.9"
+    ula = build_desired(session(ipv6LinkLocal=None, ipv6="fd00:9::9"), SETTINGS)
+    assert "localLinkLocal" not in ula.peer and "mpBgp" not in ula.peer  # backend default: MP-BGP
+    both = build_desired(
+        session(ipv6LinkLocal=None, ipv6="fd00:9::9", ipv4="172.20.9.9", extensions=["mp-bgp"]), SETTINGS
+    )
+    assert both.peer["mpBgp"] is True and both.peer["localIpv4"] == "172.20.0.1"
+
+
+@pytest.mark.parametrize(
+    ("over", "reason"),
+    [
+        ({"asn": 4242420777}, "this node's own AS"),
+        ({"ipv6LinkLocal": None, "ipv4": "172.20.9.9", "extensions": ["mp-bgp"]}, "needs an IPv6 neighbour"),
+        ({"extensions": ["mp-bgp"]}, "needs the session's ipv4"),
+    ],
+)
+def test_setups_that_cannot_work_are_refused_up_front(over: dict[str, Any], reason: str) -> None:
+    settings = attrs.evolve(SETTINGS, asn=4242420777) if "asn" in over else SETTINGS
+    with pytest.raises(DesiredError, match=reason):
+        build_desired(session(**over), settings)
 
 
 def test_missing_loopback_is_an_error() -> None:

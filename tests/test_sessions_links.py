@@ -8,6 +8,7 @@ real sessionSync against real wireguard-go, nftables and BIRD 3 in a namespace
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,49 @@ async def test_restart_reapplies_the_tunnel_and_restarts_bgp(
         # A second restart with everything in place writes no tunnel.
         again = await n.h.agent.restart(n.ifname(1))
         assert again is not None and again["tunnelRepaired"] is False
+
+
+# ------------------------------------------------------------ report pacing
+
+
+async def test_repeats_of_an_accepted_report_back_off(tmp_path: Path) -> None:
+    """A CP that accepts a report but keeps contradicting it is told again at once,
+    then after 1, 2, 4... sync intervals (capped), never every cycle; a different
+    report is never held back."""
+    from types import SimpleNamespace
+
+    from loguru import logger
+    from moenet_sessions.records import Report
+    from moenet_sessions.task import REPEAT_MAX_SECONDS, SessionSync
+
+    from moenet_core.models import SessionStatus
+    from moenet_core.testing import ManualClock
+
+    clock = ManualClock()
+    ctx = SimpleNamespace(
+        state=StateStore(tmp_path),
+        clock=clock,
+        config=SimpleNamespace(control_plane=SimpleNamespace(sync_interval=60.0)),
+        log=logger,
+        register_hooks=lambda obj: None,
+    )
+    task = SessionSync(ctx)  # type: ignore[arg-type]
+    active = Report(uuid="u1", status=SessionStatus.ACTIVE)
+    task.note_accepted(active)
+
+    sent_at: list[float] = []
+    start = clock.monotonic()
+    for _ in range(400):  # 400 one-minute cycles
+        out, held = task.pace([active])
+        assert (out == [active]) != (held == {"u1"})
+        if out:
+            sent_at.append(clock.monotonic() - start)
+            task.note_accepted(active)  # the CP accepts the repeat, and still contradicts it
+        await clock.advance(60.0)
+    # At once, then waits of 1, 2, 4, 8... intervals.
+    assert sent_at[:5] == [0.0, 60.0, 180.0, 420.0, 900.0]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert 0.9 * REPEAT_MAX_SECONDS <= max(gaps) <= REPEAT_MAX_SECONDS and len(sent_at) <= 14
+
+    other = Report(uuid="u1", status=SessionStatus.ERROR, last_error="x")
+    assert task.pace([other]) == ([other], set())

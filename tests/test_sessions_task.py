@@ -135,7 +135,13 @@ async def node(
             cp.set("bird-config", cp_data("h1"))
             cp.set("sessions", [])
             cfg = {
-                "node": {"name": "hkg1", "id": 3},
+                "node": {
+                    "name": "hkg1",
+                    "id": 3,
+                    "asn": 4242429999,
+                    "loopbackIpv4": "172.20.0.1",
+                    "loopbackIpv6": "fd00:4242:7777::1",
+                },
                 "controlPlane": {"url": cp.url, "token": "test-token", "maxRetries": 0},
                 "bird": {
                     "controlSocket": str(daemon.socket),
@@ -349,3 +355,22 @@ async def test_a_requeue_the_agent_never_saw_is_reported_again(
         assert r["reports"] == 1 and r["delivered"] == 0, r
         r = await n.sync()
         assert r["reports"] == 0 and r["delivered"] == 1, r
+
+
+async def test_sessions_without_link_local_and_own_as(netns: Callable[[], NetNS], tmp_path: Path) -> None:
+    """IPv4-only and IPv6-ULA-only sessions are set up (BIRD accepts them); a session
+    with the node's own AS is refused up front as ERROR, never reaching BIRD."""
+    async with node(netns, tmp_path) as n:
+        v4 = n.session(1, ipv6LinkLocal=None, ipv4="172.20.9.1")
+        ula = n.session(2, ipv6LinkLocal=None, ipv6="fd00:9::2")
+        own = n.session(3, asn=4242429999)
+        n.cp.set("sessions", [v4, ula, own])
+        r = await n.sync()
+        assert r["failed"] == {}, r
+        reports = {m["uuid"]: m for m in n.modifies()}
+        assert reports[uid(1)] == {"uuid": uid(1), "status": 1}
+        assert reports[uid(2)] == {"uuid": uid(2), "status": 1}
+        assert reports[uid(3)]["status"] == 2 and "own AS" in reports[uid(3)]["lastError"]
+        protocols = await n.protocols()
+        assert symbol(1) + "_v4" in protocols and symbol(2) in protocols
+        assert list((n.etc / "peers").glob("dn42_4242429999_*")) == [] and n.link(3) is None

@@ -230,6 +230,8 @@ def agent_config(n: Node, cp_url: str) -> dict[str, Any]:
             "controlSocket": str(n.dir / "bird-run" / "bird.ctl"),
             "peerConfDir": str(bird_dir / "peers"),
             "ibgpConfDir": str(bird_dir / "ibgp"),
+            # Empty: the packaged templates apply. Tests drop overrides here (fault injection).
+            "templateDir": str(n.dir / "templates"),
         },
         "wireguard": {
             "backend": "userspace",
@@ -275,6 +277,7 @@ class Lab:
         for n in self.nodes:
             n.dir = self.work / n.name
             n.dir.mkdir(parents=True)
+            (n.dir / "templates").mkdir()
             n.ns = NetNS(prefix="moenet-lab")
             self.ns_names.append(n.ns.name)
             key = keys.generate_private_key()

@@ -58,6 +58,8 @@ class NodeSettings:
     psk_dir: str = DEFAULT_PSK_DIR
     import_limit: int | None = None
     export_limit: int | None = None
+    asn: int | None = None
+    """The node's own AS (``node.asn``): a session with it is iBGP, never a peering."""
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, psk_dir: str | None = None) -> NodeSettings:
@@ -74,6 +76,7 @@ class NodeSettings:
             loopback_ipv4=v4,
             loopback_ipv6=v6,
             psk_dir=psk_dir or f"{config.state.directory.rstrip('/')}/psk",
+            asn=config.node.asn,
         )
 
 
@@ -119,8 +122,33 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
     """The tunnel spec, routing fragment and port of ``session``.
 
     ``latency`` overrides the default tier (the RTT task's measured tier).
-    Raises :class:`DesiredError` when the session needs something the node lacks.
+    Raises :class:`DesiredError` when the session needs something the node lacks,
+    or asks for a BGP setup that cannot work (the reason is reported as ERROR
+    instead of a routing failure at apply time):
+
+    - the peer's AS is the node's own (that is iBGP, the ``ibgp`` plugin's job;
+      BIRD would make it a multihop session, refused over link-local);
+    - ``mp-bgp`` without any IPv6 neighbour to carry it;
+    - ``mp-bgp`` without ``extended-nexthop`` and without the session's IPv4
+      (the IPv4 channel then has no next hop of its own).
+
+    Without ``extensions`` the backend's defaults (MP-BGP with extended next hop)
+    apply where there is an IPv6 neighbour, plain IPv4 BGP where there is not.
     """
+    if settings.asn is not None and session.asn == settings.asn:
+        raise DesiredError(
+            f"the peer's AS{session.asn} is this node's own AS: that is iBGP, not an eBGP peering"
+        )
+    v6_neighbour = bool(session.ipv6_link_local or session.ipv6)
+    if session.extensions is not None:
+        mp_bgp = "mp-bgp" in session.extensions
+        if mp_bgp and not v6_neighbour:
+            raise DesiredError("extension mp-bgp needs an IPv6 neighbour (ipv6LinkLocal or ipv6)")
+        if mp_bgp and "extended-nexthop" not in session.extensions and not session.ipv4:
+            raise DesiredError(
+                "extension mp-bgp without extended-nexthop needs the session's ipv4 "
+                "(the next hop of the IPv4 routes)"
+            )
     addresses = [TunnelAddress(local=f"{settings.link_local}/64")]
     if session.ipv4:
         if not settings.loopback_ipv4:
@@ -150,9 +178,9 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
         "name": session.name,
         "description": session.description,
         "interface": session.interface,
-        "localLinkLocal": settings.link_local,
     }
     if session.ipv6_link_local:
+        peer["localLinkLocal"] = settings.link_local
         peer["neighborLinkLocal"] = session.ipv6_link_local
     if session.ipv6:
         peer["neighborIpv6"] = session.ipv6
@@ -163,6 +191,8 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
     if session.extensions is not None:
         peer["mpBgp"] = "mp-bgp" in session.extensions
         peer["extendedNexthop"] = "extended-nexthop" in session.extensions
+    elif not v6_neighbour:
+        peer["mpBgp"] = False  # IPv4 only: plain IPv4 BGP
     if settings.import_limit is not None:
         peer["importLimit"] = settings.import_limit
     if settings.export_limit is not None:

@@ -22,8 +22,9 @@ removed. Reports are de-duplicated: none when the CP already holds the wanted
 status, and none when the same report was made while the CP showed the same status
 and has not accepted it yet (the outbox holds it). Once the CP *accepts* a report the
 task forgets the status it saw (``SessionSync.deliver``), so a CP that still, or
-again, contradicts an accepted report gets it once more per cycle: a re-queue
-(``ACTIVE`` -> ``QUEUED_FOR_SETUP``) that happened between two fetches is answered.
+again, contradicts an accepted report is told again: at once (a re-queue,
+``ACTIVE`` -> ``QUEUED_FOR_SETUP``, that happened between two fetches is answered),
+then with growing pauses (``SessionSync.pace``) while the contradiction lasts.
 """
 
 from __future__ import annotations

@@ -76,6 +76,8 @@ TASK_NAME = "sessionSync"
 RESOURCE = "sessions"
 OWNER = "sessions"
 APPLIED_FILE = "applied.json"
+#: Longest wait between repeats of a report the CP accepted but contradicts.
+REPEAT_MAX_SECONDS = 3600.0
 
 #: Live task instances (weakly), for the ``/plugins/sessions/plan`` route: a route
 #: handler gets only the request, and the plugin is a module shared by every agent
@@ -126,6 +128,8 @@ class SessionSync:
         self.last: dict[str, Any] | None = None
         self.links = LinkBook(ctx.state)
         self._configured: Mapping[str, ConfiguredSession] | None = None
+        self._accepted: dict[str, tuple[Report, int, float]] = {}
+        """uuid -> (the report the CP last accepted, times repeated since, not before)."""
         self._lock = asyncio.Lock()
         """Held by a cycle and by ``/restart``: both write the same tunnels."""
         ctx.register_hooks(self)
@@ -255,10 +259,14 @@ class SessionSync:
 
         failed, applied, counts = await self.apply(p, observed, tunnel, firewall, routing)
 
-        reports = self.outcome(p, failed, {s.uuid: s for s in sessions})
+        self.note_seen(p.seen)
+        reports, held = self.pace(self.outcome(p, failed, {s.uuid: s for s in sessions}))
         for r in reports:
             self.outbox.put(r)
         after = next_previous(intent, p, failed=failed, sent=reports)
+        if held:
+            # Forget what the CP showed, so the next cycles reconsider the held report.
+            after = attrs.evolve(after, seen={u: v for u, v in after.seen.items() if u not in held})
         self.store.save_previous(after)
         self._configured = after.configured
         self.links.forget(after.configured)
@@ -469,6 +477,58 @@ class SessionSync:
                 self._emit(s, session, old, new, error)
         return reports
 
+    def note_accepted(self, report: Report) -> None:
+        """The CP accepted ``report`` (a repeat keeps its pacing)."""
+        known = self._accepted.get(report.uuid)
+        if known is None or known[0] != report:
+            self._accepted[report.uuid] = (report, 0, 0.0)
+
+    def note_seen(self, seen: Mapping[str, SessionStatus]) -> None:
+        """What the CP shows now: where it agrees with the accepted report the
+        contradiction is over (a later one is answered at once again); sessions it
+        no longer lists are forgotten."""
+        for uuid, (report, repeats, _) in list(self._accepted.items()):
+            if uuid not in seen:
+                del self._accepted[uuid]
+            elif seen[uuid] == report.status and repeats:
+                self._accepted[uuid] = (report, 0, 0.0)
+
+    def pace(self, reports: list[Report]) -> tuple[list[Report], set[str]]:
+        """Hold back repeats of an accepted report the CP keeps contradicting.
+
+        The first repeat goes out at once (it answers a re-queue the agent never
+        saw); further ones wait one sync interval, then two, four... up to
+        ``REPEAT_MAX_SECONDS``: a CP that stores a report differently than sent
+        (a truncated ``lastError``, say) is told again, never every minute forever.
+        Returns (reports to queue, uuids held back).
+        """
+        now = self.ctx.clock.monotonic()
+        base = self.ctx.config.control_plane.sync_interval
+        out: list[Report] = []
+        held: set[str] = set()
+        for r in reports:
+            accepted = self._accepted.get(r.uuid)
+            if accepted is not None and accepted[0] == r:
+                _, repeats, not_before = accepted
+                if now < not_before:
+                    held.add(r.uuid)
+                    continue
+                k = repeats + 1
+                gap = min(base * 2 ** (k - 1), REPEAT_MAX_SECONDS)
+                # 0.9: cycles are jittered; a repeat due "one interval later" must not slip by one.
+                self._accepted[r.uuid] = (r, k, now + 0.9 * gap)
+                if k >= 2:
+                    self.ctx.log.warning(
+                        "session {}: the CP accepted status {} but still shows otherwise; told it "
+                        "again ({} times), next time in {:.0f} s at the earliest",
+                        r.uuid,
+                        r.status.name,
+                        k,
+                        gap,
+                    )
+            out.append(r)
+        return out, held
+
     def _emit(
         self,
         s: SessionPlan,
@@ -501,8 +561,8 @@ class SessionSync:
         An accepted report also resets what the agent remembers the CP showing for
         that session: whatever the CP answers from now on is its word *after* the
         report. A CP that still (or again: a re-queue the agent never saw in
-        between) shows a status contradicting the report gets it once more on the
-        next cycle, instead of the planner's de-duplication taking the old
+        between) shows a status contradicting the report is told again (paced by
+        :meth:`pace`), instead of the planner's de-duplication taking the old
         observation for "the CP has not processed it yet" forever.
         """
         sent = 0
@@ -519,6 +579,7 @@ class SessionSync:
                 continue
             self.outbox.ack(entry.report.uuid, entry.report)
             acked.add(entry.report.uuid)
+            self.note_accepted(entry.report)
             sent += 1
         if acked:
             previous = self.store.load_previous()

@@ -301,6 +301,8 @@ class Lab:
             with n.ns.entered():
                 await cp.start()
             n.cp = cp
+            # Like a real CP, an accepted report changes the session's status at once.
+            cp.on_post("modify", lambda body, n=n: self.apply_report(n, body))
             cp.set("config", node_config(n))
             cp.set("bird-config", bird_config(n))
             n.status = STATUS_QUEUED_FOR_SETUP
@@ -377,12 +379,24 @@ class Lab:
                 s["lastError"] = last_error
         self.publish(n)
 
+    def apply_report(self, n: Node, body: Any) -> None:
+        """The CP's side of an accepted ``modify`` (see ``FakeControlPlane.on_post``):
+        a report for a session the CP serves sets its status and ``lastError``;
+        anything else (a removed or hand-set session, a malformed body) is ignored."""
+        if not isinstance(body, dict) or not isinstance(body.get("uuid"), str):
+            return
+        if body["uuid"] == n.session_uuid or any(
+            isinstance(s, dict) and s.get("uuid") == body["uuid"] for s in n.extras
+        ):
+            self.accept_report(n, body)
+
     def accept_report(self, n: Node, report: dict[str, Any]) -> None:
         """Take one of the agent's ``modify`` bodies like a real CP: from now on the
         session is served with the reported ``status`` and ``lastError``.
 
-        (An agent whose report the CP accepts but does not reflect in its answer
-        sends it again.)
+        The lab's CPs do this on every accepted report (:meth:`apply_report`); tests
+        call it again harmlessly. (An agent whose report the CP accepts but does not
+        reflect in its answer sends it again, with growing pauses.)
         """
         uuid, status, last_error = report["uuid"], report["status"], report.get("lastError")
         if uuid == n.session_uuid:

@@ -50,6 +50,7 @@ class FakeControlPlane:
         self._queued: dict[str, deque[_Answer]] = {}
         self._changed = asyncio.Condition()
         self._server: TestServer | None = None
+        self._on_post: dict[str, Callable[[Any], None]] = {}
 
     # ----------------------------------------------------------- scripting
 
@@ -71,6 +72,15 @@ class FakeControlPlane:
         q = self._queued.setdefault(resource, deque())
         for _ in range(times):
             q.append(_Answer(status=status, body=body, raw=raw, headers=dict(headers or {})))
+
+    def on_post(self, resource: str, callback: Callable[[Any], None] | None) -> None:
+        """Call ``callback(body)`` for every ``POST resource`` the CP accepts (answered
+        200, not failed by :meth:`fail` or refused), before the answer goes out: a CP
+        that, like a real one, changes its state on a report (None removes it)."""
+        if callback is None:
+            self._on_post.pop(resource, None)
+        else:
+            self._on_post[resource] = callback
 
     def calls(self, resource: str | None = None, method: str | None = None) -> list[RecordedRequest]:
         return [
@@ -152,6 +162,9 @@ class FakeControlPlane:
             if answer.raw is not None:
                 return web.Response(status=answer.status, body=answer.raw, headers=answer.headers)
             return self._reply(answer.status, answer.body, headers=answer.headers, raw_json=True)
+        callback = self._on_post.get(resource) if request.method == "POST" else None
+        if callback is not None:
+            callback(body)
         key = (request.method, resource)
         if key in self._data:
             return self._reply(200, self._data[key])

@@ -28,6 +28,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: DN42's usual allowed IPs on a peering tunnel.
 DN42_ALLOWED_IPS: tuple[str, ...] = ("0.0.0.0/0", "fd00::/8", "fe80::/64")
 
+#: The owner of tunnels and firewall ports when none is named: the eBGP sessions.
+DEFAULT_OWNER = "sessions"
+
 
 # ------------------------------------------------------------------ tunnel
 
@@ -46,6 +49,9 @@ class TunnelSpec:
 
     ``private_key_file`` names a 0600 file (keys are never passed around as
     strings); ``endpoint`` is ``host:port`` or ``[v6]:port`` and may be a host name.
+    ``owner`` is the plugin's owner name (``sessions``, ``mesh``): a tunnel belongs
+    to exactly one owner, recorded on the system, and no other owner's call may
+    change or remove it.
     """
 
     name: str
@@ -58,6 +64,7 @@ class TunnelSpec:
     keepalive: int | None = None
     mtu: int = 1420
     addresses: tuple[TunnelAddress, ...] = ()
+    owner: str = DEFAULT_OWNER
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +81,7 @@ class TunnelState:
     mtu: int
     addresses: tuple[TunnelAddress, ...]
     up: bool
+    owner: str = DEFAULT_OWNER
 
 
 @attrs.frozen(kw_only=True)
@@ -95,16 +103,20 @@ class TunnelBackend(Backend):
     @abstractmethod
     async def ensure(self, spec: TunnelSpec) -> bool:
         """Make the tunnel match ``spec``, in place where possible (no delete and
-        recreate, no forced handshake). Returns True when anything was written."""
+        recreate, no forced handshake). Returns True when anything was written.
+        Refuses (raises) when ``spec.name`` is a tunnel of another owner or an
+        interface the agent does not own."""
 
     @abstractmethod
-    async def remove(self, name: str) -> bool:
+    async def remove(self, name: str, *, owner: str | None = None) -> bool:
         """Remove one of the agent's tunnels. Returns False when it did not exist.
-        Refuses (raises) for an interface the agent does not own."""
+        Refuses (raises) for an interface the agent does not own, and, when
+        ``owner`` is given, for a tunnel of another owner."""
 
     @abstractmethod
-    async def list(self) -> Mapping[str, TunnelState]:
-        """The agent's tunnels as the system has them now (read, not remembered)."""
+    async def list(self, owner: str | None = None) -> Mapping[str, TunnelState]:
+        """The agent's tunnels as the system has them now (read, not remembered):
+        all of them, or only ``owner``'s."""
 
     @abstractmethod
     async def stats(self, name: str) -> TunnelStats:
@@ -130,13 +142,14 @@ class FirewallBackend(Backend):
     kind: ClassVar[str] = "firewall"
 
     @abstractmethod
-    async def sync(self, ports: frozenset[int]) -> bool:
-        """Make the open set exactly ``ports`` in one atomic change, only when the
-        system differs. Returns True when a change was applied."""
+    async def sync(self, ports: frozenset[int], *, owner: str = DEFAULT_OWNER) -> bool:
+        """Make ``owner``'s open set exactly ``ports`` in one atomic change, only
+        when the system differs; other owners' ports stay as they are. A port is
+        open while any owner has it. Returns True when a change was applied."""
 
     @abstractmethod
-    async def list_ports(self) -> frozenset[int]:
-        """The ports open now, read from the system."""
+    async def list_ports(self, owner: str | None = None) -> frozenset[int]:
+        """The ports open now, read from the system: all owners', or ``owner``'s."""
 
     async def remove_all(self) -> None:
         """Drop everything the agent created (only its own objects)."""

@@ -136,7 +136,10 @@ def test_port_container_must_be_a_collection():
 def test_render_full_table():
     text = ruleset.render(
         Desired(
-            table="moenet_agent", ports=frozenset({51821, 51820}), priority=-10, managed_range=(20000, 29999)
+            table="moenet_agent",
+            sets={"sessions": frozenset({51821, 51820})},
+            priority=-10,
+            managed_range=(20000, 29999),
         )
     )
     assert text.splitlines()[:3] == [
@@ -155,13 +158,13 @@ def test_render_full_table():
 
 
 def test_render_empty_set_and_no_range():
-    text = ruleset.render(Desired(table="moenet_t", ports=frozenset(), priority=0))
+    text = ruleset.render(Desired(table="moenet_t", sets={"sessions": frozenset()}, priority=0))
     assert "elements" not in text and "drop" not in text
     assert ruleset.render_delete("moenet_t") == "table inet moenet_t {}\ndelete table inet moenet_t\n"
 
 
 def test_single_port_range_is_rendered_as_a_port():
-    want = Desired(table="moenet_t", ports=frozenset({1}), priority=0, managed_range=(7, 7))
+    want = Desired(table="moenet_t", sets={"sessions": frozenset({1})}, priority=0, managed_range=(7, 7))
     assert "udp dport 7 counter drop" in ruleset.render(want)
     drop = ruleset.expected(want)[-1]["rule"]["expr"][0]["match"]["right"]
     assert drop == 7
@@ -218,7 +221,7 @@ LISTING = {
         },
     ]
 }
-WANT = Desired(table="moenet_agent", ports=frozenset({51820, 51821}), priority=-10)
+WANT = Desired(table="moenet_agent", sets={"sessions": frozenset({51820, 51821})}, priority=-10)
 
 
 def test_recorded_listing_matches_expected_form():
@@ -231,10 +234,13 @@ def test_recorded_listing_matches_expected_form():
 def test_describe_port_changes_and_drift():
     objs = ruleset.parse_listing(json.dumps(LISTING))
     want = Desired(
-        table="moenet_agent", ports=frozenset({51820, 4242}), priority=-10, managed_range=(4000, 4999)
+        table="moenet_agent",
+        sets={"sessions": frozenset({51820, 4242})},
+        priority=-10,
+        managed_range=(4000, 4999),
     )
     reasons = ruleset.describe(objs, want, ruleset.expected(want))
-    assert reasons[:2] == ["open 4242", "close 51821"]
+    assert reasons[:2] == ["sessions: open 4242", "sessions: close 51821"]
     assert len(reasons) == 3 and reasons[2].startswith("missing rule in input:")
     assert ruleset.describe(None, WANT, ruleset.expected(WANT)) == [
         "create table inet moenet_agent with 2 open ports"
@@ -288,3 +294,94 @@ async def test_nft_errors_carry_stderr_and_hangs_time_out(tmp_path):
     with pytest.raises(NftablesError, match=r"timed out after 0.3s"):
         await NftablesFirewall(NftablesConfig(nft_path=str(hanging), timeout=0.3)).list_ports()
     assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- owners
+
+
+def test_owner_set_names():
+    assert ruleset.set_name("sessions") == "udp_ports"  # the set every older table has
+    assert ruleset.set_name("mesh") == "udp_ports_mesh"
+    assert ruleset.set_name("a-b_1") == "udp_ports_a-b_1"
+    for name, owner in (
+        ("udp_ports", "sessions"),
+        ("udp_ports_mesh", "mesh"),
+        ("udp_ports_a-b_1", "a-b_1"),
+        ("udp_ports_sessions", None),  # not canonical
+        ("udp_ports_", None),
+        ("udp_ports_Mesh", None),
+        ("udp_portsmesh", None),
+        ("admins", None),
+        (None, None),
+    ):
+        assert ruleset.owner_of_set(name) == owner, name
+    for bad in ("", "Mesh", "1x", "a b", "x;flush ruleset", "mesh\n", "a" * 33, None):
+        with pytest.raises(ValueError, match="firewall owner"):
+            ruleset.validate_owner(bad)
+
+
+def test_desired_sets_are_canonical():
+    want = Desired(
+        table="moenet_t",
+        sets={
+            "zeta": frozenset({3}),
+            "mesh": frozenset({2}),
+            "sessions": frozenset({1}),
+            "idle": frozenset(),
+        },
+        priority=0,
+    )
+    # The default owner first (always), then owners holding ports by name; empty ones have no set.
+    assert want.sets == (("sessions", frozenset({1})), ("mesh", frozenset({2})), ("zeta", frozenset({3})))
+    assert want.ports == {1, 2, 3} and want.owner_ports("mesh") == {2} and want.owner_ports("idle") == set()
+    assert Desired(table="moenet_t", sets={"mesh": frozenset({2})}, priority=0).sets == (
+        ("sessions", frozenset()),
+        ("mesh", frozenset({2})),
+    )
+    with pytest.raises(ValueError, match="firewall owner"):
+        Desired(table="moenet_t", sets={"Bad": frozenset()}, priority=0)
+
+
+def test_render_and_expect_one_set_and_rule_per_owner():
+    want = Desired(
+        table="moenet_agent",
+        sets={"sessions": frozenset({51820}), "mesh": frozenset({4242, 4243})},
+        priority=-10,
+        managed_range=(4000, 60000),
+    )
+    text = ruleset.render(want)
+    assert "\tset udp_ports {" in text and "\tset udp_ports_mesh {" in text
+    assert "\t\telements = { 4242, 4243 }" in text and "\t\telements = { 51820 }" in text
+    rules = [line.strip() for line in text.splitlines() if line.startswith("\t\tudp dport")]
+    assert rules == [
+        'udp dport @udp_ports counter accept comment "moenet-agent: open ports"',
+        'udp dport @udp_ports_mesh counter accept comment "moenet-agent: open ports of mesh"',
+        'udp dport 4000-60000 counter drop comment "moenet-agent: closed ports of the managed range"',
+    ]
+    objs = ruleset.expected(want)
+    assert [next(iter(o)) for o in objs] == ["table", "set", "set", "chain", "rule", "rule", "rule"]
+    assert ruleset.owner_sets(objs) == {"sessions": {51820}, "mesh": {4242, 4243}}
+    assert ruleset.ports_in(objs) == {51820, 4242, 4243}
+    assert ruleset.ports_in(objs, "mesh") == {4242, 4243} and ruleset.ports_in(objs, "x") == set()
+
+
+def test_a_table_of_the_previous_version_is_the_sessions_owners():
+    objs = ruleset.parse_listing(json.dumps(LISTING))  # recorded from the version before owners
+    assert ruleset.owner_sets(objs) == {"sessions": {51820, 51821}}
+    assert ruleset.ports_in(objs, "sessions") == {51820, 51821} and ruleset.ports_in(objs, "mesh") == set()
+    # Upgrading changes nothing: the sessions owner's desired table is the listed one.
+    assert objs == ruleset.expected(
+        Desired(table="moenet_agent", sets=ruleset.owner_sets(objs), priority=-10)
+    )
+
+
+def test_describe_names_the_owner_whose_ports_change():
+    objs = ruleset.parse_listing(json.dumps(LISTING))
+    want = Desired(
+        table="moenet_agent", sets={"sessions": frozenset({51820, 51821}), "mesh": {7, 8}}, priority=-10
+    )
+    reasons = ruleset.describe(objs, want, ruleset.expected(want))
+    assert reasons[0] == "mesh: open 7, 8"
+    assert all(not r.startswith("sessions:") for r in reasons)
+    back = ruleset.expected(want)
+    assert ruleset.describe(back, WANT, ruleset.expected(WANT))[0] == "mesh: close 7, 8"

@@ -125,7 +125,9 @@ async def test_sync_creates_exactly_the_ports_and_rules(netns):
         }
     }
     assert [next(iter(e)) for e in rule["expr"]] == ["match", "counter", "accept"]
-    assert listing(ns) == ruleset.expected(ruleset.Desired(table="moenet_agent", ports=PORTS, priority=-10))
+    assert listing(ns) == ruleset.expected(
+        ruleset.Desired(table="moenet_agent", sets={"sessions": PORTS}, priority=-10)
+    )
     text = ns.run("nft", "list", "ruleset").stdout
     assert 'comment "managed by moenet-agent' in text
 
@@ -137,7 +139,7 @@ async def test_resync_with_other_ports_is_one_transaction(netns):
         await fw.sync(PORTS)
         fw.calls.clear()
         assert await fw.sync(frozenset({51821, 20005, 20006})) is True
-        assert fw.last_changes == ["open 20005, 20006", "close 51820"]
+        assert fw.last_changes == ["sessions: open 20005, 20006", "sessions: close 51820"]
         assert await fw.list_ports() == {51821, 20005, 20006}
         assert await fw.sync(frozenset()) is True
         assert await fw.list_ports() == frozenset()
@@ -181,7 +183,7 @@ async def test_plan_reports_without_writing(netns):
         assert await fw.plan(PORTS) == ["create table inet moenet_agent with 2 open ports"]
         await fw.sync(PORTS)
         assert await fw.plan(PORTS) == []
-        assert await fw.plan(frozenset({51820, 7})) == ["open 7", "close 51821"]
+        assert await fw.plan(frozenset({51820, 7})) == ["sessions: open 7", "sessions: close 51821"]
         with pytest.raises(ValueError, match="invalid UDP ports"):
             await fw.plan(frozenset({0}))
     assert len(fw.writes()) == 1 and kernel_ports(ns) == PORTS
@@ -438,7 +440,7 @@ async def test_backend_through_the_agent_core(netns, agent_harness, tmp_path):
             assert not await fw.sync(frozenset({20001}))
             registry = h.agent.metrics.registry
             assert registry.get_sample_value("moenet_nftables_transactions_total") == 1
-            assert registry.get_sample_value("moenet_nftables_open_ports") == 1
+            assert registry.get_sample_value("moenet_nftables_open_ports", {"owner": "sessions"}) == 1
             ns.run("nft", "add", "element", "inet", "moenet_agent", "udp_ports", "{ 7 }")
             assert await fw.sync(frozenset({20001}))
             assert registry.get_sample_value("moenet_nftables_drift_repairs_total") == 1

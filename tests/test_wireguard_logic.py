@@ -10,7 +10,8 @@ from moenet_wireguard import genl, keys, uapi
 from moenet_wireguard.device import ZERO_KEY, DesiredDevice, Device, DeviceUpdate, Peer, PeerUpdate, plan
 from moenet_wireguard.endpoints import EndpointBook, canonical, parse_endpoint
 from moenet_wireguard.errors import EndpointError, TunnelSpecError, UapiError
-from moenet_wireguard.spec import normalise, validate_ifname
+from moenet_wireguard.links import MARKER, Link, marker, owner_of
+from moenet_wireguard.spec import normalise, validate_ifname, validate_owner
 from pyroute2.netlink.generic.wireguard import (
     WG_CMD_GET_DEVICE,
     WG_CMD_SET_DEVICE,
@@ -91,11 +92,65 @@ def test_normalise_canonical_forms():
         ({"allowed_ips": ("10.0.0.0/33",)}, "allowed_ips"),
         ({"addresses": (TunnelAddress(local="nope"),)}, "not an IP address"),
         ({"addresses": (TunnelAddress(local="10.0.0.1", peer="fd00::1"),)}, "different families"),
+        ({"owner": "Mesh"}, "tunnel owner 'Mesh' is invalid"),
+        ({"owner": ""}, "tunnel owner '' is invalid"),
+        ({"owner": "mesh:x"}, "tunnel owner 'mesh:x' is invalid"),
+        ({"owner": "a" * 33}, "tunnel owner"),
     ],
 )
 def test_invalid_specs_name_the_field(kw, match):
     with pytest.raises(TunnelSpecError, match=match):
         normalise(spec(**kw), 25)
+
+
+# ---------------------------------------------------------------- owners
+
+
+def test_owner_is_validated_and_kept():
+    assert normalise(spec(), 25).owner == "sessions"  # TunnelSpec's default
+    assert normalise(spec(owner="mesh"), 25).owner == "mesh"
+    for good in ("a", "mesh", "ibgp-2", "x_y", "a" * 32):
+        assert validate_owner(good) == good
+    for bad in ("", "1mesh", "-a", "Mesh", "me sh", "mesh\n", "a" * 33, None, 3):
+        with pytest.raises(TunnelSpecError, match="tunnel owner"):
+            validate_owner(bad)
+
+
+def test_owner_alias_round_trip():
+    # The default owner keeps the alias every tunnel had before owners existed.
+    assert MARKER == "moenet-agent"
+    assert marker("sessions") == "moenet-agent" and owner_of("moenet-agent") == "sessions"
+    assert marker("mesh") == "moenet-agent:mesh" and owner_of("moenet-agent:mesh") == "mesh"
+    assert marker("ibgp_2-x") == "moenet-agent:ibgp_2-x" and owner_of("moenet-agent:ibgp_2-x") == "ibgp_2-x"
+    with pytest.raises(TunnelSpecError):
+        marker("Mesh")
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        None,
+        "",
+        "moenet",
+        "moenet-agent:",
+        "moenet-agent:sessions",  # not canonical: sessions is plain "moenet-agent"
+        "moenet-agent:Mesh",
+        "moenet-agent:mesh:x",
+        "moenet-agent:" + "a" * 33,
+        "moenet-agentx",
+        "xmoenet-agent:mesh",
+        "moenet-agent:mesh ",
+    ],
+)
+def test_foreign_aliases_are_nobodys(alias):
+    assert owner_of(alias) is None
+    assert Link(index=1, name="x", kind="tun", alias=alias, mtu=1420, up=True).owned is False
+
+
+def test_only_wireguard_kinds_are_owned():
+    for kind, owner in (("tun", "mesh"), ("wireguard", "mesh"), ("veth", None), (None, None)):
+        link = Link(index=1, name="x", kind=kind, alias="moenet-agent:mesh", mtu=1420, up=True)
+        assert link.owner == owner and link.owned is (owner is not None)
 
 
 def test_endpoint_parsing_and_canonical_form():

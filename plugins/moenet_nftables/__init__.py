@@ -17,16 +17,43 @@ One table, nothing else (``nft list table inet moenet_agent``)::
             comment "moenet-agent: UDP ports open for tunnels"
             elements = { 51820, 51821 }
         }
+        set udp_ports_mesh {
+            type inet_service
+            comment "moenet-agent: UDP ports open for tunnels of mesh"
+            elements = { 20100 }
+        }
         chain input {
             comment "moenet-agent: tunnel ports (priority before the usual filter chain)"
             type filter hook input priority -10; policy accept;
             udp dport @udp_ports counter accept comment "moenet-agent: open ports"
+            udp dport @udp_ports_mesh counter accept comment "moenet-agent: open ports of mesh"
             udp dport 20000-29999 counter drop comment "moenet-agent: closed ports of the managed range"
         }
     }
 
 The drop rule exists only when ``managedRange`` is set. The chain's policy is
 ``accept``: outside the managed range the agent never drops anything.
+
+Owners
+------
+Several plugins open ports (the eBGP ``sessions``, the IGP ``mesh``); each call
+names its owner (``sync(ports, owner=...)``, ``list_ports(owner)``) and every
+owner has its own set and accept rule:
+
+- owner ``sessions`` (the default): set ``udp_ports`` and the rule commented
+  ``moenet-agent: open ports``, exactly what the table held before owners
+  existed, so a table written by an older agent is read as the sessions
+  plugin's and an upgrade rewrites nothing;
+- any other owner (1-32 of ``a-z0-9_-``, starting with a letter): set
+  ``udp_ports_<owner>`` with its own accept rule (after the sessions rule,
+  others by name, before the managed-range drop rule). It exists while the
+  owner has ports; syncing an empty set removes both.
+
+A port is open while any owner has it. ``sync`` changes only its owner's set,
+still by rewriting the whole table in one ``nft -f`` transaction: the other
+owners' sets are taken from the listing read just before (under one lock), so
+they are written back exactly as the kernel had them. ``list_ports()`` is the
+union of all owners' sets, ``list_ports(owner)`` one owner's.
 
 How it is recognised as the agent's own
 ---------------------------------------
@@ -35,7 +62,9 @@ By its name: the ``inet`` table called ``nftables.table``, which must start with
 table). Everything inside that table belongs to the agent and is rewritten
 whole when it differs (a hand-added element or rule is removed, a deleted rule
 comes back, and the repair is logged and counted in
-``moenet_nftables_drift_repairs_total``). The comments are for people reading
+``moenet_nftables_drift_repairs_total``). A hand edit of an owner's set is
+kept by the other owners' syncs (they write it back as listed) and undone by
+that owner's next sync; a set whose name is not an owner's is removed. The comments are for people reading
 ``nft list ruleset``. No other table, chain or set is ever read or written;
 ``remove_all`` deletes just this table. Shutting the agent down leaves the table
 in place (the tunnels keep running, so must their ports). Renaming the table
@@ -65,7 +94,8 @@ rest of the range.
 Metrics and cost
 ----------------
 ``moenet_nftables_transactions_total`` (writes), ``moenet_nftables_drift_repairs_total``
-(hand edits undone) and ``moenet_nftables_open_ports``. A sync that finds the
+(hand edits undone) and ``moenet_nftables_open_ports{owner}`` (ports in each
+owner's set; 0 for an owner whose set is gone). A sync that finds the
 table as wanted costs one ``nft -j list table`` (about 6 ms) and writes nothing;
 one that changes it costs a read, one write and a read-back (about 30 ms).
 """

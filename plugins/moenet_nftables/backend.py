@@ -6,6 +6,11 @@ replaced by one ``nft -f -`` file, which the kernel applies as one batch (all
 or nothing), and the result is read back. Nothing outside the table is read or
 written.
 
+Owners: each owner's ports are a set of their own (:mod:`.ruleset`). A sync
+names its owner and changes only that owner's set: the other owners' sets are
+taken from the listing it has just read, so the file written reproduces them
+exactly, and all owners' syncs are serialised by one lock.
+
 ``nft`` runs with ``asyncio.create_subprocess_exec`` on the event loop's own
 thread: the child inherits that thread's network namespace, which is what the
 tests (and a containerised agent) rely on. No shell, no executor threads.
@@ -16,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from moenet_core import FirewallBackend, MoenetError
+from moenet_core.backends import DEFAULT_OWNER
 
 from . import ruleset
 from .config import NftablesConfig
@@ -82,7 +88,10 @@ class NftablesFirewall(FirewallBackend):
             self._drift_total = metrics.counter(
                 "drift_repairs_total", "Syncs that undid a hand edit of the agent's nftables table."
             )
-            self._open_ports = metrics.gauge("open_ports", "UDP ports in the agent's nftables set.")
+            self._open_ports = metrics.gauge(
+                "open_ports", "UDP ports in the agent's nftables sets, by owner.", ["owner"]
+            )
+        self._gauge_owners: set[str] = set()
 
     @classmethod
     def from_context(cls, ctx: PluginContext) -> NftablesFirewall:
@@ -151,7 +160,7 @@ class NftablesFirewall(FirewallBackend):
             if self._tx_total is not None:
                 self._tx_total.inc()
 
-    def _desired(self, ports: frozenset[int]) -> Desired:
+    def _desired(self, sets: Mapping[str, frozenset[int]]) -> Desired:
         cfg = self.config
         if cfg.table != self.table and not self._warned_rename:
             self._warned_rename = True
@@ -161,8 +170,15 @@ class NftablesFirewall(FirewallBackend):
                 self.table,
             )
         return Desired(
-            table=self.table, ports=ports, priority=cfg.chain_priority, managed_range=cfg.managed_bounds()
+            table=self.table, sets=sets, priority=cfg.chain_priority, managed_range=cfg.managed_bounds()
         )
+
+    def _desired_for(self, current: list[Obj] | None, owner: str, ports: frozenset[int]) -> Desired:
+        """The table with ``owner``'s set replaced by ``ports`` and every other
+        owner's set exactly as listed in ``current``."""
+        sets = ruleset.owner_sets(current) if current is not None else {}
+        sets[owner] = ports
+        return self._desired(sets)
 
     def _matches(self, current: list[Obj] | None, want_objs: list[Obj]) -> bool:
         if current is None:
@@ -178,20 +194,23 @@ class NftablesFirewall(FirewallBackend):
         support or permission, or the kernel refuses the table: the backend is
         then shown as failed instead of failing every sync."""
         current = await self._observe()
-        ports = ruleset.ports_in(current) if current is not None else frozenset()
-        await self._apply(ruleset.render(self._desired(ports)), check=True)
-        self._set_gauge(len(ports))
+        sets = ruleset.owner_sets(current) if current is not None else {}
+        want = self._desired(sets)
+        await self._apply(ruleset.render(want), check=True)
+        self._set_gauges(want)
         self._warn_ephemeral_overlap()
 
-    async def sync(self, ports: frozenset[int]) -> bool:
-        """Make the set exactly ``ports``; one transaction, only when the kernel differs."""
+    async def sync(self, ports: frozenset[int], *, owner: str = DEFAULT_OWNER) -> bool:
+        """Make ``owner``'s set exactly ``ports``, keeping every other owner's set
+        as the kernel has it; one transaction, only when the kernel differs."""
         wanted = ruleset.validate_ports(ports)
+        owner = ruleset.validate_owner(owner)
         async with self._lock:
-            want = self._desired(wanted)
-            want_objs = ruleset.expected(want)
             current = await self._observe()
+            want = self._desired_for(current, owner, wanted)
+            want_objs = ruleset.expected(want)
             if self._matches(current, want_objs):
-                self._set_gauge(len(wanted))
+                self._set_gauges(want)
                 return False
             changes = ruleset.describe(current, want, want_objs)
             # Drift: the kernel no longer holds what this object last wrote
@@ -204,17 +223,18 @@ class NftablesFirewall(FirewallBackend):
                     self._drift_total.inc()
                 self.log.warning(
                     "nftables table inet {} is not what the agent last wrote (edited by hand?); "
-                    "repairing: {}",
+                    "repairing ({} sync): {}",
                     self.table,
+                    owner,
                     "; ".join(changes),
                 )
             else:
-                self.log.info("nftables table inet {}: {}", self.table, "; ".join(changes))
-            self._warn_outside_range(want)
+                self.log.info("nftables table inet {} ({} sync): {}", self.table, owner, "; ".join(changes))
+            self._warn_outside_range(want, owner)
             await self._apply(ruleset.render(want))
             self.last_changes = changes
             after = await self._observe()
-            if after is None or ruleset.ports_in(after) != wanted:
+            if after is None or ruleset.canonical_sets(ruleset.owner_sets(after)) != want.sets:
                 self._written = None
                 raise NftablesError(
                     f"table inet {self.table} does not hold the ports just written "
@@ -228,22 +248,25 @@ class NftablesFirewall(FirewallBackend):
                     self.table,
                     ruleset.drift_of(after, want_objs),
                 )
-            self._set_gauge(len(wanted))
+            self._set_gauges(want)
             return True
 
-    async def plan(self, ports: frozenset[int]) -> list[str]:
+    async def plan(self, ports: frozenset[int], *, owner: str = DEFAULT_OWNER) -> list[str]:
         """What :meth:`sync` would change (empty: nothing), without writing;
         for ``moenet-agent plan``."""
         wanted = ruleset.validate_ports(ports)
-        want = self._desired(wanted)
-        want_objs = ruleset.expected(want)
+        owner = ruleset.validate_owner(owner)
         current = await self._observe()
+        want = self._desired_for(current, owner, wanted)
+        want_objs = ruleset.expected(want)
         return [] if self._matches(current, want_objs) else ruleset.describe(current, want, want_objs)
 
-    async def list_ports(self) -> frozenset[int]:
-        """The ports in the agent's set now, read from the kernel."""
+    async def list_ports(self, owner: str | None = None) -> frozenset[int]:
+        """The ports open now, read from the kernel: every owner's set, or ``owner``'s."""
+        if owner is not None:
+            owner = ruleset.validate_owner(owner)
         current = await self._observe()
-        return frozenset() if current is None else ruleset.ports_in(current)
+        return frozenset() if current is None else ruleset.ports_in(current, owner)
 
     async def remove_all(self) -> None:
         """Delete the agent's table (and nothing else); a no-op when it is absent.
@@ -257,24 +280,32 @@ class NftablesFirewall(FirewallBackend):
             await self._apply(ruleset.render_delete(self.table))
             self.last_changes = [f"delete table inet {self.table}"]
             self._written = None
-            self._set_gauge(0)
+            self._set_gauges(None)
             self.log.info("nftables table inet {} removed", self.table)
 
     # ---------------------------------------------------------------- helpers
 
-    def _set_gauge(self, n: int) -> None:
-        if self._open_ports is not None:
-            self._open_ports.set(n)
+    def _set_gauges(self, want: Desired | None) -> None:
+        """``open_ports{owner}`` for every owner in the table (0 for owners gone)."""
+        if self._open_ports is None:
+            return
+        sets = dict(want.sets) if want is not None else {}
+        for owner in self._gauge_owners - sets.keys():
+            self._open_ports.labels(owner=owner).set(0)
+        for owner, ports in sets.items():
+            self._open_ports.labels(owner=owner).set(len(ports))
+        self._gauge_owners |= sets.keys()
 
-    def _warn_outside_range(self, want: Desired) -> None:
+    def _warn_outside_range(self, want: Desired, owner: str) -> None:
         if want.managed_range is None:
             return
         lo, hi = want.managed_range
-        outside = sorted(p for p in want.ports if not lo <= p <= hi)
+        outside = sorted(p for p in want.owner_ports(owner) if not lo <= p <= hi)
         if outside:
             self.log.warning(
-                "ports {} are outside nftables.managedRange {}-{}: the agent accepts them, "
+                "{} ports {} are outside nftables.managedRange {}-{}: the agent accepts them, "
                 "but only your own firewall decides whether they reach the node",
+                owner,
                 outside,
                 lo,
                 hi,

@@ -5,17 +5,29 @@ Pure functions without I/O, so what decides "is there anything to do" is unit
 tested without a kernel. The desired table is always written whole; the
 comparison therefore only has to answer "identical or not", and the details it
 reports are for the log.
+
+Owners: every owner (``sessions``, ``mesh``) has its own set and accept rule.
+The default owner's are the ones the table had before owners existed
+(``udp_ports``, comment ``moenet-agent: open ports``), so a table written by an
+older agent is read as the sessions owner's, unchanged; any other owner's set is
+``udp_ports_<owner>``, present while it holds ports, its accept rule after the
+default owner's and before the managed-range drop rule.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from moenet_core.backends import DEFAULT_OWNER
+
 SET_NAME = "udp_ports"
+"""The default owner's set (the only set before owners existed)."""
+OWNER_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 CHAIN_NAME = "input"
 TABLE_COMMENT = "managed by moenet-agent: hand edits are overwritten on its next sync"
 SET_COMMENT = "moenet-agent: UDP ports open for tunnels"
@@ -45,14 +57,70 @@ def validate_ports(ports: Iterable[object]) -> frozenset[int]:
     return frozenset(p for p in ports if isinstance(p, int))
 
 
+def validate_owner(owner: object) -> str:
+    """An owner name (``sessions``, ``mesh``): 1-32 of ``[a-z0-9_-]``, starting with
+    a letter; raises ValueError. It becomes part of a set name in an nft script."""
+    if not isinstance(owner, str) or not OWNER_RE.fullmatch(owner):
+        raise ValueError(
+            f"firewall owner {owner!r} is invalid: use 1-32 characters of a-z, 0-9, '_' or '-', "
+            "starting with a letter"
+        )
+    return owner
+
+
+def set_name(owner: str) -> str:
+    """``udp_ports`` for the default owner, ``udp_ports_<owner>`` for the others."""
+    return SET_NAME if validate_owner(owner) == DEFAULT_OWNER else f"{SET_NAME}_{owner}"
+
+
+def owner_of_set(name: object) -> str | None:
+    """The owner whose set ``name`` is; None for any other name (including the
+    non-canonical ``udp_ports_sessions``)."""
+    if name == SET_NAME:
+        return DEFAULT_OWNER
+    if not isinstance(name, str) or not name.startswith(f"{SET_NAME}_"):
+        return None
+    owner = name[len(SET_NAME) + 1 :]
+    return owner if owner != DEFAULT_OWNER and OWNER_RE.fullmatch(owner) else None
+
+
+def set_comment(owner: str) -> str:
+    return SET_COMMENT if owner == DEFAULT_OWNER else f"{SET_COMMENT} of {owner}"
+
+
+def accept_comment(owner: str) -> str:
+    return ACCEPT_COMMENT if owner == DEFAULT_OWNER else f"{ACCEPT_COMMENT} of {owner}"
+
+
+OwnerSets = tuple[tuple[str, frozenset[int]], ...]
+
+
+def canonical_sets(value: Mapping[str, Iterable[int]] | Iterable[tuple[str, Iterable[int]]]) -> OwnerSets:
+    """Canonical form: the default owner first (always, even empty), then the other
+    owners that hold ports, by name."""
+    items = value.items() if isinstance(value, Mapping) else value
+    sets = {validate_owner(owner): frozenset(ports) for owner, ports in items}
+    default = sets.pop(DEFAULT_OWNER, frozenset())
+    return ((DEFAULT_OWNER, default), *sorted((o, p) for o, p in sets.items() if p))
+
+
 @attrs.frozen(kw_only=True)
 class Desired:
-    """Everything the table's content depends on."""
+    """Everything the table's content depends on. ``sets`` maps each owner to its
+    ports (a mapping is accepted; kept as a canonical tuple, see :func:`canonical_sets`)."""
 
     table: str
-    ports: frozenset[int]
+    sets: OwnerSets = attrs.field(converter=canonical_sets)
     priority: int
     managed_range: tuple[int, int] | None = None
+
+    @property
+    def ports(self) -> frozenset[int]:
+        """Every owner's ports: what is open."""
+        return frozenset().union(*(ports for _owner, ports in self.sets))
+
+    def owner_ports(self, owner: str) -> frozenset[int]:
+        return dict(self.sets).get(owner, frozenset())
 
 
 def _dport(value: object) -> Obj:
@@ -78,19 +146,23 @@ def render(want: Desired) -> str:
         f"delete table inet {t}",
         f"table inet {t} {{",
         f'\tcomment "{TABLE_COMMENT}"',
-        f"\tset {SET_NAME} {{",
-        "\t\ttype inet_service",
-        f'\t\tcomment "{SET_COMMENT}"',
     ]
-    if want.ports:
-        lines.append("\t\telements = { " + ", ".join(str(p) for p in sorted(want.ports)) + " }")
+    for owner, ports in want.sets:
+        lines += [
+            f"\tset {set_name(owner)} {{",
+            "\t\ttype inet_service",
+            f'\t\tcomment "{set_comment(owner)}"',
+        ]
+        if ports:
+            lines.append("\t\telements = { " + ", ".join(str(p) for p in sorted(ports)) + " }")
+        lines.append("\t}")
     lines += [
-        "\t}",
         f"\tchain {CHAIN_NAME} {{",
         f'\t\tcomment "{CHAIN_COMMENT}"',
         f"\t\ttype filter hook input priority {want.priority}; policy accept;",
-        f'\t\tudp dport @{SET_NAME} counter accept comment "{ACCEPT_COMMENT}"',
     ]
+    for owner, _ports in want.sets:
+        lines.append(f'\t\tudp dport @{set_name(owner)} counter accept comment "{accept_comment(owner)}"')
     if want.managed_range is not None:
         rng = _range_text(want.managed_range)
         lines.append(f'\t\tudp dport {rng} counter drop comment "{DROP_COMMENT}"')
@@ -107,12 +179,14 @@ def expected(want: Desired) -> list[Obj]:
     """The normalised listing the kernel gives for ``want`` (nft 1.0.6 JSON)."""
     t = want.table
     base = {"family": "inet", "table": t}
-    nft_set: Obj = {**base, "name": SET_NAME, "type": "inet_service", "comment": SET_COMMENT}
-    if want.ports:
-        nft_set["elem"] = sorted(want.ports)
-    objs: list[Obj] = [
-        {"table": {"family": "inet", "name": t}},
-        {"set": nft_set},
+    objs: list[Obj] = [{"table": {"family": "inet", "name": t}}]
+    for owner, ports in want.sets:
+        name = set_name(owner)
+        nft_set: Obj = {**base, "name": name, "type": "inet_service", "comment": set_comment(owner)}
+        if ports:
+            nft_set["elem"] = sorted(ports)
+        objs.append({"set": nft_set})
+    objs.append(
         {
             "chain": {
                 **base,
@@ -122,15 +196,18 @@ def expected(want: Desired) -> list[Obj]:
                 "prio": want.priority,
                 "policy": "accept",
             }
-        },
+        }
+    )
+    objs += [
         {
             "rule": {
                 **base,
                 "chain": CHAIN_NAME,
-                "comment": ACCEPT_COMMENT,
-                "expr": [_dport(f"@{SET_NAME}"), {"counter": None}, {"accept": None}],
+                "comment": accept_comment(owner),
+                "expr": [_dport(f"@{set_name(owner)}"), {"counter": None}, {"accept": None}],
             }
-        },
+        }
+        for owner, _ports in want.sets
     ]
     if want.managed_range is not None:
         lo, hi = want.managed_range
@@ -193,22 +270,37 @@ def parse_listing(text: str) -> list[Obj]:
     return objs
 
 
-def ports_in(objs: Iterable[Obj]) -> frozenset[int]:
-    """The ports in the agent's set, as listed (single ports, element objects, ranges)."""
-    ports: set[int] = set()
+def owner_sets(objs: Iterable[Obj]) -> dict[str, frozenset[int]]:
+    """Each owner's ports, as listed: every owner set present (empty ones too);
+    sets of other names are not any owner's."""
+    out: dict[str, frozenset[int]] = {}
     for obj in objs:
         body = obj.get("set")
-        if not isinstance(body, dict) or body.get("name") != SET_NAME:
-            continue
-        for elem in body.get("elem", []):
-            if isinstance(elem, dict) and isinstance(elem.get("elem"), dict):
-                elem = elem["elem"].get("val")
-            if isinstance(elem, int):
-                ports.add(elem)
-            elif isinstance(elem, dict) and isinstance(elem.get("range"), list) and len(elem["range"]) == 2:
-                lo, hi = elem["range"]
-                if isinstance(lo, int) and isinstance(hi, int):
-                    ports.update(range(max(lo, 1), min(hi, 65535) + 1))
+        if isinstance(body, dict) and (owner := owner_of_set(body.get("name"))) is not None:
+            out[owner] = _elements(body)
+    return out
+
+
+def ports_in(objs: Iterable[Obj], owner: str | None = None) -> frozenset[int]:
+    """The ports in the agent's sets as listed: every owner's, or only ``owner``'s."""
+    sets = owner_sets(objs)
+    if owner is not None:
+        return sets.get(owner, frozenset())
+    return frozenset().union(*sets.values())
+
+
+def _elements(body: Mapping[str, Any]) -> frozenset[int]:
+    """The ports of one listed set (single ports, element objects, ranges)."""
+    ports: set[int] = set()
+    for elem in body.get("elem", []):
+        if isinstance(elem, dict) and isinstance(elem.get("elem"), dict):
+            elem = elem["elem"].get("val")
+        if isinstance(elem, int):
+            ports.add(elem)
+        elif isinstance(elem, dict) and isinstance(elem.get("range"), list) and len(elem["range"]) == 2:
+            lo, hi = elem["range"]
+            if isinstance(lo, int) and isinstance(hi, int):
+                ports.update(range(max(lo, 1), min(hi, 65535) + 1))
     return frozenset(ports)
 
 
@@ -239,13 +331,18 @@ def describe(current: list[Obj] | None, want: Desired, want_objs: list[Obj]) -> 
         return [f"create table inet {want.table} with {len(want.ports)} open ports"]
     if current == want_objs:
         return []
-    have_ports = ports_in(current)
+    have = owner_sets(current)
+    wanted = dict(want.sets)
     reasons = []
-    if opened := sorted(want.ports - have_ports):
-        reasons.append("open " + ", ".join(map(str, opened)))
-    if closed := sorted(have_ports - want.ports):
-        reasons.append("close " + ", ".join(map(str, closed)))
-    drift = drift_of(current, want_objs)
+    for owner in sorted(have.keys() | wanted.keys(), key=lambda o: (o != DEFAULT_OWNER, o)):
+        have_ports, want_ports = have.get(owner, frozenset()), wanted.get(owner, frozenset())
+        if opened := sorted(want_ports - have_ports):
+            reasons.append(f"{owner}: open " + ", ".join(map(str, opened)))
+        if closed := sorted(have_ports - want_ports):
+            reasons.append(f"{owner}: close " + ", ".join(map(str, closed)))
+    # Compared with the current ports, so an owner's set (and rule) coming or
+    # going with its first or last port is not reported as drift.
+    drift = drift_of(current, expected(attrs.evolve(want, sets=have)))
     if not drift and current != want_objs and not reasons:
         drift = ["set elements differ in form (element options added by hand)"]
     return reasons + drift

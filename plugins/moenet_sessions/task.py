@@ -209,8 +209,8 @@ class SessionSync:
 
     async def observe(self, tunnel: TunnelBackend, firewall: FirewallBackend, previous: Previous) -> Observed:
         return Observed(
-            tunnels=dict(await tunnel.list()),
-            ports=frozenset(await firewall.list_ports()),
+            tunnels=dict(await tunnel.list(owner=OWNER)),
+            ports=frozenset(await firewall.list_ports(owner=OWNER)),
             fragments=self.load_applied(previous),
         )
 
@@ -324,7 +324,7 @@ class SessionSync:
         for s in p.sessions:
             for name in s.remove_interfaces:
                 try:
-                    await tunnel.remove(name)
+                    await tunnel.remove(name, owner=OWNER)
                     counts["tunnelWrites"] += 1
                     self._drop_psk(name)
                 except Exception as exc:
@@ -362,7 +362,7 @@ class SessionSync:
             if ports == have:
                 return have
             try:
-                await firewall.sync(ports)
+                await firewall.sync(ports, owner=OWNER)
                 counts["firewallSyncs"] += 1
                 return ports
             except Exception as exc:
@@ -409,7 +409,7 @@ class SessionSync:
             iface = plans[u].interface
             if iface and plans[u].tunnel in (TunnelAction.CREATE, TunnelAction.UPDATE):
                 try:
-                    if await tunnel.remove(iface):
+                    if await tunnel.remove(iface, owner=OWNER):
                         counts["tunnelWrites"] += 1
                     self._drop_psk(iface)
                 except Exception as exc:

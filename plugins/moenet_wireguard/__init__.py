@@ -7,8 +7,10 @@ WireGuard (probe: the ``wireguard`` generic-netlink family) and ``userspace``
 
 What exists on the node: one interface per tunnel (kind ``wireguard``, or a TUN
 device served by a ``wireguard-go <ifname>`` daemon with its socket in
-``/var/run/wireguard``), carrying the alias ``moenet-agent``. That alias is the
-ownership marker: nothing without it is ever changed, listed or removed.
+``/var/run/wireguard``), carrying the alias ``moenet-agent`` (owner ``sessions``)
+or ``moenet-agent:<owner>`` (any other owner, e.g. ``mesh``). That alias is the
+ownership marker: nothing without it is ever changed, listed or removed, and one
+owner's calls never change or remove another owner's tunnel.
 
 Only hook implementations live here; see :mod:`.base` for the behaviour.
 """

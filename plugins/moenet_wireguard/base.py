@@ -12,8 +12,13 @@ only; a changed endpoint, keepalive or address is applied in place (same
 ifindex, same peer session, no forced handshake). Each call's writes are
 counted in a :class:`~.journal.Journal`.
 
-**Ownership**: only links carrying the :data:`~.links.MARKER` alias are
-touched; an existing interface of the same name without it is refused.
+**Ownership**: only links carrying an owner's marker alias
+(:func:`~.links.marker`: ``moenet-agent`` for ``sessions``,
+``moenet-agent:<owner>`` for the others) are touched; an existing interface of
+the same name without one is refused. Each tunnel belongs to one owner, read
+from the system every time: ``ensure`` of a spec whose ``owner`` differs from
+the existing tunnel's is refused (never re-labelled), ``remove(owner=...)``
+refuses another owner's tunnel, and ``list(owner)`` lists only that owner's.
 
 **Endpoints**: host names are resolved and remembered; :meth:`refresh_endpoints`
 (call it once per sync cycle) re-resolves them for tunnels whose handshake is
@@ -43,7 +48,7 @@ from .errors import EndpointError, NotOwnedError, TunnelError
 from .journal import Journal
 from .keys import SecretKey, bytes_to_b64, load_or_create_private_key, read_key, write_public_key_file
 from .links import MARKER, Link, Netlink
-from .spec import Address, Desired, normalise, validate_ifname
+from .spec import Address, Desired, normalise, validate_ifname, validate_owner
 from .sysctl import ensure_ipv6_sysctls
 
 if TYPE_CHECKING:
@@ -103,9 +108,9 @@ class WireguardBackend(TunnelBackend):
     # ------------------------------------------------- implementation hooks
 
     @abstractmethod
-    async def _create(self, nl: Netlink, name: str, journal: Journal) -> Link:
-        """Create the device ``name`` and mark it; return the marked link.
-        Must not leave an unmarked device behind when it fails."""
+    async def _create(self, nl: Netlink, name: str, owner: str, journal: Journal) -> Link:
+        """Create the device ``name`` and mark it as ``owner``'s; return the marked
+        link. Must not leave an unmarked device behind when it fails."""
 
     @abstractmethod
     async def _read(self, name: str) -> Device:
@@ -181,6 +186,15 @@ class WireguardBackend(TunnelBackend):
             )
         return link
 
+    @staticmethod
+    def _check_owner(link: Link, owner: str, action: str) -> None:
+        """Refuse ``action`` on ``link`` (one of the agent's) unless it is ``owner``'s."""
+        if link.owner != owner:
+            raise NotOwnedError(
+                f"tunnel {link.name} belongs to owner {link.owner!r} (alias {link.alias!r}), "
+                f"not {owner!r}; refusing to {action} it"
+            )
+
     # --------------------------------------------------------------- ensure
 
     async def ensure(self, spec: TunnelSpec) -> bool:
@@ -218,6 +232,8 @@ class WireguardBackend(TunnelBackend):
                     f"interface {name} exists and is not one of moenet-agent's tunnels "
                     f"(no {MARKER!r} alias); refusing to touch it"
                 )
+            if link is not None:
+                self._check_owner(link, want.owner, "touch")
             if link is not None and link.kind != self.link_kind:
                 self.log.warning(
                     "tunnel {} is a {} link; recreating it for the {} backend",
@@ -232,8 +248,8 @@ class WireguardBackend(TunnelBackend):
                 await self._destroy(nl, link, journal)
                 link = None
             if link is None:
-                link = await self._create(nl, name, journal)
-                self.log.info("tunnel {}: created ({} backend)", name, self.implementation)
+                link = await self._create(nl, name, want.owner, journal)
+                self.log.info("tunnel {}: created for {} ({} backend)", name, want.owner, self.implementation)
             ensure_ipv6_sysctls(name, journal)
 
             current = await self._read(name)
@@ -267,8 +283,10 @@ class WireguardBackend(TunnelBackend):
 
     # --------------------------------------------------------------- remove
 
-    async def remove(self, name: str) -> bool:
+    async def remove(self, name: str, *, owner: str | None = None) -> bool:
         name = validate_ifname(name)
+        if owner is not None:
+            owner = validate_owner(owner)
         async with self._lock(name):
             journal = Journal()
             try:
@@ -283,9 +301,11 @@ class WireguardBackend(TunnelBackend):
                             f"interface {name} is not one of moenet-agent's tunnels "
                             f"(no {MARKER!r} alias); refusing to remove it"
                         )
+                    if owner is not None:
+                        self._check_owner(link, owner, "remove")
                     await self._destroy(nl, link, journal)
                 self.endpoints.forget(name)
-                self.log.info("tunnel {}: removed", name)
+                self.log.info("tunnel {}: removed (owner {})", name, link.owner)
                 return True
             finally:
                 self._account(journal)
@@ -352,6 +372,8 @@ class WireguardBackend(TunnelBackend):
     # ----------------------------------------------------------------- list
 
     def _state(self, link: Link, dev: Device | None, addrs: set[Address]) -> TunnelState:
+        owner = link.owner
+        assert owner is not None, "only the agent's tunnels are listed"
         peer = dev.peers[0] if dev is not None and len(dev.peers) == 1 else None
         return TunnelState(
             name=link.name,
@@ -364,17 +386,23 @@ class WireguardBackend(TunnelBackend):
             mtu=link.mtu,
             addresses=tuple(a.to_tunnel_address() for a in sorted(addrs)),
             up=link.up,
+            owner=owner,
         )
 
-    async def list(self) -> Mapping[str, TunnelState]:
-        """The agent's tunnels, read from the system now.
+    async def list(self, owner: str | None = None) -> Mapping[str, TunnelState]:
+        """The agent's tunnels (all, or only ``owner``'s), read from the system now;
+        each state's ``owner`` is read from the link's alias.
 
         Marked links of the other WireGuard kind (left from before a backend
         switch) are listed too, without device details, so a reconciler can
         remove them; :meth:`ensure` recreates them with this backend's kind.
         """
+        if owner is not None:
+            owner = validate_owner(owner)
         async with Netlink() as nl:
-            links = [link for link in await nl.links() if link.owned]
+            links = [
+                link for link in await nl.links() if link.owned and (owner is None or link.owner == owner)
+            ]
             addrs = await nl.addresses()
         gate = asyncio.Semaphore(LIST_CONCURRENCY)
 

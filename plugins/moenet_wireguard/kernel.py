@@ -24,7 +24,7 @@ from .device import Device, DeviceUpdate
 from .errors import TunnelError
 from .genl import GenlTransport, PyrouteGenl, build_get_message, build_set_message, kernel_supports_wireguard
 from .journal import Journal
-from .links import MARKER, Link, Netlink
+from .links import Link, Netlink
 
 NO_KERNEL_SUPPORT = (
     "this kernel has no WireGuard support (generic netlink family 'wireguard' not found, "
@@ -56,21 +56,22 @@ class KernelTunnelBackend(WireguardBackend):
                 raise TunnelError(f"cannot create {name}: {NO_KERNEL_SUPPORT}") from None
             raise
 
-    async def _create(self, nl: Netlink, name: str, journal: Journal) -> Link:
+    async def _create(self, nl: Netlink, name: str, owner: str, journal: Journal) -> Link:
         await self._create_link(nl, name, journal)
         try:
             link = await nl.get_link(name)
             if link is None:
                 raise TunnelError(f"link {name} vanished right after it was created")
-            await nl.mark(link.index, journal)
+            alias = await nl.mark(link.index, owner, journal)
         except BaseException:
             with contextlib.suppress(Exception):
                 async with Netlink() as cleanup:
                     created = await cleanup.get_link(name)
-                    if created is not None and created.alias != MARKER:
+                    # Unmarked (or foreign): ours, half made. Never an owner's tunnel.
+                    if created is not None and created.owner is None:
                         await cleanup.delete(created.index, journal)
             raise
-        return attrs.evolve(link, alias=MARKER)
+        return attrs.evolve(link, alias=alias)
 
     async def _read(self, name: str) -> Device:
         from .genl import parse_device

@@ -6,9 +6,14 @@ that moment (what the tests rely on), and opening one costs well under a
 millisecond. Nothing here runs in another thread.
 
 Ownership: the agent marks every tunnel it creates with the interface alias
-(``IFLA_IFALIAS``) :data:`MARKER`, set right after creation and before the link
-goes up. Only links carrying it, of a WireGuard kind (``wireguard`` for the
-kernel module, ``tun`` for wireguard-go), are ever changed or removed.
+(``IFLA_IFALIAS``) naming its owner (:func:`marker`), set right after creation
+and before the link goes up: exactly :data:`MARKER` (``moenet-agent``) for the
+default owner ``sessions`` (the alias every tunnel had before owners existed),
+``moenet-agent:<owner>`` for any other (``moenet-agent:mesh``). Only links
+carrying such an alias, of a WireGuard kind (``wireguard`` for the kernel
+module, ``tun`` for wireguard-go), are ever changed or removed, and only on
+behalf of their owner. Any other alias (``moenet-agent:Bad!``,
+``moenet-agent:sessions``) is foreign, exactly like no alias at all.
 """
 
 from __future__ import annotations
@@ -21,12 +26,34 @@ import attrs
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from moenet_core.backends import DEFAULT_OWNER
+
 from .journal import Journal
-from .spec import Address
+from .spec import OWNER_RE, Address, validate_owner
 
 MARKER = "moenet-agent"
 WIREGUARD_KINDS = ("wireguard", "tun")
 IFF_UP = 0x1
+
+
+def marker(owner: str) -> str:
+    """The alias that marks a tunnel of ``owner``: ``moenet-agent`` for the
+    default owner (unchanged since before owners existed), else ``moenet-agent:<owner>``."""
+    owner = validate_owner(owner)
+    return MARKER if owner == DEFAULT_OWNER else f"{MARKER}:{owner}"
+
+
+def owner_of(alias: str | None) -> str | None:
+    """The owner an alias marks, or None when it is not one of the agent's
+    (no alias, another tool's, or a malformed or non-canonical marker)."""
+    if alias == MARKER:
+        return DEFAULT_OWNER
+    if alias is None or not alias.startswith(f"{MARKER}:"):
+        return None
+    owner = alias[len(MARKER) + 1 :]
+    if owner == DEFAULT_OWNER or not OWNER_RE.fullmatch(owner):
+        return None
+    return owner
 
 
 @attrs.frozen
@@ -39,9 +66,15 @@ class Link:
     up: bool
 
     @property
+    def owner(self) -> str | None:
+        """The owner whose tunnel this is (its alias on a WireGuard-kind link),
+        None when it is not one of the agent's tunnels."""
+        return owner_of(self.alias) if self.kind in WIREGUARD_KINDS else None
+
+    @property
     def owned(self) -> bool:
-        """Created by the agent: the marker alias on a WireGuard-kind link."""
-        return self.alias == MARKER and self.kind in WIREGUARD_KINDS
+        """Created by the agent (for any owner): an owner's marker alias on a WireGuard-kind link."""
+        return self.owner is not None
 
 
 def _link(msg: Any) -> Link:
@@ -118,9 +151,12 @@ class Netlink:
         journal.record("link_add")
         await self._ipr.link("add", ifname=name, kind=kind)
 
-    async def mark(self, index: int, journal: Journal) -> None:
+    async def mark(self, index: int, owner: str, journal: Journal) -> str:
+        """Set the alias marking the link as ``owner``'s tunnel; returns the alias."""
+        alias = marker(owner)
         journal.record("link_alias")
-        await self._ipr.link("set", index=index, ifalias=MARKER)
+        await self._ipr.link("set", index=index, ifalias=alias)
+        return alias
 
     async def delete(self, index: int, journal: Journal) -> None:
         journal.record("link_del")

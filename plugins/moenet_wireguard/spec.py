@@ -14,12 +14,14 @@ import re
 import attrs
 
 from moenet_core import TunnelAddress, TunnelSpec
+from moenet_core.backends import DEFAULT_OWNER
 
 from .endpoints import EndpointSpec, parse_endpoint
 from .errors import EndpointError, TunnelSpecError, WireguardKeyError
 from .keys import b64_to_bytes
 
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}")
+OWNER_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -37,6 +39,16 @@ def validate_ifname(name: object) -> str:
             "'_', '.' or '-', not starting with '-'"
         )
     return name
+
+
+def validate_owner(owner: object) -> str:
+    """An owner name (``sessions``, ``mesh``): 1-32 of ``[a-z0-9_-]``, starting with a letter."""
+    if not isinstance(owner, str) or not OWNER_RE.fullmatch(owner):
+        raise TunnelSpecError(
+            f"tunnel owner {owner!r} is invalid: use 1-32 characters of a-z, 0-9, '_' or '-', "
+            "starting with a letter"
+        )
+    return owner
 
 
 @attrs.frozen(order=True)
@@ -99,12 +111,17 @@ class Desired:
     keepalive: int
     mtu: int
     addresses: frozenset[Address]
+    owner: str = DEFAULT_OWNER
 
 
 def normalise(spec: TunnelSpec, default_keepalive: int) -> Desired:
     """Validate every field; ``keepalive=None`` takes the node default
     (``wireguard.persistentKeepaliveInterval``), 0 turns it off."""
     name = validate_ifname(spec.name)
+    try:
+        owner = validate_owner(spec.owner)
+    except TunnelSpecError as exc:
+        raise TunnelSpecError(f"{name}: {exc}") from None
     if spec.listen_port is not None and not (
         isinstance(spec.listen_port, int) and 1 <= spec.listen_port <= 65535
     ):
@@ -145,4 +162,5 @@ def normalise(spec: TunnelSpec, default_keepalive: int) -> Desired:
         keepalive=keepalive,
         mtu=spec.mtu,
         addresses=addresses,
+        owner=owner,
     )

@@ -35,7 +35,7 @@ from .config import Settings, wireguard_go_available
 from .device import Device, DeviceUpdate
 from .errors import DaemonError, TunnelError
 from .journal import Journal
-from .links import MARKER, Link, Netlink
+from .links import Link, Netlink
 from .uapi import SOCKET_DIR, UapiClient
 
 if TYPE_CHECKING:
@@ -71,25 +71,25 @@ class UserspaceTunnelBackend(WireguardBackend):
                 "install it or set tunnel.wireguardGo"
             )
 
-    async def _create(self, nl: Netlink, name: str, journal: Journal) -> Link:
+    async def _create(self, nl: Netlink, name: str, owner: str, journal: Journal) -> Link:
         settings = self.settings
         try:
             await daemon.start(name, settings.wireguard_go, settings.start_timeout, journal)
             link = await nl.get_link(name)
             if link is None or link.kind != "tun":
                 raise DaemonError(f"{settings.wireguard_go} {name} exited 0 but created no TUN device {name}")
-            await nl.mark(link.index, journal)
+            alias = await nl.mark(link.index, owner, journal)
         except BaseException:
             # An unmarked tunnel would be refused as foreign forever: take it back down.
             with contextlib.suppress(Exception):
                 await self._discard_unmarked(name, journal)
             raise
-        return attrs.evolve(link, alias=MARKER)
+        return attrs.evolve(link, alias=alias)
 
     async def _discard_unmarked(self, name: str, journal: Journal) -> None:
         async with Netlink() as nl:
             link = await nl.get_link(name)
-            if link is not None and link.kind == "tun" and link.alias != MARKER:
+            if link is not None and link.kind == "tun" and link.owner is None:
                 await self._destroy(nl, link, journal)
             else:
                 await self._cleanup_absent(name, journal)

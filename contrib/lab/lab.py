@@ -305,6 +305,8 @@ class Lab:
             cp.on_post("modify", lambda body, n=n: self.apply_report(n, body))
             cp.set("config", node_config(n))
             cp.set("bird-config", bird_config(n))
+            # Each lab node is a one-node network of its own: no mesh peers.
+            cp.set("mesh", {"localNodeId": n.index, "peers": []})
             n.status = STATUS_QUEUED_FOR_SETUP
             self.publish(n)
             cfg = n.dir / "config.json"

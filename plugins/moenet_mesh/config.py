@@ -1,0 +1,138 @@
+"""The ``meshSync`` config section: the mesh's addressing knobs, Babel tuning, the guard.
+
+The core's Go-compatible ``mesh`` section keeps ``enabled`` (the task does
+nothing while it is false) and ``mtu`` (the tunnels' MTU when a peer names
+none); this section adds what the Go agent hard-coded. Every key has a default,
+so the section is optional.
+
+Each check is attached twice, as the other plugins do: as core metadata (the
+error lands on the field's own path, ``meshSync.portBase: ...``) and as an
+attrs validator (an object built in code is held to the same rules).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .addressing import DEFAULT_PORT_BASE, DEFAULT_PREFIX, PREFIX_RE
+
+#: Where mesh traffic may come from and go to besides the link itself: the
+#: address space DN42's filters accept (``is_valid_network`` in the BIRD
+#: templates). Routes learned over iBGP resolve through the mesh, so packets to
+#: any DN42 destination cross it: narrowing this to the network's own prefixes
+#: (as the Go agent did) silently drops transit traffic.
+DEFAULT_ALLOWED_IPS: tuple[str, ...] = ("172.20.0.0/14", "172.31.0.0/16", "10.0.0.0/8", "fd00::/8")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_range(lo: int, hi: int, what: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not _is_int(value) or not lo <= value <= hi:
+            return f"must be an integer from {lo} to {hi} ({what}; got {value!r})"
+        return None
+
+    return check
+
+
+def check_prefix(value: Any) -> str | None:
+    if not isinstance(value, str) or not PREFIX_RE.fullmatch(value):
+        return (
+            f"must be 1-5 lower-case letters (the interface name is the prefix and the peer's "
+            f"node id, at most 15 characters; got {value!r})"
+        )
+    return None
+
+
+def check_networks(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        return "must be a list of networks"
+    bad: list[str] = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            ipaddress.ip_network(item.strip(), strict=True)
+        except ValueError:
+            bad.append(repr(item))
+    if bad:
+        return f"not networks in a.b.c.d/len or x::/len form (host bits clear): {', '.join(bad)}"
+    return None
+
+
+def check_share(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        return f"must be a number from 0 to 1 (got {value!r})"
+    return None
+
+
+def _checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
+    def validator(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if (msg := fn(value)) is not None:
+            raise ValueError(f"{attr.name}: {msg}")
+
+    return {"metadata": {"check": fn}, "validator": validator}
+
+
+@attrs.define(kw_only=True)
+class MeshSyncConfig:
+    """Section ``meshSync``."""
+
+    port_base: int = attrs.field(
+        default=DEFAULT_PORT_BASE, **_checked(_int_range(1, 65534, "the first mesh listen port minus 1"))
+    )
+    """Our tunnel to node N listens on ``portBase + N`` (the Go agent's rule, 51820 +
+    N). Node ids above ``65535 - portBase`` cannot be meshed and are refused."""
+    interface_prefix: str = attrs.field(default=DEFAULT_PREFIX, **_checked(check_prefix))
+    """The tunnel to node N is ``<prefix><N>`` (``igp7``, ``igp4294967295``)."""
+    allowed_ips: list[str] | None = attrs.field(default=None, **_checked(check_networks))
+    """Traffic allowed through each mesh tunnel besides the link itself (IPv6
+    link-local and Babel's multicast group, always allowed) and the peer's own
+    loopbacks (always allowed). Default: DN42's address space."""
+    keepalive: int | None = attrs.field(default=None, **_checked(_int_range(0, 65535, "seconds")))
+    """Persistent keepalive (default ``wireguard.persistentKeepaliveInterval``; 0 off)."""
+    max_peers: int = attrs.field(default=250, **_checked(_int_range(1, 10000, "peers")))
+    """An answer listing more peers is refused as a whole (each peer is a tunnel,
+    and with the userspace backend a process)."""
+    rtt_cost: int = attrs.field(default=1024, **_checked(_int_range(0, 65535, "Babel rtt cost")))
+    rtt_min_ms: int = attrs.field(default=10, **_checked(_int_range(1, 60000, "milliseconds")))
+    rtt_max_ms: int = attrs.field(default=150, **_checked(_int_range(1, 60000, "milliseconds")))
+    hello_interval_s: int = attrs.field(default=5, **_checked(_int_range(1, 600, "seconds")))
+    rxcost: int | None = attrs.field(default=None, **_checked(_int_range(1, 65535, "Babel rxcost")))
+    guard_max_share: float = attrs.field(default=0.5, **_checked(check_share))
+    """Refuse an answer removing more than this share of the mesh tunnels ..."""
+    guard_min_count: int = attrs.field(default=2, **_checked(_int_range(0, 1_000_000, "tunnels")))
+    """... and more than this many (both must be exceeded)."""
+    allow_removal: str = ""
+    """The guard digest (``/status``) of the one refused removal set to let through."""
+    status_repeat: float = attrs.field(default=600.0, **_checked(lambda v: _non_negative(v)))
+    """An unchanged ``mesh/status`` report is sent again after this many seconds
+    (a changed one at once); 0 sends it every cycle, as the Go agent did."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.rtt_min_ms > self.rtt_max_ms:
+            raise ValueError("rttMinMs must not exceed rttMaxMs")
+
+    def networks(self) -> tuple[str, ...]:
+        """The allowed networks in canonical form."""
+        raw = DEFAULT_ALLOWED_IPS if self.allowed_ips is None else tuple(self.allowed_ips)
+        return tuple(sorted({str(ipaddress.ip_network(n.strip())) for n in raw}))
+
+
+def _non_negative(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return f"must be a number of seconds, 0 or more (got {value!r})"
+    return None
+
+
+__all__ = ["DEFAULT_ALLOWED_IPS", "MeshSyncConfig"]

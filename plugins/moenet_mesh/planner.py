@@ -1,0 +1,265 @@
+"""Diff the desired mesh against what the node has; say what to create, update, remove.
+
+Pure (no I/O). Inputs: the validated answer's desired peers and per-peer errors,
+and :class:`Observed`: every tunnel the backend lists (all owners: another
+owner's tunnel is never touched, but its name and listen port must not be
+taken), the mesh's open ports, the Babel fragments the routing backend last
+accepted, and the per-tunnel :class:`Record` of what was last applied.
+
+Rules:
+
+- A valid peer's tunnel is **created** when missing, **updated** in place when
+  what can be read back differs (port, peer key, allowed IPs, addresses,
+  keepalive, MTU, link down) or when the digest of what was applied differs
+  (the endpoint as configured, our key: neither can be read back; a roamed
+  endpoint is therefore never "repaired"), and left alone otherwise.
+- A peer whose name or port is held by another owner's tunnel is an error.
+- A peer listed but invalid (or unplaceable) **keeps** whatever it has: a
+  garbled key in one answer must not cut a working link.
+- Mesh tunnels of peers no longer listed are **removed**, subject to the
+  guard; mesh tunnels whose peer is still listed under another name (the
+  interface prefix changed) are removed without counting against the guard.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Collection, Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+import attrs
+
+from moenet_core.backends import TunnelSpec, TunnelState
+
+from .addressing import parse_interface
+from .desired import OWNER, DesiredPeer
+from .guard import GuardPolicy, GuardVerdict, evaluate
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    NONE = "none"
+    ERROR = "error"
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """What was last applied to one mesh tunnel (persisted)."""
+
+    node_id: int
+    digest: str
+    endpoint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodeId": self.node_id, "digest": self.digest, "endpoint": self.endpoint}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Record | None:
+        if not isinstance(raw, Mapping):
+            return None
+        node_id, digest, endpoint = raw.get("nodeId"), raw.get("digest"), raw.get("endpoint")
+        if isinstance(node_id, bool) or not isinstance(node_id, int) or not isinstance(digest, str):
+            return None
+        return cls(node_id=node_id, digest=digest, endpoint=endpoint if isinstance(endpoint, str) else None)
+
+
+@attrs.frozen(kw_only=True)
+class Observed:
+    tunnels: Mapping[str, TunnelState]
+    """Every tunnel of the agent, all owners."""
+    ports: frozenset[int]
+    """The mesh owner's open ports."""
+    fragments: Mapping[str, Mapping[str, Any]]
+    """The mesh fragments the routing backend last accepted."""
+    records: Mapping[str, Record]
+
+    @property
+    def mesh(self) -> dict[str, TunnelState]:
+        return {n: s for n, s in self.tunnels.items() if s.owner == OWNER}
+
+    @property
+    def others(self) -> dict[str, TunnelState]:
+        return {n: s for n, s in self.tunnels.items() if s.owner != OWNER}
+
+
+@attrs.frozen(kw_only=True)
+class PeerPlan:
+    node_id: int
+    interface: str | None
+    action: Action
+    drift: tuple[str, ...] = ()
+    error: str | None = None
+    desired: DesiredPeer | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    peers: tuple[PeerPlan, ...]
+    remove: tuple[str, ...]
+    """Mesh tunnels to remove now."""
+    keep: tuple[str, ...]
+    """Mesh tunnels left exactly as they are (invalid peers, withheld removals)."""
+    guard: GuardVerdict
+    ports: frozenset[int]
+    """The mesh's open ports once everything is applied."""
+    fragments: Mapping[str, Mapping[str, Any]]
+    """The mesh's Babel fragments once everything is applied."""
+
+    @property
+    def withheld(self) -> tuple[str, ...]:
+        return self.guard.removals if self.guard.refused else ()
+
+    def by_id(self, node_id: int) -> PeerPlan | None:
+        return next((p for p in self.peers if p.node_id == node_id), None)
+
+
+def plan(
+    desired: Iterable[DesiredPeer],
+    errors: Mapping[int, str],
+    present: Collection[int],
+    observed: Observed,
+    *,
+    prefix: str,
+    guard: GuardPolicy | None = None,
+    override: str | None = None,
+) -> Plan:
+    """The plan for one answer. ``errors`` holds the listed peers that cannot be
+    configured (id -> reason); ``present`` every id the answer lists."""
+    mesh = observed.mesh
+    others = observed.others
+
+    def id_of(name: str) -> int | None:
+        rec = observed.records.get(name)
+        return rec.node_id if rec is not None else parse_interface(name, prefix)
+
+    peers: list[PeerPlan] = []
+    wanted: dict[str, DesiredPeer] = {}
+    failed_ids = set(errors)
+    for d in sorted(desired, key=lambda d: d.node_id):
+        error = None
+        if d.interface in others:
+            error = f"interface {d.interface} is a tunnel of owner {others[d.interface].owner!r}"
+        else:
+            user = next((n for n, s in sorted(others.items()) if s.listen_port == d.port), None)
+            if user is not None:
+                error = f"listen port {d.port} is used by tunnel {user} (owner {others[user].owner!r})"
+        if error is not None:
+            failed_ids.add(d.node_id)
+            peers.append(PeerPlan(node_id=d.node_id, interface=d.interface, action=Action.ERROR, error=error))
+            continue
+        wanted[d.interface] = d
+        state = mesh.get(d.interface)
+        if state is None:
+            peers.append(
+                PeerPlan(
+                    node_id=d.node_id,
+                    interface=d.interface,
+                    action=Action.CREATE,
+                    drift=("tunnel missing",),
+                    desired=d,
+                )
+            )
+            continue
+        drift = tunnel_drift(d.spec, state)
+        rec = observed.records.get(d.interface)
+        if rec is None or rec.node_id != d.node_id:
+            drift.append("not known to be applied")
+        elif rec.digest != d.digest:
+            drift.append("configuration changed" if rec.endpoint == d.spec.endpoint else "endpoint changed")
+        peers.append(
+            PeerPlan(
+                node_id=d.node_id,
+                interface=d.interface,
+                action=Action.UPDATE if drift else Action.NONE,
+                drift=tuple(drift),
+                desired=d,
+            )
+        )
+    for node_id, reason in sorted(errors.items()):
+        peers.append(PeerPlan(node_id=node_id, interface=None, action=Action.ERROR, error=reason))
+
+    keep: list[str] = []
+    stale: list[str] = []
+    departed: list[str] = []
+    present_ids = set(present)
+    for name in sorted(mesh):
+        if name in wanted:
+            continue
+        owner_id = id_of(name)
+        if owner_id is not None and owner_id in failed_ids:
+            keep.append(name)
+        elif owner_id is not None and owner_id in present_ids:
+            stale.append(name)
+        else:
+            departed.append(name)
+    verdict = evaluate(departed, mesh, guard, override=override)
+    remove = stale + ([] if verdict.refused else departed)
+    if verdict.refused:
+        keep += departed
+
+    ports = {d.port for d in wanted.values()}
+    fragments: dict[str, Mapping[str, Any]] = {n: d.fragment for n, d in wanted.items()}
+    for name in keep:
+        state = mesh[name]
+        if state.listen_port is not None:
+            ports.add(state.listen_port)
+        if name in observed.fragments:
+            fragments[name] = observed.fragments[name]
+    return Plan(
+        peers=tuple(sorted(peers, key=lambda p: p.node_id)),
+        remove=tuple(sorted(remove)),
+        keep=tuple(sorted(keep)),
+        guard=verdict,
+        ports=frozenset(ports),
+        fragments=fragments,
+    )
+
+
+# ------------------------------------------------------------------ tunnel drift
+
+
+@functools.lru_cache(maxsize=4096)
+def _canon_address(local: str, peer: str | None) -> tuple[str, str | None]:
+    text = local.strip()
+    iface = ipaddress.ip_interface(text)
+    if "/" not in text and isinstance(iface, ipaddress.IPv6Interface):
+        iface = ipaddress.IPv6Interface(f"{iface.ip}/{64 if iface.ip.is_link_local else 128}")
+    return iface.with_prefixlen, str(ipaddress.ip_address(peer.strip())) if peer else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _canon_network(net: str) -> str:
+    return str(ipaddress.ip_network(net.strip(), strict=False))
+
+
+def tunnel_drift(spec: TunnelSpec, state: TunnelState) -> list[str]:
+    """How the system's tunnel differs from ``spec`` in what can be read back.
+
+    The endpoint is not compared (WireGuard roams; a change in the *spec* is
+    caught by the record's digest), nor are keys in files.
+    """
+    out: list[str] = []
+    if state.listen_port != spec.listen_port:
+        out.append(f"listen port is {state.listen_port}, want {spec.listen_port}")
+    if state.peer_public_key != spec.peer_public_key:
+        out.append("peer public key differs")
+    try:
+        if {_canon_network(n) for n in state.allowed_ips} != {_canon_network(n) for n in spec.allowed_ips}:
+            out.append("allowed IPs differ")
+        have = {_canon_address(a.local, a.peer) for a in state.addresses}
+        want = {_canon_address(a.local, a.peer) for a in spec.addresses}
+    except ValueError as exc:
+        out.append(f"unreadable address on the tunnel: {exc}")
+    else:
+        if have != want:
+            out.append("addresses differ")
+    if (spec.keepalive or None) != (state.keepalive or None):
+        out.append(f"keepalive is {state.keepalive}, want {spec.keepalive}")
+    if state.mtu != spec.mtu:
+        out.append(f"mtu is {state.mtu}, want {spec.mtu}")
+    if not state.up:
+        out.append("interface is down")
+    return out

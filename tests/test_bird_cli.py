@@ -26,7 +26,14 @@ PEER = {
 
 
 def args(out: Path, **kw: object) -> argparse.Namespace:
-    base = {"out": str(out), "policy": None, "peers": None, "no_bird_conf": False, "maintenance": False}
+    base = {
+        "out": str(out),
+        "policy": None,
+        "peers": None,
+        "ibgp": None,
+        "no_bird_conf": False,
+        "maintenance": False,
+    }
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -98,3 +105,35 @@ def test_render_without_bird_conf_is_what_sits_next_to_an_operators_own(tmp_path
     (out / "bird.conf").write_text('router id 192.0.2.1;\nprotocol device {}\ninclude "moenet.conf";\n')
     res = bird_parse(out)
     assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+def test_render_with_ibgp_neighbours_parses(tmp_path, capsys):
+    data = cp_data()
+    data["ibgpPeers"] = [{"nodeId": 9, "nodeName": "ignored", "loopbackIpv4": "172.20.42.9"}]
+    (tmp_path / "policy.json").write_text(json.dumps(data))
+    ibgp = [
+        {"nodeId": 4, "nodeName": "tyo1", "loopbackIpv6": "fd42:4242:1234::2", "isRr": True},
+        {"nodeId": 1005, "nodeName": "sin1", "loopbackIpv4": "172.20.42.3", "rrClient": True},
+    ]
+    (tmp_path / "ibgp.json").write_text(json.dumps(ibgp))
+    out = tmp_path / "tree"
+    code = render_command(
+        args(out, policy=str(tmp_path / "policy.json"), ibgp=str(tmp_path / "ibgp.json")), None
+    )
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "ibgp").iterdir()) == [
+        "00_moenet.conf",
+        "ibgp_sin1_1005.conf",
+        "ibgp_tyo1_4.conf",
+    ]  # the policy's ibgpPeers are not rendered
+    assert "rr client;" in (out / "ibgp" / "ibgp_sin1_1005.conf").read_text()
+    res = bird_parse(out)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+
+    (tmp_path / "ibgp.json").write_text(json.dumps([{**ibgp[0], "nodeName": 'x"; }'}, ibgp[1], ibgp[1]]))
+    code = render_command(
+        args(tmp_path / "tree2", policy=str(tmp_path / "policy.json"), ibgp=str(tmp_path / "ibgp.json")), None
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "ibgp[0].nodeName: must be a node name" in err
+    assert not (tmp_path / "tree2").exists()

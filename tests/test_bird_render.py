@@ -27,6 +27,7 @@ from moenet_bird.policy import (
     BabelOptions,
     BirdPolicy,
     EbgpPeer,
+    IbgpNeighbor,
     IbgpOptions,
     parse_bird_config,
 )
@@ -125,6 +126,23 @@ IBGP_PEERS = [
     {"nodeId": 6, "nodeName": "v4only", "loopbackIpv4": "172.20.42.4", "isRr": False},
     {"nodeId": 3, "nodeName": "hkg1", "loopbackIpv6": "fd42:4242:1234::1", "isRr": False},  # self: skipped
 ]
+
+
+def neighbor(node_id: int, name: str, *, v4: str = "", v6: str = "", **kw: Any) -> IbgpNeighbor:
+    return IbgpNeighbor(node_id=node_id, node_name=name, loopback_ipv4=v4, loopback_ipv6=v6, **kw)
+
+
+#: What the ibgp owner declares on hkg1 (node 3) as a route reflector: every other
+#: node, ``rr client`` towards the non-RRs; its own entry is never rendered.
+RR_NEIGHBORS = [
+    neighbor(4, "tyo1", v4="172.20.42.2", v6="fd42:4242:1234::2", is_rr=True),
+    neighbor(5, "sin1", v4="172.20.42.3", v6="fd42:4242:1234::3", rr_client=True),
+    neighbor(6, "v4only", v4="172.20.42.4", rr_client=True),
+    neighbor(1234, "big-id.node", v6="fd42:4242:1234::4d2", rr_client=True),
+    neighbor(3, "hkg1", v6="fd42:4242:1234::1"),  # this node: skipped
+]
+#: ... and as a client: only the route reflectors.
+CLIENT_NEIGHBORS = [neighbor(4, "tyo1", v4="172.20.42.2", v6="fd42:4242:1234::2", is_rr=True)]
 MESH = BabelOptions(
     interfaces=[BabelInterface(pattern="wg-int-*"), BabelInterface(pattern="eth1", type="wired", rxcost=96)]
 )
@@ -181,18 +199,30 @@ def _cases() -> dict[str, dict[str, Any]]:
             "peers": [split_peer(bandwidth=23, crypto=33)],
         },
         "rpki_three": {"data": two_rpki, "peers": [ll_peer()]},
-        "ibgp_rr": {"data": with_ibgp, "peers": [ll_peer()], "ibgp": IbgpOptions(route_reflector=True)},
-        "ibgp_client": {"data": with_ibgp, "peers": [ll_peer()], "ibgp": IbgpOptions(route_reflector=False)},
+        "ibgp_rr": {
+            "data": with_ibgp,
+            "peers": [ll_peer()],
+            "ibgp": IbgpOptions(route_reflector=True),
+            "ibgp_peers": RR_NEIGHBORS,
+        },
+        "ibgp_client": {
+            "data": with_ibgp,
+            "peers": [ll_peer()],
+            "ibgp": IbgpOptions(route_reflector=False),
+            "ibgp_peers": CLIENT_NEIGHBORS,
+        },
         "babel_mesh": {"peers": [ll_peer()], "babel": MESH},
         "maintenance_on": {
             "data": with_ibgp,
             "peers": [ll_peer(), split_peer()],
+            "ibgp_peers": RR_NEIGHBORS,
             "babel": MESH,
             "maintenance": True,
         },
         "maintenance_off": {
             "data": with_ibgp,
             "peers": [ll_peer(), split_peer()],
+            "ibgp_peers": RR_NEIGHBORS,
             "babel": MESH,
             "maintenance": False,
         },
@@ -208,6 +238,7 @@ def render_case(case: dict[str, Any], **kw: Any) -> dict[str, str]:
         policy(case.get("data")),
         case.get("peers", []),
         ibgp=case.get("ibgp"),
+        ibgp_peers=case.get("ibgp_peers", ()),
         babel=case.get("babel"),
         maintenance=case.get("maintenance", False),
         **kw,
@@ -456,18 +487,94 @@ def test_maintenance_flag() -> None:
 def test_ibgp_rr_client_flags() -> None:
     rr = render_case(CASES["ibgp_rr"])
     client = render_case(CASES["ibgp_client"])
-    assert "ibgp/hkg1.conf" not in rr  # never a session to ourselves
-    assert "rr client;" in rr["ibgp/sin1.conf"] and "rr client;" not in rr["ibgp/tyo1.conf"]
+    assert sorted(p for p in rr if p.startswith("ibgp/")) == [
+        "ibgp/00_moenet.conf",
+        "ibgp/ibgp_big_id_node_1234.conf",
+        "ibgp/ibgp_sin1_5.conf",
+        "ibgp/ibgp_tyo1_4.conf",
+        "ibgp/ibgp_v4only_6.conf",
+    ]  # never a session to ourselves (node 3)
+    assert "rr client;" in rr["ibgp/ibgp_sin1_5.conf"] and "rr client;" not in rr["ibgp/ibgp_tyo1_4.conf"]
+    assert "rr cluster id OWNIP;" in rr["ibgp/ibgp_sin1_5.conf"]
+    assert "protocol bgp ibgp_big_id_node_1234 from dn42_ibgp {" in rr["ibgp/ibgp_big_id_node_1234.conf"]
+    assert sorted(p for p in client if p.startswith("ibgp/")) == [
+        "ibgp/00_moenet.conf",
+        "ibgp/ibgp_tyo1_4.conf",
+    ]
     assert not any("rr client;" in v for v in client.values())
-    assert "neighbor 172.20.42.4 as OWNAS;" in rr["ibgp/v4only.conf"]
-    assert "source address OWNIP;" in rr["ibgp/v4only.conf"]
+    assert "neighbor 172.20.42.4 as OWNAS;" in rr["ibgp/ibgp_v4only_6.conf"]
+    assert "source address OWNIP;" in rr["ibgp/ibgp_v4only_6.conf"]
+    assert "neighbor fd42:4242:1234::3 as OWNAS;" in rr["ibgp/ibgp_sin1_5.conf"]
+    assert "source address OWNIPv6;" in rr["ibgp/ibgp_sin1_5.conf"]
 
 
-def test_rr_derived_from_node_type() -> None:
+def test_policy_ibgp_peers_are_never_rendered() -> None:
+    """The ibgp owner decides the sessions: the policy's ibgpPeers (and node.type) do nothing."""
     data = cp_data(type="rr")
     data["ibgpPeers"] = copy.deepcopy(IBGP_PEERS)
-    tree = render_tree(policy(data), [])
-    assert "rr client;" in tree["ibgp/sin1.conf"]
+    bp = policy(data)
+    assert [p.node_name for p in bp.ibgp_peers] == ["tyo1", "sin1", "v4only", "hkg1"]  # still parsed
+    tree = render_tree(bp, [])
+    assert [p for p in tree if p.startswith("ibgp/")] == ["ibgp/00_moenet.conf"]
+    assert render_tree(bp, [], ibgp_peers=CLIENT_NEIGHBORS) == render_tree(
+        policy(), [], ibgp_peers=CLIENT_NEIGHBORS
+    )
+
+
+def test_ibgp_disabled_renders_no_session() -> None:
+    tree = render_tree(policy(), [], ibgp=IbgpOptions(enabled=False), ibgp_peers=RR_NEIGHBORS)
+    assert [p for p in tree if p.startswith("ibgp/")] == ["ibgp/00_moenet.conf"]
+
+
+def test_ibgp_template_has_next_hop_self_limits_and_drain() -> None:
+    """next hop self for eBGP-learned routes and the policy's iBGP limits on both
+    channels; the drain marks only what enters the network at this node."""
+    data = cp_data()
+    data["policy"].update(ibgpImportLimit=12345, ibgpExportLimit=6789)
+    tree = render_tree(policy(data), [], ibgp_peers=CLIENT_NEIGHBORS)
+    template = tree["moenet.conf"].split("template bgp dn42_ibgp {")[1].split("\n}\n")[0]
+    for family in ("ipv4", "ipv6"):
+        channel = template.split(f"  {family} {{")[1].split("  };")[0]
+        assert "next hop self ebgp;" in channel
+        assert "import limit 12345 action block;" in channel and "export limit 6789 action block;" in channel
+        assert "import where moenet_ibgp_in();" in channel and "export where moenet_ibgp_out();" in channel
+    drained = render_tree(policy(data), [], ibgp_peers=CLIENT_NEIGHBORS, maintenance=True)["filters.conf"]
+    out = drained.split("function moenet_ibgp_out")[1]
+    assert "if source = RTS_STATIC || (OWNAS, 3, MOENET_NODE_ID) ~ bgp_large_community then {" in out
+    # The origin tag the drain relies on is set on every eBGP import.
+    assert "moenet_tag_origin();" in drained.split("function dn42_ebgp_in")[1].split("function ")[0]
+    assert "bgp_large_community.add((OWNAS, 3, MOENET_NODE_ID));" in tree["moenet_communities.conf"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ([neighbor(0, "x", v4="172.20.42.9")], "ibgp[0].nodeId: must be 1-4294967295"),
+        ([neighbor(9, 'x"; }', v4="172.20.42.9")], "ibgp[0].nodeName: must be a node name"),
+        ([neighbor(9, "x")], "ibgp[0]: needs loopbackIpv6 or loopbackIpv4"),
+        ([neighbor(9, "x", v6="fe80::1")], "ibgp[0].loopbackIpv6: must not be link-local"),
+        ([neighbor(9, "x", v4="fd42::1")], "ibgp[0].loopbackIpv4: must be an IPv4 address"),
+        ([neighbor(9, "x", v6="fd42::1%eth0")], "ibgp[0].loopbackIpv6: not an IPv6 address"),
+        (
+            [neighbor(9, "x", v4="172.20.42.9"), neighbor(9, "y", v4="172.20.42.10")],
+            "ibgp[1].nodeId: duplicate nodeId",
+        ),
+        (
+            [neighbor(9, "x", v4="172.20.42.9"), neighbor(10, "X", v4="172.20.42.10")],
+            "ibgp[1].nodeName: duplicate nodeName",
+        ),
+    ],
+)
+def test_ibgp_neighbor_validation(bad: list[IbgpNeighbor], expected: str) -> None:
+    with pytest.raises(BirdConfigError) as exc:
+        render_tree(policy(), [], ibgp_peers=bad)
+    assert any(p.startswith(expected) for p in exc.value.problems), exc.value.problems
+
+
+def test_a_node_called_like_the_placeholder_does_not_replace_it() -> None:
+    tree = render_tree(policy(), [], ibgp_peers=[neighbor(9, "00_moenet", v4="172.20.42.9")])
+    assert tree["ibgp/00_moenet.conf"].count("protocol") == 0
+    assert "protocol bgp ibgp_00_moenet_9 " in tree["ibgp/ibgp_00_moenet_9.conf"]
 
 
 def test_operator_override_replaces_one_template(tmp_path: Path, bird_bin: Path) -> None:
@@ -565,16 +672,6 @@ def _problems(data: Any) -> list[str]:
         (lambda d: d["node"].update(name='x"; protocol bgp y {'), "node.name: must be a node name"),
         (lambda d: d["node"].update(id=0), "node.id: must be 1-4294967295"),
         (lambda d: d.update(configHash="a\nb"), "configHash: must be a hash string"),
-        (
-            lambda d: d.update(ibgpPeers=[{"nodeId": 9, "nodeName": "x"}]),
-            "ibgpPeers[0]: needs loopbackIpv6 or loopbackIpv4",
-        ),
-        (
-            lambda d: d.update(
-                ibgpPeers=[{"nodeId": 9, "nodeName": "x/../y", "loopbackIpv4": "172.20.42.9"}]
-            ),
-            "ibgpPeers[0].nodeName: must be a node name",
-        ),
     ],
 )
 def test_validation_names_the_field(mutate: Any, expected: str) -> None:
@@ -582,6 +679,33 @@ def test_validation_names_the_field(mutate: Any, expected: str) -> None:
     mutate(data)
     problems = _problems(data)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("peers", "expected"),
+    [
+        ([{"nodeId": 9, "nodeName": "x"}], "ibgpPeers[0]: needs loopbackIpv6 or loopbackIpv4"),
+        (
+            [{"nodeId": 9, "nodeName": "x/../y", "loopbackIpv4": "172.20.42.9"}],
+            "ibgpPeers[0].nodeName: must be a node name",
+        ),
+        (
+            [{"nodeId": 9, "nodeName": "a", "loopbackIpv4": "172.20.42.9"}] * 2,
+            "ibgpPeers[1].nodeId: duplicate nodeId",
+        ),
+        ("not a list", "ibgpPeers: expected a list"),
+    ],
+)
+def test_bad_ibgp_peers_in_the_policy_are_warnings_not_a_refusal(peers: Any, expected: str) -> None:
+    """The policy no longer renders ibgpPeers (the ibgp plugin validates its own):
+    a bad entry must not cost the node its whole routing policy."""
+    data = cp_data()
+    data["ibgpPeers"] = peers
+    bp, warnings = parse_bird_config(data)
+    assert any(
+        w.startswith(expected) and w.endswith("(entry ignored by the BIRD policy)") for w in warnings
+    ), warnings
+    assert bp.policy.asn == 4242421234
 
 
 def test_all_problems_reported_at_once() -> None:

@@ -17,10 +17,21 @@ and config; unknown keys are ignored with a warning in ``/status``):
     ``localIpv4``, ``mpBgp`` (default true), ``extendedNexthop`` (default true),
     ``importLimit``, ``exportLimit``, ``disabled``. ``uuid`` may be omitted (the
     key is used); if given it must equal the key.
-``declare("ibgp", {"options": payload})``
-    :class:`~moenet_bird.policy.IbgpOptions`: ``enabled`` (default true),
-    ``routeReflector`` (null: derived from the node type). Only the key
-    ``options`` is accepted. The iBGP neighbours themselves come from the CP policy.
+``declare("ibgp", {"options": payload, key: neighbour, ...})``
+    ``options`` (optional) is :class:`~moenet_bird.policy.IbgpOptions`:
+    ``enabled`` (default true; false renders no iBGP session) and
+    ``routeReflector`` (this node's role, informational: shown in the files).
+    Every other key is one iBGP neighbour (:class:`~moenet_bird.policy.IbgpNeighbor`;
+    the key is the owner's choice, the ibgp plugin uses the node id): ``nodeId``
+    (1-4294967295), ``nodeName`` (a node name), ``loopbackIpv4`` /
+    ``loopbackIpv6`` (at least one; unicast, not link-local; the session runs
+    between the IPv6 loopbacks when the neighbour has one), ``isRr`` (the
+    neighbour is a route reflector; informational) and ``rrClient`` (render
+    ``rr client`` and ``rr cluster id``: this node reflects for it). The owner
+    decides the topology; the backend renders exactly the declared sessions,
+    except one to this node itself (the policy's ``node.id``). Two neighbours with
+    one ``nodeId`` or ``nodeName`` are refused (the later key). The policy's
+    ``ibgpPeers`` are parsed but never rendered.
 ``declare("mesh", {label: payload})``
     One Babel interface per fragment (:class:`~moenet_bird.policy.BabelInterface`):
     ``pattern`` (interface name, may end in ``*``), ``type`` (tunnel / wired /
@@ -28,11 +39,11 @@ and config; unknown keys are ignored with a warning in ``/status``):
 
 An invalid fragment lands in ``ApplyResult.rejected[key]`` with the reason and is
 left out; the owner's other fragments still apply. An owner's declare replaces
-all of its previous fragments. The same holds for a session that passes
-validation but that BIRD rejects: when BIRD's check names a session's own file
-(``peers/<symbol>.conf``), that session is dropped, reported in
-``rejected[key]`` with BIRD's message, and the apply is retried once without it,
-so the other sessions and the policy still go live. It is tried again on every
+all of its previous fragments. The same holds for a session or iBGP neighbour
+that passes validation but that BIRD rejects: when BIRD's check names its own
+file (``peers/<symbol>.conf``, ``ibgp/<symbol>.conf``), that fragment is dropped,
+reported in ``rejected[key]`` with BIRD's message, and the apply is retried once
+without it, so everything else still goes live. It is tried again on every
 apply (the next one may be after a template fix), at the cost of one extra check.
 
 Applies are coalesced: declares (and policy or maintenance changes) arriving
@@ -69,9 +80,11 @@ from .policy import (
     BabelOptions,
     BirdPolicy,
     EbgpPeer,
+    IbgpNeighbor,
     IbgpOptions,
     parse_bird_config,
     validate_babel,
+    validate_ibgp,
     validate_peers,
 )
 from .protocol import BirdClientError
@@ -131,11 +144,12 @@ class BirdRoutingBackend(RoutingBackend):
         self._raw: dict[str, dict[str, Any]] = {o: {} for o in OWNERS}
         self._peers: dict[str, EbgpPeer] = {}
         self._ibgp = IbgpOptions()
+        self._neighbors: dict[str, IbgpNeighbor] = {}
         self._babel: dict[str, BabelInterface] = {}
         self._warnings: dict[str, list[str]] = {o: [] for o in OWNERS}
         self._rejected: dict[str, dict[str, str]] = {o: {} for o in OWNERS}
-        self._bird_rejected: dict[str, str] = {}
-        """Sessions left out of the last apply because BIRD rejected their file."""
+        self._bird_rejected: dict[str, dict[str, str]] = {}
+        """Per owner, fragments left out of the last apply because BIRD rejected their file."""
 
         self._next: asyncio.Future[ApplyResult] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -213,8 +227,7 @@ class BirdRoutingBackend(RoutingBackend):
         if self._policy is None and self._candidate is None:
             return ApplyResult(ok=False, changed=False, error=NO_POLICY, rejected=rejected)
         result = await self._request()
-        if owner == "sessions":
-            rejected = {**result.rejected, **rejected}
+        rejected = {**self._bird_rejected.get(owner, {}), **rejected}
         return attrs.evolve(result, rejected=rejected)
 
     async def set_maintenance(self, enabled: bool) -> ApplyResult:
@@ -244,17 +257,24 @@ class BirdRoutingBackend(RoutingBackend):
             self._peers = peers
         elif owner == "ibgp":
             opts = IbgpOptions()
-            for key, payload in fragments.items():
-                if key != "options":
-                    rejected[key] = "the ibgp owner declares one fragment named 'options'"
+            neighbors: dict[str, IbgpNeighbor] = {}
+            for key, payload in sorted(fragments.items()):
+                if key == "options":
+                    obj, errs = structure(IbgpOptions, _plain(payload), "ibgp.options", warnings)
+                    if obj is None:
+                        rejected[key] = "; ".join(errs)
+                        continue
+                    opts = obj
+                    raw[key] = dict(payload)
                     continue
-                obj, errs = structure(IbgpOptions, _plain(payload), "ibgp.options", warnings)
-                if obj is None:
-                    rejected[key] = "; ".join(errs)
+                neighbor, why = _neighbor(key, payload, list(neighbors.values()), warnings)
+                if neighbor is None:
+                    rejected[key] = why
                     continue
-                opts = obj
+                neighbors[key] = neighbor
                 raw[key] = dict(payload)
             self._ibgp = opts
+            self._neighbors = neighbors
         else:
             babel: dict[str, BabelInterface] = {}
             patterns: dict[str, str] = {}
@@ -311,15 +331,19 @@ class BirdRoutingBackend(RoutingBackend):
             return ApplyResult(ok=False, changed=False, error=NO_POLICY)
         peers = dict(self._peers)
         ibgp = attrs.evolve(self._ibgp)
+        neighbors = dict(self._neighbors)
         babel = BabelOptions(interfaces=list(self._babel.values()))
         maintenance = self.maintenance
         policy = used.policy
 
-        def render(sessions: dict[str, EbgpPeer]) -> Callable[[], dict[str, str]]:
+        def render(
+            sessions: dict[str, EbgpPeer], ibgp_peers: dict[str, IbgpNeighbor]
+        ) -> Callable[[], dict[str, str]]:
             return lambda: render_tree(
                 policy,
                 list(sessions.values()),
                 ibgp=ibgp,
+                ibgp_peers=list(ibgp_peers.values()),
                 babel=babel,
                 maintenance=maintenance,
                 template_dir=self.template_dir,
@@ -327,20 +351,26 @@ class BirdRoutingBackend(RoutingBackend):
             )
 
         started = time.monotonic()
-        result = await self.applier.apply(render(peers))
-        bird_rejected: dict[str, str] = {}
-        key = self._rejected_session(peers)
-        if key is not None and self.applier.last_rejection is not None:
-            # BIRD named one session's own file: drop that session, retry once without it.
+        result = await self.applier.apply(render(peers, neighbors))
+        bird_rejected: dict[str, dict[str, str]] = {}
+        named = self._rejected_fragment(peers, neighbors)
+        if named is not None and self.applier.last_rejection is not None:
+            # BIRD named one fragment's own file: drop that fragment, retry once without it.
+            owner, key = named
             first = result
-            bird_rejected[key] = self.applier.last_rejection.error
-            self.log.warning("sessions fragment {} rejected by BIRD, applying without it", key)
-            result = await self.applier.apply(render({k: v for k, v in peers.items() if k != key}))
+            bird_rejected[owner] = {key: self.applier.last_rejection.error}
+            self.log.warning("{} fragment {} rejected by BIRD, applying without it", owner, key)
+            if owner == "sessions":
+                peers = {k: v for k, v in peers.items() if k != key}
+            else:
+                neighbors = {k: v for k, v in neighbors.items() if k != key}
+            result = await self.applier.apply(render(peers, neighbors))
             if not result.ok:
-                # Not (only) that session's fault, e.g. a broken shared template: BIRD's first
+                # Not (only) that fragment's fault, e.g. a broken shared template: BIRD's first
                 # complaint is the one to read, the retry's follows it.
-                result = attrs.evolve(result, error=f"{first.error}; without session {key}: {result.error}")
-            result = attrs.evolve(result, rejected={**result.rejected, **bird_rejected})
+                what = "session" if owner == "sessions" else "iBGP neighbour"
+                result = attrs.evolve(result, error=f"{first.error}; without {what} {key}: {result.error}")
+            result = attrs.evolve(result, rejected={**result.rejected, **bird_rejected[owner]})
         self._bird_rejected = bird_rejected
         self.last_apply_seconds = time.monotonic() - started
         if self._m_applies is not None and self._m_duration is not None:
@@ -361,12 +391,21 @@ class BirdRoutingBackend(RoutingBackend):
             self.last_error_at = self.last_apply_at
         return result
 
-    def _rejected_session(self, peers: Mapping[str, EbgpPeer]) -> str | None:
-        """The session whose file BIRD's last rejection names, if any."""
+    def _rejected_fragment(
+        self, peers: Mapping[str, EbgpPeer], neighbors: Mapping[str, IbgpNeighbor]
+    ) -> tuple[str, str] | None:
+        """(owner, key) of the session or iBGP neighbour whose file BIRD's last
+        rejection names, if any."""
         rejection = self.applier.last_rejection
         if rejection is None or rejection.file is None:
             return None
-        return next((k for k, p in peers.items() if p.file_name == rejection.file), None)
+        for k, p in peers.items():
+            if p.file_name == rejection.file:
+                return "sessions", k
+        for k, n in neighbors.items():
+            if n.file_name == rejection.file:
+                return "ibgp", k
+        return None
 
     # ----------------------------------------------------------- persistence
 
@@ -420,12 +459,15 @@ class BirdRoutingBackend(RoutingBackend):
 
     def fragment_protocols(self, owner: str) -> Mapping[str, tuple[str, ...]]:
         """Protocol names per applied fragment: ``sessions`` keys to their BGP
-        protocols (BIRD-rejected sessions left out), ``ibgp`` ``options`` to the
-        iBGP protocols."""
+        protocols, ``ibgp`` neighbour keys to their one iBGP protocol (fragments
+        BIRD rejected left out; no ``ibgp`` entries while iBGP is disabled or
+        before a policy says who this node is)."""
+        skip = self._bird_rejected.get(owner, {})
         if owner == "sessions":
-            return {k: peer_protocol_names(p) for k, p in self._peers.items() if k not in self._bird_rejected}
+            return {k: peer_protocol_names(p) for k, p in self._peers.items() if k not in skip}
         if owner == "ibgp" and self._policy is not None and self._ibgp.enabled:
-            return {"options": tuple(p.symbol for p in self._policy.policy.ibgp_peers)}
+            own = self._policy.policy.node.id  # never rendered: see render.ibgp_sessions
+            return {k: (n.symbol,) for k, n in self._neighbors.items() if n.node_id != own and k not in skip}
         return {}
 
     def agent_protocols(self) -> set[str]:
@@ -433,8 +475,8 @@ class BirdRoutingBackend(RoutingBackend):
         names = set(_BASE_PROTOCOLS)
         for p in self._peers.values():
             names |= {p.symbol, p.symbol + "_v4", p.symbol + "_v6"}
+        names |= {n.symbol for n in self._neighbors.values()}
         if self._policy is not None:
-            names |= {p.symbol for p in self._policy.policy.ibgp_peers}
             names |= {s.symbol for s in self._policy.policy.policy.rpki_servers}
         return names
 
@@ -491,13 +533,17 @@ class BirdRoutingBackend(RoutingBackend):
             "pendingConfigure": self.applier.pending_configure,
             "owners": {
                 "sessions": len(self._peers),
-                "ibgp": len(self._raw["ibgp"]),
+                "ibgp": len(self._neighbors),
                 "mesh": len(self._babel),
             },
+            "ibgp": {
+                "enabled": self._ibgp.enabled,
+                "routeReflector": self._ibgp.route_reflector,
+            },
             "rejected": {
-                o: {**r, **(self._bird_rejected if o == "sessions" else {})}
+                o: {**r, **self._bird_rejected.get(o, {})}
                 for o, r in self._rejected.items()
-                if r or (o == "sessions" and self._bird_rejected)
+                if r or self._bird_rejected.get(o)
             },
             "warnings": {o: list(w) for o, w in self._warnings.items() if w},
             "stats": attrs.asdict(self.applier.stats),
@@ -507,6 +553,30 @@ class BirdRoutingBackend(RoutingBackend):
 def _plain(payload: object) -> Any:
     """A dict copy of a mapping; anything else as is, for the structurer to refuse."""
     return dict(payload) if isinstance(payload, Mapping) else payload
+
+
+def _neighbor(
+    key: str, payload: Mapping[str, object], accepted: list[IbgpNeighbor], warnings: list[str]
+) -> tuple[IbgpNeighbor | None, str]:
+    """One ``ibgp`` neighbour fragment, checked alone and against the ``accepted``
+    ones (node id and name must be unique), or None and why not."""
+    if not isinstance(payload, Mapping):  # callers pass JSON they did not check
+        return None, "payload must be an object"  # type: ignore[unreachable]
+    neighbor, errs = structure(IbgpNeighbor, dict(payload), f"ibgp[{key}]", warnings)
+    if neighbor is None:
+        return None, "; ".join(errs)
+    problems = [e.replace("ibgp[0]", f"ibgp[{key}]") for e in validate_ibgp([neighbor])]
+    if problems:
+        return None, "; ".join(problems)
+    for other in accepted:
+        if other.node_id == neighbor.node_id:
+            return None, f"ibgp[{key}].nodeId: {neighbor.node_id} is already declared ({other.node_name})"
+        if other.node_name.lower() == neighbor.node_name.lower():
+            return (
+                None,
+                f"ibgp[{key}].nodeName: {neighbor.node_name} is already declared (node {other.node_id})",
+            )
+    return neighbor, ""
 
 
 def _session(key: str, payload: Mapping[str, object], warnings: list[str]) -> tuple[EbgpPeer | None, str]:

@@ -5,8 +5,11 @@ it loose, or review a CP policy change. The policy comes from ``--policy FILE``
 (the CP's ``bird-config`` answer as JSON) or, by default, from the configured
 control plane (HTTP or the standalone file); eBGP sessions from ``--peers FILE``
 (a JSON list of peer objects, the ``sessions`` fragments of the routing
-backend). Nothing is sent to BIRD and nothing outside ``DIR`` is written. The
-files' includes are relative, so the tree means the same in ``DIR`` as in
+backend); iBGP neighbours from ``--ibgp FILE`` (a JSON list of the ``ibgp``
+owner's neighbour objects: ``nodeId``, ``nodeName``, ``loopbackIpv4/6``,
+``isRr``, ``rrClient``; the policy's ``ibgpPeers`` are never rendered).
+Nothing is sent to BIRD and nothing outside ``DIR`` is written. The files'
+includes are relative, so the tree means the same in ``DIR`` as in
 ``/etc/bird``; ``--no-bird-conf`` renders what the agent writes next to an
 operator's own ``bird.conf``.
 """
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from moenet_core.config import structure
 from moenet_core.errors import ConfigError, ControlPlaneError
 
-from .policy import BirdPolicy, EbgpPeer, parse_bird_config, validate_peers
+from .policy import BirdPolicy, EbgpPeer, IbgpNeighbor, parse_bird_config, validate_ibgp, validate_peers
 from .render import render_tree
 
 if TYPE_CHECKING:
@@ -43,6 +46,9 @@ def add_render_command(register: CommandRegistrar) -> None:
         "--policy", metavar="FILE", help="the CP's bird-config answer as JSON (default: ask the CP)"
     )
     p.add_argument("--peers", metavar="FILE", help="JSON list of eBGP peers to render")
+    p.add_argument(
+        "--ibgp", metavar="FILE", help="JSON list of iBGP neighbours to render (nodeId, nodeName, ...)"
+    )
     p.add_argument(
         "--no-bird-conf",
         action="store_true",
@@ -93,6 +99,24 @@ def load_peers(data: Any) -> list[EbgpPeer]:
     return peers
 
 
+def load_ibgp(data: Any) -> list[IbgpNeighbor]:
+    """iBGP neighbours from JSON (camelCase keys), every problem with its path."""
+    if not isinstance(data, list):
+        raise ConfigError(["ibgp: expected a JSON list of neighbour objects"])
+    neighbors: list[IbgpNeighbor] = []
+    problems: list[str] = []
+    for i, item in enumerate(data):
+        neighbor, errs = structure(IbgpNeighbor, item, f"ibgp[{i}]", [])
+        problems.extend(errs)
+        if neighbor is not None:
+            neighbors.append(neighbor)
+    if not problems:
+        problems = validate_ibgp(neighbors)
+    if problems:
+        raise ConfigError(problems)
+    return neighbors
+
+
 def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
     try:
         if args.policy:
@@ -104,6 +128,7 @@ def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
         policy: BirdPolicy
         policy, warnings = parse_bird_config(data)
         peers = load_peers(_read_json(args.peers, "--peers")) if args.peers else []
+        ibgp = load_ibgp(_read_json(args.ibgp, "--ibgp")) if args.ibgp else []
     except ConfigError as exc:
         print(f"moenet-agent render: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -116,6 +141,7 @@ def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
     tree = render_tree(
         policy,
         peers,
+        ibgp_peers=ibgp,
         maintenance=args.maintenance,
         template_dir=template_dir,
         bird_conf=not args.no_bird_conf,

@@ -335,7 +335,12 @@ class PolicyInfo:
 
 @attrs.define(kw_only=True)
 class IbgpPeer:
-    """Another node of ours; one iBGP session over the loopbacks."""
+    """Another node of ours, as the CP's bird-config ``ibgpPeers`` lists it.
+
+    Parsed for compatibility only (an old CP answer still validates); the iBGP
+    sessions are rendered from the ``ibgp`` owner's fragments
+    (:class:`IbgpNeighbor`), never from the policy.
+    """
 
     node_id: int = attrs.field(metadata=check(_range(1, 4294967295)))
     node_name: str = attrs.field(metadata=check(_pattern(NODE_NAME_RE, "a node name")))
@@ -345,11 +350,24 @@ class IbgpPeer:
 
     @property
     def symbol(self) -> str:
+        """``ibgp_<name>_<node id>``: the node id keeps two names that sanitise alike apart."""
         return f"ibgp_{sanitise_symbol_part(self.node_name)[:40]}_{self.node_id}"
 
     @property
     def file_name(self) -> str:
-        return f"ibgp/{self.node_name}.conf"
+        """``ibgp/<symbol>.conf``: never the placeholder's name, whatever the node is called."""
+        return f"ibgp/{self.symbol}.conf"
+
+
+@attrs.define(kw_only=True)
+class IbgpNeighbor(IbgpPeer):
+    """One iBGP session as the ``ibgp`` owner declares it: a peer plus its role.
+
+    ``rr_client``: this node reflects routes for that neighbour (``rr client`` and
+    ``rr cluster id``); the owner decides the topology, the backend only renders it.
+    """
+
+    rr_client: bool = False
 
 
 @attrs.define(kw_only=True)
@@ -444,7 +462,12 @@ class BabelOptions:
 
 @attrs.define(kw_only=True)
 class IbgpOptions:
-    """iBGP role of this node. ``route_reflector=None`` derives it from ``node.type == "rr"``."""
+    """The ``ibgp`` owner's ``options`` fragment.
+
+    ``enabled=False`` renders no iBGP session at all. ``route_reflector`` is this
+    node's role as the owner decided it: shown in the rendered files and
+    ``/status``; ``rr client`` itself is per neighbour (:class:`IbgpNeighbor`).
+    """
 
     route_reflector: bool | None = None
     enabled: bool = True
@@ -498,13 +521,18 @@ def parse_bird_config(data: Any) -> tuple[BirdPolicy, list[str]]:
     rpki = _structure_list(
         RpkiServer, raw_rpki if raw_rpki is not None else [], "policy.rpkiServers", warnings, problems
     )
+    # ibgpPeers are not rendered from the policy (the ibgp plugin owns the iBGP peer
+    # set and validates it itself): a bad entry is a warning here, never a refusal.
+    ibgp_problems: list[str] = []
     ibgp = _structure_list(
-        IbgpPeer, raw_ibgp if raw_ibgp is not None else [], "ibgpPeers", warnings, problems
+        IbgpPeer, raw_ibgp if raw_ibgp is not None else [], "ibgpPeers", warnings, ibgp_problems
     )
     if bp is not None:
         bp.policy.rpki_servers = rpki
         bp.ibgp_peers = ibgp
         problems.extend(_cross_checks(bp, warnings))
+        ibgp_problems += validate_ibgp(ibgp, "ibgpPeers")
+    warnings.extend(f"{p} (entry ignored by the BIRD policy)" for p in ibgp_problems)
     if problems or bp is None:
         raise BirdConfigError(problems)
     return bp, warnings
@@ -539,15 +567,22 @@ def _cross_checks(bp: BirdPolicy, warnings: list[str]) -> list[str]:
     for i, s in enumerate(pol.rpki_servers):
         if err := symbol_error(s.symbol):
             problems.append(f"policy.rpkiServers[{i}].name: {err}")
+    return problems
+
+
+def validate_ibgp(peers: list[IbgpPeer] | list[IbgpNeighbor], path: str = "ibgp") -> list[str]:
+    """Every problem of a list of iBGP peers, each naming ``<path>[i].field``:
+    field checks, a loopback to reach, no two with one node id, name or symbol."""
+    problems: list[str] = []
+    for i, p in enumerate(peers):
+        errs = run_checks(p, f"{path}[{i}]")
+        problems += errs
+        if not errs and not p.loopback_ipv4 and not p.loopback_ipv6:
+            problems.append(f"{path}[{i}]: needs loopbackIpv6 or loopbackIpv4")
+    problems += _dupes([(f"{path}[{i}].nodeId", str(p.node_id)) for i, p in enumerate(peers)], "nodeId")
     problems += _dupes(
-        [(f"ibgpPeers[{i}].nodeId", str(p.node_id)) for i, p in enumerate(bp.ibgp_peers)], "nodeId"
+        [(f"{path}[{i}].nodeName", p.node_name.lower()) for i, p in enumerate(peers)], "nodeName"
     )
-    problems += _dupes(
-        [(f"ibgpPeers[{i}].nodeName", p.node_name.lower()) for i, p in enumerate(bp.ibgp_peers)], "nodeName"
-    )
-    for i, p in enumerate(bp.ibgp_peers):
-        if not p.loopback_ipv4 and not p.loopback_ipv6:
-            problems.append(f"ibgpPeers[{i}]: needs loopbackIpv6 or loopbackIpv4")
     return problems
 
 
@@ -600,6 +635,7 @@ __all__ = [
     "BabelOptions",
     "BirdPolicy",
     "EbgpPeer",
+    "IbgpNeighbor",
     "IbgpOptions",
     "IbgpPeer",
     "NodeInfo",
@@ -608,5 +644,6 @@ __all__ = [
     "parse_bird_config",
     "run_checks",
     "validate_babel",
+    "validate_ibgp",
     "validate_peers",
 ]

@@ -15,8 +15,9 @@ Files the agent owns (each starts with :data:`MARKER`), all in ``bird.configDir`
   every other file below. Self-contained: it defines everything it references.
 - ``moenet_communities.conf``, ``filters.conf``, ``cold_potato.conf``,
   ``babel.conf``, ``peers/*.conf`` (one per eBGP session), ``ibgp/*.conf`` (one
-  per iBGP neighbour), ``peers/00_moenet.conf`` and ``ibgp/00_moenet.conf``
-  (placeholders keeping the include globs' directories present).
+  per iBGP neighbour the ``ibgp`` owner declared, named after its protocol),
+  ``peers/00_moenet.conf`` and ``ibgp/00_moenet.conf`` (placeholders keeping the
+  include globs' directories present).
 - ``bird.conf`` (only when the operator has none of their own): ``log``,
   ``include "moenet.conf"``, ``router id OWNIP``, ``device`` and the kernel
   protocols ``kernel4`` / ``kernel6``.
@@ -68,9 +69,10 @@ from .policy import (
     BabelOptions,
     BirdPolicy,
     EbgpPeer,
+    IbgpNeighbor,
     IbgpOptions,
-    IbgpPeer,
     validate_babel,
+    validate_ibgp,
     validate_peers,
 )
 
@@ -223,10 +225,16 @@ def _peer_sessions(p: EbgpPeer) -> list[_Session]:
     return sessions
 
 
-def _is_route_reflector(bp: BirdPolicy, ibgp: IbgpOptions) -> bool:
-    if ibgp.route_reflector is not None:
-        return ibgp.route_reflector
-    return bp.node.type.lower() in ("rr", "route-reflector", "route_reflector")
+def ibgp_sessions(
+    policy: BirdPolicy, neighbors: Sequence[IbgpNeighbor], ibgp: IbgpOptions | None = None
+) -> list[IbgpNeighbor]:
+    """The iBGP neighbours that are rendered: none when iBGP is disabled, never this
+    node itself (by the policy's ``node.id``), sorted by name and id."""
+    if ibgp is not None and not ibgp.enabled:
+        return []
+    return sorted(
+        (n for n in neighbors if n.node_id != policy.node.id), key=lambda n: (n.node_name.lower(), n.node_id)
+    )
 
 
 def render_tree(
@@ -234,6 +242,7 @@ def render_tree(
     peers: Sequence[EbgpPeer] = (),
     *,
     ibgp: IbgpOptions | None = None,
+    ibgp_peers: Sequence[IbgpNeighbor] = (),
     babel: BabelOptions | None = None,
     maintenance: bool = False,
     template_dir: str | Path | None = None,
@@ -243,14 +252,17 @@ def render_tree(
     """Render every file the agent owns, as ``{relative path: content}``.
 
     The texts are the same wherever the tree lives (includes are relative).
+    ``ibgp_peers`` are the ``ibgp`` owner's neighbours (the policy's
+    ``ibgpPeers`` are not rendered); ``ibgp.enabled=False`` leaves them out.
     ``maintenance`` drains: exports carry GRACEFUL_SHUTDOWN (65535,0), eBGP paths
-    are prepended and iBGP local-pref is 0. ``bird_conf=False`` leaves out
-    ``bird.conf`` (the operator keeps their own). Raises :class:`BirdConfigError`
-    naming every invalid field.
+    are prepended, and on iBGP what enters the network here (our aggregates and
+    routes learned from our eBGP peers) goes out with local-pref 0.
+    ``bird_conf=False`` leaves out ``bird.conf`` (the operator keeps their own).
+    Raises :class:`BirdConfigError` naming every invalid field.
     """
     ibgp = ibgp or IbgpOptions()
     babel = babel or BabelOptions()
-    problems = validate_peers(list(peers)) + validate_babel(babel)
+    problems = validate_peers(list(peers)) + validate_babel(babel) + validate_ibgp(list(ibgp_peers))
     if err := ifname_error(loopback_interface):
         problems.append(f"loopbackInterface: {err}")
     if problems:
@@ -258,13 +270,8 @@ def render_tree(
     peers = sorted(peers, key=lambda p: (p.asn, p.canonical_uuid))
 
     node, pol = policy.node, policy.policy
-    own = node.id
-    is_rr = _is_route_reflector(policy, ibgp)
-    ibgp_peers: list[IbgpPeer] = sorted(
-        (p for p in policy.ibgp_peers if p.node_id != own), key=lambda p: (p.node_name.lower(), p.node_id)
-    )
-    if not ibgp.enabled:
-        ibgp_peers = []
+    neighbors = ibgp_sessions(policy, ibgp_peers, ibgp)
+    is_rr = ibgp.route_reflector if ibgp.route_reflector is not None else any(n.rr_client for n in neighbors)
 
     v4net = ipaddress.IPv4Network(pol.dn42_ipv4_prefix)
     v6net = ipaddress.IPv6Network(pol.dn42_ipv6_prefix)
@@ -322,19 +329,16 @@ def render_tree(
                 "export_limit": p.export_limit or pol.ebgp_export_limit,
             },
         )
-    for ip in ibgp_peers:
-        neighbor = ip.loopback_ipv6 or ip.loopback_ipv4
+    for n in neighbors:
         emit(
-            ip.file_name,
+            n.file_name,
             "ibgp",
             {
-                "peer": ip,
-                "neighbor": neighbor,
-                "source": "OWNIPv6" if ip.loopback_ipv6 else "OWNIP",
-                "rr_client": is_rr and not ip.is_rr,
-                "description": bird_string(
-                    f"iBGP to {ip.node_name} (node {ip.node_id})", "ibgpPeers.nodeName"
-                ),
+                "peer": n,
+                "neighbor": n.loopback_ipv6 or n.loopback_ipv4,
+                "source": "OWNIPv6" if n.loopback_ipv6 else "OWNIP",
+                "rr_client": n.rr_client,
+                "description": bird_string(f"iBGP to {n.node_name} (node {n.node_id})", "ibgp.nodeName"),
             },
         )
     return dict(sorted(out.items()))

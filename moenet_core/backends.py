@@ -122,10 +122,11 @@ class TunnelBackend(Backend):
     async def stats(self, name: str) -> TunnelStats:
         """Handshake and traffic counters of one tunnel."""
 
-    async def refresh_endpoints(self) -> Sequence[str]:
+    async def refresh_endpoints(self, owner: str | None = None) -> Sequence[str]:
         """Re-resolve host-name endpoints of tunnels whose handshake is stale and
-        move peers whose address changed. Call once per sync cycle; returns the
-        tunnels updated. Default: nothing to refresh."""
+        move peers whose address changed (only ``owner``'s tunnels, when given).
+        Call once per sync cycle; returns the tunnels updated. Default: nothing
+        to refresh."""
         return ()
 
     def public_key(self, private_key_file: str) -> str:

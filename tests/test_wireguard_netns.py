@@ -431,7 +431,9 @@ async def test_host_name_endpoint_is_re_resolved_when_the_handshake_is_stale(pai
     now[0] += 1000  # the handshake is now stale
     before = Counter(a.backend.writes)
     with a.ns.entered():
-        assert await a.backend.refresh_endpoints() == [a.name]
+        assert await a.backend.refresh_endpoints(owner="mesh") == []  # not the mesh's tunnel
+        assert a.backend.writes == before
+        assert await a.backend.refresh_endpoints(owner="sessions") == [a.name]
     assert a.backend.writes - before == Counter(uapi_set=1)
     assert (await stats(a)).endpoint == "[fd99::2]:51820"
     ping(a, b.tun_v4)

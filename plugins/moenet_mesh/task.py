@@ -290,6 +290,7 @@ class MeshSync:
         self._note_guard(p.guard)
         outcome = await self.apply(p, observed, tunnel, firewall, routing)
         self.save_state(outcome.records, outcome.applied)
+        refreshed = await refresh_endpoints(tunnel, OWNER, self.ctx.log)
 
         statuses = self._statuses(p, outcome)
         sent = await self.report(answer, p, statuses)
@@ -305,6 +306,7 @@ class MeshSync:
             "withheld": list(p.withheld),
             "guard": p.guard.status_info() if p.guard.refused or p.guard.overridden else None,
             **outcome.counts,
+            "endpointsRefreshed": refreshed,
             "statusSent": sent,
             "seconds": round(time.monotonic() - started, 4),
         }
@@ -580,3 +582,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+async def refresh_endpoints(tunnel: TunnelBackend, owner: str, log: Any) -> list[str]:
+    """Re-resolve this owner's host-name endpoints whose handshake is stale (once
+    per cycle); a failure is logged, never the cycle's."""
+    try:
+        return list(await tunnel.refresh_endpoints(owner=owner))
+    except Exception as exc:
+        log.warning("endpoint refresh failed: {}", exc)
+        return []

@@ -258,6 +258,11 @@ class SessionSync:
         self.store.save_previous(intent)
 
         failed, applied, counts = await self.apply(p, observed, tunnel, firewall, routing)
+        try:
+            # Host-name endpoints whose handshake went stale: resolve again (once per cycle).
+            counts["endpointsRefreshed"] = len(await tunnel.refresh_endpoints(owner=OWNER))
+        except Exception as exc:
+            self.ctx.log.warning("endpoint refresh failed: {}", exc)
 
         self.note_seen(p.seen)
         reports, held = self.pace(self.outcome(p, failed, {s.uuid: s for s in sessions}))

@@ -328,8 +328,9 @@ class WireguardBackend(TunnelBackend):
 
     # ------------------------------------------------------ endpoint refresh
 
-    async def refresh_endpoints(self) -> builtins.list[str]:
-        """Re-resolve endpoints of tunnels whose handshake is stale.
+    async def refresh_endpoints(self, owner: str | None = None) -> builtins.list[str]:
+        """Re-resolve endpoints of tunnels whose handshake is stale (of ``owner``
+        only, when given).
 
         For every tunnel ensured with an endpoint: when its latest handshake is
         older than ``tunnel.staleHandshake`` (or there never was one), a host
@@ -344,7 +345,7 @@ class WireguardBackend(TunnelBackend):
             async with self._lock(name):
                 journal = Journal()
                 try:
-                    if await self._refresh_one(name, settings, journal):
+                    if await self._refresh_one(name, settings, journal, owner):
                         updated.append(name)
                 except TunnelError as exc:
                     self.log.warning("tunnel {}: endpoint refresh failed: {}", name, exc)
@@ -352,11 +353,13 @@ class WireguardBackend(TunnelBackend):
                     self._account(journal)
         return updated
 
-    async def _refresh_one(self, name: str, settings: Settings, journal: Journal) -> bool:
+    async def _refresh_one(self, name: str, settings: Settings, journal: Journal, owner: str | None) -> bool:
         async with Netlink() as nl:
             link = await nl.get_link(name)
         if link is None or not link.owned or link.kind != self.link_kind:
             self.endpoints.forget(name)
+            return False
+        if owner is not None and link.owner != owner:
             return False
         dev = await self._read(name)
         if len(dev.peers) != 1 or self._fresh(dev.peers[0].last_handshake, settings):

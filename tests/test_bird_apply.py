@@ -123,8 +123,24 @@ def policy(data: dict[str, Any] | None = None) -> Any:
 
 
 @pytest.mark.netns
-async def test_a_valid_tree_applies_and_the_same_input_again_costs_nothing(env: Env) -> None:
+async def test_a_declare_before_the_first_policy_waits_for_it(env: Env) -> None:
+    """A fresh node: sessionSync's first declare races birdConfigSync's first policy.
+    The declare waits for the policy and gets the real result (no false failure)."""
     b = await env.backend()
+    waiting = asyncio.ensure_future(b.declare("sessions", {U1: session()}))
+    await asyncio.sleep(0)  # let the declare reach its wait (no policy yet)
+    assert not waiting.done() and env.configures == 0
+    data = cp_data()
+    r1 = await b.set_policy(policy(data), data["configHash"], raw=data)
+    r0 = await waiting
+    assert r1.ok and r0.ok and r0.error is None, (r0, r1)
+    assert env.configures == 1  # one coalesced apply for both
+    assert any(name.startswith("peers/dn42_") for name in env.files())
+
+
+@pytest.mark.netns
+async def test_a_valid_tree_applies_and_the_same_input_again_costs_nothing(env: Env) -> None:
+    b = await env.backend(policy_wait=0)
     r0 = await b.declare("sessions", {U1: session()})
     assert (r0.ok, r0.changed, r0.error) == (False, False, NO_POLICY)  # stored, applied with the policy
     assert env.configures == 0 and not env.etc.exists()
@@ -311,7 +327,7 @@ async def test_a_session_bird_rejects_is_dropped_and_the_rest_applies(env: Env, 
     (override / "peer.conf.j2").write_text(
         "{% if p.asn == 4242420003 %}this is not bird syntax;{% endif %}\n" + shipped
     )
-    b = await env.backend(template_dir=str(override))
+    b = await env.backend(template_dir=str(override), policy_wait=0)
     r = await b.declare("sessions", {U1: session(), U2: session(4242420003, 3), U3: session(4242420004, 4)})
     data = cp_data("h1", asPathMaxLen=20)
     r = await b.set_policy(policy(data), "h1", raw=data)
@@ -452,7 +468,9 @@ async def test_with_bird_down_a_session_bird_p_rejects_is_dropped(tmp_path: Path
     override.mkdir()
     shipped = (ROOT / "templates/bird/peer.conf.j2").read_text()
     (override / "peer.conf.j2").write_text("{% if p.asn == 4242420003 %}oops;{% endif %}\n" + shipped)
-    b = BirdRoutingBackend(BirdClient(str(tmp_path / "nothing.ctl")), str(etc), template_dir=str(override))
+    b = BirdRoutingBackend(
+        BirdClient(str(tmp_path / "nothing.ctl")), str(etc), template_dir=str(override), policy_wait=0
+    )
     await b.start()
     try:
         await b.declare("sessions", {U1: session(), U2: session(4242420003, 3)})

@@ -101,6 +101,8 @@ __all__ = ["NO_POLICY", "OWNERS", "STATE_FILE", "BirdRoutingBackend"]
 
 OWNERS = ("sessions", "ibgp", "mesh")
 NO_POLICY = "no BIRD policy from the control plane yet"
+#: How long a declare on a fresh node waits for the first policy (seconds).
+POLICY_WAIT = 30.0
 STATE_FILE = "applied.json"
 
 _BASE_PROTOCOLS = frozenset({"moenet_igp", "moenet_lo", "kernel4", "kernel6", "own4", "own6"})
@@ -129,8 +131,12 @@ class BirdRoutingBackend(RoutingBackend):
         debounce: float = 0.0,
         log: Logger | None = None,
         metrics: PluginMetrics | None = None,
+        policy_wait: float = POLICY_WAIT,
     ) -> None:
         self.client = client
+        self.policy_wait = policy_wait
+        self._policy_known = asyncio.Event()
+        """Set once a policy exists (restored or from the CP): declares wait for it."""
         self.applier = TreeApplier(config_dir, client, bird_binary=bird_binary)
         self.state = state
         self.template_dir = template_dir or None
@@ -213,6 +219,7 @@ class BirdRoutingBackend(RoutingBackend):
         """Apply with a new CP policy. It becomes the current (and persisted) policy
         only if the apply succeeds; otherwise the last good one stays in use."""
         self._candidate = _Candidate(policy, config_hash, raw)
+        self._policy_known.set()
         return await self._request()
 
     async def declare(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> ApplyResult:
@@ -224,7 +231,7 @@ class BirdRoutingBackend(RoutingBackend):
                 rejected={k: "unknown owner" for k in fragments},
             )
         rejected = self._accept(owner, fragments)
-        if self._policy is None and self._candidate is None:
+        if not await self._await_policy():
             return ApplyResult(ok=False, changed=False, error=NO_POLICY, rejected=rejected)
         result = await self._request()
         rejected = {**self._bird_rejected.get(owner, {}), **rejected}
@@ -232,9 +239,21 @@ class BirdRoutingBackend(RoutingBackend):
 
     async def set_maintenance(self, enabled: bool) -> ApplyResult:
         self.maintenance = enabled
-        if self._policy is None and self._candidate is None:
+        if not await self._await_policy():
             return ApplyResult(ok=False, changed=False, error=NO_POLICY)
         return await self._request()
+
+    async def _await_policy(self) -> bool:
+        """True once there is a policy to render with. On a fresh node the owners'
+        first declares race the first birdConfigSync: wait for it (bounded)
+        instead of failing a session's setup over start-up order. The fragments
+        are stored either way and applied with the policy."""
+        if self._policy is not None or self._candidate is not None:
+            return True
+        if self.policy_wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._policy_known.wait(), self.policy_wait)
+        return self._policy is not None or self._candidate is not None
 
     def _accept(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
         """Validate and store ``owner``'s fragments; returns key -> reason for the rejected."""
@@ -444,6 +463,7 @@ class BirdRoutingBackend(RoutingBackend):
             self.log.warning("ignoring the saved BIRD policy: {}", exc)
             return
         self._policy = _Candidate(policy, str(doc.get("configHash") or ""), doc.get("policy"))
+        self._policy_known.set()
         fragments = doc.get("fragments")
         if isinstance(fragments, dict):
             for owner in OWNERS:

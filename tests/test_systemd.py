@@ -89,7 +89,9 @@ async def test_agent_is_ready_after_first_sync_and_says_stopping(
 def test_unit_file_verifies(tmp_path):
     unit = (ROOT / "contrib/systemd/moenet-agent.service").read_text()
     exe = shutil.which("moenet-agent") or str(Path(os.sys.executable).with_name("moenet-agent"))
-    (tmp_path / "moenet-agent.service").write_text(unit.replace("/opt/moenet-agent/current/bin/moenet-agent", exe))
+    (tmp_path / "moenet-agent.service").write_text(
+        unit.replace("/opt/moenet-agent/current/bin/moenet-agent", exe)
+    )
     res = subprocess.run(
         ["systemd-analyze", "verify", str(tmp_path / "moenet-agent.service")],
         capture_output=True,

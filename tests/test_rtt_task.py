@@ -166,11 +166,11 @@ async def test_round_reports_announces_and_exports(topo, tmp_path):
         assert got["mesh/node-2"].target is None and got["mesh/node-2"].loss == 100.0
 
         # Prometheus.
-        rtt = r.metric("rtt_milliseconds", PEER)
-        assert rtt is not None and rtt == pytest.approx(peer["rtt_ms"], abs=0.001)
+        rtt = r.metric("rtt_seconds", PEER)
+        assert rtt is not None and rtt == pytest.approx(peer["rtt_ms"] / 1000, abs=1e-6)
         assert r.metric("loss_ratio", PEER) == 0.0 and r.metric("latency_tier", PEER) == 1.0
         assert r.metric("loss_ratio", SILENT) == 1.0
-        assert r.metric("rtt_milliseconds", SILENT) is None and r.metric("latency_tier", SILENT) is None
+        assert r.metric("rtt_seconds", SILENT) is None and r.metric("latency_tier", SILENT) is None
 
         # /status.
         info = r.info()
@@ -195,7 +195,7 @@ async def test_round_reports_announces_and_exports(topo, tmp_path):
         assert (lost.tier, lost.tier_changed, lost.rtt_ms, lost.loss) == (1, False, None, 100.0)
         after = os.stat(r.state_file)
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-        assert r.metric("rtt_milliseconds", PEER) is None and r.metric("latency_tier", PEER) == 1.0
+        assert r.metric("rtt_seconds", PEER) is None and r.metric("latency_tier", PEER) == 1.0
         assert r.reports()[-1]["measurements"][0]["tier"] == 1
 
         # Links no longer offered lose their metrics and their saved state.

@@ -376,7 +376,7 @@ async def test_report_metrics_and_health_in_one_bird_call(rig: Rig) -> None:
     assert rig.sample("tunnel_last_handshake_timestamp_seconds", 1) == NOW - 30
     assert rig.sample("tunnel_rx_bytes", 1) == 1000 and rig.sample("tunnel_tx_bytes", 1) == 2000
     assert rig.sample("tunnel_rx_bytes", 4) is None
-    assert rig.sample("rtt_milliseconds", 1) == 12.3456 and rig.sample("rtt_milliseconds", 2) is None
+    assert rig.sample("rtt_seconds", 1) == pytest.approx(0.0123456) and rig.sample("rtt_seconds", 2) is None
     assert rig.sample("loss_ratio", 2) == 0.5 and rig.sample("latency_tier", 1) == 3
     assert [rig.sample("health", n) for n in (1, 2, 3, 4)] == [0, 1, 2, 2]
     registry = rig.h.agent.metrics.registry
@@ -432,7 +432,7 @@ async def test_vanished_sessions_and_changed_states_leave_no_stale_series(rig: R
     assert rig.sample("tunnel_handshake_age_seconds", 1) is None
     assert rig.sample("tunnel_last_handshake_timestamp_seconds", 1) == 0
     assert rig.sample("tunnel_rx_bytes", 1) == 0 and rig.sample("tunnel_tx_bytes", 1) == 92
-    assert rig.series("rtt_milliseconds") == [] and rig.series("loss_ratio") == []
+    assert rig.series("rtt_seconds") == [] and rig.series("loss_ratio") == []
     assert rig.sample("health", 1) == 2
     assert result["staleSeriesRemoved"] > 0
     assert collector.health_info()["sessions"][uid(1)]["reasons"] == [

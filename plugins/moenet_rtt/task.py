@@ -57,8 +57,8 @@ class RttMeasurement:
     def __init__(self, ctx: PluginContext) -> None:
         self.ctx = ctx
         self.rtt_gauge = ctx.metrics.gauge(
-            "rtt_milliseconds",
-            "Mean ICMP round-trip time of the link's last round (ms); absent when no probe was answered.",
+            "rtt_seconds",
+            "Mean ICMP round-trip time of the link's last round; absent when no probe was answered.",
             METRIC_LABELS,
         )
         self.loss_gauge = ctx.metrics.gauge(
@@ -226,7 +226,7 @@ class RttMeasurement:
             if result.rtt_ms is None:
                 self._remove((self.rtt_gauge,), labels)
             else:
-                self.rtt_gauge.labels(*labels).set(result.rtt_ms)
+                self.rtt_gauge.labels(*labels).set(result.rtt_ms / 1000.0)
             if result.tier is None:
                 self._remove((self.tier_gauge,), labels)
             else:

@@ -57,7 +57,7 @@ Prometheus (``moenet_sessions_*``; labels ``session`` (uuid), ``asn``,
 named): ``bgp_up``, ``bgp_state_info``, ``bgp_state_change_timestamp_seconds``,
 ``routes``, ``tunnel_last_handshake_timestamp_seconds``,
 ``tunnel_handshake_age_seconds``, ``tunnel_rx_bytes``, ``tunnel_tx_bytes``,
-``rtt_milliseconds``, ``loss_ratio``, ``latency_tier``, ``health`` and
+``rtt_seconds``, ``loss_ratio``, ``latency_tier``, ``health`` and
 ``health_sessions{verdict}``. Every series a run did not set (a session that
 disappeared, a protocol that went away, a state that changed, a measurement no
 longer available) is removed at the end of the run: no stale series.
@@ -233,9 +233,7 @@ class _Metrics:
         # recreated. rate()/increase() work on these gauges and handle that reset.
         self.rx = series("tunnel_rx_bytes", "Bytes received on the session's tunnel (device counter).")
         self.tx = series("tunnel_tx_bytes", "Bytes sent on the session's tunnel (device counter).")
-        self.rtt = series(
-            "rtt_milliseconds", "Mean round-trip time to the peer over the tunnel (last RTT round)."
-        )
+        self.rtt = series("rtt_seconds", "Mean round-trip time to the peer over the tunnel (last RTT round).")
         self.loss = series("loss_ratio", "Share of RTT probes lost in the last RTT round (0-1).")
         self.tier = series("latency_tier", "DN42 latency tier (1-9) of the link, after hysteresis.")
         self.health = series("health", "Session health: 0 healthy, 1 degraded, 2 down.")
@@ -578,7 +576,7 @@ class MetricCollector:
             m.tx.set(labels, stats.tx_bytes)
         if latency is not None:
             if latency.rtt_ms is not None:
-                m.rtt.set(labels, latency.rtt_ms)
+                m.rtt.set(labels, latency.rtt_ms / 1000.0)
             m.loss.set(labels, latency.loss / 100.0)
             if latency.tier is not None:
                 m.tier.set(labels, latency.tier)

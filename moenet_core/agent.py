@@ -310,6 +310,7 @@ class Agent:
         by_kind: dict[str, dict[str, BackendSpec]] = {}
         for (kind, name), spec in specs.items():
             by_kind.setdefault(kind, {})[name] = spec
+            self._note_provided(spec.plugin, backend=f"{kind}:{name}")
         for kind, candidates in sorted(by_kind.items()):
             try:
                 spec = self._select_backend(kind, candidates)
@@ -340,8 +341,6 @@ class Agent:
             self._backends[kind] = backend
             self._backend_specs[kind] = spec
             self._started_backends.append((kind, backend))
-            if spec.plugin in self.pm.records:
-                self.pm.records[spec.plugin].backends.append(f"{kind}:{spec.name}")
 
     def _select_backend(self, kind: str, candidates: dict[str, BackendSpec]) -> BackendSpec:
         choice = self.config.backend_choice(kind)
@@ -386,6 +385,7 @@ class Agent:
             config=self.config,
         )
         for name, spec in sorted(specs.items()):
+            self._note_provided(spec.plugin, task=name)
             override = self.config.tasks.get(name)
             if override is not None and not override.enabled:
                 self._task_problems[name] = "disabled by tasks." + name + ".enabled"
@@ -418,8 +418,17 @@ class Agent:
                 interval=override.interval if override else None,
                 timeout=override.timeout if override else None,
             )
-            if spec.plugin in self.pm.records:
-                self.pm.records[spec.plugin].tasks.append(name)
+
+    def _note_provided(self, plugin: str, *, task: str | None = None, backend: str | None = None) -> None:
+        """Record what a plugin provides (``/status`` lists it as ``moenet-agent
+        plugins`` does; what actually runs is in ``tasks`` and ``backends``)."""
+        record = self.pm.records.get(plugin)
+        if record is None:
+            return
+        if task is not None and task not in record.tasks:
+            record.tasks.append(task)
+        if backend is not None and backend not in record.backends:
+            record.backends.append(backend)
 
     async def _await_hooks(self, hook_name: str) -> None:
         for plugin, result in self.pm.collect(hook_name, setup=hook_name == "moenet_startup", agent=self):
@@ -575,11 +584,8 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         now = self.clock.time()
-        plugins = self.pm.listing()
         infos = dict(self.pm.collect("moenet_status_info", setup=False))
-        for p in plugins:
-            if p["name"] in infos:
-                p["info"] = infos[p["name"]]
+        plugins = self.pm.listing(info=infos)
         return {
             "version": __version__,
             "hookApiVersion": HOOK_API_VERSION,

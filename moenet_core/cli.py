@@ -293,9 +293,15 @@ def cmd_plugins(path: str | None, *, as_json: bool = False) -> int:
         pm.describe_provided(config)
     else:
         pm.describe_provided(AgentConfig())
+    # One shape for fleet tooling: each entry is what GET /status lists under
+    # "plugins" (moenet_core.plugins.describe_plugin; "info" needs a running agent).
     listing = pm.listing()
     if as_json:
-        print(json.dumps({"plugins": listing}, indent=2))
+        print(
+            json.dumps(
+                {"version": __version__, "hookApiVersion": HOOK_API_VERSION, "plugins": listing}, indent=2
+            )
+        )
         return 0
     if missing:
         print(f"(no config file: {missing}; tasks and backends need one to be listed)")

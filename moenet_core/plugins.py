@@ -40,7 +40,8 @@ S = TypeVar("S")
 
 @attrs.define
 class PluginRecord:
-    """What ``moenet-agent plugins`` and ``/status`` show for one plugin."""
+    """What the manager knows about one plugin; :func:`describe_plugin` turns it
+    into the entry ``moenet-agent plugins --json`` and ``/status`` show."""
 
     name: str
     status: str = "active"
@@ -58,6 +59,57 @@ class PluginRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+#: The keys of one plugin's description, in order (``moenet-agent plugins --json``
+#: and ``GET /status`` both give exactly these; docs/api.md documents them).
+DESCRIPTION_KEYS = (
+    "name",
+    "status",
+    "error",
+    "distribution",
+    "version",
+    "module",
+    "hooks",
+    "tasks",
+    "backends",
+    "sections",
+    "features",
+    "runtimeErrors",
+    "lastRuntimeError",
+    "info",
+)
+
+
+def describe_plugin(
+    record: PluginRecord, *, features: Iterable[str] = (), info: object = None
+) -> dict[str, Any]:
+    """One plugin as fleet tooling sees it: the shape of every entry of
+    ``moenet-agent plugins --json`` and of ``GET /status``'s ``plugins``.
+
+    ``tasks``, ``backends`` (``kind:name``) and ``sections`` are what the plugin
+    *provides*; whether a task runs or a backend was chosen is in ``/status``'s
+    ``tasks``, ``tasksNotStarted`` and ``backends``. ``features`` are its
+    ``moenet_features``; ``info`` its ``moenet_status_info`` (only a running agent
+    has one, so the command line always gives null). Lists are sorted, so two
+    listings of the same plugins compare equal.
+    """
+    return {
+        "name": record.name,
+        "status": record.status,
+        "error": record.error,
+        "distribution": record.distribution,
+        "version": record.version,
+        "module": record.module,
+        "hooks": sorted(record.hooks),
+        "tasks": sorted(set(record.tasks)),
+        "backends": sorted(set(record.backends)),
+        "sections": sorted(set(record.sections)),
+        "features": sorted({str(f) for f in features}),
+        "runtimeErrors": record.runtime_errors,
+        "lastRuntimeError": record.last_runtime_error,
+        "info": dict(info) if isinstance(info, Mapping) else info,
+    }
 
 
 def _describe_exc(exc: BaseException) -> str:
@@ -345,6 +397,23 @@ class AgentPluginManager(pluggy.PluginManager):
             if record is not None and not record.backends:
                 record.backends = [f"{getattr(b, 'kind', '?')}:{getattr(b, 'name', '?')}" for b in result]
 
-    def listing(self) -> list[dict[str, Any]]:
-        """Every known plugin as a dict, sorted by name."""
-        return [self.records[n].as_dict() for n in sorted(self.records)]
+    def features_by_plugin(self) -> dict[str, list[str]]:
+        """Each active plugin's ``moenet_features`` (run-time objects count for
+        their plugin); a raising implementation is recorded and skipped."""
+        out: dict[str, list[str]] = {}
+        for plugin, result in self.collect("moenet_features", setup=False):
+            try:
+                out.setdefault(plugin, []).extend(str(f) for f in result)
+            except TypeError as exc:
+                self._note_runtime_error(plugin, "moenet_features", exc)
+        return out
+
+    def listing(self, info: Mapping[str, object] | None = None) -> list[dict[str, Any]]:
+        """Every known plugin described by :func:`describe_plugin`, sorted by name;
+        ``info`` maps plugin names to their ``moenet_status_info``."""
+        features = self.features_by_plugin()
+        infos = info or {}
+        return [
+            describe_plugin(self.records[n], features=features.get(n, ()), info=infos.get(n))
+            for n in sorted(self.records)
+        ]

@@ -723,3 +723,33 @@ async def test_backend_must_implement_its_kind(fake_cp, agent_harness):
         backends = h.agent.status()["backends"]
     assert backends["tunnel"]["ok"] is False
     assert "does not implement TunnelBackend" in backends["tunnel"]["error"]
+
+
+async def test_status_lists_what_each_plugin_provides(fake_cp, agent_harness):
+    class Provider:
+        @hookimpl
+        def moenet_backends(self, config):
+            return [
+                BackendSpec(kind="tunnel", name="a", factory=lambda ctx: RecorderTunnel("a", [])),
+                BackendSpec(kind="tunnel", name="b", factory=lambda ctx: RecorderTunnel("b", [])),
+            ]
+
+        @hookimpl
+        def moenet_tasks(self, config):
+            return [
+                TaskSpec(name="needsRouting", factory=lambda ctx: None, interval=60, requires=["routing"])
+            ]
+
+        @hookimpl
+        def moenet_features(self):
+            return ["provider"]
+
+    cfg = node_config(fake_cp.url, backends={"tunnel": "b"})
+    async with agent_harness(cfg, plugins=[("p", Provider())]) as h:
+        status = h.agent.status()
+    [p] = status["plugins"]
+    # Provided, whether chosen or started; what runs is in "backends" and "tasks".
+    assert p["backends"] == ["tunnel:a", "tunnel:b"] and p["tasks"] == ["needsRouting"]
+    assert p["features"] == ["provider"] and p["info"] is None
+    assert status["backends"]["tunnel"]["name"] == "b"
+    assert "needsRouting" in status["tasksNotStarted"] and status["tasks"] == []

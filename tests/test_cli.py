@@ -228,3 +228,131 @@ def test_plugin_cli_commands(tmp_path):
     # Blocked plugins add no commands.
     res = run("hello", "-c", cfg, env={**env, "MOENET_DISABLE_PLUGINS": "hello"})
     assert res.returncode == 2 and "invalid choice: 'hello'" in res.stderr
+
+
+FLEET_PLUGIN = """
+import attrs
+
+from moenet_core import Backend, BackendSpec, ConfigSection, TaskSpec, hookimpl
+
+
+@attrs.define(kw_only=True)
+class Section:
+    greeting: str = "hi"
+
+
+class Probe(Backend):
+    pass
+
+
+class Idle:
+    async def run_once(self):
+        return None
+
+
+@hookimpl
+def moenet_config_sections():
+    return [ConfigSection(name="fleet", type=Section)]
+
+
+@hookimpl
+def moenet_backends(config):
+    return [
+        BackendSpec(kind="probe", name="null", factory=lambda ctx: Probe()),
+        BackendSpec(kind="probe", name="other", factory=lambda ctx: Probe(), probe=lambda: False),
+    ]
+
+
+@hookimpl
+def moenet_tasks(config):
+    return [TaskSpec(name="fleetIdle", factory=lambda ctx: Idle(), interval=3600, initial_delay=3000)]
+
+
+@hookimpl
+def moenet_features():
+    return ["fleet"]
+"""
+
+
+async def test_plugins_json_and_status_list_plugins_in_one_shape(tmp_path, monkeypatch):
+    """Fleet tooling reads `moenet-agent plugins --json` and `GET /status` alike."""
+    import aiohttp
+    from test_plugins import write_dist
+
+    from moenet_core.agent import Agent
+    from moenet_core.cli import disabled_plugins
+    from moenet_core.config import build_config
+    from moenet_core.plugins import DESCRIPTION_KEYS, AgentPluginManager
+    from moenet_core.testing import ManualClock
+
+    site = tmp_path / "site"
+    site.mkdir()
+    write_dist(site, "moenet-fleet", "2.0", {"fleet": "fake_fleet"}, {"fake_fleet": FLEET_PLUGIN})
+    (tmp_path / "cp.json").write_text(json.dumps({"sessions": [], "bird-config": {}}))
+    cfg = {
+        "node": {"name": "jp1", "id": 1},
+        "controlPlane": {"source": "file", "file": str(tmp_path / "cp.json")},
+        "server": {"listen": "127.0.0.1:0"},
+        "state": {"directory": str(tmp_path / "state")},
+        # Built-in plugins that touch nothing on the host, plus the fake one; the
+        # others show up as blocked in both listings.
+        "plugins": {"enable": ["fleet", "heartbeat", "sessions", "rtt", "updater"]},
+        "fleet": {"greeting": "hello"},
+    }
+    path = write(tmp_path, cfg)
+
+    res = run("plugins", "--json", "-c", path, env={"PYTHONPATH": str(site)})
+    assert res.returncode == 0, res.stderr
+    answer = json.loads(res.stdout)
+    assert (answer["version"], answer["hookApiVersion"]) == (__version__, 1)
+    cli = answer["plugins"]
+
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        config, _ = build_config(cfg, env={}, source=path)
+        pm = AgentPluginManager()
+        disabled, enabled = disabled_plugins(config, {})
+        pm.load_entrypoints(disabled=disabled, enabled=enabled)
+        agent = Agent(config, pm, clock=ManualClock())
+        await agent.start()
+        try:
+            host, port = agent.api.bound[0]
+            async with aiohttp.ClientSession() as http, http.get(f"http://{host}:{port}/status") as resp:
+                status = (await resp.json())["plugins"]
+        finally:
+            await agent.stop()
+    finally:
+        sys.modules.pop("fake_fleet", None)
+
+    assert [p["name"] for p in cli] == [p["name"] for p in status]
+    for entry in (*cli, *status):
+        assert tuple(entry) == DESCRIPTION_KEYS
+    # Same plugins, same facts; only a running agent has status info.
+    assert [{**p, "info": None} for p in status] == cli
+    assert all(p["info"] is None for p in cli)
+    assert isinstance(next(p for p in status if p["name"] == "rtt")["info"], dict)
+
+    by_name = {p["name"]: p for p in cli}
+    assert by_name["fleet"] == {
+        "name": "fleet",
+        "status": "active",
+        "error": None,
+        "distribution": "moenet-fleet",
+        "version": "2.0",
+        "module": "fake_fleet",
+        "hooks": ["moenet_backends", "moenet_config_sections", "moenet_features", "moenet_tasks"],
+        "tasks": ["fleetIdle"],
+        "backends": ["probe:null", "probe:other"],
+        "sections": ["fleet"],
+        "features": ["fleet"],
+        "runtimeErrors": 0,
+        "lastRuntimeError": None,
+        "info": None,
+    }
+    # Tasks are what a plugin provides, started or not (sessionSync needs backends).
+    assert by_name["sessions"]["tasks"] == ["metricCollector", "sessionSync"]
+    assert by_name["sessions"]["sections"] == ["sessions"]
+    assert (by_name["wireguard"]["status"], by_name["wireguard"]["error"]) == (
+        "blocked",
+        "not in plugins.enable",
+    )

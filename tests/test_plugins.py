@@ -342,3 +342,57 @@ def test_blocked_explicit_registration():
     rec = pm.register_plugin(object(), "heartbeat")
     assert rec.status == "blocked"
     assert pm.get_plugin("heartbeat") is None
+
+
+def test_describe_plugin_is_the_listing_shape():
+    from moenet_core.plugins import DESCRIPTION_KEYS, PluginRecord, describe_plugin
+
+    record = PluginRecord(
+        name="p",
+        distribution="moenet-p",
+        version="1.0",
+        module="moenet_p",
+        hooks=["moenet_tasks", "moenet_backends"],
+        tasks=["b", "a", "a"],
+        backends=["tunnel:x"],
+        sections=["p"],
+    )
+    out = describe_plugin(record, features=["z", "y"], info={"k": 1})
+    assert tuple(out) == DESCRIPTION_KEYS
+    assert out["hooks"] == ["moenet_backends", "moenet_tasks"]
+    assert out["tasks"] == ["a", "b"] and out["features"] == ["y", "z"] and out["info"] == {"k": 1}
+    assert describe_plugin(record)["info"] is None and describe_plugin(record)["features"] == []
+
+
+def test_listing_attributes_features_and_info_to_each_plugin():
+    class A:
+        @hookimpl
+        def moenet_features(self):
+            return ["mesh"]
+
+    class B:
+        @hookimpl
+        def moenet_features(self):
+            return ["rtt", "tiers"]
+
+    class Late:
+        @hookimpl
+        def moenet_features(self):
+            return ["late"]
+
+    class Broken:
+        @hookimpl
+        def moenet_features(self):
+            return 5  # not iterable: recorded against the plugin, the others still count
+
+    pm = AgentPluginManager()
+    pm.register_plugin(A(), "a")
+    pm.register_plugin(B(), "b")
+    pm.register_plugin(Broken(), "broken")
+    pm.register_runtime("a", Late())  # a run-time object's features belong to its plugin
+    listing = {p["name"]: p for p in pm.listing(info={"b": {"ok": True}})}
+    assert listing["a"]["features"] == ["late", "mesh"]
+    assert listing["b"]["features"] == ["rtt", "tiers"] and listing["b"]["info"] == {"ok": True}
+    assert listing["a"]["info"] is None
+    assert listing["broken"]["features"] == [] and listing["broken"]["runtimeErrors"] == 1
+    assert listing["broken"]["status"] == "active"

@@ -1,18 +1,38 @@
 #!/usr/bin/env python3
-"""Generate docs/plugins/hooks.md from the hookspec module (the single source).
+"""Generate the reference docs that have a single source in the code.
 
-Run ``.venv/bin/python scripts/gen-docs.py`` after changing a hook;
-tests/test_docs.py fails while the committed file is out of date.
+- ``docs/plugins/hooks.md`` from the hookspec module;
+- ``docs/configuration.md`` from the attrs models: the core sections
+  (``moenet_core/config.py``) and every section the built-in plugins declare
+  through ``moenet_config_sections``. A field's description is its attribute
+  docstring (the string literal right after it); without one, the sentence of
+  the class docstring that names the key, if any. Types, defaults and allowed
+  values come from the model itself.
+
+Run ``.venv/bin/python scripts/gen-docs.py`` after changing a hook or a config
+model; tests/test_docs.py fails while a committed file is out of date. The
+script also lists the fields that have no description yet.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import inspect
+import json
+import re
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "plugins" / "hooks.md"
+CONFIG_OUT = ROOT / "docs" / "configuration.md"
+DISTRIBUTION = "moenet-agent"
+
+# ------------------------------------------------------------------ hooks
 
 
 def hook_type(name: str, opts: dict) -> str:
@@ -27,6 +47,23 @@ def hook_type(name: str, opts: dict) -> str:
 def signature(func) -> str:
     args = [p for p in inspect.signature(func).parameters]
     return f"{func.__name__}({', '.join(args)})"
+
+
+def full_signature(func) -> str:
+    """``def name(arg: Type, ...) -> Return`` as written in the hookspec module."""
+    sig = inspect.signature(func)
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values())
+    return f"def {func.__name__}({params}) -> {sig.return_annotation}"
+
+
+def hook_specs() -> list[tuple[str, Any]]:
+    from moenet_core import hookspecs
+
+    return [
+        (name, fn)
+        for name, fn in vars(hookspecs).items()
+        if name.startswith("moenet_") and callable(fn) and hasattr(fn, "moenet_spec")
+    ]
 
 
 def render() -> str:
@@ -45,11 +82,7 @@ def render() -> str:
         "| hook | type |",
         "|---|---|",
     ]
-    specs = [
-        (name, fn)
-        for name, fn in vars(hookspecs).items()
-        if name.startswith("moenet_") and callable(fn) and hasattr(fn, "moenet_spec")
-    ]
+    specs = hook_specs()
     for name, fn in specs:
         lines.append(f"| [`{name}`](#{name}) | {hook_type(name, fn.moenet_spec)} |")
     for name, fn in specs:
@@ -69,8 +102,394 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------- configuration
+
+
+def camel(name: str) -> str:
+    from moenet_core.config import camel as core_camel
+
+    return core_camel(name)
+
+
+def builtin_plugins() -> list[tuple[str, Any]]:
+    """``(entry-point name, module)`` of every plugin this distribution ships."""
+    dist = importlib.metadata.distribution(DISTRIBUTION)
+    eps = sorted((ep for ep in dist.entry_points if ep.group == "moenet"), key=lambda ep: ep.name)
+    return [(ep.name, ep.load()) for ep in eps]
+
+
+def plugin_sections() -> list[tuple[str, Any]]:
+    """``(plugin, ConfigSection)`` for every section a built-in plugin declares, by name."""
+    found = []
+    for plugin, module in builtin_plugins():
+        hook = getattr(module, "moenet_config_sections", None)
+        if hook is None:
+            continue
+        result = hook()
+        items = [result] if not isinstance(result, list | tuple) else list(result)
+        found += [(plugin, sec) for sec in items]
+    return sorted(found, key=lambda item: item[1].name.lower())
+
+
+def _class_def(cls: type) -> ast.ClassDef:
+    node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(node, ast.ClassDef)
+    return node
+
+
+def field_source(cls: type) -> dict[str, tuple[str, str | None]]:
+    """Field name -> (annotation as written, attribute docstring or None)."""
+    body = _class_def(cls).body
+    out: dict[str, tuple[str, str | None]] = {}
+    for i, node in enumerate(body):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        doc = None
+        nxt = body[i + 1] if i + 1 < len(body) else None
+        if (
+            isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            doc = inspect.cleandoc(nxt.value.value)
+        out[node.target.id] = (ast.unparse(node.annotation), doc)
+    return out
+
+
+def _sentences(text: str) -> list[str]:
+    flat = " ".join(text.split())
+    return [s.strip() for s in re.split(r"(?<=[.;:])\s+(?=[A-Z`(])", flat) if s.strip()]
+
+
+def _from_class_doc(cls: type, key: str) -> str | None:
+    """The sentence of ``cls``'s docstring that names ``key`` (as ````key````)."""
+    doc = inspect.getdoc(cls) or ""
+    for sentence in _sentences(doc):
+        if f"``{key}``" in sentence or f"``{key}:" in sentence or f"``{key}.`" in sentence:
+            return sentence
+    return None
+
+
+_SCALARS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "Any": "any"}
+
+
+def json_type(annotation: str) -> str:
+    """An annotation as the JSON a config file holds (``float | None`` -> ``number or null``)."""
+
+    def walk(node: ast.expr, plural: bool = False) -> str:
+        if isinstance(node, ast.Constant) and node.value is None:
+            return "null"
+        if isinstance(node, ast.Name):
+            base = _SCALARS.get(node.id, "object")
+            return base + ("s" if plural and base != "any" else "")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            return f"{walk(node.left, plural)} or {walk(node.right, plural)}"
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+            args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            if node.value.id in ("list", "tuple", "Sequence"):
+                return f"list of {walk(args[0], plural=True)}"
+            if node.value.id in ("dict", "Mapping"):
+                return f"object of {walk(args[-1], plural=True)}"
+        return ast.unparse(node)
+
+    return walk(ast.parse(annotation, mode="eval").body)
+
+
+def _default(field: Any) -> Any:
+    import attrs
+
+    default = field.default
+    if isinstance(default, attrs.Factory):
+        default = default.factory()
+    return default
+
+
+def default_text(field: Any) -> str:
+    import attrs
+
+    value = _default(field)
+    if value is attrs.NOTHING:
+        return "*(required)*"
+    if attrs.has(type(value)):
+        return "*(section)*"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{json.dumps(value)}`"
+
+
+def allowed_values(field: Any) -> str | None:
+    """What the field's check accepts, when the check says so in its own terms."""
+    from moenet_core import config as core
+
+    check = field.metadata.get("check")
+    if check is None:
+        return None
+    known = {
+        core.positive: "greater than 0",
+        core.non_negative: "0 or greater",
+        core.port: "a port number (1-65535)",
+        core.http_url: "an `http://` or `https://` URL without query or fragment",
+        core.node_name: "1-63 letters, digits, `.`, `_` or `-`, starting with a letter or digit",
+        core.ipv4_address: "one IPv4 address (bare or `/32`)",
+        core.ipv6_address: "one IPv6 address (bare or `/128`)",
+        core.ipv6_link_local: "an IPv6 link-local address (`fe80::/10`)",
+        core.listen_address: "`host:port`, `[v6]:port` or `:port` (all interfaces)",
+        core.api_token: "printable, without whitespace",
+        core.log_level: "`TRACE`, `DEBUG`, `INFO`, `SUCCESS`, `WARNING`, `ERROR` or `CRITICAL`",
+    }
+    if check in known:
+        return known[check]
+    cells = dict(
+        zip(check.__code__.co_freevars, [c.cell_contents for c in check.__closure__ or ()], strict=False)
+    )
+    if "choices" in cells:
+        return "one of " + ", ".join(f"`{c}`" for c in cells["choices"])
+    if "lo" in cells and "hi" in cells:
+        return f"{cells['lo']} to {cells['hi']}"
+    return None
+
+
+def model_fields(cls: type) -> Iterator[tuple[str, str, str, str | None, str | None]]:
+    """``(attribute, camelKey, JSON type, default, description)`` of an attrs model."""
+    import attrs
+
+    source = field_source(cls)
+    for field in attrs.fields(cls):
+        if field.metadata.get("internal"):
+            continue
+        annotation, doc = source.get(field.name, (str(field.type), None))
+        key = camel(field.name)
+        yield field.name, key, json_type(annotation), default_text(field), doc or _from_class_doc(cls, key)
+
+
+def md(text: str) -> str:
+    """reST inline markup of docstrings as Markdown code spans."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return re.sub(r"``(.+?)``", r"`\1`", text)
+
+
+def _cell(text: str) -> str:
+    return md(" ".join(text.split())).replace("|", "\\|")
+
+
+def _table(prefix: str, cls: type) -> list[str]:
+    import attrs
+
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for name, key, typ, default, doc in model_fields(cls):
+        field = attrs.fields_dict(cls)[name]
+        allowed = allowed_values(field)
+        text = doc or "—"
+        if allowed:
+            text = f"{text} Allowed: {allowed}." if doc else f"Allowed: {allowed}."
+        lines.append(f"| `{prefix}.{key}` | {typ} | {default} | {_cell(text)} |")
+    return lines
+
+
+def core_sections() -> list[tuple[str, type]]:
+    """``(path, model)`` of the core sections, in the order of AgentConfig."""
+    import attrs
+
+    from moenet_core.config import AgentConfig, TaskOverride
+
+    out = []
+    for field in attrs.fields(AgentConfig):
+        if field.metadata.get("internal"):
+            continue
+        value = _default(field)
+        if attrs.has(type(value)):
+            out.append((camel(field.name), type(value)))
+        elif field.name == "tasks":
+            out.append(("tasks.<name>", TaskOverride))
+    return out
+
+
+def undocumented() -> list[str]:
+    """Every config key (``section.key``) that has no description."""
+    missing = [
+        f"{path}.{key}" for path, cls in core_sections() for _, key, _, _, doc in model_fields(cls) if not doc
+    ]
+    for _, sec in plugin_sections():
+        missing += [f"{sec.name}.{key}" for _, key, _, _, doc in model_fields(sec.type) if not doc]
+    return missing
+
+
+CONFIG_INTRO = """\
+The agent reads one JSON file: the first of `-c/--config FILE`, `./config.json`,
+`/etc/moenet-agent/config.json`, `~/.config/moenet-agent/config.json`. Keys are
+camelCase (the Go agent's files keep working). Precedence, lowest first: the
+defaults below, the control plane's `GET /agent/{node}/config` answer (bootstrap
+mode only), the file, then the environment (`MOENET_NODE_NAME`, `MOENET_NODE_ID`,
+`MOENET_CP_URL`, `MOENET_CP_TOKEN`). The control plane may set `node`, `bird`,
+`wireguard`, `mesh`, `metric`, `autoUpdate`, `controlPlane` (never its `url`,
+`token`, `source` or `file`), `tasks` and `backends`; never `server`, `plugins`,
+`state`, `logging`, `bootstrap` or any plugin section.
+
+Every problem is reported at once with its path (`controlPlane.token: required`).
+Types are strict: `"5"` is not a number, `"yes"` is not a boolean; an integral
+float such as `5.0` is accepted for an integer. Unknown keys are warnings, never
+silently dropped; a key spelled with other case is accepted with a warning naming
+the right spelling. `moenet-agent validate -c FILE` checks the file and every
+enabled plugin's section without starting anything.
+
+Mode: a non-empty `bootstrap` section makes a **bootstrap** file (`bootstrap.apiUrl`,
+`nodeName` and `token` are then required); `controlPlane.source: "file"` makes a
+**standalone** node (`controlPlane.file` and `node.name` required); anything else
+is a **full** config (`node.name`, `controlPlane.url` and `controlPlane.token`
+required). Cross-field rules: `controlPlane.retryMaxDelay` must not be smaller than
+`retryInitialDelay`, `bird.poolSizeMax` not smaller than `poolSize`, and
+`node.loopbackIpv4/6` must agree with `wireguard.dn42Ipv4/6` when both are set.
+
+Examples: `contrib/configs/`. Durations are seconds unless the key or its
+description says otherwise; `controlPlane.retryInitialDelay` and `retryMaxDelay`
+are milliseconds and `autoUpdate.checkInterval` is minutes, as in the Go agent."""
+
+
+def builtin_tasks() -> list[Any]:
+    """The TaskSpecs the built-in plugins provide with the default config
+    (``autoUpdate.enabled`` switched on, so the updater's task is listed too)."""
+    from moenet_core.config import AgentConfig
+
+    config = AgentConfig()
+    config.auto_update.enabled = True
+    specs = []
+    for plugin, module in builtin_plugins():
+        hook = getattr(module, "moenet_tasks", None)
+        specs += [(plugin, spec) for spec in (hook(config=config) if hook else [])]
+    return sorted(specs, key=lambda item: item[1].name.lower())
+
+
+def builtin_backends() -> list[Any]:
+    from moenet_core.config import AgentConfig
+
+    specs = []
+    for plugin, module in builtin_plugins():
+        hook = getattr(module, "moenet_backends", None)
+        specs += [(plugin, spec) for spec in (hook(config=AgentConfig()) if hook else [])]
+    return sorted(specs, key=lambda item: (item[1].kind, -item[1].priority, item[1].name))
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{int(value)}" if float(value).is_integer() else f"{value:g}"
+
+
+def render_config() -> str:
+    from moenet_core.config import AgentConfig
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- generated by scripts/gen-docs.py from the attrs models; do not edit -->",
+        "",
+        CONFIG_INTRO,
+        "",
+        "## Top-level keys",
+        "",
+        "| key | type | description |",
+        "|---|---|---|",
+    ]
+    sections = dict((path.split(".")[0], cls) for path, cls in core_sections())
+    for _name, key, typ, _default_value, doc in model_fields(AgentConfig):
+        if key in sections:
+            summary = (inspect.getdoc(sections[key]) or "").split("\n\n")[0]
+            anchor = "tasksname" if key == "tasks" else key.lower()
+            text = f"[section](#{anchor}): {summary}"
+            typ = "object"
+        else:
+            text = doc or "—"
+            if key == "backends":
+                text += " See [backends](#backends)."
+        lines.append(f"| `{key}` | {typ} | {_cell(text)} |")
+    lines.append(
+        "| *other* | object | A plugin's section ([plugin sections](#plugin-sections)); a section no "
+        "active plugin declares is warned about and ignored. |"
+    )
+
+    lines += ["", "## Core sections"]
+    for path, cls in core_sections():
+        lines += ["", f"### {path}", "", md(inspect.getdoc(cls) or ""), "", *_table(path, cls)]
+        if path == "tasks.<name>":
+            lines += [
+                "",
+                "The built-in tasks and their defaults (an interval or timeout set here wins;",
+                "`onSync`: run by `POST /sync`; `requires`: backend kinds without which the task",
+                "is not started, and `/status` says why under `tasksNotStarted`):",
+                "",
+                "| task | plugin | interval (s) | timeout (s) | first run after (s) | onSync | requires |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for plugin, spec in builtin_tasks():
+                interval = _seconds(spec.interval)
+                if spec.name == "heartbeat":
+                    interval += " (`controlPlane.heartbeatInterval`)"
+                elif spec.name == "sessionSync":
+                    interval += " (`controlPlane.syncInterval`)"
+                elif spec.name == "metricCollector":
+                    interval += " (`controlPlane.metricInterval`)"
+                elif spec.name == "updater":
+                    interval += " (`autoUpdate.checkInterval` minutes; only with `autoUpdate.enabled`)"
+                lines.append(
+                    f"| `{spec.name}` | `{plugin}` | {interval} | "
+                    f"{_seconds(spec.timeout if spec.timeout is not None else spec.interval)} | "
+                    f"{_seconds(spec.initial_delay)} | {'yes' if spec.on_sync else 'no'} | "
+                    f"{', '.join(spec.requires) or '—'} |"
+                )
+        if path == "plugins":
+            lines += [
+                "",
+                "`MOENET_DISABLE_PLUGINS=a,b` in the environment blocks plugins too. Blocked",
+                "plugins are never imported; `moenet-agent plugins` shows them as `blocked`.",
+            ]
+    lines += [
+        "",
+        "### backends",
+        "",
+        "`backends.<kind>` picks the implementation of a backend kind by name, or `auto`",
+        "(the default): among the candidates whose availability probe passes, the highest",
+        "priority wins. `backends.tunnel` defaults to `wireguard.backend`. An unknown name",
+        "is an error listing the choices. The built-in backends:",
+        "",
+        "| kind | name | plugin | priority | |",
+        "|---|---|---|---|---|",
+    ]
+    for plugin, spec in builtin_backends():
+        lines.append(
+            f"| `{spec.kind}` | `{spec.name}` | `{plugin}` | {spec.priority} | {_cell(spec.description)} |"
+        )
+
+    lines += [
+        "",
+        "## Plugin sections",
+        "",
+        "Declared by the built-in plugins (`moenet_config_sections`). A plugin's section is",
+        "checked only while the plugin is enabled; every key has a default unless marked",
+        "required. A third-party plugin documents its own.",
+        "",
+        "| section | plugin | |",
+        "|---|---|---|",
+    ]
+    found = plugin_sections()
+    for plugin, sec in found:
+        lines.append(f"| [`{sec.name}`](#{sec.name.lower()}) | `{plugin}` | {_cell(sec.description or '')} |")
+    for plugin, sec in found:
+        head = f"Plugin `{plugin}`" + (" (section required)" if sec.required else "")
+        head += f": {md(sec.description)}." if sec.description else "."
+        doc = md(inspect.getdoc(sec.type) or "")
+        lines += ["", f"### {sec.name}", "", head, "", doc, "", *_table(sec.name, sec.type)]
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(render())
     print(f"wrote {OUT.relative_to(ROOT)}")
+    CONFIG_OUT.write_text(render_config())
+    print(f"wrote {CONFIG_OUT.relative_to(ROOT)}")
+    missing = undocumented()
+    if missing:
+        print(f"{len(missing)} config keys have no description (add an attribute docstring):")
+        for key in missing:
+            print(f"  {key}")

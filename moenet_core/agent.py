@@ -291,6 +291,12 @@ class Agent:
         if self.api is not None:
             await self.api.start()
         await self._await_hooks("moenet_startup")
+        if self._maintenance["enabled"]:
+            # Announced once plugins are configured and started (they have their ctx).
+            self.pm.broadcast(
+                "moenet_maintenance_changed",
+                event=MaintenanceEvent(enabled=True, since=self._maintenance["since"], reason="restored"),
+            )
         await self.scheduler.start()
         logger.bind(node=self.config.node.name).info(
             "moenet-agent {} started: {} tasks, backends {}",
@@ -431,7 +437,12 @@ class Agent:
             record.backends.append(backend)
 
     async def _await_hooks(self, hook_name: str) -> None:
-        for plugin, result in self.pm.collect(hook_name, setup=hook_name == "moenet_startup", agent=self):
+        for plugin, result in self.pm.collect(
+            hook_name,
+            setup=hook_name == "moenet_startup",
+            per_plugin=lambda p: {"ctx": self.context(p)},
+            agent=self,
+        ):
             if not inspect.isawaitable(result):
                 continue
             try:
@@ -656,10 +667,6 @@ class Agent:
             }
             self.metrics.maintenance.set(1)
             logger.warning("node is in maintenance (restored from the state directory)")
-            self.pm.broadcast(
-                "moenet_maintenance_changed",
-                event=MaintenanceEvent(enabled=True, since=self._maintenance["since"], reason="restored"),
-            )
 
     async def restart(self, interface: str) -> dict[str, Any] | None:
         answer = self.pm.first_result("moenet_restart", interface=interface)

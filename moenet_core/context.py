@@ -93,6 +93,14 @@ class PluginContext:
         """Run ``task`` as soon as possible (coalesced with a run in progress)."""
         return self._agent.scheduler.trigger(task)
 
+    def add_secret(self, value: str | None) -> None:
+        """Mask ``value`` (a token, a password from this plugin's section) as ``***``
+        in every log line and output from now on. Values shorter than 6
+        characters are ignored."""
+        from .logs import add_secret
+
+        add_secret(value)
+
     def register_hooks(self, obj: object) -> None:
         """Register hook implementations on ``obj`` (a task publishing heartbeat
         fields, say). They belong to this plugin and are removed at shutdown."""

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .agent import Agent
     from .cli import CommandRegistrar
     from .config import AgentConfig
+    from .context import PluginContext
     from .plugins import AgentPluginManager
 
 PROJECT = "moenet"
@@ -253,7 +254,9 @@ def moenet_session_status_changed(event: SessionStatusEvent) -> None:
 def moenet_maintenance_changed(event: MaintenanceEvent) -> None:
     """The node entered or left maintenance (API call, or restored at start).
 
-    **When**: after the new state is persisted. **Type**: broadcast.
+    **When**: after the new state is persisted; a state restored at start is
+    announced (``reason="restored"``) after :func:`moenet_startup`, before the
+    first task run. **Type**: broadcast.
     """
 
 
@@ -285,18 +288,22 @@ def moenet_config_updated(old: AgentConfig, new: AgentConfig) -> None:
 
 
 @hookspec
-def moenet_startup(agent: Agent) -> Awaitable[None] | None:
+def moenet_startup(agent: Agent, ctx: PluginContext) -> Awaitable[None] | None:
     """The agent is up: backends started, API listening, tasks about to run.
 
     **When**: once at start, before the scheduler's first run.
+    **Arguments**: ``ctx`` is *this* plugin's own :class:`PluginContext` (its
+    config section, clock, logger, state directory, metrics): a plugin made only
+    of event hooks keeps it here for its later hooks.
     **Returns**: None or an awaitable, which the core awaits (bounded) before
     the first task run; a failure marks the plugin failed. **Type**: broadcast.
     """
 
 
 @hookspec
-def moenet_shutdown(agent: Agent) -> Awaitable[None] | None:
+def moenet_shutdown(agent: Agent, ctx: PluginContext) -> Awaitable[None] | None:
     """The agent is stopping: tasks have finished, backends are still open.
+    ``ctx`` is this plugin's own context, as for :func:`moenet_startup`.
 
     **When**: once at shutdown (SIGTERM/SIGINT), after in-flight runs ended.
     **Returns**: None or an awaitable, awaited with a bounded timeout.

@@ -307,8 +307,17 @@ class AgentPluginManager(pluggy.PluginManager):
 
     # ------------------------------------------------------------- calling
 
-    def collect(self, hook_name: str, *, setup: bool = True, **kwargs: Any) -> list[tuple[str, Any]]:
+    def collect(
+        self,
+        hook_name: str,
+        *,
+        setup: bool = True,
+        per_plugin: Callable[[str], Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
         """Call every implementation separately; returns ``(plugin, result)``.
+
+        ``per_plugin(plugin)`` adds arguments of that plugin's own (its context).
 
         A raising plugin is marked failed when ``setup`` (start-up hooks) or
         has the error recorded otherwise (run-time hooks); either way its
@@ -318,7 +327,8 @@ class AgentPluginManager(pluggy.PluginManager):
         for impl in self._impls(hook_name):
             plugin = self.owner_of(impl.plugin_name)
             try:
-                result = self._call_impl(impl, kwargs)
+                args = {**kwargs, **per_plugin(plugin)} if per_plugin is not None else kwargs
+                result = self._call_impl(impl, args)
                 self._reject_awaitable(hook_name, plugin, result)
                 if inspect.isgenerator(result):
                     result = list(result)

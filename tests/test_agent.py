@@ -149,20 +149,41 @@ async def test_status_metrics_and_auth_over_http(fake_cp, agent_harness):
 
 
 async def test_maintenance_restored_and_broadcast(fake_cp, agent_harness, tmp_path):
+    """A hook-only plugin gets its own context at startup, and a maintenance state
+    restored at start is announced after that (it can already use the context)."""
     seen = []
+    order = []
 
     class Watcher:
+        ctx = None
+
+        @hookimpl
+        def moenet_startup(self, ctx):
+            order.append("startup")
+            self.ctx = ctx
+
         @hookimpl
         def moenet_maintenance_changed(self, event):
-            seen.append(event)
+            order.append("maintenance")
+            seen.append((event, self.ctx.plugin if self.ctx else None))
+
+        @hookimpl
+        def moenet_shutdown(self, agent, ctx):
+            order.append(f"shutdown {ctx.plugin} {ctx is self.ctx} {agent.maintenance_state()['enabled']}")
 
     StateStore(tmp_path / "state").write_json(
         "maintenance.json", {"enabled": True, "since": 5.0, "reason": "x"}
     )
-    async with agent_harness(node_config(fake_cp.url), plugins=[("watch", Watcher())]) as h:
+    watcher = Watcher()
+    async with agent_harness(node_config(fake_cp.url), plugins=[("watch", watcher)]) as h:
         assert h.agent.maintenance_state()["enabled"] is True
+        assert watcher.ctx is h.agent.context("watch")  # the same context its tasks would get
         await h.agent.set_maintenance(False, "")
-    assert [e.enabled for e in seen] == [True, False]
+    assert [(e.enabled, e.reason, plugin) for e, plugin in seen] == [
+        (True, "restored", "watch"),
+        (False, "", "watch"),
+    ]
+    assert order == ["startup", "maintenance", "maintenance", "shutdown watch True False"]
     assert StateStore(tmp_path / "state").read_json("maintenance.json")["enabled"] is False
 
 

@@ -17,10 +17,8 @@ import aiohttp
 import attrs
 from moenet_core import ConfigSection, MaintenanceEvent, SessionStatusEvent, hookimpl
 from moenet_core.config import check, positive
-from moenet_core.logs import add_secret
 
 if TYPE_CHECKING:
-    from moenet_core.agent import Agent
     from moenet_core.context import PluginContext
 
 NAME = "webhook"
@@ -82,7 +80,6 @@ class WebhookPlugin:
         self._enqueue("maintenance", attrs.asdict(event))
 
     def _enqueue(self, kind: str, fields: dict[str, Any]) -> None:
-        # Maintenance restored at start arrives before moenet_startup: no context (time) yet.
         try:
             self.queue.put_nowait((kind, fields, self.ctx.clock.time() if self.ctx else None))
         except asyncio.QueueFull:
@@ -90,9 +87,10 @@ class WebhookPlugin:
                 self.ctx.log.warning("webhook queue full; {} event dropped", kind)
 
     @hookimpl
-    def moenet_startup(self, agent: Agent) -> None:
-        self.ctx = agent.context(NAME)
-        self.worker = asyncio.get_running_loop().create_task(self._deliver(self.ctx))
+    def moenet_startup(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        ctx.add_secret(ctx.section.secret)  # masked even if a library were to log it
+        self.worker = asyncio.get_running_loop().create_task(self._deliver(ctx))
 
     @hookimpl
     async def moenet_shutdown(self) -> None:
@@ -122,7 +120,7 @@ class WebhookPlugin:
     ) -> None:
         headers = {}
         if cfg.secret:
-            add_secret(cfg.secret)  # masked even if a library were to log it
+            ctx.add_secret(cfg.secret)  # again: a reload may have changed it
             headers[cfg.secret_header] = cfg.secret
         where = urlsplit(cfg.url).netloc.rpartition("@")[2]  # no path or password: they may be secret
         try:

@@ -166,9 +166,14 @@ class ServerConfig:
     """The local HTTP API."""
 
     listen: str = attrs.field(default="127.0.0.1:24368", metadata=check(listen_address))
+    """Address the local HTTP API listens on; the CLI (``moenet-agent status``...)
+    reaches the agent there too. A change takes effect on restart, not on SIGHUP."""
     read_timeout: float = attrs.field(default=30.0, metadata=check(positive))
+    """Seconds. Accepted for compatibility with the Go agent's files; not used."""
     write_timeout: float = attrs.field(default=30.0, metadata=check(positive))
+    """Seconds. Accepted for compatibility with the Go agent's files; not used."""
     idle_timeout: float = attrs.field(default=120.0, metadata=check(positive))
+    """Seconds. Accepted for compatibility with the Go agent's files; not used."""
     token: str | None = attrs.field(default=None, metadata=check(api_token))
     """Bearer token for mutating endpoints; unset means loopback clients only."""
 
@@ -178,41 +183,97 @@ class NodeConfig:
     """Who this node is. Bootstrap mode fills it from the CP."""
 
     name: str = attrs.field(default="", metadata=check(node_name))
+    """This node's name at the control plane: every CP call goes to
+    ``/agent/<name>/...``. Required in full and standalone mode; bootstrap mode
+    takes ``bootstrap.nodeName``. ``MOENET_NODE_NAME`` overrides it."""
     id: int = attrs.field(default=0, metadata=check(non_negative))
+    """This node's id in the network (1-4294967295; 0: unset). The mesh derives
+    this node's link-local address and the port its peers reach it on from it,
+    and refuses a mesh answer whose ``localNodeId`` differs; iBGP finds this node
+    in ``ibgpPeers`` by it (a different ``node.id`` in the answer is a warning).
+    Unset: both take the id the CP's answer gives. ``MOENET_NODE_ID`` overrides it."""
     region: str = ""
+    """Accepted for compatibility with the Go agent's files; not used (BIRD's
+    region community comes from the CP's ``bird-config``)."""
     location: str = ""
+    """Accepted for compatibility with the Go agent's files; not used."""
     provider: str = ""
+    """Accepted for compatibility with the Go agent's files; not used."""
     asn: int | None = attrs.field(
         default=None,
         metadata=check(lambda v: None if v is None or 1 <= v <= 4294967295 else "must be a 32-bit ASN"),
     )
+    """This node's own AS number. A CP session whose peer has this AS is refused
+    (that is iBGP, not an eBGP peering) and reported as an error. Null: no such
+    check. BIRD's own AS (``local as``) comes from the CP's ``bird-config``."""
     loopback_ipv4: str | None = attrs.field(default=None, metadata=check(ipv4_address))
+    """The node's DN42 IPv4 address (bare or ``/32``): put on the loopback
+    interface (``loopback`` plugin) and the local IPv4 of eBGP sessions that have
+    one; an iBGP peer entry claiming it is refused. Null: ``wireguard.dn42Ipv4``
+    stands in for it."""
     loopback_ipv6: str | None = attrs.field(default=None, metadata=check(ipv6_address))
+    """The node's DN42 IPv6 address (bare or ``/128``): put on the loopback
+    interface and the local IPv6 of eBGP sessions that have one, and the source of
+    the default ``wireguard.dn42Ipv6LinkLocal``; an iBGP peer entry claiming it is
+    refused. Null: ``wireguard.dn42Ipv6`` stands in for it."""
 
 
 @attrs.define(kw_only=True)
 class ControlPlaneConfig:
-    """The control plane: where it is, how hard to try, and the task intervals
-    the Go agent kept here (seconds unless the name says ms)."""
+    """The control plane: where it is, how hard to try (retries, circuit
+    breaker), and the task intervals the Go agent kept here. Durations are in
+    seconds, except ``retryInitialDelay`` and ``retryMaxDelay``, which are in
+    milliseconds (as in the Go agent)."""
 
     url: str = attrs.field(default="", metadata=check(http_url))
+    """Base URL of the CP's API; the agent calls ``<url>/agent/<node.name>/<resource>``.
+    Required in full mode (bootstrap mode takes ``bootstrap.apiUrl``). Redirects
+    are not followed. ``MOENET_CP_URL`` overrides it; the CP itself cannot change it."""
     token: str = ""
+    """Bearer token sent to the CP (``Authorization: Bearer ...``), never logged.
+    Required in full mode (bootstrap mode takes ``bootstrap.token``).
+    ``MOENET_CP_TOKEN`` overrides it."""
     source: str = attrs.field(default="http", metadata=check(one_of("http", "file")))
     """``http`` (the CP) or ``file`` (standalone: read ``file``, no CP at all)."""
     file: str = ""
+    """With ``source: "file"``: the JSON file that stands in for the CP, an object
+    keyed by resource (``sessions``, ``mesh``, ``bird-config``...), re-read on every
+    fetch; what the agent would send is kept in the state directory. Required then."""
     request_timeout: float = attrs.field(default=15.0, metadata=check(positive))
+    """Seconds one HTTP request to the CP may take (each attempt, and the bootstrap
+    config fetch); a timeout counts as a failed attempt and is retried."""
     heartbeat_interval: float = attrs.field(default=30.0, metadata=check(positive))
+    """Seconds between runs of the ``heartbeat`` task (its timeout is this, kept
+    within 5-60 s). ``tasks.heartbeat.interval`` wins."""
     sync_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    """Seconds between runs of the ``sessionSync`` task (``tasks.sessionSync.interval``
+    wins); also the base of the back-off for repeating a status report the CP keeps
+    contradicting."""
     metric_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    """Seconds between runs of the ``metricCollector`` task (per-session report to
+    the CP, metrics, health); ``tasks.metricCollector.interval`` wins."""
     max_retries: int = attrs.field(default=3, metadata=check(non_negative))
+    """Retries of one CP request after its first attempt (0: none), for network
+    errors, timeouts, HTTP 5xx and 429 only."""
     retry_initial_delay: int = attrs.field(default=1000, metadata=check(positive))
+    """Milliseconds before the first retry; each further retry waits
+    ``retryMultiplier`` times longer, up to ``retryMaxDelay`` (±10 % jitter; a
+    ``Retry-After`` on 429/503 can lengthen it)."""
     retry_max_delay: int = attrs.field(default=30000, metadata=check(positive))
+    """Milliseconds: the longest wait between two retries."""
     retry_multiplier: float = attrs.field(
         default=2.0, metadata=check(lambda v: None if v >= 1 else "must be 1 or greater")
     )
+    """Factor by which each retry's wait grows (1: constant waits)."""
     breaker_failure_threshold: int = attrs.field(default=5, metadata=check(positive))
+    """Consecutive failed attempts (network errors, timeouts, HTTP 5xx and 429)
+    that open the circuit breaker; while it is open, CP calls fail at once
+    without a request."""
     breaker_success_threshold: int = attrs.field(default=3, metadata=check(positive))
+    """Successful trial calls that close a half-open breaker again (any failure
+    re-opens it)."""
     breaker_open_duration: float = attrs.field(default=30.0, metadata=check(positive))
+    """Seconds the breaker stays open before it lets one trial call through."""
 
 
 @attrs.define(kw_only=True)
@@ -220,11 +281,25 @@ class BirdConfig:
     """BIRD 3: control socket and the directories the agent writes."""
 
     control_socket: str = "/var/run/bird/bird.ctl"
+    """BIRD's control socket: every query and ``configure`` goes through it. The
+    ``routing/bird`` backend is available when it exists or a ``bird`` binary is found."""
     pool_size: int = attrs.field(default=5, metadata=check(positive))
+    """Idle control-socket connections kept open for read commands."""
     pool_size_max: int = attrs.field(default=10, metadata=check(positive))
+    """Most read connections open at once; callers beyond that wait. Not smaller
+    than ``poolSize``. Reconfigurations use one connection of their own."""
     config_dir: str = "/etc/bird"
+    """Directory of BIRD's configuration, where the agent writes ``moenet.conf``
+    and its other files, ``peers/*.conf``, ``ibgp/*.conf``, and ``bird.conf``
+    unless the operator keeps their own (see docs/bird.md)."""
     peer_conf_dir: str = "/etc/bird/peers"
+    """Accepted for compatibility with the Go agent's files; the agent always
+    writes eBGP peers to ``<configDir>/peers`` and logs a warning when this names
+    another directory."""
     ibgp_conf_dir: str = "/etc/bird/ibgp"
+    """Accepted for compatibility with the Go agent's files; the agent always
+    writes iBGP sessions to ``<configDir>/ibgp`` and logs a warning when this
+    names another directory."""
     template_dir: str = ""
     """Operator templates that override the shipped ones, file by file."""
     ebgp_conf_template_file: str = ""
@@ -236,15 +311,35 @@ class WireguardConfig:
     """WireGuard: keys, keepalive, the node's DN42 loopbacks, backend choice."""
 
     private_key_path: str = "/etc/wireguard/private.key"
+    """The node's WireGuard private key (base64), used by every eBGP session
+    tunnel; generated (mode 0600) when missing. The mesh has its own key in the
+    state directory."""
     public_key_path: str = ""
+    """When set, the node key's public half is written here when the agent
+    generates the key. Empty: not written."""
     config_dir: str = "/etc/wireguard"
+    """Accepted for compatibility with the Go agent's files; not used (tunnels are
+    configured over netlink and UAPI, without files)."""
     persistent_keepalive_interval: int = attrs.field(
         default=25, metadata=check(lambda v: None if 0 <= v <= 65535 else "must be 0-65535 seconds")
     )
+    """Seconds between keepalives on the eBGP session tunnels, and on the mesh
+    tunnels unless ``meshSync.keepalive`` is set; 0 turns them off."""
     dn42_ipv4: str = attrs.field(default="", metadata=check(ipv4_address))
+    """The Go agent's name for the node's DN42 IPv4: used when
+    ``node.loopbackIpv4`` is unset, and must agree with it when both are set."""
     dn42_ipv6: str = attrs.field(default="", metadata=check(ipv6_address))
+    """The Go agent's name for the node's DN42 IPv6: used when
+    ``node.loopbackIpv6`` is unset, and must agree with it when both are set."""
     dn42_ipv6_link_local: str = attrs.field(default="", metadata=check(ipv6_link_local))
+    """Our link-local address (``/64``) on every eBGP session tunnel, and BIRD's
+    local address towards link-local neighbours. Empty: derived from the IPv6
+    loopback by the Go agent's rule (``fd00:4242:7777:302:1::1`` gives
+    ``fe80::998:302:1:1``), or from a hash of ``node.name`` without one."""
     backend: str = attrs.field(default="auto", metadata=check(one_of("auto", "kernel", "userspace")))
+    """The tunnel backend: ``kernel`` (the kernel's WireGuard), ``userspace``
+    (``wireguard-go``) or ``auto`` (the available one with the highest priority).
+    ``backends.tunnel`` overrides it."""
 
 
 @attrs.define(kw_only=True)
@@ -252,7 +347,10 @@ class MeshConfig:
     """The WireGuard + Babel IGP mesh between this network's nodes."""
 
     enabled: bool = True
+    """False: the ``meshSync`` task does nothing (existing mesh tunnels are left as
+    they are) and the heartbeat carries no ``meshPublicKey``."""
     mtu: int = attrs.field(default=1420, metadata=check(lambda v: None if 1280 <= v <= 9000 else "1280-9000"))
+    """MTU of the mesh tunnels whose peer entry names none."""
 
 
 @attrs.define(kw_only=True)
@@ -260,8 +358,12 @@ class MetricConfig:
     """Probing for RTT and loss."""
 
     ping_timeout: float = attrs.field(default=5.0, metadata=check(positive))
+    """Seconds one RTT probe waits for its reply (``rtt.timeoutMs``, in
+    milliseconds, overrides it)."""
     ping_count: int = attrs.field(default=4, metadata=check(positive))
+    """ICMP echo requests per address per RTT round (``rtt.count`` overrides it)."""
     ping_workers: int = attrs.field(default=32, metadata=check(positive))
+    """Links probed at the same time (``rtt.concurrency`` overrides it)."""
 
 
 @attrs.define(kw_only=True)
@@ -269,10 +371,17 @@ class AutoUpdateConfig:
     """The self-updater (off by default)."""
 
     enabled: bool = False
+    """True: the ``updater`` plugin's task runs (it then needs ``updater.publicKey``:
+    the config is refused without it). False: no update check at all."""
     check_interval: float = attrs.field(default=60.0, metadata=check(positive))
-    """Minutes."""
+    """Minutes between update checks (below 1: 60, as the Go agent did)."""
     channel: str = attrs.field(default="stable", metadata=check(one_of("stable", "beta", "dev")))
+    """Which releases are taken: ``stable`` only stable releases; ``beta`` also
+    pre-releases; ``dev`` also ``.devN`` releases. The newest such release newer
+    than the running version is installed, never one remembered as bad."""
     github_repo: str = ""
+    """``owner/name`` whose GitHub releases feed is read when ``updater.feedUrl``
+    is empty. Empty: ``moenet/moenet-agent``."""
 
 
 @attrs.define(kw_only=True)
@@ -280,8 +389,12 @@ class BootstrapConfig:
     """Bootstrap mode: just enough to ask the CP for the rest."""
 
     api_url: str = attrs.field(default="", metadata=check(http_url))
+    """The CP's base URL: the agent fetches ``GET <apiUrl>/agent/<nodeName>/config``
+    at start and uses the URL as ``controlPlane.url``."""
     node_name: str = attrs.field(default="", metadata=check(node_name))
+    """This node's name at the CP; becomes ``node.name``."""
     token: str = ""
+    """Bearer token for the CP; becomes ``controlPlane.token``."""
 
     @property
     def configured(self) -> bool:
@@ -302,6 +415,7 @@ class PluginsConfig:
     enable: list[str] | None = attrs.field(default=None, metadata=check(_plugin_names))
     """Allow-list: when set, only these plugins load."""
     disable: list[str] = attrs.field(factory=list, metadata=check(_plugin_names))
+    """Plugins (entry-point names) never imported; wins over ``enable``."""
 
 
 @attrs.define(kw_only=True)
@@ -309,8 +423,13 @@ class TaskOverride:
     """Per-task switches: ``tasks.<name>``."""
 
     enabled: bool = True
+    """False: the task is not started (``/status`` lists it under ``tasksNotStarted``)."""
     interval: float | None = attrs.field(default=None, metadata=check(positive))
+    """Seconds between runs, instead of the task's default; a SIGHUP reload
+    applies a new value. Null: the default."""
     timeout: float | None = attrs.field(default=None, metadata=check(positive))
+    """Seconds one run may take before it is cancelled (counted as a timeout).
+    Null: the task's own timeout, else its interval."""
 
 
 @attrs.define(kw_only=True)
@@ -318,6 +437,9 @@ class StateConfig:
     """Where the agent keeps what must survive a restart."""
 
     directory: str = "/var/lib/moenet-agent"
+    """Directory of the state files (written atomically): each plugin's state
+    under ``plugins/<name>/`` (outboxes, last good answers, the mesh key), the
+    cached bootstrap config, and by default the preshared keys (``sessions.pskDir``)."""
 
 
 @attrs.define(kw_only=True)
@@ -325,7 +447,10 @@ class LoggingConfig:
     """Log format (``auto``: JSON unless stderr is a terminal) and level."""
 
     format: str = attrs.field(default="auto", metadata=check(one_of("auto", "json", "text")))
+    """Log lines on stderr as ``json`` (one object a line) or ``text``; ``auto``:
+    text on a terminal, JSON otherwise (under systemd)."""
     level: str = attrs.field(default="INFO", metadata=check(log_level))
+    """The lowest level logged (any case)."""
 
 
 def _task_names(v: dict[str, TaskOverride]) -> str | None:

@@ -105,10 +105,19 @@ class MeshSyncConfig:
     """An answer listing more peers is refused as a whole (each peer is a tunnel,
     and with the userspace backend a process)."""
     rtt_cost: int = attrs.field(default=1024, **_checked(_int_range(0, 65535, "Babel rtt cost")))
+    """Babel's ``rtt cost`` on every mesh tunnel: the most cost a link's round-trip
+    time adds to its metric (reached at ``rttMaxMs``); 0 ignores the RTT."""
     rtt_min_ms: int = attrs.field(default=10, **_checked(_int_range(1, 60000, "milliseconds")))
+    """Babel's ``rtt min``, in milliseconds: the RTT above which the RTT cost
+    starts to be added (growing linearly up to ``rttMaxMs``)."""
     rtt_max_ms: int = attrs.field(default=150, **_checked(_int_range(1, 60000, "milliseconds")))
+    """Babel's ``rtt max``, in milliseconds: from this RTT on the full ``rttCost``
+    is added. Must not be below ``rttMinMs``."""
     hello_interval_s: int = attrs.field(default=5, **_checked(_int_range(1, 600, "seconds")))
+    """Babel's ``hello interval`` on the mesh tunnels, in seconds."""
     rxcost: int | None = attrs.field(default=None, **_checked(_int_range(1, 65535, "Babel rxcost")))
+    """Babel's ``rxcost`` (the base cost of a mesh link, before the RTT cost).
+    Null: not written, BIRD's default for a tunnel interface applies."""
     guard_max_share: float = attrs.field(default=0.5, **_checked(check_share))
     """Refuse an answer removing more than this share of the mesh tunnels ..."""
     guard_min_count: int = attrs.field(default=2, **_checked(_int_range(0, 1_000_000, "tunnels")))

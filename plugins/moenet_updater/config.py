@@ -123,6 +123,9 @@ class UpdaterConfig:
     """Environments kept in ``versions/`` (newest first); the current and previous
     ones are never removed."""
     max_download_bytes: int = attrs.field(default=256 * MIB, **_checked(check_download_cap))
+    """Bytes: the largest wheel the updater downloads (1 MiB to 4 GiB); a larger one
+    is refused. The feed, ``SHA256SUMS``, its signature and ``requirements.txt``
+    have fixed caps."""
     download_timeout: float = attrs.field(default=600.0, **_checked(check_positive))
     """Seconds for one download (the feed, or one artefact)."""
     install_timeout: float = attrs.field(default=900.0, **_checked(check_positive))

@@ -44,9 +44,17 @@ class TunnelSection:
     """Section ``tunnel`` (optional)."""
 
     wireguard_go: str = attrs.field(default="wireguard-go", metadata=check(_binary))
+    """The ``wireguard-go`` binary of the ``userspace`` backend: a name looked up on
+    PATH or an absolute path. The backend counts as available only when it is found."""
     start_timeout: float = attrs.field(default=10.0, metadata=check(positive))
+    """Seconds ``wireguard-go`` may take to create its device; also how long a
+    removed tunnel's daemon may take to exit before it is killed."""
     uapi_timeout: float = attrs.field(default=5.0, metadata=check(positive))
+    """Seconds one request on a ``wireguard-go`` control (UAPI) socket may take."""
     stale_handshake: float = attrs.field(default=180.0, metadata=check(positive))
+    """Seconds: a tunnel whose latest handshake is older (or that never had one)
+    has its endpoint's host name resolved again, and its peer moved back to the
+    configured address if it roamed away; a fresher one is left alone."""
 
 
 @attrs.frozen(kw_only=True)

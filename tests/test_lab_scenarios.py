@@ -278,8 +278,10 @@ async def test_interface_deleted_by_hand_is_repaired(lab):
     t = time.monotonic()
 
     async def back() -> dict[str, Any] | None:
+        # Re-created *and* marked: creating the link and labelling it are two steps.
         lk = await tunnel(n1)
-        return lk if lk is not None and lk["ifindex"] != old["ifindex"] else None
+        ok = lk is not None and lk["ifindex"] != old["ifindex"] and lk.get("ifalias") == MARKER
+        return lk if ok else None
 
     # One cycle is SYNC_INTERVAL; allow that plus the cycle's own time and the poll step.
     new = await _until(f"{n1.interface} to be re-created", back, 2 * SYNC_INTERVAL + 2)

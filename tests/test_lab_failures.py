@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import moenet_templates
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-LAB = ROOT / "contrib/lab/lab.py"
+import test_lab_scenarios
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -40,42 +36,7 @@ STATUS_SETUP_FAILED = 6
 MARKER = "moenet-agent"  # moenet_wireguard.links.MARKER, the tunnels' ownership alias
 
 
-def _load_lab():
-    if "moenet_lab" in sys.modules:
-        return sys.modules["moenet_lab"]
-    spec = importlib.util.spec_from_file_location("moenet_lab", LAB)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["moenet_lab"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture
-async def lab(tmp_path, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.fail("the lab builds network namespaces and needs root")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    for k in [k for k in os.environ if k.startswith("MOENET_")]:
-        monkeypatch.delenv(k)
-    mod = _load_lab()
-    lab = mod.Lab(timeout=30)
-    try:
-        await lab.up()
-        n1, n2 = lab.nodes
-        await asyncio.gather(lab.wait_active(n1, n2), lab.wait_active(n2, n1))
-        await asyncio.gather(lab.wait_established(n1), lab.wait_established(n2))
-        yield lab
-    except BaseException:
-        for n in lab.nodes:
-            if n.log_path.exists():
-                tail = n.log_path.read_text(errors="replace").splitlines()[-40:]
-                print(f"--- last lines of {n.name}'s agent log:\n" + "\n".join(tail), file=sys.stderr)
-        raise
-    finally:
-        await lab.down()
-    assert lab.leftovers == []
-    assert list(tmp_path.iterdir()) == []
+lab = test_lab_scenarios.lab  # the same fresh-lab fixture (both sessions ACTIVE, Established)
 
 
 # ------------------------------------------------------------------ observations

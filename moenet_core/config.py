@@ -66,8 +66,33 @@ def check(fn: Check) -> dict[str, Check]:
     default=..., metadata=check(fn))`` where ``fn(value)`` returns an error
     message or None. Unlike an attrs validator, the error is reported with the
     field's own path (``loopback.kind: must be one of ...``). Plugins use it
-    for their config sections too."""
+    for their config sections too; :func:`checked` adds the same rule as an
+    attrs validator."""
     return {"check": fn}
+
+
+def checked(fn: Check) -> dict[str, Any]:
+    """One check, attached both ways: ``attrs.field(default=..., **checked(fn))``.
+
+    - ``metadata``: :func:`check`'s, which the core's structurer runs on the
+      value read from the file, so the error carries the field's path
+      (``meshSync.portBase: must be ...``) and is listed with every other
+      problem of the file;
+    - ``validator``: an attrs validator running the same ``fn`` whenever the
+      class is instantiated (and, with ``attrs.define``, on assignment), so an
+      object built in code is held to the same rules; it raises
+      ``ValueError("<field name>: <message>")``.
+
+    The structurer runs the check first, so a bad file value is reported once,
+    with its path. A field that needs more metadata or validators passes them
+    itself (``metadata=check(fn)``, ``validator=[...]``).
+    """
+
+    def validator(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if (msg := fn(value)) is not None:
+            raise ValueError(f"{attr.name}: {msg}")
+
+    return {"metadata": check(fn), "validator": validator}
 
 
 def positive(v: float | None) -> str | None:

@@ -1,4 +1,4 @@
-"""moenet_ibgp's pure parts: the route-reflector topology, validation of hostile peer lists, the guard."""
+"""moenet_ibgp's pure parts: the route-reflector topology, validation of hostile peer lists, the config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from moenet_ibgp.config import IbgpConfig
-from moenet_ibgp.guard import GuardPolicy, evaluate, removal_digest
 from moenet_ibgp.model import MAX_NODES, AnswerError, Node, parse_answer, sessions
 
 from moenet_core.config import structure
@@ -219,35 +218,6 @@ def test_a_null_list_is_an_empty_one() -> None:
     """Go marshals a nil slice as null: no peers (the guard still applies)."""
     answer = parse(None)
     assert answer.nodes == {} and answer.invalid == {}
-
-
-# ------------------------------------------------------------------ guard
-
-
-def test_guard_refuses_a_mass_removal() -> None:
-    known = [str(i) for i in range(4, 10)]  # 6 nodes
-    v = evaluate(known[:4], known)  # 4 of 6: more than half and more than 2
-    assert v.refused and v.known == 6 and "remove 4 of 6 iBGP nodes" in v.reason
-    assert v.status_info()["withheld"] == known[:4]
-
-
-@pytest.mark.parametrize(
-    ("removed", "total", "refused"),
-    [(0, 6, False), (2, 2, False), (3, 6, False), (3, 5, True), (3, 3, True), (1, 1, False)],
-)
-def test_guard_thresholds(removed: int, total: int, refused: bool) -> None:
-    known = [str(i) for i in range(total)]
-    assert evaluate(known[:removed], known).refused is refused
-
-
-def test_guard_policy_and_override() -> None:
-    known = ["4", "5", "6", "7"]
-    assert not evaluate(["4", "5", "6"], known, GuardPolicy(max_share=0.8, min_count=2)).refused
-    assert evaluate(["4", "5"], known, GuardPolicy(max_share=0.25, min_count=1)).refused
-    digest = removal_digest(["4", "5", "6"])
-    v = evaluate(["6", "5", "4"], known, override=digest)
-    assert not v.refused and v.overridden and v.digest == digest
-    assert evaluate(["4", "5", "6", "7"], known, override=digest).refused  # another set: no
 
 
 def test_config_section_checks() -> None:

@@ -230,6 +230,7 @@ async def test_guard_persistence_restart_and_override(
         assert await r.ibgp_protocols() == all4
         guard = r.info()["guard"]
         assert guard["refused"] and guard["withheld"] == ["1000", "1001", "1002", "1003"]
+        assert guard["configured"] == 4 and "would remove 4 of 4 iBGP nodes" in guard["reason"]
         assert h.agent.metrics.registry.get_sample_value("moenet_ibgp_guard_refused") == 1
         digest = guard["digest"]
 

@@ -8,12 +8,12 @@ from typing import Any
 import attrs
 from moenet_mesh.config import MeshSyncConfig
 from moenet_mesh.desired import MeshSettings, allowed_ips, build_desired
-from moenet_mesh.guard import GuardPolicy
 from moenet_mesh.model import MeshPeer, parse_mesh
 from moenet_mesh.planner import Action, Observed, Record, plan
 
 from moenet_core.backends import TunnelAddress, TunnelSpec, TunnelState
 from moenet_core.config import AgentConfig
+from moenet_core.guard import GuardPolicy
 
 OWN_KEY = base64.b64encode(b"\x05" * 32).decode()
 
@@ -211,6 +211,7 @@ def test_guard_withholds_mass_removal_and_an_override_lets_it_through() -> None:
     obs = observed(*specs, fragments={s.name: {"pattern": s.name} for s in specs})
     p = plan([], {}, set(), obs, prefix="igp", guard=GuardPolicy())
     assert p.guard.refused and p.remove == () and p.withheld == ("igp1", "igp2", "igp4", "igp5")
+    assert "remove 4 of 4 mesh tunnels" in p.guard.reason
     assert p.ports == {51821, 51822, 51824, 51825} and set(p.fragments) == {"igp1", "igp2", "igp4", "igp5"}
     allowed = plan([], {}, set(), obs, prefix="igp", override=p.guard.digest)
     assert not allowed.guard.refused and allowed.guard.overridden

@@ -6,9 +6,9 @@ in the same coalesced reconfigure as everything else). Pieces:
 
 - :mod:`.model`: the CP's peer list validated entry by entry, and the
   route-reflector topology;
-- :mod:`.guard`: the mass-removal guard;
-- :mod:`.task`: the ``ibgpSync`` task (fetch, validate, guard, topology,
-  declare-if-changed, persist, ``/status``);
+- :mod:`.task`: the ``ibgpSync`` task (fetch, validate, the core's mass-removal
+  guard :mod:`moenet_core.guard`, topology, declare-if-changed, persist,
+  ``/status``);
 - :mod:`.config`: the ``ibgp`` section (``enabled``, ``routeReflector``,
   ``guardMaxShare``, ``guardMinCount``, ``allowRemoval``).
 
@@ -43,9 +43,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moenet_core import ConfigSection, TaskSpec, hookimpl
+from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate, removal_digest
 
 from .config import IbgpConfig
-from .guard import GuardPolicy, GuardVerdict, evaluate, removal_digest
 from .model import Answer, AnswerError, Node, parse_answer, sessions
 from .task import OWNER, RESOURCE, TASK_NAME, IbgpSync, IbgpSyncError
 

@@ -9,8 +9,14 @@ Every run (120 s, and on ``/sync``):
 2. **Validate** every entry (:func:`~moenet_ibgp.model.parse_answer`); invalid
    ones are logged once, left out and listed in ``/status``.
 3. **Guard**: an answer that would drop more than ``guardMaxShare`` (and more
-   than ``guardMinCount``) of the known nodes keeps the dropped ones
-   (:mod:`.guard`); ``allowRemoval`` lets one such set through.
+   than ``guardMinCount``) of the known nodes keeps the dropped ones (the
+   core's :mod:`moenet_core.guard`: an empty or truncated ``ibgpPeers`` after a
+   CP bug looks exactly like a real mass removal, and losing iBGP cuts the node
+   off from every route its neighbours learned); additions and changes still
+   apply, and ``allowRemoval`` lets one such set through. It counts *nodes*
+   (the CP's list, this node left out), not sessions: a change of
+   route-reflector roles legitimately changes many sessions at once without
+   any node leaving, and is not what the guard is for.
 4. **Topology** (:func:`~moenet_ibgp.model.sessions`) with this node's role: the
    ``isRr`` of its own entry in the list, else ``ibgp.routeReflector``, else not
    a route reflector.
@@ -31,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from moenet_core import ApplyResult, RoutingBackend, hookimpl
 from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
+from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate, numeric_order
 
 from .config import IbgpConfig
-from .guard import GuardPolicy, GuardVerdict, evaluate
 from .model import Answer, AnswerError, Node, parse_answer, sessions
 
 if TYPE_CHECKING:
@@ -184,6 +190,8 @@ class IbgpSync:
             [str(i) for i in previous],
             GuardPolicy(max_share=section.guard_max_share, min_count=section.guard_min_count),
             override=section.allow_removal or None,
+            noun="iBGP nodes",
+            sort_key=numeric_order,
         )
         if verdict.refused:
             if self.guard is None or self.guard.digest != verdict.digest:

@@ -1,7 +1,7 @@
 """The ``loopback`` config section.
 
-Checks are attached twice on purpose: as ``metadata={"check": ...}``, which the
-core's structurer runs so an error lands on the field's own path
+Checks are attached twice on purpose, with the core's ``checked(fn)``: as
+metadata the core's structurer runs, so an error lands on the field's own path
 (``loopback.kind: must be one of ...``), and as attrs validators, so an object
 built directly in code cannot hold a value the structurer would refuse.
 """
@@ -9,10 +9,10 @@ built directly in code cannot hold a value the structurer would refuse.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
 import attrs
+
+from moenet_core.config import checked
 
 #: Link kinds the backend may create. Each needs no parameters beyond its name
 #: and, with no ports or peers, behaves like a dummy: it never carries traffic of
@@ -45,14 +45,6 @@ def check_kind(value: object) -> str | None:
     return f"must be one of {', '.join(KINDS)} (got {value!r})"
 
 
-def _validator(check: Callable[[object], str | None]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def validate(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if (msg := check(value)) is not None:
-            raise ValueError(f"{attr.name}: {msg}")
-
-    return validate
-
-
 @attrs.define(kw_only=True)
 class LoopbackConfig:
     """Section ``loopback``: where the node's DN42 addresses live.
@@ -61,11 +53,9 @@ class LoopbackConfig:
     ``wireguard.dn42Ipv4/6``); this section only says which interface holds them.
     """
 
-    interface: str = attrs.field(
-        default="dummy0", validator=_validator(check_ifname), metadata={"check": check_ifname}
-    )
+    interface: str = attrs.field(default="dummy0", **checked(check_ifname))
     """The interface carrying the addresses; created when missing."""
-    kind: str = attrs.field(default="dummy", validator=_validator(check_kind), metadata={"check": check_kind})
+    kind: str = attrs.field(default="dummy", **checked(check_kind))
     """Link kind used when the interface has to be created (see :data:`KINDS`)."""
     enabled: bool = True
     """False: the agent leaves the loopback alone (no create, no add, no removal)."""

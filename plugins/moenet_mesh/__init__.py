@@ -9,8 +9,8 @@ interfaces and shows its state in ``/status``.
 
 The pure modules: :mod:`.addressing` (the addressing plan: names, ports,
 link-locals), :mod:`.model` (the CP answer, validated), :mod:`.desired` (tunnel,
-port and Babel interface per peer), :mod:`.planner` (the diff), :mod:`.guard`
-(the mass-removal guard) and :mod:`.keys` (the mesh key file). See README.md.
+port and Babel interface per peer), :mod:`.planner` (the diff, with the core's mass-removal guard,
+:mod:`moenet_core.guard`) and :mod:`.keys` (the mesh key file). See README.md.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ nothing while it is false) and ``mtu`` (the tunnels' MTU when a peer names
 none); this section adds what the Go agent hard-coded. Every key has a default,
 so the section is optional.
 
-Each check is attached twice, as the other plugins do: as core metadata (the
-error lands on the field's own path, ``meshSync.portBase: ...``) and as an
-attrs validator (an object built in code is held to the same rules).
+Each check is attached twice with the core's ``checked(fn)``, as the other
+plugins do: as core metadata (the error lands on the field's own path,
+``meshSync.portBase: ...``) and as an attrs validator (an object built in code
+is held to the same rules).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from moenet_core.config import checked
 
 from .addressing import DEFAULT_PORT_BASE, DEFAULT_PREFIX, PREFIX_RE
 
@@ -76,55 +79,47 @@ def check_share(value: Any) -> str | None:
     return None
 
 
-def _checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
-    def validator(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if (msg := fn(value)) is not None:
-            raise ValueError(f"{attr.name}: {msg}")
-
-    return {"metadata": {"check": fn}, "validator": validator}
-
-
 @attrs.define(kw_only=True)
 class MeshSyncConfig:
     """Section ``meshSync``."""
 
     port_base: int = attrs.field(
-        default=DEFAULT_PORT_BASE, **_checked(_int_range(1, 65534, "the first mesh listen port minus 1"))
+        default=DEFAULT_PORT_BASE, **checked(_int_range(1, 65534, "the first mesh listen port minus 1"))
     )
     """Our tunnel to node N listens on ``portBase + N`` (the Go agent's rule, 51820 +
     N). Node ids above ``65535 - portBase`` cannot be meshed and are refused."""
-    interface_prefix: str = attrs.field(default=DEFAULT_PREFIX, **_checked(check_prefix))
+    interface_prefix: str = attrs.field(default=DEFAULT_PREFIX, **checked(check_prefix))
     """The tunnel to node N is ``<prefix><N>`` (``igp7``, ``igp4294967295``)."""
-    allowed_ips: list[str] | None = attrs.field(default=None, **_checked(check_networks))
+    allowed_ips: list[str] | None = attrs.field(default=None, **checked(check_networks))
     """Traffic allowed through each mesh tunnel besides the link itself (IPv6
     link-local and Babel's multicast group, always allowed) and the peer's own
     loopbacks (always allowed). Default: DN42's address space."""
-    keepalive: int | None = attrs.field(default=None, **_checked(_int_range(0, 65535, "seconds")))
+    keepalive: int | None = attrs.field(default=None, **checked(_int_range(0, 65535, "seconds")))
     """Persistent keepalive (default ``wireguard.persistentKeepaliveInterval``; 0 off)."""
-    max_peers: int = attrs.field(default=250, **_checked(_int_range(1, 10000, "peers")))
+    max_peers: int = attrs.field(default=250, **checked(_int_range(1, 10000, "peers")))
     """An answer listing more peers is refused as a whole (each peer is a tunnel,
     and with the userspace backend a process)."""
-    rtt_cost: int = attrs.field(default=1024, **_checked(_int_range(0, 65535, "Babel rtt cost")))
+    rtt_cost: int = attrs.field(default=1024, **checked(_int_range(0, 65535, "Babel rtt cost")))
     """Babel's ``rtt cost`` on every mesh tunnel: the most cost a link's round-trip
     time adds to its metric (reached at ``rttMaxMs``); 0 ignores the RTT."""
-    rtt_min_ms: int = attrs.field(default=10, **_checked(_int_range(1, 60000, "milliseconds")))
+    rtt_min_ms: int = attrs.field(default=10, **checked(_int_range(1, 60000, "milliseconds")))
     """Babel's ``rtt min``, in milliseconds: the RTT above which the RTT cost
     starts to be added (growing linearly up to ``rttMaxMs``)."""
-    rtt_max_ms: int = attrs.field(default=150, **_checked(_int_range(1, 60000, "milliseconds")))
+    rtt_max_ms: int = attrs.field(default=150, **checked(_int_range(1, 60000, "milliseconds")))
     """Babel's ``rtt max``, in milliseconds: from this RTT on the full ``rttCost``
     is added. Must not be below ``rttMinMs``."""
-    hello_interval_s: int = attrs.field(default=5, **_checked(_int_range(1, 600, "seconds")))
+    hello_interval_s: int = attrs.field(default=5, **checked(_int_range(1, 600, "seconds")))
     """Babel's ``hello interval`` on the mesh tunnels, in seconds."""
-    rxcost: int | None = attrs.field(default=None, **_checked(_int_range(1, 65535, "Babel rxcost")))
+    rxcost: int | None = attrs.field(default=None, **checked(_int_range(1, 65535, "Babel rxcost")))
     """Babel's ``rxcost`` (the base cost of a mesh link, before the RTT cost).
     Null: not written, BIRD's default for a tunnel interface applies."""
-    guard_max_share: float = attrs.field(default=0.5, **_checked(check_share))
+    guard_max_share: float = attrs.field(default=0.5, **checked(check_share))
     """Refuse an answer removing more than this share of the mesh tunnels ..."""
-    guard_min_count: int = attrs.field(default=2, **_checked(_int_range(0, 1_000_000, "tunnels")))
+    guard_min_count: int = attrs.field(default=2, **checked(_int_range(0, 1_000_000, "tunnels")))
     """... and more than this many (both must be exceeded)."""
     allow_removal: str = ""
     """The guard digest (``/status``) of the one refused removal set to let through."""
-    status_repeat: float = attrs.field(default=600.0, **_checked(lambda v: _non_negative(v)))
+    status_repeat: float = attrs.field(default=600.0, **checked(lambda v: _non_negative(v)))
     """An unchanged ``mesh/status`` report is sent again after this many seconds
     (a changed one at once); 0 sends it every cycle, as the Go agent did."""
 

@@ -17,7 +17,9 @@ Rules:
 - A peer listed but invalid (or unplaceable) **keeps** whatever it has: a
   garbled key in one answer must not cut a working link.
 - Mesh tunnels of peers no longer listed are **removed**, subject to the
-  guard; mesh tunnels whose peer is still listed under another name (the
+  mass-removal guard (:mod:`moenet_core.guard`: an empty peer list after a CP
+  bug looks exactly like a real mass removal, and the Go agent tore every mesh
+  tunnel down on it); mesh tunnels whose peer is still listed under another name (the
   interface prefix changed) are removed without counting against the guard.
 """
 
@@ -32,10 +34,10 @@ from typing import Any
 import attrs
 
 from moenet_core.backends import TunnelSpec, TunnelState
+from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate
 
 from .addressing import parse_interface
 from .desired import OWNER, DesiredPeer
-from .guard import GuardPolicy, GuardVerdict, evaluate
 
 
 class Action(StrEnum):
@@ -195,7 +197,7 @@ def plan(
             stale.append(name)
         else:
             departed.append(name)
-    verdict = evaluate(departed, mesh, guard, override=override)
+    verdict = evaluate(departed, mesh, guard, override=override, noun="mesh tunnels")
     remove = stale + ([] if verdict.refused else departed)
     if verdict.refused:
         keep += departed

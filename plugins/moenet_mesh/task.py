@@ -12,7 +12,7 @@ One cycle (every 120 s and on ``/sync``):
 4. **Observe**: every tunnel the backend lists (all owners, read now), the
    mesh's open ports, and the fragments and per-tunnel records persisted after
    the last apply (``state.json``).
-5. **Plan** (:mod:`.planner`) with the guard (:mod:`.guard`).
+5. **Plan** (:mod:`.planner`) with the mass-removal guard (:mod:`moenet_core.guard`).
 6. **Apply** in phases: removals (``tunnel.remove(name, owner="mesh")``), creates
    and in-place updates (``tunnel.ensure``; a failed create that left no link
    gets no port and no Babel interface), ONE
@@ -41,11 +41,11 @@ from moenet_core import hookimpl
 from moenet_core.backends import ApplyResult, FirewallBackend, RoutingBackend, TunnelBackend
 from moenet_core.descriptors import LinkLatency, LinkTarget, RestartAction, SyncEvent
 from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
+from moenet_core.guard import GuardPolicy, GuardVerdict
 
 from .addressing import AddressingError, link_local, listen_port
 from .config import MeshSyncConfig
 from .desired import OWNER, DesiredError, DesiredPeer, MeshSettings, build_desired
-from .guard import GuardPolicy, GuardVerdict
 from .keys import KEY_FILE, ensure_private_key
 from .model import MeshAnswer, MeshPayloadError, parse_mesh
 from .planner import Action, Observed, Plan, Record, plan

@@ -1,17 +1,19 @@
 """The ``nftables`` config section.
 
-Checks run through the core's structuring (``metadata={"check": fn}``), so every
-problem is reported with its path (``nftables.managedRange: ...``) at start and
-by ``moenet-agent validate``, next to every other problem in the file.
+Checks run through the core's structuring, so every problem is reported with
+its path (``nftables.managedRange: ...``) at start and by ``moenet-agent
+validate``, next to every other problem in the file; the core's ``checked(fn)``
+also attaches each as an attrs validator (a config built in code is held to the
+same rules).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
 import attrs
+
+from moenet_core.config import checked
 
 #: The table name must carry the agent's prefix: a typo can then never make the
 #: agent replace another tool's table (``filter``, ``firewalld``), and no nft
@@ -69,30 +71,19 @@ def check_timeout(value: float) -> str | None:
     return None if 0 < value <= 300 else "must be greater than 0 and at most 300 seconds"
 
 
-def _checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
-    """The check as core metadata (path-named config errors) and as an attrs
-    validator (a config built in code is held to the same rules)."""
-
-    def validator(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if (msg := fn(value)) is not None:
-            raise ValueError(f"{attr.name}: {msg}")
-
-    return {"metadata": {"check": fn}, "validator": validator}
-
-
 @attrs.define(kw_only=True)
 class NftablesConfig:
     """Section ``nftables``: where the agent's firewall lives and what it may drop."""
 
-    table: str = attrs.field(default="moenet_agent", **_checked(check_table))
+    table: str = attrs.field(default="moenet_agent", **checked(check_table))
     """Name of the agent's ``inet`` table (the only table the agent ever touches)."""
-    chain_priority: int = attrs.field(default=-10, **_checked(check_priority))
+    chain_priority: int = attrs.field(default=-10, **checked(check_priority))
     """Priority of the agent's input chain; below 0 so it runs before a usual ``filter`` chain."""
-    managed_range: str | None = attrs.field(default=None, **_checked(check_range))
+    managed_range: str | None = attrs.field(default=None, **checked(check_range))
     """``"low-high"``: UDP ports in this range that are not open are dropped. Unset: nothing is dropped."""
-    nft_path: str = attrs.field(default="nft", **_checked(check_nft_path))
+    nft_path: str = attrs.field(default="nft", **checked(check_nft_path))
     """The ``nft`` executable (name looked up on PATH, or a path)."""
-    timeout: float = attrs.field(default=10.0, **_checked(check_timeout))
+    timeout: float = attrs.field(default=10.0, **checked(check_timeout))
     """Seconds one ``nft`` call may take before it is killed and the call fails."""
 
     def managed_bounds(self) -> tuple[int, int] | None:

@@ -4,20 +4,17 @@ The probe counts default to the Go agent's ``metric`` section (``pingCount``,
 ``pingTimeout`` in seconds, ``pingWorkers``), so an existing config keeps its
 meaning; ``rtt.count`` / ``rtt.timeoutMs`` / ``rtt.concurrency`` override them.
 
-Each check is attached twice, as the other plugins do: as ``metadata={"check":
-fn}``, which the core's structurer runs so an error lands on the field's own path
-(``rtt.count: must be an integer from 1 to 100``), and as an attrs validator, so
-an object built in code is held to the same rules.
+Each check is attached twice with the core's ``checked(fn)``: as metadata the
+core's structurer runs, so an error lands on the field's own path (``rtt.count:
+must be an integer from 1 to 100``), and as an attrs validator, so an object
+built in code is held to the same rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import attrs
 
-from moenet_core.config import MetricConfig
+from moenet_core.config import MetricConfig, checked
 
 
 def _is_number(value: object) -> bool:
@@ -68,33 +65,22 @@ def check_ewma_alpha(value: float) -> str | None:
     return None
 
 
-def _checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
-    """The check as core metadata (path-named config errors) and as an attrs
-    validator (a config built in code is held to the same rules)."""
-
-    def validator(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if (msg := fn(value)) is not None:
-            raise ValueError(f"{attr.name}: {msg}")
-
-    return {"metadata": {"check": fn}, "validator": validator}
-
-
 @attrs.define(kw_only=True)
 class RttConfig:
     """Section ``rtt``: every key has a default, so the section is optional."""
 
-    count: int | None = attrs.field(default=None, **_checked(check_count))
+    count: int | None = attrs.field(default=None, **checked(check_count))
     """ICMP echo requests sent to one address per round (default: ``metric.pingCount``, 4)."""
-    timeout_ms: int | None = attrs.field(default=None, **_checked(check_timeout_ms))
+    timeout_ms: int | None = attrs.field(default=None, **checked(check_timeout_ms))
     """How long one probe waits for its reply, in milliseconds (default: ``metric.pingTimeout``,
     5 s)."""
-    concurrency: int | None = attrs.field(default=None, **_checked(check_concurrency))
+    concurrency: int | None = attrs.field(default=None, **checked(check_concurrency))
     """Links probed at the same time (default: ``metric.pingWorkers``, 32)."""
-    hysteresis: float = attrs.field(default=0.2, **_checked(check_hysteresis))
+    hysteresis: float = attrs.field(default=0.2, **checked(check_hysteresis))
     """Margin around the current tier's band, as a share of each boundary (0.2 = 20 %)."""
-    confirm_rounds: int = attrs.field(default=2, **_checked(check_confirm_rounds))
+    confirm_rounds: int = attrs.field(default=2, **checked(check_confirm_rounds))
     """Consecutive rounds that must point at the same new tier before it is taken."""
-    ewma_alpha: float = attrs.field(default=0.3, **_checked(check_ewma_alpha))
+    ewma_alpha: float = attrs.field(default=0.3, **checked(check_ewma_alpha))
     """Weight of the newest round in the smoothed RTT (1 = no smoothing)."""
 
     def probe_settings(self, metric: MetricConfig) -> tuple[int, float, int]:

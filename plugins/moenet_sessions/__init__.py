@@ -19,9 +19,10 @@ The pure modules the task calls:
   ``Report``, ``Previous``) and their JSON forms.
 - :mod:`.planner`: ``plan`` diffs desired against observed and previous state and
   says what to create, repair, remove and report (pure, no I/O).
-- :mod:`.guard`: the mass-removal guard the planner consults.
 - :mod:`.store`: the last valid CP answer, ``Previous`` and the status outbox in a
   ``StateStore``.
+
+The planner consults the core's mass-removal guard (:mod:`moenet_core.guard`).
 """
 
 from __future__ import annotations

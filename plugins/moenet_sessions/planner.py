@@ -38,10 +38,10 @@ from typing import Any
 import attrs
 
 from moenet_core.backends import TunnelSpec, TunnelState
+from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate
 from moenet_core.models import SessionStatus
 
 from .desired import DesiredError, NodeSettings, build_desired
-from .guard import GuardPolicy, GuardVerdict, evaluate
 from .model import CONFIGURE_STATUSES, Invalid, Session
 from .records import ConfiguredSession, Previous, Report
 
@@ -252,7 +252,7 @@ def plan(
 
     configured_now = set(previous.configured) | set(observed.fragments)
     really = [u for u, p in removals.items() if p.changes or u in previous.configured]
-    verdict = evaluate(really, configured_now, guard, override=override)
+    verdict = evaluate(really, configured_now, guard, override=override, noun="configured sessions")
     if verdict.refused:
         for uuid in verdict.removals:
             removals[uuid] = _withheld(removals[uuid], previous, observed)

@@ -54,13 +54,13 @@ from moenet_core.backends import (
 )
 from moenet_core.descriptors import LinkLatency, LinkTarget, RestartAction, SessionStatusEvent
 from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
+from moenet_core.guard import GuardPolicy, GuardVerdict
 from moenet_core.models import SessionStatus
 from moenet_core.state import atomic_write
 
 from .collector import live_collector
 from .config import SessionsConfig
 from .desired import NodeSettings
-from .guard import GuardPolicy, GuardVerdict
 from .links import LinkBook
 from .model import Invalid, Session, SessionsPayloadError, parse_sessions
 from .planner import Kind, Observed, Plan, SessionPlan, TunnelAction, next_previous, plan, with_intent

@@ -7,21 +7,20 @@ this node* lives in ``updater``, a plugin section, which the core never takes fr
 the control plane: the pinned public key above all, but also the feed URL, where
 virtual environments live and how the agent is restarted.
 
-Each check is attached twice, as the other plugins do: as core ``check``
-metadata (the error lands on the field's own path, ``updater.publicKey: ...``)
-and as an attrs validator (an object built in code is held to the same rules).
+Each check is attached twice with the core's ``checked(fn)``, as the other
+plugins do: as core ``check`` metadata (the error lands on the field's own
+path, ``updater.publicKey: ...``) and as an attrs validator (an object built in
+code is held to the same rules).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
-from typing import Any
 
 import attrs
 
-from moenet_core.config import AutoUpdateConfig
+from moenet_core.config import AutoUpdateConfig, checked
 
 from .fetch import url_problem
 from .verify import load_public_key
@@ -81,54 +80,46 @@ def check_download_cap(value: int) -> str | None:
     return None if 1 * MIB <= value <= 4096 * MIB else "must be from 1 MiB to 4 GiB (bytes)"
 
 
-def _checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
-    def validator(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if (msg := fn(value)) is not None:
-            raise ValueError(f"{attr.name}: {msg}")
-
-    return {"metadata": {"check": fn}, "validator": validator}
-
-
 @attrs.define(kw_only=True)
 class UpdaterConfig:
     """Section ``updater`` (local only: the control plane cannot set it)."""
 
-    public_key: str = attrs.field(default="", **_checked(check_public_key))
+    public_key: str = attrs.field(default="", **checked(check_public_key))
     """Base64 of the 32-byte Ed25519 public key releases are signed with. Required
     when ``autoUpdate.enabled``: no key, no updates."""
-    feed_url: str = attrs.field(default="", **_checked(check_feed_url))
+    feed_url: str = attrs.field(default="", **checked(check_feed_url))
     """The releases feed (GitHub releases JSON). Default:
     ``https://api.github.com/repos/<autoUpdate.githubRepo>/releases``. HTTPS only
     (plain http is accepted for loopback addresses, for tests)."""
-    venv_root: str = attrs.field(default=DEFAULT_VENV_ROOT, **_checked(check_absolute))
+    venv_root: str = attrs.field(default=DEFAULT_VENV_ROOT, **checked(check_absolute))
     """Holds ``versions/<version>/`` (one virtual environment each), the ``current``
     link the service runs through, and the ``previous`` link."""
-    health_timeout: float = attrs.field(default=600.0, **_checked(check_positive))
+    health_timeout: float = attrs.field(default=600.0, **checked(check_positive))
     """Seconds after the switch within which the new version must be healthy."""
-    health_tasks: list[str] | None = attrs.field(default=None, **_checked(check_task_names))
+    health_tasks: list[str] | None = attrs.field(default=None, **checked(check_task_names))
     """Tasks that must each finish one run successfully in the new version.
     Default: every task (but the updater) that had succeeded in the old one."""
     restart_command: list[str] = attrs.field(
-        factory=lambda: list(DEFAULT_RESTART_COMMAND), **_checked(check_command)
+        factory=lambda: list(DEFAULT_RESTART_COMMAND), **checked(check_command)
     )
     """Run (no shell) to restart the agent after a switch or a rollback."""
-    python: str = attrs.field(default="", **_checked(check_absolute))
+    python: str = attrs.field(default="", **checked(check_absolute))
     """Interpreter that creates new virtual environments (default: the running one)."""
     pip_args: list[str] = attrs.field(factory=list)
     """Extra arguments for every ``pip install`` (``--index-url URL``, ``--no-index
     --find-links DIR``...)."""
     extra_requirements: list[str] = attrs.field(factory=list)
     """Installed into each new environment after the agent (third-party plugins)."""
-    keep_versions: int = attrs.field(default=3, **_checked(check_keep))
+    keep_versions: int = attrs.field(default=3, **checked(check_keep))
     """Environments kept in ``versions/`` (newest first); the current and previous
     ones are never removed."""
-    max_download_bytes: int = attrs.field(default=256 * MIB, **_checked(check_download_cap))
+    max_download_bytes: int = attrs.field(default=256 * MIB, **checked(check_download_cap))
     """Bytes: the largest wheel the updater downloads (1 MiB to 4 GiB); a larger one
     is refused. The feed, ``SHA256SUMS``, its signature and ``requirements.txt``
     have fixed caps."""
-    download_timeout: float = attrs.field(default=600.0, **_checked(check_positive))
+    download_timeout: float = attrs.field(default=600.0, **checked(check_positive))
     """Seconds for one download (the feed, or one artefact)."""
-    install_timeout: float = attrs.field(default=900.0, **_checked(check_positive))
+    install_timeout: float = attrs.field(default=900.0, **checked(check_positive))
     """Seconds for each step of an install (venv, each pip run, the smoke test)."""
 
 

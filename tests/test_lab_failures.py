@@ -53,13 +53,13 @@ async def marked_tunnels(lab, n) -> set[str]:
     return {lk["ifname"] for lk in await lab.links(n) if lk.get("ifalias") == MARKER}
 
 
-async def bgp_since(lab, n) -> str:
-    """``since`` of the node's own (Established) BGP protocol."""
+async def bgp_since(lab, n) -> test_lab_scenarios.Since:
+    """``since`` of the node's own (Established) BGP protocol (equal within 50 ms)."""
     protos = await lab.bgp_protocols(n)
     assert n.bgp_protocol in protos, protos
     p = protos[n.bgp_protocol]
     assert p["state"] == "up" and p["info"] == "Established", p
-    return p["since"]
+    return test_lab_scenarios.Since(p["since"])
 
 
 def bird_text(lab, n) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 from moenet_wireguard import keys
+from test_lab_scenarios import Since
 
 ROOT = Path(__file__).resolve().parents[1]
 NETLAB = ROOT / "contrib/lab/network.py"
@@ -311,7 +312,10 @@ async def test_removed_node_leaves_no_tunnel_port_or_ibgp_session(netlab):
     # net1 <-> net2 untouched: still Established since before, still talking over the mesh.
     for n, other in ((n1, n2), (n2, n1)):
         p = (await lab.ibgp_protocols(n))[other.node_id]
-        assert p["bgpState"] == "Established" and p["since"] == since[n.name][other.node_id], (n.name, p)
+        assert p["bgpState"] == "Established" and Since(p["since"]) == since[n.name][other.node_id], (
+            n.name,
+            p,
+        )
         await lab.poll(
             f"{n.name} pinging {other.name}", lambda n=n, o=other: lab.ping(n, n.loopback6, o.loopback6)
         )

@@ -99,12 +99,42 @@ async def bgp_protocols(lab, n) -> dict[str, dict[str, str]]:
     return out
 
 
-async def bgp_since(lab, n) -> str:
+class Since(str):
+    """A BIRD ``since`` (``HH:MM:SS.mmm``) that equals the same instant printed again.
+
+    BIRD keeps monotonic time and converts it to wall time when it prints, so one
+    unchanged state can read 1 ms apart between two ``show protocols``; a flap
+    moves it by seconds (connect delay, hold time). Equal within 50 ms.
+    """
+
+    def _seconds(self) -> float | None:
+        try:
+            h, m, sec = self.split()[-1].split(":")
+            return (int(h) * 60 + int(m)) * 60 + float(sec)
+        except ValueError:
+            return None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, str):
+            return NotImplemented
+        a, b = self._seconds(), Since(other)._seconds()
+        if a is None or b is None:
+            return str.__eq__(self, other)
+        return abs(a - b) < 0.05
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = str.__hash__
+
+
+async def bgp_since(lab, n) -> Since:
     protos = await bgp_protocols(lab, n)
     assert n.bgp_protocol in protos, protos
     p = protos[n.bgp_protocol]
     assert p["state"] == "up" and p["info"] == "Established", p
-    return p["since"]
+    return Since(p["since"])
 
 
 async def links(n) -> list[dict[str, Any]]:

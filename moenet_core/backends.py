@@ -12,6 +12,7 @@ attrs classes: equality is what reconcilers diff on.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
@@ -93,6 +94,53 @@ class TunnelStats:
     rx_bytes: int
     tx_bytes: int
     endpoint: str | None
+
+
+@functools.lru_cache(maxsize=4096)
+def _canon_address(local: str, peer: str | None) -> tuple[str, str | None]:
+    text = local.strip()
+    iface = ipaddress.ip_interface(text)
+    if "/" not in text and isinstance(iface, ipaddress.IPv6Interface):
+        iface = ipaddress.IPv6Interface(f"{iface.ip}/{64 if iface.ip.is_link_local else 128}")
+    return iface.with_prefixlen, str(ipaddress.ip_address(peer.strip())) if peer else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _canon_network(net: str) -> str:
+    return str(ipaddress.ip_network(net.strip(), strict=False))
+
+
+def tunnel_drift(spec: TunnelSpec, state: TunnelState) -> list[str]:
+    """How the system's tunnel (``state``) differs from ``spec`` in what can be read
+    back, one readable line per difference; empty when they match.
+
+    Addresses and networks are compared canonically (``fd00::1`` = ``fd00:0::1/128``).
+    The endpoint is not compared (WireGuard roams; a reconciler catches a change
+    of the *spec*'s endpoint against what it recorded), nor are keys in files.
+    A ``listen_port`` of None in the spec means "any".
+    """
+    out: list[str] = []
+    if spec.listen_port is not None and state.listen_port != spec.listen_port:
+        out.append(f"listen port is {state.listen_port}, want {spec.listen_port}")
+    if state.peer_public_key != spec.peer_public_key:
+        out.append("peer public key differs")
+    try:
+        if {_canon_network(n) for n in state.allowed_ips} != {_canon_network(n) for n in spec.allowed_ips}:
+            out.append("allowed IPs differ")
+        have = {_canon_address(a.local, a.peer) for a in state.addresses}
+        want = {_canon_address(a.local, a.peer) for a in spec.addresses}
+    except ValueError as exc:
+        out.append(f"unreadable address on the tunnel: {exc}")
+    else:
+        if have != want:
+            out.append("addresses differ")
+    if (spec.keepalive or None) != (state.keepalive or None):
+        out.append(f"keepalive is {state.keepalive}, want {spec.keepalive}")
+    if state.mtu != spec.mtu:
+        out.append(f"mtu is {state.mtu}, want {spec.mtu}")
+    if not state.up:
+        out.append("interface is down")
+    return out
 
 
 class TunnelBackend(Backend):

@@ -30,14 +30,12 @@ then with growing pauses (``SessionSync.pace``) while the contradiction lasts.
 from __future__ import annotations
 
 import enum
-import functools
-import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from moenet_core.backends import TunnelSpec, TunnelState
+from moenet_core.backends import TunnelSpec, TunnelState, tunnel_drift
 from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate
 from moenet_core.models import SessionStatus
 
@@ -440,58 +438,6 @@ def _invalid(
         last_reported=last,
         last_seen=previous.seen.get(uuid),
     )
-
-
-# ------------------------------------------------------------------ tunnel drift
-
-
-@functools.lru_cache(maxsize=4096)
-def _canon_address(local: str, peer: str | None) -> tuple[str, str | None]:
-    text = local.strip()
-    iface = ipaddress.ip_interface(text)
-    if "/" not in text and isinstance(iface, ipaddress.IPv6Interface):
-        iface = ipaddress.IPv6Interface(f"{iface.ip}/{64 if iface.ip.is_link_local else 128}")
-    return iface.with_prefixlen, str(ipaddress.ip_address(peer.strip())) if peer else None
-
-
-def _canon_networks(nets: Iterable[str]) -> frozenset[str]:
-    return frozenset(_canon_network(n) for n in nets)
-
-
-@functools.lru_cache(maxsize=4096)
-def _canon_network(net: str) -> str:
-    return str(ipaddress.ip_network(net.strip(), strict=False))
-
-
-def tunnel_drift(spec: TunnelSpec, state: TunnelState) -> list[str]:
-    """How the system's tunnel differs from ``spec`` in what can be observed.
-
-    The endpoint is not compared: WireGuard roams, and the backend re-resolves
-    names itself; an endpoint change in the *spec* is caught against ``Previous``.
-    Keys in files (private key, PSK) cannot be observed either.
-    """
-    out: list[str] = []
-    if spec.listen_port is not None and state.listen_port != spec.listen_port:
-        out.append(f"listen port is {state.listen_port}, want {spec.listen_port}")
-    if state.peer_public_key != spec.peer_public_key:
-        out.append("peer public key differs")
-    try:
-        if _canon_networks(state.allowed_ips) != _canon_networks(spec.allowed_ips):
-            out.append("allowed IPs differ")
-        have = {_canon_address(a.local, a.peer) for a in state.addresses}
-        want = {_canon_address(a.local, a.peer) for a in spec.addresses}
-    except ValueError as exc:
-        out.append(f"unreadable address on the tunnel: {exc}")
-    else:
-        if have != want:
-            out.append("addresses differ")
-    if (spec.keepalive or None) != (state.keepalive or None):
-        out.append(f"keepalive is {state.keepalive}, want {spec.keepalive}")
-    if state.mtu != spec.mtu:
-        out.append(f"mtu is {state.mtu}, want {spec.mtu}")
-    if not state.up:
-        out.append("interface is down")
-    return out
 
 
 def _spec_changes(old: TunnelSpec, new: TunnelSpec) -> list[str]:

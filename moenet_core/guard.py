@@ -53,6 +53,11 @@ class GuardVerdict:
     overridden: bool = False
     """True when the set exceeds the policy but the operator allowed it by its digest."""
 
+    def newly_refused(self, previous: GuardVerdict | None) -> bool:
+        """True when this verdict refuses a set the ``previous`` one did not: log a
+        refusal once, not every cycle it persists."""
+        return self.refused and (previous is None or not previous.refused or previous.digest != self.digest)
+
     def status_info(self) -> dict[str, Any]:
         """For ``/status``: what is withheld and how to allow it."""
         return {

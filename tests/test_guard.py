@@ -88,3 +88,16 @@ def test_display_order() -> None:
         "1000",
     ]
     assert plain.digest == numeric.digest  # the order is only for display
+
+
+def test_a_refusal_is_new_only_when_the_set_changes() -> None:
+    refused = evaluate(["a", "b", "c"], ["a", "b", "c", "d"])
+    assert refused.refused
+    assert refused.newly_refused(None)
+    assert not refused.newly_refused(refused)  # the same set again: said already
+    fine = evaluate([], ["a"])
+    assert not fine.newly_refused(refused) and refused.newly_refused(fine)  # cleared, then again
+    other = evaluate(["a", "b", "d"], ["a", "b", "c", "d"])
+    assert other.newly_refused(refused)
+    allowed = evaluate(["a", "b", "c"], ["a", "b", "c", "d"], override=refused.digest)
+    assert refused.newly_refused(allowed)  # the override was withdrawn

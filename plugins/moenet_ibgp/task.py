@@ -194,7 +194,7 @@ class IbgpSync:
             sort_key=numeric_order,
         )
         if verdict.refused:
-            if self.guard is None or self.guard.digest != verdict.digest:
+            if verdict.newly_refused(self.guard):
                 self.ctx.log.error(
                     "{} (digest {}; set ibgp.allowRemoval to it to allow)", verdict.reason, verdict.digest
                 )

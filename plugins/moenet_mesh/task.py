@@ -99,7 +99,6 @@ class MeshSync:
         self._live: dict[int, DesiredPeer] = {}
         """Peers whose tunnel is configured, by node id (link targets, /restart)."""
         self._latency: dict[str, LinkLatency] = {}
-        self._logged_refusal: str | None = None
         self._sent_digest: str | None = None
         self._sent_at: float | None = None
         self.report_error: str | None = None
@@ -319,16 +318,12 @@ class MeshSync:
         return summary
 
     def _note_guard(self, verdict: GuardVerdict) -> None:
+        if verdict.newly_refused(self.guard):
+            self.ctx.log.error(
+                "mesh guard: {} (allow with meshSync.allowRemoval: {})", verdict.reason, verdict.digest
+            )
         self.guard = verdict
         self._m_refused.set(1 if verdict.refused else 0)
-        if verdict.refused:
-            if self._logged_refusal != verdict.digest:
-                self._logged_refusal = verdict.digest
-                self.ctx.log.error(
-                    "mesh guard: {} (allow with meshSync.allowRemoval: {})", verdict.reason, verdict.digest
-                )
-        else:
-            self._logged_refusal = None
 
     # -------------------------------------------------------------- applying
 

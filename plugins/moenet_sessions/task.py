@@ -124,7 +124,6 @@ class SessionSync:
         self._outbox: Outbox | None = None
         self._statuses: dict[str, SessionStatus] | None = None
         self.guard: GuardVerdict | None = None
-        self._logged_refusal: str | None = None
         self.last: dict[str, Any] | None = None
         self.links = LinkBook(ctx.state)
         self._configured: Mapping[str, ConfiguredSession] | None = None
@@ -298,17 +297,11 @@ class SessionSync:
         return summary
 
     def _note_guard(self, verdict: GuardVerdict) -> None:
+        if verdict.newly_refused(self.guard):
+            self.ctx.log.error(
+                "sessions guard: {} (allow with sessions.allowRemoval: {})", verdict.reason, verdict.digest
+            )
         self.guard = verdict
-        if verdict.refused:
-            if self._logged_refusal != verdict.digest:
-                self._logged_refusal = verdict.digest
-                self.ctx.log.error(
-                    "sessions guard: {} (allow with sessions.allowRemoval: {})",
-                    verdict.reason,
-                    verdict.digest,
-                )
-        else:
-            self._logged_refusal = None
 
     # -------------------------------------------------------------- applying
 

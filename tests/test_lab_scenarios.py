@@ -155,17 +155,8 @@ async def marked_tunnels(n) -> list[str]:
 async def open_ports(n) -> set[int]:
     """Elements of the agent's nftables port set (empty when the table/set is absent)."""
     out = await _run("ip", "netns", "exec", n.ns_name, "nft", "-j", "list", "ruleset")
-    ports: set[int] = set()
-    for obj in json.loads(out).get("nftables", []):
-        s = obj.get("set")
-        if s and s.get("table") == "moenet_agent" and s.get("name") == "udp_ports":
-            for e in s.get("elem", []):
-                if isinstance(e, int):
-                    ports.add(e)
-                elif isinstance(e, dict) and "range" in e:
-                    lo, hi = e["range"]
-                    ports.update(range(lo, hi + 1))
-    return ports
+    mod = _load_lab()
+    return mod.parse_udp_set(out, mod.SESSIONS_SET)
 
 
 def peer_files(n) -> list[Path]:

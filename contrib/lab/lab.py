@@ -228,8 +228,6 @@ def agent_config(n: Node, cp_url: str) -> dict[str, Any]:
         "bird": {
             "configDir": str(bird_dir),
             "controlSocket": str(n.dir / "bird-run" / "bird.ctl"),
-            "peerConfDir": str(bird_dir / "peers"),
-            "ibgpConfDir": str(bird_dir / "ibgp"),
             # Empty: the packaged templates apply. Tests drop overrides here (fault injection).
             "templateDir": str(n.dir / "templates"),
         },
@@ -502,17 +500,7 @@ class Lab:
         out, err = await asyncio.wait_for(proc.communicate(), 15)
         if proc.returncode != 0:
             raise LabError(f"nft list ruleset in {n.ns_name} failed: {err.decode(errors='replace')}")
-        ports: set[int] = set()
-        for obj in json.loads(out).get("nftables", []):
-            s = obj.get("set")
-            if s and s.get("table") == "moenet_agent" and s.get("name") == "udp_ports":
-                for e in s.get("elem", []):
-                    if isinstance(e, int):
-                        ports.add(e)
-                    elif isinstance(e, dict) and "range" in e:
-                        lo, hi = e["range"]
-                        ports.update(range(lo, hi + 1))
-        return ports
+        return parse_udp_set(out.decode(), SESSIONS_SET)
 
     def bird_files(self, n: Node) -> list[Path]:
         """Every file under ``n``'s BIRD config directory."""
@@ -702,6 +690,26 @@ class Lab:
         if self.work.exists():
             left.append(str(self.work))
         return left
+
+
+#: The nftables port set of the sessions owner (moenet_nftables: one set per owner).
+SESSIONS_SET = "udp_ports"
+
+
+def parse_udp_set(nft_json: str, set_name: str) -> set[int]:
+    """Elements of the agent's nftables port set ``set_name`` in an ``nft -j list
+    ruleset`` listing (empty when the table or set is absent)."""
+    ports: set[int] = set()
+    for obj in json.loads(nft_json).get("nftables", []):
+        s = obj.get("set")
+        if s and s.get("table") == "moenet_agent" and s.get("name") == set_name:
+            for e in s.get("elem", []):
+                if isinstance(e, int):
+                    ports.add(e)
+                elif isinstance(e, dict) and "range" in e:
+                    lo, hi = e["range"]
+                    ports.update(range(lo, hi + 1))
+    return ports
 
 
 class LabError(Exception):

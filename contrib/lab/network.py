@@ -357,8 +357,6 @@ def agent_config(n: NetNode, cp_url: str, mesh_interval: float = 10.0) -> dict[s
         "bird": {
             "configDir": str(n.bird_dir),
             "controlSocket": str(n.dir / "bird-run" / "bird.ctl"),
-            "peerConfDir": str(n.bird_dir / "peers"),
-            "ibgpConfDir": str(n.bird_dir / "ibgp"),
             "templateDir": str(n.dir / "templates"),
         },
         "wireguard": {"backend": "userspace", "privateKeyPath": str(n.private_key_path)},
@@ -439,19 +437,7 @@ def parse_route(text: str) -> dict[str, str]:
     return route
 
 
-def parse_udp_set(nft_json: str, set_name: str) -> set[int]:
-    """Elements of the agent's nftables port set ``set_name`` (empty when absent)."""
-    ports: set[int] = set()
-    for obj in json.loads(nft_json).get("nftables", []):
-        s = obj.get("set")
-        if s and s.get("table") == "moenet_agent" and s.get("name") == set_name:
-            for e in s.get("elem", []):
-                if isinstance(e, int):
-                    ports.add(e)
-                elif isinstance(e, dict) and "range" in e:
-                    lo, hi = e["range"]
-                    ports.update(range(lo, hi + 1))
-    return ports
+parse_udp_set = _lab.parse_udp_set
 
 
 # ------------------------------------------------------------------ the lab

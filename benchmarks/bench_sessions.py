@@ -72,8 +72,6 @@ async def bench(tmp: Path, count: int, runs: int, profile: bool = False) -> None
                     "bird": {
                         "controlSocket": str(daemon.socket),
                         "configDir": str(etc),
-                        "peerConfDir": str(etc / "peers"),
-                        "ibgpConfDir": str(etc / "ibgp"),
                     },
                     "birdAgent": {"applyDebounce": 0},
                     "wireguard": {"privateKeyPath": str(tmp / "wg" / "private.key"), "backend": "userspace"},

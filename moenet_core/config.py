@@ -319,12 +319,12 @@ class BirdConfig:
     unless the operator keeps their own (see docs/bird.md)."""
     peer_conf_dir: str = "/etc/bird/peers"
     """Accepted for compatibility with the Go agent's files; the agent always
-    writes eBGP peers to ``<configDir>/peers`` and logs a warning when this names
-    another directory."""
+    writes eBGP peers to ``<configDir>/peers`` and logs a warning when this is set
+    to another directory."""
     ibgp_conf_dir: str = "/etc/bird/ibgp"
     """Accepted for compatibility with the Go agent's files; the agent always
-    writes iBGP sessions to ``<configDir>/ibgp`` and logs a warning when this
-    names another directory."""
+    writes iBGP sessions to ``<configDir>/ibgp`` and logs a warning when this is
+    set to another directory."""
     template_dir: str = ""
     """Operator templates that override the shipped ones, file by file."""
     ebgp_conf_template_file: str = ""

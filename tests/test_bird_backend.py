@@ -28,8 +28,6 @@ def config(fake_cp: FakeControlPlane, daemon: BirdDaemon, etc: Path, state: Path
         "bird": {
             "controlSocket": str(daemon.socket),
             "configDir": str(etc),
-            "peerConfDir": str(etc / "peers"),
-            "ibgpConfDir": str(etc / "ibgp"),
         },
         "birdAgent": {"applyDebounce": 0},
         "state": {"directory": str(state)},
@@ -131,3 +129,43 @@ async def test_bird_config_sync_through_the_core(
             assert ev.ok and ev.result["changed"] is False, ev
             assert backend2.applier.stats.configures == 0
             assert inodes(etc) == final
+
+
+@pytest.mark.parametrize(
+    ("bird", "warned"),
+    [
+        ({}, []),  # the Go agent's defaults say nothing: no warning
+        ({"peerConfDir": "{etc}/peers", "ibgpConfDir": "{etc}/ibgp"}, []),
+        ({"peerConfDir": "/srv/peers"}, ["peerConfDir"]),
+    ],
+)
+def test_peer_and_ibgp_dirs_warn_only_when_set_elsewhere(
+    tmp_path: Path, bird: dict[str, str], warned: list[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from loguru import logger
+
+    from moenet_core.config import build_config
+
+    etc = tmp_path / "etc"
+    section = {k: v.format(etc=etc) for k, v in bird.items()}
+    cfg, _ = build_config(
+        {
+            "node": {"name": "n1", "id": 1},
+            "controlPlane": {"url": "http://127.0.0.1:9", "token": "t"},
+            "bird": {"configDir": str(etc), "controlSocket": str(tmp_path / "bird.ctl"), **section},
+        },
+        env={},
+    )
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING", format="{message}")
+    try:
+        ctx = SimpleNamespace(
+            config=cfg, section=None, state=None, metrics=None, maintenance=False, log=logger,
+            register_hooks=lambda obj: None,
+        )  # fmt: skip
+        moenet_bird.make_backend(ctx)  # type: ignore[arg-type]
+    finally:
+        logger.remove(sink)
+    assert [k for k in ("peerConfDir", "ibgpConfDir") if any(f"bird.{k} " in m for m in seen)] == warned

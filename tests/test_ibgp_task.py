@@ -65,8 +65,6 @@ def config(fake_cp: FakeControlPlane, daemon: BirdDaemon, tmp: Path, **ibgp: Any
         "bird": {
             "controlSocket": str(daemon.socket),
             "configDir": str(etc),
-            "peerConfDir": str(etc / "peers"),
-            "ibgpConfDir": str(etc / "ibgp"),
         },
         "birdAgent": {"applyDebounce": 0},
         "ibgp": ibgp,

@@ -165,8 +165,6 @@ def write_bootstrap(tmp_path: Path, cp_url: str, port: int) -> Path:
                 "state": {"directory": str(tmp_path / "state")},
                 "bird": {
                     "configDir": str(tmp_path / "bird"),
-                    "peerConfDir": str(tmp_path / "bird/peers"),
-                    "ibgpConfDir": str(tmp_path / "bird/ibgp"),
                     "controlSocket": str(tmp_path / "bird.ctl"),
                 },
             }

@@ -182,8 +182,6 @@ async def mesh_node(
             "bird": {
                 "controlSocket": str(daemon.socket),
                 "configDir": str(etc),
-                "peerConfDir": str(etc / "peers"),
-                "ibgpConfDir": str(etc / "ibgp"),
             },
             "birdAgent": {"applyDebounce": 0, "loopbackInterface": "lo"},
             "wireguard": {"privateKeyPath": str(tmp / "wg" / "private.key"), "backend": "userspace"},

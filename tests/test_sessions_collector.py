@@ -655,8 +655,6 @@ async def test_a_real_bird_readout_reaches_the_report(
             "bird": {
                 "controlSocket": str(daemon.socket),
                 "configDir": str(etc),
-                "peerConfDir": str(etc / "peers"),
-                "ibgpConfDir": str(etc / "ibgp"),
                 "templateDir": str(templates),
             },
             "birdAgent": {"applyDebounce": 0},

@@ -146,8 +146,6 @@ async def node(
                 "bird": {
                     "controlSocket": str(daemon.socket),
                     "configDir": str(etc),
-                    "peerConfDir": str(etc / "peers"),
-                    "ibgpConfDir": str(etc / "ibgp"),
                     **bird,
                 },
                 "birdAgent": {"applyDebounce": 0},

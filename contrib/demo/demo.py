@@ -86,8 +86,6 @@ async def run_demo(once: bool, ns_name: str) -> int:
                     "bird": {
                         "configDir": str(work / "bird"),
                         "controlSocket": str(work / "bird.ctl"),
-                        "peerConfDir": str(work / "bird/peers"),
-                        "ibgpConfDir": str(work / "bird/ibgp"),
                     },
                     **LOCAL_SETTINGS,
                 },

@@ -34,6 +34,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import attrs
+
 from moenet_core import BackendSpec, ConfigSection, TaskSpec, hookimpl
 
 from .apply import TreeApplier, default_bird_binary
@@ -66,11 +68,13 @@ def make_backend(ctx: PluginContext) -> BirdRoutingBackend:
     section: BirdAgentConfig = ctx.section or BirdAgentConfig()
     peers = os.path.join(bird.config_dir, "peers")
     ibgp = os.path.join(bird.config_dir, "ibgp")
-    for key, value, want in (
-        ("peerConfDir", bird.peer_conf_dir, peers),
-        ("ibgpConfDir", bird.ibgp_conf_dir, ibgp),
+    defaults = attrs.fields(type(bird))
+    for key, value, default, want in (
+        ("peerConfDir", bird.peer_conf_dir, defaults.peer_conf_dir.default, peers),
+        ("ibgpConfDir", bird.ibgp_conf_dir, defaults.ibgp_conf_dir.default, ibgp),
     ):
-        if os.path.normpath(value) != os.path.normpath(want):
+        # The Go agent's default says nothing: only a directory someone chose is worth a word.
+        if value != default and os.path.normpath(value) != os.path.normpath(want):
             ctx.log.warning("bird.{} {} is ignored: the agent writes {}", key, value, want)
     client = BirdClient(bird.control_socket, pool_size=bird.pool_size, pool_size_max=bird.pool_size_max)
     backend = BirdRoutingBackend(

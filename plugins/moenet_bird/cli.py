@@ -20,8 +20,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from moenet_core.config import structure
 from moenet_core.errors import ConfigError, ControlPlaneError
@@ -81,40 +82,37 @@ async def _fetch_policy(config: AgentConfig) -> Any:
         await cp.aclose()
 
 
-def load_peers(data: Any) -> list[EbgpPeer]:
-    """Peers from JSON (camelCase keys), every problem with its path."""
+T = TypeVar("T")
+
+
+def _load_list(
+    data: Any, cls: type[T], name: str, what: str, validate: Callable[[list[T]], list[str]]
+) -> list[T]:
+    """``cls`` objects from a JSON list (camelCase keys), every problem with its path."""
     if not isinstance(data, list):
-        raise ConfigError(["peers: expected a JSON list of peer objects"])
-    peers: list[EbgpPeer] = []
+        raise ConfigError([f"{name}: expected a JSON list of {what} objects"])
+    items: list[T] = []
     problems: list[str] = []
     for i, item in enumerate(data):
-        peer, errs = structure(EbgpPeer, item, f"peers[{i}]", [])
+        obj, errs = structure(cls, item, f"{name}[{i}]", [])
         problems.extend(errs)
-        if peer is not None:
-            peers.append(peer)
+        if obj is not None:
+            items.append(obj)
     if not problems:
-        problems = validate_peers(peers)
+        problems = validate(items)
     if problems:
         raise ConfigError(problems)
-    return peers
+    return items
+
+
+def load_peers(data: Any) -> list[EbgpPeer]:
+    """eBGP peers from JSON, every problem with its path."""
+    return _load_list(data, EbgpPeer, "peers", "peer", validate_peers)
 
 
 def load_ibgp(data: Any) -> list[IbgpNeighbor]:
-    """iBGP neighbours from JSON (camelCase keys), every problem with its path."""
-    if not isinstance(data, list):
-        raise ConfigError(["ibgp: expected a JSON list of neighbour objects"])
-    neighbors: list[IbgpNeighbor] = []
-    problems: list[str] = []
-    for i, item in enumerate(data):
-        neighbor, errs = structure(IbgpNeighbor, item, f"ibgp[{i}]", [])
-        problems.extend(errs)
-        if neighbor is not None:
-            neighbors.append(neighbor)
-    if not problems:
-        problems = validate_ibgp(neighbors)
-    if problems:
-        raise ConfigError(problems)
-    return neighbors
+    """iBGP neighbours from JSON, every problem with its path."""
+    return _load_list(data, IbgpNeighbor, "ibgp", "neighbour", validate_ibgp)
 
 
 def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:

@@ -44,6 +44,16 @@ from .errors import (
     PluginError,
 )
 from .hookspecs import hookimpl, hookspec
+from .intents import (
+    BabelInterfaceIntent,
+    EbgpPeerIntent,
+    IbgpNeighborIntent,
+    IbgpOptionsIntent,
+    IntentError,
+    RoutingIntent,
+    intent_from_json,
+    intent_to_json,
+)
 from .models import SessionStatus
 from .version import __version__
 
@@ -53,6 +63,7 @@ HOOK_API_VERSION = 1
 __all__ = [
     "HOOK_API_VERSION",
     "ApplyResult",
+    "BabelInterfaceIntent",
     "Backend",
     "BackendSpec",
     "BackendUnavailable",
@@ -61,7 +72,11 @@ __all__ = [
     "ControlPlaneError",
     "ControlPlaneRejected",
     "ControlPlaneUnavailable",
+    "EbgpPeerIntent",
     "FirewallBackend",
+    "IbgpNeighborIntent",
+    "IbgpOptionsIntent",
+    "IntentError",
     "LinkLatency",
     "LinkTarget",
     "LoopbackBackend",
@@ -72,6 +87,7 @@ __all__ = [
     "RestartAction",
     "RouteSpec",
     "RoutingBackend",
+    "RoutingIntent",
     "SessionStatus",
     "SessionStatusEvent",
     "SyncEvent",
@@ -86,6 +102,8 @@ __all__ = [
     "__version__",
     "hookimpl",
     "hookspec",
+    "intent_from_json",
+    "intent_to_json",
 ]
 
 

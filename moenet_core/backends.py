@@ -21,6 +21,7 @@ from typing import ClassVar
 import attrs
 
 from .descriptors import Backend
+from .intents import RoutingIntent
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -267,16 +268,17 @@ class RoutingBackend(Backend):
     plugin, e.g. ``sessions``) replaces its whole set of fragments at once. The
     backend validates, renders and applies everything declared so far with one
     coalesced reload, so several owners declaring in the same moment cost one
-    reconfigure. Fragment payloads are plain mappings whose schema the backend
-    documents; invalid payloads are rejected per fragment (``ApplyResult.rejected``)
-    without touching the others.
+    reconfigure. Fragments are typed intents (:mod:`moenet_core.intents`:
+    eBGP peer, iBGP neighbour and options, Babel interface), dispatched by type:
+    any owner may declare any kind. A fragment the backend cannot run is
+    rejected alone (``ApplyResult.rejected``) without touching the others.
     """
 
     kind: ClassVar[str] = "routing"
 
     @abstractmethod
-    async def declare(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> ApplyResult:
-        """Replace ``owner``'s fragments (key -> payload) and apply. Awaits the
+    async def declare(self, owner: str, fragments: Mapping[str, RoutingIntent]) -> ApplyResult:
+        """Replace ``owner``'s fragments (key -> intent) and apply. Awaits the
         reload's real completion."""
 
     @abstractmethod

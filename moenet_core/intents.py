@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -33,6 +34,7 @@ from .errors import MoenetError
 
 __all__ = [
     "INTENT_KINDS",
+    "LEGACY_EBGP_CRYPTO",
     "BabelInterfaceIntent",
     "EbgpPeerIntent",
     "IbgpNeighborIntent",
@@ -40,6 +42,7 @@ __all__ = [
     "IntentError",
     "RoutingIntent",
     "intent_from_json",
+    "intent_from_legacy",
     "intent_to_json",
 ]
 
@@ -75,13 +78,21 @@ def _positive_or_none(v: int | None) -> str | None:
     return None
 
 
+def _bool(v: bool) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _bool_or_none(v: bool | None) -> str | None:
+    return None if v is None or isinstance(v, bool) else "must be true, false or null"
+
+
 def _asn(v: int) -> str | None:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4294967294:
         return f"must be an AS number 1-4294967294 (got {v!r})"
     return None
 
 
-def _text(v: str) -> str | None:
+def _text(v: object) -> str | None:
     if not isinstance(v, str):
         return "must be a string"
     if len(v) > TEXT_MAX:
@@ -92,7 +103,7 @@ def _text(v: str) -> str | None:
 
 
 def _matches(rx: re.Pattern[str], what: str, *, empty_ok: bool) -> Any:
-    def fn(v: str) -> str | None:
+    def fn(v: object) -> str | None:
         if not isinstance(v, str):
             return "must be a string"
         if not v and empty_ok:
@@ -108,7 +119,7 @@ def address(version: int, *, link_local: bool | None = None) -> Any:
     """A unicast address of one family, or empty; ``link_local`` True requires
     fe80::/10, False forbids it."""
 
-    def fn(v: str) -> str | None:
+    def fn(v: object) -> str | None:
         if not isinstance(v, str):
             return "must be a string"
         if not v:
@@ -171,11 +182,11 @@ class EbgpPeerIntent(RoutingIntent):
     local_link_local: str = attrs.field(default="", **checked(address(6, link_local=True)))
     local_ipv6: str = attrs.field(default="", **checked(address(6, link_local=False)))
     local_ipv4: str = attrs.field(default="", **checked(address(4)))
-    mp_bgp: bool = True
-    extended_nexthop: bool = True
+    mp_bgp: bool = attrs.field(default=True, **checked(_bool))
+    extended_nexthop: bool = attrs.field(default=True, **checked(_bool))
     import_limit: int | None = attrs.field(default=None, **checked(_positive_or_none))
     export_limit: int | None = attrs.field(default=None, **checked(_positive_or_none))
-    disabled: bool = False
+    disabled: bool = attrs.field(default=False, **checked(_bool))
 
     def __attrs_post_init__(self) -> None:
         if not (self.neighbor_link_local or self.neighbor_ipv6 or self.neighbor_ipv4):
@@ -199,8 +210,8 @@ class IbgpNeighborIntent(RoutingIntent):
     node_name: str = attrs.field(**checked(_matches(_NODE_NAME, "a node name", empty_ok=False)))
     loopback_ipv4: str = attrs.field(default="", **checked(address(4)))
     loopback_ipv6: str = attrs.field(default="", **checked(address(6, link_local=False)))
-    is_rr: bool = False
-    rr_client: bool = False
+    is_rr: bool = attrs.field(default=False, **checked(_bool))
+    rr_client: bool = attrs.field(default=False, **checked(_bool))
 
     def __attrs_post_init__(self) -> None:
         if not (self.loopback_ipv4 or self.loopback_ipv6):
@@ -214,8 +225,8 @@ class IbgpOptionsIntent(RoutingIntent):
 
     kind: ClassVar[str] = "ibgpOptions"
 
-    enabled: bool = True
-    route_reflector: bool | None = None
+    enabled: bool = attrs.field(default=True, **checked(_bool))
+    route_reflector: bool | None = attrs.field(default=None, **checked(_bool_or_none))
 
 
 @attrs.frozen(kw_only=True)
@@ -275,3 +286,34 @@ def intent_from_json(data: Any, path: str = "intent") -> RoutingIntent:
     if obj is None:
         raise IntentError("; ".join(problems) or f"{path}: invalid")
     return obj
+
+
+# ----------------------------------------------------------------- before intents
+
+LEGACY_EBGP_CRYPTO = 34
+"""``crypto`` of an eBGP payload written before intents that did not carry one:
+the previous BIRD backend's default (WireGuard, encrypted with PFS)."""
+
+
+def intent_from_legacy(
+    kind: str, data: Any, path: str = "intent", *, key: str | None = None
+) -> RoutingIntent:
+    """An intent from a payload written before intents existed: the camelCase
+    fields of ``kind`` without a ``kind`` key (what the sessions, ibgp and mesh
+    plugins declared, and the BIRD backend and the sessions plugin persisted).
+
+    An ``ebgpPeer`` payload may carry ``uuid`` (the fragment key, no longer a
+    field: it must equal ``key`` when both are given) and gets
+    :data:`LEGACY_EBGP_CRYPTO` when it has no ``crypto``, so an upgraded node
+    renders what it rendered before. Raises :class:`IntentError` like
+    :func:`intent_from_json`.
+    """
+    if not isinstance(data, Mapping):
+        raise IntentError(f"{path}: expected an object")
+    payload = {k: v for k, v in data.items() if k != "kind"}
+    if kind == EbgpPeerIntent.kind:
+        uuid = payload.pop("uuid", None)
+        if uuid is not None and key is not None and str(uuid).lower() != key.lower():
+            raise IntentError(f"{path}.uuid: {str(uuid)[:40]!r} differs from the fragment key {key[:40]!r}")
+        payload.setdefault("crypto", LEGACY_EBGP_CRYPTO)
+    return intent_from_json({"kind": kind, **payload}, path)

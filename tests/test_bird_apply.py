@@ -11,112 +11,24 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import helpers.bird
 import pytest
+from helpers.bird import U1, U2, Env, cp_data, policy, protocol_names, session, session_fields, symbol
 from moenet_bird.apply import STAGING_PREFIX, TreeApplier
 from moenet_bird.backend import NO_POLICY, BirdRoutingBackend
 from moenet_bird.client import BirdClient
-from moenet_bird.policy import parse_bird_config
 from moenet_bird.render import MARKER
-from moenet_bird.testing import BirdDaemon, sample_bird_config
+from moenet_bird.testing import unchecked_intent
 
-from moenet_core.state import StateStore
-from moenet_core.testing import NetNS
+from moenet_core.intents import BabelInterfaceIntent, EbgpPeerIntent, IbgpOptionsIntent
+
+env = helpers.bird.env  # a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-U1 = "0b5e8a52-3c1e-4e5a-9a51-000000000001"
-U2 = "0b5e8a52-3c1e-4e5a-9a51-000000000002"
 U3 = "0b5e8a52-3c1e-4e5a-9a51-000000000003"
-
-
-def cp_data(config_hash: str = "3f2a9c", **policy_over: Any) -> dict[str, Any]:
-    """A CP bird-config answer without RPKI (no DNS in a namespace)."""
-    return sample_bird_config(config_hash=config_hash, policy=policy_over)
-
-
-def session(asn: int = 4242420002, n: int = 2, **kw: Any) -> dict[str, Any]:
-    """A link-local MP-BGP session payload (the usual DN42 WireGuard peering)."""
-    return {
-        "asn": asn,
-        "latency": 3,
-        "bandwidth": 25,
-        "name": "example",
-        "interface": f"dn42-{n}",
-        "neighborLinkLocal": f"fe80::{n}",
-        "localLinkLocal": "fe80::1234",
-        **kw,
-    }
-
-
-def symbol(uuid: str, asn: int) -> str:
-    from moenet_bird.policy import EbgpPeer
-
-    return EbgpPeer(uuid=uuid, asn=asn, latency=1, bandwidth=21).symbol
-
-
-class Env:
-    """BIRD in a namespace, a counted client, a backend on ``tmp_path/etc``."""
-
-    def __init__(self, daemon: BirdDaemon, tmp: Path) -> None:
-        self.daemon = daemon
-        self.tmp = tmp
-        self.etc = tmp / "etc"
-        self.state = StateStore(tmp / "state")
-        self.configures = 0
-        self.backends: list[BirdRoutingBackend] = []
-
-    def client(self) -> BirdClient:
-        client = BirdClient(str(self.daemon.socket))
-        real = client.configure
-
-        async def counted(*a: Any, **kw: Any) -> Any:
-            self.configures += 1
-            return await real(*a, **kw)
-
-        client.configure = counted  # type: ignore[method-assign]
-        return client
-
-    async def backend(self, **kw: Any) -> BirdRoutingBackend:
-        b = BirdRoutingBackend(self.client(), str(self.etc), state=self.state, **kw)
-        await b.start()
-        self.backends.append(b)
-        return b
-
-    def files(self) -> dict[str, bytes]:
-        return {
-            str(p.relative_to(self.etc)): p.read_bytes()
-            for p in sorted(self.etc.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")
-        }
-
-    def inodes(self) -> dict[str, tuple[int, int]]:
-        return {
-            str(p.relative_to(self.etc)): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in sorted(self.etc.rglob("*"))
-            if p.is_file()
-        }
-
-
-@pytest.fixture
-async def env(netns: Callable[[], NetNS], tmp_path: Path) -> AsyncIterator[Env]:
-    with BirdDaemon(netns(), tmp_path / "bird").start() as daemon:
-        e = Env(daemon, tmp_path)
-        try:
-            yield e
-        finally:
-            for b in e.backends:
-                await b.aclose()
-
-
-async def protocol_names(b: BirdRoutingBackend) -> set[str]:
-    return {p.name for p in await b.protocols()}
-
-
-def policy(data: dict[str, Any] | None = None) -> Any:
-    return parse_bird_config(data or cp_data())[0]
 
 
 # ------------------------------------------------------------------ apply
@@ -362,8 +274,8 @@ async def test_concurrent_declares_share_one_configure(env: Env) -> None:
     configures = env.configures
     results = await asyncio.gather(
         b.declare("sessions", {U1: session()}),
-        b.declare("mesh", {"mesh": {"pattern": "mesh-*", "type": "tunnel"}}),
-        b.declare("ibgp", {"options": {"enabled": True}}),
+        b.declare("mesh", {"mesh": BabelInterfaceIntent(pattern="mesh-*", type="tunnel")}),
+        b.declare("ibgp", {"options": IbgpOptionsIntent(enabled=True)}),
         b.set_maintenance(True),
         b.declare("sessions", {U1: session(), U2: session(4242420003, 3)}),
     )
@@ -378,19 +290,26 @@ async def test_an_invalid_fragment_is_rejected_and_the_valid_ones_apply(env: Env
     b = await env.backend()
     data = cp_data()
     assert (await b.set_policy(policy(data), "h", raw=data)).ok
+    # What a plugin that builds its intents around their checks, or declares
+    # something else entirely, could send: BIRD's own rules still hold.
     r = await b.declare(
         "sessions",
         {
             U1: session(),
-            U2: session(4242420003, 3, latency=12),
-            U3: {**session(4242420004, 4), "neighborLinkLocal": 'fe80::1"; }'},
-            "not-a-uuid": session(4242420005, 5),
+            U2: unchecked_intent(EbgpPeerIntent, **session_fields(4242420003, 3, latency=12)),
+            U3: unchecked_intent(
+                EbgpPeerIntent, **session_fields(4242420004, 4, neighbor_link_local='fe80::1"; }')
+            ),
+            "not-an-intent": {"asn": 4242420005, "neighborIpv4": "172.20.1.5"},  # type: ignore[dict-item]
+            "reserved-asn": session(64500, 6),
         },
     )
     assert r.ok and r.changed
-    assert set(r.rejected) == {U2, U3, "not-a-uuid"}
+    assert set(r.rejected) == {U2, U3, "not-an-intent", "reserved-asn"}
     assert f"sessions[{U2}].latency: must be 1-9" in r.rejected[U2]
     assert "neighborLinkLocal" in r.rejected[U3]
+    assert "sessions[not-an-intent]: dict is not a routing intent" in r.rejected["not-an-intent"]
+    assert "sessions[reserved-asn].asn: must be a usable 32-bit AS number" in r.rejected["reserved-asn"]
     names = await protocol_names(b)
     assert symbol(U1, 4242420002) in names
     assert not any(n.startswith("dn42_4242420003") for n in names)
@@ -491,3 +410,91 @@ async def test_tree_applier_refuses_paths_outside_its_directories(tmp_path: Path
     r = await applier.apply(lambda: {"bird.conf": "no marker\n"})
     assert not r.ok and "lacks the ownership marker" in (r.error or "")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.netns
+async def test_a_state_file_of_the_previous_version_restores_the_same_tree(env: Env) -> None:
+    """applied.json written before intents (camelCase payloads per owner, ``uuid`` in
+    the session's): converted on restore, the upgraded agent renders the same tree
+    and reconfigures nothing, before any owner has declared again."""
+    from moenet_bird.backend import STATE_FILE
+
+    from moenet_core.intents import IbgpNeighborIntent
+
+    b = await env.backend()
+    data = cp_data()
+    assert (await b.set_policy(policy(data), "h", raw=data)).ok
+    neighbour = IbgpNeighborIntent(
+        node_id=4, node_name="tyo1", loopback_ipv6="fd42:4242:1234::2", rr_client=True
+    )
+    options = IbgpOptionsIntent(enabled=True, route_reflector=True)
+    babel = BabelInterfaceIntent(pattern="mesh-*", rtt_cost=96)
+    assert (await b.declare("sessions", {U1: session(), U2: session(4242420003, 3, disabled=True)})).ok
+    assert (await b.declare("ibgp", {"options": options, "4": neighbour})).ok
+    assert (await b.declare("mesh", {"mesh-*": babel})).ok
+    protocols = {o: dict(b.fragment_protocols(o)) for o in ("sessions", "ibgp")}
+    await b.aclose()
+    env.backends.remove(b)
+    before, configures = env.inodes(), env.configures
+
+    old_session = {
+        "asn": 4242420002,
+        "latency": 3,
+        "bandwidth": 25,
+        "name": "example",
+        "interface": "dn42-2",
+        "neighborLinkLocal": "fe80::2",
+        "localLinkLocal": "fe80::1234",
+    }
+    env.state.write_json(
+        STATE_FILE,
+        {
+            "configHash": "h",
+            "policy": data,
+            "fragments": {
+                "sessions": {
+                    U1: {"uuid": U1, **old_session},
+                    U2: {
+                        **old_session,
+                        "asn": 4242420003,
+                        "interface": "dn42-3",
+                        "neighborLinkLocal": "fe80::3",
+                        "disabled": True,
+                    },
+                },
+                "ibgp": {
+                    "options": {"enabled": True, "routeReflector": True},
+                    "4": {
+                        "nodeId": 4,
+                        "nodeName": "tyo1",
+                        "loopbackIpv4": "",
+                        "loopbackIpv6": "fd42:4242:1234::2",
+                        "isRr": False,
+                        "rrClient": True,
+                    },
+                },
+                "mesh": {"mesh-*": {"pattern": "mesh-*", "type": "tunnel", "rttCost": 96}},
+            },
+        },
+    )
+    b2 = await env.backend()
+    assert {o: dict(b2.fragment_protocols(o)) for o in ("sessions", "ibgp")} == protocols
+    r = await b2.set_policy(policy(data), "h", raw=data)
+    assert (r.ok, r.changed) == (True, False), r
+    assert env.inodes() == before and env.configures == configures
+    assert b2.status_info()["owners"] == {"ibgp": 1, "mesh": 1, "sessions": 2}
+    assert "warnings" not in b2.status_info() or not b2.status_info()["warnings"]
+    # The owners declare their intents again: still nothing to do.
+    assert (
+        await b2.declare("sessions", {U1: session(), U2: session(4242420003, 3, disabled=True)})
+    ).changed is False
+    assert (await b2.declare("ibgp", {"options": options, "4": neighbour})).changed is False
+    assert (await b2.declare("mesh", {"mesh-*": babel})).changed is False
+    assert env.configures == configures
+    # ... and the state is saved in the new form.
+    saved = env.state.read_json(STATE_FILE)["fragments"]
+    assert saved["sessions"][U1]["kind"] == "ebgpPeer" and "uuid" not in saved["sessions"][U1]
+    assert (
+        saved["ibgp"]["options"]["kind"] == "ibgpOptions"
+        and saved["mesh"]["mesh-*"]["kind"] == "babelInterface"
+    )

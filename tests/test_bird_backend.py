@@ -13,11 +13,14 @@ from typing import Any
 
 import moenet_bird
 import pytest
-from moenet_bird.backend import BirdRoutingBackend
+from helpers.bird import U1, cp_data, session, symbol
+from loguru import logger
+from moenet_bird.backend import STATE_FILE, STATE_VERSION, BirdRoutingBackend
+from moenet_bird.client import BirdClient
 from moenet_bird.sync import TASK_NAME
 from moenet_bird.testing import BirdDaemon
-from test_bird_apply import U1, cp_data, session, symbol
 
+from moenet_core.state import StateStore
 from moenet_core.testing import AgentHarness, FakeControlPlane, NetNS
 
 
@@ -169,3 +172,86 @@ def test_peer_and_ibgp_dirs_warn_only_when_set_elsewhere(
     finally:
         logger.remove(sink)
     assert [k for k in ("peerConfDir", "ibgpConfDir") if any(f"bird.{k} " in m for m in seen)] == warned
+
+
+# -------------------------------------------------- applied.json (root-free)
+
+OLD_SESSION = {
+    "asn": 4242420002,
+    "latency": 3,
+    "bandwidth": 25,
+    "name": "example",
+    "interface": "dn42-2",
+    "neighborLinkLocal": "fe80::2",
+    "localLinkLocal": "fe80::1234",
+}
+
+
+def restored(tmp_path: Path) -> BirdRoutingBackend:
+    """A backend restored from ``tmp_path/state`` (BIRD is not needed to restore)."""
+    b = BirdRoutingBackend(
+        BirdClient(str(tmp_path / "no-bird.ctl")), str(tmp_path / "etc"), state=StateStore(tmp_path / "state")
+    )
+    b._restore()
+    return b
+
+
+def snapshot(path: Path) -> tuple[int, int, bytes]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, path.read_bytes()
+
+
+def test_applied_state_of_the_previous_versions_restores(tmp_path: Path) -> None:
+    """applied.json without "version" (owners' camelCase payloads) is read, converted
+    and saved as the current version once; a current one is not rewritten unchanged."""
+    store = StateStore(tmp_path / "state")
+    store.write_json(
+        STATE_FILE,
+        {
+            "configHash": "h",
+            "policy": cp_data(),
+            "fragments": {
+                "sessions": {U1: {"uuid": U1, **OLD_SESSION}},
+                "ibgp": {
+                    "options": {"enabled": True, "routeReflector": True},
+                    "4": {
+                        "nodeId": 4,
+                        "nodeName": "tyo1",
+                        "loopbackIpv6": "fd42:4242:1234::2",
+                        "rrClient": True,
+                    },
+                },
+                "mesh": {"mesh-*": {"pattern": "mesh-*", "type": "tunnel", "rttCost": 96}},
+            },
+        },
+    )
+    path = store.path(STATE_FILE)
+    before = snapshot(path)
+    b = restored(tmp_path)
+    assert b.status_info()["owners"] == {"ibgp": 1, "mesh": 1, "sessions": 1}
+    assert snapshot(path) == before  # restoring writes nothing
+    b._persist()  # what a successful apply does: the file takes the current form
+    saved = store.read_json(STATE_FILE)
+    assert saved["version"] == STATE_VERSION == 2 and saved["configHash"] == "h"
+    assert saved["fragments"]["sessions"][U1]["kind"] == "ebgpPeer"
+
+    current = snapshot(path)
+    b2 = restored(tmp_path)
+    assert b2.status_info()["owners"] == {"ibgp": 1, "mesh": 1, "sessions": 1}
+    b2._persist()
+    assert snapshot(path) == current
+
+
+def test_applied_state_of_a_newer_version_is_not_read(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    doc = {"version": 3, "configHash": "h", "policy": cp_data(), "fragments": {}}
+    store.write_json(STATE_FILE, doc)
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING", format="{message}")
+    try:
+        b = restored(tmp_path)
+    finally:
+        logger.remove(sink)
+    assert b._policy is None and b.status_info().get("owners", {}) == {}
+    assert store.read_json(STATE_FILE) == doc
+    assert any("ignoring the saved BIRD state" in m and "version 3" in m for m in seen), seen

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from helpers.render import cp_data
 from moenet_bird.cli import render_command
-from test_bird_render import cp_data
 
 from moenet_core.config import build_config
 
@@ -77,6 +77,32 @@ def test_render_reports_every_problem(tmp_path, capsys):
     assert code == 1
     assert "peers[0].interface" in capsys.readouterr().err
     assert not (tmp_path / "tree").exists()  # nothing written when anything is invalid
+
+
+def test_render_peers_are_intents_named_like_the_backend_names_them(tmp_path, capsys):
+    from moenet_bird.policy import BgpPeer, peer_id
+
+    from moenet_core.intents import EbgpPeerIntent, intent_to_json
+
+    static = EbgpPeerIntent(asn=4242420077, neighbor_ipv4="172.20.77.1", mp_bgp=False)
+    (tmp_path / "policy.json").write_text(json.dumps(cp_data()))
+    (tmp_path / "peers.json").write_text(
+        json.dumps([PEER, {**intent_to_json(static), "uuid": "kioubit", "owner": "staticpeers"}])
+    )
+    out = tmp_path / "tree"
+    code = render_command(
+        args(out, policy=str(tmp_path / "policy.json"), peers=str(tmp_path / "peers.json")), None
+    )
+    assert code == 0, capsys.readouterr().err
+    symbol = BgpPeer(peer_id("staticpeers", "kioubit"), static).symbol
+    assert f"protocol bgp {symbol}_v4 from dn42_ebgp" in (out / "peers" / f"{symbol}.conf").read_text()
+    assert bird_parse(out).returncode == 0
+    (tmp_path / "peers.json").write_text(json.dumps([{**PEER, "kind": "babelInterface"}, {"asn": 1}]))
+    code = render_command(
+        args(tmp_path / "t2", policy=str(tmp_path / "policy.json"), peers=str(tmp_path / "peers.json")), None
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "peers[0].kind: must be 'ebgpPeer'" in err and "peers[1]: needs neighbor" in err
 
 
 def test_render_takes_the_policy_from_the_configured_source(tmp_path):

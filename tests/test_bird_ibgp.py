@@ -14,12 +14,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+from helpers.bird import U1, U2, Env, cp_data, env, policy, protocol_names, session, symbol
 from moenet_bird.backend import BirdRoutingBackend
 from moenet_bird.client import BirdClient
-from moenet_bird.testing import BirdDaemon, sample_bird_config
-from test_bird_apply import U1, U2, Env, cp_data, env, policy, protocol_names, session, symbol
+from moenet_bird.testing import BirdDaemon, sample_bird_config, unchecked_intent
 
+from moenet_core.intents import IbgpNeighborIntent, IbgpOptionsIntent
 from moenet_core.state import StateStore
 from moenet_core.testing import veth_pair
 
@@ -28,17 +30,21 @@ __all__ = ["env"]  # the fixture, imported for pytest
 V6 = "fd42:4242:1234::"
 
 
-def nb(node_id: int, name: str, *, v4: str = "", v6: str = "", **kw: Any) -> dict[str, Any]:
-    """One ``ibgp`` neighbour payload as the ibgp plugin declares it."""
-    return {"nodeId": node_id, "nodeName": name, "loopbackIpv4": v4, "loopbackIpv6": v6, **kw}
+def nb(
+    node_id: int, name: str, *, v4: str = "", v6: str = "", checked: bool = True, **kw: Any
+) -> IbgpNeighborIntent:
+    """One iBGP neighbour as the ibgp plugin declares it; ``checked=False`` builds
+    it around the intent's own checks (what a hostile plugin could send)."""
+    args = {"node_id": node_id, "node_name": name, "loopback_ipv4": v4, "loopback_ipv6": v6, **kw}
+    return IbgpNeighborIntent(**args) if checked else unchecked_intent(IbgpNeighborIntent, **args)
 
 
 #: hkg1 (node 3 in cp_data) as a route reflector.
-RR = {
-    "options": {"enabled": True, "routeReflector": True},
-    "4": nb(4, "tyo1", v6=V6 + "2", isRr=True),
-    "1005": nb(1005, "sin1", v6=V6 + "3", rrClient=True),
-    "6": nb(6, "v4only", v4="172.20.42.4", rrClient=True),
+RR: dict[str, Any] = {
+    "options": IbgpOptionsIntent(enabled=True, route_reflector=True),
+    "4": nb(4, "tyo1", v6=V6 + "2", is_rr=True),
+    "1005": nb(1005, "sin1", v6=V6 + "3", rr_client=True),
+    "6": nb(6, "v4only", v4="172.20.42.4", rr_client=True),
     "3": nb(3, "hkg1", v6=V6 + "1"),  # this node: never a session
 }
 
@@ -87,7 +93,7 @@ async def test_declared_neighbours_render_pass_bird_and_run(env: Env) -> None:
     assert env.configures == before + 1
 
     # The same node as a client: only the route reflector, no rr client anywhere.
-    r = await b.declare("ibgp", {"options": {"routeReflector": False}, "4": RR["4"]})
+    r = await b.declare("ibgp", {"options": IbgpOptionsIntent(route_reflector=False), "4": RR["4"]})
     assert r.ok and r.changed
     assert sorted(ibgp_files(env)) == ["ibgp/ibgp_tyo1_4.conf"]
     names = await protocol_names(b)
@@ -98,29 +104,37 @@ async def test_declared_neighbours_render_pass_bird_and_run(env: Env) -> None:
 @pytest.mark.netns
 async def test_hostile_neighbours_are_rejected_and_the_rest_apply(env: Env) -> None:
     b = await ready(env)
-    hostile = {
-        "options": {"enabled": True},
+    # Built around the intent's checks (which refuse each of them where they are
+    # built): the backend's own rules still refuse them.
+    hostile: dict[str, Any] = {
+        "options": IbgpOptionsIntent(enabled=True),
         "4": RR["4"],
-        "quote": nb(7, 'evil"; } protocol bgp x {', v6=V6 + "7"),
-        "newline": nb(8, "a\nb", v6=V6 + "8"),
-        "scope": nb(9, "scoped", v6="fd42::9%eth0"),
-        "linklocal": nb(10, "ll", v6="fe80::10"),
-        "prefix": nb(11, "pfx", v4="172.20.42.11/32"),
-        "noloop": nb(12, "nothing"),
-        "zero": nb(0, "zero", v6=V6 + "13"),
-        "strid": nb("14", "strid", v6=V6 + "14"),  # type: ignore[arg-type]
-        "boolrr": nb(15, "boolrr", v6=V6 + "15", rrClient="yes"),
+        "quote": nb(7, 'evil"; } protocol bgp x {', v6=V6 + "7", checked=False),
+        "newline": nb(8, "a\nb", v6=V6 + "8", checked=False),
+        "scope": nb(9, "scoped", v6="fd42::9%eth0", checked=False),
+        "linklocal": nb(10, "ll", v6="fe80::10", checked=False),
+        "prefix": nb(11, "pfx", v4="172.20.42.11/32", checked=False),
+        "noloop": nb(12, "nothing", checked=False),
+        "zero": nb(0, "zero", v6=V6 + "13", checked=False),
+        "strid": nb("14", "strid", v6=V6 + "14", checked=False),  # type: ignore[arg-type]
+        "boolrr": nb(15, "boolrr", v6=V6 + "15", rr_client="yes", checked=False),
         "notobj": "tyo1",
         "samename": nb(16, "TYO1", v6=V6 + "16"),
         "sameid": nb(4, "other", v6=V6 + "17"),
     }
-    r = await b.declare("ibgp", hostile)  # type: ignore[arg-type]
+    for key, n in hostile.items():
+        if isinstance(n, IbgpNeighborIntent) and key not in ("4", "samename", "sameid"):
+            with pytest.raises(ValueError):
+                IbgpNeighborIntent(**attrs.asdict(n))
+    r = await b.declare("ibgp", hostile)
     assert r.ok and r.changed, r
     assert set(r.rejected) == set(hostile) - {"options", "4"}, r.rejected
     assert "ibgp[quote].nodeName: must be a node name" in r.rejected["quote"]
     assert "ibgp[scope].loopbackIpv6" in r.rejected["scope"]
     assert "ibgp[noloop]: needs loopbackIpv6 or loopbackIpv4" in r.rejected["noloop"]
     assert "already declared" in r.rejected["samename"] and "already declared" in r.rejected["sameid"]
+    assert "ibgp[notobj]: str is not a routing intent" in r.rejected["notobj"]
+    assert "ibgp[boolrr].rrClient: must be true or false" in r.rejected["boolrr"]
     assert sorted(ibgp_files(env)) == ["ibgp/ibgp_tyo1_4.conf"]
     text = "".join(v.decode() for v in env.files().values())
     assert "evil" not in text and "scoped" not in text
@@ -128,7 +142,7 @@ async def test_hostile_neighbours_are_rejected_and_the_rest_apply(env: Env) -> N
     assert b.status_info()["rejected"]["ibgp"].keys() == r.rejected.keys()
 
     # A bad options fragment is rejected alone; iBGP stays enabled with the defaults.
-    r = await b.declare("ibgp", {"options": {"enabled": "yes"}, "4": RR["4"]})
+    r = await b.declare("ibgp", {"options": unchecked_intent(IbgpOptionsIntent, enabled="yes"), "4": RR["4"]})
     assert set(r.rejected) == {"options"} and r.ok
     assert "ibgp_tyo1_4" in await protocol_names(b)
 
@@ -158,7 +172,7 @@ async def test_a_removed_neighbour_leaves_in_the_same_reconfigure_as_a_session_c
 async def test_disabled_ibgp_removes_every_session(env: Env) -> None:
     b = await ready(env)
     assert (await b.declare("ibgp", RR)).ok
-    r = await b.declare("ibgp", {**RR, "options": {"enabled": False}})
+    r = await b.declare("ibgp", {**RR, "options": IbgpOptionsIntent(enabled=False)})
     assert r.ok and r.changed
     assert ibgp_files(env) == {}
     assert not any(n.startswith("ibgp_") for n in await protocol_names(b))
@@ -285,10 +299,15 @@ async def test_two_nodes_run_ibgp_with_next_hop_self_rr_and_drain(netns: Any, tm
             assert (await a.declare("sessions", {U1: sx})).ok
             r = await a.declare(
                 "ibgp",
-                {"options": {"routeReflector": True}, "4": nb(4, "tyo1", v6=V6 + "2", rrClient=True)},
+                {
+                    "options": IbgpOptionsIntent(route_reflector=True),
+                    "4": nb(4, "tyo1", v6=V6 + "2", rr_client=True),
+                },
             )
             assert r.ok and not r.rejected
-            r = await b.declare("ibgp", {"options": {}, "3": nb(3, "hkg1", v6=V6 + "1", isRr=True)})
+            r = await b.declare(
+                "ibgp", {"options": IbgpOptionsIntent(), "3": nb(3, "hkg1", v6=V6 + "1", is_rr=True)}
+            )
             assert r.ok and not r.rejected
 
             async def established() -> Any:
@@ -320,7 +339,7 @@ async def test_two_nodes_run_ibgp_with_next_hop_self_rr_and_drain(netns: Any, tm
             await until("the drain lifted on B", lambda: _lacks(route("172.20.1.0/27"), "(65535,0)"))
 
             # B removes A (a departing neighbour): its session is gone, and so is the route.
-            assert (await b.declare("ibgp", {"options": {}})).ok
+            assert (await b.declare("ibgp", {"options": IbgpOptionsIntent()})).ok
             assert "ibgp_hkg1_3" not in {p.name for p in await b.protocols()}
             await until("the route gone from B", lambda: _lacks(route("172.20.1.0/27"), "ibgp_hkg1_3"))
         finally:

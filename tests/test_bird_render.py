@@ -20,19 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.render import cp_data
 from moenet_bird import communities as C
 from moenet_bird.names import BIRD_KEYWORDS, BirdConfigError, bird_string, symbol_error
-from moenet_bird.policy import (
-    BabelInterface,
-    BabelOptions,
-    BirdPolicy,
-    EbgpPeer,
-    IbgpNeighbor,
-    IbgpOptions,
-    parse_bird_config,
-)
+from moenet_bird.policy import BgpPeer, BirdPolicy, parse_bird_config
 from moenet_bird.render import MARKER, render_tree
-from moenet_bird.testing import sample_bird_config
+from moenet_bird.testing import unchecked_intent
+
+from moenet_core.intents import BabelInterfaceIntent, EbgpPeerIntent, IbgpNeighborIntent, IbgpOptionsIntent
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "data" / "bird_render"
@@ -53,39 +48,39 @@ def bird_bin() -> Path:
     return PREFIX / "bin" / "bird"
 
 
-def cp_data(**node_over: Any) -> dict[str, Any]:
-    """A CP bird-config answer as the Go agent's CP sends it (symbol names included)."""
-    return sample_bird_config(
-        node=node_over, policy={"rpkiServers": [{"name": "akae", "host": "rpki.akae.re", "port": 8082}]}
-    )
-
-
 def policy(data: dict[str, Any] | None = None) -> BirdPolicy:
     bp, _ = parse_bird_config(data or cp_data())
     return bp
 
 
-def ll_peer(uuid: str = U1, asn: int = 4242420002, **kw: Any) -> EbgpPeer:
+def peer(uuid: str, args: dict[str, Any], *, checked: bool = True) -> BgpPeer:
+    """The peer the sessions plugin declares under ``uuid``; ``checked=False``
+    builds the intent around its own checks (what a hostile plugin could send)."""
+    intent = EbgpPeerIntent(**args) if checked else unchecked_intent(EbgpPeerIntent, **args)
+    return BgpPeer(uuid, intent)
+
+
+def ll_peer(uuid: str = U1, asn: int = 4242420002, *, checked: bool = True, **kw: Any) -> BgpPeer:
     """Link-local MP-BGP with extended next hop: the usual DN42 WireGuard peering."""
     args: dict[str, Any] = {
-        "uuid": uuid,
         "asn": asn,
+        "crypto": 34,
         "latency": 3,
         "bandwidth": 25,
         "name": "example",
-        "interface": f"dn42-{asn % 10000}",
+        "interface": f"dn42-{int(asn) % 10000}",
         "neighbor_link_local": "fe80::2",
         "local_link_local": "fe80::1234",
     }
     args.update(kw)
-    return EbgpPeer(**args)
+    return peer(uuid, args, checked=checked)
 
 
-def split_peer(uuid: str = U2, asn: int = 4242420003, **kw: Any) -> EbgpPeer:
+def split_peer(uuid: str = U2, asn: int = 4242420003, **kw: Any) -> BgpPeer:
     """Separate IPv4 and IPv6 sessions (no MP-BGP)."""
     args: dict[str, Any] = {
-        "uuid": uuid,
         "asn": asn,
+        "crypto": 34,
         "latency": 5,
         "bandwidth": 24,
         "interface": "wg-split",
@@ -97,7 +92,7 @@ def split_peer(uuid: str = U2, asn: int = 4242420003, **kw: Any) -> EbgpPeer:
         "extended_nexthop": False,
     }
     args.update(kw)
-    return EbgpPeer(**args)
+    return peer(uuid, args)
 
 
 def _cp_variant(**kw: Any) -> dict[str, Any]:
@@ -128,8 +123,11 @@ IBGP_PEERS = [
 ]
 
 
-def neighbor(node_id: int, name: str, *, v4: str = "", v6: str = "", **kw: Any) -> IbgpNeighbor:
-    return IbgpNeighbor(node_id=node_id, node_name=name, loopback_ipv4=v4, loopback_ipv6=v6, **kw)
+def neighbor(
+    node_id: int, name: str, *, v4: str = "", v6: str = "", checked: bool = True, **kw: Any
+) -> IbgpNeighborIntent:
+    args = {"node_id": node_id, "node_name": name, "loopback_ipv4": v4, "loopback_ipv6": v6, **kw}
+    return IbgpNeighborIntent(**args) if checked else unchecked_intent(IbgpNeighborIntent, **args)
 
 
 #: What the ibgp owner declares on hkg1 (node 3) as a route reflector: every other
@@ -143,9 +141,10 @@ RR_NEIGHBORS = [
 ]
 #: ... and as a client: only the route reflectors.
 CLIENT_NEIGHBORS = [neighbor(4, "tyo1", v4="172.20.42.2", v6="fd42:4242:1234::2", is_rr=True)]
-MESH = BabelOptions(
-    interfaces=[BabelInterface(pattern="wg-int-*"), BabelInterface(pattern="eth1", type="wired", rxcost=96)]
-)
+MESH = [
+    BabelInterfaceIntent(pattern="wg-int-*"),
+    BabelInterfaceIntent(pattern="eth1", type="wired", rxcost=96),
+]
 
 
 def _cases() -> dict[str, dict[str, Any]]:
@@ -202,13 +201,13 @@ def _cases() -> dict[str, dict[str, Any]]:
         "ibgp_rr": {
             "data": with_ibgp,
             "peers": [ll_peer()],
-            "ibgp": IbgpOptions(route_reflector=True),
+            "ibgp": IbgpOptionsIntent(route_reflector=True),
             "ibgp_peers": RR_NEIGHBORS,
         },
         "ibgp_client": {
             "data": with_ibgp,
             "peers": [ll_peer()],
-            "ibgp": IbgpOptions(route_reflector=False),
+            "ibgp": IbgpOptionsIntent(route_reflector=False),
             "ibgp_peers": CLIENT_NEIGHBORS,
         },
         "babel_mesh": {"peers": [ll_peer()], "babel": MESH},
@@ -239,7 +238,7 @@ def render_case(case: dict[str, Any], **kw: Any) -> dict[str, str]:
         case.get("peers", []),
         ibgp=case.get("ibgp"),
         ibgp_peers=case.get("ibgp_peers", ()),
-        babel=case.get("babel"),
+        babel=case.get("babel", ()),
         maintenance=case.get("maintenance", False),
         **kw,
     )
@@ -522,7 +521,7 @@ def test_policy_ibgp_peers_are_never_rendered() -> None:
 
 
 def test_ibgp_disabled_renders_no_session() -> None:
-    tree = render_tree(policy(), [], ibgp=IbgpOptions(enabled=False), ibgp_peers=RR_NEIGHBORS)
+    tree = render_tree(policy(), [], ibgp=IbgpOptionsIntent(enabled=False), ibgp_peers=RR_NEIGHBORS)
     assert [p for p in tree if p.startswith("ibgp/")] == ["ibgp/00_moenet.conf"]
 
 
@@ -549,12 +548,14 @@ def test_ibgp_template_has_next_hop_self_limits_and_drain() -> None:
 @pytest.mark.parametrize(
     ("bad", "expected"),
     [
-        ([neighbor(0, "x", v4="172.20.42.9")], "ibgp[0].nodeId: must be 1-4294967295"),
-        ([neighbor(9, 'x"; }', v4="172.20.42.9")], "ibgp[0].nodeName: must be a node name"),
-        ([neighbor(9, "x")], "ibgp[0]: needs loopbackIpv6 or loopbackIpv4"),
-        ([neighbor(9, "x", v6="fe80::1")], "ibgp[0].loopbackIpv6: must not be link-local"),
-        ([neighbor(9, "x", v4="fd42::1")], "ibgp[0].loopbackIpv4: must be an IPv4 address"),
-        ([neighbor(9, "x", v6="fd42::1%eth0")], "ibgp[0].loopbackIpv6: not an IPv6 address"),
+        ([neighbor(0, "x", v4="172.20.42.9", checked=False)], "ibgp[0].nodeId: must be 1-4294967295"),
+        ([neighbor(9, 'x"; }', v4="172.20.42.9", checked=False)], "ibgp[0].nodeName: must be a node name"),
+        ([neighbor(9, "x", checked=False)], "ibgp[0]: needs loopbackIpv6 or loopbackIpv4"),
+        ([neighbor(9, "x", v6="fe80::1", checked=False)], "ibgp[0].loopbackIpv6: must not be link-local"),
+        ([neighbor(9, "x", v4="fd42::1", checked=False)], "ibgp[0].loopbackIpv4: must be an IPv4 address"),
+        ([neighbor(9, "x", v6="fd42::1%eth0", checked=False)], "ibgp[0].loopbackIpv6: not an IPv6 address"),
+        ([neighbor("9", "x", v4="172.20.42.9", checked=False)], "ibgp[0].nodeId: must be an integer"),
+        ([neighbor(9, "x", v4="172.20.42.9", rr_client="yes", checked=False)], "ibgp[0].rrClient"),
         (
             [neighbor(9, "x", v4="172.20.42.9"), neighbor(9, "y", v4="172.20.42.10")],
             "ibgp[1].nodeId: duplicate nodeId",
@@ -565,10 +566,27 @@ def test_ibgp_template_has_next_hop_self_limits_and_drain() -> None:
         ),
     ],
 )
-def test_ibgp_neighbor_validation(bad: list[IbgpNeighbor], expected: str) -> None:
+def test_ibgp_neighbor_validation(bad: list[IbgpNeighborIntent], expected: str) -> None:
+    """BIRD's own checks refuse what a plugin built around the intent's checks."""
     with pytest.raises(BirdConfigError) as exc:
         render_tree(policy(), [], ibgp_peers=bad)
     assert any(p.startswith(expected) for p in exc.value.problems), exc.value.problems
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"node_id": 0}, "node_id"),
+        ({"node_name": 'x"; }'}, "node_name"),
+        ({"loopback_ipv6": "fe80::1"}, "loopback_ipv6"),
+        ({"loopback_ipv4": "fd42::1"}, "loopback_ipv4"),
+        ({"loopback_ipv6": "fd42::1%eth0"}, "loopback_ipv6"),
+        ({"rr_client": "yes"}, "rr_client"),
+    ],
+)
+def test_ibgp_neighbor_intent_refuses_the_same_where_it_is_built(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        IbgpNeighborIntent(**{"node_id": 9, "node_name": "x", "loopback_ipv4": "172.20.42.9", **kw})
 
 
 def test_a_node_called_like_the_placeholder_does_not_replace_it() -> None:
@@ -727,7 +745,14 @@ def test_symbols_normalised_by_meaning() -> None:
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({"uuid": "not-a-uuid"}, "peers[0].uuid: must be a UUID"),
+        ({"uuid": "not-a-uuid\nprotocol"}, "peers[0]: the key 'not-a-uuid\\nprotocol' must not contain"),
+        ({"asn": 64500}, "peers[0].asn: must be a usable"),
+        ({"asn": "4242420002"}, "peers[0].asn: must be an integer"),
+        ({"mp_bgp": "yes"}, "peers[0].mpBgp: must be true or false"),
+        (
+            {"local_link_local": "fe80::1", "neighbor_link_local": "", "neighbor_ipv6": "fd42::2"},
+            "peers[0].localLinkLocal: only used with",
+        ),
         ({"asn": 0}, "peers[0].asn: must be a usable"),
         ({"latency": 0}, "peers[0].latency: must be 1-9"),
         ({"bandwidth": 30}, "peers[0].bandwidth: must be 21-29"),
@@ -750,22 +775,53 @@ def test_symbols_normalised_by_meaning() -> None:
     ],
 )
 def test_peer_validation_names_the_field(kw: dict[str, Any], expected: str) -> None:
+    """BIRD's own checks, on an intent built around the intent's checks."""
+    uuid = kw.pop("uuid", U1)
     with pytest.raises(BirdConfigError) as exc:
-        render_tree(policy(), [ll_peer(**kw)])
+        render_tree(policy(), [ll_peer(uuid, checked=False, **kw)])
     assert any(p.startswith(expected) for p in exc.value.problems), exc.value.problems
 
 
-def test_duplicate_session_uuid_rejected() -> None:
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"asn": 0}, "asn"),
+        ({"latency": 0}, "latency"),
+        ({"bandwidth": 30}, "bandwidth"),
+        ({"crypto": 35}, "crypto"),
+        ({"interface": "wg0; reject"}, "interface"),
+        ({"interface": ""}, "interface"),
+        ({"neighbor_link_local": "fd00::1"}, "neighbor_link_local"),
+        ({"neighbor_link_local": "fe80::1%wg0"}, "neighbor_link_local"),
+        ({"name": "evil\nprotocol bgp x {"}, "name"),
+        ({"description": "x" * 300}, "description"),
+        ({"import_limit": 0}, "import_limit"),
+        ({"mp_bgp": "yes"}, "mp_bgp"),
+    ],
+)
+def test_the_peer_intent_refuses_most_of_it_where_it_is_built(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        ll_peer(**kw)
+
+
+def test_duplicate_session_id_rejected() -> None:
     with pytest.raises(BirdConfigError) as exc:
         render_tree(policy(), [ll_peer(U1), ll_peer(U1.upper(), asn=4242420002)])
-    assert any("duplicate session uuid" in p for p in exc.value.problems)
+    assert any("duplicate session id" in p for p in exc.value.problems)
+
+
+def test_a_non_uuid_key_names_the_peer_by_its_hash() -> None:
+    static = BgpPeer("staticpeers/kioubit", ll_peer().intent)
+    assert static.symbol.startswith("dn42_4242420002_") and static.symbol != ll_peer().symbol
+    text = render_tree(policy(), [static])[static.file_name]
+    assert text.startswith(MARKER) and "# eBGP session staticpeers/kioubit with AS4242420002" in text
 
 
 def test_bad_render_parameters() -> None:
     with pytest.raises(BirdConfigError, match="loopbackInterface"):
         render_tree(policy(), [], loopback_interface="lo0 x")
     with pytest.raises(BirdConfigError, match=r"babel.interfaces\[0\].pattern"):
-        render_tree(policy(), [], babel=BabelOptions(interfaces=[BabelInterface(pattern='wg*"; }')]))
+        render_tree(policy(), [], babel=[unchecked_intent(BabelInterfaceIntent, pattern='wg*"; }')])
 
 
 # ------------------------------------------------------------------- hostile strings
@@ -802,7 +858,7 @@ def test_hostile_text_rendered_inertly(text: str, bird_bin: Path, tmp_path: Path
 )
 def test_control_characters_refused(text: str) -> None:
     with pytest.raises(BirdConfigError, match=r"peers\[0\]\.name"):
-        render_tree(policy(), [ll_peer(name=text)])
+        render_tree(policy(), [ll_peer(name=text, checked=False)])
     with pytest.raises(BirdConfigError):
         bird_string(text)
 

@@ -9,6 +9,7 @@ from moenet_ibgp.config import IbgpConfig
 from moenet_ibgp.model import MAX_NODES, AnswerError, Node, parse_answer, sessions
 
 from moenet_core.config import structure
+from moenet_core.intents import IbgpNeighborIntent
 
 V6 = "fd42:4242:1234::"
 
@@ -30,9 +31,9 @@ def parse(items: Any, *, own_id: int = 3, own_name: str = "hkg1", **kw: Any) -> 
     return parse_answer({"ibgpPeers": items, **kw}, own_id=own_id, own_name=own_name)
 
 
-def roles(fragments: dict[str, dict[str, Any]]) -> dict[str, bool]:
+def roles(fragments: dict[str, IbgpNeighborIntent]) -> dict[str, bool]:
     """key -> rrClient."""
-    return {k: v["rrClient"] for k, v in fragments.items()}
+    return {k: v.rr_client for k, v in fragments.items()}
 
 
 # ------------------------------------------------------------------ topology
@@ -66,17 +67,17 @@ def test_the_own_node_is_never_a_session() -> None:
     assert list(answer.nodes) == [4] and answer.self_is_rr is True
 
 
-def test_payload_is_the_backend_schema_with_go_field_names() -> None:
+def test_sessions_are_neighbour_intents_with_canonical_loopbacks() -> None:
     answer = parse([entry(1234, "big.node", v4="172.20.42.9", v6="FD42:4242:1234:0::4d2", isRr=True)])
     assert sessions(answer.nodes.values(), own_is_rr=False) == {
-        "1234": {
-            "nodeId": 1234,
-            "nodeName": "big.node",
-            "loopbackIpv4": "172.20.42.9",
-            "loopbackIpv6": "fd42:4242:1234::4d2",  # canonical form: a respelling is not a change
-            "isRr": True,
-            "rrClient": False,
-        }
+        "1234": IbgpNeighborIntent(
+            node_id=1234,
+            node_name="big.node",
+            loopback_ipv4="172.20.42.9",
+            loopback_ipv6="fd42:4242:1234::4d2",  # canonical form: a respelling is not a change
+            is_rr=True,
+            rr_client=False,
+        )
     }
 
 

@@ -14,6 +14,7 @@ from moenet_mesh.planner import Action, Observed, Record, plan
 from moenet_core.backends import TunnelAddress, TunnelSpec, TunnelState
 from moenet_core.config import AgentConfig
 from moenet_core.guard import GuardPolicy
+from moenet_core.intents import BabelInterfaceIntent
 
 OWN_KEY = base64.b64encode(b"\x05" * 32).decode()
 
@@ -75,14 +76,15 @@ def test_desired_peer() -> None:
     assert s.addresses == (TunnelAddress(local="fe80::1:0:3/64"),)
     assert s.private_key_file == "/state/mesh.key" and s.keepalive == 25
     assert "fe80::/10" in s.allowed_ips and "ff02::1:6/128" in s.allowed_ips and "fd00::/8" in s.allowed_ips
-    assert d.fragment == {
-        "pattern": "igp1000",
-        "type": "tunnel",
-        "rttCost": 1024,
-        "rttMinMs": 10,
-        "rttMaxMs": 150,
-        "helloIntervalS": 5,
-    }
+    assert d.fragment == BabelInterfaceIntent(
+        pattern="igp1000",
+        type="tunnel",
+        rxcost=None,
+        rtt_cost=1024,
+        rtt_min_ms=10,
+        rtt_max_ms=150,
+        hello_interval_s=5,
+    )
     assert d.link_local == "fe80::1:0:3e8" and d.loopbacks == ("172.20.42.0",)
 
 
@@ -208,7 +210,7 @@ def test_other_owners_are_never_taken_over() -> None:
 def test_guard_withholds_mass_removal_and_an_override_lets_it_through() -> None:
     st = settings()
     specs = [build_desired(peer(n), st).spec for n in (1, 2, 4, 5)]
-    obs = observed(*specs, fragments={s.name: {"pattern": s.name} for s in specs})
+    obs = observed(*specs, fragments={s.name: BabelInterfaceIntent(pattern=s.name) for s in specs})
     p = plan([], {}, set(), obs, prefix="igp", guard=GuardPolicy())
     assert p.guard.refused and p.remove == () and p.withheld == ("igp1", "igp2", "igp4", "igp5")
     assert "remove 4 of 4 mesh tunnels" in p.guard.reason

@@ -7,11 +7,13 @@ from typing import Any
 
 import attrs
 import pytest
+from moenet_sessions.config import SessionsConfig
 from moenet_sessions.desired import DesiredError, NodeSettings, build_desired, derive_link_local
 from moenet_sessions.model import Session, parse_sessions
 
 from moenet_core.backends import TunnelAddress
-from moenet_core.config import AgentConfig, NodeConfig, WireguardConfig
+from moenet_core.config import AgentConfig, NodeConfig, build_config
+from moenet_core.intents import EbgpPeerIntent
 
 KEY = base64.b64encode(b"\x01" * 32).decode()
 PSK = base64.b64encode(b"\x02" * 32).decode()
@@ -52,16 +54,19 @@ def test_link_local_only() -> None:
     assert d.tunnel.addresses == (TunnelAddress(local="fe80::998:302:1:1/64"),)
     assert d.tunnel.keepalive == 25 and d.tunnel.mtu == 1420 and d.tunnel.listen_port == 20001
     assert d.port == 20001 and d.tunnel.preshared_key_file is None and d.preshared_key is None
-    assert d.peer == {
-        "asn": 4242420001,
-        "latency": 5,
-        "bandwidth": 24,
-        "name": "",
-        "description": "",
-        "interface": "wg1",
-        "localLinkLocal": "fe80::998:302:1:1",
-        "neighborLinkLocal": "fe80::1",
-    }
+    assert d.peer == EbgpPeerIntent(
+        asn=4242420001,
+        latency=5,
+        bandwidth=24,
+        crypto=34,  # WireGuard: encrypted with PFS
+        name="",
+        description="",
+        interface="wg1",
+        local_link_local="fe80::998:302:1:1",
+        neighbor_link_local="fe80::1",
+        mp_bgp=True,
+        extended_nexthop=True,
+    )
 
 
 def test_ipv4_and_ula() -> None:
@@ -71,23 +76,24 @@ def test_ipv4_and_ula() -> None:
         TunnelAddress(local="172.20.0.1/32", peer="172.20.9.9"),
         TunnelAddress(local="fd00:4242:7777:302:1::1/128", peer="fd00:9::9"),
     }
-    assert d.peer["neighborIpv4"] == "172.20.9.9" and d.peer["localIpv4"] == "172.20.0.1"
-    assert d.peer["neighborIpv6"] == "fd00:9::9" and d.peer["localIpv6"] == "fd00:4242:7777:302:1::1"
-    assert d.peer["mpBgp"] is True and d.peer["extendedNexthop"] is False
+    assert d.peer.neighbor_ipv4 == "172.20.9.9" and d.peer.local_ipv4 == "172.20.0.1"
+    assert d.peer.neighbor_ipv6 == "fd00:9::9" and d.peer.local_ipv6 == "fd00:4242:7777:302:1::1"
+    assert d.peer.mp_bgp is True and d.peer.extended_nexthop is False
 
 
 def test_sessions_without_link_local_get_working_bgp() -> None:
     """No link-local neighbour: no local link-local either (BIRD would have no use
     for it and the backend refuses it), and IPv4-only is plain IPv4 BGP."""
     v4 = build_desired(session(ipv6LinkLocal=None, ipv4="172.20.9.9"), SETTINGS)
-    assert "localLinkLocal" not in v4.peer and "neighborLinkLocal" not in v4.peer
-    assert v4.peer["mpBgp"] is False and v4.peer["neighborIpv4"] == "172.20.9.9"
+    assert v4.peer.local_link_local == "" and v4.peer.neighbor_link_local == ""
+    assert v4.peer.mp_bgp is False and v4.peer.neighbor_ipv4 == "172.20.9.9"
     ula = build_desired(session(ipv6LinkLocal=None, ipv6="fd00:9::9"), SETTINGS)
-    assert "localLinkLocal" not in ula.peer and "mpBgp" not in ula.peer  # backend default: MP-BGP
+    assert ula.peer.local_link_local == "" and ula.peer.mp_bgp is True  # MP-BGP with extended next hop
+    assert ula.peer.extended_nexthop is True
     both = build_desired(
         session(ipv6LinkLocal=None, ipv6="fd00:9::9", ipv4="172.20.9.9", extensions=["mp-bgp"]), SETTINGS
     )
-    assert both.peer["mpBgp"] is True and both.peer["localIpv4"] == "172.20.0.1"
+    assert both.peer.mp_bgp is True and both.peer.local_ipv4 == "172.20.0.1"
 
 
 @pytest.mark.parametrize(
@@ -118,7 +124,7 @@ def test_psk() -> None:
 
 
 def test_latency_override() -> None:
-    assert build_desired(session(), SETTINGS, latency=2).peer["latency"] == 2
+    assert build_desired(session(), SETTINGS, latency=2).peer.latency == 2
 
 
 def test_derive_link_local() -> None:
@@ -130,11 +136,57 @@ def test_derive_link_local() -> None:
 
 def test_from_config() -> None:
     cfg = AgentConfig(
-        node=NodeConfig(name="n1", loopback_ipv4="172.20.0.1/32", loopback_ipv6="fd00:4242:7777:302:1::1"),
-        wireguard=WireguardConfig(private_key_path="/k", persistent_keepalive_interval=15),
+        node=NodeConfig(name="n1", loopback_ipv4="172.20.0.1/32", loopback_ipv6="fd00:4242:7777:302:1::1")
     )
-    s = NodeSettings.from_config(cfg)
+    section = SessionsConfig(private_key_path="/k", persistent_keepalive_interval=15, psk_dir="/psk")
+    s = NodeSettings.from_config(cfg, section)
+    assert (s.private_key_file, s.keepalive, s.loopback_ipv4, s.psk_dir) == ("/k", 15, "172.20.0.1", "/psk")
+    assert s.link_local == "fe80::998:302:1:1"
+    cfg2 = AgentConfig()
+    assert (
+        NodeSettings.from_config(cfg2, SessionsConfig(dn42_ipv6_link_local="fe80::42")).link_local
+        == "fe80::42"
+    )
+
+
+def test_from_config_reads_the_go_agent_keys() -> None:
+    """Without a section, the one in the config: the Go agent's ``wireguard`` keys count."""
+    raw = {
+        "node": {"name": "n1"},
+        "controlPlane": {"source": "file", "file": "/x"},
+        "wireguard": {
+            "privateKeyPath": "/k",
+            "persistentKeepaliveInterval": 15,
+            "dn42Ipv6": "fd00:4242:7777:302:1::1",
+            "dn42Ipv4": "172.20.0.1",
+        },
+    }
+    s = NodeSettings.from_config(build_config(raw, env={})[0])
     assert (s.private_key_file, s.keepalive, s.loopback_ipv4) == ("/k", 15, "172.20.0.1")
     assert s.link_local == "fe80::998:302:1:1"
-    cfg2 = AgentConfig(wireguard=WireguardConfig(dn42_ipv6_link_local="fe80::42"))
-    assert NodeSettings.from_config(cfg2).link_local == "fe80::42"
+
+
+def test_public_key_published_at_start(tmp_path) -> None:
+    """``sessions.publicKeyPath``: the key is made when missing and its public half written."""
+    import types
+
+    import moenet_sessions
+    from loguru import logger
+
+    key, pub = tmp_path / "wg" / "private.key", tmp_path / "wg" / "public.key"
+
+    class Tunnel:
+        def public_key(self, path: str) -> str:
+            return "PUB:" + open(path).read().strip()[:4]
+
+    ctx = types.SimpleNamespace(
+        section=SessionsConfig(private_key_path=str(key), public_key_path=str(pub)),
+        log=logger,
+        backend=lambda kind, iface: Tunnel(),
+    )
+    moenet_sessions.moenet_startup(ctx=ctx)
+    assert (key.stat().st_mode & 0o777) == 0o600
+    assert pub.read_text() == f"PUB:{key.read_text()[:4]}\n"
+    ctx.section = SessionsConfig(private_key_path=str(tmp_path / "other"))  # no publicKeyPath: nothing
+    moenet_sessions.moenet_startup(ctx=ctx)
+    assert not (tmp_path / "other").exists()

@@ -64,7 +64,7 @@ from pathlib import Path
 import attrs
 from loguru import logger
 
-from moenet_core.backends import ApplyResult
+from moenet_core import ApplyResult
 
 from .client import BirdClient
 from .names import BirdConfigError as RenderError

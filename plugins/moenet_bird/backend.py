@@ -1,64 +1,74 @@
-"""The ``routing`` backend ``bird``: every owner's intent, one policy, one coalesced apply.
+"""The ``routing`` backend ``bird``: every owner's intents, one policy, one coalesced apply.
 
-Other plugins never write BIRD files; they ``declare(owner, fragments)`` and this
-backend renders the whole tree (:func:`~moenet_bird.render.render_tree`) from the
-CP policy plus every owner's fragments plus the maintenance flag, and hands it to
-:class:`~moenet_bird.apply.TreeApplier`.
+Other plugins never write BIRD files; they ``declare(owner, {key: intent})`` and
+this backend renders the whole tree (:func:`~moenet_bird.render.render_tree`)
+from the CP policy plus every owner's intents plus the maintenance flag, and
+hands it to :class:`~moenet_bird.apply.TreeApplier`.
 
-Fragment payload schemas (plain JSON-able mappings, camelCase keys as in the CP
-and config; unknown keys are ignored with a warning in ``/status``):
+Fragments are the core's typed routing intents (:mod:`moenet_core.intents`),
+dispatched by type, never by the owner's name: any owner (the built-in
+``sessions``, ``ibgp`` and ``mesh`` plugins, or a third-party one) may declare
+any kind, and the tree holds every owner's eBGP peers, iBGP neighbours and Babel
+interfaces. An owner's declare replaces all of its previous fragments; the key
+is the owner's stable name for the object.
 
-``declare("sessions", {uuid: payload})``
-    One eBGP session per fragment; ``payload`` holds the
-    :class:`~moenet_bird.policy.EbgpPeer` fields: ``asn`` (int), ``latency``
-    (DN42 tier 1-9), ``bandwidth`` (21-29), ``crypto`` (31-34, default 33),
-    ``name``, ``description``, ``interface``, ``neighborLinkLocal``,
-    ``neighborIpv6``, ``neighborIpv4``, ``localLinkLocal``, ``localIpv6``,
-    ``localIpv4``, ``mpBgp`` (default true), ``extendedNexthop`` (default true),
-    ``importLimit``, ``exportLimit``, ``disabled``. ``uuid`` may be omitted (the
-    key is used); if given it must equal the key.
-``declare("ibgp", {"options": payload, key: neighbour, ...})``
-    ``options`` (optional) is :class:`~moenet_bird.policy.IbgpOptions`:
-    ``enabled`` (default true; false renders no iBGP session) and
-    ``routeReflector`` (this node's role, informational: shown in the files).
-    Every other key is one iBGP neighbour (:class:`~moenet_bird.policy.IbgpNeighbor`;
-    the key is the owner's choice, the ibgp plugin uses the node id): ``nodeId``
-    (1-4294967295), ``nodeName`` (a node name), ``loopbackIpv4`` /
-    ``loopbackIpv6`` (at least one; unicast, not link-local; the session runs
-    between the IPv6 loopbacks when the neighbour has one), ``isRr`` (the
-    neighbour is a route reflector; informational) and ``rrClient`` (render
-    ``rr client`` and ``rr cluster id``: this node reflects for it). The owner
-    decides the topology; the backend renders exactly the declared sessions,
-    except one to this node itself (the policy's ``node.id``). Two neighbours with
-    one ``nodeId`` or ``nodeName`` are refused (the later key). The policy's
-    ``ibgpPeers`` are parsed but never rendered.
-``declare("mesh", {label: payload})``
-    One Babel interface per fragment (:class:`~moenet_bird.policy.BabelInterface`):
-    ``pattern`` (interface name, may end in ``*``), ``type`` (tunnel / wired /
-    wireless), ``rxcost``, ``rttCost``, ``rttMinMs``, ``rttMaxMs``, ``helloIntervalS``.
+:class:`~moenet_core.intents.EbgpPeerIntent`
+    One eBGP peer: ``peers/dn42_<asn>_<hash>.conf`` with one MP-BGP protocol, or
+    ``_v4`` / ``_v6`` ones. ``<hash>`` is of the key in its canonical spelling
+    when the key is a UUID (the sessions plugin keys by session uuid, so its
+    names do not depend on who declares them), else of ``<owner>/<key>``
+    (:func:`~moenet_bird.policy.peer_id`). BIRD's own rules come on top of the
+    intent's: no reserved ASN (``asn`` 64496-64511, 23456, ...), a link-local
+    neighbour needs ``interface``, ``localLinkLocal`` only with
+    ``neighborLinkLocal``, ``mpBgp`` needs an IPv6 neighbour, and IPv4 over an
+    IPv6 session needs ``extendedNexthop`` or ``localIpv4``.
+:class:`~moenet_core.intents.IbgpNeighborIntent`
+    One iBGP session between the loopbacks (the IPv6 ones when the neighbour has
+    one): ``ibgp/ibgp_<name>_<node id>.conf``; ``rrClient`` renders ``rr client``
+    and ``rr cluster id``. The owner decides the topology; the backend renders
+    exactly the declared sessions, except one to this node itself (the policy's
+    ``node.id``). The policy's ``ibgpPeers`` are parsed but never rendered.
+:class:`~moenet_core.intents.IbgpOptionsIntent`
+    ``enabled=False`` renders no iBGP session at all; ``routeReflector`` is this
+    node's role (shown in the files and ``/status``). At most one, whoever
+    declares it; without one iBGP is enabled and the role follows from the
+    neighbours (route reflector when any is an ``rrClient``).
+:class:`~moenet_core.intents.BabelInterfaceIntent`
+    One interface (or ``prefix*`` pattern) of the Babel IGP ``moenet_igp``.
 
-An invalid fragment lands in ``ApplyResult.rejected[key]`` with the reason and is
-left out; the owner's other fragments still apply. An owner's declare replaces
-all of its previous fragments. The same holds for a session or iBGP neighbour
-that passes validation but that BIRD rejects: when BIRD's check names its own
-file (``peers/<symbol>.conf``, ``ibgp/<symbol>.conf``), that fragment is dropped,
-reported in ``rejected[key]`` with BIRD's message, and the apply is retried once
-without it, so everything else still goes live. It is tried again on every
-apply (the next one may be after a template fix), at the cost of one extra check.
+A fragment this backend cannot run lands in ``ApplyResult.rejected[key]`` (and
+``/status``) with the reason and is left out; the owner's other fragments still
+apply. Rejected are: anything that is not one of these four intents, a key that
+is not a short printable string, a value BIRD's rules refuse (each reason names
+``<owner>[<key>].<field>``), and a clash with a fragment declared earlier, by
+this owner or another: one protocol name or session id for two eBGP peers, one
+node id or name for two iBGP neighbours, one Babel pattern twice, a second
+``IbgpOptionsIntent``. The earlier fragment keeps its place for as long as its
+owner keeps declaring it (a changed value does not make it later). The same
+holds for an eBGP peer or iBGP neighbour that passes validation but that BIRD
+rejects: when BIRD's check names its own file (``peers/<symbol>.conf``,
+``ibgp/<symbol>.conf``), that fragment is dropped, reported in ``rejected[key]``
+with BIRD's message, and the apply is retried once without it, so everything
+else still goes live. It is tried again on every apply (the next one may be
+after a template fix), at the cost of one extra check.
 
 Applies are coalesced: declares (and policy or maintenance changes) arriving
 while an apply runs, or in the same event-loop turn (plus an optional debounce),
 share one render and one configure, and every caller gets that run's result.
-The last applied policy and fragments are persisted in the plugin state after
-each successful apply, so a restarted agent renders the same tree at once (and,
-with unchanged input, writes nothing and reconfigures nothing) instead of
-deleting every peer file until the owners have declared again.
+The last applied policy and every owner's accepted fragments (as
+:func:`~moenet_core.intents.intent_to_json`) are persisted in the plugin state
+after each successful apply, so a restarted agent renders the same tree at once
+(and, with unchanged input, writes nothing and reconfigures nothing) instead of
+deleting every peer file until the owners have declared again. A state file of
+the previous version (camelCase payloads of the owners ``sessions``, ``ibgp``
+and ``mesh``) is converted on restore.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -67,45 +77,96 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from loguru import logger
 
-from moenet_core import hookimpl
-from moenet_core.backends import ApplyResult, ProtocolState, RoutingBackend
-from moenet_core.config import structure
-from moenet_core.descriptors import MaintenanceEvent
+from moenet_core import ApplyResult, MaintenanceEvent, ProtocolState, RoutingBackend, hookimpl
+from moenet_core.intents import (
+    BabelInterfaceIntent,
+    EbgpPeerIntent,
+    IbgpNeighborIntent,
+    IbgpOptionsIntent,
+    IntentError,
+    RoutingIntent,
+    intent_from_json,
+    intent_from_legacy,
+    intent_to_json,
+)
 
 from .apply import TreeApplier
 from .client import BirdClient
 from .names import BirdConfigError as RenderError
+from .names import text_error
 from .policy import (
-    BabelInterface,
-    BabelOptions,
+    BgpPeer,
     BirdPolicy,
-    EbgpPeer,
-    IbgpNeighbor,
-    IbgpOptions,
+    ibgp_file,
     parse_bird_config,
-    validate_babel,
-    validate_ibgp,
-    validate_peers,
+    peer_id,
+    validate_interface,
+    validate_neighbor,
+    validate_options,
+    validate_peer,
 )
 from .protocol import BirdClientError
-from .render import peer_protocol_names, render_tree
+from .render import ibgp_protocol_name, peer_protocol_names, render_tree
 
 if TYPE_CHECKING:
     from loguru import Logger
     from prometheus_client import Counter, Histogram
 
-    from moenet_core.metrics import PluginMetrics
-    from moenet_core.state import StateStore
+    from moenet_core import PluginMetrics, StateStore
 
-__all__ = ["NO_POLICY", "OWNERS", "STATE_FILE", "BirdRoutingBackend"]
+__all__ = ["INTENT_TYPES", "NO_POLICY", "STATE_FILE", "BirdRoutingBackend"]
 
-OWNERS = ("sessions", "ibgp", "mesh")
+#: The intents this backend runs; anything else is rejected.
+INTENT_TYPES: tuple[type[RoutingIntent], ...] = (
+    EbgpPeerIntent,
+    IbgpNeighborIntent,
+    IbgpOptionsIntent,
+    BabelInterfaceIntent,
+)
 NO_POLICY = "no BIRD policy from the control plane yet"
 #: How long a declare on a fresh node waits for the first policy (seconds).
 POLICY_WAIT = 30.0
 STATE_FILE = "applied.json"
+#: ``applied.json``'s version. Version 0 (no ``"version"``: fragments as the owners'
+#: camelCase payloads) has the same fields and is converted by :func:`restore_fragments`.
+STATE_VERSION = 2
+#: Longest owner name or fragment key (they show in /status and logs).
+KEY_MAX = 128
+#: The kind of each fragment the previous version persisted, per owner (see :meth:`_restore`).
+_LEGACY_OWNERS = ("sessions", "ibgp", "mesh")
 
 _BASE_PROTOCOLS = frozenset({"moenet_igp", "moenet_lo", "kernel4", "kernel6", "own4", "own6"})
+
+Slot = tuple[str, str]
+"""(owner, key) of one fragment."""
+
+
+@attrs.define
+class _Merged:
+    """Every owner's accepted fragments, free of clashes: what is rendered."""
+
+    peers: dict[Slot, BgpPeer] = attrs.Factory(dict)
+    neighbors: dict[Slot, IbgpNeighborIntent] = attrs.Factory(dict)
+    babel: dict[Slot, BabelInterfaceIntent] = attrs.Factory(dict)
+    options: dict[Slot, IbgpOptionsIntent] = attrs.Factory(dict)
+    rejected: dict[str, dict[str, str]] = attrs.Factory(dict)
+    """Per owner, key -> why (invalid, or a clash with an earlier fragment)."""
+
+    @property
+    def ibgp(self) -> IbgpOptionsIntent:
+        return next(iter(self.options.values()), IbgpOptionsIntent())
+
+    def accepted(self, owner: str) -> dict[str, RoutingIntent]:
+        out: dict[str, RoutingIntent] = {}
+        for group in (self.peers, self.neighbors, self.babel, self.options):
+            for (o, k), v in group.items():
+                if o == owner:
+                    out[k] = v.intent if isinstance(v, BgpPeer) else v
+        return out
+
+    def count(self, owner: str) -> int:
+        """The owner's accepted eBGP peers, iBGP neighbours and Babel interfaces."""
+        return sum(o == owner for group in (self.peers, self.neighbors, self.babel) for o, _ in group)
 
 
 @attrs.define
@@ -147,13 +208,13 @@ class BirdRoutingBackend(RoutingBackend):
 
         self._policy: _Candidate | None = None
         self._candidate: _Candidate | None = None
-        self._raw: dict[str, dict[str, Any]] = {o: {} for o in OWNERS}
-        self._peers: dict[str, EbgpPeer] = {}
-        self._ibgp = IbgpOptions()
-        self._neighbors: dict[str, IbgpNeighbor] = {}
-        self._babel: dict[str, BabelInterface] = {}
-        self._warnings: dict[str, list[str]] = {o: [] for o in OWNERS}
-        self._rejected: dict[str, dict[str, str]] = {o: {} for o in OWNERS}
+        self._declared: dict[str, dict[str, RoutingIntent]] = {}
+        """Per owner, its last declare as given (rejected fragments included)."""
+        self._since: dict[Slot, int] = {}
+        """When each fragment was first declared: of two that clash, the earlier wins."""
+        self._seq = itertools.count(1)
+        self._merged = _Merged()
+        self._warnings: dict[str, list[str]] = {}
         self._bird_rejected: dict[str, dict[str, str]] = {}
         """Per owner, fragments left out of the last apply because BIRD rejected their file."""
 
@@ -222,13 +283,13 @@ class BirdRoutingBackend(RoutingBackend):
         self._policy_known.set()
         return await self._request()
 
-    async def declare(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> ApplyResult:
-        if owner not in OWNERS:
+    async def declare(self, owner: str, fragments: Mapping[str, RoutingIntent]) -> ApplyResult:
+        if why := _name_error(owner):
             return ApplyResult(
                 ok=False,
                 changed=False,
-                error=f"unknown owner {owner!r} (the bird backend takes {', '.join(OWNERS)})",
-                rejected={k: "unknown owner" for k in fragments},
+                error=f"invalid owner name {str(owner)[:40]!r}: {why}",
+                rejected={str(k): f"invalid owner name: {why}" for k in fragments},
             )
         rejected = self._accept(owner, fragments)
         if not await self._await_policy():
@@ -255,70 +316,58 @@ class BirdRoutingBackend(RoutingBackend):
                 await asyncio.wait_for(self._policy_known.wait(), self.policy_wait)
         return self._policy is not None or self._candidate is not None
 
-    def _accept(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
-        """Validate and store ``owner``'s fragments; returns key -> reason for the rejected."""
-        rejected: dict[str, str] = {}
-        warnings: list[str] = []
-        raw: dict[str, Any] = {}
-        if owner == "sessions":
-            peers: dict[str, EbgpPeer] = {}
-            symbols: dict[str, str] = {}
-            for key, payload in sorted(fragments.items()):
-                peer, why = _session(key, payload, warnings)
-                if peer is not None and peer.symbol in symbols:
-                    why = f"protocol name {peer.symbol} clashes with session {symbols[peer.symbol]}"
-                if peer is None or why:
-                    rejected[key] = why or "invalid"
-                    continue
-                symbols[peer.symbol] = key
-                peers[key] = peer
-                raw[key] = dict(payload)
-            self._peers = peers
-        elif owner == "ibgp":
-            opts = IbgpOptions()
-            neighbors: dict[str, IbgpNeighbor] = {}
-            for key, payload in sorted(fragments.items()):
-                if key == "options":
-                    obj, errs = structure(IbgpOptions, _plain(payload), "ibgp.options", warnings)
-                    if obj is None:
-                        rejected[key] = "; ".join(errs)
-                        continue
-                    opts = obj
-                    raw[key] = dict(payload)
-                    continue
-                neighbor, why = _neighbor(key, payload, list(neighbors.values()), warnings)
-                if neighbor is None:
-                    rejected[key] = why
-                    continue
-                neighbors[key] = neighbor
-                raw[key] = dict(payload)
-            self._ibgp = opts
-            self._neighbors = neighbors
-        else:
-            babel: dict[str, BabelInterface] = {}
-            patterns: dict[str, str] = {}
-            for key, payload in sorted(fragments.items()):
-                iface, errs = structure(BabelInterface, _plain(payload), f"mesh[{key}]", warnings)
-                if iface is not None:
-                    errs = [
-                        e.replace("babel.interfaces[0]", f"mesh[{key}]")
-                        for e in validate_babel(BabelOptions(interfaces=[iface]))
-                    ]
-                    if not errs and iface.pattern in patterns:
-                        errs = [f"mesh[{key}].pattern: duplicate of fragment {patterns[iface.pattern]}"]
-                if iface is None or errs:
-                    rejected[key] = "; ".join(errs) or "invalid"
-                    continue
-                patterns[iface.pattern] = key
-                babel[key] = iface
-                raw[key] = dict(payload)
-            self._babel = babel
-        self._raw[owner] = raw
-        self._warnings[owner] = warnings
-        self._rejected[owner] = rejected
+    def _accept(self, owner: str, fragments: Mapping[str, RoutingIntent]) -> dict[str, str]:
+        """Store ``owner``'s fragments and merge every owner's; returns key -> reason
+        for the owner's rejected ones."""
+        fragments = dict(fragments)
+        since: dict[Slot, int] = {}
+        for key in sorted(fragments, key=str):
+            first = self._since.get((owner, key))
+            since[(owner, key)] = first if first is not None else next(self._seq)
+        self._since = {slot: n for slot, n in self._since.items() if slot[0] != owner} | since
+        self._declared[owner] = fragments
+        self._warnings.pop(owner, None)
+        self._merged = self._merge()
+        rejected = dict(self._merged.rejected.get(owner, {}))
         for key, why in rejected.items():
             self.log.warning("{} fragment {} rejected: {}", owner, key, why)
         return rejected
+
+    def _merge(self) -> _Merged:
+        """Every owner's fragments, each checked alone and then against those
+        declared before it (see the module doc)."""
+        merged = _Merged(rejected={owner: {} for owner in self._declared})
+        taken: dict[str, tuple[str, str]] = {}
+        """A name only one fragment may have -> (who has it, what it is)."""
+        order = sorted(
+            (self._since.get((owner, key), 0), owner, key)
+            for owner, fragments in self._declared.items()
+            for key in fragments
+        )
+        for _, owner, key in order:
+            intent = self._declared[owner][key]
+            where = f"{owner}[{key}]"
+            problems = _problems(owner, key, intent, where)
+            if not problems:
+                for claim, _what, clash in _claims(owner, key, intent, where):
+                    if claim in taken:
+                        holder, theirs = taken[claim]
+                        problems = [clash.format(holder=holder, theirs=theirs)]
+                        break
+                else:
+                    for claim, what, _ in _claims(owner, key, intent, where):
+                        taken[claim] = (where, what)
+            if problems:
+                merged.rejected[owner][str(key)] = "; ".join(problems)
+            elif isinstance(intent, EbgpPeerIntent):
+                merged.peers[(owner, key)] = BgpPeer(peer_id(owner, key), intent)
+            elif isinstance(intent, IbgpNeighborIntent):
+                merged.neighbors[(owner, key)] = intent
+            elif isinstance(intent, BabelInterfaceIntent):
+                merged.babel[(owner, key)] = intent
+            elif isinstance(intent, IbgpOptionsIntent):
+                merged.options[(owner, key)] = intent
+        return merged
 
     # -------------------------------------------------------------- applying
 
@@ -348,21 +397,22 @@ class BirdRoutingBackend(RoutingBackend):
         used = self._candidate or self._policy
         if used is None:
             return ApplyResult(ok=False, changed=False, error=NO_POLICY)
-        peers = dict(self._peers)
-        ibgp = attrs.evolve(self._ibgp)
-        neighbors = dict(self._neighbors)
-        babel = BabelOptions(interfaces=list(self._babel.values()))
+        merged = self._merged
+        peers = dict(merged.peers)
+        neighbors = dict(merged.neighbors)
+        ibgp = merged.ibgp
+        babel = [merged.babel[slot] for slot in sorted(merged.babel)]
         maintenance = self.maintenance
         policy = used.policy
 
         def render(
-            sessions: dict[str, EbgpPeer], ibgp_peers: dict[str, IbgpNeighbor]
+            ebgp: Mapping[Slot, BgpPeer], ibgp_peers: Mapping[Slot, IbgpNeighborIntent]
         ) -> Callable[[], dict[str, str]]:
             return lambda: render_tree(
                 policy,
-                list(sessions.values()),
+                [ebgp[slot] for slot in sorted(ebgp)],
                 ibgp=ibgp,
-                ibgp_peers=list(ibgp_peers.values()),
+                ibgp_peers=[ibgp_peers[slot] for slot in sorted(ibgp_peers)],
                 babel=babel,
                 maintenance=maintenance,
                 template_dir=self.template_dir,
@@ -375,19 +425,16 @@ class BirdRoutingBackend(RoutingBackend):
         named = self._rejected_fragment(peers, neighbors)
         if named is not None and self.applier.last_rejection is not None:
             # BIRD named one fragment's own file: drop that fragment, retry once without it.
-            owner, key = named
+            (owner, key), what = named
             first = result
             bird_rejected[owner] = {key: self.applier.last_rejection.error}
             self.log.warning("{} fragment {} rejected by BIRD, applying without it", owner, key)
-            if owner == "sessions":
-                peers = {k: v for k, v in peers.items() if k != key}
-            else:
-                neighbors = {k: v for k, v in neighbors.items() if k != key}
+            peers.pop((owner, key), None)
+            neighbors.pop((owner, key), None)
             result = await self.applier.apply(render(peers, neighbors))
             if not result.ok:
                 # Not (only) that fragment's fault, e.g. a broken shared template: BIRD's first
                 # complaint is the one to read, the retry's follows it.
-                what = "session" if owner == "sessions" else "iBGP neighbour"
                 result = attrs.evolve(result, error=f"{first.error}; without {what} {key}: {result.error}")
             result = attrs.evolve(result, rejected={**result.rejected, **bird_rejected[owner]})
         self._bird_rejected = bird_rejected
@@ -411,19 +458,19 @@ class BirdRoutingBackend(RoutingBackend):
         return result
 
     def _rejected_fragment(
-        self, peers: Mapping[str, EbgpPeer], neighbors: Mapping[str, IbgpNeighbor]
-    ) -> tuple[str, str] | None:
-        """(owner, key) of the session or iBGP neighbour whose file BIRD's last
-        rejection names, if any."""
+        self, peers: Mapping[Slot, BgpPeer], neighbors: Mapping[Slot, IbgpNeighborIntent]
+    ) -> tuple[Slot, str] | None:
+        """(owner, key) and kind of the eBGP peer or iBGP neighbour whose file
+        BIRD's last rejection names, if any."""
         rejection = self.applier.last_rejection
         if rejection is None or rejection.file is None:
             return None
-        for k, p in peers.items():
+        for slot, p in peers.items():
             if p.file_name == rejection.file:
-                return "sessions", k
-        for k, n in neighbors.items():
-            if n.file_name == rejection.file:
-                return "ibgp", k
+                return slot, "eBGP peer"
+        for slot, n in neighbors.items():
+            if ibgp_file(n) == rejection.file:
+                return slot, "iBGP neighbour"
         return None
 
     # ----------------------------------------------------------- persistence
@@ -431,27 +478,36 @@ class BirdRoutingBackend(RoutingBackend):
     def _persist(self) -> None:
         if self.state is None or self._policy is None or self._policy.raw is None:
             return
+        fragments = {
+            owner: {
+                key: intent_to_json(intent) for key, intent in sorted(self._merged.accepted(owner).items())
+            }
+            for owner in sorted(self._declared)
+        }
         doc = {
             "configHash": self._policy.config_hash,
             "policy": self._policy.raw,
-            "fragments": self._raw,
+            "fragments": fragments,
         }
         try:
-            doc = json.loads(json.dumps(doc))  # a snapshot: self._raw keeps changing
+            doc = json.loads(json.dumps(doc))  # a snapshot, and proof it is JSON
         except (TypeError, ValueError) as exc:
             self.log.warning("cannot persist the applied BIRD input: {}", exc)
             return
         if doc == self._persisted:
             return
-        self.state.write_json(STATE_FILE, doc)
+        self.state.save_document(STATE_FILE, doc, version=STATE_VERSION)
         self._persisted = doc
 
     def _restore(self) -> None:
-        """Load the last applied policy and fragments (a bad file is ignored, not fatal)."""
+        """Load the last applied policy and fragments (a bad file is ignored, not
+        fatal; a bad fragment is skipped with a warning in ``/status``)."""
         if self.state is None:
             return
         try:
-            doc = self.state.read_json(STATE_FILE)
+            doc = self.state.load_document(
+                STATE_FILE, version=STATE_VERSION, migrate=lambda _version, fields: fields
+            )
         except Exception as exc:
             self.log.warning("ignoring the saved BIRD state: {}", exc)
             return
@@ -466,9 +522,14 @@ class BirdRoutingBackend(RoutingBackend):
         self._policy_known.set()
         fragments = doc.get("fragments")
         if isinstance(fragments, dict):
-            for owner in OWNERS:
-                if isinstance(fragments.get(owner), dict):
-                    self._accept(owner, fragments[owner])
+            for owner, payloads in sorted(fragments.items()):
+                if not isinstance(payloads, dict) or _name_error(owner):
+                    continue
+                intents, warnings = restore_fragments(owner, payloads)
+                self._accept(owner, intents)
+                self._warnings[owner] = warnings
+                for w in warnings:
+                    self.log.warning("saved BIRD state: {}", w)
         self._persisted = doc
         self.log.info("restored the last applied BIRD policy (hash {})", self._policy.config_hash or "none")
 
@@ -478,24 +539,30 @@ class BirdRoutingBackend(RoutingBackend):
         return await self.client.protocols()
 
     def fragment_protocols(self, owner: str) -> Mapping[str, tuple[str, ...]]:
-        """Protocol names per applied fragment: ``sessions`` keys to their BGP
-        protocols, ``ibgp`` neighbour keys to their one iBGP protocol (fragments
-        BIRD rejected left out; no ``ibgp`` entries while iBGP is disabled or
-        before a policy says who this node is)."""
+        """Protocol names per applied fragment of ``owner``: an eBGP peer's key to
+        its BGP protocols, an iBGP neighbour's key to its one protocol (fragments
+        rejected or left out by BIRD are absent; so are iBGP neighbours while iBGP
+        is disabled, before a policy says who this node is, and this node itself)."""
         skip = self._bird_rejected.get(owner, {})
-        if owner == "sessions":
-            return {k: peer_protocol_names(p) for k, p in self._peers.items() if k not in skip}
-        if owner == "ibgp" and self._policy is not None and self._ibgp.enabled:
+        merged = self._merged
+        out = {
+            k: peer_protocol_names(p) for (o, k), p in merged.peers.items() if o == owner and k not in skip
+        }
+        if self._policy is not None and merged.ibgp.enabled:
             own = self._policy.policy.node.id  # never rendered: see render.ibgp_sessions
-            return {k: (n.symbol,) for k, n in self._neighbors.items() if n.node_id != own and k not in skip}
-        return {}
+            out.update(
+                (k, (ibgp_protocol_name(n),))
+                for (o, k), n in merged.neighbors.items()
+                if o == owner and n.node_id != own and k not in skip
+            )
+        return out
 
     def agent_protocols(self) -> set[str]:
         """Protocol names the agent's tree defines (the ones it may restart)."""
         names = set(_BASE_PROTOCOLS)
-        for p in self._peers.values():
+        for p in self._merged.peers.values():
             names |= {p.symbol, p.symbol + "_v4", p.symbol + "_v6"}
-        names |= {n.symbol for n in self._neighbors.values()}
+        names |= {ibgp_protocol_name(n) for n in self._merged.neighbors.values()}
         if self._policy is not None:
             names |= {s.symbol for s in self._policy.policy.policy.rpki_servers}
         return names
@@ -551,18 +618,14 @@ class BirdRoutingBackend(RoutingBackend):
             "lastApplyError": r.error if r is not None and not r.ok else None,
             "syncError": self.sync_error,
             "pendingConfigure": self.applier.pending_configure,
-            "owners": {
-                "sessions": len(self._peers),
-                "ibgp": len(self._neighbors),
-                "mesh": len(self._babel),
-            },
+            "owners": {o: self._merged.count(o) for o in sorted(self._declared)},
             "ibgp": {
-                "enabled": self._ibgp.enabled,
-                "routeReflector": self._ibgp.route_reflector,
+                "enabled": self._merged.ibgp.enabled,
+                "routeReflector": self._merged.ibgp.route_reflector,
             },
             "rejected": {
                 o: {**r, **self._bird_rejected.get(o, {})}
-                for o, r in self._rejected.items()
+                for o, r in sorted(self._merged.rejected.items())
                 if r or self._bird_rejected.get(o)
             },
             "warnings": {o: list(w) for o, w in self._warnings.items() if w},
@@ -570,47 +633,99 @@ class BirdRoutingBackend(RoutingBackend):
         }
 
 
-def _plain(payload: object) -> Any:
-    """A dict copy of a mapping; anything else as is, for the structurer to refuse."""
-    return dict(payload) if isinstance(payload, Mapping) else payload
+def _name_error(name: object) -> str | None:
+    """Why ``name`` cannot be an owner name or fragment key, or None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    return text_error(name, KEY_MAX)
 
 
-def _neighbor(
-    key: str, payload: Mapping[str, object], accepted: list[IbgpNeighbor], warnings: list[str]
-) -> tuple[IbgpNeighbor | None, str]:
-    """One ``ibgp`` neighbour fragment, checked alone and against the ``accepted``
-    ones (node id and name must be unique), or None and why not."""
-    if not isinstance(payload, Mapping):  # callers pass JSON they did not check
-        return None, "payload must be an object"  # type: ignore[unreachable]
-    neighbor, errs = structure(IbgpNeighbor, dict(payload), f"ibgp[{key}]", warnings)
-    if neighbor is None:
-        return None, "; ".join(errs)
-    problems = [e.replace("ibgp[0]", f"ibgp[{key}]") for e in validate_ibgp([neighbor])]
-    if problems:
-        return None, "; ".join(problems)
-    for other in accepted:
-        if other.node_id == neighbor.node_id:
-            return None, f"ibgp[{key}].nodeId: {neighbor.node_id} is already declared ({other.node_name})"
-        if other.node_name.lower() == neighbor.node_name.lower():
-            return (
-                None,
-                f"ibgp[{key}].nodeName: {neighbor.node_name} is already declared (node {other.node_id})",
+def _problems(owner: str, key: str, intent: RoutingIntent, where: str) -> list[str]:
+    """Why one fragment cannot be rendered on its own (type, key, BIRD's rules)."""
+    if why := _name_error(key):
+        return [f"{owner}[{str(key)[:40]!r}]: the key {why}"]
+    if isinstance(intent, EbgpPeerIntent):
+        return validate_peer(BgpPeer(peer_id(owner, key), intent), where)
+    if isinstance(intent, IbgpNeighborIntent):
+        return validate_neighbor(intent, where)
+    if isinstance(intent, BabelInterfaceIntent):
+        return validate_interface(intent, where)
+    if isinstance(intent, IbgpOptionsIntent):
+        return validate_options(intent, where)
+    kinds = ", ".join(t.__name__ for t in INTENT_TYPES)
+    return [
+        f"{where}: {type(intent).__name__} is not a routing intent the bird backend runs (it takes {kinds})"
+    ]
+
+
+def _claims(owner: str, key: str, intent: RoutingIntent, where: str) -> list[tuple[str, str, str]]:
+    """The names one valid fragment needs for itself: (name, what it is, the
+    reason to give a later fragment wanting it; ``{holder}`` is who has it,
+    ``{theirs}`` what it is there)."""
+    if isinstance(intent, EbgpPeerIntent):
+        peer = BgpPeer(peer_id(owner, key), intent)
+        return [
+            (
+                f"peer {peer.canonical_id}",
+                f"AS{intent.asn}",
+                f"{where}: eBGP peer {peer.canonical_id} is already declared by {{holder}} ({{theirs}})",
+            ),
+            (
+                f"protocol {peer.symbol}",
+                peer.canonical_id,
+                f"{where}: protocol name {peer.symbol} clashes with {{holder}} ({{theirs}})",
+            ),
+        ]
+    if isinstance(intent, IbgpNeighborIntent):
+        return [
+            (
+                f"nodeId {intent.node_id}",
+                intent.node_name,
+                f"{where}.nodeId: {intent.node_id} is already declared ({{theirs}}, by {{holder}})",
+            ),
+            (
+                f"nodeName {intent.node_name.lower()}",
+                f"node {intent.node_id}",
+                f"{where}.nodeName: {intent.node_name} is already declared ({{theirs}}, by {{holder}})",
+            ),
+        ]
+    if isinstance(intent, BabelInterfaceIntent):
+        return [
+            (
+                f"pattern {intent.pattern}",
+                intent.type,
+                f"{where}.pattern: {intent.pattern} is already declared by {{holder}}",
             )
-    return neighbor, ""
+        ]
+    if isinstance(intent, IbgpOptionsIntent):
+        return [("ibgp options", "", f"{where}: iBGP options are already declared by {{holder}}")]
+    return []
 
 
-def _session(key: str, payload: Mapping[str, object], warnings: list[str]) -> tuple[EbgpPeer | None, str]:
-    """One sessions fragment as an :class:`EbgpPeer`, or None and why not."""
-    if not isinstance(payload, Mapping):  # callers pass JSON they did not check
-        return None, "payload must be an object"  # type: ignore[unreachable]
-    data = dict(payload)
-    if "uuid" in data and str(data["uuid"]).lower() != str(key).lower():
-        return None, f"uuid {data['uuid']!r} differs from the fragment key"
-    data["uuid"] = data.get("uuid", key)
-    peer, errs = structure(EbgpPeer, data, f"sessions[{key}]", warnings)
-    if peer is None:
-        return None, "; ".join(errs)
-    problems = [e.replace("peers[0]", f"sessions[{key}]") for e in validate_peers([peer])]
-    if problems:
-        return None, "; ".join(problems)
-    return peer, ""
+def restore_fragments(owner: str, payloads: Mapping[str, Any]) -> tuple[dict[str, RoutingIntent], list[str]]:
+    """One owner's saved fragments as intents, and why any was skipped.
+
+    A payload with ``kind`` is :func:`~moenet_core.intents.intent_to_json`'s form.
+    One without is what the previous version saved for the owners it knew:
+    ``sessions`` (eBGP peers, ``uuid`` included), ``ibgp`` (``options`` the
+    iBGP options, every other key a neighbour) and ``mesh`` (Babel interfaces).
+    """
+    intents: dict[str, RoutingIntent] = {}
+    warnings: list[str] = []
+    for key, payload in sorted(payloads.items()):
+        where = f"{owner}[{key}]"
+        try:
+            if isinstance(payload, Mapping) and "kind" in payload:
+                intents[key] = intent_from_json(dict(payload), where)
+            elif owner in _LEGACY_OWNERS:
+                kind = {
+                    "sessions": EbgpPeerIntent.kind,
+                    "mesh": BabelInterfaceIntent.kind,
+                    "ibgp": IbgpOptionsIntent.kind if key == "options" else IbgpNeighborIntent.kind,
+                }[owner]
+                intents[key] = intent_from_legacy(kind, payload, where, key=key)
+            else:
+                warnings.append(f"{where}: saved without a kind, skipped")
+        except IntentError as exc:
+            warnings.append(f"{where}: skipped: {exc}")
+    return intents, warnings

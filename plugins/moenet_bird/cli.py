@@ -3,11 +3,15 @@
 Operators diff what the agent would write against ``/etc/bird`` before letting
 it loose, or review a CP policy change. The policy comes from ``--policy FILE``
 (the CP's ``bird-config`` answer as JSON) or, by default, from the configured
-control plane (HTTP or the standalone file); eBGP sessions from ``--peers FILE``
-(a JSON list of peer objects, the ``sessions`` fragments of the routing
-backend); iBGP neighbours from ``--ibgp FILE`` (a JSON list of the ``ibgp``
-owner's neighbour objects: ``nodeId``, ``nodeName``, ``loopbackIpv4/6``,
-``isRr``, ``rrClient``; the policy's ``ibgpPeers`` are never rendered).
+control plane (HTTP or the standalone file); eBGP peers from ``--peers FILE``
+(a JSON list of :class:`~moenet_core.intents.EbgpPeerIntent` objects in
+``intent_to_json`` form, ``kind`` optional, each with the ``uuid`` the backend
+would know it by, a session uuid or any fragment key, and optionally its
+``owner``, default ``sessions``: the protocol name derives from them as in the
+routing backend); iBGP neighbours from ``--ibgp FILE`` (a JSON list of
+:class:`~moenet_core.intents.IbgpNeighborIntent` objects: ``nodeId``,
+``nodeName``, ``loopbackIpv4/6``, ``isRr``, ``rrClient``; the policy's
+``ibgpPeers`` are never rendered).
 Nothing is sent to BIRD and nothing outside ``DIR`` is written. The files'
 includes are relative, so the tree means the same in ``DIR`` as in
 ``/etc/bird``; ``--no-bird-conf`` renders what the agent writes next to an
@@ -17,23 +21,23 @@ operator's own ``bird.conf``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from moenet_core.config import structure
-from moenet_core.errors import ConfigError, ControlPlaneError
+from moenet_core import CommandContext, ConfigError, ControlPlaneError
+from moenet_core.intents import EbgpPeerIntent, IbgpNeighborIntent, IntentError, intent_from_json
 
-from .policy import BirdPolicy, EbgpPeer, IbgpNeighbor, parse_bird_config, validate_ibgp, validate_peers
+from .config import section_of
+from .policy import BgpPeer, BirdPolicy, parse_bird_config, peer_id, validate_ibgp, validate_peers
 from .render import render_tree
 
 if TYPE_CHECKING:
-    from moenet_core.cli import CommandRegistrar
-    from moenet_core.config import AgentConfig
+    from moenet_core import AgentConfig, CommandRegistrar
 
+PLUGIN = "bird"
 EXIT_INVALID = 1
 EXIT_UNREACHABLE = 3
 
@@ -67,37 +71,40 @@ def _read_json(path: str, what: str) -> Any:
         raise ConfigError([f"{what}: {path} is not valid JSON: {exc}"]) from exc
 
 
-async def _fetch_policy(config: AgentConfig) -> Any:
-    from moenet_core.agent import make_control_plane
-    from moenet_core.clock import SystemClock
-    from moenet_core.metrics import AgentMetrics
-    from moenet_core.state import StateStore
-
-    cp = make_control_plane(
-        config, clock=SystemClock(), metrics=AgentMetrics(), state=StateStore(config.state.directory)
-    )
-    try:
-        return await cp.fetch("bird-config")
-    finally:
-        await cp.aclose()
-
-
 T = TypeVar("T")
 
 
 def _load_list(
-    data: Any, cls: type[T], name: str, what: str, validate: Callable[[list[T]], list[str]]
+    data: Any,
+    kind: str,
+    name: str,
+    what: str,
+    make: Callable[[dict[str, Any], Any, str], T],
+    validate: Callable[[list[T]], list[str]],
 ) -> list[T]:
-    """``cls`` objects from a JSON list (camelCase keys), every problem with its path."""
+    """Intents of ``kind`` from a JSON list (``intent_to_json``'s form, ``kind``
+    optional), each turned into what the renderer takes by ``make(extra keys,
+    intent, path)``; every problem with its path."""
     if not isinstance(data, list):
         raise ConfigError([f"{name}: expected a JSON list of {what} objects"])
     items: list[T] = []
     problems: list[str] = []
     for i, item in enumerate(data):
-        obj, errs = structure(cls, item, f"{name}[{i}]", [])
-        problems.extend(errs)
-        if obj is not None:
-            items.append(obj)
+        path = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{path}: expected an object")
+            continue
+        if item.get("kind", kind) != kind:
+            problems.append(f"{path}.kind: must be {kind!r} (got {item['kind']!r})")
+            continue
+        extra = {k: item[k] for k in ("uuid", "owner") if k in item}
+        try:
+            intent = intent_from_json(
+                {k: v for k, v in item.items() if k not in extra} | {"kind": kind}, path
+            )
+            items.append(make(extra, intent, path))
+        except (IntentError, ValueError) as exc:
+            problems.append(str(exc))
     if not problems:
         problems = validate(items)
     if problems:
@@ -105,24 +112,44 @@ def _load_list(
     return items
 
 
-def load_peers(data: Any) -> list[EbgpPeer]:
+def _peer(extra: dict[str, Any], intent: Any, path: str) -> BgpPeer:
+    key, owner = extra.get("uuid"), extra.get("owner", "sessions")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{path}.uuid: required: the session uuid or fragment key the peer is known by")
+    if not isinstance(owner, str) or not owner:
+        raise ValueError(f"{path}.owner: must be a plugin name")
+    return BgpPeer(peer_id(owner, key), intent)
+
+
+def _neighbour(extra: dict[str, Any], intent: Any, path: str) -> IbgpNeighborIntent:
+    if extra:
+        raise ValueError(f"{path}: {', '.join(sorted(extra))}: not a field of an iBGP neighbour")
+    return intent  # type: ignore[no-any-return]
+
+
+def load_peers(data: Any) -> list[BgpPeer]:
     """eBGP peers from JSON, every problem with its path."""
-    return _load_list(data, EbgpPeer, "peers", "peer", validate_peers)
+    return _load_list(data, EbgpPeerIntent.kind, "peers", "peer", _peer, validate_peers)
 
 
-def load_ibgp(data: Any) -> list[IbgpNeighbor]:
+def load_ibgp(data: Any) -> list[IbgpNeighborIntent]:
     """iBGP neighbours from JSON, every problem with its path."""
-    return _load_list(data, IbgpNeighbor, "ibgp", "neighbour", validate_ibgp)
+    return _load_list(data, IbgpNeighborIntent.kind, "ibgp", "neighbour", _neighbour, validate_ibgp)
 
 
-def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
+def render_command(args: argparse.Namespace, cmd: CommandContext | AgentConfig | None) -> int:
+    """The ``render`` command. The CLI passes a :class:`CommandContext`; scripts
+    and tests may pass just the config (or None)."""
+    if not isinstance(cmd, CommandContext):
+        cmd = CommandContext(cmd, plugin=PLUGIN)
+    config = cmd.config
     try:
         if args.policy:
             data = _read_json(args.policy, "--policy")
         elif config is None:
             raise ConfigError(["no config file found: pass -c FILE, or --policy FILE"])
         else:
-            data = asyncio.run(_fetch_policy(config))
+            data = cmd.run(cmd.cp.fetch("bird-config"))
         policy: BirdPolicy
         policy, warnings = parse_bird_config(data)
         peers = load_peers(_read_json(args.peers, "--peers")) if args.peers else []
@@ -135,7 +162,7 @@ def render_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
         return EXIT_UNREACHABLE
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    template_dir = (config.bird.template_dir or None) if config else None
+    template_dir = (section_of(config).template_dir or None) if config else None
     tree = render_tree(
         policy,
         peers,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from moenet_core.errors import ConfigError
+from moenet_core import ConfigError
 
 #: BIRD 3.2 keywords a generator could plausibly reach for (bird3.md §1.6). A
 #: symbol spelled like one is an error in 3.2 and a warning in 3.3.

@@ -1,4 +1,4 @@
-"""Validated input models for rendering: the CP's bird-config answer and peer intent.
+"""Validated input models for rendering: the CP's bird-config answer, and BIRD's rules for the intents.
 
 The Go agent rendered whatever the CP sent (an empty ``asPathMaxLen`` rejected
 every route, an empty region broke the file). Here every field is checked before
@@ -13,12 +13,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from moenet_core.config import camel, check, structure
+from moenet_core.intents import BabelInterfaceIntent, EbgpPeerIntent, IbgpNeighborIntent, IbgpOptionsIntent
 
 from . import communities as C
 from .names import (
@@ -134,14 +135,6 @@ def _host(v: str) -> str | None:
     except ValueError:
         pass
     return None if HOSTNAME_RE.match(v) else f"must be an IP address or a DNS name (got {v[:40]!r})"
-
-
-def _uuid(v: str) -> str | None:
-    try:
-        uuidlib.UUID(v)
-    except ValueError:
-        return f"must be a UUID (got {v[:40]!r})"
-    return None
 
 
 def _symbolic(
@@ -338,8 +331,8 @@ class IbgpPeer:
     """Another node of ours, as the CP's bird-config ``ibgpPeers`` lists it.
 
     Parsed for compatibility only (an old CP answer still validates); the iBGP
-    sessions are rendered from the ``ibgp`` owner's fragments
-    (:class:`IbgpNeighbor`), never from the policy.
+    sessions are rendered from the declared :class:`~moenet_core.intents.IbgpNeighborIntent`
+    fragments, never from the policy.
     """
 
     node_id: int = attrs.field(metadata=check(_range(1, 4294967295)))
@@ -350,24 +343,7 @@ class IbgpPeer:
 
     @property
     def symbol(self) -> str:
-        """``ibgp_<name>_<node id>``: the node id keeps two names that sanitise alike apart."""
-        return f"ibgp_{sanitise_symbol_part(self.node_name)[:40]}_{self.node_id}"
-
-    @property
-    def file_name(self) -> str:
-        """``ibgp/<symbol>.conf``: never the placeholder's name, whatever the node is called."""
-        return f"ibgp/{self.symbol}.conf"
-
-
-@attrs.define(kw_only=True)
-class IbgpNeighbor(IbgpPeer):
-    """One iBGP session as the ``ibgp`` owner declares it: a peer plus its role.
-
-    ``rr_client``: this node reflects routes for that neighbour (``rr client`` and
-    ``rr cluster id``); the owner decides the topology, the backend only renders it.
-    """
-
-    rr_client: bool = False
+        return ibgp_symbol(self.node_name, self.node_id)
 
 
 @attrs.define(kw_only=True)
@@ -383,94 +359,54 @@ class BirdPolicy:
     ibgp_peers: list[IbgpPeer] = attrs.field(factory=list)
 
 
-# ----------------------------------------------------------------- peer intent
+# ----------------------------------------------------------------- intents, as BIRD names them
 
 
-@attrs.define(kw_only=True)
-class EbgpPeer:
-    """One eBGP session as the sessions plugin declares it.
+def canonical_key(key: str) -> str | None:
+    """``key`` as a canonical UUID string, or None when it is not a UUID."""
+    try:
+        return str(uuidlib.UUID(key))
+    except (ValueError, TypeError, AttributeError):
+        return None
 
-    ``name``/``description`` are free CP text: only ever rendered inside a BIRD
-    string (made inert) and refused if they hold control characters. Everything
-    else is matched against strict patterns.
-    """
 
-    uuid: str = attrs.field(metadata=check(_uuid))
-    asn: int = attrs.field(metadata=check(_asn))
-    latency: int = attrs.field(metadata=check(_range(1, 9)))
-    """DN42 latency tier 1..9 (measured by the rtt plugin; default until then)."""
-    bandwidth: int = attrs.field(metadata=check(_range(21, 29)))
-    crypto: int = attrs.field(default=C.CRYPTO_WIREGUARD, metadata=check(_range(31, 34)))
-    name: str = attrs.field(default="", metadata=check(_text))
-    description: str = attrs.field(default="", metadata=check(_text))
-    interface: str = attrs.field(default="", metadata=check(_ifname))
-    neighbor_link_local: str = attrs.field(default="", metadata=check(_address(6, link_local=True)))
-    neighbor_ipv6: str = attrs.field(default="", metadata=check(_address(6, link_local=False)))
-    neighbor_ipv4: str = attrs.field(default="", metadata=check(_address(4)))
-    local_link_local: str = attrs.field(default="", metadata=check(_address(6, link_local=True)))
-    """Our link-local pinned on the tunnel: the session's source address."""
-    local_ipv6: str = attrs.field(default="", metadata=check(_address(6, link_local=False)))
-    local_ipv4: str = attrs.field(default="", metadata=check(_address(4)))
-    mp_bgp: bool = True
-    """One session over IPv6 carrying both families (session extension ``mp-bgp``)."""
-    extended_nexthop: bool = True
-    """IPv4 routes with IPv6 next hops, RFC 8950 (session extension ``extended-nexthop``)."""
-    import_limit: int | None = attrs.field(default=None, metadata=check(_positive))
-    export_limit: int | None = attrs.field(default=None, metadata=check(_positive))
-    disabled: bool = False
+def peer_id(owner: str, key: str) -> str:
+    """What an eBGP peer's protocol name is derived from: the canonical UUID when
+    the fragment key is one (the sessions plugin keys by session uuid, so the
+    name does not depend on who declared it), else ``<owner>/<key>``."""
+    return canonical_key(key) or f"{owner}/{key}"
+
+
+@attrs.frozen
+class BgpPeer:
+    """An eBGP peer intent plus the id its BIRD names derive from (:func:`peer_id`)."""
+
+    id: str
+    intent: EbgpPeerIntent
 
     @property
-    def canonical_uuid(self) -> str:
-        return str(uuidlib.UUID(self.uuid))
+    def canonical_id(self) -> str:
+        """The id, a UUID in its canonical spelling."""
+        return canonical_key(self.id) or self.id
 
     @property
     def symbol(self) -> str:
-        """``dn42_<asn>_<hash of uuid>``: two sessions with one ASN never collide."""
-        return f"dn42_{self.asn}_{short_hash(self.canonical_uuid)}"
+        """``dn42_<asn>_<hash of the id>``: two sessions with one ASN never collide."""
+        return f"dn42_{self.intent.asn}_{short_hash(self.canonical_id)}"
 
     @property
     def file_name(self) -> str:
         return f"peers/{self.symbol}.conf"
 
 
-@attrs.define(kw_only=True)
-class BabelInterface:
-    """A mesh interface (or ``prefix*`` pattern) Babel runs on."""
-
-    pattern: str = attrs.field(
-        metadata=check(_pattern(IFPATTERN_RE, "an interface name, optionally ending in '*'"))
-    )
-    type: str = attrs.field(
-        default="tunnel",
-        metadata=check(
-            lambda v: None if v in ("tunnel", "wired", "wireless") else "must be tunnel, wired or wireless"
-        ),
-    )
-    rxcost: int | None = attrs.field(default=None, metadata=check(_range(1, 65535)))
-    rtt_cost: int = attrs.field(default=1024, metadata=check(_range(0, 65535)))
-    rtt_min_ms: int = attrs.field(default=10, metadata=check(_range(1, 60000)))
-    rtt_max_ms: int = attrs.field(default=150, metadata=check(_range(1, 60000)))
-    hello_interval_s: int = attrs.field(default=5, metadata=check(_range(1, 600)))
+def ibgp_symbol(node_name: str, node_id: int) -> str:
+    """``ibgp_<name>_<node id>``: the node id keeps two names that sanitise alike apart."""
+    return f"ibgp_{sanitise_symbol_part(node_name)[:40]}_{node_id}"
 
 
-@attrs.define(kw_only=True)
-class BabelOptions:
-    """What the mesh plugin declares: the interfaces the IGP runs on."""
-
-    interfaces: list[BabelInterface] = attrs.field(factory=list)
-
-
-@attrs.define(kw_only=True)
-class IbgpOptions:
-    """The ``ibgp`` owner's ``options`` fragment.
-
-    ``enabled=False`` renders no iBGP session at all. ``route_reflector`` is this
-    node's role as the owner decided it: shown in the rendered files and
-    ``/status``; ``rr client`` itself is per neighbour (:class:`IbgpNeighbor`).
-    """
-
-    route_reflector: bool | None = None
-    enabled: bool = True
+def ibgp_file(n: IbgpNeighborIntent) -> str:
+    """``ibgp/<symbol>.conf``: never the placeholder's name, whatever the node is called."""
+    return f"ibgp/{ibgp_symbol(n.node_name, n.node_id)}.conf"
 
 
 # ----------------------------------------------------------------- validation
@@ -570,15 +506,147 @@ def _cross_checks(bp: BirdPolicy, warnings: list[str]) -> list[str]:
     return problems
 
 
-def validate_ibgp(peers: list[IbgpPeer] | list[IbgpNeighbor], path: str = "ibgp") -> list[str]:
-    """Every problem of a list of iBGP peers, each naming ``<path>[i].field``:
-    field checks, a loopback to reach, no two with one node id, name or symbol."""
+def _typed(fn: Check) -> Check:
+    """``fn`` made safe for a value of the wrong type (an intent built around its checks)."""
+
+    def safe(v: Any) -> str | None:
+        try:
+            return fn(v)
+        except (TypeError, ValueError, AttributeError):
+            return f"has the wrong type ({type(v).__name__})"
+
+    return safe
+
+
+def _int(fn: Check) -> Check:
+    return _typed(lambda v: "must be an integer" if isinstance(v, bool) or not isinstance(v, int) else fn(v))
+
+
+def _int_or_none(fn: Check) -> Check:
+    return _typed(lambda v: None if v is None else _int(fn)(v))
+
+
+def _str(fn: Check) -> Check:
+    return _typed(lambda v: fn(v) if isinstance(v, str) else "must be a string")
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+#: BIRD's rules for each eBGP intent field (stricter than the intent's own: no
+#: reserved ASN, text safe inside a BIRD string, a safe interface name).
+PEER_CHECKS: dict[str, Check] = {
+    "asn": _int(_asn),
+    "latency": _int(_range(1, 9)),
+    "bandwidth": _int(_range(21, 29)),
+    "crypto": _int(_range(31, 34)),
+    "name": _str(_text),
+    "description": _str(_text),
+    "interface": _str(_ifname),
+    "neighbor_link_local": _str(_address(6, link_local=True)),
+    "neighbor_ipv6": _str(_address(6, link_local=False)),
+    "neighbor_ipv4": _str(_address(4)),
+    "local_link_local": _str(_address(6, link_local=True)),
+    "local_ipv6": _str(_address(6, link_local=False)),
+    "local_ipv4": _str(_address(4)),
+    "mp_bgp": _bool,
+    "extended_nexthop": _bool,
+    "import_limit": _int_or_none(_positive),
+    "export_limit": _int_or_none(_positive),
+    "disabled": _bool,
+}
+NEIGHBOR_CHECKS: dict[str, Check] = {
+    "node_id": _int(_range(1, 4294967295)),
+    "node_name": _str(_pattern(NODE_NAME_RE, "a node name (letters, digits, '.', '_', '-')")),
+    "loopback_ipv4": _str(_address(4, link_local=False)),
+    "loopback_ipv6": _str(_address(6, link_local=False)),
+    "is_rr": _bool,
+}
+BABEL_CHECKS: dict[str, Check] = {
+    "pattern": _str(_pattern(IFPATTERN_RE, "an interface name, optionally ending in '*'")),
+    "type": lambda v: None if v in ("tunnel", "wired", "wireless") else "must be tunnel, wired or wireless",
+    "rxcost": _int_or_none(_range(1, 65535)),
+    "rtt_cost": _int(_range(0, 65535)),
+    "rtt_min_ms": _int(_range(1, 60000)),
+    "rtt_max_ms": _int(_range(1, 60000)),
+    "hello_interval_s": _int(_range(1, 600)),
+}
+OPTIONS_CHECKS: dict[str, Check] = {
+    "enabled": _bool,
+    "route_reflector": lambda v: None if v is None or isinstance(v, bool) else "must be true, false or null",
+}
+
+
+def field_problems(obj: Any, checks: Mapping[str, Check], path: str) -> list[str]:
+    """``<path>.<camelField>: <why>`` for every field of ``obj`` failing its check."""
+    return [
+        f"{path}.{camel(name)}: {msg}"
+        for name, fn in checks.items()
+        if (msg := fn(getattr(obj, name, None))) is not None
+    ]
+
+
+def validate_peer(peer: BgpPeer, path: str) -> list[str]:
+    """Every reason BIRD cannot run one eBGP peer, each naming ``<path>.field``."""
+    p = peer.intent
+    if not isinstance(p, EbgpPeerIntent):  # callers may pass what a plugin declared
+        return [f"{path}: not an eBGP peer intent"]  # type: ignore[unreachable]
+    problems = field_problems(p, PEER_CHECKS, path)
+    if err := text_error(peer.id, 128):
+        problems.append(f"{path}: the key {peer.id[:40]!r} {err}")
+    if problems:
+        return problems
+    v6_neighbor = p.neighbor_link_local or p.neighbor_ipv6
+    if not v6_neighbor and not p.neighbor_ipv4:
+        problems.append(f"{path}: needs neighborLinkLocal, neighborIpv6 or neighborIpv4")
+    if p.neighbor_link_local and not p.interface:
+        problems.append(f"{path}.interface: required with a link-local neighbour")
+    if p.local_link_local and not p.neighbor_link_local:
+        problems.append(f"{path}.localLinkLocal: only used with neighborLinkLocal")
+    if p.mp_bgp and not v6_neighbor:
+        problems.append(f"{path}.mpBgp: needs an IPv6 neighbour (link-local or neighborIpv6)")
+    if p.mp_bgp and v6_neighbor and not p.extended_nexthop and not p.local_ipv4:
+        problems.append(
+            f"{path}.extendedNexthop: IPv4 over an IPv6 session needs extended next hop or localIpv4"
+        )
+    if err := symbol_error(peer.symbol):
+        problems.append(f"{path}: protocol name {peer.symbol!r} {err}")
+    return problems
+
+
+def validate_peers(peers: Sequence[BgpPeer]) -> list[str]:
+    """Every problem of the eBGP peers to render, each naming ``peers[i].field``."""
     problems: list[str] = []
     for i, p in enumerate(peers):
-        errs = run_checks(p, f"{path}[{i}]")
-        problems += errs
-        if not errs and not p.loopback_ipv4 and not p.loopback_ipv6:
-            problems.append(f"{path}[{i}]: needs loopbackIpv6 or loopbackIpv4")
+        problems += validate_peer(p, f"peers[{i}]")
+    if not problems:
+        problems += _dupes([(f"peers[{i}]", p.canonical_id) for i, p in enumerate(peers)], "session id")
+        problems += _dupes(
+            [(f"peers[{i}]", p.symbol) for i, p in enumerate(peers)], "protocol name (hash clash)"
+        )
+    return problems
+
+
+def validate_neighbor(n: IbgpNeighborIntent | IbgpPeer, path: str) -> list[str]:
+    """Every reason BIRD cannot run one iBGP neighbour, each naming ``<path>.field``."""
+    problems = field_problems(n, NEIGHBOR_CHECKS, path)
+    if isinstance(n, IbgpNeighborIntent) and (msg := _bool(n.rr_client)):
+        problems.append(f"{path}.rrClient: {msg}")
+    if not problems and not n.loopback_ipv4 and not n.loopback_ipv6:
+        problems.append(f"{path}: needs loopbackIpv6 or loopbackIpv4")
+    return problems
+
+
+def validate_ibgp(peers: Sequence[IbgpNeighborIntent | IbgpPeer], path: str = "ibgp") -> list[str]:
+    """Every problem of a list of iBGP neighbours (declared, or the policy's
+    ``ibgpPeers``), each naming ``<path>[i].field``: field checks, a loopback to
+    reach, no two with one node id or name."""
+    problems: list[str] = []
+    for i, p in enumerate(peers):
+        problems += validate_neighbor(p, f"{path}[{i}]")
+    if problems:
+        return problems
     problems += _dupes([(f"{path}[{i}].nodeId", str(p.node_id)) for i, p in enumerate(peers)], "nodeId")
     problems += _dupes(
         [(f"{path}[{i}].nodeName", p.node_name.lower()) for i, p in enumerate(peers)], "nodeName"
@@ -586,64 +654,45 @@ def validate_ibgp(peers: list[IbgpPeer] | list[IbgpNeighbor], path: str = "ibgp"
     return problems
 
 
-def validate_peers(peers: list[EbgpPeer]) -> list[str]:
-    """Every problem of the declared eBGP sessions, each naming ``peers[i].field``."""
-    problems: list[str] = []
-    for i, p in enumerate(peers):
-        path = f"peers[{i}]"
-        errs = run_checks(p, path)
-        problems += errs
-        if errs:
-            continue
-        v6_neighbor = p.neighbor_link_local or p.neighbor_ipv6
-        if not v6_neighbor and not p.neighbor_ipv4:
-            problems.append(f"{path}: needs neighborLinkLocal, neighborIpv6 or neighborIpv4")
-        if p.neighbor_link_local and not p.interface:
-            problems.append(f"{path}.interface: required with a link-local neighbour")
-        if p.local_link_local and not p.neighbor_link_local:
-            problems.append(f"{path}.localLinkLocal: only used with neighborLinkLocal")
-        if p.mp_bgp and not v6_neighbor:
-            problems.append(f"{path}.mpBgp: needs an IPv6 neighbour (link-local or neighborIpv6)")
-        if p.mp_bgp and v6_neighbor and not p.extended_nexthop and not p.local_ipv4:
-            problems.append(
-                f"{path}.extendedNexthop: IPv4 over an IPv6 session needs extended next hop or localIpv4"
-            )
-    if not problems:
-        problems += _dupes(
-            [(f"peers[{i}].uuid", p.canonical_uuid) for i, p in enumerate(peers)], "session uuid"
-        )
-        problems += _dupes(
-            [(f"peers[{i}].uuid", p.symbol) for i, p in enumerate(peers)], "protocol name (hash clash)"
-        )
+def validate_interface(iface: BabelInterfaceIntent, path: str) -> list[str]:
+    """Every reason BIRD cannot run Babel on one interface intent."""
+    problems = field_problems(iface, BABEL_CHECKS, path)
+    if not problems and iface.rtt_min_ms > iface.rtt_max_ms:
+        problems.append(f"{path}.rttMinMs: must not exceed rttMaxMs")
     return problems
 
 
-def validate_babel(babel: BabelOptions) -> list[str]:
+def validate_babel(interfaces: Sequence[BabelInterfaceIntent], path: str = "babel.interfaces") -> list[str]:
     problems: list[str] = []
-    for i, iface in enumerate(babel.interfaces):
-        problems += run_checks(iface, f"babel.interfaces[{i}]")
-        if iface.rtt_min_ms > iface.rtt_max_ms:
-            problems.append(f"babel.interfaces[{i}].rttMinMs: must not exceed rttMaxMs")
+    for i, iface in enumerate(interfaces):
+        problems += validate_interface(iface, f"{path}[{i}]")
     problems += _dupes(
-        [(f"babel.interfaces[{i}].pattern", b.pattern) for i, b in enumerate(babel.interfaces)], "pattern"
+        [(f"{path}[{i}].pattern", str(b.pattern)) for i, b in enumerate(interfaces)], "pattern"
     )
     return problems
 
 
+def validate_options(options: IbgpOptionsIntent, path: str) -> list[str]:
+    return field_problems(options, OPTIONS_CHECKS, path)
+
+
 __all__ = [
-    "BabelInterface",
-    "BabelOptions",
+    "BgpPeer",
     "BirdPolicy",
-    "EbgpPeer",
-    "IbgpNeighbor",
-    "IbgpOptions",
     "IbgpPeer",
     "NodeInfo",
     "PolicyInfo",
     "RpkiServer",
+    "ibgp_file",
+    "ibgp_symbol",
     "parse_bird_config",
+    "peer_id",
     "run_checks",
     "validate_babel",
     "validate_ibgp",
+    "validate_interface",
+    "validate_neighbor",
+    "validate_options",
+    "validate_peer",
     "validate_peers",
 ]

@@ -25,8 +25,7 @@ from typing import NamedTuple
 
 import attrs
 
-from moenet_core.backends import ProtocolState
-from moenet_core.errors import MoenetError
+from moenet_core import MoenetError, ProtocolState
 
 #: BIRD 3.3 resets the connection for command lines above about 1 KiB (bird3.md §3.2).
 MAX_COMMAND_BYTES = 1000

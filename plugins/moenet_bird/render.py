@@ -1,4 +1,4 @@
-"""Render the BIRD 3 configuration tree from validated policy and peer intent.
+"""Render the BIRD 3 configuration tree from validated policy and routing intents.
 
 Pure: no BIRD socket, no file writes. ``render_tree`` returns ``{relative path:
 content}``; the apply layer stages, checks and swaps it. Rendering is
@@ -14,8 +14,8 @@ Files the agent owns (each starts with :data:`MARKER`), all in ``bird.configDir`
   protocols, the BGP templates ``dn42_ebgp`` / ``dn42_ibgp``, and includes of
   every other file below. Self-contained: it defines everything it references.
 - ``moenet_communities.conf``, ``filters.conf``, ``cold_potato.conf``,
-  ``babel.conf``, ``peers/*.conf`` (one per eBGP session), ``ibgp/*.conf`` (one
-  per iBGP neighbour the ``ibgp`` owner declared, named after its protocol),
+  ``babel.conf``, ``peers/*.conf`` (one per eBGP peer), ``ibgp/*.conf`` (one
+  per declared iBGP neighbour, named after its protocol),
   ``peers/00_moenet.conf`` and ``ibgp/00_moenet.conf`` (placeholders keeping the
   include globs' directories present).
 - ``bird.conf`` (only when the operator has none of their own): ``log``,
@@ -50,6 +50,14 @@ repo). An operator overrides any of them by putting a file with the same name in
 once per template directory (compiling the templates dominated an unchanged
 apply); jinja2's auto-reload sees an edited override, and adding or removing an
 override file builds a fresh one.
+
+What the per-peer templates see: ``peer.conf.j2`` gets ``p`` (the
+:class:`~moenet_core.intents.EbgpPeerIntent` fields, plus ``canonical_uuid``:
+the id the protocol name derives from, ``symbol`` and ``file_name``) and
+``sessions``; ``ibgp.conf.j2`` gets ``peer`` (the
+:class:`~moenet_core.intents.IbgpNeighborIntent` fields plus ``symbol`` and
+``file_name``); ``babel.conf.j2`` gets ``babel_interfaces`` as (quoted pattern,
+:class:`~moenet_core.intents.BabelInterfaceIntent`) pairs.
 """
 
 from __future__ import annotations
@@ -63,16 +71,18 @@ from typing import Any
 import attrs
 import jinja2
 
+from moenet_core.intents import BabelInterfaceIntent, IbgpNeighborIntent, IbgpOptionsIntent
+
 from . import communities as C
 from .names import BirdConfigError, bird_string, ifname_error
 from .policy import (
-    BabelOptions,
+    BgpPeer,
     BirdPolicy,
-    EbgpPeer,
-    IbgpNeighbor,
-    IbgpOptions,
+    ibgp_file,
+    ibgp_symbol,
     validate_babel,
     validate_ibgp,
+    validate_options,
     validate_peers,
 )
 
@@ -169,14 +179,20 @@ class _Session:
     channels: tuple[_Channel, ...]
 
 
-def peer_protocol_names(p: EbgpPeer) -> tuple[str, ...]:
+def peer_protocol_names(peer: BgpPeer) -> tuple[str, ...]:
     """The BGP protocol names one eBGP peer renders to (one MP-BGP session, or
     ``_v4`` / ``_v6``)."""
-    return tuple(s.symbol for s in _peer_sessions(p))
+    return tuple(s.symbol for s in _peer_sessions(peer))
 
 
-def _peer_sessions(p: EbgpPeer) -> list[_Session]:
+def ibgp_protocol_name(n: IbgpNeighborIntent) -> str:
+    """The one BGP protocol an iBGP neighbour renders to."""
+    return ibgp_symbol(n.node_name, n.node_id)
+
+
+def _peer_sessions(peer: BgpPeer) -> list[_Session]:
     """One MP-BGP session over IPv6, or separate IPv4 / IPv6 sessions."""
+    p, symbol = peer.intent, peer.symbol
     text = " ".join(x for x in (f"AS{p.asn}", p.name, p.description) if x)[:200]
     iface = bird_string(p.interface, "interface") if p.interface else ""
     v6_neighbor = p.neighbor_link_local or p.neighbor_ipv6
@@ -191,7 +207,7 @@ def _peer_sessions(p: EbgpPeer) -> list[_Session]:
         )
         sessions.append(
             _Session(
-                p.symbol,
+                symbol,
                 bird_string(text, "description"),
                 v6_neighbor,
                 v6_iface,
@@ -203,7 +219,7 @@ def _peer_sessions(p: EbgpPeer) -> list[_Session]:
     if p.neighbor_ipv4:
         sessions.append(
             _Session(
-                p.symbol + "_v4",
+                symbol + "_v4",
                 bird_string(text + " (IPv4)", "description"),
                 p.neighbor_ipv4,
                 iface,
@@ -214,7 +230,7 @@ def _peer_sessions(p: EbgpPeer) -> list[_Session]:
     if v6_neighbor:
         sessions.append(
             _Session(
-                p.symbol + "_v6",
+                symbol + "_v6",
                 bird_string(text + " (IPv6)", "description"),
                 v6_neighbor,
                 v6_iface,
@@ -225,9 +241,25 @@ def _peer_sessions(p: EbgpPeer) -> list[_Session]:
     return sessions
 
 
+def _peer_view(peer: BgpPeer) -> dict[str, Any]:
+    """``p`` of ``peer.conf.j2``: the intent's fields and the BIRD names."""
+    return {
+        **attrs.asdict(peer.intent),
+        "uuid": peer.canonical_id,
+        "canonical_uuid": peer.canonical_id,
+        "symbol": peer.symbol,
+        "file_name": peer.file_name,
+    }
+
+
+def _neighbor_view(n: IbgpNeighborIntent) -> dict[str, Any]:
+    """``peer`` of ``ibgp.conf.j2``: the intent's fields and the BIRD names."""
+    return {**attrs.asdict(n), "symbol": ibgp_protocol_name(n), "file_name": ibgp_file(n)}
+
+
 def ibgp_sessions(
-    policy: BirdPolicy, neighbors: Sequence[IbgpNeighbor], ibgp: IbgpOptions | None = None
-) -> list[IbgpNeighbor]:
+    policy: BirdPolicy, neighbors: Sequence[IbgpNeighborIntent], ibgp: IbgpOptionsIntent | None = None
+) -> list[IbgpNeighborIntent]:
     """The iBGP neighbours that are rendered: none when iBGP is disabled, never this
     node itself (by the policy's ``node.id``), sorted by name and id."""
     if ibgp is not None and not ibgp.enabled:
@@ -239,11 +271,11 @@ def ibgp_sessions(
 
 def render_tree(
     policy: BirdPolicy,
-    peers: Sequence[EbgpPeer] = (),
+    peers: Sequence[BgpPeer] = (),
     *,
-    ibgp: IbgpOptions | None = None,
-    ibgp_peers: Sequence[IbgpNeighbor] = (),
-    babel: BabelOptions | None = None,
+    ibgp: IbgpOptionsIntent | None = None,
+    ibgp_peers: Sequence[IbgpNeighborIntent] = (),
+    babel: Sequence[BabelInterfaceIntent] = (),
     maintenance: bool = False,
     template_dir: str | Path | None = None,
     loopback_interface: str = "dummy0",
@@ -252,30 +284,62 @@ def render_tree(
     """Render every file the agent owns, as ``{relative path: content}``.
 
     The texts are the same wherever the tree lives (includes are relative).
-    ``ibgp_peers`` are the ``ibgp`` owner's neighbours (the policy's
-    ``ibgpPeers`` are not rendered); ``ibgp.enabled=False`` leaves them out.
+    ``peers`` are the eBGP peers (every owner's), ``ibgp_peers`` the declared
+    iBGP neighbours (the policy's ``ibgpPeers`` are not rendered; neither is one
+    for this node itself), ``ibgp.enabled=False`` leaves them out, ``babel`` the
+    interfaces the IGP runs on.
     ``maintenance`` drains: exports carry GRACEFUL_SHUTDOWN (65535,0), eBGP paths
     are prepended, and on iBGP what enters the network here (our aggregates and
     routes learned from our eBGP peers) goes out with local-pref 0.
     ``bird_conf=False`` leaves out ``bird.conf`` (the operator keeps their own).
     Raises :class:`BirdConfigError` naming every invalid field.
     """
-    ibgp = ibgp or IbgpOptions()
-    babel = babel or BabelOptions()
-    problems = validate_peers(list(peers)) + validate_babel(babel) + validate_ibgp(list(ibgp_peers))
+    ibgp = ibgp or IbgpOptionsIntent()
+    _check_inputs(peers, ibgp, ibgp_peers, babel, loopback_interface)
+    peers = sorted(peers, key=lambda p: (p.intent.asn, p.canonical_id))
+    neighbors = ibgp_sessions(policy, ibgp_peers, ibgp)
+    ctx = _template_context(policy, ibgp, neighbors, babel, maintenance, loopback_interface)
+    env = environment(template_dir)
+    out = _top_files(env, ctx, bird_conf)
+    out.update(_session_files(env, ctx, policy, peers, neighbors))
+    return dict(sorted(out.items()))
+
+
+def _check_inputs(
+    peers: Sequence[BgpPeer],
+    ibgp: IbgpOptionsIntent,
+    ibgp_peers: Sequence[IbgpNeighborIntent],
+    babel: Sequence[BabelInterfaceIntent],
+    loopback_interface: str,
+) -> None:
+    """Raise :class:`BirdConfigError` with every invalid field at once, before
+    anything is rendered (so a bad value never reaches a template)."""
+    problems = (
+        validate_peers(list(peers))
+        + validate_babel(list(babel))
+        + validate_ibgp(list(ibgp_peers))
+        + validate_options(ibgp, "ibgp.options")
+    )
     if err := ifname_error(loopback_interface):
         problems.append(f"loopbackInterface: {err}")
     if problems:
         raise BirdConfigError(problems)
-    peers = sorted(peers, key=lambda p: (p.asn, p.canonical_uuid))
 
+
+def _template_context(
+    policy: BirdPolicy,
+    ibgp: IbgpOptionsIntent,
+    neighbors: Sequence[IbgpNeighborIntent],
+    babel: Sequence[BabelInterfaceIntent],
+    maintenance: bool,
+    loopback_interface: str,
+) -> dict[str, Any]:
+    """The variables every template sees; strings BIRD reads are quoted here."""
     node, pol = policy.node, policy.policy
-    neighbors = ibgp_sessions(policy, ibgp_peers, ibgp)
     is_rr = ibgp.route_reflector if ibgp.route_reflector is not None else any(n.rr_client for n in neighbors)
-
     v4net = ipaddress.IPv4Network(pol.dn42_ipv4_prefix)
     v6net = ipaddress.IPv6Network(pol.dn42_ipv6_prefix)
-    ctx: dict[str, Any] = {
+    return {
         "node": node,
         "policy": pol,
         "config_hash": policy.config_hash,
@@ -296,49 +360,78 @@ def render_tree(
         "peer_dir": PEER_DIR,
         "ibgp_dir": IBGP_DIR,
         "loopback_interface": bird_string(loopback_interface, "loopbackInterface"),
-        "babel": babel,
         "babel_interfaces": [
             (bird_string(i.pattern, "babel.interfaces.pattern"), i)
-            for i in sorted(babel.interfaces, key=lambda i: i.pattern)
+            for i in sorted(babel, key=lambda i: i.pattern)
         ],
         "is_rr": is_rr,
         "q": bird_string,
     }
-    env = environment(template_dir)
+
+
+def _render_file(
+    env: jinja2.Environment,
+    ctx: dict[str, Any],
+    path: str,
+    template: str,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """One file's text: the ownership header, then the template's output ending
+    in exactly one newline."""
+    body = env.get_template(TEMPLATE_NAMES[template]).render({**ctx, **(extra or {})})
+    return HEADER.format(path=path) + "\n" + body.rstrip("\n") + "\n"
+
+
+def _top_files(env: jinja2.Environment, ctx: dict[str, Any], bird_conf: bool) -> dict[str, str]:
+    """The top-level files (``bird.conf`` only with ``bird_conf``) and a
+    placeholder in each session directory, so its include glob always matches."""
     out: dict[str, str] = {}
-
-    def emit(path: str, template: str, extra: dict[str, Any] | None = None) -> None:
-        body = env.get_template(TEMPLATE_NAMES[template]).render({**ctx, **(extra or {})})
-        out[path] = HEADER.format(path=path) + "\n" + body.rstrip("\n") + "\n"
-
     for name in TOP_FILES:
         if name != BIRD_CONF or bird_conf:
-            emit(name, name)
+            out[name] = _render_file(env, ctx, name, name)
     for d in (PEER_DIR, IBGP_DIR):
         path = f"{d}/{PLACEHOLDER}"
         out[path] = HEADER.format(path=path) + "\n# Keeps this directory (and its include glob) present.\n"
+    return out
 
+
+def _session_files(
+    env: jinja2.Environment,
+    ctx: dict[str, Any],
+    policy: BirdPolicy,
+    peers: Sequence[BgpPeer],
+    neighbors: Sequence[IbgpNeighborIntent],
+) -> dict[str, str]:
+    """One file per eBGP peer, then one per iBGP neighbour (a later one of the
+    same path wins)."""
+    pol = policy.policy
+    out: dict[str, str] = {}
     for p in peers:
-        emit(
+        out[p.file_name] = _render_file(
+            env,
+            ctx,
             p.file_name,
             "peer",
             {
-                "p": p,
+                "p": _peer_view(p),
                 "sessions": _peer_sessions(p),
-                "import_limit": p.import_limit or pol.ebgp_import_limit,
-                "export_limit": p.export_limit or pol.ebgp_export_limit,
+                "import_limit": p.intent.import_limit or pol.ebgp_import_limit,
+                "export_limit": p.intent.export_limit or pol.ebgp_export_limit,
             },
         )
     for n in neighbors:
-        emit(
-            n.file_name,
+        path = ibgp_file(n)
+        out[path] = _render_file(
+            env,
+            ctx,
+            path,
             "ibgp",
             {
-                "peer": n,
+                "peer": _neighbor_view(n),
                 "neighbor": n.loopback_ipv6 or n.loopback_ipv4,
                 "source": "OWNIPv6" if n.loopback_ipv6 else "OWNIP",
                 "rr_client": n.rr_client,
                 "description": bird_string(f"iBGP to {n.node_name} (node {n.node_id})", "ibgp.nodeName"),
             },
         )
-    return dict(sorted(out.items()))
+    return out

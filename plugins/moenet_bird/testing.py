@@ -4,6 +4,9 @@
 inside ``ns`` (a :class:`moenet_core.testing.NetNS`) with its socket, pid file
 and stderr in ``workdir``; ``stop()`` ends it. ``config`` may live anywhere (the
 agent configures its tree by explicit path, so a throwaway bootstrap file works).
+
+:func:`unchecked_intent` builds a routing intent around its own checks: what a
+buggy or hostile plugin could hand the backend, which must refuse it itself.
 """
 
 from __future__ import annotations
@@ -17,13 +20,33 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
+import attrs
+
+from moenet_core.intents import RoutingIntent
 from moenet_core.testing import NetNS
 
 from .apply import default_bird_binary
 
-__all__ = ["BOOTSTRAP", "BirdDaemon"]
+__all__ = ["BOOTSTRAP", "BirdDaemon", "sample_bird_config", "unchecked_intent"]
+
+IntentT = TypeVar("IntentT", bound=RoutingIntent)
+
+
+def unchecked_intent(cls: type[IntentT], **fields: Any) -> IntentT:
+    """A ``cls`` intent holding ``fields`` (defaults for the rest) without running
+    its validators or cross-field checks."""
+    obj = object.__new__(cls)
+    for f in attrs.fields(cls):
+        value = fields.pop(f.name, f.default)
+        if value is attrs.NOTHING:
+            raise TypeError(f"{cls.__name__}: {f.name} is required")
+        object.__setattr__(obj, f.name, value)
+    if fields:
+        raise TypeError(f"{cls.__name__}: no field {', '.join(sorted(fields))}")
+    return obj
+
 
 #: A minimal config BIRD can start with before the agent has written its tree.
 BOOTSTRAP = """\

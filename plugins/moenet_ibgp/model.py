@@ -10,7 +10,8 @@ length; two entries with one node id, name or loopback are both left out (which
 of them is right cannot be known). Nothing that reaches BIRD is taken on trust:
 the routing backend validates the declared neighbours again.
 
-:func:`sessions` is the topology:
+:func:`sessions` is the topology, as one
+:class:`~moenet_core.intents.IbgpNeighborIntent` per chosen node:
 
 - a route reflector peers with every other node, ``rr client`` towards the
   nodes that are not route reflectors, plain iBGP towards the other RRs;
@@ -28,6 +29,7 @@ from typing import Any
 import attrs
 
 from moenet_core.config import NODE_NAME_RE, check, structure
+from moenet_core.intents import IbgpNeighborIntent
 
 __all__ = ["MAX_NODES", "Answer", "AnswerError", "Node", "address", "parse_answer", "sessions"]
 
@@ -91,9 +93,16 @@ class Node:
             "isRr": self.is_rr,
         }
 
-    def payload(self, *, rr_client: bool) -> dict[str, Any]:
-        """The routing backend's ``ibgp`` neighbour fragment."""
-        return {**self.to_json(), "rrClient": rr_client}
+    def intent(self, *, rr_client: bool) -> IbgpNeighborIntent:
+        """The iBGP neighbour intent declared to the routing backend."""
+        return IbgpNeighborIntent(
+            node_id=self.node_id,
+            node_name=self.node_name,
+            loopback_ipv4=self.loopback_ipv4,
+            loopback_ipv6=self.loopback_ipv6,
+            is_rr=self.is_rr,
+            rr_client=rr_client,
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -235,8 +244,8 @@ def parse_answer(
     return Answer(nodes=nodes, invalid=invalid, self_is_rr=self_is_rr, own_id=own, warnings=warnings)
 
 
-def sessions(nodes: Iterable[Node], *, own_is_rr: bool, own_id: int = 0) -> dict[str, dict[str, Any]]:
-    """The ``ibgp`` neighbour fragments for this node (see the module doc), by node id."""
+def sessions(nodes: Iterable[Node], *, own_is_rr: bool, own_id: int = 0) -> dict[str, IbgpNeighborIntent]:
+    """The iBGP neighbour intents of this node (see the module doc), by node id."""
     others = [n for n in nodes if n.node_id != own_id]
     rrs = [n for n in others if n.is_rr]
     if own_is_rr:
@@ -245,4 +254,4 @@ def sessions(nodes: Iterable[Node], *, own_is_rr: bool, own_id: int = 0) -> dict
         chosen = [(n, False) for n in rrs]
     else:
         chosen = [(n, False) for n in others]
-    return {n.key: n.payload(rr_client=client) for n, client in sorted(chosen, key=lambda c: c[0].node_id)}
+    return {n.key: n.intent(rr_client=client) for n, client in sorted(chosen, key=lambda c: c[0].node_id)}

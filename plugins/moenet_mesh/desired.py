@@ -7,11 +7,11 @@ Per peer N (see :mod:`.addressing` for the plan):
 
 - tunnel ``<prefix>N`` (owner ``mesh``), listening on ``portBase + N``, our key
   (:mod:`.keys`), the peer's key, its endpoint (the CP's port if it gave one,
-  else ``portBase + <our id>``), persistent keepalive, MTU (the peer's, else
-  ``mesh.mtu``);
+  else ``portBase + <our id>``), persistent keepalive (``mesh.keepalive``), MTU
+  (the peer's, else ``mesh.mtu``);
 - one address: our link-local ``fe80::1:<our id>/64``;
 - allowed IPs: ``fe80::/10`` (the peer's link-local), ``ff02::1:6/128`` (Babel's
-  group), the configured networks (``meshSync.allowedIps``, default DN42's
+  group), the configured networks (``mesh.allowedIps``, default DN42's
   space) and the peer's own loopbacks where those do not cover them;
 - the UDP port open in the firewall (owner ``mesh``);
 - a Babel interface (``type tunnel`` with RTT cost) declared to the routing backend.
@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from moenet_core.backends import TunnelAddress, TunnelSpec
+from moenet_core import TunnelAddress, TunnelSpec
+from moenet_core.intents import BabelInterfaceIntent
 
 from .addressing import (
     BABEL_GROUP,
@@ -38,12 +39,13 @@ from .addressing import (
     link_local_interface,
     listen_port,
 )
+from .config import DEFAULT_KEEPALIVE
 from .model import MeshPeer
 
 if TYPE_CHECKING:
     from moenet_core.config import AgentConfig
 
-    from .config import MeshSyncConfig
+    from .config import MeshConfig
 
 OWNER = "mesh"
 
@@ -66,27 +68,29 @@ class MeshSettings:
     mtu: int
     networks: tuple[str, ...]
     babel: Mapping[str, Any]
-    """The Babel interface payload without ``pattern``."""
+    """The :class:`~moenet_core.intents.BabelInterfaceIntent` fields (snake_case)
+    but ``pattern``: the same for every mesh tunnel."""
 
     @classmethod
     def from_config(
         cls,
         config: AgentConfig,
-        section: MeshSyncConfig,
+        section: MeshConfig,
         *,
         node_id: int,
         private_key_file: str,
         public_key: str,
     ) -> MeshSettings:
+        """From the ``mesh`` section (``config`` is kept for the callers; everything
+        the mesh needs is its own section's now)."""
         babel: dict[str, Any] = {
             "type": "tunnel",
-            "rttCost": section.rtt_cost,
-            "rttMinMs": section.rtt_min_ms,
-            "rttMaxMs": section.rtt_max_ms,
-            "helloIntervalS": section.hello_interval_s,
+            "rxcost": section.rxcost,
+            "rtt_cost": section.rtt_cost,
+            "rtt_min_ms": section.rtt_min_ms,
+            "rtt_max_ms": section.rtt_max_ms,
+            "hello_interval_s": section.hello_interval_s,
         }
-        if section.rxcost is not None:
-            babel["rxcost"] = section.rxcost
         keepalive = section.keepalive
         return cls(
             node_id=node_id,
@@ -94,8 +98,8 @@ class MeshSettings:
             port_base=section.port_base,
             private_key_file=private_key_file,
             public_key=public_key,
-            keepalive=config.wireguard.persistent_keepalive_interval if keepalive is None else keepalive,
-            mtu=config.mesh.mtu,
+            keepalive=DEFAULT_KEEPALIVE if keepalive is None else keepalive,
+            mtu=section.mtu,
             networks=section.networks(),
             babel=babel,
         )
@@ -108,7 +112,7 @@ class DesiredPeer:
     interface: str
     port: int
     spec: TunnelSpec
-    fragment: Mapping[str, Any]
+    fragment: BabelInterfaceIntent
     digest: str
     """Of everything applied to the tunnel, including what cannot be read back
     (the endpoint as configured, our key)."""
@@ -130,8 +134,13 @@ def allowed_ips(networks: tuple[str, ...], peer: MeshPeer) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def babel_fragment(interface: str, settings: MeshSettings) -> dict[str, Any]:
-    return {"pattern": interface, **settings.babel}
+def babel_fragment(interface: str, settings: MeshSettings) -> BabelInterfaceIntent:
+    """The Babel interface declared for one mesh tunnel; raises :class:`DesiredError`
+    when the settings make no valid one."""
+    try:
+        return BabelInterfaceIntent(pattern=interface, **settings.babel)
+    except (ValueError, TypeError) as exc:
+        raise DesiredError(f"Babel interface {interface}: {exc}") from None
 
 
 def spec_digest(spec: TunnelSpec, public_key: str) -> str:

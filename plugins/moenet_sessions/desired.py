@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from moenet_core.backends import DN42_ALLOWED_IPS, TunnelAddress, TunnelSpec
+from moenet_core import DN42_ALLOWED_IPS, TunnelAddress, TunnelSpec
+from moenet_core.intents import EbgpPeerIntent
 
+from .config import SessionsConfig, section_of
 from .model import Session
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 DEFAULT_LATENCY = 5
 #: Bandwidth tier: 24 (>= 100 Mbit/s), the usual VPS uplink.
 DEFAULT_BANDWIDTH = 24
+#: DN42 crypto community of a WireGuard tunnel: 34, encrypted with PFS (PSK or not).
+CRYPTO = 34
 #: Where preshared keys are written (one 0600 file per interface) by the apply phase.
 DEFAULT_PSK_DIR = "/var/lib/moenet-agent/psk"
 
@@ -62,20 +65,23 @@ class NodeSettings:
     """The node's own AS (``node.asn``): a session with it is iBGP, never a peering."""
 
     @classmethod
-    def from_config(cls, config: AgentConfig, *, psk_dir: str | None = None) -> NodeSettings:
-        """From ``wireguard.*`` and the node loopbacks (``node.loopback*`` first,
-        then ``wireguard.dn42Ipv4/6``)."""
-        wg = config.wireguard
-        v4 = _host(config.node.loopback_ipv4 or wg.dn42_ipv4)
-        v6 = _host(config.node.loopback_ipv6 or wg.dn42_ipv6)
-        ll = _host(wg.dn42_ipv6_link_local) or derive_link_local(v6, config.node.name)
+    def from_config(
+        cls, config: AgentConfig, section: SessionsConfig | None = None, *, psk_dir: str | None = None
+    ) -> NodeSettings:
+        """From the ``sessions`` section (the plugin's ``ctx.section``; without it,
+        the one in ``config``) and the node loopbacks (``node.loopbackIpv4/6``).
+        ``psk_dir`` overrides ``sessions.pskDir``."""
+        sec = section if section is not None else section_of(config)
+        v4 = _host(config.loopback_ipv4)
+        v6 = _host(config.loopback_ipv6)
+        ll = _host(sec.dn42_ipv6_link_local) or derive_link_local(v6, config.node.name)
         return cls(
-            private_key_file=wg.private_key_path,
+            private_key_file=sec.private_key_path,
             link_local=ll,
-            keepalive=wg.persistent_keepalive_interval,
+            keepalive=sec.persistent_keepalive_interval,
             loopback_ipv4=v4,
             loopback_ipv6=v6,
-            psk_dir=psk_dir or f"{config.state.directory.rstrip('/')}/psk",
+            psk_dir=psk_dir or sec.psk_dir or f"{config.state.directory.rstrip('/')}/psk",
             asn=config.node.asn,
         )
 
@@ -88,7 +94,7 @@ def _host(text: str | None) -> str | None:
 
 
 def derive_link_local(loopback_ipv6: str | None, node_name: str = "") -> str:
-    """Our link-local when ``wireguard.dn42Ipv6LinkLocal`` is not configured.
+    """Our link-local when ``sessions.dn42Ipv6LinkLocal`` is not configured.
 
     A loopback ``fd..:..:..:<g3>:<g4>::…`` gives ``fe80::998:<g3>:<g4>:1``: the Go
     agent's rule (``fd00:4242:7777:302:1::1`` -> ``fe80::998:302:1:1``), done on the
@@ -109,8 +115,8 @@ class DesiredSession:
 
     uuid: str
     tunnel: TunnelSpec
-    peer: Mapping[str, Any]
-    """The ``declare("sessions", {uuid: peer})`` payload (EbgpPeer fields, camelCase)."""
+    peer: EbgpPeerIntent
+    """The ``declare("sessions", {uuid: peer})`` intent (the key is the uuid)."""
     port: int | None
     """The UDP port to open (None: we only initiate, nothing to open)."""
     preshared_key: str | None = attrs.field(default=None, repr=False)
@@ -171,32 +177,33 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
         mtu=session.mtu,
         addresses=tuple(sorted(addresses, key=lambda a: (a.local, a.peer or ""))),
     )
-    peer: dict[str, Any] = {
-        "asn": session.asn,
-        "latency": latency if latency is not None else settings.latency,
-        "bandwidth": settings.bandwidth,
-        "name": session.name,
-        "description": session.description,
-        "interface": session.interface,
-    }
-    if session.ipv6_link_local:
-        peer["localLinkLocal"] = settings.link_local
-        peer["neighborLinkLocal"] = session.ipv6_link_local
-    if session.ipv6:
-        peer["neighborIpv6"] = session.ipv6
-        peer["localIpv6"] = settings.loopback_ipv6
-    if session.ipv4:
-        peer["neighborIpv4"] = session.ipv4
-        peer["localIpv4"] = settings.loopback_ipv4
     if session.extensions is not None:
-        peer["mpBgp"] = "mp-bgp" in session.extensions
-        peer["extendedNexthop"] = "extended-nexthop" in session.extensions
-    elif not v6_neighbour:
-        peer["mpBgp"] = False  # IPv4 only: plain IPv4 BGP
-    if settings.import_limit is not None:
-        peer["importLimit"] = settings.import_limit
-    if settings.export_limit is not None:
-        peer["exportLimit"] = settings.export_limit
+        mp_bgp = "mp-bgp" in session.extensions
+        extended_nexthop = "extended-nexthop" in session.extensions
+    else:
+        mp_bgp, extended_nexthop = v6_neighbour, True  # IPv4 only: plain IPv4 BGP
+    try:
+        peer = EbgpPeerIntent(
+            asn=session.asn,
+            latency=latency if latency is not None else settings.latency,
+            bandwidth=settings.bandwidth,
+            crypto=CRYPTO,
+            name=session.name,
+            description=session.description,
+            interface=session.interface,
+            neighbor_link_local=session.ipv6_link_local or "",
+            local_link_local=settings.link_local if session.ipv6_link_local else "",
+            neighbor_ipv6=session.ipv6 or "",
+            local_ipv6=(settings.loopback_ipv6 or "") if session.ipv6 else "",
+            neighbor_ipv4=session.ipv4 or "",
+            local_ipv4=(settings.loopback_ipv4 or "") if session.ipv4 else "",
+            mp_bgp=mp_bgp,
+            extended_nexthop=extended_nexthop,
+            import_limit=settings.import_limit,
+            export_limit=settings.export_limit,
+        )
+    except ValueError as exc:
+        raise DesiredError(f"cannot build the routing intent: {exc}") from None
     return DesiredSession(
         uuid=session.uuid,
         tunnel=tunnel,

@@ -23,26 +23,32 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from moenet_core.descriptors import LinkLatency, LinkTarget
-from moenet_core.state import StateStore
+import attrs
+
+from moenet_core import LinkLatency, LinkTarget, StateStore
 
 from .records import ConfiguredSession
 
 OWNER = "sessions"
 LATENCY_FILE = "latency.json"
+LATENCY_VERSION = 1
+
+
+@attrs.frozen(kw_only=True)
+class LatencyDoc:
+    """``latency.json``: the measured tier per session uuid. Entries that are not a
+    tier 1-9 are skipped when read (a damaged entry costs only its own tier)."""
+
+    tiers: dict[str, Any] = attrs.field(factory=dict)
 
 
 def link_target(uuid: str, configured: ConfiguredSession) -> LinkTarget | None:
     """The RTT target of one configured session, or None without a usable address."""
     peer = configured.peer
-    addresses = tuple(
-        str(a)
-        for a in (peer.get("neighborLinkLocal"), peer.get("neighborIpv6"), peer.get("neighborIpv4"))
-        if isinstance(a, str) and a
-    )
+    addresses = tuple(a for a in (peer.neighbor_link_local, peer.neighbor_ipv6, peer.neighbor_ipv4) if a)
     if not addresses or not configured.interface:
         return None
-    labels = {"asn": str(peer["asn"])} if isinstance(peer.get("asn"), int) else {}
+    labels = {"asn": str(peer.asn)}
     return LinkTarget(
         owner=OWNER, key=uuid, interface=configured.interface, addresses=addresses, labels=labels
     )
@@ -62,11 +68,10 @@ class LinkBook:
     def tiers(self) -> dict[str, int]:
         """Measured tier per session uuid (sessions never measured are absent)."""
         if self._tiers is None:
-            raw = self._state.read_json(LATENCY_FILE, None)
-            tiers = raw.get("tiers") if isinstance(raw, Mapping) else None
+            doc = self._state.load(LATENCY_FILE, LatencyDoc, version=LATENCY_VERSION, default=LatencyDoc())
             self._tiers = {
                 str(k): v
-                for k, v in (tiers or {}).items()
+                for k, v in doc.tiers.items()
                 if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 9
             }
         return dict(self._tiers)
@@ -99,5 +104,4 @@ class LinkBook:
 
     def _save(self, tiers: dict[str, int]) -> None:
         self._tiers = dict(tiers)
-        doc: dict[str, Any] = {"version": 1, "tiers": dict(sorted(tiers.items()))}
-        self._state.write_json(LATENCY_FILE, doc)
+        self._state.save(LATENCY_FILE, LatencyDoc(tiers=dict(sorted(tiers.items()))), version=LATENCY_VERSION)

@@ -15,9 +15,14 @@ from typing import Any
 
 import attrs
 
-from moenet_core.backends import TunnelAddress, TunnelSpec
-from moenet_core.errors import MoenetError
-from moenet_core.models import SessionStatus
+from moenet_core import MoenetError, SessionStatus, TunnelAddress, TunnelSpec
+from moenet_core.intents import (
+    EbgpPeerIntent,
+    IntentError,
+    intent_from_json,
+    intent_from_legacy,
+    intent_to_json,
+)
 
 
 class RecordError(MoenetError):
@@ -66,7 +71,8 @@ class ConfiguredSession:
 
     interface: str
     tunnel: TunnelSpec
-    peer: Mapping[str, Any]
+    peer: EbgpPeerIntent
+    """The routing intent declared for the session (keyed by its uuid)."""
     port: int | None
     psk_digest: str | None = None
     """sha256 of the preshared key: a changed key is detected without storing it twice."""
@@ -75,7 +81,7 @@ class ConfiguredSession:
         return {
             "interface": self.interface,
             "tunnel": spec_to_json(self.tunnel),
-            "peer": dict(self.peer),
+            "peer": peer_to_json(self.peer),
             "port": self.port,
             "pskDigest": self.psk_digest,
         }
@@ -85,16 +91,14 @@ class ConfiguredSession:
         if not isinstance(data, Mapping):
             raise RecordError(f"{where}: must be an object")
         try:
-            peer = data["peer"]
-            if not isinstance(peer, Mapping):
-                raise TypeError("peer must be an object")
+            peer = peer_from_json(data["peer"], f"{where}.peer")
             port = data.get("port")
             if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
                 raise TypeError("port must be an integer or null")
             return cls(
                 interface=_str(data["interface"], "interface"),
                 tunnel=spec_from_json(data["tunnel"]),
-                peer=dict(peer),
+                peer=peer,
                 port=port,
                 psk_digest=data.get("pskDigest"),
             )
@@ -143,6 +147,26 @@ class Previous:
             },
             seen=seen,
         )
+
+
+def peer_to_json(peer: EbgpPeerIntent) -> dict[str, Any]:
+    """A session's routing intent as JSON (:func:`~moenet_core.intents.intent_to_json`)."""
+    return intent_to_json(peer)
+
+
+def peer_from_json(data: Any, where: str = "peer") -> EbgpPeerIntent:
+    """A record's ``peer``: ``intent_to_json``'s form, or the camelCase payload
+    (``uuid`` included) the previous version wrote. Raises :class:`RecordError`."""
+    try:
+        if isinstance(data, Mapping) and "kind" not in data:
+            intent = intent_from_legacy(EbgpPeerIntent.kind, data, where)
+        else:
+            intent = intent_from_json(data, where)
+    except IntentError as exc:
+        raise RecordError(str(exc)) from None
+    if not isinstance(intent, EbgpPeerIntent):
+        raise RecordError(f"{where}: not an eBGP peer intent ({intent.kind})")
+    return intent
 
 
 def _str(v: Any, what: str) -> str:

@@ -1,10 +1,16 @@
 """Configuration: attrs models, strict structuring, and where the file comes from.
 
-The file format is JSON, compatible with the Go agent's: camelCase keys in the
-sections ``server``, ``node``, ``controlPlane``, ``bird``, ``wireguard``, ``mesh``,
-``metric``, ``autoUpdate`` and ``bootstrap``, plus ours: ``plugins``, ``tasks``,
-``backends``, ``state``, ``logging``. Any other top-level key is a plugin's section
-and is structured by the plugin manager with the class the plugin declares.
+The file format is JSON, compatible with the Go agent's: camelCase keys. The core
+owns the sections ``server``, ``node``, ``controlPlane``, ``bootstrap``,
+``plugins``, ``tasks``, ``backends``, ``state`` and ``logging``; any other
+top-level key is a plugin's section (``bird``, ``wireguard``, ``mesh``, ``rtt``,
+``updater``...), structured by the plugin manager with the class the plugin
+declares (:class:`~moenet_core.descriptors.ConfigSection`). A plugin section may
+declare deprecated names (``birdAgent``, ``tunnel``, ``meshSync``, the Go agent's
+``metric`` and ``autoUpdate``), and single keys it takes from another section
+(``wireguard.privateKeyPath`` is the ``sessions`` plugin's): :func:`merge_sections`
+folds them in with a deprecation warning. The Go agent's ``wireguard.dn42Ipv4/6``
+are the core's own legacy spelling of ``node.loopbackIpv4/6``.
 
 Errors are collected, not raised one at a time: an operator sees every problem in
 the file at once, each with its path (``controlPlane.token: required``). Unknown
@@ -22,9 +28,9 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_origin
 
 import attrs
 import cattrs
@@ -32,6 +38,9 @@ from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn, override
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .descriptors import ConfigSection, SectionAlias
 
 T = TypeVar("T")
 
@@ -234,13 +243,14 @@ class NodeConfig:
     loopback_ipv4: str | None = attrs.field(default=None, metadata=check(ipv4_address))
     """The node's DN42 IPv4 address (bare or ``/32``): put on the loopback
     interface (``loopback`` plugin) and the local IPv4 of eBGP sessions that have
-    one; an iBGP peer entry claiming it is refused. Null: ``wireguard.dn42Ipv4``
-    stands in for it."""
+    one; an iBGP peer entry claiming it is refused. The Go agent's
+    ``wireguard.dn42Ipv4`` is read as this key (deprecated; both set: they must agree)."""
     loopback_ipv6: str | None = attrs.field(default=None, metadata=check(ipv6_address))
     """The node's DN42 IPv6 address (bare or ``/128``): put on the loopback
     interface and the local IPv6 of eBGP sessions that have one, and the source of
-    the default ``wireguard.dn42Ipv6LinkLocal``; an iBGP peer entry claiming it is
-    refused. Null: ``wireguard.dn42Ipv6`` stands in for it."""
+    the default ``sessions.dn42Ipv6LinkLocal``; an iBGP peer entry claiming it is
+    refused. The Go agent's ``wireguard.dn42Ipv6`` is read as this key (deprecated;
+    both set: they must agree)."""
 
 
 @attrs.define(kw_only=True)
@@ -299,114 +309,6 @@ class ControlPlaneConfig:
     re-opens it)."""
     breaker_open_duration: float = attrs.field(default=30.0, metadata=check(positive))
     """Seconds the breaker stays open before it lets one trial call through."""
-
-
-@attrs.define(kw_only=True)
-class BirdConfig:
-    """BIRD 3: control socket and the directories the agent writes."""
-
-    control_socket: str = "/var/run/bird/bird.ctl"
-    """BIRD's control socket: every query and ``configure`` goes through it. The
-    ``routing/bird`` backend is available when it exists or a ``bird`` binary is found."""
-    pool_size: int = attrs.field(default=5, metadata=check(positive))
-    """Idle control-socket connections kept open for read commands."""
-    pool_size_max: int = attrs.field(default=10, metadata=check(positive))
-    """Most read connections open at once; callers beyond that wait. Not smaller
-    than ``poolSize``. Reconfigurations use one connection of their own."""
-    config_dir: str = "/etc/bird"
-    """Directory of BIRD's configuration, where the agent writes ``moenet.conf``
-    and its other files, ``peers/*.conf``, ``ibgp/*.conf``, and ``bird.conf``
-    unless the operator keeps their own (see docs/bird.md)."""
-    peer_conf_dir: str = "/etc/bird/peers"
-    """Accepted for compatibility with the Go agent's files; the agent always
-    writes eBGP peers to ``<configDir>/peers`` and logs a warning when this is set
-    to another directory."""
-    ibgp_conf_dir: str = "/etc/bird/ibgp"
-    """Accepted for compatibility with the Go agent's files; the agent always
-    writes iBGP sessions to ``<configDir>/ibgp`` and logs a warning when this is
-    set to another directory."""
-    template_dir: str = ""
-    """Operator templates that override the shipped ones, file by file."""
-    ebgp_conf_template_file: str = ""
-    """Accepted for Go-agent compatibility; unused (see ``templateDir``)."""
-
-
-@attrs.define(kw_only=True)
-class WireguardConfig:
-    """WireGuard: keys, keepalive, the node's DN42 loopbacks, backend choice."""
-
-    private_key_path: str = "/etc/wireguard/private.key"
-    """The node's WireGuard private key (base64), used by every eBGP session
-    tunnel; generated (mode 0600) when missing. The mesh has its own key in the
-    state directory."""
-    public_key_path: str = ""
-    """When set, the node key's public half is written here when the agent
-    generates the key. Empty: not written."""
-    config_dir: str = "/etc/wireguard"
-    """Accepted for compatibility with the Go agent's files; not used (tunnels are
-    configured over netlink and UAPI, without files)."""
-    persistent_keepalive_interval: int = attrs.field(
-        default=25, metadata=check(lambda v: None if 0 <= v <= 65535 else "must be 0-65535 seconds")
-    )
-    """Seconds between keepalives on the eBGP session tunnels, and on the mesh
-    tunnels unless ``meshSync.keepalive`` is set; 0 turns them off."""
-    dn42_ipv4: str = attrs.field(default="", metadata=check(ipv4_address))
-    """The Go agent's name for the node's DN42 IPv4: used when
-    ``node.loopbackIpv4`` is unset, and must agree with it when both are set."""
-    dn42_ipv6: str = attrs.field(default="", metadata=check(ipv6_address))
-    """The Go agent's name for the node's DN42 IPv6: used when
-    ``node.loopbackIpv6`` is unset, and must agree with it when both are set."""
-    dn42_ipv6_link_local: str = attrs.field(default="", metadata=check(ipv6_link_local))
-    """Our link-local address (``/64``) on every eBGP session tunnel, and BIRD's
-    local address towards link-local neighbours. Empty: derived from the IPv6
-    loopback by the Go agent's rule (``fd00:4242:7777:302:1::1`` gives
-    ``fe80::998:302:1:1``), or from a hash of ``node.name`` without one."""
-    backend: str = attrs.field(default="auto", metadata=check(one_of("auto", "kernel", "userspace")))
-    """The tunnel backend: ``kernel`` (the kernel's WireGuard), ``userspace``
-    (``wireguard-go``) or ``auto`` (the available one with the highest priority).
-    ``backends.tunnel`` overrides it."""
-
-
-@attrs.define(kw_only=True)
-class MeshConfig:
-    """The WireGuard + Babel IGP mesh between this network's nodes."""
-
-    enabled: bool = True
-    """False: the ``meshSync`` task does nothing (existing mesh tunnels are left as
-    they are) and the heartbeat carries no ``meshPublicKey``."""
-    mtu: int = attrs.field(default=1420, metadata=check(lambda v: None if 1280 <= v <= 9000 else "1280-9000"))
-    """MTU of the mesh tunnels whose peer entry names none."""
-
-
-@attrs.define(kw_only=True)
-class MetricConfig:
-    """Probing for RTT and loss."""
-
-    ping_timeout: float = attrs.field(default=5.0, metadata=check(positive))
-    """Seconds one RTT probe waits for its reply (``rtt.timeoutMs``, in
-    milliseconds, overrides it)."""
-    ping_count: int = attrs.field(default=4, metadata=check(positive))
-    """ICMP echo requests per address per RTT round (``rtt.count`` overrides it)."""
-    ping_workers: int = attrs.field(default=32, metadata=check(positive))
-    """Links probed at the same time (``rtt.concurrency`` overrides it)."""
-
-
-@attrs.define(kw_only=True)
-class AutoUpdateConfig:
-    """The self-updater (off by default)."""
-
-    enabled: bool = False
-    """True: the ``updater`` plugin's task runs (it then needs ``updater.publicKey``:
-    the config is refused without it). False: no update check at all."""
-    check_interval: float = attrs.field(default=60.0, metadata=check(positive))
-    """Minutes between update checks (below 1: 60, as the Go agent did)."""
-    channel: str = attrs.field(default="stable", metadata=check(one_of("stable", "beta", "dev")))
-    """Which releases are taken: ``stable`` only stable releases; ``beta`` also
-    pre-releases; ``dev`` also ``.devN`` releases. The newest such release newer
-    than the running version is installed, never one remembered as bad."""
-    github_repo: str = ""
-    """``owner/name`` whose GitHub releases feed is read when ``updater.feedUrl``
-    is empty. Empty: ``moenet/moenet-agent``."""
 
 
 @attrs.define(kw_only=True)
@@ -495,22 +397,24 @@ class AgentConfig:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     node: NodeConfig = attrs.field(factory=NodeConfig)
     control_plane: ControlPlaneConfig = attrs.field(factory=ControlPlaneConfig)
-    bird: BirdConfig = attrs.field(factory=BirdConfig)
-    wireguard: WireguardConfig = attrs.field(factory=WireguardConfig)
-    mesh: MeshConfig = attrs.field(factory=MeshConfig)
-    metric: MetricConfig = attrs.field(factory=MetricConfig)
-    auto_update: AutoUpdateConfig = attrs.field(factory=AutoUpdateConfig)
     bootstrap: BootstrapConfig = attrs.field(factory=BootstrapConfig)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     tasks: dict[str, TaskOverride] = attrs.field(factory=dict, metadata=check(_task_names))
     backends: dict[str, str] = attrs.field(factory=dict, metadata=check(_backend_choices))
-    """Backend choice per kind (``auto`` or a name); ``tunnel`` defaults to ``wireguard.backend``."""
+    """Backend choice per kind (``auto`` or a name). ``auto`` (or no entry) lets the
+    plugins decide (``moenet_select_backend``: the wireguard plugin answers
+    ``wireguard.backend`` for ``tunnel``), else the available one with the highest
+    priority."""
     state: StateConfig = attrs.field(factory=StateConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
     # Not read from the file's core sections:
     plugin_sections: dict[str, Any] = attrs.field(factory=dict, metadata={"internal": True})
     """Raw top-level sections that belong to plugins (structured by the plugin manager)."""
+    sections: dict[str, Any] = attrs.field(factory=dict, metadata={"internal": True})
+    """The plugin sections as structured by the core (section name -> object; aliases
+    merged in), filled by ``structure_plugin_sections``. A plugin reads its own with
+    ``ctx.section``, or in a hook that only gets the config with ``DECL.of(config)``."""
     mode: str = attrs.field(default="full", metadata={"internal": True})
     """``full``, ``bootstrap`` or ``standalone``."""
     source: str | None = attrs.field(default=None, metadata={"internal": True})
@@ -523,19 +427,17 @@ class AgentConfig:
 
     def backend_choice(self, kind: str) -> str:
         """The configured backend name for ``kind`` (``auto`` when unset)."""
-        if kind in self.backends:
-            return self.backends[kind]
-        if kind == "tunnel":
-            return self.wireguard.backend
-        return "auto"
+        return self.backends.get(kind, "auto")
 
     @property
     def loopback_ipv4(self) -> str | None:
-        return self.node.loopback_ipv4 or self.wireguard.dn42_ipv4 or None
+        """``node.loopbackIpv4`` (which the Go agent's ``wireguard.dn42Ipv4`` fills)."""
+        return self.node.loopback_ipv4 or None
 
     @property
     def loopback_ipv6(self) -> str | None:
-        return self.node.loopback_ipv6 or self.wireguard.dn42_ipv6 or None
+        """``node.loopbackIpv6`` (which the Go agent's ``wireguard.dn42Ipv6`` fills)."""
+        return self.node.loopback_ipv6 or None
 
 
 CORE_SECTIONS: dict[str, str] = {
@@ -750,6 +652,249 @@ def structure(cls: type[T], data: Any, path: str, warnings: list[str]) -> tuple[
     return (obj if not problems else None), problems
 
 
+# ------------------------------------------------------ plugin sections
+
+
+@attrs.define
+class MergedSections:
+    """What :func:`merge_sections` made of the raw plugin sections."""
+
+    values: dict[str, Any] = attrs.field(factory=dict)
+    """Section name -> its raw value with the aliases' keys merged in (present
+    only when the file has the section or one of its aliases)."""
+    origins: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    """Section name -> key -> the old path it was read from (``metric.pingTimeout``)."""
+    warnings: list[str] = attrs.field(factory=list)
+    problems: dict[str, list[str]] = attrs.field(factory=dict)
+    """Section name -> problems of its aliases (an old section that is not an object)."""
+    consumed: set[str] = attrs.field(factory=set)
+    """Top-level keys fully taken (the sections and their aliases)."""
+    leftovers: dict[str, list[str]] = attrs.field(factory=dict)
+    """Old sections partly taken by single-key aliases, with no section of their
+    own: top-level key -> the keys nobody took."""
+
+    def origin_of(self, section: str, message: str) -> str:
+        """``message`` (``rtt.timeoutMs: ...``) with the path the user wrote when the
+        key came from an alias (``metric.pingTimeout (as rtt.timeoutMs): ...``)."""
+        for key, where in self.origins.get(section, {}).items():
+            path = f"{section}.{key}"
+            if message.startswith(path) and message[len(path) : len(path) + 1] in (":", ".", "["):
+                return f"{where} (as {path}){message[len(path) :]}"
+        return message
+
+
+def _get_ci(obj: Mapping[str, Any], key: str) -> tuple[str, Any] | None:
+    lower = key.lower()
+    for k, v in obj.items():
+        if str(k).lower() == lower:
+            return str(k), v
+    return None
+
+
+def merge_sections(raw: Mapping[str, Any], decls: Sequence[ConfigSection]) -> MergedSections:
+    """Fold the aliases of ``decls`` into their sections (see
+    :class:`~moenet_core.descriptors.SectionAlias`).
+
+    Per key of a section the first value wins: the section's own, then each
+    alias in declared order; a later one is ignored with a warning (none for a
+    ``fallback`` alias). A null value counts as unset. Every key taken from an
+    old place gets a deprecation warning naming the old and the new spelling. A
+    section name spelled with other case is accepted with a warning.
+    """
+    out = MergedSections()
+    canon = {d.name for d in decls}
+    known = canon | {a.section for d in decls for a in d.aliases}
+    norm = _normalize_section_names(raw, known, out)
+    fold = _Folding(out=out, norm=norm, canon=canon, claimed=_claimed_keys(decls))
+    for d in decls:
+        _fold_section(fold, d)
+    _warn_deprecated(fold)
+    _record_leftovers(fold)
+    return out
+
+
+def _normalize_section_names(raw: Mapping[str, Any], known: set[str], out: MergedSections) -> dict[str, Any]:
+    """``raw`` with known top-level names spelled right, so that a case slip
+    (``BirdAgent``) still finds its section; a miscased duplicate is dropped."""
+    norm: dict[str, Any] = {}
+    lower_known = {k.lower(): k for k in known}
+    for key, value in raw.items():
+        fixed = key if key in known else lower_known.get(str(key).lower())
+        if fixed is not None and fixed != key:
+            if fixed in raw:
+                out.warnings.append(f"{key}: duplicate of {fixed!r}, ignored")
+                out.consumed.add(key)
+                continue
+            out.warnings.append(f"{key}: accepted as {fixed!r} (spell it that way)")
+            out.consumed.add(key)
+        norm[fixed or key] = value
+    return norm
+
+
+def _claimed_keys(decls: Sequence[ConfigSection]) -> dict[str, set[str]]:
+    """Old section -> lower(old key) for the single keys aliases take from it; a
+    whole-section alias and the section itself must leave those keys alone."""
+    claimed: dict[str, set[str]] = {}
+    for d in decls:
+        for a in d.aliases:
+            if (km := a.key_map()) is not None:
+                claimed.setdefault(a.section, set()).update(k.lower() for k in km)
+    return claimed
+
+
+@attrs.define
+class _Folding:
+    """State shared by the steps of :func:`merge_sections`."""
+
+    out: MergedSections
+    norm: dict[str, Any]
+    """The raw top level, names' case fixed."""
+    canon: set[str]
+    """The declared sections' own names."""
+    claimed: dict[str, set[str]]
+    moved: dict[str, list[str]] = attrs.field(factory=dict)
+    """Old ``section.key`` taken by a single-key alias -> the new paths it was read as."""
+    whole: dict[str, list[str]] = attrs.field(factory=dict)
+    """Old section read whole by an alias -> the sections reading it."""
+
+    def is_claimed(self, section: str, key: Any) -> bool:
+        return str(key).lower() in self.claimed.get(section, set())
+
+
+@attrs.define
+class _SectionValues:
+    """One section being assembled: its keys and the path each was read from, so
+    that a losing value's warning can name the winner."""
+
+    name: str
+    merged: dict[str, Any]
+    source: dict[str, str]
+    """lower(key) -> the path its value came from."""
+
+
+def _fold_section(fold: _Folding, d: ConfigSection) -> None:
+    """Merge the section ``d`` from its own value and its aliases' into ``fold.out``."""
+    own = fold.norm.get(d.name)
+    if own is not None and not isinstance(own, Mapping):
+        fold.out.values[d.name] = own  # the structurer reports "expected an object"
+        fold.out.consumed.add(d.name)
+        return
+    merged: dict[str, Any] = {k: v for k, v in (own or {}).items() if not fold.is_claimed(d.name, k)}
+    sec = _SectionValues(d.name, merged, {str(k).lower(): f"{d.name}.{k}" for k in merged})
+    present = own is not None
+    for a in d.aliases:
+        present = _fold_alias(fold, sec, a) or present
+    if present:
+        fold.out.values[d.name] = merged
+        fold.out.consumed.add(d.name)
+
+
+def _fold_alias(fold: _Folding, sec: _SectionValues, a: SectionAlias) -> bool:
+    """Take what the alias ``a`` reads into ``sec``; True when the old place holds
+    anything for the section (then it counts as present even if all values are null)."""
+    old = fold.norm.get(a.section)
+    if old is None:
+        return False
+    km = a.key_map()
+    if not isinstance(old, Mapping):
+        if km is None:
+            fold.out.problems.setdefault(sec.name, []).append(
+                f"{a.section}: expected an object, got {_describe(old)}"
+            )
+            fold.out.consumed.add(a.section)
+        return False
+    lower_km = None if km is None else {o.lower(): (o, n) for o, n in km.items()}
+    present = False
+    if lower_km is None:
+        if a.section in fold.canon:
+            return False  # another section's own: only single keys may be taken from it
+        fold.whole.setdefault(a.section, []).append(sec.name)
+        present = True
+    for key, value in old.items():
+        where = f"{a.section}.{key}"
+        target = _alias_target(fold, a, lower_km, key)
+        if target is None:
+            continue
+        new, convert = target
+        present = True
+        if value is None:
+            continue
+        if convert is not None:
+            value = convert(value)
+        if _put_value(fold, sec, a, where, new, value) and lower_km is not None:
+            fold.moved[where].append(f"{sec.name}.{new}")
+    return present
+
+
+def _alias_target(
+    fold: _Folding, a: SectionAlias, lower_km: dict[str, tuple[str, str]] | None, key: Any
+) -> tuple[str, Callable[[Any], Any] | None] | None:
+    """The new key (and its converter) the old ``key`` is read as, or None when
+    the alias does not take it. A key-map hit is noted in ``fold.moved``."""
+    if lower_km is None:
+        if fold.is_claimed(a.section, key):
+            return None
+        return str(key), None
+    hit = lower_km.get(str(key).lower())
+    if hit is None:
+        return None
+    fold.moved.setdefault(f"{a.section}.{key}", [])
+    return hit[1], a.converter(hit[0])
+
+
+def _put_value(
+    fold: _Folding, sec: _SectionValues, a: SectionAlias, where: str, new: str, value: Any
+) -> bool:
+    """Set ``new`` unless a value is there already (first wins: warn unless the
+    alias is a fallback); True when the value was taken."""
+    prev = _get_ci(sec.merged, new)
+    if prev is not None and prev[1] is not None:
+        if not a.fallback:
+            fold.out.warnings.append(
+                f"{where}: ignored, {sec.source[new.lower()]} is set too (that one wins)"
+            )
+        return False
+    if prev is not None:
+        del sec.merged[prev[0]]
+    sec.merged[new] = value
+    sec.source[new.lower()] = where
+    fold.out.origins.setdefault(sec.name, {})[new] = where
+    return True
+
+
+def _warn_deprecated(fold: _Folding) -> None:
+    """One warning per old section read whole, then one per old section whose
+    single keys moved, listing every move."""
+    out = fold.out
+    for old, targets in fold.whole.items():
+        names = " and ".join(f"'{t}'" for t in targets)
+        out.warnings.append(f"{old}: deprecated section name; its keys are read as {names} (rename it)")
+        out.consumed.add(old)
+    by_section: dict[str, list[str]] = {}
+    for where, targets in fold.moved.items():
+        if targets:
+            by_section.setdefault(where.split(".", 1)[0], []).append(f"{where} -> {' and '.join(targets)}")
+    for old, moves in by_section.items():
+        out.warnings.append(
+            f"{old}: deprecated keys, read in their new place (move them): {', '.join(moves)}"
+        )
+
+
+def _record_leftovers(fold: _Folding) -> None:
+    """An old section with no owner that single-key aliases took from is consumed
+    when emptied; otherwise its remaining keys are left for the caller to report."""
+    out = fold.out
+    for section, keys in fold.claimed.items():
+        old = fold.norm.get(section)
+        if section in out.consumed or section in fold.canon or not isinstance(old, Mapping):
+            continue
+        rest = [str(k) for k in old if str(k).lower() not in keys]
+        if rest:
+            out.leftovers[section] = rest
+        else:
+            out.consumed.add(section)
+
+
 # ------------------------------------------------------------- assembling
 
 
@@ -800,29 +945,101 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) 
     return out
 
 
+#: The plugin sections (and their keys) the CP may set: exactly the Go agent's
+#: ``bird``, ``wireguard``, ``mesh``, ``metric`` and ``autoUpdate`` sections, which
+#: the CP could set before they moved to their plugins. Keys the plugins added
+#: since (``bird.birdBinary``, ``wireguard.wireguardGo``, ``mesh.allowRemoval``,
+#: ``updater.publicKey``...) are local only. A later change lets each key say so.
+CP_PLUGIN_KEYS: dict[str, tuple[str, ...]] = {
+    "bird": (
+        "controlSocket",
+        "poolSize",
+        "poolSizeMax",
+        "configDir",
+        "peerConfDir",
+        "ibgpConfDir",
+        "templateDir",
+        "ebgpConfTemplateFile",
+    ),
+    "wireguard": (
+        "privateKeyPath",
+        "publicKeyPath",
+        "configDir",
+        "persistentKeepaliveInterval",
+        "dn42Ipv4",
+        "dn42Ipv6",
+        "dn42Ipv6LinkLocal",
+        "backend",
+    ),
+    "mesh": ("enabled", "mtu"),
+    "metric": ("pingTimeout", "pingCount", "pingWorkers"),
+    "autoUpdate": ("enabled", "checkInterval", "channel", "githubRepo"),
+}
+
+#: The Go agent's node-level keys in its ``wireguard`` section: the core reads them
+#: as ``node.loopbackIpv4/6`` (deprecated spelling; both set: they must agree).
+LEGACY_NODE_KEYS: dict[str, tuple[str, Check]] = {
+    "dn42Ipv4": ("loopbackIpv4", ipv4_address),
+    "dn42Ipv6": ("loopbackIpv6", ipv6_address),
+}
+
+
+def _take_legacy_node_keys(
+    merged: dict[str, Any], problems: list[str], warnings: list[str]
+) -> dict[str, tuple[str, str]]:
+    """Take ``wireguard.dn42Ipv4/6`` out of the raw config (the wireguard plugin's
+    section no longer has them); returns node key -> (old path, address)."""
+    wg = merged.get("wireguard")
+    if not isinstance(wg, Mapping):
+        return {}
+    rest = dict(wg)
+    lower = {k.lower(): k for k in LEGACY_NODE_KEYS}
+    found: dict[str, tuple[str, str]] = {}
+    for key, value in wg.items():
+        canonical = lower.get(str(key).lower())
+        if canonical is None:
+            continue
+        del rest[key]
+        path = f"wireguard.{key}"
+        node_key, fn = LEGACY_NODE_KEYS[canonical]
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string, got {_describe(value)}")
+            continue
+        if (msg := fn(value)) is not None:
+            problems.append(f"{path}: {msg}")
+            continue
+        warnings.append(f"{path}: deprecated; read as node.{node_key} (move it there)")
+        found[node_key] = (path, value)
+    if rest:
+        merged["wireguard"] = rest
+    else:
+        del merged["wireguard"]
+    return found
+
+
 def remote_overlay(remote: Any, problems: list[str]) -> dict[str, Any]:
     """The CP's ``/agent/{node}/config`` answer as a config overlay.
 
-    Only sections the CP may decide are taken (node, bird, wireguard, mesh,
-    metric, autoUpdate, controlPlane intervals, tasks, backends); local-only
-    settings (server, plugins, state, logging, bootstrap) are never taken from
-    the network.
+    Only sections the CP may decide are taken (node, controlPlane intervals,
+    tasks, backends, and the Go agent's bird, wireguard, mesh, metric and
+    autoUpdate with the keys they had there: :data:`CP_PLUGIN_KEYS`); local-only
+    settings (server, plugins, state, logging, bootstrap, every other plugin
+    section or key) are never taken from the network.
     """
     if not isinstance(remote, Mapping):
         problems.append("control plane config: expected an object")
         return {}
-    allowed = {
-        "node",
-        "bird",
-        "wireguard",
-        "mesh",
-        "metric",
-        "autoUpdate",
-        "controlPlane",
-        "tasks",
-        "backends",
-    }
-    overlay = {k: v for k, v in remote.items() if k in allowed}
+    allowed = {"node", "controlPlane", "tasks", "backends"}
+    overlay: dict[str, Any] = {k: v for k, v in remote.items() if k in allowed}
+    for section, keys in CP_PLUGIN_KEYS.items():
+        value = remote.get(section)
+        if isinstance(value, Mapping):
+            lower = {k.lower() for k in keys}
+            overlay[section] = {k: v for k, v in value.items() if str(k).lower() in lower}
+        elif section in remote:
+            overlay[section] = value  # not an object: the section's owner reports it
     cp = overlay.get("controlPlane")
     if isinstance(cp, Mapping):
         # The CP may tune intervals but never redirect the agent or change its token.
@@ -853,6 +1070,7 @@ def build_config(
     if remote is not None:
         merged = deep_merge(remote_overlay(remote, problems), local)
 
+    legacy = _take_legacy_node_keys(merged, problems, warnings)
     core_raw: dict[str, Any] = {}
     plugin_raw: dict[str, Any] = {}
     lower_core = {k.lower(): k for k in CORE_SECTIONS}
@@ -908,18 +1126,13 @@ def build_config(
 
     if cfg.control_plane.retry_max_delay < cfg.control_plane.retry_initial_delay:
         problems.append("controlPlane.retryMaxDelay: must not be smaller than retryInitialDelay")
-    if cfg.bird.pool_size_max < cfg.bird.pool_size:
-        problems.append("bird.poolSizeMax: must not be smaller than poolSize")
-    if cfg.bird.ebgp_conf_template_file:
-        warnings.append(
-            "bird.ebgpConfTemplateFile: not used by this agent; put overrides in bird.templateDir"
-        )
-    for n, (sec, key) in enumerate(
-        ((cfg.node.loopback_ipv4, cfg.wireguard.dn42_ipv4), (cfg.node.loopback_ipv6, cfg.wireguard.dn42_ipv6))
-    ):
-        if sec and key and sec.split("/")[0] != key.split("/")[0]:
-            fam = "Ipv4" if n == 0 else "Ipv6"
-            problems.append(f"node.loopback{fam}: disagrees with wireguard.dn42{fam} ({sec} vs {key})")
+    for node_key, (path, value) in legacy.items():
+        attr = "loopback_ipv4" if node_key == "loopbackIpv4" else "loopback_ipv6"
+        current = getattr(cfg.node, attr)
+        if not current:
+            setattr(cfg.node, attr, value)
+        elif ipaddress.ip_interface(current).ip != ipaddress.ip_interface(value).ip:
+            problems.append(f"node.{node_key}: disagrees with {path} ({current} vs {value})")
     if problems:
         raise ConfigError(problems, source)
     return cfg, warnings

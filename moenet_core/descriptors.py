@@ -24,6 +24,7 @@ from .models import SessionStatus
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from .config import AgentConfig
     from .context import PluginContext
 
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -136,15 +137,75 @@ class BackendSpec:
     plugin: str = ""
 
 
+def _pairs(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...] | None:
+    if value is None:
+        return None
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((str(k), v) for k, v in items)
+
+
+def _converters(
+    value: Mapping[str, Callable[[Any], Any]] | Iterable[tuple[str, Callable[[Any], Any]]],
+) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    return _pairs(value) or ()
+
+
+@attrs.frozen(kw_only=True)
+class SectionAlias:
+    """A deprecated place the keys of a :class:`ConfigSection` may still be written.
+
+    ``section`` names the old top-level section. Without ``keys`` every key of it
+    is taken under its own name (``birdAgent`` -> ``bird``). With ``keys``
+    (old key -> new key) only those are taken, and the old section's other keys
+    are left to whoever else takes them: its own section's owner, another alias,
+    else they are warned about as unknown (``wireguard.privateKeyPath`` ->
+    ``sessions.privateKeyPath``, while the rest of ``wireguard`` stays the
+    wireguard plugin's). One old key may be taken by several sections.
+
+    ``convert`` maps an old key to a function turning its JSON value into the new
+    key's unit (``metric.pingTimeout`` seconds -> ``rtt.timeoutMs``); it gets the
+    raw value and returns it unchanged when it cannot convert it, so the
+    structurer reports the type error. ``fallback`` marks a default rather than
+    an old spelling: the section's own value wins without a conflict warning
+    (``wireguard.persistentKeepaliveInterval`` as the default ``mesh.keepalive``).
+
+    The core merges taken keys into the section before structuring it, with a
+    deprecation warning naming the old and the new spelling; where the section
+    (or an earlier alias) sets the same key, that value wins, with a warning.
+    A null value counts as unset.
+    """
+
+    section: str = attrs.field(validator=_check(_SECTION, "config section name"))
+    keys: tuple[tuple[str, str], ...] | None = attrs.field(default=None, converter=_pairs)
+    convert: tuple[tuple[str, Callable[[Any], Any]], ...] = attrs.field(default=(), converter=_converters)
+    fallback: bool = False
+
+    def key_map(self) -> dict[str, str] | None:
+        """Old key -> new key, or None when every key is taken under its own name."""
+        return None if self.keys is None else dict(self.keys)
+
+    def converter(self, key: str) -> Callable[[Any], Any] | None:
+        return dict(self.convert).get(key)
+
+
+def _aliases(value: Iterable[SectionAlias | str]) -> tuple[SectionAlias, ...]:
+    return tuple(SectionAlias(section=a) if isinstance(a, str) else a for a in value)
+
+
 @attrs.frozen(kw_only=True)
 class ConfigSection:
     """A top-level config section owned by a plugin, structured into ``type``
-    (an attrs class) with the core's converter; errors carry the section path."""
+    (an attrs class) with the core's converter; errors carry the section path.
+
+    ``aliases`` lists deprecated places its keys may still be written
+    (:class:`SectionAlias`; a plain string is a whole-section alias). The core
+    merges them in with a deprecation warning; the section's own keys win."""
 
     name: str = attrs.field(validator=_check(_SECTION, "config section name"))
     type: builtins.type = attrs.field()
     required: bool = False
     description: str = ""
+    aliases: tuple[SectionAlias, ...] = attrs.field(default=(), converter=_aliases)
     plugin: str = ""
 
     @type.validator
@@ -152,16 +213,44 @@ class ConfigSection:
         if not (isinstance(value, builtins.type) and attrs.has(value)):
             raise ValueError(f"config section {self.name!r}: type must be an attrs class")
 
+    @aliases.validator
+    def _not_itself(self, _attr: attrs.Attribute[Any], value: tuple[SectionAlias, ...]) -> None:
+        for alias in value:
+            if alias.section == self.name:
+                raise ValueError(f"config section {self.name!r}: an alias cannot name the section itself")
 
-Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+    def of(self, config: AgentConfig) -> Any:
+        """This section of ``config``, structured: the value the core structured
+        for the running configuration (``AgentConfig.sections``), else structured
+        now with the aliases merged in (for hooks called on a config the core has
+        not gone through, as tests and tools do). None when it is invalid."""
+        if self.name in config.sections:
+            return config.sections[self.name]
+        from .config import merge_sections, structure
+
+        merged = merge_sections(config.plugin_sections, [self])
+        if merged.problems.get(self.name):
+            return None
+        obj, problems = structure(self.type, merged.values.get(self.name) or {}, self.name, [])
+        return None if problems else obj
+
+
+Handler = Callable[["web.Request", "PluginContext"], Awaitable["web.StreamResponse"]]
+"""``async handler(request, ctx) -> web.StreamResponse`` of a plugin route."""
 
 
 @attrs.frozen(kw_only=True)
 class RouteSpec:
     """An HTTP route on the local API, mounted under ``/plugins/<plugin>/``.
 
-    ``mutating`` defaults to true for every method but GET and HEAD; mutating
-    routes get the same protection as the core's (token or loopback only).
+    ``handler`` is an aiohttp coroutine called as ``handler(request, ctx)``, with
+    ``ctx`` the providing plugin's :class:`~moenet_core.PluginContext` in the
+    running agent (the one its tasks got: ``ctx.task(name)``, ``ctx.stash``,
+    ``ctx.backend(...)`` find the plugin's live objects). A handler taking only
+    ``request`` (hook API 1.0) is still called that way, with a
+    ``DeprecationWarning``. ``mutating`` defaults to true for every method but
+    GET and HEAD; mutating routes get the same protection as the core's (token
+    or loopback only).
     """
 
     method: str = attrs.field(converter=_upper)
@@ -215,6 +304,8 @@ class SyncEvent:
     changes: int = 0
     error: str | None = None
     details: Mapping[str, Any] = attrs.field(factory=dict)
+    transient: bool = False
+    """With ``ok`` false: a retry may fix it (the CP or a daemon unreachable)."""
 
 
 @attrs.frozen(kw_only=True)

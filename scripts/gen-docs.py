@@ -320,10 +320,23 @@ The agent reads one JSON file: the first of `-c/--config FILE`, `./config.json`,
 camelCase (the Go agent's files keep working). Precedence, lowest first: the
 defaults below, the control plane's `GET /agent/{node}/config` answer (bootstrap
 mode only), the file, then the environment (`MOENET_NODE_NAME`, `MOENET_NODE_ID`,
-`MOENET_CP_URL`, `MOENET_CP_TOKEN`). The control plane may set `node`, `bird`,
-`wireguard`, `mesh`, `metric`, `autoUpdate`, `controlPlane` (never its `url`,
-`token`, `source` or `file`), `tasks` and `backends`; never `server`, `plugins`,
-`state`, `logging`, `bootstrap` or any plugin section.
+`MOENET_CP_URL`, `MOENET_CP_TOKEN`). The control plane may set `node`,
+`controlPlane` (never its `url`, `token`, `source` or `file`), `tasks`, `backends`,
+and the keys the Go agent's `bird`, `wireguard`, `mesh`, `metric` and `autoUpdate`
+sections had (`bird.controlSocket`, `mesh.mtu`, `autoUpdate.enabled`...); never
+`server`, `plugins`, `state`, `logging`, `bootstrap` or any other plugin key.
+
+The core owns the sections below; every other section is a plugin's: one section
+per concern (`bird`, `wireguard`, `mesh`, `rtt`, `updater`, `sessions`...), checked
+only while its plugin is enabled. The Go agent's files and the agent's own older
+sections keep working, with a deprecation warning naming the new place:
+`birdAgent` is read as `bird`, `tunnel` as `wireguard`, `meshSync` as `mesh`,
+`autoUpdate` as `updater`, `metric` as `rtt` (`pingCount` as `count`, `pingTimeout`
+in seconds as `timeoutMs`, `pingWorkers` as `concurrency`); of the Go agent's
+`wireguard` keys, `privateKeyPath`, `publicKeyPath`, `persistentKeepaliveInterval`
+and `dn42Ipv6LinkLocal` are the `sessions` section's (`persistentKeepaliveInterval`
+is also the default `mesh.keepalive`) and `dn42Ipv4/6` are `node.loopbackIpv4/6`.
+Where the new and the old spelling both set a key, the new one wins (a warning).
 
 Every problem is reported at once with its path (`controlPlane.token: required`).
 Types are strict: `"5"` is not a number, `"yes"` is not a boolean; an integral
@@ -338,20 +351,20 @@ Mode: a non-empty `bootstrap` section makes a **bootstrap** file (`bootstrap.api
 is a **full** config (`node.name`, `controlPlane.url` and `controlPlane.token`
 required). Cross-field rules: `controlPlane.retryMaxDelay` must not be smaller than
 `retryInitialDelay`, `bird.poolSizeMax` not smaller than `poolSize`, and
-`node.loopbackIpv4/6` must agree with `wireguard.dn42Ipv4/6` when both are set.
+`node.loopbackIpv4/6` must agree with the Go agent's `wireguard.dn42Ipv4/6` when
+both are set.
 
 Examples: `contrib/configs/`. Durations are seconds unless the key or its
 description says otherwise; `controlPlane.retryInitialDelay` and `retryMaxDelay`
-are milliseconds and `autoUpdate.checkInterval` is minutes, as in the Go agent."""
+are milliseconds and `updater.checkInterval` is minutes, as in the Go agent."""
 
 
 def builtin_tasks() -> list[Any]:
     """The TaskSpecs the built-in plugins provide with the default config
-    (``autoUpdate.enabled`` switched on, so the updater's task is listed too)."""
+    (``updater.enabled`` switched on, so the updater's task is listed too)."""
     from moenet_core.config import AgentConfig
 
-    config = AgentConfig()
-    config.auto_update.enabled = True
+    config = AgentConfig(plugin_sections={"updater": {"enabled": True}})
     specs = []
     for plugin, module in builtin_plugins():
         hook = getattr(module, "moenet_tasks", None)
@@ -373,6 +386,21 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{int(value)}" if float(value).is_integer() else f"{value:g}"
+
+
+def _aliases(sec: Any) -> str:
+    """A section's deprecated spellings, as a sentence."""
+    parts = []
+    for alias in sec.aliases:
+        keys = alias.key_map()
+        if keys is None:
+            parts.append(f"the section `{alias.section}`")
+            continue
+        moves = ", ".join(
+            f"`{alias.section}.{old}`" + (f" as `{new}`" if new != old else "") for old, new in keys.items()
+        )
+        parts.append(moves + (" (a default only)" if alias.fallback else ""))
+    return "; ".join(parts)
 
 
 def render_config() -> str:
@@ -429,7 +457,7 @@ def render_config() -> str:
                 elif spec.name == "metricCollector":
                     interval += " (`controlPlane.metricInterval`)"
                 elif spec.name == "updater":
-                    interval += " (`autoUpdate.checkInterval` minutes; only with `autoUpdate.enabled`)"
+                    interval += " (`updater.checkInterval` minutes; only with `updater.enabled`)"
                 lines.append(
                     f"| `{spec.name}` | `{plugin}` | {interval} | "
                     f"{_seconds(spec.timeout if spec.timeout is not None else spec.interval)} | "
@@ -448,8 +476,9 @@ def render_config() -> str:
         "",
         "`backends.<kind>` picks the implementation of a backend kind by name, or `auto`",
         "(the default): among the candidates whose availability probe passes, the highest",
-        "priority wins. `backends.tunnel` defaults to `wireguard.backend`. An unknown name",
-        "is an error listing the choices. The built-in backends:",
+        "priority wins, unless a plugin chooses first (`moenet_select_backend`: the wireguard",
+        "plugin chooses `wireguard.backend` for `tunnel`). An unknown name is an error listing",
+        "the choices. The built-in backends:",
         "",
         "| kind | name | plugin | priority | |",
         "|---|---|---|---|---|",
@@ -477,7 +506,10 @@ def render_config() -> str:
         head = f"Plugin `{plugin}`" + (" (section required)" if sec.required else "")
         head += f": {md(sec.description)}." if sec.description else "."
         doc = md(inspect.getdoc(sec.type) or "")
-        lines += ["", f"### {sec.name}", "", head, "", doc, "", *_table(sec.name, sec.type)]
+        lines += ["", f"### {sec.name}", "", head, "", doc]
+        if sec.aliases:
+            lines += ["", "Still read (deprecated, with a warning): " + _aliases(sec) + "."]
+        lines += ["", *_table(sec.name, sec.type)]
     return "\n".join(lines) + "\n"
 
 

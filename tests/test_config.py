@@ -5,16 +5,21 @@ import json
 import attrs
 import pytest
 
+from moenet_core import ConfigSection, SectionAlias
+from moenet_core.agent import structure_plugin_sections
+from moenet_core.cli import disabled_plugins
 from moenet_core.config import (
     AgentConfig,
     build_config,
     camel,
     find_config_file,
+    merge_sections,
     read_config_file,
     structure,
     to_dict,
 )
 from moenet_core.errors import ConfigError
+from moenet_core.plugins import AgentPluginManager
 
 FULL = {
     "node": {"name": "jp1", "id": 3},
@@ -26,6 +31,17 @@ def problems_of(raw, **kw):
     with pytest.raises(ConfigError) as info:
         build_config(raw, env=kw.pop("env", {}), **kw)
     return info.value.problems
+
+
+def with_plugins(raw, **kw):
+    """The config, its warnings (core and plugin sections) and the structured
+    sections of the built-in plugins."""
+    cfg, warnings = build_config(raw, env=kw.pop("env", {}), **kw)
+    disabled, enabled = disabled_plugins(cfg, {})
+    pm = AgentPluginManager()
+    pm.load_entrypoints(disabled=disabled, enabled=enabled)
+    sections = structure_plugin_sections(cfg, pm)
+    return cfg, [*warnings, *sections.warnings], sections
 
 
 def test_camel_case_mapping():
@@ -52,52 +68,185 @@ def test_defaults_match_the_seed():
         3,
         30,
     )
-    assert (cfg.bird.pool_size, cfg.bird.pool_size_max) == (5, 10)
     assert cfg.task_interval("meshSync", 120) == 120
+    # The core keeps only its own sections; the rest are the plugins'.
+    assert set(to_dict(cfg)) == {
+        "server", "node", "controlPlane", "bootstrap", "plugins", "tasks", "backends", "state", "logging"
+    }  # fmt: skip
 
 
-def test_go_agent_example_config_is_accepted():
-    # The keys the Go agent's example config uses (go-agent.md §2.1).
-    raw = {
-        "server": {"listen": ":24368", "readTimeout": 30, "writeTimeout": 30, "idleTimeout": 120},
-        "node": {"name": "jp1", "id": 1, "region": "ap-east", "location": "Tokyo", "provider": "x"},
-        "controlPlane": {
-            "url": "https://cp.example/api/v1",
-            "token": "t0k3n-xyz",
-            "requestTimeout": 15,
-            "heartbeatInterval": 30,
-            "syncInterval": 60,
-            "metricInterval": 60,
-            "maxRetries": 3,
-            "retryInitialDelay": 1000,
-        },
-        "bird": {
-            "controlSocket": "/var/run/bird/bird.ctl",
-            "poolSize": 5,
-            "poolSizeMax": 64,
-            "peerConfDir": "/etc/bird/peers",
-            "ebgpConfTemplateFile": "x.tmpl",
-            "ibgpConfDir": "/etc/bird/ibgp",
-        },
-        "wireguard": {
-            "privateKeyPath": "/etc/wireguard/private.key",
-            "publicKeyPath": "/etc/wireguard/public.key",
-            "configDir": "/etc/wireguard",
-            "persistentKeepaliveInterval": 25,
-            "dn42Ipv4": "172.22.68.198",
-            "dn42Ipv6": "fd28:cb8f:4c92::1",
-            "dn42Ipv6LinkLocal": "fe80::198",
-        },
-        "metric": {"pingTimeout": 5, "pingCount": 4, "pingWorkers": 32},
-        "autoUpdate": {"enabled": False, "checkInterval": 60, "channel": "stable", "githubRepo": "a/b"},
-    }
-    cfg, warnings = build_config(raw, env={})
-    assert cfg.server.listen == ":24368"
-    assert cfg.bird.pool_size_max == 64
-    assert cfg.loopback_ipv4 == "172.22.68.198"
-    assert warnings == [
-        "bird.ebgpConfTemplateFile: not used by this agent; put overrides in bird.templateDir"
+#: The keys the Go agent's example config uses (go-agent.md §2.1), plus the
+#: sections this agent had before each concern got one section
+#: (birdAgent, tunnel, meshSync).
+GO_CONFIG = {
+    "server": {"listen": ":24368", "readTimeout": 30, "writeTimeout": 30, "idleTimeout": 120},
+    "node": {"name": "jp1", "id": 1, "region": "ap-east", "location": "Tokyo", "provider": "x"},
+    "controlPlane": {
+        "url": "https://cp.example/api/v1",
+        "token": "t0k3n-xyz",
+        "requestTimeout": 15,
+        "heartbeatInterval": 30,
+        "syncInterval": 60,
+        "metricInterval": 60,
+        "maxRetries": 3,
+        "retryInitialDelay": 1000,
+    },
+    "bird": {
+        "controlSocket": "/var/run/bird/bird.ctl",
+        "poolSize": 5,
+        "poolSizeMax": 64,
+        "peerConfDir": "/etc/bird/peers",
+        "ebgpConfTemplateFile": "x.tmpl",
+        "ibgpConfDir": "/etc/bird/ibgp",
+    },
+    "birdAgent": {"applyDebounce": 0, "loopbackInterface": "lo"},
+    "wireguard": {
+        "privateKeyPath": "/etc/wireguard/private.key",
+        "publicKeyPath": "/etc/wireguard/public.key",
+        "configDir": "/etc/wireguard",
+        "persistentKeepaliveInterval": 15,
+        "dn42Ipv4": "172.22.68.198",
+        "dn42Ipv6": "fd28:cb8f:4c92::1",
+        "dn42Ipv6LinkLocal": "fe80::198",
+        "backend": "userspace",
+    },
+    "tunnel": {"wireguardGo": "/usr/local/bin/wireguard-go", "staleHandshake": 120},
+    "mesh": {"enabled": False, "mtu": 1400},
+    "meshSync": {"portBase": 20000, "interfacePrefix": "m"},
+    "metric": {"pingTimeout": 2.5, "pingCount": 3, "pingWorkers": 8},
+    "autoUpdate": {"enabled": False, "checkInterval": 30, "channel": "beta", "githubRepo": "a/b"},
+}
+
+#: The same configuration, one section per concern.
+NEW_CONFIG = {
+    "server": GO_CONFIG["server"],
+    "node": {**GO_CONFIG["node"], "loopbackIpv4": "172.22.68.198", "loopbackIpv6": "fd28:cb8f:4c92::1"},
+    "controlPlane": GO_CONFIG["controlPlane"],
+    "bird": {**GO_CONFIG["bird"], "applyDebounce": 0, "loopbackInterface": "lo"},
+    "wireguard": {
+        "configDir": "/etc/wireguard",
+        "backend": "userspace",
+        "wireguardGo": "/usr/local/bin/wireguard-go",
+        "staleHandshake": 120,
+    },
+    "sessions": {
+        "privateKeyPath": "/etc/wireguard/private.key",
+        "publicKeyPath": "/etc/wireguard/public.key",
+        "persistentKeepaliveInterval": 15,
+        "dn42Ipv6LinkLocal": "fe80::198",
+    },
+    "mesh": {"enabled": False, "mtu": 1400, "portBase": 20000, "interfacePrefix": "m", "keepalive": 15},
+    "rtt": {"count": 3, "timeoutMs": 2500, "concurrency": 8},
+    "updater": {"enabled": False, "checkInterval": 30, "channel": "beta", "githubRepo": "a/b"},
+}
+
+
+def test_go_agent_config_loads_with_the_same_values_and_deprecation_warnings():
+    old_cfg, old_warnings, old = with_plugins(GO_CONFIG)
+    new_cfg, new_warnings, new = with_plugins(NEW_CONFIG)
+    assert old.problems == {} and new.problems == {}
+    assert new_warnings == []
+    assert old_cfg.server.listen == ":24368"
+    assert (old_cfg.loopback_ipv4, old_cfg.loopback_ipv6) == ("172.22.68.198", "fd28:cb8f:4c92::1")
+    assert old_cfg.node == new_cfg.node
+    assert old.values == new.values
+    bird = old.values["bird"]
+    assert (bird.pool_size_max, bird.apply_debounce, bird.loopback_interface) == (64, 0, "lo")
+    assert old.values["rtt"].probe_settings() == (3, 2.5, 8)
+    assert old.values["mesh"].keepalive == 15 and old.values["sessions"].persistent_keepalive_interval == 15
+    assert old.values["wireguard"].wireguard_go == "/usr/local/bin/wireguard-go"
+    assert old.values["updater"].channel == "beta"
+    assert old_warnings == [
+        "wireguard.dn42Ipv4: deprecated; read as node.loopbackIpv4 (move it there)",
+        "wireguard.dn42Ipv6: deprecated; read as node.loopbackIpv6 (move it there)",
+        "tunnel: deprecated section name; its keys are read as 'wireguard' (rename it)",
+        "meshSync: deprecated section name; its keys are read as 'mesh' (rename it)",
+        "birdAgent: deprecated section name; its keys are read as 'bird' (rename it)",
+        "autoUpdate: deprecated keys, read in their new place (move them): autoUpdate.enabled -> "
+        "updater.enabled, autoUpdate.checkInterval -> updater.checkInterval, autoUpdate.channel -> "
+        "updater.channel, autoUpdate.githubRepo -> updater.githubRepo",
+        "wireguard: deprecated keys, read in their new place (move them): wireguard.privateKeyPath -> "
+        "sessions.privateKeyPath, wireguard.publicKeyPath -> sessions.publicKeyPath, "
+        "wireguard.persistentKeepaliveInterval -> sessions.persistentKeepaliveInterval and mesh.keepalive, "
+        "wireguard.dn42Ipv6LinkLocal -> sessions.dn42Ipv6LinkLocal",
+        "metric: deprecated keys, read in their new place (move them): metric.pingTimeout -> rtt.timeoutMs, "
+        "metric.pingCount -> rtt.count, metric.pingWorkers -> rtt.concurrency",
     ]
+
+
+def test_go_agent_defaults_are_the_new_defaults():
+    _, _, old = with_plugins({**FULL, "wireguard": {}, "metric": {}, "mesh": {}, "autoUpdate": {}})
+    _, _, new = with_plugins(FULL)
+    assert old.values == new.values
+    assert new.values["rtt"].probe_settings() == (4, 5.0, 32)
+    assert new.values["sessions"].persistent_keepalive_interval == 25
+    assert new.values["sessions"].private_key_path == "/etc/wireguard/private.key"
+
+
+def test_canonical_key_wins_over_its_alias_with_a_warning():
+    raw = {
+        **FULL,
+        "bird": {"applyDebounce": 1},
+        "birdAgent": {"applyDebounce": 2, "birdBinary": "/usr/sbin/bird"},
+        "rtt": {"count": 5, "timeoutMs": None},
+        "metric": {"pingCount": 2, "pingTimeout": 1},
+        "mesh": {"keepalive": 0},
+        "wireguard": {"persistentKeepaliveInterval": 10},
+    }
+    _, warnings, sections = with_plugins(raw)
+    bird, rtt = sections.values["bird"], sections.values["rtt"]
+    assert (bird.apply_debounce, bird.bird_binary) == (1, "/usr/sbin/bird")
+    assert (rtt.count, rtt.timeout_ms) == (5, 1000)  # a null counts as unset
+    # The mesh's keepalive only defaults to the old wireguard key: no conflict warning.
+    assert sections.values["mesh"].keepalive == 0
+    assert sections.values["sessions"].persistent_keepalive_interval == 10
+    assert "birdAgent.applyDebounce: ignored, bird.applyDebounce is set too (that one wins)" in warnings
+    assert "metric.pingCount: ignored, rtt.count is set too (that one wins)" in warnings
+    assert not [w for w in warnings if w.startswith("wireguard.persistentKeepaliveInterval: ignored")]
+
+
+def test_alias_problems_name_the_path_as_written():
+    raw = {**FULL, "metric": {"pingCount": "4"}, "meshSync": {"portBase": 0, "bogus": 1}}
+    _, warnings, sections = with_plugins(raw)
+    assert sections.problems["rtt"] == ['metric.pingCount (as rtt.count): expected an integer, got "4"']
+    assert sections.problems["mesh"][0].startswith("meshSync.portBase (as mesh.portBase): must be")
+    assert "meshSync.bogus (as mesh.bogus): unknown key, ignored" in warnings
+
+
+def test_disabled_plugin_section_is_not_validated_by_the_core():
+    raw = {
+        **FULL,
+        "plugins": {"disable": ["bird", "rtt"]},
+        "bird": {"poolSize": -1, "poolSizeMax": "x"},
+        "metric": {"pingCount": "many"},
+    }
+    _, warnings, sections = with_plugins(raw)  # build_config does not raise
+    assert "bird" not in sections.values and sections.problems == {}
+    assert "bird: section of plugin 'bird', which is blocked; unused" in warnings
+    assert "metric: unknown section (no active plugin declares it), ignored" in warnings
+
+
+def test_keys_no_active_plugin_takes_are_warned():
+    raw = {**FULL, "plugins": {"disable": ["wireguard"]}, "wireguard": {"backend": "kernel", "x": 1}}
+    _, warnings, _ = with_plugins(raw)
+    assert "wireguard.backend: key of plugin 'wireguard', which is blocked; unused" in warnings
+    assert "wireguard.x: key of plugin 'wireguard', which is blocked; unused" in warnings
+
+
+def test_merge_sections_single_keys_and_fallback():
+    decls = [
+        ConfigSection(name="a", type=AgentConfig, aliases=(SectionAlias(section="old", keys={"k": "key"}),)),
+        ConfigSection(
+            name="b",
+            type=AgentConfig,
+            aliases=("oldB", SectionAlias(section="old", keys={"k": "k2"}, convert={"k": lambda v: v * 2})),
+        ),
+    ]
+    merged = merge_sections({"old": {"k": 3, "rest": 1}, "OldB": {"z": 1}}, decls)
+    assert merged.values == {"a": {"key": 3}, "b": {"z": 1, "k2": 6}}
+    assert merged.leftovers == {"old": ["rest"]}
+    assert merged.origins == {"a": {"key": "old.k"}, "b": {"z": "oldB.z", "k2": "old.k"}}
+    assert "OldB: accepted as 'oldB' (spell it that way)" in merged.warnings
 
 
 def test_all_errors_reported_at_once_with_paths():
@@ -108,19 +257,16 @@ def test_all_errors_reported_at_once_with_paths():
         "wireguard": {"dn42Ipv4": "1.2.3.4/24", "dn42Ipv6LinkLocal": "fd00::1"},
         "plugins": {"disable": ["ok", 5]},
         "tasks": {"heartbeat": {"interval": 0}, "bad": 3},
-        "autoUpdate": {"channel": "nightly", "enabled": "yes"},
+        "autoUpdate": {"channel": "nightly", "enabled": "yes"},  # the updater plugin's now
     }
     assert problems_of(raw) == [
+        "wireguard.dn42Ipv4: must be a single address (/32)",
         "server.listen: invalid listen address 'nope': missing port, expected host:port",
         'server.readTimeout: expected a number, got "5"',
         "node.name: must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",
         "node.id: expected an integer, got true",
         "controlPlane.url: must be an http:// or https:// URL without query or fragment",
         "controlPlane.retryMultiplier: must be 1 or greater",
-        "wireguard.dn42Ipv4: must be a single address (/32)",
-        "wireguard.dn42Ipv6LinkLocal: must be a link-local address (fe80::/10)",
-        'autoUpdate.enabled: expected true or false, got "yes"',
-        "autoUpdate.channel: must be one of stable, beta, dev (got 'nightly')",
         "plugins.disable[1]: expected a string, got 5",
         "tasks.heartbeat.interval: must be greater than 0",
         "tasks.bad: expected an object, got 3",
@@ -143,13 +289,16 @@ def test_unknown_keys_warned_not_dropped_silently_and_case_fixed():
         "mystery": {"a": 1},
     }
     cfg, warnings = build_config(raw, env={})
-    assert cfg.wireguard.dn42_ipv4 == "172.20.0.1"
-    assert cfg.bird.pool_size == 2
+    assert cfg.loopback_ipv4 == "172.20.0.1"
     assert "server.lisen: unknown key, ignored" in warnings
-    assert "wireguard.dn42IPv4: accepted as 'dn42Ipv4' (spell it that way)" in warnings
+    assert "wireguard.dn42IPv4: deprecated; read as node.loopbackIpv4 (move it there)" in warnings
+    # Top-level sections other than the core's are kept for plugins; the plugin
+    # manager structures them and warns about leftovers.
+    assert cfg.plugin_sections == {"Bird": {"poolSize": 2}, "mystery": {"a": 1}}
+    _, warnings, sections = with_plugins(raw)
+    assert sections.values["bird"].pool_size == 2
     assert "Bird: accepted as 'bird' (spell it that way)" in warnings
-    # Unknown top-level sections are kept for plugins; the plugin manager warns about leftovers.
-    assert cfg.plugin_sections == {"mystery": {"a": 1}}
+    assert "mystery: unknown section (no active plugin declares it), ignored" in warnings
 
 
 def test_env_overrides_win_and_are_validated():
@@ -193,13 +342,14 @@ def test_bootstrap_merge_precedence():
         "server": {"listen": "0.0.0.0:1"},  # never taken from the network
         "controlPlane": {"url": "http://evil", "token": "x", "syncInterval": 30},
     }
-    cfg, _ = build_config(local, env={}, remote=remote)
+    cfg, _, sections = with_plugins(local, remote=remote)
     assert cfg.mode == "bootstrap"
     assert cfg.node.id == 4 and cfg.node.asn == 4242420998
     assert cfg.loopback_ipv4 == "172.22.68.1"
-    assert cfg.bird.pool_size == 7  # local wins
-    assert cfg.bird.peer_conf_dir == "/srv/peers"  # remote over defaults
-    assert cfg.bird.pool_size_max == 10  # defaults still applied (the Go agent lost them)
+    bird = sections.values["bird"]
+    assert bird.pool_size == 7  # local wins
+    assert bird.peer_conf_dir == "/srv/peers"  # remote over defaults
+    assert bird.pool_size_max == 10  # defaults still applied (the Go agent lost them)
     assert cfg.server.listen == "127.0.0.1:9999"
     assert cfg.control_plane.url == "https://cp.example/api/v1"
     assert cfg.control_plane.token == "tok-123456"
@@ -209,9 +359,33 @@ def test_bootstrap_merge_precedence():
 def test_invalid_remote_values_are_problems_with_paths():
     local = {"bootstrap": {"apiUrl": "https://cp.example", "nodeName": "jp1", "token": "tok-123456"}}
     assert problems_of(local, remote={"node": {"id": "four"}, "bird": {"poolSize": -1}}) == [
-        'node.id: expected an integer, got "four"',
-        "bird.poolSize: must be greater than 0",
+        'node.id: expected an integer, got "four"'
     ]
+    _, _, sections = with_plugins(local, remote={"bird": {"poolSize": -1}})
+    assert sections.problems["bird"] == ["bird.poolSize: must be greater than 0"]
+
+
+def test_remote_takes_only_the_go_agent_keys_of_plugin_sections():
+    local = {"bootstrap": {"apiUrl": "https://cp.example", "nodeName": "jp1", "token": "tok-123456"}}
+    remote = {
+        "bird": {"poolSize": 3, "birdBinary": "/tmp/evil"},
+        "wireguard": {"backend": "kernel", "wireguardGo": "/tmp/evil", "dn42Ipv4": "172.22.68.9"},
+        "mesh": {"mtu": 1400, "allowRemoval": "0123456789abcdef"},
+        "metric": {"pingCount": 2},
+        "autoUpdate": {"enabled": True, "publicKey": "x"},
+        "updater": {"publicKey": "x"},
+        "meshSync": {"portBase": 1},
+        "rtt": {"count": 9},
+    }
+    cfg, _, sections = with_plugins(local, remote=remote)
+    v = sections.values
+    assert cfg.loopback_ipv4 == "172.22.68.9"
+    assert (v["bird"].pool_size, v["bird"].bird_binary) == (3, "")
+    assert (v["wireguard"].backend, v["wireguard"].wireguard_go) == ("kernel", "wireguard-go")
+    assert (v["mesh"].mtu, v["mesh"].allow_removal, v["mesh"].port_base) == (1400, "", 51820)
+    assert v["rtt"].count == 2
+    # Enabled by the CP, but the key is local only (the plugin then refuses to run).
+    assert (v["updater"].enabled, v["updater"].public_key) == (True, "")
 
 
 def test_standalone_mode():
@@ -225,10 +399,14 @@ def test_standalone_mode():
 
 
 def test_backend_choice():
-    cfg, _ = build_config(
-        {**FULL, "wireguard": {"backend": "userspace"}, "backends": {"firewall": "nftables"}}, env={}
+    import moenet_wireguard
+
+    cfg, _, _ = with_plugins(
+        {**FULL, "wireguard": {"backend": "userspace"}, "backends": {"firewall": "nftables"}}
     )
-    assert cfg.backend_choice("tunnel") == "userspace"
+    assert cfg.backend_choice("tunnel") == "auto"  # the wireguard plugin decides ...
+    assert moenet_wireguard.moenet_select_backend(kind="tunnel", candidates={}, config=cfg) == "userspace"
+    assert moenet_wireguard.moenet_select_backend(kind="routing", candidates={}, config=cfg) is None
     assert cfg.backend_choice("firewall") == "nftables"
     assert cfg.backend_choice("loopback") == "auto"
     assert problems_of({**FULL, "backends": {"tunnel": "Bad Name"}}) == [

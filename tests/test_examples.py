@@ -83,7 +83,8 @@ def missing_key(raw: dict, dotted: str) -> str | None:
 
 
 def test_full_example_sets_every_model_key():
-    """Every key of every core section and every built-in plugin section."""
+    """Every key of every core section and every built-in plugin section, and no
+    deprecated section (one section per concern)."""
     raw = full_example()
     _cfg, warnings = build_config(raw, env={})
     assert warnings == []
@@ -101,12 +102,24 @@ def test_full_example_sets_every_model_key():
             keys.append(section)  # a plain top-level key (backends)
     sections = builtin_sections()
     # The sections the built-in plugins are known to declare (a plugin losing one is a bug).
-    assert {"sessions", "rtt", "meshSync", "ibgp", "updater", "heartbeat"} <= {n for n, _ in sections}
-    assert {"nftables", "loopback", "birdAgent", "tunnel"} <= {n for n, _ in sections}
+    assert {"sessions", "rtt", "mesh", "ibgp", "updater", "heartbeat"} <= {n for n, _ in sections}
+    assert {"nftables", "loopback", "bird", "wireguard"} <= {n for n, _ in sections}
     for name, model in sections:
         keys += [f"{name}.{camel(f.name)}" for f in attrs.fields(model)]
     missing = [k for k in keys if missing_key(raw, k)]
     assert missing == [], f"add to contrib/configs/full.json (default or example value): {missing}"
+    old = {a.section for ep in _section_decls() for a in ep.aliases if a.keys is None}
+    assert old and not old & set(raw), "full.json uses a deprecated section name"
+
+
+def _section_decls() -> list:
+    dist = importlib.metadata.distribution("moenet-agent")
+    return [
+        sec
+        for ep in dist.entry_points
+        if ep.group == "moenet" and hasattr(module := ep.load(), "moenet_config_sections")
+        for sec in module.moenet_config_sections()
+    ]
 
 
 def test_full_example_sets_every_documented_key():
@@ -133,8 +146,7 @@ def test_full_example_sets_every_documented_key():
 def test_full_example_tasks_name_builtin_tasks():
     """A ``tasks`` entry for a task that does not exist would only teach a typo."""
     names = set()
-    config = AgentConfig()
-    config.auto_update.enabled = True
+    config = AgentConfig(plugin_sections={"updater": {"enabled": True}})
     for ep in importlib.metadata.distribution("moenet-agent").entry_points:
         if ep.group == "moenet" and hasattr(module := ep.load(), "moenet_tasks"):
             names |= {spec.name for spec in module.moenet_tasks(config=config)}

@@ -30,10 +30,10 @@ import moenet_updater
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from helpers.release import sign_release
 from moenet_updater.install import MARKER, Layout, switch_link
 from moenet_updater.state import STATE_FILE, Pending, UpdaterState
 from moenet_updater.task import Updater
-from test_updater_release import sign_release
 
 from moenet_core import TaskSpec, hookimpl
 from moenet_core.testing import AgentHarness, ManualClock
@@ -582,6 +582,6 @@ async def test_enabled_without_a_pinned_key_fails_the_plugin_visibly_and_runs_no
         record = h.agent.pm.records["updater"]
         status = h.agent.status()
     assert record.status == "failed"
-    assert "updater.publicKey: required when autoUpdate.enabled is true" in str(record.error)
+    assert "updater.publicKey: required when updater.enabled is true" in str(record.error)
     assert "updater" not in [t["name"] for t in status["tasks"]]
     assert node.server.requests == []

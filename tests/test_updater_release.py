@@ -20,6 +20,7 @@ import moenet_updater
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers.release import SIGN_RELEASE, sign_release
 from moenet_updater.config import UpdaterConfig, feed_url, problems
 from moenet_updater.fetch import url_problem
 from moenet_updater.install import Layout, prune, switch_link
@@ -34,11 +35,10 @@ from moenet_updater.verify import (
 )
 from packaging.version import Version
 
-from moenet_core.config import AutoUpdateConfig, build_config, structure
+from moenet_core.config import build_config, structure
 from moenet_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-SIGN_RELEASE = ROOT / "scripts" / "sign-release"
 
 
 # ------------------------------------------------------------------ helpers
@@ -47,15 +47,6 @@ SIGN_RELEASE = ROOT / "scripts" / "sign-release"
 def public_b64(key: Ed25519PrivateKey) -> str:
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
-
-
-def sign_release(*args: str | Path) -> str:
-    """Run scripts/sign-release; its standard output (the public key)."""
-    proc = subprocess.run(
-        [sys.executable, str(SIGN_RELEASE), *map(str, args)], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
 def rel(tag: str, *, prerelease: bool = False, draft: bool = False, assets: Any = None) -> dict[str, Any]:
@@ -306,14 +297,10 @@ def test_config_errors_name_the_field(raw, error):
 
 
 def test_feed_url_defaults_to_the_github_releases_api():
-    assert feed_url(UpdaterConfig(), AutoUpdateConfig()) == (
-        "https://api.github.com/repos/moenet/moenet-agent/releases"
-    )
-    assert feed_url(UpdaterConfig(), AutoUpdateConfig(github_repo="me/fork")) == (
-        "https://api.github.com/repos/me/fork/releases"
-    )
-    assert feed_url(UpdaterConfig(feed_url="https://mirror.example/r.json"), AutoUpdateConfig()) == (
-        "https://mirror.example/r.json"
+    assert feed_url(UpdaterConfig()) == "https://api.github.com/repos/moenet/moenet-agent/releases"
+    assert feed_url(UpdaterConfig(github_repo="me/fork")) == "https://api.github.com/repos/me/fork/releases"
+    assert (
+        feed_url(UpdaterConfig(feed_url="https://mirror.example/r.json")) == "https://mirror.example/r.json"
     )
 
 
@@ -326,13 +313,12 @@ def test_enabled_without_a_key_is_a_clear_error(key):
         },
         env={},
     )
-    with pytest.raises(ConfigError, match=r"updater\.publicKey: required when autoUpdate\.enabled"):
+    with pytest.raises(ConfigError, match=r"updater\.publicKey: required when updater\.enabled"):
         moenet_updater.moenet_configure(config)
-    config.plugin_sections["updater"] = {"publicKey": public_b64(key)}
+    config.plugin_sections["updater"] = {"publicKey": public_b64(key)}  # autoUpdate.enabled still counts
     moenet_updater.moenet_configure(config)  # fine now
-    config.auto_update.github_repo = "not a repo"
-    assert problems(UpdaterConfig(public_key=public_b64(key)), config.auto_update) == [
-        "autoUpdate.githubRepo: must be 'owner/name' (got 'not a repo')"
+    assert problems(UpdaterConfig(public_key=public_b64(key), github_repo="not a repo")) == [
+        "updater.githubRepo: must be 'owner/name' (got 'not a repo')"
     ]
 
 

@@ -36,7 +36,6 @@ def standalone(tmp_path: Path, **extra) -> dict:
     cfg = {
         "node": {"name": "jp1"},
         "controlPlane": {"source": "file", "file": str(data)},
-        "wireguard": {"privateKeyPath": str(tmp_path / "wg" / "private.key")},
     }
     cfg.update(extra)
     return cfg
@@ -59,7 +58,7 @@ async def test_explicit_kernel_choice(tmp_path, agent_harness, where):
     if where == "backends":
         cfg["backends"] = {"tunnel": "kernel"}
     else:
-        cfg["wireguard"]["backend"] = "kernel"
+        cfg["wireguard"] = {"backend": "kernel"}
     async with agent_harness(cfg, plugins=PLUGINS) as h:
         status = h.agent.status()["backends"]["tunnel"]
         if kernel_supports_wireguard():
@@ -73,7 +72,7 @@ async def test_explicit_kernel_choice(tmp_path, agent_harness, where):
 
 
 async def test_explicit_userspace_choice(tmp_path, agent_harness):
-    cfg = standalone(tmp_path, wireguard={"backend": "userspace", "privateKeyPath": str(tmp_path / "k")})
+    cfg = standalone(tmp_path, wireguard={"backend": "userspace"})
     async with agent_harness(cfg, plugins=PLUGINS) as h:
         assert isinstance(h.agent.backend("tunnel"), UserspaceTunnelBackend)
 
@@ -87,20 +86,26 @@ async def test_missing_wireguard_go_is_reported(tmp_path, agent_harness):
     assert status["ok"] is False and "wireguard-go not found" in status["error"]
 
 
-async def test_tunnel_section_errors_name_the_field(tmp_path, agent_harness):
-    cfg = standalone(tmp_path, tunnel={"startTimeout": 0, "wireguardGo": "bin/wg go", "staleHandshake": "x"})
+async def test_wireguard_section_errors_name_the_field(tmp_path, agent_harness):
+    cfg = standalone(
+        tmp_path,
+        wireguard={"startTimeout": 0, "wireguardGo": "bin/wg go", "staleHandshake": "x"},
+        tunnel={"uapiTimeout": 0},  # the deprecated name of the section
+    )
     async with agent_harness(cfg, plugins=PLUGINS) as h:
         record = h.agent.pm.records["wireguard"]
     assert record.status == "failed"
-    assert "tunnel.startTimeout: must be greater than 0" in record.error
-    assert "tunnel.wireguardGo: must be a program name" in record.error
-    assert "tunnel.staleHandshake: expected a number" in record.error
+    assert "wireguard.startTimeout: must be greater than 0" in record.error
+    assert "wireguard.wireguardGo: must be a program name" in record.error
+    assert "wireguard.staleHandshake: expected a number" in record.error
+    assert "tunnel.uapiTimeout (as wireguard.uapiTimeout): must be greater than 0" in record.error
 
 
 @pytest.mark.netns
-async def test_backend_from_the_agent_uses_node_config(tmp_path, agent_harness, netns):
-    """Built by the core: keepalive default and node key from the config, the
-    key generated when missing, writes counted in the agent's metrics."""
+async def test_backend_from_the_agent_generates_a_missing_key(tmp_path, agent_harness, netns):
+    """Built by the core: the key a tunnel names is generated when missing, writes
+    counted in the agent's metrics. (Publishing its public half at
+    ``publicKeyPath`` is the sessions plugin's, whose key it is.)"""
     ns = netns()
     name = f"wgt-h{uuid.uuid4().hex[:6]}"
     key_path = tmp_path / "wg" / "private.key"
@@ -108,11 +113,6 @@ async def test_backend_from_the_agent_uses_node_config(tmp_path, agent_harness, 
     cfg = standalone(
         tmp_path,
         backends={"tunnel": "userspace"},
-        wireguard={
-            "privateKeyPath": str(key_path),
-            "publicKeyPath": str(pub_path),
-            "persistentKeepaliveInterval": 17,
-        },
     )
     peer = keys.generate_private_key().public_key()
     spec = TunnelSpec(
@@ -142,18 +142,16 @@ async def test_backend_from_the_agent_uses_node_config(tmp_path, agent_harness, 
             socket_path(name).unlink()
     assert uapi_sets == 1 and generated == 1
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-    assert pub_path.read_text().strip() == keys.read_key(key_path).public_key()
+    assert not pub_path.exists()
 
 
 @pytest.mark.netns
-async def test_default_keepalive_comes_from_the_config(tmp_path, agent_harness, netns):
+async def test_a_spec_without_keepalive_gets_the_default(tmp_path, agent_harness, netns):
+    """Owners give their keepalive in the spec (``sessions.persistentKeepaliveInterval``,
+    ``mesh.keepalive``); a spec without one gets 25 s."""
     ns = netns()
     name = f"wgt-k{uuid.uuid4().hex[:6]}"
-    cfg = standalone(
-        tmp_path,
-        backends={"tunnel": "userspace"},
-        wireguard={"privateKeyPath": str(tmp_path / "k"), "persistentKeepaliveInterval": 17},
-    )
+    cfg = standalone(tmp_path, backends={"tunnel": "userspace"})
     spec = TunnelSpec(
         name=name,
         private_key_file=str(tmp_path / "k"),
@@ -171,4 +169,4 @@ async def test_default_keepalive_comes_from_the_config(tmp_path, agent_harness, 
     finally:
         with contextlib.suppress(FileNotFoundError):
             socket_path(name).unlink()
-    assert state.keepalive == 17 and state.endpoint == "192.0.2.1:51820"
+    assert state.keepalive == 25 and state.endpoint == "192.0.2.1:51820"

@@ -3,11 +3,12 @@
 - :mod:`.client` / :mod:`.protocol`: the control-socket client (read pool, one
   serialised coalescing writer) and framing / read-out parsers.
 - :mod:`.policy`, :mod:`.render`, :mod:`.communities`, :mod:`.names`: the CP
-  policy and peer intent, validated, rendered into the config tree.
+  policy and BIRD's rules for the routing intents, rendered into the config tree.
 - :mod:`.apply`: stage, ``configure check``, atomic swap, reconfigure, rollback;
   only files carrying the agent's marker are ever replaced or deleted.
-- :mod:`.backend`: the ``routing`` backend ``bird`` (``declare`` fragments of the
-  owners ``sessions``, ``ibgp``, ``mesh``; maintenance drain; coalesced applies).
+- :mod:`.backend`: the ``routing`` backend ``bird`` (any owner declares typed
+  intents: eBGP peers, iBGP neighbours and options, Babel interfaces;
+  maintenance drain; coalesced applies).
 - :mod:`.sync`: the ``birdConfigSync`` task (CP ``bird-config`` every 300 s).
 - :mod:`.testing`: a real BIRD in a network namespace for tests and the lab.
 
@@ -22,8 +23,10 @@ without the marker: it defines ``router id`` and the base protocols and includes
 include (contract: :mod:`.render`; behaviour: :mod:`.apply`). An operator
 overrides any template by a file of the same name in ``bird.templateDir``.
 
-Hooks: the backend, the task, the optional ``birdAgent`` section; the backend
-registers ``moenet_maintenance_changed`` and ``moenet_status_info`` itself.
+Hooks: the backend, the task, the optional ``bird`` section (:mod:`.config`; the
+Go agent's keys plus the apply knobs of the former ``birdAgent`` section, still
+read as a deprecated alias); the backend registers ``moenet_maintenance_changed``
+and ``moenet_status_info`` itself.
 
 BIRD 3 itself is installed by ``scripts/install-bird`` (wrappers in
 ``/opt/moenet-bird3/bin``).
@@ -35,37 +38,38 @@ import os
 from typing import TYPE_CHECKING
 
 import attrs
+from loguru import logger
 
 from moenet_core import BackendSpec, ConfigSection, TaskSpec, hookimpl
 
 from .apply import TreeApplier, default_bird_binary
-from .backend import OWNERS, BirdRoutingBackend
+from .backend import INTENT_TYPES, BirdRoutingBackend
 from .client import BirdClient
-from .config import BirdAgentConfig
+from .config import SECTION as CONFIG_SECTION
+from .config import BirdAgentConfig, BirdConfig, section_of
 from .sync import TASK_NAME, BirdConfigSync
 
 if TYPE_CHECKING:
-    from moenet_core.cli import CommandRegistrar
+    from moenet_core import CommandRegistrar, PluginContext
     from moenet_core.config import AgentConfig
-    from moenet_core.context import PluginContext
 
 __all__ = [
-    "OWNERS",
+    "INTENT_TYPES",
     "SECTION",
     "TASK_NAME",
     "BirdAgentConfig",
+    "BirdConfig",
     "BirdConfigSync",
     "BirdRoutingBackend",
     "TreeApplier",
 ]
 
-SECTION = "birdAgent"
+SECTION = CONFIG_SECTION.name
 
 
 def make_backend(ctx: PluginContext) -> BirdRoutingBackend:
-    """The backend from ``bird`` (Go-compatible keys) and ``birdAgent``."""
-    bird = ctx.config.bird
-    section: BirdAgentConfig = ctx.section or BirdAgentConfig()
+    """The backend from the ``bird`` section."""
+    bird = ctx.section if isinstance(ctx.section, BirdConfig) else section_of(ctx.config)
     peers = os.path.join(bird.config_dir, "peers")
     ibgp = os.path.join(bird.config_dir, "ibgp")
     defaults = attrs.fields(type(bird))
@@ -82,10 +86,10 @@ def make_backend(ctx: PluginContext) -> BirdRoutingBackend:
         bird.config_dir,
         state=ctx.state,
         template_dir=bird.template_dir or None,
-        bird_binary=section.bird_binary or None,
-        loopback_interface=section.loopback_interface,
+        bird_binary=bird.bird_binary or None,
+        loopback_interface=bird.loopback_interface,
         maintenance=ctx.maintenance,
-        debounce=section.apply_debounce,
+        debounce=bird.apply_debounce,
         log=ctx.log,
         metrics=ctx.metrics,
     )
@@ -95,18 +99,20 @@ def make_backend(ctx: PluginContext) -> BirdRoutingBackend:
 
 @hookimpl
 def moenet_config_sections() -> list[ConfigSection]:
-    return [
-        ConfigSection(
-            name=SECTION,
-            type=BirdAgentConfig,
-            description="BIRD apply: bird binary for parse checks, apply debounce, loopback interface",
+    return [CONFIG_SECTION]
+
+
+@hookimpl
+def moenet_configure(config: AgentConfig) -> None:
+    if section_of(config).ebgp_conf_template_file:
+        logger.bind(plugin="bird").warning(
+            "bird.ebgpConfTemplateFile: not used by this agent; put overrides in bird.templateDir"
         )
-    ]
 
 
 @hookimpl
 def moenet_backends(config: AgentConfig) -> list[BackendSpec]:
-    socket_path = config.bird.control_socket
+    socket_path = section_of(config).control_socket
 
     def probe() -> bool:
         return default_bird_binary() is not None or os.path.exists(socket_path)

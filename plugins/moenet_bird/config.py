@@ -1,16 +1,25 @@
-"""The optional ``birdAgent`` section: what the Go-compatible ``bird`` section lacks.
+"""The ``bird`` config section: BIRD's control socket, the directories the agent
+writes, and how it applies.
 
-The socket, pool sizes and directories stay in the core's ``bird`` section (same
-keys as the Go agent); this one only holds what the new apply path needs.
+The Go agent's keys (``controlSocket``, ``poolSize``, ``poolSizeMax``,
+``configDir``, ``peerConfDir``, ``ibgpConfDir``, ``ebgpConfTemplateFile``) keep
+their names; the keys of the former ``birdAgent`` section (``birdBinary``,
+``applyDebounce``, ``loopbackInterface``) moved here, and ``birdAgent`` is read
+as a deprecated alias of this section.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import attrs
 
-from moenet_core.config import check
+from moenet_core import ConfigSection
+from moenet_core.config import check, positive
+
+if TYPE_CHECKING:
+    from moenet_core.config import AgentConfig
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
@@ -34,12 +43,60 @@ def _ifname(value: object) -> str | None:
 
 
 @attrs.define(kw_only=True)
-class BirdAgentConfig:
-    """Section ``birdAgent``."""
+class BirdConfig:
+    """BIRD 3: control socket, the directories the agent writes, and how it applies."""
 
+    control_socket: str = "/var/run/bird/bird.ctl"
+    """BIRD's control socket: every query and ``configure`` goes through it. The
+    ``routing/bird`` backend is available when it exists or a ``bird`` binary is found."""
+    pool_size: int = attrs.field(default=5, metadata=check(positive))
+    """Idle control-socket connections kept open for read commands."""
+    pool_size_max: int = attrs.field(default=10, metadata=check(positive))
+    """Most read connections open at once; callers beyond that wait. Not smaller
+    than ``poolSize``. Reconfigurations use one connection of their own."""
+    config_dir: str = "/etc/bird"
+    """Directory of BIRD's configuration, where the agent writes ``moenet.conf``
+    and its other files, ``peers/*.conf``, ``ibgp/*.conf``, and ``bird.conf``
+    unless the operator keeps their own (see docs/bird.md)."""
+    peer_conf_dir: str = "/etc/bird/peers"
+    """Accepted for compatibility with the Go agent's files; the agent always
+    writes eBGP peers to ``<configDir>/peers`` and logs a warning when this is set
+    to another directory."""
+    ibgp_conf_dir: str = "/etc/bird/ibgp"
+    """Accepted for compatibility with the Go agent's files; the agent always
+    writes iBGP sessions to ``<configDir>/ibgp`` and logs a warning when this is
+    set to another directory."""
+    template_dir: str = ""
+    """Operator templates that override the shipped ones, file by file."""
+    ebgp_conf_template_file: str = ""
+    """Accepted for Go-agent compatibility; unused (see ``templateDir``): a
+    non-empty value is warned about."""
     bird_binary: str = attrs.field(default="", metadata=check(_binary))
     """``bird`` for the ``bird -p`` parse check when the daemon is not running."""
     apply_debounce: float = attrs.field(default=0.05, metadata=check(_debounce))
     """Seconds to wait before an apply so owners declaring together share one configure."""
     loopback_interface: str = attrs.field(default="dummy0", metadata=check(_ifname))
     """Interface holding the node's loopbacks (BIRD's ``direct`` protocol reads it)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.pool_size_max < self.pool_size:
+            raise ValueError("poolSizeMax: must not be smaller than poolSize")
+
+
+#: Deprecated: the old name of this class (the ``birdAgent`` section's).
+BirdAgentConfig = BirdConfig
+
+SECTION = ConfigSection(
+    name="bird",
+    type=BirdConfig,
+    aliases=("birdAgent",),
+    description="BIRD 3: control socket and pool, config and template directories, bird binary, "
+    "apply debounce, loopback interface",
+)
+
+
+def section_of(config: AgentConfig) -> BirdConfig:
+    """The ``bird`` section of ``config`` (defaults when it is invalid), for hooks
+    that get only the config."""
+    section = SECTION.of(config)
+    return section if isinstance(section, BirdConfig) else BirdConfig()

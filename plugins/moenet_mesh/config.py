@@ -1,13 +1,15 @@
-"""The ``meshSync`` config section: the mesh's addressing knobs, Babel tuning, the guard.
+"""The ``mesh`` config section: on/off, MTU, addressing knobs, Babel tuning, the guard.
 
-The core's Go-compatible ``mesh`` section keeps ``enabled`` (the task does
-nothing while it is false) and ``mtu`` (the tunnels' MTU when a peer names
-none); this section adds what the Go agent hard-coded. Every key has a default,
-so the section is optional.
+The Go agent's ``mesh`` keys (``enabled``: the task does nothing while it is
+false; ``mtu``: the tunnels' MTU when a peer names none) keep their names; the
+keys of the former ``meshSync`` section (what the Go agent hard-coded) moved
+here, and ``meshSync`` is still read as a deprecated alias. The Go agent's
+``wireguard.persistentKeepaliveInterval`` is the default ``keepalive``. Every
+key has a default, so the section is optional.
 
 Each check is attached twice with the core's ``checked(fn)``, as the other
 plugins do: as core metadata (the error lands on the field's own path,
-``meshSync.portBase: ...``) and as an attrs validator (an object built in code
+``mesh.portBase: ...``) and as an attrs validator (an object built in code
 is held to the same rules).
 """
 
@@ -15,13 +17,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from moenet_core import ConfigSection, SectionAlias
 from moenet_core.config import checked
 
 from .addressing import DEFAULT_PORT_BASE, DEFAULT_PREFIX, PREFIX_RE
+
+if TYPE_CHECKING:
+    from moenet_core.config import AgentConfig
 
 #: Where mesh traffic may come from and go to besides the link itself: the
 #: address space DN42's filters accept (``is_valid_network`` in the BIRD
@@ -29,6 +35,9 @@ from .addressing import DEFAULT_PORT_BASE, DEFAULT_PREFIX, PREFIX_RE
 #: any DN42 destination cross it: narrowing this to the network's own prefixes
 #: (as the Go agent did) silently drops transit traffic.
 DEFAULT_ALLOWED_IPS: tuple[str, ...] = ("172.20.0.0/14", "172.31.0.0/16", "10.0.0.0/8", "fd00::/8")
+#: Persistent keepalive of the mesh tunnels when ``keepalive`` is null (the Go
+#: agent's ``wireguard.persistentKeepaliveInterval`` default).
+DEFAULT_KEEPALIVE = 25
 
 
 def _is_int(value: object) -> bool:
@@ -80,9 +89,14 @@ def check_share(value: Any) -> str | None:
 
 
 @attrs.define(kw_only=True)
-class MeshSyncConfig:
-    """Section ``meshSync``."""
+class MeshConfig:
+    """The WireGuard + Babel IGP mesh between this network's nodes (section ``mesh``)."""
 
+    enabled: bool = True
+    """False: the ``meshSync`` task does nothing (existing mesh tunnels are left as
+    they are) and the heartbeat carries no ``meshPublicKey``."""
+    mtu: int = attrs.field(default=1420, **checked(_int_range(1280, 9000, "bytes")))
+    """MTU of the mesh tunnels whose peer entry names none."""
     port_base: int = attrs.field(
         default=DEFAULT_PORT_BASE, **checked(_int_range(1, 65534, "the first mesh listen port minus 1"))
     )
@@ -95,7 +109,8 @@ class MeshSyncConfig:
     link-local and Babel's multicast group, always allowed) and the peer's own
     loopbacks (always allowed). Default: DN42's address space."""
     keepalive: int | None = attrs.field(default=None, **checked(_int_range(0, 65535, "seconds")))
-    """Persistent keepalive (default ``wireguard.persistentKeepaliveInterval``; 0 off)."""
+    """Persistent keepalive of the mesh tunnels in seconds; 0 off. Null: the Go
+    agent's ``wireguard.persistentKeepaliveInterval`` when the file has it, else 25."""
     max_peers: int = attrs.field(default=250, **checked(_int_range(1, 10000, "peers")))
     """An answer listing more peers is refused as a whole (each peer is a tunnel,
     and with the userspace backend a process)."""
@@ -139,4 +154,32 @@ def _non_negative(value: Any) -> str | None:
     return None
 
 
-__all__ = ["DEFAULT_ALLOWED_IPS", "MeshSyncConfig"]
+#: Deprecated: the old name of this class (the ``meshSync`` section's).
+MeshSyncConfig = MeshConfig
+
+SECTION = ConfigSection(
+    name="mesh",
+    type=MeshConfig,
+    aliases=(
+        "meshSync",
+        SectionAlias(section="wireguard", keys={"persistentKeepaliveInterval": "keepalive"}, fallback=True),
+    ),
+    description="IGP mesh: on/off, MTU, portBase, interfacePrefix, allowedIps, keepalive, Babel tuning, "
+    "removal guard",
+)
+
+
+def section_of(config: AgentConfig) -> MeshConfig:
+    """The ``mesh`` section of ``config`` (defaults when it is invalid)."""
+    section = SECTION.of(config)
+    return section if isinstance(section, MeshConfig) else MeshConfig()
+
+
+__all__ = [
+    "DEFAULT_ALLOWED_IPS",
+    "DEFAULT_KEEPALIVE",
+    "SECTION",
+    "MeshConfig",
+    "MeshSyncConfig",
+    "section_of",
+]

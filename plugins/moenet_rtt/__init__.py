@@ -2,7 +2,8 @@
 
 Hooks: the ``rttMeasurement`` task (:mod:`.task`, every 300 s, first run 60 s
 after start so sessions are up) and the optional ``rtt`` config section
-(:mod:`.config`). The task probes the ``LinkTarget`` objects plugins offer through
+(:mod:`.config`; the Go agent's ``metric`` keys are read into it). The task
+probes the ``LinkTarget`` objects plugins offer through
 ``moenet_link_targets`` with ICMP echo out of each link's own interface
 (:mod:`.icmp`: raw sockets, needs root or ``CAP_NET_RAW``), keeps a DN42 latency
 tier per link with hysteresis (:mod:`.tier`), announces the results through
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from moenet_core import ConfigSection, TaskSpec, hookimpl
 
+from .config import SECTION as CONFIG_SECTION
 from .config import RttConfig
 from .task import TASK_NAME, RttMeasurement
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["INITIAL_DELAY", "INTERVAL", "SECTION", "TASK_NAME", "RttConfig", "RttMeasurement"]
 
-SECTION = "rtt"
+SECTION = CONFIG_SECTION.name
 #: The Go agent's period.
 INTERVAL = 300.0
 #: Let the first sessionSync bring the tunnels up before they are probed.
@@ -33,13 +35,7 @@ INITIAL_DELAY = 60.0
 
 @hookimpl
 def moenet_config_sections() -> list[ConfigSection]:
-    return [
-        ConfigSection(
-            name=SECTION,
-            type=RttConfig,
-            description="RTT probes (count, timeoutMs, concurrency) and latency-tier hysteresis",
-        )
-    ]
+    return [CONFIG_SECTION]
 
 
 @hookimpl

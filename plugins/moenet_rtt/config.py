@@ -1,8 +1,10 @@
 """The ``rtt`` config section: how links are probed and how tiers move.
 
-The probe counts default to the Go agent's ``metric`` section (``pingCount``,
-``pingTimeout`` in seconds, ``pingWorkers``), so an existing config keeps its
-meaning; ``rtt.count`` / ``rtt.timeoutMs`` / ``rtt.concurrency`` override them.
+The probe settings absorbed the Go agent's ``metric`` section, which is still
+read as a deprecated alias: ``metric.pingCount`` is ``rtt.count``,
+``metric.pingTimeout`` (seconds) is ``rtt.timeoutMs`` (milliseconds) and
+``metric.pingWorkers`` is ``rtt.concurrency``; the ``rtt`` key wins when both
+are set.
 
 Each check is attached twice with the core's ``checked(fn)``: as metadata the
 core's structurer runs, so an error lands on the field's own path (``rtt.count:
@@ -12,9 +14,17 @@ built in code is held to the same rules.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
-from moenet_core.config import MetricConfig, checked
+from moenet_core import ConfigSection, SectionAlias
+from moenet_core.config import checked
+
+#: Probe defaults (the Go agent's ``metric`` defaults).
+DEFAULT_COUNT = 4
+DEFAULT_TIMEOUT_MS = 5000
+DEFAULT_CONCURRENCY = 32
 
 
 def _is_number(value: object) -> bool:
@@ -70,12 +80,13 @@ class RttConfig:
     """Section ``rtt``: every key has a default, so the section is optional."""
 
     count: int | None = attrs.field(default=None, **checked(check_count))
-    """ICMP echo requests sent to one address per round (default: ``metric.pingCount``, 4)."""
+    """ICMP echo requests sent to one address per round. Null: 4. The Go agent's
+    ``metric.pingCount``."""
     timeout_ms: int | None = attrs.field(default=None, **checked(check_timeout_ms))
-    """How long one probe waits for its reply, in milliseconds (default: ``metric.pingTimeout``,
-    5 s)."""
+    """How long one probe waits for its reply, in milliseconds. Null: 5000. The Go
+    agent's ``metric.pingTimeout`` (in seconds)."""
     concurrency: int | None = attrs.field(default=None, **checked(check_concurrency))
-    """Links probed at the same time (default: ``metric.pingWorkers``, 32)."""
+    """Links probed at the same time. Null: 32. The Go agent's ``metric.pingWorkers``."""
     hysteresis: float = attrs.field(default=0.2, **checked(check_hysteresis))
     """Margin around the current tier's band, as a share of each boundary (0.2 = 20 %)."""
     confirm_rounds: int = attrs.field(default=2, **checked(check_confirm_rounds))
@@ -83,10 +94,32 @@ class RttConfig:
     ewma_alpha: float = attrs.field(default=0.3, **checked(check_ewma_alpha))
     """Weight of the newest round in the smoothed RTT (1 = no smoothing)."""
 
-    def probe_settings(self, metric: MetricConfig) -> tuple[int, float, int]:
-        """(count, timeout in seconds, concurrency): this section's, else ``metric``'s."""
+    def probe_settings(self) -> tuple[int, float, int]:
+        """(count, timeout in seconds, concurrency), the defaults filled in."""
         return (
-            self.count if self.count is not None else metric.ping_count,
-            self.timeout_ms / 1000.0 if self.timeout_ms is not None else metric.ping_timeout,
-            self.concurrency if self.concurrency is not None else metric.ping_workers,
+            self.count if self.count is not None else DEFAULT_COUNT,
+            (self.timeout_ms if self.timeout_ms is not None else DEFAULT_TIMEOUT_MS) / 1000.0,
+            self.concurrency if self.concurrency is not None else DEFAULT_CONCURRENCY,
         )
+
+
+def seconds_to_ms(value: Any) -> Any:
+    """``metric.pingTimeout`` (seconds) as ``rtt.timeoutMs``; anything but a number
+    is passed on for the structurer to report."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return round(value * 1000)
+    return value
+
+
+SECTION = ConfigSection(
+    name="rtt",
+    type=RttConfig,
+    aliases=(
+        SectionAlias(
+            section="metric",
+            keys={"pingCount": "count", "pingTimeout": "timeoutMs", "pingWorkers": "concurrency"},
+            convert={"pingTimeout": seconds_to_ms},
+        ),
+    ),
+    description="RTT probes (count, timeoutMs, concurrency) and latency-tier hysteresis",
+)

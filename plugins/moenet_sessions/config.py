@@ -1,14 +1,26 @@
-"""The ``sessions`` config section: the mass-removal guard and where keys go.
+"""The ``sessions`` config section: the session tunnels' key, keepalive and
+link-local, the mass-removal guard and where preshared keys go.
 
 Everything has a default, so a node without the section behaves as issue 5 asks
 (refuse removing more than half, and more than 2, of the node's sessions at once).
+
+``privateKeyPath``, ``publicKeyPath``, ``persistentKeepaliveInterval`` and
+``dn42Ipv6LinkLocal`` were the Go agent's ``wireguard`` keys: they concern the
+eBGP session tunnels, so they are this section's, and the old spelling
+(``wireguard.privateKeyPath``...) is still read, with a deprecation warning.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from moenet_core import ConfigSection, SectionAlias
+from moenet_core.config import check, ipv6_link_local
+
+if TYPE_CHECKING:
+    from moenet_core.config import AgentConfig
 
 
 def _share(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
@@ -21,10 +33,28 @@ def _non_negative(_inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{attr.name}: must be >= 0, got {value!r}")
 
 
+def _keepalive(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be 0-65535 seconds"
+
+
 @attrs.define(kw_only=True)
 class SessionsConfig:
     """Section ``sessions``."""
 
+    private_key_path: str = "/etc/wireguard/private.key"
+    """The node's WireGuard private key (base64), used by every eBGP session
+    tunnel; generated (mode 0600) when missing. The mesh has its own key in the
+    state directory."""
+    public_key_path: str = ""
+    """When set, the key's public half is written here (at start, generating the
+    key when missing, and whenever the agent generates it). Empty: not written."""
+    persistent_keepalive_interval: int = attrs.field(default=25, metadata=check(_keepalive))
+    """Seconds between keepalives on the eBGP session tunnels; 0 turns them off."""
+    dn42_ipv6_link_local: str = attrs.field(default="", metadata=check(ipv6_link_local))
+    """Our link-local address (``/64``) on every eBGP session tunnel, and BIRD's
+    local address towards link-local neighbours. Empty: derived from the IPv6
+    loopback by the Go agent's rule (``fd00:4242:7777:302:1::1`` gives
+    ``fe80::998:302:1:1``), or from a hash of ``node.name`` without one."""
     guard_max_share: float = attrs.field(default=0.5, validator=_share)
     """Refuse an answer removing more than this share of the configured sessions ..."""
     guard_min_count: int = attrs.field(default=2, validator=_non_negative)
@@ -35,3 +65,21 @@ class SessionsConfig:
     psk_dir: str = ""
     """Where preshared keys are written (0600, one file per interface); default
     ``<state.directory>/psk``."""
+
+
+#: The Go agent's ``wireguard`` keys that are the session tunnels' (same names here).
+GO_WIREGUARD_KEYS = ("privateKeyPath", "publicKeyPath", "persistentKeepaliveInterval", "dn42Ipv6LinkLocal")
+
+SECTION = ConfigSection(
+    name="sessions",
+    type=SessionsConfig,
+    aliases=(SectionAlias(section="wireguard", keys={k: k for k in GO_WIREGUARD_KEYS}),),
+    description="eBGP sessions: tunnel key, keepalive and link-local, mass-removal guard, "
+    "operator override, preshared-key directory",
+)
+
+
+def section_of(config: AgentConfig) -> SessionsConfig:
+    """The ``sessions`` section of ``config`` (defaults when it is invalid)."""
+    section = SECTION.of(config)
+    return section if isinstance(section, SessionsConfig) else SessionsConfig()

@@ -1,9 +1,9 @@
 """Verified self-update from signed release wheels (entry point ``updater``).
 
-Hooks: the ``updater`` task (:mod:`.task`; only when ``autoUpdate.enabled``,
-every ``autoUpdate.checkInterval`` minutes, first check 5 minutes after start,
-paused in maintenance), the ``updater`` config section (:mod:`.config`; local
-only, holds the pinned public key), the ``moenet-agent updater`` command
+Hooks: the ``updater`` task (:mod:`.task`; only when ``updater.enabled``,
+every ``updater.checkInterval`` minutes, first check 5 minutes after start,
+paused in maintenance), the ``updater`` config section (:mod:`.config`; holds the
+pinned public key; the Go agent's ``autoUpdate`` is read into it), the ``moenet-agent updater`` command
 (:mod:`.cli`). Verification chain in :mod:`.verify`, release selection in
 :mod:`.releases`, the install layout in :mod:`.install`. Operator notes:
 ``plugins/moenet_updater/README.md``.
@@ -17,16 +17,17 @@ from loguru import logger
 
 from moenet_core import ConfigError, ConfigSection, TaskSpec, hookimpl
 
-from .config import UpdaterConfig, problems
+from .config import SECTION as CONFIG_SECTION
+from .config import UpdaterConfig, problems, section_of
 from .task import TASK_NAME, Updater
 
 if TYPE_CHECKING:
-    from moenet_core.cli import CommandRegistrar
+    from moenet_core import CommandRegistrar
     from moenet_core.config import AgentConfig
 
 __all__ = ["INITIAL_DELAY", "RUN_TIMEOUT", "SECTION", "TASK_NAME", "Updater", "UpdaterConfig", "interval"]
 
-SECTION = "updater"
+SECTION = CONFIG_SECTION.name
 #: Let the agent settle (and its tasks succeed once: they become the health
 #: tasks of an update) before the first check.
 INITIAL_DELAY = 300.0
@@ -37,42 +38,34 @@ FALLBACK_MINUTES = 60.0
 
 
 def interval(config: AgentConfig) -> float:
-    """Seconds between checks, from ``autoUpdate.checkInterval`` (minutes)."""
-    minutes = config.auto_update.check_interval
+    """Seconds between checks, from ``updater.checkInterval`` (minutes)."""
+    minutes = (section_of(config) or UpdaterConfig()).check_interval
     return (minutes if minutes >= 1 else FALLBACK_MINUTES) * 60.0
 
 
-def _section(config: AgentConfig) -> UpdaterConfig | None:
-    from moenet_core.config import structure
-
-    section, _ = structure(UpdaterConfig, config.plugin_sections.get(SECTION), SECTION, [])
-    return section
+def _enabled(config: AgentConfig) -> bool:
+    section = section_of(config)
+    return section is not None and section.enabled
 
 
 @hookimpl
 def moenet_config_sections() -> list[ConfigSection]:
-    return [
-        ConfigSection(
-            name=SECTION,
-            type=UpdaterConfig,
-            description="Self-update: pinned Ed25519 key, feed, venv root, health timeout, restart command",
-        )
-    ]
+    return [CONFIG_SECTION]
 
 
 @hookimpl
 def moenet_configure(config: AgentConfig) -> None:
-    if not config.auto_update.enabled:
-        logger.bind(plugin="updater").info("auto-update is off (autoUpdate.enabled is false)")
+    if not _enabled(config):
+        logger.bind(plugin="updater").info("auto-update is off (updater.enabled is false)")
         return
-    found = problems(_section(config), config.auto_update)
+    found = problems(section_of(config))
     if found:
         raise ConfigError(found)
 
 
 @hookimpl
 def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
-    if not config.auto_update.enabled:
+    if not _enabled(config):
         return []
     return [
         TaskSpec(

@@ -1,11 +1,12 @@
-"""The ``updater`` config section, and what the updater takes from ``autoUpdate``.
+"""The ``updater`` config section.
 
-``autoUpdate`` (a core section, Go-compatible, and one the control plane may set)
-switches the updater on, sets the check period (``checkInterval``, minutes), the
-channel and the GitHub repository. Everything that decides *what code may run on
-this node* lives in ``updater``, a plugin section, which the core never takes from
-the control plane: the pinned public key above all, but also the feed URL, where
-virtual environments live and how the agent is restarted.
+It absorbed the Go agent's ``autoUpdate`` section: ``enabled`` switches the
+updater on, ``checkInterval`` (minutes), ``channel`` and ``githubRepo``; the old
+``autoUpdate`` spelling is still read as a deprecated alias (and the control
+plane may still send those four keys as ``autoUpdate``). Everything else decides
+*what code may run on this node* and is local only: the core never takes it from
+the control plane (the pinned public key above all, but also the feed URL,
+where virtual environments live and how the agent is restarted).
 
 Each check is attached twice with the core's ``checked(fn)``, as the other
 plugins do: as core ``check`` metadata (the error lands on the field's own
@@ -17,15 +18,20 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
 import attrs
 
-from moenet_core.config import AutoUpdateConfig, checked
+from moenet_core import ConfigSection, SectionAlias
+from moenet_core.config import check, checked, one_of, positive
 
 from .fetch import url_problem
 from .verify import load_public_key
 
-#: The project's repository, used when ``autoUpdate.githubRepo`` is empty.
+if TYPE_CHECKING:
+    from moenet_core.config import AgentConfig
+
+#: The project's repository, used when ``updater.githubRepo`` is empty.
 DEFAULT_REPO = "moenet/moenet-agent"
 DEFAULT_VENV_ROOT = "/opt/moenet-agent"
 #: ``--no-block``: the agent asks for its own restart; waiting for the job would
@@ -82,14 +88,28 @@ def check_download_cap(value: int) -> str | None:
 
 @attrs.define(kw_only=True)
 class UpdaterConfig:
-    """Section ``updater`` (local only: the control plane cannot set it)."""
+    """Section ``updater``: the self-updater (off by default). The control plane may
+    set ``enabled``, ``checkInterval``, ``channel`` and ``githubRepo`` (as the Go
+    agent's ``autoUpdate``), nothing else."""
 
+    enabled: bool = False
+    """True: the ``updater`` task runs (it then needs ``updater.publicKey``: the
+    plugin is refused without it). False: no update check at all."""
+    check_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    """Minutes between update checks (below 1: 60, as the Go agent did)."""
+    channel: str = attrs.field(default="stable", metadata=check(one_of("stable", "beta", "dev")))
+    """Which releases are taken: ``stable`` only stable releases; ``beta`` also
+    pre-releases; ``dev`` also ``.devN`` releases. The newest such release newer
+    than the running version is installed, never one remembered as bad."""
+    github_repo: str = ""
+    """``owner/name`` whose GitHub releases feed is read when ``updater.feedUrl``
+    is empty (checked when ``enabled``). Empty: ``moenet/moenet-agent``."""
     public_key: str = attrs.field(default="", **checked(check_public_key))
     """Base64 of the 32-byte Ed25519 public key releases are signed with. Required
-    when ``autoUpdate.enabled``: no key, no updates."""
+    when ``updater.enabled``: no key, no updates."""
     feed_url: str = attrs.field(default="", **checked(check_feed_url))
     """The releases feed (GitHub releases JSON). Default:
-    ``https://api.github.com/repos/<autoUpdate.githubRepo>/releases``. HTTPS only
+    ``https://api.github.com/repos/<updater.githubRepo>/releases``. HTTPS only
     (plain http is accepted for loopback addresses, for tests)."""
     venv_root: str = attrs.field(default=DEFAULT_VENV_ROOT, **checked(check_absolute))
     """Holds ``versions/<version>/`` (one virtual environment each), the ``current``
@@ -123,22 +143,41 @@ class UpdaterConfig:
     """Seconds for each step of an install (venv, each pip run, the smoke test)."""
 
 
-def feed_url(section: UpdaterConfig, auto: AutoUpdateConfig) -> str:
+#: The Go agent's ``autoUpdate`` keys (same names here).
+GO_AUTO_UPDATE_KEYS = ("enabled", "checkInterval", "channel", "githubRepo")
+
+SECTION = ConfigSection(
+    name="updater",
+    type=UpdaterConfig,
+    aliases=(SectionAlias(section="autoUpdate", keys={k: k for k in GO_AUTO_UPDATE_KEYS}),),
+    description="Self-update: on/off, check interval, channel, pinned Ed25519 key, feed, venv root, "
+    "health timeout, restart command",
+)
+
+
+def section_of(config: AgentConfig) -> UpdaterConfig | None:
+    """The ``updater`` section of ``config``; None when it is invalid."""
+    section = SECTION.of(config)
+    return section if isinstance(section, UpdaterConfig) else None
+
+
+def feed_url(section: UpdaterConfig) -> str:
     """The feed to read: ``updater.feedUrl``, else the GitHub releases API of the repo."""
     if section.feed_url:
         return section.feed_url
-    repo = auto.github_repo or DEFAULT_REPO
+    repo = section.github_repo or DEFAULT_REPO
     return f"https://api.github.com/repos/{repo}/releases"
 
 
-def problems(section: UpdaterConfig | None, auto: AutoUpdateConfig) -> list[str]:
+def problems(section: UpdaterConfig | None) -> list[str]:
     """What stops the updater from running with this configuration."""
     out: list[str] = []
     if section is None or not section.public_key:
         out.append(
-            "updater.publicKey: required when autoUpdate.enabled is true (the base64 Ed25519 "
+            "updater.publicKey: required when updater.enabled is true (the base64 Ed25519 "
             "public key releases are signed with; see scripts/sign-release). No key, no updates"
         )
-    if auto.github_repo and not REPO_RE.match(auto.github_repo):
-        out.append(f"autoUpdate.githubRepo: must be 'owner/name' (got {auto.github_repo!r})")
+    repo = section.github_repo if section is not None else ""
+    if repo and not REPO_RE.match(repo):
+        out.append(f"updater.githubRepo: must be 'owner/name' (got {repo!r})")
     return out

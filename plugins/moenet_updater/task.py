@@ -43,9 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
-from moenet_core import TaskRunEvent, __version__, hookimpl
-from moenet_core.errors import MoenetError
-from moenet_core.state import StateError
+from moenet_core import MoenetError, StateError, TaskRunEvent, __version__, hookimpl
 
 from . import state as state_file
 from .config import UpdaterConfig, feed_url
@@ -75,7 +73,7 @@ from .verify import (
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 TASK_NAME = "updater"
 FEED_LIMIT = 8 * 1024 * 1024
@@ -201,10 +199,10 @@ class Updater:
         pending = self.state.pending
         info: dict[str, Any] = {
             "enabled": True,
-            "channel": self.ctx.config.auto_update.channel,
+            "channel": section.channel,
             "runningVersion": str(self.running_version),
             "runningPrefix": str(self.running_prefix),
-            "feedUrl": feed_url(section, self.ctx.config.auto_update),
+            "feedUrl": feed_url(section),
             "venvRoot": section.venv_root,
             "lastCheck": self.state.last_check,
             "lastResult": self.state.last_result,
@@ -369,7 +367,7 @@ class Updater:
             self._result(f"not checking: {exc}")
             self._save()
             raise UpdateError(str(exc)) from None
-        channel = self.ctx.config.auto_update.channel
+        channel = self._section().channel
         self.state.last_check = self.ctx.clock.time()
         try:
             releases = await self._read_feed(section)
@@ -423,7 +421,7 @@ class Updater:
     async def _read_feed(self, section: UpdaterConfig) -> list[Release]:
         import json
 
-        url = feed_url(section, self.ctx.config.auto_update)
+        url = feed_url(section)
         async with Fetcher(timeout=section.download_timeout, user_agent=f"moenet-agent/{__version__}") as f:
             body = await f.get(url, limit=FEED_LIMIT, accept="application/vnd.github+json, application/json")
         try:

@@ -1,9 +1,10 @@
 """WireGuard tunnels: the ``tunnel`` backends ``kernel`` and ``userspace``.
 
-Selection (core rule): ``backends.tunnel`` if set, else ``wireguard.backend``
-(``auto`` by default). ``auto`` takes ``kernel`` when the kernel offers
-WireGuard (probe: the ``wireguard`` generic-netlink family) and ``userspace``
-(wireguard-go) otherwise (probe: the binary is on PATH).
+Selection: ``backends.tunnel`` if set, else ``wireguard.backend`` (``auto`` by
+default; the plugin answers ``moenet_select_backend`` with it). ``auto`` takes
+``kernel`` when the kernel offers WireGuard (probe: the ``wireguard``
+generic-netlink family) and ``userspace`` (wireguard-go) otherwise (probe: the
+binary is on PATH).
 
 What exists on the node: one interface per tunnel (kind ``wireguard``, or a TUN
 device served by a ``wireguard-go <ifname>`` daemon with its socket in
@@ -17,26 +18,40 @@ Only hook implementations live here; see :mod:`.base` for the behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from moenet_core import BackendSpec, ConfigSection, hookimpl
 from moenet_core.config import AgentConfig
 
-from .config import SECTION, TunnelSection, raw_wireguard_go, wireguard_go_available
+from .config import (
+    SECTION,
+    TunnelSection,
+    WireguardConfig,
+    raw_wireguard_go,
+    section_of,
+    wireguard_go_available,
+)
 from .genl import kernel_supports_wireguard
 from .kernel import KernelTunnelBackend
 from .userspace import UserspaceTunnelBackend
 
-__all__ = ["KernelTunnelBackend", "TunnelSection", "UserspaceTunnelBackend"]
+__all__ = ["SECTION", "KernelTunnelBackend", "TunnelSection", "UserspaceTunnelBackend", "WireguardConfig"]
 
 
 @hookimpl
 def moenet_config_sections() -> list[ConfigSection]:
-    return [
-        ConfigSection(
-            name=SECTION,
-            type=TunnelSection,
-            description="WireGuard tunnel backends: wireguard-go binary, timeouts, stale-handshake age",
-        )
-    ]
+    return [SECTION]
+
+
+@hookimpl
+def moenet_select_backend(
+    kind: str, candidates: Mapping[str, BackendSpec], config: AgentConfig
+) -> str | None:
+    """``wireguard.backend`` for ``tunnel`` when ``backends.tunnel`` leaves it to the plugins."""
+    if kind != "tunnel":
+        return None
+    choice = section_of(config).backend
+    return None if choice == "auto" else choice
 
 
 @hookimpl

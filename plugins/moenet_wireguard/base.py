@@ -54,7 +54,7 @@ from .sysctl import ensure_ipv6_sysctls
 if TYPE_CHECKING:
     from loguru import Logger
 
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 #: Device reads in flight at once while listing (each is one UAPI round trip to a
 #: wireguard-go process, or one netlink request): enough to overlap the waits of a
@@ -143,14 +143,22 @@ class WireguardBackend(TunnelBackend):
                 self._metric.labels(op=op).inc(n)
 
     def _private_key(self, path: str, settings: Settings, journal: Journal) -> SecretKey:
-        """Read the key file; the *node* key is generated when it is missing."""
-        if os.path.abspath(path) == os.path.abspath(settings.node_key_path) and not os.path.lexists(path):
+        """Read the key file; a missing one is generated (mode 0600). The file is
+        its owner's (``sessions.privateKeyPath`` for the session tunnels, the mesh
+        key in the mesh plugin's state); the public half is written to
+        ``settings.public_key_path`` when the file is ``settings.node_key_path``."""
+        if not os.path.lexists(path):
             key, created = load_or_create_private_key(path)
             if created:
                 journal.record("key_generate")
-                self.log.warning("generated a new node private key in {} (mode 0600)", path)
-                if settings.public_key_path and write_public_key_file(
-                    settings.public_key_path, key.public_key()
+                self.log.warning("generated a new private key in {} (mode 0600)", path)
+                node_key = bool(settings.node_key_path) and os.path.abspath(path) == os.path.abspath(
+                    settings.node_key_path
+                )
+                if (
+                    node_key
+                    and settings.public_key_path
+                    and write_public_key_file(settings.public_key_path, key.public_key())
                 ):
                     journal.record("public_key_write")
             return key

@@ -1,16 +1,18 @@
-"""Configuration: the core's ``wireguard`` section plus this plugin's ``tunnel``.
+"""Configuration: the ``wireguard`` section (the tunnel backends).
 
-Keys, keepalive and the backend choice stay where operators of the Go agent have
-them (``wireguard.privateKeyPath``, ``wireguard.persistentKeepaliveInterval``,
-``wireguard.backend: auto|kernel|userspace``; ``backends.tunnel`` overrides the
-latter). The ``tunnel`` section only holds knobs the Go agent never had::
+The section holds what is the tunnel plugin's concern: the backend choice
+(``backend: auto|kernel|userspace``, which ``backends.tunnel`` overrides; the
+plugin answers ``moenet_select_backend`` with it), the Go agent's unused
+``configDir``, and the knobs of the former ``tunnel`` section (``wireguardGo``,
+``startTimeout``, ``uapiTimeout``, ``staleHandshake``), which is still read as a
+deprecated alias. The Go agent's ``wireguard`` section mixed concerns; its other
+keys are read by their owners, with a deprecation warning:
 
-    "tunnel": {
-        "wireguardGo": "wireguard-go",   # binary: a name on PATH or an absolute path
-        "startTimeout": 10,              # seconds for wireguard-go to create its device
-        "uapiTimeout": 5,                # seconds for one UAPI request
-        "staleHandshake": 180            # handshake age after which endpoints are re-resolved
-    }
+- ``privateKeyPath``, ``publicKeyPath``, ``persistentKeepaliveInterval``,
+  ``dn42Ipv6LinkLocal``: the ``sessions`` section (the eBGP session tunnels' key,
+  keepalive and link-local; ``persistentKeepaliveInterval`` is also the default
+  ``mesh.keepalive``);
+- ``dn42Ipv4``, ``dn42Ipv6``: the core's ``node.loopbackIpv4/6``.
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from moenet_core.config import check, positive
+from moenet_core import ConfigSection
+from moenet_core.config import check, one_of, positive
 
 if TYPE_CHECKING:
+    from moenet_core import PluginContext
     from moenet_core.config import AgentConfig
-    from moenet_core.context import PluginContext
-
-SECTION = "tunnel"
 
 
 def _binary(v: str) -> str | None:
@@ -40,9 +41,16 @@ def _binary(v: str) -> str | None:
 
 
 @attrs.define(kw_only=True)
-class TunnelSection:
-    """Section ``tunnel`` (optional)."""
+class WireguardConfig:
+    """Section ``wireguard``: the WireGuard tunnel backends (optional)."""
 
+    backend: str = attrs.field(default="auto", metadata=check(one_of("auto", "kernel", "userspace")))
+    """The tunnel backend: ``kernel`` (the kernel's WireGuard), ``userspace``
+    (``wireguard-go``) or ``auto`` (the available one with the highest priority).
+    ``backends.tunnel`` overrides it."""
+    config_dir: str = "/etc/wireguard"
+    """Accepted for compatibility with the Go agent's files; not used (tunnels are
+    configured over netlink and UAPI, without files)."""
     wireguard_go: str = attrs.field(default="wireguard-go", metadata=check(_binary))
     """The ``wireguard-go`` binary of the ``userspace`` backend: a name looked up on
     PATH or an absolute path. The backend counts as available only when it is found."""
@@ -57,12 +65,38 @@ class TunnelSection:
     configured address if it roamed away; a fresher one is left alone."""
 
 
+#: Deprecated: the old name of this class (the ``tunnel`` section's).
+TunnelSection = WireguardConfig
+
+SECTION = ConfigSection(
+    name="wireguard",
+    type=WireguardConfig,
+    aliases=("tunnel",),
+    description="WireGuard tunnel backends: backend choice, wireguard-go binary, timeouts, "
+    "stale-handshake age",
+)
+
+
+def section_of(config: AgentConfig) -> WireguardConfig:
+    """The ``wireguard`` section of ``config`` (defaults when it is invalid), for
+    hooks that get only the config."""
+    section = SECTION.of(config)
+    return section if isinstance(section, WireguardConfig) else WireguardConfig()
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything a backend reads from the config, in one value (re-read per call,
-    so a reload takes effect without restarting the backend)."""
+    so a reload takes effect without restarting the backend).
 
-    node_key_path: str = "/etc/wireguard/private.key"
+    ``node_key_path`` / ``public_key_path``: a missing private key file at that
+    path is generated (and its public half written), where a tunnel names it.
+    The key files are their owners' (the ``sessions`` section has the session
+    tunnels'), so the config leaves them empty; backends built in code (tests,
+    the lab) may set them. ``default_keepalive`` applies to a spec without one.
+    """
+
+    node_key_path: str = ""
     public_key_path: str = ""
     default_keepalive: int = 25
     wireguard_go: str = "wireguard-go"
@@ -71,13 +105,9 @@ class Settings:
     stale_handshake: float = 180.0
 
     @classmethod
-    def from_config(cls, config: AgentConfig, section: TunnelSection | None) -> Settings:
-        sec = section or TunnelSection()
-        wg = config.wireguard
+    def from_config(cls, config: AgentConfig, section: WireguardConfig | None = None) -> Settings:
+        sec = section or section_of(config)
         return cls(
-            node_key_path=wg.private_key_path,
-            public_key_path=wg.public_key_path,
-            default_keepalive=wg.persistent_keepalive_interval,
             wireguard_go=sec.wireguard_go,
             start_timeout=sec.start_timeout,
             uapi_timeout=sec.uapi_timeout,
@@ -86,16 +116,14 @@ class Settings:
 
     @classmethod
     def from_context(cls, ctx: PluginContext) -> Settings:
-        section = ctx.section if isinstance(ctx.section, TunnelSection) else None
+        section = ctx.section if isinstance(ctx.section, WireguardConfig) else None
         return cls.from_config(ctx.config, section)
 
 
 def raw_wireguard_go(config: AgentConfig) -> str:
-    """The binary named in the raw ``tunnel`` section (probes run before sections
+    """The ``wireguard-go`` binary the config names (probes run before sections
     reach a context)."""
-    raw: Any = config.plugin_sections.get(SECTION)
-    value = raw.get("wireguardGo") if isinstance(raw, dict) else None
-    return value if isinstance(value, str) and value else "wireguard-go"
+    return section_of(config).wireguard_go
 
 
 def wireguard_go_available(binary: str) -> bool:

@@ -20,13 +20,14 @@ from typing import Any
 import attrs
 import moenet_rtt
 import pytest
+from loguru import logger
 from moenet_rtt.config import RttConfig
 from moenet_rtt.task import RttMeasurement
 
 from moenet_core import hookimpl
-from moenet_core.config import MetricConfig, build_config
+from moenet_core.config import build_config
 from moenet_core.descriptors import LinkLatency, LinkTarget
-from moenet_core.testing import AgentHarness, FakeControlPlane, ManualClock, NetNS, veth_pair
+from moenet_core.testing import AgentHarness, FakeControlPlane, ManualClock, NetNS, plugin_context, veth_pair
 from moenet_core.testing.netns import have_root
 
 pytestmark = pytest.mark.netns
@@ -277,11 +278,10 @@ def test_task_spec_and_entry_point():
 
 def test_config_defaults_and_checks():
     cfg = RttConfig()
-    # Probe settings default to the Go agent's metric section, which rtt.* override.
-    assert cfg.probe_settings(MetricConfig()) == (4, 5.0, 32)
-    assert cfg.probe_settings(MetricConfig(ping_count=2, ping_timeout=1.5, ping_workers=4)) == (2, 1.5, 4)
+    # Probe settings default to the Go agent's metric defaults.
+    assert cfg.probe_settings() == (4, 5.0, 32)
     own = RttConfig(count=3, timeout_ms=250, concurrency=8)
-    assert own.probe_settings(MetricConfig(ping_count=2, ping_timeout=1.5, ping_workers=4)) == (3, 0.25, 8)
+    assert own.probe_settings() == (3, 0.25, 8)
     assert (cfg.hysteresis, cfg.confirm_rounds, cfg.ewma_alpha) == (0.2, 2, 0.3)
     for bad in ({"count": 0}, {"timeout_ms": 5}, {"concurrency": 0}, {"hysteresis": 1.0}, {"ewma_alpha": 0}):
         with pytest.raises(ValueError):
@@ -304,3 +304,57 @@ async def test_bad_config_is_reported_with_paths(tmp_path):
         assert path in error, error
     assert "rtt.confirmRounds" not in error
     assert tasks == []
+
+
+# ------------------------------------------------------------- the state file
+
+
+def rtt_task(state: Path) -> RttMeasurement:
+    """The task on a plugin context (no agent running, no probing)."""
+    return RttMeasurement(plugin_context("rtt", state_dir=state, section=RttConfig()))
+
+
+def write_links(state: Path, doc: dict[str, Any]) -> Path:
+    path = state / "plugins" / "rtt" / "links.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def snapshot(path: Path) -> tuple[int, int, bytes]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, path.read_bytes()
+
+
+SAVED = {"tier": 5, "ewma": 100.0, "pending": 1, "count": 1}
+
+
+@pytest.mark.parametrize("version", [{"version": 1}, {}])  # the previous version's file; a hand-written one
+def test_saved_tiers_load_and_an_unchanged_round_writes_nothing(
+    tmp_path: Path, version: dict[str, int]
+) -> None:
+    path = write_links(tmp_path, {**version, "links": {"sessions/uuid-1": SAVED, "mesh/bad": {"tier": 12}}})
+    before = snapshot(path)
+    task = rtt_task(tmp_path)
+    assert {k: s.to_json() for k, s in task.states().items()} == {"sessions/uuid-1": SAVED}
+    task._save()  # what the end of a round does
+    assert snapshot(path) == before
+    task._states.pop("sessions/uuid-1")
+    task._save()
+    assert json.loads(path.read_text()) == {"version": 1, "links": {}}
+
+
+def test_a_newer_or_corrupt_state_file_is_not_read(tmp_path: Path) -> None:
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING", format="{message}")
+    try:
+        newer = write_links(tmp_path / "a", {"version": 2, "links": {"sessions/uuid-1": SAVED}})
+        assert rtt_task(tmp_path / "a").states() == {}
+        assert newer.read_text() == json.dumps({"version": 2, "links": {"sessions/uuid-1": SAVED}})
+        write_links(tmp_path / "b", {"version": 1, "tiers": {}})
+        assert rtt_task(tmp_path / "b").states() == {}
+    finally:
+        logger.remove(sink)
+    [v2, nolinks] = [m for m in seen if "ignoring the saved tiers" in m]
+    assert "version 2" in v2 and str(newer) in v2
+    assert "links" in nolinks

@@ -17,29 +17,30 @@ from typing import Any
 
 import moenet_bird
 import pytest
+from helpers.bird import cp_data, session
 from loguru import logger
 from moenet_bird.backend import BirdRoutingBackend
 from moenet_bird.protocol import parse_protocols, parse_replies
 from moenet_bird.testing import BirdDaemon
-from moenet_sessions.collector import MetricCollector, MetricCollectorError, live_collector
+from moenet_sessions.collector import TASK_NAME as COLLECTOR_TASK
+from moenet_sessions.collector import MetricCollector, MetricCollectorError
 from moenet_sessions.records import ConfiguredSession, Previous, Report
 from moenet_sessions.store import SessionStore
-from test_bird_apply import cp_data, session
 
-from moenet_core import BackendSpec, hookimpl
-from moenet_core.backends import (
-    ApplyResult,
-    ProtocolState,
-    RoutingBackend,
-    TunnelBackend,
-    TunnelSpec,
-    TunnelState,
-    TunnelStats,
-)
+from moenet_core.backends import ProtocolState, TunnelSpec, TunnelStats
 from moenet_core.context import PluginContext
 from moenet_core.descriptors import LinkLatency
+from moenet_core.intents import EbgpPeerIntent
 from moenet_core.models import SessionStatus
-from moenet_core.testing import AgentHarness, FakeControlPlane, ManualClock, NetNS
+from moenet_core.testing import (
+    AgentHarness,
+    FakeBackends,
+    FakeControlPlane,
+    FakeRoutingBackend,
+    FakeTunnelBackend,
+    ManualClock,
+    NetNS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = 1_700_000_000  # ManualClock's wall time
@@ -48,68 +49,6 @@ KEY = "x" * 43 + "="
 
 def uid(n: int) -> str:
     return f"c011ec70-0000-4000-8000-{n:012d}"
-
-
-# ------------------------------------------------------------------- fakes
-
-
-class FakeRouting(RoutingBackend):
-    def __init__(self) -> None:
-        self.states: list[ProtocolState] = []
-        self.names: dict[str, tuple[str, ...]] = {}
-        self.error: Exception | None = None
-        self.calls = 0
-
-    async def declare(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> ApplyResult:
-        return ApplyResult(ok=True, changed=False)
-
-    async def protocols(self) -> list[ProtocolState]:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        return list(self.states)
-
-    def fragment_protocols(self, owner: str) -> dict[str, tuple[str, ...]]:
-        assert owner == "sessions"
-        return dict(self.names)
-
-
-class FakeTunnel(TunnelBackend):
-    def __init__(self) -> None:
-        self.stats_by_name: dict[str, TunnelStats | Exception] = {}
-        self.calls: list[str] = []
-
-    async def ensure(self, spec: TunnelSpec) -> bool:
-        return False
-
-    async def remove(self, name: str) -> bool:
-        return False
-
-    async def list(self) -> dict[str, TunnelState]:
-        return {}
-
-    async def stats(self, name: str) -> TunnelStats:
-        self.calls.append(name)
-        found = self.stats_by_name.get(name)
-        if found is None:
-            raise LookupError(f"{name}: no such tunnel")
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-
-class Backends:
-    """A test plugin providing the given backends."""
-
-    def __init__(self, **backends: Any) -> None:
-        self.backends = backends
-
-    @hookimpl
-    def moenet_backends(self, config: Any) -> list[BackendSpec]:
-        return [
-            BackendSpec(kind=kind, name="fake", factory=lambda ctx, b=b: b)
-            for kind, b in self.backends.items()
-        ]
 
 
 def configured(n: int, keepalive: int | None = 25) -> ConfiguredSession:
@@ -123,12 +62,9 @@ def configured(n: int, keepalive: int | None = 25) -> ConfiguredSession:
             peer_public_key=KEY,
             keepalive=keepalive,
         ),
-        peer={
-            "asn": 4242420000 + n,
-            "name": f"peer{n}",
-            "interface": iface,
-            "neighborLinkLocal": f"fe80::{n}",
-        },
+        peer=EbgpPeerIntent(
+            asn=4242420000 + n, name=f"peer{n}", interface=iface, neighbor_link_local=f"fe80::{n}"
+        ),
         port=21000 + n,
     )
 
@@ -180,9 +116,14 @@ def latency(n: int, rtt: float | None, loss: float, tier: int | None, age: float
     )
 
 
+def reads(rig: Rig) -> int:
+    """``protocols()`` reads of the routing daemon so far."""
+    return len(rig.routing.calls_of("protocols"))
+
+
 class Rig:
     def __init__(
-        self, h: AgentHarness, cp: FakeControlPlane, routing: FakeRouting, tunnel: FakeTunnel
+        self, h: AgentHarness, cp: FakeControlPlane, routing: FakeRoutingBackend, tunnel: FakeTunnelBackend
     ) -> None:
         self.h, self.cp, self.routing, self.tunnel = h, cp, routing, tunnel
         self.latencies: dict[str, LinkLatency] = {}
@@ -217,18 +158,18 @@ class Rig:
 
 @pytest.fixture
 async def rig(fake_cp: FakeControlPlane, tmp_path: Path) -> AsyncIterator[Rig]:
-    routing, tunnel = FakeRouting(), FakeTunnel()
+    fakes = FakeBackends(kinds=("routing", "tunnel"))
     cfg = {
         "node": {"name": "hkg1", "id": 3},
         "controlPlane": {"url": fake_cp.url, "token": "test-token", "maxRetries": 0},
     }
     async with AgentHarness(
         cfg,
-        plugins=[("fakes", Backends(routing=routing, tunnel=tunnel))],
+        plugins=[("fakes", fakes)],
         state_dir=tmp_path / "state",
         clock=ManualClock(),
     ) as h:
-        yield Rig(h, fake_cp, routing, tunnel)
+        yield Rig(h, fake_cp, fakes.routing, fakes.tunnel)
 
 
 def four_sessions(rig: Rig) -> None:
@@ -241,7 +182,7 @@ def four_sessions(rig: Rig) -> None:
             uid(2): Report(uuid=uid(2), status=SessionStatus.ERROR, last_error="firewall: nft failed"),
         },
     )
-    rig.routing.names = {
+    rig.routing.protocol_names["sessions"] = {
         uid(1): ("dn42_a",),
         uid(2): ("dn42_b_v4", "dn42_b_v6"),
         uid(3): ("dn42_c",),
@@ -290,8 +231,8 @@ async def test_report_metrics_and_health_in_one_bird_call(rig: Rig) -> None:
     collector = rig.collector()
     result = await collector.run_once()
 
-    assert rig.routing.calls == 1, "one protocols() read for every session"
-    assert sorted(rig.tunnel.calls) == ["dn42-1", "dn42-2", "dn42-3", "dn42-4"]
+    assert len(rig.routing.calls_of("protocols")) == 1, "one protocols() read for every session"
+    assert sorted(c.key for c in rig.tunnel.calls_of("stats")) == ["dn42-1", "dn42-2", "dn42-3", "dn42-4"]
     [body] = rig.reports()
     assert body["node_id"] == "hkg1" and body["timestamp"] == NOW
     by_uuid = {s["uuid"]: s for s in body["sessions"]}
@@ -397,11 +338,11 @@ async def test_report_metrics_and_health_in_one_bird_call(rig: Rig) -> None:
     }
     assert result == collector.last and result["reported"] is True and result["problem"] is None
     assert result["sessions"] == 4 and result["health"] == info["counts"]
-    assert live_collector() is collector
+    assert collector.ctx.stash[COLLECTOR_TASK] is collector  # how sessionSync's /status finds it
     assert collector.status_info()["health"] == info
 
     await collector.run_once()
-    assert rig.routing.calls == 2 and len(rig.reports()) == 2
+    assert len(rig.routing.calls_of("protocols")) == 2 and len(rig.reports()) == 2
 
 
 async def test_vanished_sessions_and_changed_states_leave_no_stale_series(rig: Rig) -> None:
@@ -443,11 +384,11 @@ async def test_vanished_sessions_and_changed_states_leave_no_stale_series(rig: R
     # Nothing configured: no POST, no BIRD or tunnel read, every per-session series gone.
     # A rebuilt collector reuses the registry's gauges and still removes the old series.
     rig.configure({})
-    calls, tunnel_calls, posts = rig.routing.calls, len(rig.tunnel.calls), len(rig.reports())
+    calls, tunnel_calls, posts = reads(rig), len(rig.tunnel.calls_of("stats")), len(rig.reports())
     fresh = rig.collector()
     result = await fresh.run_once()
     assert (result["sessions"], result["reported"]) == (0, False)
-    assert (rig.routing.calls, len(rig.tunnel.calls), len(rig.reports())) == (calls, tunnel_calls, posts)
+    assert (reads(rig), len(rig.tunnel.calls_of("stats")), len(rig.reports())) == (calls, tunnel_calls, posts)
     per_session = [
         s
         for m in rig.h.agent.metrics.registry.collect()
@@ -468,7 +409,7 @@ async def test_vanished_sessions_and_changed_states_leave_no_stale_series(rig: R
 
 async def test_control_plane_outage_still_updates_metrics_and_health(rig: Rig) -> None:
     rig.configure({uid(1): configured(1)})
-    rig.routing.names = {uid(1): ("dn42_a",)}
+    rig.routing.protocol_names["sessions"] = {uid(1): ("dn42_a",)}
     rig.routing.states = [proto("dn42_a", routes={"ipv4": {"imported": 3, "filtered": 0, "exported": 3}})]
     rig.tunnel.stats_by_name = {"dn42-1": stats(1, 5)}
     collector = rig.collector()
@@ -507,14 +448,18 @@ async def test_control_plane_outage_still_updates_metrics_and_health(rig: Rig) -
 
 async def test_an_unreachable_routing_daemon_marks_sessions_down_and_fails_the_run(rig: Rig) -> None:
     rig.configure({uid(1): configured(1)})
-    rig.routing.names = {uid(1): ("dn42_a",)}
+    rig.routing.protocol_names["sessions"] = {uid(1): ("dn42_a",)}
     rig.routing.states = [proto("dn42_a", routes={"ipv4": {"imported": 3, "filtered": 0, "exported": 3}})]
     rig.tunnel.stats_by_name = {"dn42-1": stats(1, 5)}
     collector = rig.collector()
     await collector.run_once()
     assert rig.sample("bgp_up", 1, protocol="dn42_a") == 1
 
-    rig.routing.error = ConnectionRefusedError("BIRD at /run/bird/bird.ctl: connection refused")
+    rig.routing.fail(
+        "protocols",
+        error=ConnectionRefusedError("BIRD at /run/bird/bird.ctl: connection refused"),
+        times=None,
+    )
     with pytest.raises(MetricCollectorError, match="routing daemon unreachable"):
         await collector.run_once()
     [_, body] = rig.reports()  # the CP still hears about it
@@ -544,7 +489,7 @@ async def test_channel_states_and_import_limits_from_a_bird_readout(rig: Rig) ->
     [p] = parse_protocols(reply)
     assert p.bgp_state == "Established"  # the transcript, parsed by the BIRD plugin's parser
     rig.configure({uid(2): configured(2)})
-    rig.routing.names = {uid(2): (p.name,)}
+    rig.routing.protocol_names["sessions"] = {uid(2): (p.name,)}
     rig.routing.states = [p]
     rig.tunnel.stats_by_name = {"dn42-2": stats(2, 5)}
     collector = rig.collector()
@@ -564,17 +509,18 @@ async def test_channel_states_and_import_limits_from_a_bird_readout(rig: Rig) ->
 async def test_no_tunnel_backend_and_a_failing_latency_provider_are_reasons_not_crashes(
     fake_cp: FakeControlPlane, tmp_path: Path
 ) -> None:
-    routing = FakeRouting()
+    fakes = FakeBackends(kinds=("routing",))
+    routing = fakes.routing
     cfg = {
         "node": {"name": "hkg1", "id": 3},
         "controlPlane": {"url": fake_cp.url, "token": "test-token", "maxRetries": 0},
     }
     async with AgentHarness(
-        cfg, plugins=[("fakes", Backends(routing=routing))], state_dir=tmp_path / "state", clock=ManualClock()
+        cfg, plugins=[("fakes", fakes)], state_dir=tmp_path / "state", clock=ManualClock()
     ) as h:
         ctx = h.agent.context("sessions")
         SessionStore(ctx.state).save_previous(Previous(configured={uid(1): configured(1)}))
-        routing.names = {uid(1): ("dn42_a",)}
+        routing.protocol_names["sessions"] = {uid(1): ("dn42_a",)}
         routing.states = [proto("dn42_a", routes={"ipv4": {"imported": 3, "filtered": 0, "exported": 3}})]
 
         def broken(uuid: str) -> LinkLatency | None:
@@ -646,7 +592,8 @@ async def test_a_real_bird_readout_reaches_the_report(
     etc, state, templates = tmp_path / "etc", tmp_path / "state", tmp_path / "templates"
     templates.mkdir()
     (templates / "peer.conf.j2").write_text(PEER_TEMPLATE)
-    tunnel = FakeTunnel()
+    fakes = FakeBackends(kinds=("tunnel",))
+    tunnel = fakes.tunnel
     with BirdDaemon(netns(), tmp_path / "bird").start() as daemon:
         fake_cp.set("bird-config", cp_data("h1"))
         cfg = {
@@ -659,7 +606,7 @@ async def test_a_real_bird_readout_reaches_the_report(
             },
             "birdAgent": {"applyDebounce": 0},
         }
-        plugins = [("bird", moenet_bird), ("fakes", Backends(tunnel=tunnel))]
+        plugins = [("bird", moenet_bird), ("fakes", fakes)]
         async with AgentHarness(cfg, plugins=plugins, state_dir=state) as h:
             ev = await h.agent.scheduler.run_now("birdConfigSync")
             assert ev.ok, ev.error
@@ -667,7 +614,7 @@ async def test_a_real_bird_readout_reaches_the_report(
             assert isinstance(backend, BirdRoutingBackend)
             # A: one (MP-BGP) protocol importing everything. B: split v4/v6, the v4
             # half filtering one route, the v6 half with no one to talk to.
-            b = session(4242420003, 3, name="filtering", mpBgp=False, neighborIpv4="172.20.3.1")
+            b = session(4242420003, 3, name="filtering", mp_bgp=False, neighbor_ipv4="172.20.3.1")
             r = await backend.declare("sessions", {UA: session(4242420002, 2), UB: b})
             assert r.ok, r.error
             names = backend.fragment_protocols("sessions")

@@ -13,23 +13,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import moenet_bird
 import pytest
+from helpers.sessions import node, symbol, uid
+from moenet_bird.testing import unchecked_intent
 from moenet_sessions.links import LATENCY_FILE, LinkBook, link_target
 from moenet_sessions.records import ConfiguredSession
-from test_sessions_task import node, symbol, uid
 
 from moenet_core.backends import TunnelSpec
 from moenet_core.descriptors import LinkLatency, LinkTarget
+from moenet_core.intents import EbgpPeerIntent
 from moenet_core.state import StateStore
 from moenet_core.testing import NetNS
 
 KEY = base64.b64encode(b"\x07" * 32).decode()
 
 
-def configured(iface: str, **peer: Any) -> ConfiguredSession:
+def configured(iface: str, *, checked: bool = True, **peer: Any) -> ConfiguredSession:
     spec = TunnelSpec(name=iface, private_key_file="/k", listen_port=1, peer_public_key=KEY)
-    return ConfiguredSession(interface=iface, tunnel=spec, peer={"asn": 4242420001, **peer}, port=1)
+    fields = {"asn": 4242420001, "interface": iface, **peer}
+    intent = EbgpPeerIntent(**fields) if checked else unchecked_intent(EbgpPeerIntent, **fields)
+    return ConfiguredSession(interface=iface, tunnel=spec, peer=intent, port=1)
 
 
 def measured(key: str, tier: int | None, *, owner: str = "sessions", rtt: float | None = 10.0) -> LinkLatency:
@@ -50,7 +55,7 @@ def measured(key: str, tier: int | None, *, owner: str = "sessions", rtt: float 
 
 
 def test_target_addresses_in_dn42_probe_order_and_asn_label() -> None:
-    c = configured("wg1", neighborIpv4="172.20.0.1", neighborIpv6="fd00::1", neighborLinkLocal="fe80::1")
+    c = configured("wg1", neighbor_ipv4="172.20.0.1", neighbor_ipv6="fd00::1", neighbor_link_local="fe80::1")
     t = link_target("u1", c)
     assert t == LinkTarget(
         owner="sessions",
@@ -59,7 +64,10 @@ def test_target_addresses_in_dn42_probe_order_and_asn_label() -> None:
         addresses=("fe80::1", "fd00::1", "172.20.0.1"),
         labels={"asn": "4242420001"},
     )
-    assert link_target("u2", configured("wg2")) is None  # no address: nothing to probe
+    no_address = configured("wg2", checked=False)  # an intent always has one; a record might not
+    assert link_target("u2", no_address) is None  # no address: nothing to probe
+    no_interface = attrs.evolve(configured("wg3", neighbor_ipv4="172.20.0.3"), interface="")
+    assert link_target("u3", no_interface) is None
 
 
 def test_tiers_change_only_for_own_links_and_persist(tmp_path: Path) -> None:
@@ -165,24 +173,17 @@ async def test_repeats_of_an_accepted_report_back_off(tmp_path: Path) -> None:
     """A CP that accepts a report but keeps contradicting it is told again at once,
     then after 1, 2, 4... sync intervals (capped), never every cycle; a different
     report is never held back."""
-    from types import SimpleNamespace
-
-    from loguru import logger
     from moenet_sessions.records import Report
     from moenet_sessions.task import REPEAT_MAX_SECONDS, SessionSync
 
     from moenet_core.models import SessionStatus
-    from moenet_core.testing import ManualClock
+    from moenet_core.testing import ManualClock, plugin_context
 
     clock = ManualClock()
-    ctx = SimpleNamespace(
-        state=StateStore(tmp_path),
-        clock=clock,
-        config=SimpleNamespace(control_plane=SimpleNamespace(sync_interval=60.0)),
-        log=logger,
-        register_hooks=lambda obj: None,
+    ctx = plugin_context(
+        "sessions", state_dir=tmp_path, config={"controlPlane": {"syncInterval": 60.0}}, clock=clock
     )
-    task = SessionSync(ctx)  # type: ignore[arg-type]
+    task = SessionSync(ctx)
     active = Report(uuid="u1", status=SessionStatus.ACTIVE)
     task.note_accepted(active)
 

@@ -55,6 +55,20 @@ def test_x25519_rfc7748_section_6_1_diffie_hellman():
     assert keys.x25519(a, b_pub).hex() == keys.x25519(b, a_pub).hex() == shared
 
 
+def test_x25519_refuses_bad_lengths_and_small_order_points():
+    with pytest.raises(ValueError, match="32-byte"):
+        keys.x25519(bytes(31), bytes(32))
+    with pytest.raises(ValueError):  # u = 0 has small order: the all-zero result is refused
+        keys.x25519(bytes(range(32)), bytes(32))
+    with pytest.raises(ValueError, match="32 bytes"):
+        keys.public_from_private(bytes(33))
+
+
+def test_generated_keys_are_clamped_and_distinct():
+    made = {keys.generate_private_key().raw for _ in range(16)}
+    assert len(made) == 16 and all(keys.clamp(raw) == raw for raw in made)
+
+
 def test_base64_hex_forms_and_public_key_validation():
     raw = bytes(range(32))
     b64 = keys.bytes_to_b64(raw)

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from ..context import PluginContext
 from .clock import ManualClock
 from .fake_cp import FakeControlPlane
+from .fakes import plugin_context
 from .harness import AgentHarness
 from .netns import NetNS, have_root
 
@@ -41,6 +43,26 @@ def agent_harness(tmp_path: Path) -> Callable[..., AgentHarness]:
         return AgentHarness(config, **kwargs)
 
     return make
+
+
+@pytest.fixture
+async def make_plugin_context(tmp_path: Path) -> AsyncIterator[Callable[..., PluginContext]]:
+    """Factory: ``make_plugin_context(plugin, section=..., backends=..., cp=...)``
+    (see :func:`~moenet_core.testing.plugin_context`); the state directory defaults
+    to a fresh temporary one. CP clients are closed and runtime hooks removed
+    after the test."""
+    made: list[PluginContext] = []
+
+    def make(plugin: str = "test", **kwargs: Any) -> PluginContext:
+        kwargs.setdefault("state_dir", tmp_path / "state")
+        ctx = plugin_context(plugin, **kwargs)
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.close()
+        await ctx.cp.aclose()
 
 
 @pytest.fixture

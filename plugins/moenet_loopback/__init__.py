@@ -28,8 +28,8 @@ from .backend import (
 from .config import KINDS, LoopbackConfig
 
 if TYPE_CHECKING:
+    from moenet_core import PluginContext
     from moenet_core.config import AgentConfig
-    from moenet_core.context import PluginContext
 
 __all__ = [
     "KINDS",

@@ -41,20 +41,29 @@ from loguru import logger
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from moenet_core import LoopbackBackend, MoenetError
+from moenet_core import LoopbackBackend, MoenetError, StateError
 
 from .config import KINDS, LoopbackConfig, check_ifname
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-    from moenet_core.state import StateStore
+    from moenet_core import StateStore
 
 #: The alias an interface created by the agent carries.
 MARKER = "moenet-agent loopback"
 #: The state file recording which addresses the agent added, per interface.
 STATE_FILE = "addresses.json"
 STATE_VERSION = 1
+
+
+@attrs.frozen(kw_only=True)
+class AddressesDoc:
+    """``addresses.json`` (a state document): interface -> the addresses the agent
+    added there."""
+
+    interfaces: dict[str, list[str]]
+
 
 IFF_UP = 0x1
 IFA_F_NODAD = 0x02
@@ -189,22 +198,18 @@ class LinkLoopback(LoopbackBackend):
 
     def _read_state(self) -> dict[str, tuple[str, ...]]:
         where = self._state.path(STATE_FILE)
-        raw = self._state.read_json(STATE_FILE, default=None)
-        if raw is None:
-            return {}
         # A malformed file is refused, not read as empty: the addresses it names
         # would otherwise stay on the node forever, unnoticed.
-        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
-            raise LoopbackError(f"state file {where}: unknown format (expected version {STATE_VERSION})")
-        interfaces = raw.get("interfaces")
-        if not isinstance(interfaces, dict):
-            raise LoopbackError(f"state file {where}: 'interfaces' must be an object")
+        try:
+            doc = self._state.load(STATE_FILE, AddressesDoc, version=STATE_VERSION)
+        except StateError as exc:
+            raise LoopbackError(str(exc)) from None
+        if doc is None:
+            return {}
         out: dict[str, tuple[str, ...]] = {}
-        for name, addrs in interfaces.items():
+        for name, addrs in doc.interfaces.items():
             if (problem := check_ifname(name)) is not None:
                 raise LoopbackError(f"state file {where}: interface {name!r}: {problem}")
-            if not isinstance(addrs, list):
-                raise LoopbackError(f"state file {where}: interfaces.{name} must be a list")
             try:
                 out[str(name)] = normalize_addresses(addrs)
             except InvalidLoopbackAddress as exc:
@@ -215,10 +220,8 @@ class LinkLoopback(LoopbackBackend):
         clean = {name: tuple(sorted(set(a), key=_sort_key)) for name, a in owned.items() if a}
         if clean == self._owned:
             return
-        self._state.write_json(
-            STATE_FILE,
-            {"version": STATE_VERSION, "interfaces": {k: list(v) for k, v in sorted(clean.items())}},
-        )
+        doc = AddressesDoc(interfaces={k: list(v) for k, v in sorted(clean.items())})
+        self._state.save(STATE_FILE, doc, version=STATE_VERSION)
         self._owned = clean
 
     # ------------------------------------------------------------ netlink

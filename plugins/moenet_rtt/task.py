@@ -24,17 +24,16 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from moenet_core import hookimpl
-from moenet_core.descriptors import LinkLatency, LinkTarget
-from moenet_core.errors import ControlPlaneError
-from moenet_core.state import StateError
+import attrs
+
+from moenet_core import ControlPlaneError, LinkLatency, LinkTarget, StateError, hookimpl
 
 from .config import RttConfig
 from .icmp import DEFAULT_INTERVAL, LinkProbe, Prober
 from .tier import Hysteresis, LinkState, update
 
 if TYPE_CHECKING:
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 TASK_NAME = "rttMeasurement"
 CP_RESOURCE = "rtt"
@@ -49,6 +48,21 @@ _BODY_KEYS = frozenset({"target", "rtt_ms", "loss", "owner", "key", "interface",
 def link_id(owner: str, key: str) -> str:
     """The per-link key of the state file and ``/status``: ``owner/key``."""
     return f"{owner}/{key}"
+
+
+@attrs.frozen(kw_only=True)
+class LinksDoc:
+    """``links.json``: ``{"version": 1, "links": {"<owner>/<key>": LinkState, ...}}``.
+
+    Entries stay raw here: each is read by :meth:`LinkState.from_json`, so an
+    invalid one costs only its own link."""
+
+    links: dict[str, Any]
+
+
+def _migrate(version: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """A file without ``"version"`` (hand-written) was read as version 1 before: keep it so."""
+    return fields
 
 
 class RttMeasurement:
@@ -70,7 +84,7 @@ class RttMeasurement:
             METRIC_LABELS,
         )
         self._labelsets: dict[str, tuple[str, str, str, str]] = {}
-        self._saved: dict[str, Any] | None = None
+        self._saved: LinksDoc | None = None
         self._states: dict[str, LinkState] = self._load()
         self._latest: dict[str, dict[str, Any]] = {}
         self._errors: dict[str, str] = {}
@@ -90,19 +104,17 @@ class RttMeasurement:
     # ------------------------------------------------------------ state file
 
     def _load(self) -> dict[str, LinkState]:
+        # Tiers are re-learnt in a few rounds: a file that cannot be read (corrupt,
+        # no 'links' object, or of a newer version) is not fatal, only not used.
         try:
-            raw = self.ctx.state.read_json(STATE_FILE, None)
+            doc = self.ctx.state.load(STATE_FILE, LinksDoc, version=STATE_VERSION, migrate=_migrate)
         except StateError as exc:
             self.ctx.log.warning("rtt: ignoring the saved tiers ({}); they start afresh", exc)
             return {}
-        if raw is None:
-            return {}
-        links = raw.get("links") if isinstance(raw, Mapping) else None
-        if not isinstance(links, Mapping):
-            self.ctx.log.warning("rtt: {} has no 'links' object; tiers start afresh", STATE_FILE)
+        if doc is None:
             return {}
         out: dict[str, LinkState] = {}
-        for key, value in links.items():
+        for key, value in doc.links.items():
             state = LinkState.from_json(value)
             if state is None:
                 self.ctx.log.warning("rtt: dropping an invalid saved state for link {}", key)
@@ -112,15 +124,15 @@ class RttMeasurement:
         return out
 
     @staticmethod
-    def _document(states: Mapping[str, LinkState]) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "links": {k: states[k].to_json() for k in sorted(states)}}
+    def _document(states: Mapping[str, LinkState]) -> LinksDoc:
+        return LinksDoc(links={k: states[k].to_json() for k in sorted(states)})
 
     def _save(self) -> None:
         doc = self._document(self._states)
         if doc == self._saved:
             return
         try:
-            self.ctx.state.write_json(STATE_FILE, doc)
+            self.ctx.state.save(STATE_FILE, doc, version=STATE_VERSION)
         except StateError as exc:
             self.ctx.log.error("rtt: cannot save the tiers: {}", exc)
             return
@@ -143,7 +155,7 @@ class RttMeasurement:
     async def run_once(self) -> dict[str, Any]:
         cfg = self.section
         targets = self._targets()
-        count, timeout, concurrency = cfg.probe_settings(self.ctx.config.metric)
+        count, timeout, concurrency = cfg.probe_settings()
         prober = Prober(count=count, timeout=timeout, interval=DEFAULT_INTERVAL, concurrency=concurrency)
         probes = await prober.probe_all((t.interface, t.addresses) for t in targets)
         measured_at = self.ctx.clock.time()

@@ -16,12 +16,12 @@ the file: an operator must look, the agent must not start from "nothing".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from moenet_core.state import StateError, StateStore
+from moenet_core import SavedAnswer, StateError, StateStore, json_codec
+from moenet_core.config import checked
 
 from .model import SessionsPayloadError, parse_sessions
 from .records import Previous, RecordError, Report
@@ -29,6 +29,14 @@ from .records import Previous, RecordError, Report
 ANSWER_FILE = "answer.json"
 STATE_FILE = "state.json"
 OUTBOX_FILE = "outbox.json"
+
+ANSWER_VERSION = 1
+OUTBOX_VERSION = 1
+#: The version of ``state.json``: the one :meth:`Previous.to_json` writes.
+PREVIOUS_VERSION: int = Previous().to_json().get("version", 1)
+
+
+json_codec(Report)
 
 
 class SessionStateError(StateError):
@@ -43,45 +51,45 @@ class SessionStore:
 
     def load_answer(self) -> Any | None:
         """The last valid CP answer (raw JSON, re-parse with ``parse_sessions``), or None."""
-        raw = self.store.read_json(ANSWER_FILE)
-        if raw is None:
-            return None
-        if not isinstance(raw, Mapping) or raw.get("version") != 1 or "answer" not in raw:
-            raise SessionStateError(f"{self.store.path(ANSWER_FILE)}: not a version-1 saved answer")
         try:
-            parse_sessions(raw["answer"])
+            saved = self.store.load(ANSWER_FILE, SavedAnswer, version=ANSWER_VERSION)
+        except StateError as exc:
+            raise SessionStateError(str(exc)) from None
+        if saved is None:
+            return None
+        try:
+            parse_sessions(saved.answer)
         except SessionsPayloadError as exc:
             raise SessionStateError(
                 f"{self.store.path(ANSWER_FILE)}: saved answer is unusable: {exc}"
             ) from None
-        return raw["answer"]
+        return saved.answer
 
     def save_answer(self, answer: Any) -> bool:
         """Persist ``answer`` (only call with an answer ``parse_sessions`` accepted).
         Returns False, writing nothing, when it equals the saved one."""
-        doc = {"version": 1, "answer": answer}
-        if self.store.read_json(ANSWER_FILE) == doc:
-            return False
-        self.store.write_json(ANSWER_FILE, doc)
-        return True
+        return self.store.save(ANSWER_FILE, SavedAnswer(answer=answer), version=ANSWER_VERSION)
 
     def load_previous(self) -> Previous:
         """The persisted memory; empty only when the file does not exist."""
-        raw = self.store.read_json(STATE_FILE)
-        if raw is None:
-            return Previous()
+        where = str(self.store.path(STATE_FILE))
         try:
-            return Previous.from_json(raw, str(self.store.path(STATE_FILE)))
-        except RecordError as exc:
+            fields = self.store.load_document(STATE_FILE, version=PREVIOUS_VERSION)
+            if fields is None:
+                return Previous()
+            return Previous.from_json({"version": PREVIOUS_VERSION, **fields}, where)
+        except (StateError, RecordError) as exc:
             raise SessionStateError(str(exc)) from None
 
     def save_previous(self, previous: Previous) -> bool:
         """Persist ``previous``; False (nothing written) when unchanged."""
         doc = previous.to_json()
-        if self.store.read_json(STATE_FILE) == doc:
-            return False
-        self.store.write_json(STATE_FILE, doc)
-        return True
+        version = doc.pop("version", PREVIOUS_VERSION)
+        return self.store.save_document(STATE_FILE, doc, version=version)
+
+
+def _attempts(v: int) -> str | None:
+    return None if v >= 0 else "must be a non-negative integer"
 
 
 @attrs.frozen(kw_only=True)
@@ -89,11 +97,18 @@ class OutboxEntry:
     """A queued report and its delivery attempts."""
 
     report: Report
-    attempts: int = 0
+    attempts: int = attrs.field(default=0, **checked(_attempts))
     last_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"report": self.report.to_json(), "attempts": self.attempts, "lastError": self.last_error}
+
+
+@attrs.frozen(kw_only=True)
+class OutboxDoc:
+    """``outbox.json``: the queued reports, oldest first."""
+
+    entries: list[OutboxEntry]
 
 
 class Outbox:
@@ -111,34 +126,14 @@ class Outbox:
         self._entries = self._load()
 
     def _load(self) -> list[OutboxEntry]:
-        raw = self.store.read_json(self.name)
-        if raw is None:
-            return []
-        where = str(self.store.path(self.name))
-        if (
-            not isinstance(raw, Mapping)
-            or raw.get("version") != 1
-            or not isinstance(raw.get("entries"), list)
-        ):
-            raise SessionStateError(f"{where}: not a version-1 outbox")
-        out: list[OutboxEntry] = []
-        for i, e in enumerate(raw["entries"]):
-            if not isinstance(e, Mapping):
-                raise SessionStateError(f"{where}: entries[{i}] must be an object")
-            attempts, last_error = e.get("attempts", 0), e.get("lastError")
-            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-                raise SessionStateError(f"{where}: entries[{i}].attempts must be a non-negative integer")
-            if last_error is not None and not isinstance(last_error, str):
-                raise SessionStateError(f"{where}: entries[{i}].lastError must be a string")
-            try:
-                report = Report.from_json(e.get("report"), f"{where}: entries[{i}].report")
-            except RecordError as exc:
-                raise SessionStateError(str(exc)) from None
-            out.append(OutboxEntry(report=report, attempts=attempts, last_error=last_error))
-        return out
+        try:
+            doc = self.store.load(self.name, OutboxDoc, version=OUTBOX_VERSION)
+        except StateError as exc:
+            raise SessionStateError(str(exc)) from None
+        return [] if doc is None else list(doc.entries)
 
     def _save(self) -> None:
-        self.store.write_json(self.name, {"version": 1, "entries": [e.to_json() for e in self._entries]})
+        self.store.save(self.name, OutboxDoc(entries=list(self._entries)), version=OUTBOX_VERSION)
 
     def put(self, report: Report) -> None:
         """Queue ``report``, replacing an undelivered one for the same uuid."""

@@ -1,11 +1,12 @@
-"""WireGuard keys: X25519 in pure Python, key files, and base64/hex forms.
+"""WireGuard keys: X25519 (through ``cryptography``), key files, and base64/hex forms.
 
 Private keys live in files that only their owner may read: a file whose mode
 gives the group or others any access is refused, because a key that others could
 read must be treated as leaked. The node key is generated when missing (random,
 clamped, written 0600 through an atomic link so a concurrent writer's key is never
-overwritten). Public keys are derived here, with no ``wg`` subprocess and no new
-dependency. Key material never appears in a log line, a repr or an exception.
+overwritten). Public keys are derived here with ``cryptography``'s X25519 (no
+``wg`` subprocess). Key material never appears in a log line, a repr or an
+exception.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import os
 import stat
 from pathlib import Path
 
-from moenet_core.state import atomic_write
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from moenet_core import atomic_write
 
 from .errors import WireguardKeyError
 
@@ -25,13 +28,8 @@ KEY_LEN = 32
 
 # ----------------------------------------------------------------- X25519
 #
-# RFC 7748 section 5, the Montgomery ladder exactly as specified. Python's
-# integers are not constant time; the agent derives public keys of its own keys
-# a few times per run, on its own machine, which is not a timing oracle.
-
-_P = 2**255 - 19
-_A24 = 121665
-_BASEPOINT = (9).to_bytes(32, "little")
+# RFC 7748 through ``cryptography`` (OpenSSL): the library clamps the scalar and
+# masks the u-coordinate's top bit as the RFC says.
 
 
 def clamp(scalar: bytes) -> bytes:
@@ -46,42 +44,21 @@ def clamp(scalar: bytes) -> bytes:
 
 
 def x25519(scalar: bytes, u: bytes) -> bytes:
-    """The X25519 function of RFC 7748 (scalar multiplication on Curve25519)."""
+    """The X25519 function of RFC 7748 (scalar multiplication on Curve25519).
+
+    Raises ValueError for inputs that are not 32 bytes, and for a ``u`` of small
+    order (the result would be all zeros, which ``cryptography`` refuses)."""
     if len(scalar) != KEY_LEN or len(u) != KEY_LEN:
         raise ValueError("X25519 takes 32-byte inputs")
-    k = int.from_bytes(clamp(scalar), "little")
-    x1 = int.from_bytes(u, "little") & ((1 << 255) - 1)
-    x2, z2, x3, z3 = 1, 0, x1, 1
-    swap = 0
-    for t in reversed(range(255)):
-        k_t = (k >> t) & 1
-        swap ^= k_t
-        if swap:
-            x2, x3 = x3, x2
-            z2, z3 = z3, z2
-        swap = k_t
-        a = (x2 + z2) % _P
-        aa = a * a % _P
-        b = (x2 - z2) % _P
-        bb = b * b % _P
-        e = (aa - bb) % _P
-        c = (x3 + z3) % _P
-        d = (x3 - z3) % _P
-        da = d * a % _P
-        cb = c * b % _P
-        x3 = (da + cb) ** 2 % _P
-        z3 = x1 * (da - cb) ** 2 % _P
-        x2 = aa * bb % _P
-        z2 = e * (aa + _A24 * e) % _P
-    if swap:
-        x2, x3 = x3, x2
-        z2, z3 = z3, z2
-    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(32, "little")
+    private = X25519PrivateKey.from_private_bytes(scalar)
+    return private.exchange(X25519PublicKey.from_public_bytes(u))
 
 
 def public_from_private(private: bytes) -> bytes:
     """The public key (X25519 with the base point)."""
-    return x25519(private, _BASEPOINT)
+    if len(private) != KEY_LEN:
+        raise ValueError("an X25519 private key is 32 bytes")
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
 # ------------------------------------------------------------------ forms
@@ -201,7 +178,8 @@ def read_key(path: str | os.PathLike[str], what: str = "private key") -> SecretK
 
 
 def generate_private_key() -> SecretKey:
-    return SecretKey(clamp(os.urandom(KEY_LEN)))
+    """A new random private key, stored clamped (as ``wg genkey`` does)."""
+    return SecretKey(clamp(X25519PrivateKey.generate().private_bytes_raw()))
 
 
 def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> bool:

@@ -1,13 +1,37 @@
 """moenet-agent core: the public API for plugins.
 
-Plugins import from here only::
+A plugin imports the core from exactly these places:
+
+- ``moenet_core`` itself, which re-exports everything a plugin needs: hooks
+  (``hookimpl``, ``hookspec``), descriptors and events (``TaskSpec``,
+  ``RouteSpec``, ``SyncEvent``...), the contexts (``PluginContext``,
+  ``CommandContext``, ``CommandRegistrar``), backend interfaces and their value
+  types (``TunnelBackend``, ``TunnelSpec``, ``tunnel_drift``...), errors,
+  ``AgentConfig``, state (``StateStore``, ``StateError``, ``atomic_write``),
+  the guard (``GuardPolicy``, ``evaluate``...), the reconciler skeleton
+  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``;
+- ``moenet_core.config``: the building blocks of a config section (``check``,
+  ``checked``, ``positive``, ``one_of``, ``structure``, ``camel``...);
+- ``moenet_core.intents``: the routing intents and their JSON forms;
+- ``moenet_core.testing``: the pytest plugin and test doubles.
+
+Every other submodule is the core's own and may change in any release;
+``tests/test_boundaries.py`` keeps the built-in plugins to this list::
 
     from moenet_core import hookimpl, TaskSpec, PluginContext
+
+``import moenet_core`` stays cheap: names from heavy modules (the contexts, the
+API, the CLI, config, metrics, the reconciler) are loaded on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from .backends import (
+    DEFAULT_OWNER,
+    DN42_ALLOWED_IPS,
     ApplyResult,
     FirewallBackend,
     LoopbackBackend,
@@ -18,7 +42,9 @@ from .backends import (
     TunnelSpec,
     TunnelState,
     TunnelStats,
+    tunnel_drift,
 )
+from .clock import Clock, SystemClock
 from .descriptors import (
     Backend,
     BackendSpec,
@@ -28,6 +54,7 @@ from .descriptors import (
     MaintenanceEvent,
     RestartAction,
     RouteSpec,
+    SectionAlias,
     SessionStatusEvent,
     SyncEvent,
     Task,
@@ -43,6 +70,7 @@ from .errors import (
     MoenetError,
     PluginError,
 )
+from .guard import GuardPolicy, GuardVerdict, evaluate, numeric_order, removal_digest
 from .hookspecs import hookimpl, hookspec
 from .intents import (
     BabelInterfaceIntent,
@@ -52,28 +80,88 @@ from .intents import (
     IntentError,
     RoutingIntent,
     intent_from_json,
+    intent_from_legacy,
     intent_to_json,
 )
 from .models import SessionStatus
+from .state import StateError, StateStore, atomic_write
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .api import ApiError
+    from .cli import CommandHandler, CommandRegistrar
+    from .config import AgentConfig
+    from .context import CommandContext, PluginContext
+    from .metrics import PluginMetrics
+    from .plugins import AgentPluginManager
+    from .reconcile import (
+        Answer,
+        Failure,
+        ReconcileError,
+        Reconciler,
+        TransientError,
+        is_transient,
+        plan_route,
+        sync_cycle,
+    )
+    from .state import STATE_CONVERTER, SavedAnswer, from_document, json_codec, to_document
 
 #: Major version of the hook API; plugins pin ``moenet-agent>=X.Y,<X+1``.
 HOOK_API_VERSION = 1
 
+#: Public names loaded on first use (module relative to this package).
+_LAZY = {
+    "AgentConfig": "config",
+    "AgentPluginManager": "plugins",
+    "Answer": "reconcile",
+    "ApiError": "api",
+    "CommandContext": "context",
+    "CommandHandler": "cli",
+    "CommandRegistrar": "cli",
+    "Failure": "reconcile",
+    "PluginContext": "context",
+    "PluginMetrics": "metrics",
+    "ReconcileError": "reconcile",
+    "Reconciler": "reconcile",
+    "TransientError": "reconcile",
+    "is_transient": "reconcile",
+    "plan_route": "reconcile",
+    "sync_cycle": "reconcile",
+    "STATE_CONVERTER": "state",
+    "SavedAnswer": "state",
+    "from_document": "state",
+    "json_codec": "state",
+    "to_document": "state",
+}
+
 __all__ = [
+    "DEFAULT_OWNER",
+    "DN42_ALLOWED_IPS",
     "HOOK_API_VERSION",
+    "STATE_CONVERTER",
+    "AgentConfig",
+    "AgentPluginManager",
+    "Answer",
+    "ApiError",
     "ApplyResult",
     "BabelInterfaceIntent",
     "Backend",
     "BackendSpec",
     "BackendUnavailable",
+    "Clock",
+    "CommandContext",
+    "CommandHandler",
+    "CommandRegistrar",
     "ConfigError",
     "ConfigSection",
     "ControlPlaneError",
     "ControlPlaneRejected",
     "ControlPlaneUnavailable",
     "EbgpPeerIntent",
+    "Failure",
     "FirewallBackend",
+    "GuardPolicy",
+    "GuardVerdict",
     "IbgpNeighborIntent",
     "IbgpOptionsIntent",
     "IntentError",
@@ -82,36 +170,63 @@ __all__ = [
     "LoopbackBackend",
     "MaintenanceEvent",
     "MoenetError",
+    "PluginContext",
     "PluginError",
+    "PluginMetrics",
     "ProtocolState",
+    "ReconcileError",
+    "Reconciler",
     "RestartAction",
     "RouteSpec",
     "RoutingBackend",
     "RoutingIntent",
+    "SavedAnswer",
+    "SectionAlias",
     "SessionStatus",
     "SessionStatusEvent",
+    "StateError",
+    "StateStore",
     "SyncEvent",
+    "SystemClock",
     "Task",
     "TaskRunEvent",
     "TaskSpec",
+    "TransientError",
     "TunnelAddress",
     "TunnelBackend",
     "TunnelSpec",
     "TunnelState",
     "TunnelStats",
     "__version__",
+    "atomic_write",
+    "evaluate",
+    "from_document",
     "hookimpl",
     "hookspec",
     "intent_from_json",
+    "intent_from_legacy",
     "intent_to_json",
+    "is_transient",
+    "json_codec",
+    "numeric_order",
+    "plan_route",
+    "removal_digest",
+    "sync_cycle",
+    "to_document",
+    "tunnel_drift",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # PluginContext imports the agent's modules; load it lazily so that
-    # ``import moenet_core`` from a hookimpl module stays cheap.
-    if name == "PluginContext":
-        from .context import PluginContext
+    # Heavy modules (aiohttp, prometheus_client, cattrs, the agent) load on first
+    # use, so that ``import moenet_core`` from a hookimpl module stays cheap.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return PluginContext
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
@@ -42,6 +45,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from .descriptors import RouteSpec
 from .errors import MoenetError, PluginError
 from .logs import add_secret
+
+if TYPE_CHECKING:
+    from .context import PluginContext
 
 __all__ = [
     "MAX_BODY",
@@ -114,6 +120,10 @@ class ApiHost(Protocol):
     @property
     def routes(self) -> Sequence[RouteSpec]: ...
 
+    def context(self, plugin: str) -> PluginContext:
+        """The running context of ``plugin``, handed to its route handlers."""
+        ...
+
 
 class ApiError(Exception):
     """Raise from a handler (core or plugin) to answer ``{"error", "code"}`` with ``status``."""
@@ -165,6 +175,17 @@ def parse_listen(value: str) -> tuple[str | None, int]:
     if not _PORT.match(port_text) or int(port_text) > 65535:
         raise ValueError(f"invalid listen address {value!r}: port must be a number from 0 to 65535")
     return host, int(port_text)
+
+
+def _takes_request_only(handler: Callable[..., Any]) -> bool:
+    """A hook API 1.0 route handler, ``handler(request)`` (deprecated)."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_more = any(p.kind is p.VAR_POSITIONAL for p in params)
+    return len(positional) == 1 and not takes_more
 
 
 def is_loopback(remote: str | None) -> bool:
@@ -369,13 +390,33 @@ class LocalApi:
             )
         path = f"/plugins/{spec.plugin}/{spec.path[1:]}"
         try:
-            route = app.router.add_route(spec.method, path, spec.handler)
+            route = app.router.add_route(spec.method, path, self._bind_handler(spec))
         except (RuntimeError, ValueError) as exc:
             raise PluginError(
                 f"plugin {spec.plugin!r}: cannot add route {spec.method} {path}: {exc}", [spec.plugin]
             ) from exc
         if spec.is_mutating:
             self._protected.add(route)
+
+    def _bind_handler(self, spec: RouteSpec) -> Handler:
+        """``spec.handler`` as an aiohttp handler: called with the plugin's context."""
+        target = spec.handler
+        if _takes_request_only(target):
+            warnings.warn(
+                f"plugin {spec.plugin!r}: route handler {getattr(target, '__qualname__', target)!r} takes "
+                "only the request; take (request, ctx)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            legacy: Handler = target  # type: ignore[assignment]
+            return legacy
+        ctx = self._host.context(spec.plugin)
+
+        @functools.wraps(target)
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await target(request, ctx)
+
+        return handle
 
     # ---------------------------------------------------------- middlewares
 

@@ -1,22 +1,25 @@
-"""What the core hands to a plugin's factories: capabilities, not globals.
+"""What the core hands to a plugin: capabilities, not globals.
 
-A task or backend factory receives a :class:`PluginContext` bound to its plugin:
-its own config section, the CP, a state directory of its own, metrics under its
-own prefix, a logger bound with ``plugin=<name>``, backend lookup, task triggers,
-and a way to register hook implementations on run-time objects. Plugins never
-import each other or reach into the agent.
+A task or backend factory, a route handler and the ``ctx`` argument of the
+lifecycle hooks receive a :class:`PluginContext` bound to its plugin: its own
+config section, the CP, a state directory of its own, metrics under its own
+prefix, a logger bound with ``plugin=<name>``, backend lookup, task triggers and
+lookup, a ``stash`` shared by the plugin's objects, and a way to register hook
+implementations on run-time objects. A CLI command handler receives a
+:class:`CommandContext`: the same things a command can have without a running
+agent. Plugins never import each other or reach into the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from loguru import logger
 
-from .descriptors import Backend, LinkLatency, LinkTarget, SessionStatusEvent, SyncEvent, TaskRunEvent
-from .errors import BackendUnavailable
+from .descriptors import Backend, LinkLatency, LinkTarget, SessionStatusEvent, SyncEvent, Task, TaskRunEvent
+from .errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from .state import StateStore
 
 B = TypeVar("B", bound=Backend)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class PluginContext:
@@ -40,6 +45,15 @@ class PluginContext:
         self.log: Logger = logger.bind(plugin=plugin)
         self.metrics: PluginMetrics = agent.metrics.for_plugin(plugin)
         self.state: StateStore = agent.state.scoped("plugins").scoped(plugin)
+        self.stash: dict[str, Any] = {}
+        """Free-form storage shared by every object of this plugin in this agent.
+
+        There is one context, so one stash, per (agent, plugin): the plugin's
+        tasks, backends, route handlers and hook objects all see the same dict.
+        It is how objects of one plugin find each other (like pytest's
+        ``config.stash``) instead of module-level registries, which would be
+        shared by every agent in the process. Prefix keys with your module's
+        name; the stash lives as long as the agent."""
         self._runtime: list[str] = []
 
     @property
@@ -93,6 +107,29 @@ class PluginContext:
         """Run ``task`` as soon as possible (coalesced with a run in progress)."""
         return self._agent.scheduler.trigger(task)
 
+    @overload
+    def task(self, name: str) -> Task | None: ...
+
+    @overload
+    def task(self, name: str, kind: type[T]) -> T | None: ...
+
+    def task(self, name: str, kind: type[Any] | None = None) -> Any:
+        """The live object the scheduler built from this plugin's ``TaskSpec``
+        ``name``, or None (not built: disabled, a backend it requires is
+        missing, its factory failed, or the agent has not built its tasks yet).
+
+        Only this plugin's own tasks are returned: another plugin's task name
+        gives None. Pass the class (``ctx.task("sessionSync", SessionSync)``)
+        for a typed object; a task of another class raises :class:`TypeError`.
+        """
+        found = self._agent.scheduler.lookup(name)
+        if found is None or found[0].plugin != self.plugin:
+            return None
+        obj = found[1]
+        if kind is not None and not isinstance(obj, kind):
+            raise TypeError(f"task {name!r} is a {type(obj).__name__}, not a {kind.__name__}")
+        return obj
+
     def add_secret(self, value: str | None) -> None:
         """Mask ``value`` (a token, a password from this plugin's section) as ``***``
         in every log line and output from now on. Values shorter than 6
@@ -141,3 +178,82 @@ class PluginContext:
         for name in self._runtime:
             self._agent.pm.unregister_runtime(name)
         self._runtime.clear()
+
+
+class CommandContext:
+    """What a plugin's ``moenet-agent`` subcommand handler receives:
+    ``handler(args, cmd) -> int``.
+
+    A command runs without an agent, so this is the part of :class:`PluginContext`
+    a command can have: ``config`` (the validated :class:`AgentConfig`, or None
+    when no config file was found), ``log`` (bound with ``plugin=<name>``),
+    ``clock``, and, built on first use, ``state`` (the plugin's state store, the
+    directory its running tasks use) and ``cp`` (the same control-plane client
+    the agent would build: HTTP with retries and the circuit breaker, or the
+    standalone file). ``state`` and ``cp`` need a config: without one they raise
+    :class:`ConfigError` ("no config file found (pass -c FILE)").
+
+    The CP is asynchronous: run the async part with :meth:`run`, which also
+    closes the client. Scripts and tests build one directly:
+    ``CommandContext(config, plugin="bird")``.
+    """
+
+    def __init__(self, config: AgentConfig | None, *, plugin: str, clock: Clock | None = None) -> None:
+        from .clock import SystemClock
+
+        self.plugin = plugin
+        self.config = config
+        self.log: Logger = logger.bind(plugin=plugin)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._root: StateStore | None = None
+        self._cp: ControlPlane | None = None
+
+    def require_config(self) -> AgentConfig:
+        """The config; :class:`ConfigError` when no config file was found."""
+        if self.config is None:
+            raise ConfigError(["no config file found (pass -c FILE)"])
+        return self.config
+
+    def _state_root(self) -> StateStore:
+        if self._root is None:
+            from .state import StateStore
+
+            self._root = StateStore(self.require_config().state.directory)
+        return self._root
+
+    @property
+    def state(self) -> StateStore:
+        """This plugin's state store (``<state.directory>/plugins/<plugin>/``),
+        the one ``ctx.state`` is in the running agent. Mind that the agent may be
+        writing it at the same time."""
+        return self._state_root().scoped("plugins").scoped(self.plugin)
+
+    @property
+    def cp(self) -> ControlPlane:
+        """The control plane the config selects, built once, on first use."""
+        if self._cp is None:
+            from .agent import make_control_plane
+            from .metrics import AgentMetrics
+
+            self._cp = make_control_plane(
+                self.require_config(), clock=self.clock, metrics=AgentMetrics(), state=self._state_root()
+            )
+        return self._cp
+
+    async def aclose(self) -> None:
+        """Close the CP client if one was built (idempotent)."""
+        cp, self._cp = self._cp, None
+        if cp is not None:
+            await cp.aclose()
+
+    def run(self, main: Coroutine[Any, Any, R]) -> R:
+        """``asyncio.run(main)``, closing the CP client before the loop ends:
+        ``data = cmd.run(cmd.cp.fetch("bird-config"))``."""
+
+        async def runner() -> R:
+            try:
+                return await main
+            finally:
+                await self.aclose()
+
+        return asyncio.run(runner())

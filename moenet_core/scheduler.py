@@ -204,6 +204,11 @@ class Scheduler:
         """Task names in the order they were added."""
         return list(self._entries)
 
+    def lookup(self, name: str) -> tuple[TaskSpec, Task] | None:
+        """The spec and the live object of task ``name``, or None when not added."""
+        entry = self._entries.get(name)
+        return None if entry is None else (entry.spec, entry.task)
+
     async def start(self) -> None:
         """Start one loop per task. Runs with ``initial_delay`` 0 begin as soon as
         the caller next yields to the event loop."""

@@ -60,6 +60,10 @@ class FakeHost:
             return None
         return {"interface": interface, "restarted": True}
 
+    def context(self, plugin: str) -> Any:
+        """Stands in for the plugin's PluginContext handed to its route handlers."""
+        return {"plugin": plugin}
+
 
 def remote_as(address: str) -> Any:
     """A test middleware, put in front of the API's own, that makes requests look
@@ -72,15 +76,15 @@ def remote_as(address: str) -> Any:
     return middleware
 
 
-async def hello(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"hello": request.match_info.get("name", "world")})
+async def hello(request: web.Request, ctx: Any) -> web.StreamResponse:
+    return web.json_response({"hello": request.match_info.get("name", "world"), "ctx": ctx})
 
 
-async def act(request: web.Request) -> web.StreamResponse:
+async def act(request: web.Request, ctx: Any) -> web.StreamResponse:
     return web.json_response({"acted": True})
 
 
-async def explode(request: web.Request) -> web.StreamResponse:
+async def explode(request: web.Request, ctx: Any) -> web.StreamResponse:
     raise RuntimeError("boom: internal detail /etc/secret")
 
 
@@ -495,10 +499,20 @@ def test_is_loopback(remote: str | None, expected: bool) -> None:
 async def test_plugin_routes_mounted_under_prefix(aiohttp_client: ClientFactory, host: FakeHost) -> None:
     client = await client_for(aiohttp_client, host)
     resp = await client.get("/plugins/demo/hello")
-    assert await resp.json() == {"hello": "world"}
+    assert await resp.json() == {"hello": "world", "ctx": {"plugin": "demo"}}
     resp = await client.get("/plugins/demo/hello/alice")
-    assert await resp.json() == {"hello": "alice"}
+    assert await resp.json() == {"hello": "alice", "ctx": {"plugin": "demo"}}
     assert (await client.get("/hello")).status == 404
+
+
+async def test_plugin_route_taking_only_the_request_still_works(aiohttp_client: ClientFactory) -> None:
+    async def legacy(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"legacy": True})
+
+    host = FakeHost([RouteSpec(method="GET", path="/old", handler=legacy, plugin="demo")])  # type: ignore[arg-type]
+    with pytest.warns(DeprecationWarning, match="takes only the request"):
+        client = await client_for(aiohttp_client, host)
+    assert await (await client.get("/plugins/demo/old")).json() == {"legacy": True}
 
 
 async def test_plugin_route_invalid_plugin_name() -> None:
@@ -566,7 +580,7 @@ async def test_handler_exception_is_json_500_without_traceback(
 
 
 async def test_plugin_http_exception_becomes_json(aiohttp_client: ClientFactory) -> None:
-    async def teapot(request: web.Request) -> web.StreamResponse:
+    async def teapot(request: web.Request, ctx: Any) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="target is not an address")
 
     host = FakeHost([RouteSpec(method="GET", path="/t", handler=teapot, plugin="demo")])

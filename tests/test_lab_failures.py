@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import helpers.lab
 import moenet_templates
 import pytest
-import test_lab_scenarios
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ STATUS_SETUP_FAILED = 6
 MARKER = "moenet-agent"  # moenet_wireguard.links.MARKER, the tunnels' ownership alias
 
 
-lab = test_lab_scenarios.lab  # the same fresh-lab fixture (both sessions ACTIVE, Established)
+lab = helpers.lab.lab  # the same fresh-lab fixture (both sessions ACTIVE, Established)
 
 
 # ------------------------------------------------------------------ observations
@@ -53,13 +53,13 @@ async def marked_tunnels(lab, n) -> set[str]:
     return {lk["ifname"] for lk in await lab.links(n) if lk.get("ifalias") == MARKER}
 
 
-async def bgp_since(lab, n) -> test_lab_scenarios.Since:
+async def bgp_since(lab, n) -> helpers.lab.Since:
     """``since`` of the node's own (Established) BGP protocol (equal within 50 ms)."""
     protos = await lab.bgp_protocols(n)
     assert n.bgp_protocol in protos, protos
     p = protos[n.bgp_protocol]
     assert p["state"] == "up" and p["info"] == "Established", p
-    return test_lab_scenarios.Since(p["since"])
+    return helpers.lab.Since(p["since"])
 
 
 def bird_text(lab, n) -> str:

@@ -12,44 +12,21 @@ from __future__ import annotations
 import re
 import time
 
+import helpers.lab
 import pytest
-import test_lab_scenarios
-from test_lab_scenarios import _run, _until, agent_status, api, bgp_since, tunnel
+from helpers.lab import _until, agent_status, api, bgp_since, imported, metric, tunnel
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-lab = test_lab_scenarios.lab  # the same fresh-lab fixture
+lab = helpers.lab.lab  # the same fresh-lab fixture
 
 GSHUT = "(65535,0)"
-
-
-async def imported(lab, n, other) -> dict[str, str]:
-    """``n``'s BGP-learned routes for ``other``'s prefixes: prefix -> the route's ``show route all`` text."""
-    out: dict[str, str] = {}
-    for prefix in (other.prefix4, other.prefix6):
-        text = await lab.birdc(n, "show", "route", "all", prefix, "protocol", n.bgp_protocol)
-        if prefix in text:
-            out[prefix] = text
-    return out
 
 
 def path_length(route: str) -> int:
     m = re.search(r"bgp_path:([^\n]*)", route)
     assert m, route
     return len(m.group(1).split())
-
-
-async def metric(n, name: str, labels: str = "") -> float | None:
-    """The value of ``name`` on ``n``'s /metrics (the first series whose labels
-    contain ``labels``), or None."""
-    text = await _run(
-        "ip", "netns", "exec", n.ns_name, "curl", "-sf", f"http://127.0.0.1:{n.api_port}/metrics"
-    )
-    for line in text.splitlines():
-        series, _, value = line.rpartition(" ")
-        if (series == name and not labels) or (series.startswith(name + "{") and labels in series):
-            return float(value)
-    return None
 
 
 async def test_maintenance_drains_exports_survives_restart_and_restores(lab):

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.lab import Since
 from moenet_wireguard import keys
-from test_lab_scenarios import Since
 
 ROOT = Path(__file__).resolve().parents[1]
 NETLAB = ROOT / "contrib/lab/network.py"

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import time
 
+import helpers.lab
 import pytest
-import test_lab_scenarios
+from helpers.lab import _until, agent_status, api, bgp_since, imported, metric
 from moenet_rtt.tier import tier_for
-from test_lab_maintenance import imported, metric
-from test_lab_scenarios import _until, agent_status, api, bgp_since
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-lab = test_lab_scenarios.lab  # the same fresh-lab fixture
+lab = helpers.lab.lab  # the same fresh-lab fixture
 
 
 async def test_rtt_tier_reaches_the_peer_and_the_report_is_complete(lab):

@@ -222,7 +222,7 @@ def test_documented_types_match(live_metrics):
 
 def test_dashboard_queries_are_valid_promql(tmp_path):
     """Every panel expression parses (promtool checks them as recording rules)."""
-    from test_docs import dashboard_exprs
+    from helpers.docs import dashboard_exprs
 
     exprs = dashboard_exprs()
     assert exprs

@@ -16,9 +16,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from helpers.nftables import Recording, counter_of, host_ruleset_untouched, rule_by_comment
 from moenet_nftables import NftablesConfig, NftablesFirewall, ruleset
 from prometheus_client import CollectorRegistry
-from test_nftables_netns import Recording, counter_of, host_ruleset_untouched, rule_by_comment
 
 from moenet_core.metrics import PluginMetrics
 from moenet_core.testing import NetNS, veth_pair

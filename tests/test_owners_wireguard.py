@@ -20,12 +20,12 @@ from collections import Counter
 
 import attrs
 import pytest
+from helpers.wireguard import RecordingKernel, TunKernelBackend
 from moenet_wireguard import daemon, keys
 from moenet_wireguard.config import Settings
 from moenet_wireguard.errors import NotOwnedError, TunnelSpecError
 from moenet_wireguard.uapi import socket_path
 from moenet_wireguard.userspace import UserspaceTunnelBackend
-from test_wireguard_netns import RecordingKernel, TunKernelBackend
 
 from moenet_core import TunnelAddress, TunnelSpec
 from moenet_core.testing import NetNS

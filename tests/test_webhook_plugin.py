@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from test_installed import clean_env, free_port, start_daemon, wheel  # noqa: F401 (a fixture)
+from helpers.installed import clean_env, free_port, start_daemon, wheel  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "contrib" / "plugins" / "moenet-plugin-webhook"

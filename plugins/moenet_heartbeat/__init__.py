@@ -15,9 +15,8 @@ from typing import Any
 
 import attrs
 
-from moenet_core import ConfigSection, TaskSpec, __version__, hookimpl
+from moenet_core import ConfigSection, PluginContext, TaskSpec, __version__, hookimpl
 from moenet_core.config import AgentConfig
-from moenet_core.context import PluginContext
 
 from . import sysinfo
 

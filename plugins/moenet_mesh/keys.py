@@ -16,7 +16,7 @@ import base64
 import os
 from pathlib import Path
 
-from moenet_core.state import atomic_write
+from moenet_core import atomic_write
 
 KEY_FILE = "mesh.key"
 

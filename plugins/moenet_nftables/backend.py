@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from moenet_core import FirewallBackend, MoenetError
-from moenet_core.backends import DEFAULT_OWNER
+from moenet_core import DEFAULT_OWNER, FirewallBackend, MoenetError
 
 from . import ruleset
 from .config import NftablesConfig
@@ -38,8 +37,7 @@ if TYPE_CHECKING:
     from loguru import Logger
     from prometheus_client import Counter, Gauge
 
-    from moenet_core.context import PluginContext
-    from moenet_core.metrics import PluginMetrics
+    from moenet_core import PluginContext, PluginMetrics
 
 
 class NftablesError(MoenetError):

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from moenet_core.backends import DEFAULT_OWNER
+from moenet_core import DEFAULT_OWNER
 
 SET_NAME = "udp_ports"
 """The default owner's set (the only set before owners existed)."""

@@ -40,8 +40,7 @@ from typing import Any
 
 import attrs
 
-from moenet_core.errors import MoenetError
-from moenet_core.models import SessionStatus
+from moenet_core import MoenetError, SessionStatus
 
 #: Statuses whose session the node must have configured.
 CONFIGURE_STATUSES = frozenset({SessionStatus.ACTIVE, SessionStatus.ERROR, SessionStatus.QUEUED_FOR_SETUP})

@@ -18,19 +18,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moenet_core.config import structure
-from moenet_core.state import StateError, StateStore
+from moenet_core import StateError
+from moenet_core.config import merge_sections, structure
 
 from . import state as state_file
-from .config import UpdaterConfig
+from .config import SECTION, UpdaterConfig
 from .install import InstallError, Layout
 from .task import revert_link
 
 if TYPE_CHECKING:
-    from moenet_core.cli import CommandRegistrar
-    from moenet_core.config import AgentConfig
-
-PLUGIN = "updater"
+    from moenet_core import AgentConfig, CommandContext, CommandRegistrar
 
 
 def add_commands(register: CommandRegistrar) -> None:
@@ -40,20 +37,23 @@ def add_commands(register: CommandRegistrar) -> None:
 
 
 def _section(config: AgentConfig) -> UpdaterConfig | None:
-    section, problems = structure(UpdaterConfig, config.plugin_sections.get("updater"), "updater", [])
+    merged = merge_sections(config.plugin_sections, [SECTION])  # with the old autoUpdate keys
+    raw = merged.values.get(SECTION.name)
+    section, problems = structure(UpdaterConfig, {} if raw is None else raw, SECTION.name, [])
     for problem in problems:
         print(f"config: {problem}", file=sys.stderr)
     return section
 
 
-def updater_command(args: argparse.Namespace, config: AgentConfig | None) -> int:
+def updater_command(args: argparse.Namespace, cmd: CommandContext) -> int:
+    config = cmd.config
     if config is None:
         print("no config file found (pass -c FILE)", file=sys.stderr)
         return 2
     section = _section(config)
     if section is None:
         return 1
-    store = StateStore(config.state.directory).scoped("plugins").scoped(PLUGIN)
+    store = cmd.state
     layout = Layout(Path(section.venv_root))
     try:
         st = state_file.load(store)
@@ -66,7 +66,7 @@ def updater_command(args: argparse.Namespace, config: AgentConfig | None) -> int
             **st.to_json(),
             "current": str(layout.target(layout.current) or ""),
             "previous": str(layout.target(layout.previous) or ""),
-            "autoUpdate": {"enabled": config.auto_update.enabled, "channel": config.auto_update.channel},
+            "autoUpdate": {"enabled": section.enabled, "channel": section.channel},
         }
         print(json.dumps(out, indent=2))
         return 0

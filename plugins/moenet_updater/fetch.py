@@ -20,7 +20,7 @@ from types import TracebackType
 import aiohttp
 from yarl import URL
 
-from moenet_core.errors import MoenetError
+from moenet_core import MoenetError
 
 MAX_REDIRECTS = 5
 CHUNK = 1 << 16

@@ -32,7 +32,7 @@ from pathlib import Path
 import attrs
 from packaging.version import InvalidVersion, Version
 
-from moenet_core.errors import MoenetError
+from moenet_core import MoenetError
 
 MARKER = ".moenet-installed"
 OUTPUT_TAIL = 600

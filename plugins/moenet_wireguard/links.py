@@ -26,7 +26,7 @@ import attrs
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from moenet_core.backends import DEFAULT_OWNER
+from moenet_core import DEFAULT_OWNER
 
 from .journal import Journal
 from .spec import OWNER_RE, Address, validate_owner

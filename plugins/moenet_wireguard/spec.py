@@ -13,8 +13,7 @@ import re
 
 import attrs
 
-from moenet_core import TunnelAddress, TunnelSpec
-from moenet_core.backends import DEFAULT_OWNER
+from moenet_core import DEFAULT_OWNER, TunnelAddress, TunnelSpec
 
 from .endpoints import EndpointSpec, parse_endpoint
 from .errors import EndpointError, TunnelSpecError, WireguardKeyError

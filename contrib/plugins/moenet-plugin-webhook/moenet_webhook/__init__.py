@@ -19,7 +19,7 @@ from moenet_core import ConfigSection, MaintenanceEvent, SessionStatusEvent, hoo
 from moenet_core.config import check, positive
 
 if TYPE_CHECKING:
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 NAME = "webhook"
 EVENTS = ("session", "maintenance")

@@ -27,7 +27,7 @@ from .api import LocalApi
 from .backends import BACKEND_INTERFACES
 from .breaker import CircuitBreaker
 from .clock import Clock, SystemClock
-from .config import AgentConfig, structure
+from .config import AgentConfig, MergedSections, structure
 from .context import PluginContext
 from .controlplane import ControlPlane, FileControlPlane, HttpControlPlane
 from .descriptors import (
@@ -47,13 +47,31 @@ from .models import SessionStatus
 from .plugins import AgentPluginManager
 from .retry import RetryPolicy
 from .scheduler import Scheduler
-from .state import StateStore
+from .state import StateError, StateStore
 from .version import __version__
 
 SHUTDOWN_GRACE = 30.0
 HOOK_TIMEOUT = 30.0
 #: Longest wait for the first sync before telling systemd we are ready anyway.
 READY_TIMEOUT = 120.0
+#: Whether the node is in maintenance, kept across restarts (in the state directory).
+MAINTENANCE_FILE = "maintenance.json"
+MAINTENANCE_VERSION = 1
+
+
+@attrs.frozen(kw_only=True)
+class MaintenanceDoc:
+    """``maintenance.json``: ``{"version": 1, "enabled": ..., "since": ..., "reason": ...}``
+    (the previous version wrote the same fields without ``"version"``)."""
+
+    enabled: bool = False
+    since: float | None = None
+    reason: str = ""
+
+
+def _migrate_maintenance(version: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 (no ``"version"``) has the same fields."""
+    return fields
 
 
 def make_control_plane(
@@ -118,17 +136,39 @@ def structure_plugin_sections(
 ) -> PluginSections:
     """Structure every active plugin's declared sections.
 
-    A section declared by two plugins, or clashing with a core section, is a
-    problem of the later plugin. With ``apply`` the plugin records are updated
-    and plugins with problems are marked failed; without it (a reload being
-    checked) nothing changes.
+    Each section's aliases (deprecated section names, single keys taken from
+    another section: :class:`~moenet_core.descriptors.SectionAlias`) are merged
+    in first, with deprecation warnings (:func:`~moenet_core.config.merge_sections`);
+    a problem with a key read from an alias names the path as written. A
+    section (or alias) declared by two plugins, or clashing with a core
+    section, is a problem of the later plugin. The structured sections are kept
+    in ``config.sections``. With ``apply`` the plugin records are updated and
+    plugins with problems are marked failed; without it (a reload being
+    checked) no record changes.
     """
-    from .config import CORE_SECTIONS
+    from .config import merge_sections
 
-    values: dict[str, Any] = {}
-    owners: dict[str, str] = {}
     problems: dict[str, list[str]] = {}
-    warnings: list[str] = []
+    owners, declared = _declared_sections(pm, apply, problems)
+    merged = merge_sections(config.plugin_sections, [sec for _, sec in declared])
+    warnings = list(merged.warnings)
+    values = _structure_declared(declared, merged, problems, warnings)
+    warnings.extend(_unused_section_warnings(config, pm, owners, merged))
+    config.sections = values
+    if apply:
+        _apply_section_results(pm, owners, problems)
+    return PluginSections(values, owners, problems, warnings)
+
+
+def _declared_sections(
+    pm: AgentPluginManager, apply: bool, problems: dict[str, list[str]]
+) -> tuple[dict[str, str], list[tuple[str, ConfigSection]]]:
+    """Collect the active plugins' section declarations, first come first served:
+    ``(section -> plugin, [(plugin, section)])``; a rejected one is a problem
+    of its plugin."""
+    owners: dict[str, str] = {}
+    declared: list[tuple[str, ConfigSection]] = []
+    whole_aliases: dict[str, str] = {}
     for plugin, result in pm.collect("moenet_config_sections", setup=apply):
         items = [result] if isinstance(result, ConfigSection) else list(result)
         for sec in items:
@@ -137,35 +177,96 @@ def structure_plugin_sections(
                     f"moenet_config_sections returned {type(sec).__name__}"
                 )
                 continue
-            if sec.name in CORE_SECTIONS or sec.name in owners:
-                other = owners.get(sec.name, "the core")
-                problems.setdefault(plugin, []).append(f"section {sec.name!r} is already owned by {other}")
+            problem = _section_clash(sec, owners, whole_aliases)
+            if problem is not None:
+                problems.setdefault(plugin, []).append(problem)
                 continue
             owners[sec.name] = plugin
-            raw = config.plugin_sections.get(sec.name)
-            if raw is None and sec.required:
-                problems.setdefault(plugin, []).append(f"{sec.name}: required")
-                continue
-            obj, errs = structure(sec.type, raw or {}, sec.name, warnings)
-            if errs:
-                problems.setdefault(plugin, []).extend(errs)
-            else:
-                values[sec.name] = obj
+            whole_aliases.update({a.section: plugin for a in sec.aliases if a.keys is None})
+            declared.append((plugin, sec))
+    return owners, declared
+
+
+def _section_clash(sec: ConfigSection, owners: dict[str, str], whole_aliases: dict[str, str]) -> str | None:
+    """Why ``sec`` can't be taken (its name or a whole-section alias is the
+    core's or an earlier plugin's), or None."""
+    from .config import CORE_SECTIONS
+
+    if sec.name in CORE_SECTIONS or sec.name in owners or sec.name in whole_aliases:
+        other = owners.get(sec.name) or whole_aliases.get(sec.name) or "the core"
+        return f"section {sec.name!r} is already owned by {other}"
+    clash = [
+        a.section
+        for a in sec.aliases
+        if a.section in CORE_SECTIONS or (a.keys is None and a.section in owners)
+    ]
+    if clash:
+        return f"section {sec.name!r}: alias {clash[0]!r} names a section of the core or another plugin"
+    return None
+
+
+def _structure_declared(
+    declared: list[tuple[str, ConfigSection]],
+    merged: MergedSections,
+    problems: dict[str, list[str]],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """Structure each merged section into its declared class: section -> object.
+    Problems and warnings name the path the user wrote (an alias's, if so)."""
+    values: dict[str, Any] = {}
+    for plugin, sec in declared:
+        if sec.name in merged.problems:
+            problems.setdefault(plugin, []).extend(merged.problems[sec.name])
+            continue
+        raw = merged.values.get(sec.name)
+        if raw is None and sec.required:
+            problems.setdefault(plugin, []).append(f"{sec.name}: required")
+            continue
+        own_warnings: list[str] = []
+        obj, errs = structure(sec.type, {} if raw is None else raw, sec.name, own_warnings)
+        warnings.extend(merged.origin_of(sec.name, w) for w in own_warnings)
+        if errs:
+            problems.setdefault(plugin, []).extend(merged.origin_of(sec.name, e) for e in errs)
+        else:
+            values[sec.name] = obj
+    return values
+
+
+def _unused_section_warnings(
+    config: AgentConfig, pm: AgentPluginManager, owners: dict[str, str], merged: MergedSections
+) -> list[str]:
+    """A warning per top-level key (or leftover key of an old section) nobody
+    read, saying whether its plugin is merely inactive or nothing knows it."""
+    warnings: list[str] = []
     for key in config.plugin_sections:
-        if key in owners:
+        if key in owners or key in merged.consumed:
             continue
         record = pm.records.get(key)
-        if record is not None and record.status != "active":
+        idle = record is not None and record.status != "active"
+        if key in merged.leftovers:
+            for sub in merged.leftovers[key]:
+                if idle:
+                    assert record is not None
+                    warnings.append(f"{key}.{sub}: key of plugin {key!r}, which is {record.status}; unused")
+                else:
+                    warnings.append(f"{key}.{sub}: unknown key, ignored")
+        elif idle:
+            assert record is not None
             warnings.append(f"{key}: section of plugin {key!r}, which is {record.status}; unused")
         else:
             warnings.append(f"{key}: unknown section (no active plugin declares it), ignored")
-    if apply:
-        for name, plugin in owners.items():
-            if plugin in pm.records and name not in pm.records[plugin].sections:
-                pm.records[plugin].sections.append(name)
-        for plugin, errs in problems.items():
-            pm.mark_failed(plugin, "config: " + "; ".join(errs))
-    return PluginSections(values, owners, problems, warnings)
+    return warnings
+
+
+def _apply_section_results(
+    pm: AgentPluginManager, owners: dict[str, str], problems: dict[str, list[str]]
+) -> None:
+    """Record each plugin's sections and mark the plugins with problems failed."""
+    for name, plugin in owners.items():
+        if plugin in pm.records and name not in pm.records[plugin].sections:
+            pm.records[plugin].sections.append(name)
+    for plugin, errs in problems.items():
+        pm.mark_failed(plugin, "config: " + "; ".join(errs))
 
 
 class _CoreObserver:
@@ -646,7 +747,11 @@ class Agent:
             "since": self.clock.time() if enabled else None,
             "reason": reason,
         }
-        self.state.write_json("maintenance.json", self._maintenance)
+        self.state.save(
+            MAINTENANCE_FILE,
+            MaintenanceDoc(enabled=enabled, since=self._maintenance["since"], reason=reason),
+            version=MAINTENANCE_VERSION,
+        )
         self.metrics.maintenance.set(1 if enabled else 0)
         logger.warning(
             "maintenance {}{}", "started" if enabled else "stopped", f": {reason}" if reason else ""
@@ -658,13 +763,27 @@ class Agent:
         return self.maintenance_state()
 
     def _restore_maintenance(self) -> None:
-        saved = self.state.read_json("maintenance.json", None)
-        if isinstance(saved, dict) and saved.get("enabled") is True:
-            self._maintenance = {
-                "enabled": True,
-                "since": saved.get("since") if isinstance(saved.get("since"), int | float) else None,
-                "reason": str(saved.get("reason", ""))[:200],
-            }
+        """Maintenance as saved. A file that cannot be read (not JSON, wrong types, a
+        newer version) does not stop the start: it is moved aside to
+        ``maintenance.json.bad`` for the operator and maintenance stays off."""
+        try:
+            saved = self.state.load(
+                MAINTENANCE_FILE, MaintenanceDoc, version=MAINTENANCE_VERSION, migrate=_migrate_maintenance
+            )
+        except StateError as exc:
+            path = self.state.path(MAINTENANCE_FILE)
+            bad = path.with_name(path.name + ".bad")
+            try:
+                path.replace(bad)
+            except OSError as move:
+                logger.warning(
+                    "ignoring {}, maintenance is off: {} (cannot move it aside: {})", path, exc, move
+                )
+            else:
+                logger.warning("ignoring {}, maintenance is off: {} (moved to {})", path, exc, bad)
+            return
+        if saved is not None and saved.enabled:
+            self._maintenance = {"enabled": True, "since": saved.since, "reason": saved.reason[:200]}
             self.metrics.maintenance.set(1)
             logger.warning("node is in maintenance (restored from the state directory)")
 

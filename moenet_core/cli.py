@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import platform
+import re
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,12 +26,13 @@ from loguru import logger
 
 from . import HOOK_API_VERSION
 from .config import AgentConfig, build_config
+from .context import CommandContext
 from .descriptors import BackendSpec, TaskSpec
 from .errors import ConfigError, MoenetError, PluginError
 from .plugins import AgentPluginManager
 from .version import __version__
 
-COMMANDS = ("run", "validate", "plugins", "status", "version")
+COMMANDS = ("run", "validate", "plugins", "status", "plan", "version")
 _GO_FLAGS = {"-validate": "validate", "--validate": "validate", "-version": "version", "-v": "version"}
 
 
@@ -76,13 +80,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", "ask the running agent for its status (local API)")
     p.add_argument("--url", help="API base URL (default: from server.listen)")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p = add("plan", "show what a reconciler (sessions, mesh, ibgp, ...) would change now; changes nothing")
+    p.add_argument(
+        "plugin", nargs="?", default="sessions", help="the plugin whose reconciler to ask (default: sessions)"
+    )
+    p.add_argument("--url", help="API base URL (default: from server.listen)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
     p = sub.add_parser("version", help="print version information", description="print version information")
     p.add_argument("-c", "--config", help=argparse.SUPPRESS)
     return parser
 
 
-CommandHandler = Callable[[argparse.Namespace, "AgentConfig | None"], int]
+CommandHandler = Callable[[argparse.Namespace, CommandContext], int]
+"""``handler(args, cmd) -> exit code`` of a plugin's subcommand."""
 CommandRegistrar = Callable[[str, str, CommandHandler], argparse.ArgumentParser]
+"""``register(name, help, handler) -> parser``: what ``moenet_cli_commands`` receives."""
+
+
+def _is_legacy(handler: Callable[..., int]) -> bool:
+    """Hook API 1 handlers were ``handler(args, config)``: tell them by the
+    second parameter's name (deprecated; they get the config until API 2)."""
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 and params[1].name == "config"
+
+
+def _run_command(
+    handler: Callable[..., int], plugin: str, args: argparse.Namespace, config: AgentConfig | None
+) -> int:
+    if _is_legacy(handler):
+        warnings.warn(
+            f"plugin {plugin!r}: command handler {getattr(handler, '__qualname__', handler)!r} takes "
+            "(args, config); take (args, cmd) and use cmd.config (a CommandContext)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return handler(args, config)
+    return handler(args, CommandContext(config, plugin=plugin))
 
 
 def _config_arg(argv: Sequence[str]) -> str | None:
@@ -95,10 +131,12 @@ def _config_arg(argv: Sequence[str]) -> str | None:
     return None
 
 
-def add_plugin_commands(parser: argparse.ArgumentParser, argv: Sequence[str]) -> dict[str, CommandHandler]:
-    """Let plugins add subcommands (``moenet_cli_commands``); returns name -> handler."""
+def add_plugin_commands(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> dict[str, tuple[str, CommandHandler]]:
+    """Let plugins add subcommands (``moenet_cli_commands``); returns name -> (plugin, handler)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    handlers: dict[str, CommandHandler] = {}
+    handlers: dict[str, tuple[str, CommandHandler]] = {}
     owners: dict[str, str] = {}
     try:
         config, _, _ = _try_local_config(_config_arg(argv))
@@ -118,7 +156,7 @@ def add_plugin_commands(parser: argparse.ArgumentParser, argv: Sequence[str]) ->
                 )
             p: argparse.ArgumentParser = sub.add_parser(name, help=f"{help_} [{plugin}]", description=help_)
             p.add_argument("-c", "--config", metavar="FILE", help="config file (default: search path)")
-            handlers[name], owners[name] = handler, plugin
+            handlers[name], owners[name] = (plugin, handler), plugin
             return p
 
         try:
@@ -131,7 +169,7 @@ def add_plugin_commands(parser: argparse.ArgumentParser, argv: Sequence[str]) ->
 def main(argv: Sequence[str] | None = None) -> int:
     raw = _translate_go_flags(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    handlers: dict[str, CommandHandler] = {}
+    handlers: dict[str, tuple[str, CommandHandler]] = {}
     if raw and (raw[0] not in COMMANDS or raw[0] in ("-h", "--help")):
         handlers = add_plugin_commands(parser, raw)
     args = parser.parse_args(raw)
@@ -141,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config, warnings, _ = _try_local_config(args.config)
             for w in warnings:
                 print(f"warning: {w}", file=sys.stderr)
-            return handlers[command](args, config)
+            plugin, handler = handlers[command]
+            return _run_command(handler, plugin, args, config)
         if command == "version":
             return cmd_version()
         if command == "validate":
@@ -150,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(args.config, as_json=args.json)
         if command == "status":
             return cmd_status(args.config, args.url, as_json=args.json)
+        if command == "plan":
+            return cmd_plan(args.config, args.url, args.plugin, as_json=args.json)
         return cmd_run(args.config)
     except ConfigError as exc:
         print(f"moenet-agent: {exc}", file=sys.stderr)
@@ -324,17 +365,24 @@ def cmd_plugins(path: str | None, *, as_json: bool = False) -> int:
     return 0
 
 
+def _api_url(path: str | None, url: str | None) -> str:
+    """The local API's base URL: ``url``, else from ``server.listen`` (a wildcard
+    listener is reached on loopback)."""
+    if url is not None:
+        return url.rstrip("/")
+    config, _, _ = _try_local_config(path)
+    listen = config.server.listen if config else "127.0.0.1:24368"
+    host, _, port = listen.rpartition(":")
+    host = host or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]"):  # noqa: S104 - a wildcard listener is reached on loopback
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
 def cmd_status(path: str | None, url: str | None, *, as_json: bool = False) -> int:
-    if url is None:
-        config, _, _ = _try_local_config(path)
-        listen = config.server.listen if config else "127.0.0.1:24368"
-        host, _, port = listen.rpartition(":")
-        host = host or "127.0.0.1"
-        if host in ("0.0.0.0", "::", "[::]"):  # noqa: S104 - a wildcard listener is reached on loopback
-            host = "127.0.0.1"
-        url = f"http://{host}:{port}"
+    url = _api_url(path, url)
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=10) as resp:  # noqa: S310 (local API)
+        with urllib.request.urlopen(url + "/status", timeout=10) as resp:  # noqa: S310 (local API)
             data = json.load(resp)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"moenet-agent: cannot reach the agent at {url}: {exc}", file=sys.stderr)
@@ -344,6 +392,42 @@ def cmd_status(path: str | None, url: str | None, *, as_json: bool = False) -> i
         return 0
     print(render_status(data))
     return 0
+
+
+def cmd_plan(path: str | None, url: str | None, plugin: str, *, as_json: bool = False) -> int:
+    """``GET /plugins/<plugin>/plan`` of the running agent: every reconciler
+    (:class:`~moenet_core.reconcile.Reconciler`) serves one. A plan needs the
+    backends only the agent has built, so the command asks it rather than
+    building them a second time (and racing it over the same devices)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", plugin):
+        print(f"moenet-agent plan: {plugin!r} is not a plugin name", file=sys.stderr)
+        return 2
+    target = _api_url(path, url) + f"/plugins/{plugin}/plan"
+    try:
+        with urllib.request.urlopen(target, timeout=60) as resp:  # noqa: S310 (local API)
+            data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.load(exc).get("error")
+        except (ValueError, AttributeError):
+            detail = exc.reason
+        print(f"moenet-agent plan: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"moenet-agent plan: cannot reach the agent at {target}: {exc}", file=sys.stderr)
+        return 3
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(render_plan(data))
+    return 0
+
+
+def render_plan(data: dict[str, Any]) -> str:
+    """A reconciler's plan as short readable lines."""
+    head = f"answer: {data.get('answer')}" + (f" ({data['problem']})" if data.get("problem") else "")
+    body = [f"  {line}" for line in data.get("lines", [])]
+    return "\n".join([head, *body, "nothing to change" if data.get("empty") else "changes pending"])
 
 
 def render_status(data: dict[str, Any]) -> str:

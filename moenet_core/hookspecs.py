@@ -148,8 +148,15 @@ def moenet_api_routes(config: AgentConfig) -> Iterable[RouteSpec]:
     """Add HTTP routes to the local API, mounted under ``/plugins/<plugin>/``.
 
     **When**: at start, before the API listens.
-    **Returns**: RouteSpec descriptors; the handler is an aiohttp coroutine
-    handler. Mutating routes are protected like the core's. **Type**: collect.
+    **Returns**: RouteSpec descriptors. The handler is an aiohttp coroutine
+    called as ``handler(request, ctx)``: ``ctx`` is the plugin's
+    :class:`PluginContext` in the running agent, the one its tasks and backends
+    got, so ``ctx.task(name)``, ``ctx.stash`` and ``ctx.backend(kind)`` reach
+    the live objects (no module-level registries). Raise
+    ``moenet_core.ApiError(status, code, message)`` to answer
+    ``{"error", "code"}``. Mutating routes are protected like the core's.
+    A handler taking only ``request`` is deprecated (still called, with a
+    ``DeprecationWarning``). **Type**: collect.
     """
     raise NotImplementedError
 
@@ -173,10 +180,16 @@ def moenet_cli_commands(register: CommandRegistrar) -> None:
     asks for ``--help``; plugins are loaded (honouring the block lists) first.
     **Arguments**: ``register(name, help, handler)`` adds a subcommand and
     returns its :class:`argparse.ArgumentParser` (``-c/--config`` is already
-    on it) for the plugin to add options to. ``handler(args, config)`` runs
-    the command: ``config`` is the validated :class:`AgentConfig`, or None when
-    no config file was found; it returns the exit code. A name the core or
-    another plugin already uses is refused, naming both.
+    on it) for the plugin to add options to. ``handler(args, cmd)`` runs the
+    command and returns the exit code; ``cmd`` is a
+    :class:`moenet_core.CommandContext`: ``cmd.config`` (the validated
+    :class:`AgentConfig`, or None when no config file was found), ``cmd.log``,
+    ``cmd.clock``, and built on first use ``cmd.state`` (the plugin's state
+    store) and ``cmd.cp`` (the control plane the agent would use, with retries
+    and breaker; run async code with ``cmd.run(coro)``, which closes it). A
+    handler whose second parameter is named ``config`` (hook API 1.0) still
+    gets the config, with a ``DeprecationWarning``. A name the core or another
+    plugin already uses is refused, naming both.
     **Returns**: nothing. **Type**: collect.
     """
 
@@ -264,7 +277,11 @@ def moenet_maintenance_changed(event: MaintenanceEvent) -> None:
 def moenet_sync_completed(event: SyncEvent) -> None:
     """A reconciler (session, mesh, iBGP, BIRD policy sync) finished a cycle.
 
-    **When**: at the end of every cycle, successful or not. **Type**: broadcast.
+    **When**: at the end of every cycle, successful or not (a cancelled run emits
+    nothing); emitted by :class:`moenet_core.reconcile.Reconciler` and
+    :func:`moenet_core.reconcile.sync_cycle`, so a third-party reconciler gets it
+    too. ``event.changes`` counts the writes; on failure ``event.error`` says why
+    and ``event.transient`` whether a retry may fix it. **Type**: broadcast.
     """
 
 

@@ -187,6 +187,65 @@ async def test_maintenance_restored_and_broadcast(fake_cp, agent_harness, tmp_pa
     assert StateStore(tmp_path / "state").read_json("maintenance.json")["enabled"] is False
 
 
+async def test_maintenance_file_of_the_previous_version_is_read_and_not_rewritten(
+    fake_cp, agent_harness, tmp_path
+):
+    """maintenance.json without "version" (what the previous agent wrote) is read as it
+    is; nothing rewrites it until maintenance changes, which saves version 1."""
+    path = tmp_path / "state" / "maintenance.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"enabled": True, "since": 5.0, "reason": "kernel upgrade"}))
+    before = (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes())
+    async with agent_harness(node_config(fake_cp.url)) as h:
+        assert h.agent.maintenance_state() == {"enabled": True, "since": 5.0, "reason": "kernel upgrade"}
+        await h.agent.set_maintenance(True, "again")  # already on: nothing changes
+        assert (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes()) == before
+        await h.agent.set_maintenance(False, "done")
+        assert json.loads(path.read_text()) == {
+            "version": 1,
+            "enabled": False,
+            "since": None,
+            "reason": "done",
+        }
+    async with agent_harness(node_config(fake_cp.url)) as h:
+        assert h.agent.maintenance_state()["enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["enabled"]', "expected a JSON object"),
+        ('{"enabled": "yes", "reason": "x"}', "enabled"),
+        ('{"enabled": true, "since": "yesterday"}', "since"),
+        ('{"version": 2, "enabled": true, "since": 5.0, "reason": "x"}', "version 2"),
+    ],
+)
+async def test_a_bad_maintenance_file_does_not_stop_the_start(
+    fake_cp, agent_harness, tmp_path, content, problem
+):
+    """Maintenance starts off (the safe default); the file is kept aside for the operator."""
+    from loguru import logger
+
+    path = tmp_path / "state" / "maintenance.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING", format="{message}")
+    try:
+        async with agent_harness(node_config(fake_cp.url)) as h:
+            assert h.agent.maintenance_state()["enabled"] is False
+            assert not path.exists()
+            assert (tmp_path / "state" / "maintenance.json.bad").read_text() == content
+            # Maintenance works as usual afterwards.
+            await h.agent.set_maintenance(True, "x")
+            assert json.loads(path.read_text())["enabled"] is True
+    finally:
+        logger.remove(sink)
+    [warning] = [m for m in seen if "maintenance is off" in m]
+    assert str(path) in warning and problem in warning and "maintenance.json.bad" in warning, warning
+
+
 class Recorder(Backend):
     def __init__(self, name, log):
         self.name, self.log = name, log
@@ -290,9 +349,7 @@ async def test_backend_selection(fake_cp, agent_harness):
     async with agent_harness(node_config(fake_cp.url), plugins=[("wg", Provider()), ("c", Chooser())]) as h:
         assert h.agent.backend("tunnel").name == "kernel"
 
-    cfg = node_config(fake_cp.url, wireguard={"backend": "kernel"})
-    async with agent_harness(cfg, plugins=[("wg", Provider())]) as h:
-        assert h.agent.backend("tunnel").name == "kernel"
+    # (``wireguard.backend`` is the wireguard plugin's moenet_select_backend: tests/test_wireguard_plugin.py)
 
     cfg = node_config(fake_cp.url, backends={"tunnel": "magic"})
     async with agent_harness(cfg, plugins=[("wg", Provider())]) as h:
@@ -385,8 +442,8 @@ async def test_plugin_section_structured_and_invalid_section_fails_only_that_plu
 async def test_plugin_routes_status_info_and_session_counts(fake_cp, agent_harness):
     from aiohttp import web
 
-    async def hello(request):
-        return web.json_response({"hello": request.match_info.get("who", "?")})
+    async def hello(request, ctx):
+        return web.json_response({"hello": request.match_info.get("who", "?"), "plugin": ctx.plugin})
 
     class P:
         @hookimpl
@@ -427,7 +484,7 @@ async def test_plugin_routes_status_info_and_session_counts(fake_cp, agent_harne
         )
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{api_url(h.agent)}/plugins/demo/hello/world") as resp:
-                assert await resp.json() == {"hello": "world"}
+                assert await resp.json() == {"hello": "world", "plugin": "demo"}
             async with http.get(f"{api_url(h.agent)}/status") as resp:
                 status = await resp.json()
     assert status["sessions"] == {"ACTIVE": 2}
@@ -436,6 +493,60 @@ async def test_plugin_routes_status_info_and_session_counts(fake_cp, agent_harne
     assert [p["info"] for p in status["plugins"] if p["name"] == "demo"] == [{"guard": "ok"}]
     assert h.agent.metrics.registry.get_sample_value("moenet_sessions", {"status": "ACTIVE"}) == 2
     assert h.agent.metrics.registry.get_sample_value("moenet_sessions", {"status": "ERROR"}) == 0
+
+
+async def test_route_handler_finds_the_plugins_live_objects_through_its_context(fake_cp, agent_harness):
+    """One context per (agent, plugin): the route's ctx is the task factory's, so
+    ``ctx.task`` and ``ctx.stash`` reach the running objects (no module registries)."""
+    from aiohttp import web
+
+    class Counter:
+        def __init__(self, ctx):
+            self.runs = 0
+            ctx.stash["counter"] = self
+
+        async def run_once(self):
+            self.runs += 1
+
+    class Other:
+        async def run_once(self):
+            return None
+
+    async def peek(request, ctx):
+        task = ctx.task("countIt", Counter)
+        return web.json_response(
+            {
+                "runs": task.runs if task is not None else None,
+                "same": ctx.stash.get("counter") is task,
+                "unknown": ctx.task("nope"),
+                "foreign": ctx.task("otherTask"),
+            }
+        )
+
+    class P:
+        @hookimpl
+        def moenet_tasks(self, config):
+            return [TaskSpec(name="countIt", factory=Counter, interval=3600)]
+
+        @hookimpl
+        def moenet_api_routes(self, config):
+            return [RouteSpec(method="GET", path="/peek", handler=peek)]
+
+    class Q:
+        @hookimpl
+        def moenet_tasks(self, config):
+            return [TaskSpec(name="otherTask", factory=lambda ctx: Other(), interval=3600, initial_delay=300)]
+
+    async with agent_harness(node_config(fake_cp.url), plugins=[("demo", P()), ("q", Q())], api=True) as h:
+        await h.agent.scheduler.run_now("countIt")
+        ctx = h.agent.context("demo")
+        assert ctx.stash is h.agent.context("demo").stash and ctx.stash is not h.agent.context("q").stash
+        with pytest.raises(TypeError, match="not a Other"):
+            ctx.task("countIt", Other)
+        async with aiohttp.ClientSession() as http, http.get(f"{api_url(h.agent)}/plugins/demo/peek") as resp:
+            body = await resp.json()
+    assert body.pop("runs") >= 1
+    assert body == {"same": True, "unknown": None, "foreign": None}
 
 
 async def test_sync_triggers_on_sync_tasks_and_waits(fake_cp, agent_harness):

@@ -45,7 +45,7 @@ def test_version():
     assert run("-v").stdout == res.stdout  # Go agent's flag
 
 
-@pytest.mark.parametrize("cmd", ["run", "validate", "plugins", "status", "version"])
+@pytest.mark.parametrize("cmd", ["run", "validate", "plugins", "status", "plan", "version"])
 def test_help_for_every_command(cmd):
     res = run(cmd, "--help")
     assert res.returncode == 0 and "usage: moenet-agent" in res.stdout
@@ -141,6 +141,49 @@ def test_status_unreachable():
     assert res.returncode == 3 and "cannot reach the agent" in res.stderr
 
 
+def test_plan_asks_the_plugins_route_and_prints_its_lines():
+    import http.server
+    import threading
+
+    seen: list[str] = []
+    body = {"answer": "saved", "problem": "cp down", "empty": False, "lines": ["node 7 igp7: create"]}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            ok = self.path == "/plugins/mesh/plan"
+            data = json.dumps(body if ok else {"error": "meshSync is not running"}).encode()
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        res = run("plan", "mesh", "--url", url)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == [
+            "answer: saved (cp down)",
+            "  node 7 igp7: create",
+            "changes pending",
+        ]
+        res = run("plan", "ibgp", "--url", url, "--json")
+        assert res.returncode == 1 and "meshSync is not running" in res.stderr
+        assert seen == ["/plugins/mesh/plan", "/plugins/ibgp/plan"]
+        res = run("plan", "../status", "--url", url)
+        assert res.returncode == 2 and "not a plugin name" in res.stderr and len(seen) == 2
+    finally:
+        server.shutdown()
+        thread.join()
+
+
 def test_go_flag_translation():
     assert _translate_go_flags(["-c", "x.json"]) == ["run", "-c", "x.json"]
     assert _translate_go_flags(["-validate", "-config", "x.json"]) == ["validate", "-c", "x.json"]
@@ -196,6 +239,12 @@ def moenet_cli_commands(register):
 
     p = register("hello", "say hello", hello)
     p.add_argument("--name", default="world")
+
+    def hi(args, cmd):
+        print(f"hi from {cmd.plugin} on {cmd.config.node.name}, state {cmd.state.path('x.json')}")
+        return 0
+
+    register("hi", "say hi", hi)
 """
 
 CLASHING = """
@@ -208,7 +257,7 @@ def moenet_cli_commands(register):
 
 
 def test_plugin_cli_commands(tmp_path):
-    from test_plugins import write_dist
+    from helpers.plugins import write_dist
 
     site = tmp_path / "site"
     site.mkdir()
@@ -218,7 +267,10 @@ def test_plugin_cli_commands(tmp_path):
     cfg = write(tmp_path, GOOD)
     res = run("hello", "--name", "dn42", "-c", cfg, env=env)
     assert res.returncode == 7, res.stderr
-    assert res.stdout.strip() == "hello dn42 from jp1"
+    assert res.stdout.strip() == "hello dn42 from jp1"  # handler(args, config): deprecated, still works
+    res = run("hi", "-c", cfg, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "hi from hello on jp1, state /var/lib/moenet-agent/plugins/hello/x.json"
     assert (
         "plugin 'clash' could not add its commands: command 'status' of plugin 'clash' is already provided by the core"
         in res.stderr
@@ -277,7 +329,7 @@ def moenet_features():
 async def test_plugins_json_and_status_list_plugins_in_one_shape(tmp_path, monkeypatch):
     """Fleet tooling reads `moenet-agent plugins --json` and `GET /status` alike."""
     import aiohttp
-    from test_plugins import write_dist
+    from helpers.plugins import write_dist
 
     from moenet_core.agent import Agent
     from moenet_core.cli import disabled_plugins
@@ -356,3 +408,24 @@ async def test_plugins_json_and_status_list_plugins_in_one_shape(tmp_path, monke
         "blocked",
         "not in plugins.enable",
     )
+
+
+def test_command_context_builds_the_agents_cp_and_state(tmp_path):
+    from moenet_core import CommandContext, ConfigError
+    from moenet_core.config import build_config
+
+    (tmp_path / "cp.json").write_text(json.dumps({"sessions": [{"uuid": "u1"}]}))
+    config, _ = build_config(
+        {
+            "node": {"name": "jp1", "id": 1},
+            "controlPlane": {"source": "file", "file": str(tmp_path / "cp.json")},
+            "state": {"directory": str(tmp_path / "state")},
+        }
+    )
+    cmd = CommandContext(config, plugin="demo")
+    assert cmd.run(cmd.cp.fetch("sessions")) == [{"uuid": "u1"}]
+    assert cmd.state.path("x.json") == tmp_path / "state" / "plugins" / "demo" / "x.json"
+    bare = CommandContext(None, plugin="demo")
+    for attr in ("cp", "state"):
+        with pytest.raises(ConfigError, match="no config file found"):
+            getattr(bare, attr)

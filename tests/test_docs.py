@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers.docs import DASHBOARD, dashboard_exprs
 
 from moenet_core import hookspecs
 from moenet_core.plugins import AgentPluginManager
@@ -96,8 +97,8 @@ def test_configuration_reference_has_every_section_and_key():
     plugin = builtin_sections()
     names = {n for n, _ in plugin}
     # The sections the built-in plugins are known to declare (a plugin losing one is a bug).
-    assert {"sessions", "rtt", "meshSync", "ibgp", "updater", "heartbeat"} <= names
-    assert {"nftables", "loopback", "birdAgent", "tunnel"} <= names
+    assert {"sessions", "rtt", "mesh", "ibgp", "updater", "heartbeat"} <= names
+    assert {"nftables", "loopback", "bird", "wireguard"} <= names
     for name, cls in [*sections, *plugin]:
         assert f"\n### {name}\n" in text, f"section {name}"
         for f in attrs.fields(cls):
@@ -223,20 +224,6 @@ def test_bird_doc_tables_match_the_community_tables():
 
 
 # ------------------------------------------------------------ the dashboard
-
-DASHBOARD = ROOT / "contrib/grafana/moenet-agent.json"
-
-
-def dashboard_exprs() -> list[str]:
-    import json
-
-    def walk(panels):
-        for p in panels:
-            yield p
-            yield from walk(p.get("panels", []))
-
-    data = json.loads(DASHBOARD.read_text())
-    return [t["expr"] for p in walk(data["panels"]) for t in p.get("targets", [])]
 
 
 def test_dashboard_uses_only_documented_metrics():

@@ -1,7 +1,8 @@
-"""``meshSync`` on a real agent core with recording fake backends and a fake CP.
+"""``meshSync`` on a real agent core with the shared fake backends
+(``moenet_core.testing.FakeBackends``) and a fake CP.
 
 The fakes keep what a real backend would show (canonical tunnel state, open ports
-per owner, declared fragments) and count every write, so a test can say exactly
+per owner, declared fragments) and journal every write, so a test can say exactly
 what a cycle changed. Runs are driven with ``scheduler.run_now`` on a manual clock
 (the task's own schedule never fires). Real backends: ``test_mesh_netns.py``.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,21 +22,11 @@ import moenet_mesh
 import pytest
 from moenet_mesh.config import MeshSyncConfig
 from moenet_wireguard.keys import read_key
-from moenet_wireguard.spec import normalise
 
 from moenet_core import hookimpl
-from moenet_core.backends import (
-    ApplyResult,
-    FirewallBackend,
-    ProtocolState,
-    RoutingBackend,
-    TunnelBackend,
-    TunnelSpec,
-    TunnelState,
-    TunnelStats,
-)
-from moenet_core.descriptors import BackendSpec, LinkTarget, SyncEvent
-from moenet_core.testing import AgentHarness, FakeControlPlane, ManualClock
+from moenet_core.backends import ApplyResult, TunnelSpec, TunnelState
+from moenet_core.descriptors import LinkTarget, SyncEvent
+from moenet_core.testing import AgentHarness, FakeBackends, FakeControlPlane, ManualClock
 
 NODE_ID = 3
 
@@ -63,132 +54,8 @@ def mesh_answer(*peers: Any, local: int | None = NODE_ID) -> dict[str, Any]:
     return {"localNodeId": local, "localLoopback4": "172.20.42.3", "peers": list(peers)}
 
 
-class FakeTunnel(TunnelBackend):
-    """Tunnels as a real backend shows them; an endpoint the peer roamed to is kept
-    while the spec's endpoint is the one applied before (as the real one does)."""
-
-    def __init__(self) -> None:
-        self.tunnels: dict[str, TunnelState] = {}
-        self.writes: list[tuple[str, str]] = []
-        self.fail: dict[str, str] = {}
-        self.fail_late: dict[str, str] = {}
-        self.applied_endpoint: dict[str, str | None] = {}
-        self.ifindex = 100
-
-    async def ensure(self, spec: TunnelSpec) -> bool:
-        if spec.name in self.fail:
-            self.writes.append(("fail", spec.name))
-            raise RuntimeError(self.fail[spec.name])
-        late = self.fail_late.get(spec.name)
-        have = self.tunnels.get(spec.name)
-        if have is not None and have.owner != spec.owner:
-            raise RuntimeError(f"tunnel {spec.name} belongs to {have.owner}")
-        want = normalise(spec, 25)
-        read_key(spec.private_key_file)  # the backend reads (and mode-checks) the key
-        endpoint = spec.endpoint
-        if have is not None and have.endpoint and self.applied_endpoint.get(spec.name) == spec.endpoint:
-            endpoint = have.endpoint
-        if have is None:
-            self.ifindex += 1
-        new = TunnelState(
-            name=spec.name,
-            ifindex=have.ifindex if have else self.ifindex,
-            listen_port=want.listen_port,
-            peer_public_key=spec.peer_public_key,
-            endpoint=endpoint,
-            allowed_ips=tuple(sorted(want.allowed_ips)),
-            keepalive=want.keepalive or None,
-            mtu=want.mtu,
-            addresses=tuple(a.to_tunnel_address() for a in sorted(want.addresses)),
-            up=True,
-            owner=spec.owner,
-        )
-        self.applied_endpoint[spec.name] = spec.endpoint
-        if late is not None:  # configured, then the endpoint did not resolve
-            self.tunnels[spec.name] = attrs.evolve(new, endpoint=None)
-            raise RuntimeError(late)
-        if new == have:
-            return False
-        self.tunnels[spec.name] = new
-        self.writes.append(("ensure", spec.name))
-        return True
-
-    async def remove(self, name: str, *, owner: str | None = None) -> bool:
-        have = self.tunnels.get(name)
-        if have is None:
-            return False
-        if owner is not None and have.owner != owner:
-            raise RuntimeError(f"tunnel {name} belongs to {have.owner}")
-        del self.tunnels[name]
-        self.writes.append(("remove", name))
-        return True
-
-    async def list(self, owner: str | None = None) -> Mapping[str, TunnelState]:
-        return {n: s for n, s in self.tunnels.items() if owner is None or s.owner == owner}
-
-    async def stats(self, name: str) -> TunnelStats:
-        return TunnelStats(name=name, latest_handshake=None, rx_bytes=0, tx_bytes=0, endpoint=None)
-
-    def public_key(self, private_key_file: str) -> str:
-        return read_key(private_key_file).public_key()
-
-
-class FakeFirewall(FirewallBackend):
-    def __init__(self) -> None:
-        self.ports: dict[str, frozenset[int]] = {}
-        self.syncs: list[tuple[str, frozenset[int]]] = []
-        self.fail: str | None = None
-
-    async def sync(self, ports: frozenset[int], *, owner: str = "sessions") -> bool:
-        if self.fail:
-            raise RuntimeError(self.fail)
-        if self.ports.get(owner, frozenset()) == ports:
-            return False
-        self.ports[owner] = frozenset(ports)
-        self.syncs.append((owner, frozenset(ports)))
-        return True
-
-    async def list_ports(self, owner: str | None = None) -> frozenset[int]:
-        if owner is not None:
-            return self.ports.get(owner, frozenset())
-        return frozenset().union(*self.ports.values())
-
-
-class FakeRouting(RoutingBackend):
-    def __init__(self) -> None:
-        self.fragments: dict[str, dict[str, Any]] = {}
-        self.declares: list[tuple[str, dict[str, Any]]] = []
-        self.result: ApplyResult | None = None
-
-    async def declare(self, owner: str, fragments: Mapping[str, Mapping[str, object]]) -> ApplyResult:
-        self.declares.append((owner, {k: dict(v) for k, v in fragments.items()}))
-        if self.result is not None:
-            return self.result
-        changed = self.fragments.get(owner) != dict(fragments)
-        self.fragments[owner] = {k: dict(v) for k, v in fragments.items()}
-        return ApplyResult(ok=True, changed=changed)
-
-    async def protocols(self) -> list[ProtocolState]:
-        return []
-
-
-class Backends:
-    def __init__(self) -> None:
-        self.tunnel = FakeTunnel()
-        self.firewall = FakeFirewall()
-        self.routing = FakeRouting()
-
-    @hookimpl
-    def moenet_backends(self) -> list[BackendSpec]:
-        return [
-            BackendSpec(kind="tunnel", name="fake", factory=lambda ctx: self.tunnel),
-            BackendSpec(kind="firewall", name="fake", factory=lambda ctx: self.firewall),
-            BackendSpec(kind="routing", name="fake", factory=lambda ctx: self.routing),
-        ]
-
-
 class Node:
-    def __init__(self, h: AgentHarness, cp: FakeControlPlane, b: Backends, clock: ManualClock) -> None:
+    def __init__(self, h: AgentHarness, cp: FakeControlPlane, b: FakeBackends, clock: ManualClock) -> None:
         self.h, self.cp, self.b, self.clock = h, cp, b, clock
         self.events: list[SyncEvent] = []
 
@@ -229,13 +96,13 @@ async def node(
     tmp_path: Path, *, config: dict[str, Any] | None = None, node_id: int = NODE_ID
 ) -> AsyncIterator[Node]:
     clock = ManualClock()
-    backends = Backends()
+    backends = FakeBackends(kinds=("tunnel", "firewall", "routing"))
     async with FakeControlPlane() as cp:
         cp.set("mesh", mesh_answer())
         cfg: dict[str, Any] = {
             "node": {"name": "hkg1", "id": node_id},
             "controlPlane": {"url": cp.url, "token": "test-token", "maxRetries": 0},
-            "backends": {"tunnel": "fake", "firewall": "fake", "routing": "fake"},
+            "backends": backends.config(),
             **(config or {}),
         }
         plugins = [("mesh", moenet_mesh), ("fakes", backends)]
@@ -270,7 +137,7 @@ async def test_setup_unchanged_change_and_departure(tmp_path: Path) -> None:
         assert n.b.firewall.ports["mesh"] == {51821, 51827, 52820}
         [(owner, frags)] = n.b.routing.declares
         assert owner == "mesh" and set(frags) == {"igp1", "igp7", "igp1000"}
-        assert frags["igp1"]["type"] == "tunnel" and frags["igp1"]["pattern"] == "igp1"
+        assert frags["igp1"].type == "tunnel" and frags["igp1"].pattern == "igp1"
         [rep] = n.reports()
         assert rep["node_id"] == "hkg1" and rep["timestamp"] == int(n.clock.time())
         assert rep["peers"] == {"1": "configured", "7": "configured", "1000": "configured"}
@@ -346,7 +213,7 @@ async def test_key_pair_heartbeat_and_status(tmp_path: Path) -> None:
             in targets
         )
         # Switched off: nothing is touched and no key is published.
-        n.h.agent.config.mesh.enabled = False
+        n.h.agent.plugin_section("mesh").enabled = False
         writes = len(n.b.tunnel.writes)
         r = await n.sync()
         assert r == {"enabled": False} and len(n.b.tunnel.writes) == writes
@@ -486,25 +353,25 @@ async def test_other_owners_and_leftovers_from_before_a_restart(tmp_path: Path) 
 async def test_failures_are_reported_and_rolled_back(tmp_path: Path) -> None:
     async with node(tmp_path) as n:
         n.cp.set("mesh", mesh_answer(peer(1), peer(2)))
-        n.b.tunnel.fail["igp2"] = "wireguard-go would not start"
+        n.b.tunnel.fail("ensure", "igp2", "wireguard-go would not start", times=None)
         r = await n.sync()
         assert r["errors"] == {"2": "error: tunnel igp2: wireguard-go would not start"}
         assert set(n.b.tunnel.tunnels) == {"igp1"} and n.b.firewall.ports["mesh"] == {51821}
         assert set(n.b.routing.fragments["mesh"]) == {"igp1"}
-        del n.b.tunnel.fail["igp2"]
+        n.b.tunnel.heal("ensure", "igp2")
         r = await n.sync()
         assert r["errors"] == {} and set(n.b.tunnel.tunnels) == {"igp1", "igp2"}
 
         # A create that fails late (the endpoint's name does not resolve yet) leaves a usable
         # tunnel: it keeps its port and Babel interface, reports the error, and is retried.
-        n.b.tunnel.fail_late["igp3000"] = "endpoint node.invalid: no address"
+        n.b.tunnel.fail("ensure", "igp3000", "endpoint node.invalid: no address", times=None, late=True)
         n.section().port_base = 50000
         n.cp.set("mesh", mesh_answer(peer(1), peer(2), peer(3000, endpoint="node.invalid")))
         r = await n.sync()
         assert r["errors"] == {"3000": "error: tunnel igp3000: endpoint node.invalid: no address"}, r
         assert "igp3000" in n.b.tunnel.tunnels and 53000 in n.b.firewall.ports["mesh"]
         assert "igp3000" in n.b.routing.fragments["mesh"]
-        del n.b.tunnel.fail_late["igp3000"]
+        n.b.tunnel.heal("ensure", "igp3000")
         r = await n.sync()
         assert r["errors"] == {} and r["updated"] == {"igp3000": ["not known to be applied"]}, r
         assert n.b.tunnel.tunnels["igp3000"].endpoint == "node.invalid:50003"
@@ -514,23 +381,22 @@ async def test_failures_are_reported_and_rolled_back(tmp_path: Path) -> None:
         assert set(n.b.tunnel.tunnels) == {"igp1", "igp2"} and r["errors"] == {}, r
 
         # The firewall fails: the tunnels stay; the new peer is an error; the next cycle repairs.
-        n.b.firewall.fail = "nft: permission denied"
+        n.b.firewall.fail("sync", "mesh", "nft: permission denied", times=None)
         n.cp.set("mesh", mesh_answer(peer(1), peer(2), peer(4)))
         r = await n.sync()
         assert "firewall" in r["errors"]["4"] and set(r["errors"]) == {"4"}
-        n.b.firewall.fail = None
+        n.b.firewall.heal()
         r = await n.sync()
         assert r["errors"] == {} and r["firewallSyncs"] == 1 and 51824 in n.b.firewall.ports["mesh"]
 
         # Routing refuses: peers whose Babel interface changed are errors, the rest configured;
         # the declare is repeated next cycle (nothing recorded as applied).
-        n.b.routing.result = ApplyResult(
-            ok=False, changed=False, error="no BIRD policy from the control plane yet"
-        )
+        refused = ApplyResult(ok=False, changed=False, error="no BIRD policy from the control plane yet")
+        n.b.routing.fail("declare", "mesh", result=refused, times=None)
         n.cp.set("mesh", mesh_answer(peer(1), peer(2), peer(4), peer(5)))
         r = await n.sync()
         assert r["errors"] == {"5": "error: routing: no BIRD policy from the control plane yet"}, r
-        n.b.routing.result = None
+        n.b.routing.heal()
         r = await n.sync()
         assert r["declares"] == 1 and r["errors"] == {}
         assert set(n.b.routing.fragments["mesh"]) == {"igp1", "igp2", "igp4", "igp5"}
@@ -552,7 +418,7 @@ async def test_our_id_and_config(tmp_path: Path) -> None:
         "meshSync": {"portBase": 20000, "interfacePrefix": "m", "allowedIps": ["fd42::/16"], "keepalive": 0}
     }
     async with node(tmp_path, config=cfg, node_id=0) as n:
-        n.h.agent.config.mesh.mtu = 1400
+        n.h.agent.plugin_section("mesh").mtu = 1400
         n.cp.set("mesh", mesh_answer(peer(1), peer(45000, mtu=None), local=40000))
         r = await n.sync()
         assert r["nodeId"] == 40000 and r["errors"] == {}, r
@@ -588,7 +454,8 @@ async def test_state_file_and_key_file_problems_fail_loudly(tmp_path: Path) -> N
 
 def test_the_plugin_declares_its_section_task_and_feature() -> None:
     [section] = moenet_mesh.moenet_config_sections()
-    assert section.name == "meshSync" and section.type is MeshSyncConfig
+    assert section.name == "mesh" and section.type is MeshSyncConfig  # MeshConfig; meshSync an alias
+    assert "meshSync" in [a.section for a in section.aliases]
     from moenet_core.config import AgentConfig
 
     [task] = moenet_mesh.moenet_tasks(AgentConfig())

@@ -118,7 +118,7 @@ def test_status_by_observed_state(status: S, tunnel: str, fragment: str, port: s
     if fragment == "equal":
         frags[uid(1)] = d.peer
     elif fragment == "different":
-        frags[uid(1)] = {**d.peer, "asn": 4242429999}
+        frags[uid(1)] = attrs.evolve(d.peer, asn=4242429999)
     obs = Observed(tunnels=tunnels, ports=frozenset({20001} if port == "open" else set()), fragments=frags)
     prev = (
         Previous(configured={uid(1): configured(1)})
@@ -339,7 +339,7 @@ def test_failed_setup_rolls_back_memory() -> None:
 def test_latency_override_changes_fragment() -> None:
     obs, prev = healthy(1)
     p = run([item(1)], obs, prev, latency={uid(1): 2})
-    assert p.by_uuid(uid(1)).routing is RoutingAction.REPLACE and p.fragments[uid(1)]["latency"] == 2  # type: ignore[union-attr]
+    assert p.by_uuid(uid(1)).routing is RoutingAction.REPLACE and p.fragments[uid(1)].latency == 2  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------ the guard

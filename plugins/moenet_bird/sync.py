@@ -11,22 +11,21 @@ the next cycle.
 
 Failures raise (the task's last error in ``/status`` says why) and never tear
 anything down: an invalid answer or an unreachable CP keeps the last good policy
-live.
+live. Every run ends with ``moenet_sync_completed``, as every reconciler's does.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moenet_core.backends import RoutingBackend
-from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
+from moenet_core import ControlPlaneError, ControlPlaneUnavailable, MoenetError, RoutingBackend, sync_cycle
 
 from .backend import BirdRoutingBackend
 from .names import BirdConfigError
 from .policy import parse_bird_config
 
 if TYPE_CHECKING:
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 __all__ = ["RESOURCE", "TASK_NAME", "BirdConfigSync", "BirdSyncError"]
 
@@ -51,6 +50,12 @@ class BirdConfigSync:
         return backend
 
     async def run_once(self) -> dict[str, Any]:
+        async with sync_cycle(self.ctx, TASK_NAME) as cycle:
+            summary = await self._cycle()
+            cycle.changes = 1 if summary["changed"] else 0
+            return summary
+
+    async def _cycle(self) -> dict[str, Any]:
         backend = self._backend()
         keeping = f"keeping the last good policy (hash {backend.config_hash or 'none'})"
         try:

@@ -42,8 +42,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moenet_core import ConfigSection, TaskSpec, hookimpl
-from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate, removal_digest
+from moenet_core import ConfigSection, RouteSpec, TaskSpec, hookimpl, plan_route
 
 from .config import IbgpConfig
 from .model import Answer, AnswerError, Node, parse_answer, sessions
@@ -59,15 +58,11 @@ __all__ = [
     "TASK_NAME",
     "Answer",
     "AnswerError",
-    "GuardPolicy",
-    "GuardVerdict",
     "IbgpConfig",
     "IbgpSync",
     "IbgpSyncError",
     "Node",
-    "evaluate",
     "parse_answer",
-    "removal_digest",
     "sessions",
 ]
 
@@ -99,3 +94,9 @@ def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
             description="Make this node's iBGP sessions (route-reflector topology) match the control plane",
         )
     ]
+
+
+@hookimpl
+def moenet_api_routes(config: AgentConfig) -> list[RouteSpec]:
+    """``GET /plugins/ibgp/plan``: what a ibgpSync would change now (``moenet-agent plan ibgp``)."""
+    return [plan_route(TASK_NAME)]

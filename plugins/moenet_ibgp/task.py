@@ -1,11 +1,15 @@
 """The ``ibgpSync`` task: owns this node's iBGP peer set and declares it to the routing backend.
 
-Every run (120 s, and on ``/sync``):
+A :class:`~moenet_core.reconcile.Reconciler` (the core runs the cycle: fetch with
+the last valid answer, lock, guard logging, ``moenet_sync_completed``, a failed
+cycle's ending). Every run (120 s, and on ``/sync``):
 
 1. **Fetch** ``bird-config`` from the CP and read its ``ibgpPeers`` (the source
    is explained in the package doc). An unreachable CP, an error answer or an
-   answer that is unusable as a whole keeps the current peers: the task fails
-   with the reason and nothing is declared (never "no peers").
+   answer that is unusable as a whole never means "no peers": the last valid
+   answer is served (the run fails with the reason when the CP refused or sent
+   an unusable answer); without any saved answer the current peers (the saved
+   node list) are declared again and the run fails.
 2. **Validate** every entry (:func:`~moenet_ibgp.model.parse_answer`); invalid
    ones are logged once, left out and listed in ``/status``.
 3. **Guard**: an answer that would drop more than ``guardMaxShare`` (and more
@@ -33,18 +37,31 @@ same peers, and the guard compares against it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from moenet_core import ApplyResult, RoutingBackend, hookimpl
-from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
-from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate, numeric_order
+import attrs
+
+from moenet_core import Answer as CycleAnswer
+from moenet_core import (
+    GuardPolicy,
+    GuardVerdict,
+    IbgpNeighborIntent,
+    IbgpOptionsIntent,
+    MoenetError,
+    Reconciler,
+    RoutingBackend,
+    RoutingIntent,
+    evaluate,
+    hookimpl,
+    numeric_order,
+)
 
 from .config import IbgpConfig
 from .model import Answer, AnswerError, Node, parse_answer, sessions
 
 if TYPE_CHECKING:
-    from moenet_core.config import AgentConfig
-    from moenet_core.context import PluginContext
+    from moenet_core import AgentConfig, PluginContext
 
 __all__ = ["OWNER", "RESOURCE", "STATE_FILE", "TASK_NAME", "IbgpSync", "IbgpSyncError"]
 
@@ -52,45 +69,61 @@ TASK_NAME = "ibgpSync"
 RESOURCE = "bird-config"
 OWNER = "ibgp"
 STATE_FILE = "nodes.json"
+#: ``nodes.json``'s version; version 0 (no ``"version"``) has the same fields.
+STATE_VERSION = 1
 
 
 class IbgpSyncError(MoenetError):
     """One cycle did not bring the CP's iBGP peers live (the current ones stay)."""
 
 
-class IbgpSync:
+@attrs.frozen(kw_only=True)
+class IbgpPlan:
+    """The accepted node list after the guard, this node's role, and what to declare."""
+
+    nodes: Mapping[int, Node]
+    verdict: GuardVerdict
+    self_is_rr: bool | None
+    own_id: int
+    route_reflector: bool
+    fragments: Mapping[str, RoutingIntent]
+
+
+class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
     """See the module doc."""
 
+    task_name = TASK_NAME
+    resource = RESOURCE
+    payload_errors = (AnswerError,)
+    error = IbgpSyncError
+    allow_removal_key = "ibgp.allowRemoval"
+
     def __init__(self, ctx: PluginContext) -> None:
-        self.ctx = ctx
         self.nodes: dict[int, Node] | None = None
         """The accepted node list (None: no valid answer yet, nor a saved one)."""
         self.self_is_rr: bool | None = None
-        self.declared: dict[str, dict[str, Any]] | None = None
+        self.declared: dict[str, RoutingIntent] | None = None
         """What the last successful declare carried (None: declare on the next run)."""
         self.route_reflector = False
         self.invalid: dict[str, str] = {}
         self.rejected: dict[str, str] = {}
-        self.guard: GuardVerdict | None = None
-        self.last_error: str | None = None
         self.own_id = 0
         self._said: set[str] = set()
         self._persisted: Any = None
+        super().__init__(ctx)
         self._m_peers = ctx.metrics.gauge("peers", "iBGP neighbours declared to the routing backend.")
         self._m_invalid = ctx.metrics.gauge(
             "invalid_peers", "Entries of the CP's ibgpPeers left out as invalid in the last answer."
         )
-        self._m_refused = ctx.metrics.gauge(
-            "guard_refused", "1 while the guard withholds a mass removal of iBGP nodes."
-        )
         self._restore()
-        ctx.register_hooks(self)
 
     # ----------------------------------------------------------- persistence
 
     def _restore(self) -> None:
         try:
-            doc = self.ctx.state.read_json(STATE_FILE)
+            doc = self.ctx.state.load_document(
+                STATE_FILE, version=STATE_VERSION, migrate=lambda _version, fields: fields
+            )
         except Exception as exc:
             self.ctx.log.warning("ignoring the saved iBGP nodes: {}", exc)
             return
@@ -100,7 +133,7 @@ class IbgpSync:
         answer = parse_answer({"ibgpPeers": doc["nodes"]}, own_id=0, own_name="")
         if answer.invalid:
             self.ctx.log.warning("ignoring invalid saved iBGP nodes: {}", answer.invalid)
-        self.nodes = answer.nodes
+        self.nodes = dict(answer.nodes)
         rr = doc.get("selfIsRr")
         self.self_is_rr = rr if isinstance(rr, bool) else None
         self._persisted = doc
@@ -113,7 +146,7 @@ class IbgpSync:
             "selfIsRr": self.self_is_rr,
         }
         if doc != self._persisted:
-            self.ctx.state.write_json(STATE_FILE, doc)
+            self.ctx.state.save_document(STATE_FILE, doc, version=STATE_VERSION)
             self._persisted = doc
 
     # ------------------------------------------------------------------ run
@@ -127,135 +160,157 @@ class IbgpSync:
             self._said.add(key)
             self.ctx.log.warning(message, *args)
 
-    async def run_once(self) -> dict[str, Any]:
-        try:
-            return await self._run()
-        except IbgpSyncError as exc:
-            self.last_error = str(exc)
-            raise
-        finally:
-            self._m_refused.set(1 if self.guard is not None and self.guard.refused else 0)
+    def enabled(self) -> bool:
+        return self._section().enabled
 
-    async def _run(self) -> dict[str, Any]:
-        section = self._section()
-        routing = self.ctx.backend("routing", RoutingBackend)
-        if not section.enabled:
-            self.route_reflector = False
-            changed = await self._declare(routing, {"options": {"enabled": False}})
-            self.last_error = None
-            return {"enabled": False, "peers": 0, "changed": changed}
+    async def when_disabled(self) -> dict[str, Any]:
+        self.route_reflector = False
+        changed = await self._declare(self._routing(), {"options": IbgpOptionsIntent(enabled=False)})
+        return {"enabled": False, "peers": 0, "changed": changed}
 
+    def _routing(self) -> RoutingBackend:
+        return self.ctx.backend("routing", RoutingBackend)
+
+    def parse(self, raw: Any) -> Answer:
         config = self.ctx.config
+        return parse_answer(
+            raw,
+            own_id=config.node.id,
+            own_name=config.node.name,
+            own_loopbacks=(config.node.loopback_ipv4, config.node.loopback_ipv6),
+        )
+
+    async def without_answer(self, problem: str) -> str:
+        """After a failed fetch with nothing saved: make sure the current peers are
+        declared (after a restart, from the saved node list)."""
+        if self.nodes is None:
+            return "keeping the current iBGP peers (none known yet)"
+        section = self._section()
         try:
-            data = await self.ctx.cp.fetch(RESOURCE)
-            answer = parse_answer(
-                data,
-                own_id=config.node.id,
-                own_name=config.node.name,
-                own_loopbacks=(config.node.loopback_ipv4, config.node.loopback_ipv6),
+            await self._declare(
+                self._routing(), self._fragments(self.nodes, self._role(self.self_is_rr, section))
             )
-        except (ControlPlaneError, AnswerError) as exc:
-            why = (
-                f"control plane unreachable for {RESOURCE}"
-                if isinstance(exc, ControlPlaneUnavailable)
-                else f"control plane refused {RESOURCE}"
-                if isinstance(exc, ControlPlaneError)
-                else f"unusable {RESOURCE} answer"
+        except IbgpSyncError as exc:
+            return (
+                f"keeping the current iBGP peers ({len(self.nodes)} node(s); "
+                f"declaring them failed too: {exc})"
             )
-            kept = await self._keep(routing, section)
-            raise IbgpSyncError(f"{why}: {exc}; keeping the current iBGP peers ({kept})") from exc
+        return f"keeping the current iBGP peers ({len(self.nodes)} node(s))"
 
-        self._take(answer, section)
-        return await self._apply(routing, section)
+    async def observe(self, desired: Answer) -> Mapping[int, Node]:
+        """The node list accepted last (what the guard compares against)."""
+        return dict(self.nodes or {})
 
-    def _take(self, answer: Answer, section: IbgpConfig) -> None:
-        """Validate-and-guard: the new accepted node list."""
-        for w in answer.warnings:
-            self._say_once(w, "{}: {}", RESOURCE, w)
-        if not answer.own_id:
-            self._say_once(
-                "no-id", "node.id is not configured and the answer has none: this node is recognised by name"
-            )
-        for label, why in sorted(answer.invalid.items()):
-            if self.invalid.get(label) != why:
-                self.ctx.log.warning("iBGP peer {} left out: {}", label, why)
-        self.invalid = dict(answer.invalid)
-        self._m_invalid.set(len(self.invalid))
-
-        previous = self.nodes or {}
-        nodes = dict(answer.nodes)
-        removals = [str(i) for i in previous if i not in nodes]
+    def plan(self, answer: CycleAnswer[Answer], observed: Mapping[int, Node]) -> IbgpPlan:
+        section = self._section()
+        nodes = dict(answer.value.nodes)
+        removals = [str(i) for i in observed if i not in nodes]
         verdict = evaluate(
             removals,
-            [str(i) for i in previous],
+            [str(i) for i in observed],
             GuardPolicy(max_share=section.guard_max_share, min_count=section.guard_min_count),
             override=section.allow_removal or None,
             noun="iBGP nodes",
             sort_key=numeric_order,
         )
         if verdict.refused:
-            if verdict.newly_refused(self.guard):
-                self.ctx.log.error(
-                    "{} (digest {}; set ibgp.allowRemoval to it to allow)", verdict.reason, verdict.digest
-                )
-            for i in previous:
-                if i not in nodes:
-                    nodes[i] = previous[i]
-        elif verdict.overridden:
-            self.ctx.log.warning("{}: allowed by ibgp.allowRemoval {}", verdict.reason, verdict.digest)
-        self.guard = verdict if verdict.removals else None
-        self.nodes = nodes
-        self.self_is_rr = answer.self_is_rr
-        self.own_id = answer.own_id
-        self._persist()
-
-    def _role(self, section: IbgpConfig) -> bool:
-        if self.self_is_rr is not None:
-            return self.self_is_rr
-        return bool(section.route_reflector)
-
-    def _fragments(self, section: IbgpConfig) -> dict[str, dict[str, Any]]:
-        self.route_reflector = self._role(section)
-        fragments: dict[str, dict[str, Any]] = {
-            "options": {"enabled": True, "routeReflector": self.route_reflector}
-        }
-        fragments.update(
-            sessions((self.nodes or {}).values(), own_is_rr=self.route_reflector, own_id=self.own_id)
+            nodes.update({i: n for i, n in observed.items() if i not in nodes})
+        rr = self._role(answer.value.self_is_rr, section)
+        return IbgpPlan(
+            nodes=nodes,
+            verdict=verdict,
+            self_is_rr=answer.value.self_is_rr,
+            own_id=answer.value.own_id,
+            route_reflector=rr,
+            fragments=self._fragments(nodes, rr, own_id=answer.value.own_id),
         )
-        return fragments
 
-    async def _keep(self, routing: RoutingBackend, section: IbgpConfig) -> str:
-        """After a failed fetch: make sure the current peers are declared (after a
-        restart, from the saved list). Returns a description for the error."""
-        if self.nodes is None:
-            return "none known yet"
-        try:
-            await self._declare(routing, self._fragments(section))
-        except IbgpSyncError as exc:
-            return f"{len(self.nodes)} node(s); declaring them failed too: {exc}"
-        return f"{len(self.nodes)} node(s)"
+    def verdict(self, plan: IbgpPlan) -> GuardVerdict | None:
+        return plan.verdict if plan.verdict.removals else None
 
-    async def _apply(self, routing: RoutingBackend, section: IbgpConfig) -> dict[str, Any]:
-        fragments = self._fragments(section)
-        changed = await self._declare(routing, fragments)
-        self.last_error = None
-        peers = sorted(k for k in fragments if k != "options")
+    async def apply(self, plan: IbgpPlan, observed: Mapping[int, Node]) -> bool:
+        self.nodes = dict(plan.nodes)
+        self.self_is_rr = plan.self_is_rr
+        self.own_id = plan.own_id
+        self._persist()
+        self.route_reflector = plan.route_reflector
+        return await self._declare(self._routing(), dict(plan.fragments))
+
+    async def report(self, answer: CycleAnswer[Answer], plan: IbgpPlan, outcome: bool) -> dict[str, Any]:
+        value = answer.value
+        for w in value.warnings:
+            self._say_once(w, "{}: {}", RESOURCE, w)
+        if not value.own_id:
+            self._say_once(
+                "no-id", "node.id is not configured and the answer has none: this node is recognised by name"
+            )
+        for label, why in sorted(value.invalid.items()):
+            if self.invalid.get(label) != why:
+                self.ctx.log.warning("iBGP peer {} left out: {}", label, why)
+        self.invalid = dict(value.invalid)
+        self._m_invalid.set(len(self.invalid))
         return {
             "enabled": True,
             "routeReflector": self.route_reflector,
             "nodes": len(self.nodes or {}),
-            "peers": len(peers),
-            "changed": changed,
+            "peers": len([k for k in plan.fragments if k != "options"]),
+            "changed": outcome,
             "invalid": dict(self.invalid),
             "rejected": dict(self.rejected),
             "guard": self.guard.status_info() if self.guard is not None else None,
         }
 
-    async def _declare(self, routing: RoutingBackend, fragments: dict[str, dict[str, Any]]) -> bool:
+    def changes(self, summary: Mapping[str, Any]) -> int:
+        return 1 if summary.get("changed") else 0
+
+    def plan_json(
+        self, answer: CycleAnswer[Answer], plan: IbgpPlan, observed: Mapping[int, Node]
+    ) -> dict[str, Any]:
+        changed = dict(plan.fragments) != self.declared
+        added = sorted(set(plan.nodes) - set(observed))
+        removed = sorted(set(observed) - set(plan.nodes))
+        lines = [f"add node {i} ({plan.nodes[i].node_name})" for i in added]
+        lines += [f"remove node {i} ({observed[i].node_name})" for i in removed]
+        if plan.verdict.refused:
+            lines.append(f"GUARD REFUSED: {plan.verdict.reason} (digest {plan.verdict.digest})")
+        lines.append(f"routing: {'declare the iBGP peers' if changed else 'unchanged'}")
+        return {
+            "empty": not changed,
+            "lines": lines,
+            "routeReflector": plan.route_reflector,
+            "peers": sorted(
+                (
+                    {"nodeId": f.node_id, "nodeName": f.node_name, "rrClient": f.rr_client}
+                    for f in plan.fragments.values()
+                    if isinstance(f, IbgpNeighborIntent)
+                ),
+                key=lambda p: int(p["nodeId"]),
+            ),
+            "guard": plan.verdict.status_info(),
+        }
+
+    # --------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _role(self_is_rr: bool | None, section: IbgpConfig) -> bool:
+        if self_is_rr is not None:
+            return self_is_rr
+        return bool(section.route_reflector)
+
+    def _fragments(
+        self, nodes: Mapping[int, Node], rr: bool, *, own_id: int | None = None
+    ) -> dict[str, RoutingIntent]:
+        fragments: dict[str, RoutingIntent] = {"options": IbgpOptionsIntent(enabled=True, route_reflector=rr)}
+        fragments.update(
+            sessions(nodes.values(), own_is_rr=rr, own_id=self.own_id if own_id is None else own_id)
+        )
+        return fragments
+
+    async def _declare(self, routing: RoutingBackend, fragments: dict[str, RoutingIntent]) -> bool:
         """Declare ``fragments`` unless they are what was last declared; True if declared."""
         if fragments == self.declared:
             return False
-        result: ApplyResult = await routing.declare(OWNER, fragments)
+        result = await routing.declare(OWNER, fragments)
         self.rejected = dict(result.rejected)
         for key, why in sorted(result.rejected.items()):
             self.ctx.log.error("the routing backend rejected iBGP neighbour {}: {}", key, why)
@@ -278,6 +333,7 @@ class IbgpSync:
     @hookimpl
     def moenet_status_info(self) -> dict[str, Any]:
         declared = self.declared or {}
+        base = self.status_info()
         return {
             "source": RESOURCE,
             "enabled": self._section().enabled,
@@ -285,14 +341,15 @@ class IbgpSync:
             "nodes": len(self.nodes or {}),
             "peers": sorted(
                 (
-                    {"nodeId": p["nodeId"], "nodeName": p["nodeName"], "rrClient": p["rrClient"]}
-                    for k, p in declared.items()
-                    if k != "options"
+                    {"nodeId": f.node_id, "nodeName": f.node_name, "rrClient": f.rr_client}
+                    for f in declared.values()
+                    if isinstance(f, IbgpNeighborIntent)
                 ),
-                key=lambda p: p["nodeId"],
+                key=lambda p: int(p["nodeId"]),
             ),
             "invalid": dict(self.invalid),
             "rejected": dict(self.rejected),
-            "guard": self.guard.status_info() if self.guard is not None else None,
-            "lastError": self.last_error,
+            "guard": base["guard"],
+            "lastError": base["lastError"],
+            "lastRun": base["lastRun"],
         }

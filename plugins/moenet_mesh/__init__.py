@@ -1,7 +1,8 @@
 """WireGuard IGP mesh between the nodes of one network, with Babel on top.
 
 Hooks: the ``meshSync`` task (:mod:`.task`, every 120 s and on ``/sync``), the
-optional ``meshSync`` config section (:mod:`.config`) and the ``mesh`` feature.
+optional ``mesh`` config section (:mod:`.config`; the former ``meshSync`` is read
+as a deprecated alias) and the ``mesh`` feature.
 At run time the task also publishes the node's mesh public key in the
 heartbeat (``meshPublicKey``), offers every mesh link to the RTT plugin
 (``moenet_link_targets``, owner ``mesh``), handles ``POST /restart`` for mesh
@@ -17,30 +18,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moenet_core import ConfigSection, TaskSpec, hookimpl
+from moenet_core import ConfigSection, RouteSpec, TaskSpec, hookimpl, plan_route
 
-from .config import MeshSyncConfig
+from .config import SECTION as CONFIG_SECTION
+from .config import MeshConfig, MeshSyncConfig
 from .task import TASK_NAME, MeshSync, MeshSyncError
 
 if TYPE_CHECKING:
     from moenet_core.config import AgentConfig
 
-__all__ = ["INTERVAL", "SECTION", "TASK_NAME", "MeshSync", "MeshSyncConfig", "MeshSyncError"]
+__all__ = ["INTERVAL", "SECTION", "TASK_NAME", "MeshConfig", "MeshSync", "MeshSyncConfig", "MeshSyncError"]
 
-SECTION = "meshSync"
+SECTION = CONFIG_SECTION.name
 #: The Go agent's period.
 INTERVAL = 120.0
 
 
 @hookimpl
 def moenet_config_sections() -> list[ConfigSection]:
-    return [
-        ConfigSection(
-            name=SECTION,
-            type=MeshSyncConfig,
-            description="IGP mesh: portBase, interfacePrefix, allowedIps, Babel tuning, removal guard",
-        )
-    ]
+    return [CONFIG_SECTION]
 
 
 @hookimpl
@@ -62,3 +58,9 @@ def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
 @hookimpl
 def moenet_features() -> list[str]:
     return ["mesh"]
+
+
+@hookimpl
+def moenet_api_routes(config: AgentConfig) -> list[RouteSpec]:
+    """``GET /plugins/mesh/plan``: what a meshSync would change now (``moenet-agent plan mesh``)."""
+    return [plan_route(TASK_NAME)]

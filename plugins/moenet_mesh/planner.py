@@ -31,8 +31,8 @@ from typing import Any
 
 import attrs
 
-from moenet_core.backends import TunnelState, tunnel_drift
-from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate
+from moenet_core import GuardPolicy, GuardVerdict, TunnelState, evaluate, tunnel_drift
+from moenet_core.intents import BabelInterfaceIntent
 
 from .addressing import parse_interface
 from .desired import OWNER, DesiredPeer
@@ -72,7 +72,7 @@ class Observed:
     """Every tunnel of the agent, all owners."""
     ports: frozenset[int]
     """The mesh owner's open ports."""
-    fragments: Mapping[str, Mapping[str, Any]]
+    fragments: Mapping[str, BabelInterfaceIntent]
     """The mesh fragments the routing backend last accepted."""
     records: Mapping[str, Record]
 
@@ -105,7 +105,7 @@ class Plan:
     guard: GuardVerdict
     ports: frozenset[int]
     """The mesh's open ports once everything is applied."""
-    fragments: Mapping[str, Mapping[str, Any]]
+    fragments: Mapping[str, BabelInterfaceIntent]
     """The mesh's Babel fragments once everything is applied."""
 
     @property
@@ -129,85 +129,13 @@ def plan(
     """The plan for one answer. ``errors`` holds the listed peers that cannot be
     configured (id -> reason); ``present`` every id the answer lists."""
     mesh = observed.mesh
-    others = observed.others
-
-    def id_of(name: str) -> int | None:
-        rec = observed.records.get(name)
-        return rec.node_id if rec is not None else parse_interface(name, prefix)
-
-    peers: list[PeerPlan] = []
-    wanted: dict[str, DesiredPeer] = {}
-    failed_ids = set(errors)
-    for d in sorted(desired, key=lambda d: d.node_id):
-        error = None
-        if d.interface in others:
-            error = f"interface {d.interface} is a tunnel of owner {others[d.interface].owner!r}"
-        else:
-            user = next((n for n, s in sorted(others.items()) if s.listen_port == d.port), None)
-            if user is not None:
-                error = f"listen port {d.port} is used by tunnel {user} (owner {others[user].owner!r})"
-        if error is not None:
-            failed_ids.add(d.node_id)
-            peers.append(PeerPlan(node_id=d.node_id, interface=d.interface, action=Action.ERROR, error=error))
-            continue
-        wanted[d.interface] = d
-        state = mesh.get(d.interface)
-        if state is None:
-            peers.append(
-                PeerPlan(
-                    node_id=d.node_id,
-                    interface=d.interface,
-                    action=Action.CREATE,
-                    drift=("tunnel missing",),
-                    desired=d,
-                )
-            )
-            continue
-        drift = tunnel_drift(d.spec, state)
-        rec = observed.records.get(d.interface)
-        if rec is None or rec.node_id != d.node_id:
-            drift.append("not known to be applied")
-        elif rec.digest != d.digest:
-            drift.append("configuration changed" if rec.endpoint == d.spec.endpoint else "endpoint changed")
-        peers.append(
-            PeerPlan(
-                node_id=d.node_id,
-                interface=d.interface,
-                action=Action.UPDATE if drift else Action.NONE,
-                drift=tuple(drift),
-                desired=d,
-            )
-        )
-    for node_id, reason in sorted(errors.items()):
-        peers.append(PeerPlan(node_id=node_id, interface=None, action=Action.ERROR, error=reason))
-
-    keep: list[str] = []
-    stale: list[str] = []
-    departed: list[str] = []
-    present_ids = set(present)
-    for name in sorted(mesh):
-        if name in wanted:
-            continue
-        owner_id = id_of(name)
-        if owner_id is not None and owner_id in failed_ids:
-            keep.append(name)
-        elif owner_id is not None and owner_id in present_ids:
-            stale.append(name)
-        else:
-            departed.append(name)
+    peers, wanted, failed_ids = _plan_peers(desired, errors, observed, mesh)
+    keep, stale, departed = _sort_unwanted(mesh, wanted, failed_ids, set(present), observed, prefix)
     verdict = evaluate(departed, mesh, guard, override=override, noun="mesh tunnels")
     remove = stale + ([] if verdict.refused else departed)
     if verdict.refused:
         keep += departed
-
-    ports = {d.port for d in wanted.values()}
-    fragments: dict[str, Mapping[str, Any]] = {n: d.fragment for n, d in wanted.items()}
-    for name in keep:
-        state = mesh[name]
-        if state.listen_port is not None:
-            ports.add(state.listen_port)
-        if name in observed.fragments:
-            fragments[name] = observed.fragments[name]
+    ports, fragments = _final_ports_and_fragments(wanted, keep, mesh, observed)
     return Plan(
         peers=tuple(sorted(peers, key=lambda p: p.node_id)),
         remove=tuple(sorted(remove)),
@@ -216,6 +144,114 @@ def plan(
         ports=frozenset(ports),
         fragments=fragments,
     )
+
+
+def _plan_peers(
+    desired: Iterable[DesiredPeer],
+    errors: Mapping[int, str],
+    observed: Observed,
+    mesh: Mapping[str, TunnelState],
+) -> tuple[list[PeerPlan], dict[str, DesiredPeer], set[int]]:
+    """A :class:`PeerPlan` per listed peer: ``(plans, interface -> wanted peer,
+    ids that failed)``. A failed peer's tunnel is kept, not removed."""
+    others = observed.others
+    peers: list[PeerPlan] = []
+    wanted: dict[str, DesiredPeer] = {}
+    failed_ids = set(errors)
+    for d in sorted(desired, key=lambda d: d.node_id):
+        error = _conflict(d, others)
+        if error is not None:
+            failed_ids.add(d.node_id)
+            peers.append(PeerPlan(node_id=d.node_id, interface=d.interface, action=Action.ERROR, error=error))
+            continue
+        wanted[d.interface] = d
+        peers.append(_peer_action(d, mesh.get(d.interface), observed.records.get(d.interface)))
+    for node_id, reason in sorted(errors.items()):
+        peers.append(PeerPlan(node_id=node_id, interface=None, action=Action.ERROR, error=reason))
+    return peers, wanted, failed_ids
+
+
+def _conflict(d: DesiredPeer, others: Mapping[str, TunnelState]) -> str | None:
+    """Why ``d`` would collide with another owner's tunnel (its interface name or
+    its listen port), or None: the mesh never takes over what it does not own."""
+    if d.interface in others:
+        return f"interface {d.interface} is a tunnel of owner {others[d.interface].owner!r}"
+    user = next((n for n, s in sorted(others.items()) if s.listen_port == d.port), None)
+    if user is not None:
+        return f"listen port {d.port} is used by tunnel {user} (owner {others[user].owner!r})"
+    return None
+
+
+def _peer_action(d: DesiredPeer, state: TunnelState | None, rec: Record | None) -> PeerPlan:
+    """Create, update or leave the tunnel of ``d``. Besides the drift read back
+    from the tunnel, the persisted record catches what cannot be read back."""
+    if state is None:
+        return PeerPlan(
+            node_id=d.node_id,
+            interface=d.interface,
+            action=Action.CREATE,
+            drift=("tunnel missing",),
+            desired=d,
+        )
+    drift = tunnel_drift(d.spec, state)
+    if rec is None or rec.node_id != d.node_id:
+        drift.append("not known to be applied")
+    elif rec.digest != d.digest:
+        drift.append("configuration changed" if rec.endpoint == d.spec.endpoint else "endpoint changed")
+    return PeerPlan(
+        node_id=d.node_id,
+        interface=d.interface,
+        action=Action.UPDATE if drift else Action.NONE,
+        drift=tuple(drift),
+        desired=d,
+    )
+
+
+def _sort_unwanted(
+    mesh: Mapping[str, TunnelState],
+    wanted: Mapping[str, DesiredPeer],
+    failed_ids: set[int],
+    present_ids: set[int],
+    observed: Observed,
+    prefix: str,
+) -> tuple[list[str], list[str], list[str]]:
+    """Split the mesh tunnels nobody wants into ``(keep, stale, departed)``: kept
+    while their peer fails, stale when the peer is still listed (removed freely),
+    departed otherwise (removal subject to the guard)."""
+    keep: list[str] = []
+    stale: list[str] = []
+    departed: list[str] = []
+    for name in sorted(mesh):
+        if name in wanted:
+            continue
+        rec = observed.records.get(name)
+        owner_id = rec.node_id if rec is not None else parse_interface(name, prefix)
+        if owner_id is not None and owner_id in failed_ids:
+            keep.append(name)
+        elif owner_id is not None and owner_id in present_ids:
+            stale.append(name)
+        else:
+            departed.append(name)
+    return keep, stale, departed
+
+
+def _final_ports_and_fragments(
+    wanted: Mapping[str, DesiredPeer],
+    keep: Iterable[str],
+    mesh: Mapping[str, TunnelState],
+    observed: Observed,
+) -> tuple[set[int], dict[str, BabelInterfaceIntent]]:
+    """The open ports and Babel fragments once the plan is applied: the wanted
+    peers', plus what the kept tunnels have now, so keeping one doesn't cut it off."""
+    ports = {d.port for d in wanted.values()}
+    fragments: dict[str, BabelInterfaceIntent] = {n: d.fragment for n, d in wanted.items()}
+    for name in keep:
+        state = mesh[name]
+        if state.listen_port is not None:
+            ports.add(state.listen_port)
+        if name in observed.fragments:
+            fragments[name] = observed.fragments[name]
+    return ports, fragments
 
 
 # ------------------------------------------------------------------ tunnel drift

@@ -1,6 +1,8 @@
 """The ``meshSync`` task: make the node's WireGuard + Babel mesh match the control plane.
 
-One cycle (every 120 s and on ``/sync``):
+A :class:`~moenet_core.reconcile.Reconciler` (the core runs the cycle: fetch with the
+last valid answer, lock, guard logging, ``moenet_sync_completed``, a failed cycle's
+ending). One cycle (every 120 s and on ``/sync``):
 
 1. **Key**: the node's mesh key pair (:mod:`.keys`), created once.
 2. **Fetch** ``mesh`` and validate it (:mod:`.model`). An unreachable CP, a CP
@@ -28,37 +30,50 @@ transaction, no declare, no state file write.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from moenet_core import hookimpl
-from moenet_core.backends import ApplyResult, FirewallBackend, RoutingBackend, TunnelBackend
-from moenet_core.descriptors import LinkLatency, LinkTarget, RestartAction, SyncEvent
-from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
-from moenet_core.guard import GuardPolicy, GuardVerdict
+from moenet_core import (
+    Answer,
+    ApiError,
+    ApplyResult,
+    BabelInterfaceIntent,
+    FirewallBackend,
+    GuardPolicy,
+    GuardVerdict,
+    IntentError,
+    LinkLatency,
+    LinkTarget,
+    MoenetError,
+    Reconciler,
+    RestartAction,
+    RoutingBackend,
+    TunnelBackend,
+    hookimpl,
+    intent_from_json,
+    intent_from_legacy,
+    intent_to_json,
+)
 
 from .addressing import AddressingError, link_local, listen_port
-from .config import MeshSyncConfig
+from .config import MeshConfig
 from .desired import OWNER, DesiredError, DesiredPeer, MeshSettings, build_desired
 from .keys import KEY_FILE, ensure_private_key
 from .model import MeshAnswer, MeshPayloadError, parse_mesh
 from .planner import Action, Observed, Plan, Record, plan
 
 if TYPE_CHECKING:
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 __all__ = ["RESOURCE", "STATUS_RESOURCE", "TASK_NAME", "MeshSync", "MeshSyncError"]
 
 TASK_NAME = "meshSync"
 RESOURCE = "mesh"
 STATUS_RESOURCE = "mesh/status"
-ANSWER_FILE = "answer.json"
 STATE_FILE = "state.json"
 CONFIGURED = "configured"
 
@@ -67,33 +82,34 @@ class MeshSyncError(MoenetError):
     """A cycle could not do its job (the reason says what was kept)."""
 
 
-@attrs.frozen(kw_only=True)
-class _Answer:
-    answer: MeshAnswer
-    source: str
-    problem: str | None = None
-    fatal: bool = False
-
-
 @attrs.define
-class _Outcome:
+class Outcome:
     failed: dict[int, str] = attrs.field(factory=dict)
     records: dict[str, Record] = attrs.field(factory=dict)
-    applied: dict[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    applied: dict[str, BabelInterfaceIntent] = attrs.field(factory=dict)
     counts: dict[str, int] = attrs.field(
-        factory=lambda: {"tunnelWrites": 0, "tunnelRemovals": 0, "firewallSyncs": 0, "declares": 0}
+        factory=lambda: {
+            "tunnelWrites": 0,
+            "tunnelRemovals": 0,
+            "firewallSyncs": 0,
+            "declares": 0,
+            "endpointsRefreshed": 0,
+        }
     )
     removal_errors: dict[str, str] = attrs.field(factory=dict)
 
 
-class MeshSync:
+class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
     """The reconciler (see the module doc)."""
 
+    task_name = TASK_NAME
+    resource = RESOURCE
+    payload_errors = (MeshPayloadError,)
+    error = MeshSyncError
+    allow_removal_key = "mesh.allowRemoval"
+
     def __init__(self, ctx: PluginContext) -> None:
-        self.ctx = ctx
         self.public_key: str | None = None
-        self.guard: GuardVerdict | None = None
-        self.last: dict[str, Any] | None = None
         self.peers: dict[int, dict[str, Any]] = {}
         """Per listed peer: state, interface, port (for /status)."""
         self._live: dict[int, DesiredPeer] = {}
@@ -102,25 +118,25 @@ class MeshSync:
         self._sent_digest: str | None = None
         self._sent_at: float | None = None
         self.report_error: str | None = None
-        self._lock = asyncio.Lock()
         self._m_peers = ctx.metrics.gauge("peers", "Mesh peers listed by the CP, by state", ["state"])
-        self._m_refused = ctx.metrics.gauge("guard_refused", "1 while the guard withholds mesh removals")
+        super().__init__(ctx)
         try:
             self.public_key = self._load_public_key(ctx.backend("tunnel", TunnelBackend))
         except Exception as exc:  # the first run reports it properly
             ctx.log.warning("mesh key not available yet: {}", exc)
-        ctx.register_hooks(self)
 
     # ----------------------------------------------------------- plumbing
 
     @property
-    def section(self) -> MeshSyncConfig:
+    def section(self) -> MeshConfig:
         section = self.ctx.section
-        return section if isinstance(section, MeshSyncConfig) else MeshSyncConfig()
+        return section if isinstance(section, MeshConfig) else MeshConfig()
 
-    @property
     def enabled(self) -> bool:
-        return self.ctx.config.mesh.enabled
+        return self.section.enabled
+
+    async def when_disabled(self) -> dict[str, Any]:
+        return {"enabled": False}
 
     @property
     def key_file(self) -> str:
@@ -132,72 +148,37 @@ class MeshSync:
             self.ctx.log.warning("generated the node's mesh private key in {} (mode 0600)", self.key_file)
         return tunnel.public_key(self.key_file)
 
-    def load_state(self) -> tuple[dict[str, Record], dict[str, Mapping[str, Any]]]:
-        """Per-tunnel records and the accepted fragments; a bad file fails the run."""
-        raw = self.ctx.state.read_json(STATE_FILE)
-        if raw is None:
-            return {}, {}
-        if (
-            not isinstance(raw, Mapping)
-            or raw.get("version") != 1
-            or not isinstance(raw.get("records"), Mapping)
-            or not isinstance(raw.get("fragments"), Mapping)
-        ):
-            raise MeshSyncError(f"{self.ctx.state.path(STATE_FILE)}: not a version-1 mesh state file")
-        records = {str(k): r for k, v in raw["records"].items() if (r := Record.from_json(v)) is not None}
-        fragments: dict[str, Mapping[str, Any]] = {
-            str(k): dict(v) for k, v in raw["fragments"].items() if isinstance(v, Mapping)
-        }
-        return records, fragments
-
-    def save_state(self, records: Mapping[str, Record], fragments: Mapping[str, Mapping[str, Any]]) -> bool:
-        doc = {
-            "version": 1,
-            "records": {k: r.to_json() for k, r in sorted(records.items())},
-            "fragments": {k: dict(v) for k, v in sorted(fragments.items())},
-        }
-        if self.ctx.state.read_json(STATE_FILE) == doc:
-            return False
-        self.ctx.state.write_json(STATE_FILE, doc)
-        return True
-
-    def _parse(self, raw: Any) -> MeshAnswer:
-        node_id = self.ctx.config.node.id or None
-        return parse_mesh(
-            raw, node_id=node_id, max_peers=self.section.max_peers, own_public_key=self.public_key
+    def _backends(self) -> tuple[TunnelBackend, FirewallBackend, RoutingBackend]:
+        return (
+            self.ctx.backend("tunnel", TunnelBackend),
+            self.ctx.backend("firewall", FirewallBackend),
+            self.ctx.backend("routing", RoutingBackend),
         )
 
-    async def fetch_answer(self, *, persist: bool = True) -> _Answer:
-        """The CP's answer, or the saved one when the CP cannot give a usable one."""
-        fatal = False
-        try:
-            raw = await self.ctx.cp.fetch(RESOURCE)
-        except ControlPlaneUnavailable as exc:
-            problem = f"control plane unreachable for {RESOURCE}: {exc}"
-        except ControlPlaneError as exc:
-            problem, fatal = f"control plane refused {RESOURCE}: {exc}", True
-        else:
-            try:
-                answer = self._parse(raw)
-            except MeshPayloadError as exc:
-                problem, fatal = f"invalid {RESOURCE} answer from the control plane: {exc}", True
-            else:
-                if persist:
-                    doc = {"version": 1, "answer": raw}
-                    if self.ctx.state.read_json(ANSWER_FILE) != doc:
-                        self.ctx.state.write_json(ANSWER_FILE, doc)
-                return _Answer(answer=answer, source="controlPlane")
-        saved = self.ctx.state.read_json(ANSWER_FILE)
-        if saved is None:
-            raise MeshSyncError(f"{problem}; no saved answer to serve, nothing changed")
-        try:
-            if not isinstance(saved, Mapping) or saved.get("version") != 1:
-                raise MeshPayloadError("not a version-1 saved answer")
-            answer = self._parse(saved.get("answer"))
-        except MeshPayloadError as exc:
-            raise MeshSyncError(f"{problem}; the saved answer is unusable ({exc}), nothing changed") from None
-        return _Answer(
-            answer=answer, source="saved", problem=f"{problem}; serving the last valid answer", fatal=fatal
+    def load_state(self) -> tuple[dict[str, Record], dict[str, BabelInterfaceIntent]]:
+        """Per-tunnel records and the accepted fragments; a bad file fails the run."""
+        doc = self.ctx.state.load_document(STATE_FILE)
+        if doc is None:
+            return {}, {}
+        if not isinstance(doc.get("records"), Mapping) or not isinstance(doc.get("fragments"), Mapping):
+            raise MeshSyncError(f"{self.ctx.state.path(STATE_FILE)}: not a mesh state file")
+        records = {str(k): r for k, v in doc["records"].items() if (r := Record.from_json(v)) is not None}
+        fragments: dict[str, BabelInterfaceIntent] = {}
+        for key, value in doc["fragments"].items():
+            fragment = babel_from_json(value)
+            if fragment is not None:  # an unusable one is declared again
+                fragments[str(key)] = fragment
+        return records, fragments
+
+    def save_state(
+        self, records: Mapping[str, Record], fragments: Mapping[str, BabelInterfaceIntent]
+    ) -> bool:
+        return self.ctx.state.save_document(
+            STATE_FILE,
+            {
+                "records": {k: r.to_json() for k, r in sorted(records.items())},
+                "fragments": {k: intent_to_json(v) for k, v in sorted(fragments.items())},
+            },
         )
 
     def settings(self, node_id: int) -> MeshSettings:
@@ -210,92 +191,82 @@ class MeshSync:
             public_key=self.public_key,
         )
 
-    def policy(self) -> GuardPolicy:
-        return GuardPolicy(max_share=self.section.guard_max_share, min_count=self.section.guard_min_count)
+    # ------------------------------------------------------- the cycle's steps
 
-    # ------------------------------------------------------------ the cycle
-
-    async def run_once(self) -> dict[str, Any]:
-        async with self._lock:
-            started = time.monotonic()
-            try:
-                summary = await self._cycle()
-            except Exception as exc:
-                self.ctx.emit_sync_completed(
-                    SyncEvent(task=TASK_NAME, ok=False, duration=time.monotonic() - started, error=str(exc))
-                )
-                raise
-            problem = summary.get("problem")
-            self.ctx.emit_sync_completed(
-                SyncEvent(
-                    task=TASK_NAME,
-                    ok=not summary.get("fatal"),
-                    duration=time.monotonic() - started,
-                    changes=sum(summary.get(k, 0) for k in ("tunnelWrites", "tunnelRemovals")),
-                    error=problem if summary.get("fatal") else None,
-                )
-            )
-            if summary.pop("fatal", False):
-                raise MeshSyncError(str(problem))
-            return summary
-
-    async def _cycle(self) -> dict[str, Any]:
-        started = time.monotonic()
-        if not self.enabled:
-            self.last = {"enabled": False, "at": self.ctx.clock.time()}
-            return {"enabled": False}
-        tunnel = self.ctx.backend("tunnel", TunnelBackend)
-        firewall = self.ctx.backend("firewall", FirewallBackend)
-        routing = self.ctx.backend("routing", RoutingBackend)
+    async def prepare(self) -> None:
         try:
-            self.public_key = self._load_public_key(tunnel)
+            self.public_key = self._load_public_key(self.ctx.backend("tunnel", TunnelBackend))
         except Exception as exc:
             raise MeshSyncError(f"the mesh key {self.key_file} is unusable: {exc}") from None
-        got = await self.fetch_answer()
-        answer = got.answer
+
+    def parse(self, raw: Any) -> MeshAnswer:
+        node_id = self.ctx.config.node.id or None
+        return parse_mesh(
+            raw, node_id=node_id, max_peers=self.section.max_peers, own_public_key=self.public_key
+        )
+
+    async def observe(self, desired: MeshAnswer) -> Observed:
         try:
-            listen_port(answer.node_id, self.section.port_base)
+            listen_port(desired.node_id, self.section.port_base)
         except AddressingError as exc:
             raise MeshSyncError(f"this node's id cannot be meshed: {exc}; nothing changed") from None
-        settings = self.settings(answer.node_id)
-
-        errors = {i.node_id: i.reason for i in answer.invalid if i.node_id is not None}
-        for i in answer.invalid:
-            if i.node_id is None:
-                self.ctx.log.warning("mesh: unreportable invalid peer: {}", i.reason)
-        desired: dict[int, DesiredPeer] = {}
-        for peer in answer.peers:
-            try:
-                desired[peer.node_id] = build_desired(peer, settings)
-            except DesiredError as exc:
-                errors[peer.node_id] = str(exc)
-
+        tunnel, firewall, _ = self._backends()
         records, fragments = self.load_state()
-        observed = Observed(
+        return Observed(
             tunnels=dict(await tunnel.list()),
             ports=frozenset(await firewall.list_ports(owner=OWNER)),
             fragments=fragments,
             records=records,
         )
-        p = plan(
+
+    def plan(self, answer: Answer[MeshAnswer], observed: Observed) -> Plan:
+        mesh = answer.value
+        settings = self.settings(mesh.node_id)
+        errors = {i.node_id: i.reason for i in mesh.invalid if i.node_id is not None}
+        desired: dict[int, DesiredPeer] = {}
+        for peer in mesh.peers:
+            try:
+                desired[peer.node_id] = build_desired(peer, settings)
+            except DesiredError as exc:
+                errors[peer.node_id] = str(exc)
+        return plan(
             desired.values(),
             errors,
-            answer.present,
+            mesh.present,
             observed,
             prefix=settings.prefix,
-            guard=self.policy(),
+            guard=GuardPolicy(max_share=self.section.guard_max_share, min_count=self.section.guard_min_count),
             override=self.section.allow_removal or None,
         )
-        self._note_guard(p.guard)
-        outcome = await self.apply(p, observed, tunnel, firewall, routing)
-        self.save_state(outcome.records, outcome.applied)
-        refreshed = await refresh_endpoints(tunnel, OWNER, self.ctx.log)
 
+    def verdict(self, plan: Plan) -> GuardVerdict:
+        return plan.guard
+
+    async def apply(self, p: Plan, observed: Observed) -> Outcome:
+        tunnel, firewall, routing = self._backends()
+        out = Outcome(records=dict(observed.records), applied=dict(observed.fragments))
+        ports = set(p.ports)
+        fragments = dict(p.fragments)
+        await self._remove(p, observed, tunnel, out, ports, fragments)
+        await self._ensure_tunnels(p, observed, tunnel, out, ports, fragments)
+        await self._sync_ports(p, observed, firewall, out, frozenset(ports))
+        await self._declare(p, observed, routing, out, fragments)
+        self.save_state(out.records, out.applied)
+        try:
+            # Host-name endpoints whose handshake went stale: resolve again (once per cycle).
+            out.counts["endpointsRefreshed"] = len(await tunnel.refresh_endpoints(owner=OWNER))
+        except Exception as exc:
+            self.ctx.log.warning("endpoint refresh failed: {}", exc)
+        return out
+
+    async def report(self, answer: Answer[MeshAnswer], p: Plan, outcome: Outcome) -> dict[str, Any]:
+        for i in answer.value.invalid:
+            if i.node_id is None:
+                self.ctx.log.warning("mesh: unreportable invalid peer: {}", i.reason)
         statuses = self._statuses(p, outcome)
-        sent = await self.report(answer, p, statuses)
-        summary: dict[str, Any] = {
-            "answer": got.source,
-            "nodeId": answer.node_id,
+        sent = await self.send_status(answer.value, p, statuses)
+        return {
+            "nodeId": answer.value.node_id,
             "peers": len(statuses),
             "configured": sum(1 for s in statuses.values() if s == CONFIGURED),
             "errors": {str(k): v for k, v in statuses.items() if v != CONFIGURED},
@@ -305,42 +276,66 @@ class MeshSync:
             "withheld": list(p.withheld),
             "guard": p.guard.status_info() if p.guard.refused or p.guard.overridden else None,
             **outcome.counts,
-            "endpointsRefreshed": refreshed,
             "statusSent": sent,
-            "seconds": round(time.monotonic() - started, 4),
         }
-        self.last = {**summary, "problem": got.problem, "at": self.ctx.clock.time()}
-        if got.problem is not None:
-            if not got.fatal:
-                self.ctx.log.warning("{}", got.problem)
-            summary["problem"] = got.problem
-            summary["fatal"] = got.fatal
-        return summary
 
-    def _note_guard(self, verdict: GuardVerdict) -> None:
-        if verdict.newly_refused(self.guard):
-            self.ctx.log.error(
-                "mesh guard: {} (allow with meshSync.allowRemoval: {})", verdict.reason, verdict.digest
-            )
-        self.guard = verdict
-        self._m_refused.set(1 if verdict.refused else 0)
+    def changes(self, summary: Mapping[str, Any]) -> int:
+        return sum(int(summary.get(k, 0)) for k in ("tunnelWrites", "tunnelRemovals"))
 
-    # -------------------------------------------------------------- applying
+    def plan_json(self, answer: Answer[MeshAnswer], p: Plan, observed: Observed) -> dict[str, Any]:
+        lines = [
+            f"node {pp.node_id} {pp.interface or '-'}: {pp.action}" + (f" ({pp.error})" if pp.error else "")
+            for pp in p.peers
+            if pp.action is not Action.NONE
+        ]
+        lines += [f.rstrip() for pp in p.peers for f in (f"    - {d}" for d in pp.drift)]
+        lines += [f"remove {name}" for name in p.remove]
+        if p.guard.refused:
+            lines.append(f"GUARD REFUSED: {p.guard.reason} (digest {p.guard.digest})")
+        opening, closing = sorted(p.ports - observed.ports), sorted(observed.ports - p.ports)
+        if opening or closing:
+            lines.append(f"firewall: open {opening} close {closing}")
+        routing = p.fragments != observed.fragments
+        lines.append(f"routing: {'one reconfigure' if routing else 'unchanged'}")
+        empty = not (p.remove or routing or opening or closing) and all(
+            pp.action in (Action.NONE, Action.ERROR) for pp in p.peers
+        )
+        return {
+            "empty": empty,
+            "lines": lines,
+            "nodeId": answer.value.node_id,
+            "peers": [
+                {
+                    "nodeId": pp.node_id,
+                    "interface": pp.interface,
+                    "action": str(pp.action),
+                    "drift": list(pp.drift),
+                    "error": pp.error,
+                }
+                for pp in p.peers
+            ],
+            "remove": list(p.remove),
+            "withheld": list(p.withheld),
+            "system": {
+                "firewall": {"open": opening, "close": closing},
+                "routing": {"changed": routing, "fragments": sorted(p.fragments)},
+                "guard": p.guard.status_info(),
+            },
+        }
 
-    async def apply(
+    # ------------------------------------------------------------ apply phases
+
+    async def _remove(
         self,
         p: Plan,
         observed: Observed,
         tunnel: TunnelBackend,
-        firewall: FirewallBackend,
-        routing: RoutingBackend,
-    ) -> _Outcome:
-        out = _Outcome(records=dict(observed.records), applied=dict(observed.fragments))
+        out: Outcome,
+        ports: set[int],
+        fragments: dict[str, BabelInterfaceIntent],
+    ) -> None:
+        """Departed peers first (frees their names and ports)."""
         mesh = observed.mesh
-        ports = set(p.ports)
-        fragments = dict(p.fragments)
-
-        # 1. removals: departed peers (frees their names and ports)
         for name in p.remove:
             try:
                 if await tunnel.remove(name, owner=OWNER):
@@ -361,7 +356,16 @@ class MeshSync:
             if name not in mesh and name not in planned:
                 out.records.pop(name)  # gone from the system by other means
 
-        # 2. creates and in-place updates
+    async def _ensure_tunnels(
+        self,
+        p: Plan,
+        observed: Observed,
+        tunnel: TunnelBackend,
+        out: Outcome,
+        ports: set[int],
+        fragments: dict[str, BabelInterfaceIntent],
+    ) -> None:
+        """Creates and in-place updates."""
         failed_creates: list[DesiredPeer] = []
         for pp in p.peers:
             d = pp.desired
@@ -387,58 +391,70 @@ class MeshSync:
                     ", ".join(pp.drift),
                 )
             out.records[d.interface] = Record(node_id=d.node_id, digest=d.digest, endpoint=d.spec.endpoint)
-        if failed_creates:
-            # A create that failed before the link existed leaves nothing: no port, no Babel
-            # interface. One that failed later (an endpoint name that does not resolve yet)
-            # left a usable tunnel the peer may reach: it keeps its port and interface and,
-            # having no record, is ensured again next cycle.
-            try:
-                exists = set(await tunnel.list(owner=OWNER))
-            except Exception as exc:
-                self.ctx.log.error("mesh: cannot list tunnels after a failed create: {}", exc)
-                exists = set()
-            for d in failed_creates:
-                if d.interface not in exists:
-                    ports.discard(d.port)
-                    fragments.pop(d.interface, None)
+        if not failed_creates:
+            return
+        # A create that failed before the link existed leaves nothing: no port, no Babel
+        # interface. One that failed later (an endpoint name that does not resolve yet)
+        # left a usable tunnel the peer may reach: it keeps its port and interface and,
+        # having no record, is ensured again next cycle.
+        try:
+            exists = set(await tunnel.list(owner=OWNER))
+        except Exception as exc:
+            self.ctx.log.error("mesh: cannot list tunnels after a failed create: {}", exc)
+            exists = set()
+        for d in failed_creates:
+            if d.interface not in exists:
+                ports.discard(d.port)
+                fragments.pop(d.interface, None)
 
-        # 3. one firewall transaction, only when the open set differs
-        want_ports = frozenset(ports)
-        if want_ports != observed.ports:
-            try:
-                await firewall.sync(want_ports, owner=OWNER)
-                out.counts["firewallSyncs"] += 1
-            except Exception as exc:
-                self.ctx.log.error("mesh: firewall sync failed: {}", exc)
-                for pp in p.peers:
-                    d = pp.desired
-                    if d is not None and d.node_id not in out.failed and d.port not in observed.ports:
-                        out.failed[d.node_id] = f"firewall: port {d.port} not opened: {exc}"
+    async def _sync_ports(
+        self, p: Plan, observed: Observed, firewall: FirewallBackend, out: Outcome, want: frozenset[int]
+    ) -> None:
+        """One firewall transaction, only when the open set differs."""
+        if want == observed.ports:
+            return
+        try:
+            await firewall.sync(want, owner=OWNER)
+            out.counts["firewallSyncs"] += 1
+        except Exception as exc:
+            self.ctx.log.error("mesh: firewall sync failed: {}", exc)
+            for pp in p.peers:
+                d = pp.desired
+                if d is not None and d.node_id not in out.failed and d.port not in observed.ports:
+                    out.failed[d.node_id] = f"firewall: port {d.port} not opened: {exc}"
 
-        # 4. one declare, only when the Babel interface set differs
-        if _plain(fragments) != _plain(observed.fragments):
-            out.counts["declares"] += 1
-            try:
-                result = await routing.declare(OWNER, fragments)
-            except Exception as exc:
-                result = ApplyResult(ok=False, changed=False, error=f"{type(exc).__name__}: {exc}")
-            if result.ok:
-                out.applied = {k: dict(v) for k, v in fragments.items() if k not in result.rejected}
-            else:
-                self.ctx.log.error("mesh: routing not updated: {}", result.error)
-            by_iface = {pp.interface: pp.node_id for pp in p.peers if pp.interface}
-            for name, why in result.rejected.items():
-                if name in by_iface:
-                    out.failed.setdefault(by_iface[name], f"routing: {why}")
-            if not result.ok:
-                for name, node_id in by_iface.items():
-                    if _plain(fragments.get(name)) != _plain(observed.fragments.get(name)):
-                        out.failed.setdefault(node_id, f"routing: {result.error or 'apply failed'}")
-        return out
+    async def _declare(
+        self,
+        p: Plan,
+        observed: Observed,
+        routing: RoutingBackend,
+        out: Outcome,
+        fragments: dict[str, BabelInterfaceIntent],
+    ) -> None:
+        """One declare, only when the Babel interface set differs."""
+        if fragments == observed.fragments:
+            return
+        out.counts["declares"] += 1
+        try:
+            result = await routing.declare(OWNER, fragments)
+        except Exception as exc:
+            result = ApplyResult(ok=False, changed=False, error=f"{type(exc).__name__}: {exc}")
+        if result.ok:
+            out.applied = {k: v for k, v in fragments.items() if k not in result.rejected}
+        else:
+            self.ctx.log.error("mesh: routing not updated: {}", result.error)
+        by_iface = {pp.interface: pp.node_id for pp in p.peers if pp.interface}
+        for name, why in result.rejected.items():
+            if name in by_iface:
+                out.failed.setdefault(by_iface[name], f"routing: {why}")
+        if not result.ok:
+            for name, node_id in by_iface.items():
+                if fragments.get(name) != observed.fragments.get(name):
+                    out.failed.setdefault(node_id, f"routing: {result.error or 'apply failed'}")
 
     # ------------------------------------------------------------- reporting
 
-    def _statuses(self, p: Plan, outcome: _Outcome) -> dict[int, str]:
+    def _statuses(self, p: Plan, outcome: Outcome) -> dict[int, str]:
         statuses: dict[int, str] = {}
         live: dict[int, DesiredPeer] = {}
         self.peers = {}
@@ -466,7 +482,7 @@ class MeshSync:
         self._m_peers.labels(state="error").set(len(statuses) - configured)
         return statuses
 
-    async def report(self, answer: MeshAnswer, p: Plan, statuses: Mapping[int, str]) -> bool:
+    async def send_status(self, answer: MeshAnswer, p: Plan, statuses: Mapping[int, str]) -> bool:
         """``POST mesh/status`` when it changed or is due again; True when sent."""
         body: dict[str, Any] = {
             "node_id": self.ctx.node,
@@ -503,7 +519,7 @@ class MeshSync:
 
     @hookimpl
     def moenet_heartbeat_fields(self) -> dict[str, Any] | None:
-        if not self.enabled or self.public_key is None:
+        if not self.enabled() or self.public_key is None:
             return None
         return {"meshPublicKey": self.public_key}
 
@@ -534,10 +550,8 @@ class MeshSync:
         d = found[0]
 
         async def restart() -> Mapping[str, Any]:
-            from moenet_core.api import ApiError
-
             tunnel = self.ctx.backend("tunnel", TunnelBackend)
-            async with self._lock:
+            async with self.lock:
                 try:
                     written = await tunnel.ensure(d.spec)
                 except Exception as exc:
@@ -549,7 +563,6 @@ class MeshSync:
 
     @hookimpl
     def moenet_status_info(self) -> dict[str, Any]:
-        g = self.guard
         peers: dict[str, Any] = {}
         for node_id, info in sorted(self.peers.items()):
             m = self._latency.get(str(node_id))
@@ -559,31 +572,23 @@ class MeshSync:
                 "loss": m.loss if m is not None else None,
             }
         return {
-            "enabled": self.enabled,
+            "enabled": self.enabled(),
             "publicKey": self.public_key,
             "peers": peers,
-            "lastRun": self.last,
-            "guard": g.status_info() if g is not None else None,
-            "guardRefused": bool(g and g.refused),
+            **self.status_info(),
             "statusReportError": self.report_error,
             "linkLocal": link_local(self.last["nodeId"]) if self.last and self.last.get("nodeId") else None,
         }
 
 
-def _plain(value: Any) -> Any:
-    """Mappings to dicts, tuples to lists: compare fragment sets regardless of type."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-async def refresh_endpoints(tunnel: TunnelBackend, owner: str, log: Any) -> list[str]:
-    """Re-resolve this owner's host-name endpoints whose handshake is stale (once
-    per cycle); a failure is logged, never the cycle's."""
+def babel_from_json(value: Any) -> BabelInterfaceIntent | None:
+    """A saved Babel fragment: the intent's JSON form, or the previous version's
+    plain payload (no ``kind``); None when it is unusable (declared again)."""
     try:
-        return list(await tunnel.refresh_endpoints(owner=owner))
-    except Exception as exc:
-        log.warning("endpoint refresh failed: {}", exc)
-        return []
+        if isinstance(value, Mapping) and "kind" not in value:
+            intent = intent_from_legacy(BabelInterfaceIntent.kind, value)
+        else:
+            intent = intent_from_json(value)
+    except IntentError:
+        return None
+    return intent if isinstance(intent, BabelInterfaceIntent) else None

@@ -4,10 +4,12 @@ Hooks: the ``sessionSync`` task (:mod:`.task`), the ``metricCollector`` task
 (:mod:`.collector`: per-session BGP, routes, tunnel and RTT report, Prometheus
 series and the health verdict of :mod:`.health`), RTT targets and tiers
 (:mod:`.links`), ``/restart`` of a session's interface, the optional ``sessions`` config
-section (:mod:`.config`: guard limits, operator override, PSK directory), the
-``GET /plugins/sessions/plan`` API route and the ``moenet-agent plan`` command
-(:mod:`.cli`), which asks the running agent for that route: a plan needs the
-live backends (tunnel list, firewall set), which only the agent has built.
+section (:mod:`.config`: the tunnels' key, keepalive and link-local, read from the
+Go agent's ``wireguard`` keys too; guard limits, operator override, PSK directory;
+:mod:`.keys` publishes ``publicKeyPath`` at start), the
+``GET /plugins/sessions/plan`` API route of the core's reconciler base, which
+``moenet-agent plan sessions`` asks: a plan needs the live backends (tunnel list,
+firewall set), which only the agent has built.
 
 The pure modules the task calls:
 
@@ -29,33 +31,43 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moenet_core import ConfigSection, TaskSpec, hookimpl
-from moenet_core.descriptors import LinkLatency, RouteSpec
+from moenet_core import ConfigSection, LinkLatency, RouteSpec, TaskSpec, TunnelBackend, hookimpl, plan_route
 
 from .collector import TASK_NAME as COLLECTOR_TASK
 from .collector import MetricCollector
+from .config import SECTION as CONFIG_SECTION
 from .config import SessionsConfig
-from .task import TASK_NAME, SessionSync, SessionSyncError, live_task
+from .keys import ensure_private_key, write_public_key
+from .task import TASK_NAME, SessionSync, SessionSyncError
 
 if TYPE_CHECKING:
-    from moenet_core.cli import CommandRegistrar
+    from moenet_core import PluginContext
     from moenet_core.config import AgentConfig
-    from moenet_core.context import PluginContext
 
 __all__ = ["SECTION", "TASK_NAME", "SessionSync", "SessionSyncError", "SessionsConfig"]
 
-SECTION = "sessions"
+SECTION = CONFIG_SECTION.name
 
 
 @hookimpl
 def moenet_config_sections() -> list[ConfigSection]:
-    return [
-        ConfigSection(
-            name=SECTION,
-            type=SessionsConfig,
-            description="eBGP sessions: mass-removal guard, operator override, preshared-key directory",
-        )
-    ]
+    return [CONFIG_SECTION]
+
+
+@hookimpl
+def moenet_startup(ctx: PluginContext) -> None:
+    """With ``sessions.publicKeyPath`` set: the key exists and its public half is there."""
+    section = ctx.section if isinstance(ctx.section, SessionsConfig) else SessionsConfig()
+    if not section.public_key_path:
+        return
+    try:
+        if ensure_private_key(section.private_key_path):
+            ctx.log.warning("generated a new private key in {} (mode 0600)", section.private_key_path)
+        public = ctx.backend("tunnel", TunnelBackend).public_key(section.private_key_path)
+        if write_public_key(section.public_key_path, public):
+            ctx.log.info("wrote the session tunnels' public key to {}", section.public_key_path)
+    except Exception as exc:  # a start-up chore: the sessions still run
+        ctx.log.warning("cannot publish the public key in {}: {}", section.public_key_path, exc)
 
 
 @hookimpl
@@ -83,31 +95,15 @@ def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
     ]
 
 
-def _latest_latency(uuid: str) -> LinkLatency | None:
-    task = live_task()
-    return task.links.latest(uuid) if task is not None else None
-
-
 def make_collector(ctx: PluginContext) -> MetricCollector:
-    return MetricCollector(ctx, latency=_latest_latency)
+    def latest_latency(uuid: str) -> LinkLatency | None:
+        task = ctx.stash.get(TASK_NAME)  # the sessionSync task of the same agent
+        return task.links.latest(uuid) if isinstance(task, SessionSync) else None
+
+    return MetricCollector(ctx, latency=latest_latency)
 
 
 @hookimpl
 def moenet_api_routes(config: AgentConfig) -> list[RouteSpec]:
-    from .cli import plan_route
-
-    return [
-        RouteSpec(
-            method="GET",
-            path="/plan",
-            handler=plan_route,
-            description="what a sessionSync would change now (changes nothing)",
-        )
-    ]
-
-
-@hookimpl
-def moenet_cli_commands(register: CommandRegistrar) -> None:
-    from .cli import add_plan_command
-
-    add_plan_command(register)
+    """``GET /plugins/sessions/plan`` (``moenet-agent plan sessions``)."""
+    return [plan_route(TASK_NAME)]

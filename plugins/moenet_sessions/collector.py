@@ -67,16 +67,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from moenet_core.backends import ProtocolState, RoutingBackend, TunnelBackend, TunnelStats
-from moenet_core.descriptors import LinkLatency
-from moenet_core.errors import ControlPlaneError, MoenetError
-from moenet_core.models import SessionStatus
+from moenet_core import (
+    ControlPlaneError,
+    LinkLatency,
+    MoenetError,
+    ProtocolState,
+    RoutingBackend,
+    SessionStatus,
+    TunnelBackend,
+    TunnelStats,
+)
 
 from .health import (
     LATENCY_STALE_SECONDS,
@@ -94,7 +99,7 @@ from .store import SessionStore
 if TYPE_CHECKING:
     from prometheus_client import Gauge
 
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 __all__ = [
     "OWNER",
@@ -103,10 +108,10 @@ __all__ = [
     "TUNNEL_CONCURRENCY",
     "MetricCollector",
     "MetricCollectorError",
-    "live_collector",
 ]
 
 TASK_NAME = "metricCollector"
+_METRICS_KEY = "metricCollector.metrics"
 REPORT_RESOURCE = "report"
 OWNER = "sessions"
 TUNNEL_CONCURRENCY = 8
@@ -117,18 +122,6 @@ LatencyProvider = Callable[[str], LinkLatency | None]
 _SESSION = ("session", "asn", "interface")
 _FAMILY_SUFFIX = {"_v4": "ipv4", "_v6": "ipv6"}
 _ROUTE_DIRECTIONS = ("imported", "filtered", "exported")
-
-#: Live collectors (weakly), so sessionSync's ``/status`` hook can include their health.
-_LIVE: list[weakref.ref[MetricCollector]] = []
-
-
-def live_collector() -> MetricCollector | None:
-    """The most recently built collector still alive, or None."""
-    for ref in reversed(_LIVE):
-        collector = ref()
-        if collector is not None:
-            return collector
-    return None
 
 
 class MetricCollectorError(MoenetError):
@@ -145,13 +138,11 @@ class _Entry:
 
     @property
     def name(self) -> str:
-        name = self.configured.peer.get("name")
-        return name if isinstance(name, str) else ""
+        return self.configured.peer.name
 
     @property
     def asn(self) -> int | None:
-        asn = self.configured.peer.get("asn")
-        return asn if isinstance(asn, int) and not isinstance(asn, bool) else None
+        return self.configured.peer.asn
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -256,16 +247,12 @@ class _Metrics:
         )
 
 
-#: One metric set per registry and prefix: a rebuilt collector reuses the gauges
-#: instead of failing on a duplicate registration.
-_METRICS: weakref.WeakKeyDictionary[Any, dict[str, _Metrics]] = weakref.WeakKeyDictionary()
-
-
 def _metrics_for(ctx: PluginContext) -> _Metrics:
-    per_prefix = _METRICS.setdefault(ctx.metrics.registry, {})
-    found = per_prefix.get(ctx.metrics.prefix)
-    if found is None:
-        found = per_prefix[ctx.metrics.prefix] = _Metrics(ctx)
+    """One metric set per agent and plugin (kept in the plugin's stash): a rebuilt
+    collector reuses the gauges instead of failing on a duplicate registration."""
+    found = ctx.stash.get(_METRICS_KEY)
+    if not isinstance(found, _Metrics):
+        found = ctx.stash[_METRICS_KEY] = _Metrics(ctx)
     return found
 
 
@@ -340,8 +327,7 @@ class MetricCollector:
         self._health_at: int | None = None
         self._cp_problem: str | None = None
         self._routing_problem: str | None = None
-        _LIVE[:] = [r for r in _LIVE if r() is not None]
-        _LIVE.append(weakref.ref(self))
+        ctx.stash[TASK_NAME] = self  # the sessionSync task's /status reads the health
 
     # ---------------------------------------------------------------- facts
 

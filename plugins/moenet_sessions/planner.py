@@ -35,11 +35,18 @@ from typing import Any
 
 import attrs
 
-from moenet_core.backends import TunnelSpec, TunnelState, tunnel_drift
-from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate
-from moenet_core.models import SessionStatus
+from moenet_core import (
+    GuardPolicy,
+    GuardVerdict,
+    SessionStatus,
+    TunnelSpec,
+    TunnelState,
+    evaluate,
+    tunnel_drift,
+)
+from moenet_core.intents import EbgpPeerIntent
 
-from .desired import DesiredError, NodeSettings, build_desired
+from .desired import DesiredError, DesiredSession, NodeSettings, build_desired
 from .model import CONFIGURE_STATUSES, Invalid, Session
 from .records import ConfiguredSession, Previous, Report
 
@@ -90,7 +97,7 @@ class Observed:
 
     tunnels: Mapping[str, TunnelState] = attrs.field(factory=dict)
     ports: frozenset[int] = frozenset()
-    fragments: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    fragments: Mapping[str, EbgpPeerIntent] = attrs.field(factory=dict)
     protocols: Mapping[str, str] | None = None
 
 
@@ -111,7 +118,7 @@ class SessionPlan:
     remove_interfaces: tuple[str, ...] = ()
     """The agent's tunnels of this session to delete (removal, or a renamed interface)."""
     routing: RoutingAction = RoutingAction.NONE
-    peer: Mapping[str, Any] | None = None
+    peer: EbgpPeerIntent | None = None
     port: int | None = None
     drift: tuple[str, ...] = ()
     """Why anything is done, for logs and ``moenet-agent plan``."""
@@ -154,7 +161,7 @@ class Plan:
     """Everything one sync cycle would change."""
 
     sessions: tuple[SessionPlan, ...]
-    fragments: Mapping[str, Mapping[str, Any]]
+    fragments: Mapping[str, EbgpPeerIntent]
     """The complete ``sessions`` owner fragment set to declare (kept ones included)."""
     routing_changed: bool
     ports: frozenset[int]
@@ -268,78 +275,14 @@ def plan(
                 uuid, s.status, s.last_error, f"sessions[{uuid}]: {exc}", previous, observed
             )
             continue
-        rec = previous.configured.get(uuid)
-        name = d.tunnel.name
-        drift: list[str] = []
-        state = tunnels.get(name) if name not in removed_names else None
-        if state is None:
-            action = TunnelAction.CREATE
-            drift.append(f"tunnel {name} missing")
-        else:
-            drift += tunnel_drift(d.tunnel, state)
-            if rec is None:
-                if d.psk_digest:
-                    drift.append("preshared key not known to be applied")
-            else:
-                if rec.tunnel != d.tunnel:
-                    drift.append(
-                        "tunnel parameters changed: " + ", ".join(_spec_changes(rec.tunnel, d.tunnel))
-                    )
-                if rec.psk_digest != d.psk_digest:
-                    drift.append("preshared key changed")
-            action = TunnelAction.UPDATE if drift else TunnelAction.NONE
-        stale = tuple(n for n in owned(uuid) if n != name)
-        if stale:
-            drift.append(f"interface renamed: removing {', '.join(stale)}")
-        fragment = observed.fragments.get(uuid)
-        if fragment is None:
-            routing = RoutingAction.REPLACE
-            drift.append("routing fragment missing")
-        elif dict(fragment) != dict(d.peer):
-            routing = RoutingAction.REPLACE
-            drift.append("routing fragment differs")
-        else:
-            routing = RoutingAction.KEEP
-        if d.port is not None and d.port not in observed.ports:
-            drift.append(f"port {d.port} not open")
-        if (
-            observed.protocols is not None
-            and fragment is not None
-            and routing is RoutingAction.KEEP
-            and uuid not in observed.protocols
-        ):
-            drift.append("no BGP protocol in the routing daemon (informative)")
-        success = Report(uuid=uuid, status=SessionStatus.ACTIVE)
-        m = memo(uuid)
-        setup = s.status is SessionStatus.QUEUED_FOR_SETUP
-        items[uuid] = SessionPlan(
-            uuid=uuid,
-            kind=Kind.CONFIGURE,
-            status=s.status,
-            interface=name,
-            tunnel=action,
-            spec=d.tunnel if action is not TunnelAction.NONE else None,
-            preshared_key=d.preshared_key if action is not TunnelAction.NONE else None,
-            remove_interfaces=stale,
-            routing=routing,
-            peer=d.peer,
-            port=d.port,
-            drift=tuple(drift),
-            report_on_success=success if report_needed(success, s.status, s.last_error, **m) else None,
-            report_on_failure=SessionStatus.SETUP_FAILED if setup else SessionStatus.ERROR,
-            rollback_on_failure=setup and rec is None,
-            configured=ConfiguredSession(
-                interface=name, tunnel=d.tunnel, peer=d.peer, port=d.port, psk_digest=d.psk_digest
-            ),
-            cp_error=s.last_error,
-            **m,
-        )
+        stale = tuple(n for n in owned(uuid) if n != d.tunnel.name)
+        items[uuid] = _configure(s, d, previous, observed, removed_names, stale, memo(uuid))
     for uuid, i in bad.items():
         if uuid not in items:
             items[uuid] = _invalid(uuid, i.status, i.last_error, i.reason, previous, observed)
 
     # 3. the complete fragment and port sets
-    fragments: dict[str, Mapping[str, Any]] = {}
+    fragments: dict[str, EbgpPeerIntent] = {}
     ports: set[int] = set()
     for uuid, p in items.items():
         if p.kind is Kind.REMOVE:
@@ -352,13 +295,89 @@ def plan(
     return Plan(
         sessions=ordered,
         fragments=fragments,
-        routing_changed={u: dict(f) for u, f in fragments.items()}
-        != {u: dict(f) for u, f in observed.fragments.items()},
+        routing_changed=fragments != dict(observed.fragments),
         ports=frozenset(ports),
         firewall_changed=frozenset(ports) != observed.ports,
         guard=verdict,
         seen=seen,
         unreportable=unreportable,
+    )
+
+
+def _configure(
+    s: Session,
+    d: DesiredSession,
+    previous: Previous,
+    observed: Observed,
+    removed_names: Collection[str],
+    stale: tuple[str, ...],
+    memo: dict[str, Any],
+) -> SessionPlan:
+    """Create, repair in place or keep one valid session; ``stale`` are its old
+    interfaces under another name (removed), ``removed_names`` tunnels other
+    sessions' removals free this cycle."""
+    uuid = s.uuid
+    rec = previous.configured.get(uuid)
+    name = d.tunnel.name
+    drift: list[str] = []
+    state = observed.tunnels.get(name) if name not in removed_names else None
+    if state is None:
+        action = TunnelAction.CREATE
+        drift.append(f"tunnel {name} missing")
+    else:
+        drift += tunnel_drift(d.tunnel, state)
+        if rec is None:
+            if d.psk_digest:
+                drift.append("preshared key not known to be applied")
+        else:
+            if rec.tunnel != d.tunnel:
+                drift.append("tunnel parameters changed: " + ", ".join(_spec_changes(rec.tunnel, d.tunnel)))
+            if rec.psk_digest != d.psk_digest:
+                drift.append("preshared key changed")
+        action = TunnelAction.UPDATE if drift else TunnelAction.NONE
+    if stale:
+        drift.append(f"interface renamed: removing {', '.join(stale)}")
+    fragment = observed.fragments.get(uuid)
+    if fragment is None:
+        routing = RoutingAction.REPLACE
+        drift.append("routing fragment missing")
+    elif fragment != d.peer:
+        routing = RoutingAction.REPLACE
+        drift.append("routing fragment differs")
+    else:
+        routing = RoutingAction.KEEP
+    if d.port is not None and d.port not in observed.ports:
+        drift.append(f"port {d.port} not open")
+    if (
+        observed.protocols is not None
+        and fragment is not None
+        and routing is RoutingAction.KEEP
+        and uuid not in observed.protocols
+    ):
+        drift.append("no BGP protocol in the routing daemon (informative)")
+    success = Report(uuid=uuid, status=SessionStatus.ACTIVE)
+    setup = s.status is SessionStatus.QUEUED_FOR_SETUP
+    return SessionPlan(
+        uuid=uuid,
+        kind=Kind.CONFIGURE,
+        status=s.status,
+        interface=name,
+        tunnel=action,
+        spec=d.tunnel if action is not TunnelAction.NONE else None,
+        preshared_key=d.preshared_key if action is not TunnelAction.NONE else None,
+        remove_interfaces=stale,
+        routing=routing,
+        peer=d.peer,
+        port=d.port,
+        drift=tuple(drift),
+        report_on_success=success if report_needed(success, s.status, s.last_error, **memo) else None,
+        report_on_failure=SessionStatus.SETUP_FAILED if setup else SessionStatus.ERROR,
+        rollback_on_failure=setup and rec is None,
+        configured=ConfiguredSession(
+            interface=name, tunnel=d.tunnel, peer=d.peer, port=d.port, psk_digest=d.psk_digest
+        ),
+        cp_error=s.last_error,
+        **memo,
     )
 
 

@@ -1,6 +1,8 @@
 """The ``sessionSync`` task: make the node's eBGP sessions match the control plane.
 
-One cycle (DESIGN.md §4, issue 5):
+A :class:`~moenet_core.reconcile.Reconciler`: the core runs the cycle (fetch with the
+last valid answer, lock, guard logging, ``moenet_sync_completed``, how a failed cycle
+ends); this module supplies its steps. One cycle (DESIGN.md §4):
 
 1. **Fetch** ``sessions``. An unreachable CP is not "no sessions": the persisted
    last valid answer is served instead (the node keeps running, drift is still
@@ -37,38 +39,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from moenet_core import hookimpl
-from moenet_core.backends import (
+from moenet_core import (
+    Answer,
+    ApiError,
     ApplyResult,
+    ControlPlaneError,
+    ControlPlaneUnavailable,
+    EbgpPeerIntent,
     FirewallBackend,
+    GuardPolicy,
+    LinkLatency,
+    LinkTarget,
+    MoenetError,
+    Reconciler,
+    RestartAction,
     RoutingBackend,
+    SessionStatus,
+    SessionStatusEvent,
     TunnelBackend,
+    atomic_write,
+    hookimpl,
 )
-from moenet_core.descriptors import LinkLatency, LinkTarget, RestartAction, SessionStatusEvent
-from moenet_core.errors import ControlPlaneError, ControlPlaneUnavailable, MoenetError
-from moenet_core.guard import GuardPolicy, GuardVerdict
-from moenet_core.models import SessionStatus
-from moenet_core.state import atomic_write
 
-from .collector import live_collector
+from .collector import TASK_NAME as COLLECTOR_TASK
 from .config import SessionsConfig
 from .desired import NodeSettings
 from .links import LinkBook
 from .model import Invalid, Session, SessionsPayloadError, parse_sessions
 from .planner import Kind, Observed, Plan, SessionPlan, TunnelAction, next_previous, plan, with_intent
-from .records import ConfiguredSession, Previous, Report
+from .records import ConfiguredSession, Previous, Report, peer_from_json, peer_to_json
 from .store import Outbox, SessionStore
 
 if TYPE_CHECKING:
-    from moenet_core.context import PluginContext
+    from moenet_core import PluginContext
 
 __all__ = ["APPLIED_FILE", "RESOURCE", "TASK_NAME", "SessionSync", "SessionSyncError"]
 
@@ -79,61 +88,57 @@ APPLIED_FILE = "applied.json"
 #: Longest wait between repeats of a report the CP accepted but contradicts.
 REPEAT_MAX_SECONDS = 3600.0
 
-#: Live task instances (weakly), for the ``/plugins/sessions/plan`` route: a route
-#: handler gets only the request, and the plugin is a module shared by every agent
-#: in the process; the newest live instance is the running agent's.
-_LIVE: list[weakref.ref[SessionSync]] = []
-
-
-def live_task() -> SessionSync | None:
-    """The most recently built task still alive, or None."""
-    for ref in reversed(_LIVE):
-        task = ref()
-        if task is not None:
-            return task
-    return None
+Parsed = tuple[list[Session], list[Invalid]]
 
 
 class SessionSyncError(MoenetError):
     """A sync cycle could not do its job (the reason says what was kept)."""
 
 
-class _Answer:
-    """The answer a cycle works on and where it came from."""
+@attrs.frozen(kw_only=True)
+class Now:
+    """What a cycle observed: the system, and the agent's memory of it."""
 
-    def __init__(self, raw: Any, source: str, problem: str | None = None, fatal: bool = False) -> None:
-        self.raw = raw
-        self.source = source
-        self.problem = problem
-        self.fatal = fatal
-        self.parsed: tuple[list[Session], list[Invalid]] | None = None
-
-    def sessions(self) -> tuple[list[Session], list[Invalid]]:
-        """The parsed answer (parsed once; the CP's was already parsed to validate it)."""
-        if self.parsed is None:
-            self.parsed = parse_sessions(self.raw)
-        return self.parsed
+    observed: Observed
+    previous: Previous
 
 
-class SessionSync:
+@attrs.define(kw_only=True)
+class Outcome:
+    """What an apply did; the phases fill it in turn."""
+
+    intent: Previous
+    """The memory persisted before the apply (with every session about to be built)."""
+    failed: dict[str, str] = attrs.field(factory=dict)
+    """uuid -> why its apply failed."""
+    applied: dict[str, EbgpPeerIntent] = attrs.field(factory=dict)
+    """The fragment set the routing backend accepted (the next cycle's truth)."""
+    declared: dict[str, EbgpPeerIntent] = attrs.field(factory=dict)
+    """The fragment set last handed to the routing backend."""
+    open_ports: frozenset[int] = frozenset()
+    counts: dict[str, int] = attrs.field(
+        factory=lambda: {"tunnelWrites": 0, "firewallSyncs": 0, "declares": 0, "endpointsRefreshed": 0}
+    )
+
+
+class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
     """The reconciler (see the module doc)."""
 
+    task_name = TASK_NAME
+    resource = RESOURCE
+    payload_errors = (SessionsPayloadError,)
+    error = SessionSyncError
+    allow_removal_key = "sessions.allowRemoval"
+
     def __init__(self, ctx: PluginContext) -> None:
-        self.ctx = ctx
         self._store: SessionStore | None = None
         self._outbox: Outbox | None = None
         self._statuses: dict[str, SessionStatus] | None = None
-        self.guard: GuardVerdict | None = None
-        self.last: dict[str, Any] | None = None
         self.links = LinkBook(ctx.state)
         self._configured: Mapping[str, ConfiguredSession] | None = None
         self._accepted: dict[str, tuple[Report, int, float]] = {}
         """uuid -> (the report the CP last accepted, times repeated since, not before)."""
-        self._lock = asyncio.Lock()
-        """Held by a cycle and by ``/restart``: both write the same tunnels."""
-        ctx.register_hooks(self)
-        _LIVE[:] = [r for r in _LIVE if r() is not None]
-        _LIVE.append(weakref.ref(self))
+        super().__init__(ctx)
 
     # ----------------------------------------------------------- plumbing
 
@@ -157,182 +162,156 @@ class SessionSync:
         return self._outbox
 
     def settings(self) -> NodeSettings:
-        return NodeSettings.from_config(self.ctx.config, psk_dir=self.section.psk_dir or None)
+        return NodeSettings.from_config(self.ctx.config, self.section)
 
-    def policy(self) -> GuardPolicy:
-        return GuardPolicy(max_share=self.section.guard_max_share, min_count=self.section.guard_min_count)
+    def _backends(self) -> tuple[TunnelBackend, FirewallBackend, RoutingBackend]:
+        return (
+            self.ctx.backend("tunnel", TunnelBackend),
+            self.ctx.backend("firewall", FirewallBackend),
+            self.ctx.backend("routing", RoutingBackend),
+        )
 
-    def load_applied(self, previous: Previous) -> dict[str, Mapping[str, Any]]:
+    def load_applied(self, previous: Previous) -> dict[str, EbgpPeerIntent]:
         """The fragments the routing backend accepted last (see the module doc).
 
         Without the file (first run after an upgrade), the configured records'
         fragments stand in: they were recorded only after a successful apply.
         """
-        raw = self.ctx.state.read_json(APPLIED_FILE)
-        if raw is None:
+        doc = self.ctx.state.load_document(APPLIED_FILE)
+        if doc is None:
             return {u: rec.peer for u, rec in previous.configured.items()}
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("fragments"), Mapping):
+        if not isinstance(doc.get("fragments"), Mapping):
             raise SessionSyncError(f"{self.ctx.state.path(APPLIED_FILE)}: not a saved fragment set")
-        return {str(k): dict(v) for k, v in raw["fragments"].items() if isinstance(v, Mapping)}
-
-    def save_applied(self, fragments: Mapping[str, Mapping[str, Any]]) -> None:
-        doc = {"version": 1, "fragments": {k: dict(v) for k, v in sorted(fragments.items())}}
-        if self.ctx.state.read_json(APPLIED_FILE) != doc:
-            self.ctx.state.write_json(APPLIED_FILE, doc)
-
-    async def fetch_answer(self, *, persist: bool) -> _Answer:
-        """The CP's answer, or the saved one when the CP cannot give a usable one."""
-        problem: str
-        fatal = False
-        try:
-            raw = await self.ctx.cp.fetch(RESOURCE)
-        except ControlPlaneUnavailable as exc:
-            problem = f"control plane unreachable for {RESOURCE}: {exc}"
-        except ControlPlaneError as exc:
-            problem, fatal = f"control plane refused {RESOURCE}: {exc}", True
-        else:
+        out: dict[str, EbgpPeerIntent] = {}
+        for key, value in doc["fragments"].items():
             try:
-                parsed = parse_sessions(raw)
-            except SessionsPayloadError as exc:
-                problem, fatal = f"invalid {RESOURCE} answer from the control plane: {exc}", True
-            else:
-                if persist:
-                    self.store.save_answer(raw)
-                answer = _Answer(raw, "controlPlane")
-                answer.parsed = parsed
-                return answer
-        saved = self.store.load_answer()
-        if saved is None:
-            raise SessionSyncError(f"{problem}; no saved answer to serve, nothing changed")
-        return _Answer(saved, "saved", f"{problem}; serving the last valid answer", fatal)
+                out[str(key)] = peer_from_json(value)
+            except MoenetError as exc:
+                raise SessionSyncError(f"{self.ctx.state.path(APPLIED_FILE)}: {key}: {exc}") from None
+        return out
 
-    async def observe(self, tunnel: TunnelBackend, firewall: FirewallBackend, previous: Previous) -> Observed:
-        return Observed(
+    def save_applied(self, fragments: Mapping[str, EbgpPeerIntent]) -> None:
+        self.ctx.state.save_document(
+            APPLIED_FILE, {"fragments": {k: peer_to_json(v) for k, v in sorted(fragments.items())}}
+        )
+
+    # ------------------------------------------------------- the cycle's steps
+
+    def parse(self, raw: Any) -> Parsed:
+        return parse_sessions(raw)
+
+    def save_answer(self, raw: Any) -> None:
+        self.store.save_answer(raw)
+
+    def load_answer(self) -> Any | None:
+        return self.store.load_answer()
+
+    async def without_answer(self, problem: str) -> str:
+        await self.deliver()  # queued reports still go out when the CP is back
+        return "nothing changed"
+
+    async def observe(self, desired: Parsed) -> Now:
+        tunnel, firewall, _ = self._backends()
+        previous = self.store.load_previous()
+        if self._statuses is None:
+            self._statuses = {u: r.status for u, r in previous.reported.items() if not r.removed}
+        observed = Observed(
             tunnels=dict(await tunnel.list(owner=OWNER)),
             ports=frozenset(await firewall.list_ports(owner=OWNER)),
             fragments=self.load_applied(previous),
         )
+        return Now(observed=observed, previous=previous)
 
-    def make_plan(
-        self, sessions: list[Session], invalid: list[Invalid], observed: Observed, previous: Previous
-    ) -> Plan:
+    def plan(self, answer: Answer[Parsed], observed: Now) -> Plan:
+        sessions, invalid = answer.value
         return plan(
             sessions,
             invalid,
-            observed,
-            previous,
+            observed.observed,
+            observed.previous,
             settings=self.settings(),
-            guard=self.policy(),
+            guard=GuardPolicy(max_share=self.section.guard_max_share, min_count=self.section.guard_min_count),
             override=self.section.allow_removal or None,
             latency=self.links.tiers(),
         )
 
-    # ------------------------------------------------------------ the cycle
+    def verdict(self, plan: Plan) -> Any:
+        return plan.guard
 
-    async def run_once(self) -> dict[str, Any]:
-        async with self._lock:
-            return await self._cycle()
-
-    async def _cycle(self) -> dict[str, Any]:
-        started = time.monotonic()
-        tunnel = self.ctx.backend("tunnel", TunnelBackend)
-        firewall = self.ctx.backend("firewall", FirewallBackend)
-        routing = self.ctx.backend("routing", RoutingBackend)
-        try:
-            answer = await self.fetch_answer(persist=True)
-        except SessionSyncError:
-            await self.deliver()  # queued reports still go out when the CP is back
-            raise
-        sessions, invalid = answer.sessions()
-        for i in invalid:
-            if i.uuid is None:
-                self.ctx.log.warning("sessions: unreportable invalid session: {}", i.reason)
-        previous = self.store.load_previous()
-        if self._statuses is None:
-            self._statuses = {u: r.status for u, r in previous.reported.items() if not r.removed}
-        observed = await self.observe(tunnel, firewall, previous)
-        p = self.make_plan(sessions, invalid, observed, previous)
-        self._note_guard(p.guard)
-        intent = with_intent(previous, p)
+    async def apply(self, plan: Plan, observed: Now) -> Outcome:
+        """Apply in phases (see the module doc); every failure lands in ``failed``."""
+        tunnel, firewall, routing = self._backends()
+        for reason in plan.unreportable:
+            self.ctx.log.warning("sessions: unreportable invalid session: {}", reason)
+        intent = with_intent(observed.previous, plan)
         self.store.save_previous(intent)
-
-        failed, applied, counts = await self.apply(p, observed, tunnel, firewall, routing)
+        fragments = dict(observed.observed.fragments)
+        out = Outcome(
+            intent=intent, applied=fragments, declared=dict(fragments), open_ports=observed.observed.ports
+        )
+        await self._remove(plan, tunnel, out)
+        await self._ensure_tunnels(plan, tunnel, out)
+        out.open_ports = await self._sync_ports(plan, firewall, out, out.open_ports)
+        await self._declare_routing(plan, observed.observed, routing, out)
+        await self._rollback(plan, tunnel, firewall, out)
         try:
             # Host-name endpoints whose handshake went stale: resolve again (once per cycle).
-            counts["endpointsRefreshed"] = len(await tunnel.refresh_endpoints(owner=OWNER))
+            out.counts["endpointsRefreshed"] = len(await tunnel.refresh_endpoints(owner=OWNER))
         except Exception as exc:
             self.ctx.log.warning("endpoint refresh failed: {}", exc)
+        return out
 
-        self.note_seen(p.seen)
-        reports, held = self.pace(self.outcome(p, failed, {s.uuid: s for s in sessions}))
+    async def report(self, answer: Answer[Parsed], plan: Plan, outcome: Outcome) -> dict[str, Any]:
+        sessions, invalid = answer.value
+        self.note_seen(plan.seen)
+        reports, held = self.pace(self.outcome(plan, outcome.failed, {s.uuid: s for s in sessions}))
         for r in reports:
             self.outbox.put(r)
-        after = next_previous(intent, p, failed=failed, sent=reports)
+        after = next_previous(outcome.intent, plan, failed=outcome.failed, sent=reports)
         if held:
             # Forget what the CP showed, so the next cycles reconsider the held report.
             after = attrs.evolve(after, seen={u: v for u, v in after.seen.items() if u not in held})
         self.store.save_previous(after)
         self._configured = after.configured
         self.links.forget(after.configured)
-        self.save_applied(applied)
+        self.save_applied(outcome.applied)
         delivered = await self.deliver()
-        summary = {
-            "answer": answer.source,
+        return {
             "sessions": len(sessions) + len(invalid),
-            "changed": {u: list(s.drift) for u, s in ((s.uuid, s) for s in p.sessions) if s.changes},
-            "failed": dict(failed),
+            "changed": {s.uuid: list(s.drift) for s in plan.sessions if s.changes},
+            "failed": dict(outcome.failed),
             "reports": len(reports),
             "delivered": delivered,
             "outbox": len(self.outbox),
-            "guard": p.guard.status_info() if p.guard.refused or p.guard.overridden else None,
-            **counts,
-            "seconds": round(time.monotonic() - started, 4),
+            "guard": plan.guard.status_info() if plan.guard.refused or plan.guard.overridden else None,
+            **outcome.counts,
         }
-        self.last = {**summary, "problem": answer.problem}
-        if answer.problem is not None:
-            if answer.fatal:
-                raise SessionSyncError(answer.problem)
-            self.ctx.log.warning("{}", answer.problem)
-            summary["problem"] = answer.problem
-        return summary
 
-    def _note_guard(self, verdict: GuardVerdict) -> None:
-        if verdict.newly_refused(self.guard):
-            self.ctx.log.error(
-                "sessions guard: {} (allow with sessions.allowRemoval: {})", verdict.reason, verdict.digest
-            )
-        self.guard = verdict
+    def changes(self, summary: Mapping[str, Any]) -> int:
+        return sum(int(summary.get(k, 0)) for k in ("tunnelWrites", "firewallSyncs", "declares"))
 
-    # -------------------------------------------------------------- applying
+    def plan_json(self, answer: Answer[Parsed], plan: Plan, observed: Now) -> dict[str, Any]:
+        return plan_json(plan, observed.observed)
 
-    async def apply(
-        self,
-        p: Plan,
-        observed: Observed,
-        tunnel: TunnelBackend,
-        firewall: FirewallBackend,
-        routing: RoutingBackend,
-    ) -> tuple[dict[str, str], dict[str, Mapping[str, Any]], dict[str, int]]:
-        """Apply ``p``; returns (failed uuid -> error, the applied fragment set, counters)."""
-        failed: dict[str, str] = {}
-        counts = {"tunnelWrites": 0, "firewallSyncs": 0, "declares": 0}
-        plans = {s.uuid: s for s in p.sessions}
+    # ------------------------------------------------------------ apply phases
 
-        # 1. removals (a removed tunnel frees its name and port for a successor)
+    async def _remove(self, p: Plan, tunnel: TunnelBackend, out: Outcome) -> None:
+        """Removals first: a removed tunnel frees its name and port for a successor."""
         for s in p.sessions:
             for name in s.remove_interfaces:
                 try:
                     await tunnel.remove(name, owner=OWNER)
-                    counts["tunnelWrites"] += 1
+                    out.counts["tunnelWrites"] += 1
                     self._drop_psk(name)
                 except Exception as exc:
-                    failed[s.uuid] = f"removing tunnel {name}: {exc}"
+                    out.failed[s.uuid] = f"removing tunnel {name}: {exc}"
                     self.ctx.log.error("session {}: removing tunnel {} failed: {}", s.uuid, name, exc)
 
-        # 2. tunnel creates and updates
+    async def _ensure_tunnels(self, p: Plan, tunnel: TunnelBackend, out: Outcome) -> None:
+        """Creates and in-place updates (the preshared key file written 0600 first)."""
         for s in p.sessions:
             if (
-                s.uuid in failed
+                s.uuid in out.failed
                 or s.spec is None
                 or s.tunnel not in (TunnelAction.CREATE, TunnelAction.UPDATE)
             ):
@@ -343,78 +322,93 @@ class SessionSync:
                     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                     atomic_write(path, (s.preshared_key + "\n").encode("ascii"), mode=0o600)
                 await tunnel.ensure(s.spec)
-                counts["tunnelWrites"] += 1
+                out.counts["tunnelWrites"] += 1
             except Exception as exc:
-                failed[s.uuid] = f"tunnel {s.spec.name}: {exc}"
+                out.failed[s.uuid] = f"tunnel {s.spec.name}: {exc}"
                 self.ctx.log.error("session {}: tunnel {} failed: {}", s.uuid, s.spec.name, exc)
 
-        def rolled_back() -> set[str]:
-            return {u for u in failed if plans[u].rollback_on_failure}
+    @staticmethod
+    def _rolled_back(p: Plan, out: Outcome) -> set[str]:
+        """Failed setups: they must leave nothing behind."""
+        plans = {s.uuid: s for s in p.sessions}
+        return {u for u in out.failed if plans[u].rollback_on_failure}
 
-        # 3. the firewall, with the full port set (rolled-back sessions' ports closed)
-        async def sync_ports(have: frozenset[int]) -> frozenset[int]:
-            drop = {plans[u].port for u in rolled_back()} - {
-                s.port for s in p.sessions if s.uuid not in rolled_back() and s.kind is not Kind.REMOVE
-            }
-            ports = frozenset(q for q in p.ports if q not in drop)
-            if ports == have:
-                return have
-            try:
-                await firewall.sync(ports, owner=OWNER)
-                counts["firewallSyncs"] += 1
-                return ports
-            except Exception as exc:
-                for s in p.sessions:
-                    if s.kind is Kind.CONFIGURE and s.port is not None and s.port not in have:
-                        failed.setdefault(s.uuid, f"firewall: {exc}")
-                self.ctx.log.error("firewall sync failed: {}", exc)
-                return have
+    async def _sync_ports(
+        self, p: Plan, firewall: FirewallBackend, out: Outcome, have: frozenset[int]
+    ) -> frozenset[int]:
+        """One firewall transaction with the full port set (rolled-back sessions'
+        ports closed), only when it differs from ``have``; returns the open set."""
+        rolled_back = self._rolled_back(p, out)
+        plans = {s.uuid: s for s in p.sessions}
+        drop = {plans[u].port for u in rolled_back} - {
+            s.port for s in p.sessions if s.uuid not in rolled_back and s.kind is not Kind.REMOVE
+        }
+        ports = frozenset(q for q in p.ports if q not in drop)
+        if ports == have:
+            return have
+        try:
+            await firewall.sync(ports, owner=OWNER)
+        except Exception as exc:
+            for s in p.sessions:
+                if s.kind is Kind.CONFIGURE and s.port is not None and s.port not in have:
+                    out.failed.setdefault(s.uuid, f"firewall: {exc}")
+            self.ctx.log.error("firewall sync failed: {}", exc)
+            return have
+        out.counts["firewallSyncs"] += 1
+        return ports
 
-        open_ports = await sync_ports(observed.ports)
+    async def _declare(self, p: Plan, routing: RoutingBackend, out: Outcome) -> ApplyResult | None:
+        """ONE declare of every fragment but the rolled-back ones, only when the set
+        differs from the one last handed over."""
+        rolled_back = self._rolled_back(p, out)
+        fragments = {u: f for u, f in p.fragments.items() if u not in rolled_back}
+        if fragments == out.declared:
+            return None
+        out.declared = fragments
+        result = await routing.declare(OWNER, fragments)
+        out.counts["declares"] += 1
+        if result.ok:
+            out.applied = {u: f for u, f in fragments.items() if u not in result.rejected}
+        return result
 
-        # 4. ONE declare of every fragment (only when the set differs from the applied one)
-        applied: dict[str, Mapping[str, Any]] = dict(observed.fragments)
-        declared: Any = _plain(applied)
+    async def _declare_routing(
+        self, p: Plan, observed: Observed, routing: RoutingBackend, out: Outcome
+    ) -> None:
+        result = await self._declare(p, routing, out)
+        if result is None:
+            return
+        routing_failed = self._fail_routing(p, result, observed, out.failed)
+        out.failed.update(routing_failed)
+        if not self._rolled_back(p, out) & set(p.fragments):
+            return
+        # A failed setup leaves nothing behind: the backend must not keep its fragment
+        # either (an apply without it renders what is live: no reconfigure).
+        again = await self._declare(p, routing, out)
+        if again is None:
+            return
+        plans = {s.uuid: s for s in p.sessions}
+        for u in routing_failed:
+            if not plans[u].rollback_on_failure:
+                del out.failed[u]
+        out.failed.update(self._fail_routing(p, again, observed, out.failed))
 
-        async def declare() -> ApplyResult | None:
-            nonlocal applied, declared
-            fragments = {u: f for u, f in p.fragments.items() if u not in rolled_back()}
-            if _plain(fragments) == declared:
-                return None
-            declared = _plain(fragments)
-            result = await routing.declare(OWNER, fragments)
-            counts["declares"] += 1
-            if result.ok:
-                applied = {u: f for u, f in fragments.items() if u not in result.rejected}
-            return result
-
-        result = await declare()
-        if result is not None:
-            routing_failed = self._fail_routing(p, result, observed, failed)
-            failed.update(routing_failed)
-            if rolled_back() & set(p.fragments):
-                # A failed setup leaves nothing behind: the backend must not keep its
-                # fragment either (an apply without it renders what is live: no reconfigure).
-                again = await declare()
-                if again is not None:
-                    for u in routing_failed:
-                        if not plans[u].rollback_on_failure:
-                            del failed[u]
-                    failed.update(self._fail_routing(p, again, observed, failed))
-
-        # 5. roll back what a failed setup created
-        for u in sorted(rolled_back()):
+    async def _rollback(
+        self, p: Plan, tunnel: TunnelBackend, firewall: FirewallBackend, out: Outcome
+    ) -> None:
+        """Remove what a failed setup created, and close its port."""
+        rolled_back = self._rolled_back(p, out)
+        plans = {s.uuid: s for s in p.sessions}
+        for u in sorted(rolled_back):
             iface = plans[u].interface
             if iface and plans[u].tunnel in (TunnelAction.CREATE, TunnelAction.UPDATE):
                 try:
                     if await tunnel.remove(iface, owner=OWNER):
-                        counts["tunnelWrites"] += 1
+                        out.counts["tunnelWrites"] += 1
                     self._drop_psk(iface)
                 except Exception as exc:
                     self.ctx.log.error("session {}: rolling back tunnel {} failed: {}", u, iface, exc)
-        if rolled_back():
-            await sync_ports(open_ports)
-        return failed, applied, counts
+        if rolled_back:
+            out.open_ports = await self._sync_ports(p, firewall, out, out.open_ports)
 
     @staticmethod
     def _fail_routing(
@@ -429,8 +423,7 @@ class SessionSync:
                 out[s.uuid] = f"routing: {result.rejected[s.uuid]}"
             elif not result.ok:
                 live = observed.fragments.get(s.uuid)
-                wanted = p.fragments.get(s.uuid)
-                if (s.kind is Kind.CONFIGURE and _plain(live) != _plain(wanted)) or (
+                if (s.kind is Kind.CONFIGURE and live != p.fragments.get(s.uuid)) or (
                     s.kind is Kind.REMOVE and live is not None
                 ):
                     out[s.uuid] = f"routing: {result.error or 'apply failed'}"
@@ -586,20 +579,6 @@ class SessionSync:
                 self.store.save_previous(attrs.evolve(previous, seen=seen))
         return sent
 
-    # --------------------------------------------------------------- preview
-
-    async def preview(self) -> dict[str, Any]:
-        """What a sync would change now, per session and per system; changes nothing
-        (no answer persisted, no backend write)."""
-        tunnel = self.ctx.backend("tunnel", TunnelBackend)
-        firewall = self.ctx.backend("firewall", FirewallBackend)
-        answer = await self.fetch_answer(persist=False)
-        sessions, invalid = answer.sessions()
-        previous = self.store.load_previous()
-        observed = await self.observe(tunnel, firewall, previous)
-        p = self.make_plan(sessions, invalid, observed, previous)
-        return plan_json(p, observed, answer.source, answer.problem)
-
     # ------------------------------------------------------------------ hooks
 
     def configured(self) -> Mapping[str, ConfiguredSession]:
@@ -638,11 +617,9 @@ class SessionSync:
     async def restart(self, uuid: str, configured: ConfiguredSession) -> dict[str, Any]:
         """``/restart``: re-apply the session's tunnel as recorded, then restart its
         BGP protocols (a fresh session with the peer, as ``birdc restart`` does)."""
-        from moenet_core.api import ApiError
-
         tunnel = self.ctx.backend("tunnel", TunnelBackend)
         routing = self.ctx.backend("routing", RoutingBackend)
-        async with self._lock:
+        async with self.lock:
             try:
                 written = await tunnel.ensure(configured.tunnel)
             except Exception as exc:
@@ -673,13 +650,10 @@ class SessionSync:
 
     @hookimpl
     def moenet_status_info(self) -> dict[str, Any]:
-        g = self.guard
-        collector = live_collector()
+        collector = self.ctx.stash.get(COLLECTOR_TASK)
         return {
-            "guard": g.status_info() if g is not None else None,
-            "guardRefused": bool(g and g.refused),
+            **self.status_info(),
             "outbox": len(self._outbox) if self._outbox is not None else None,
-            "lastRun": self.last,
             "health": collector.health_info() if collector is not None else None,
             "metrics": collector.last if collector is not None else None,
         }
@@ -691,25 +665,15 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _plain(value: Any) -> Any:
-    """Mappings to dicts, for comparing fragment sets regardless of mapping type."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _report_json(report: Report | None) -> dict[str, Any] | None:
     return report.to_json() if report is not None else None
 
 
-def plan_json(p: Plan, observed: Observed, source: str, problem: str | None) -> dict[str, Any]:
+def plan_json(p: Plan, observed: Observed) -> dict[str, Any]:
     """A plan as JSON for ``moenet-agent plan`` (no secrets: PSKs are never included)."""
     return {
-        "answer": source,
-        "problem": problem,
         "empty": p.empty,
+        "lines": plan_lines(p, observed),
         "sessions": [
             {
                 "uuid": s.uuid,
@@ -736,3 +700,27 @@ def plan_json(p: Plan, observed: Observed, source: str, problem: str | None) -> 
         },
         "unreportable": list(p.unreportable),
     }
+
+
+def plan_lines(p: Plan, observed: Observed) -> list[str]:
+    """The plan as short readable lines (what ``moenet-agent plan`` prints)."""
+    lines: list[str] = []
+    for s in p.sessions:
+        report = s.report or s.report_on_success
+        if not (s.drift or report):
+            continue
+        status = s.status.name if s.status is not None else None
+        line = f"{s.uuid} {s.interface or '-'} [{status}] {s.kind}: tunnel {s.tunnel}, routing {s.routing}"
+        if report is not None:
+            line += f", report {report.status.name}"
+        lines.append(line)
+        lines.extend(f"    - {d}" for d in s.drift)
+    if not lines:
+        lines.append("no session changes")
+    opening, closing = sorted(p.ports - observed.ports), sorted(observed.ports - p.ports)
+    if opening or closing:
+        lines.append(f"firewall: open {opening} close {closing}")
+    lines.append(f"routing: {'one reconfigure' if p.routing_changed else 'unchanged'}")
+    if p.guard.refused:
+        lines.append(f"GUARD REFUSED: {p.guard.reason} (digest {p.guard.digest})")
+    return lines

@@ -16,7 +16,7 @@ A plugin imports the core from exactly these places:
 - ``moenet_core.testing``: the pytest plugin and test doubles.
 
 Every other submodule is the core's own and may change in any release;
-``tests/test_boundaries.py`` keeps the built-in plugins to this list::
+``tests/unit/test_boundaries.py`` keeps the built-in plugins to this list::
 
     from moenet_core import hookimpl, TaskSpec, PluginContext
 

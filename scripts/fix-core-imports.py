@@ -16,7 +16,7 @@ Usage::
 
 Then ``ruff check --select I --fix`` and ``ruff format`` on the changed files
 merge the new lines with existing ``from moenet_core import`` lines (the script
-does it itself unless ``--no-ruff``). ``tests/test_boundaries.py`` checks the
+does it itself unless ``--no-ruff``). ``tests/unit/test_boundaries.py`` checks the
 result.
 """
 

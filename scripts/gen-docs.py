@@ -10,7 +10,7 @@
   values come from the model itself.
 
 Run ``.venv/bin/python scripts/gen-docs.py`` after changing a hook or a config
-model; tests/test_docs.py fails while a committed file is out of date. The
+model; tests/unit/test_docs.py fails while a committed file is out of date. The
 script also lists the fields that have no description yet.
 """
 

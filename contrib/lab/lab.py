@@ -17,7 +17,7 @@ BIRDs stopped, the tunnels deleted (the agent leaves tunnels running on purpose)
 any wireguard-go left killed, namespaces and the work directory removed, and
 then verified: nothing is left behind.
 
-For tests (``tests/test_lab*.py``) the :class:`Lab` also changes what a node's CP
+For tests (``tests/e2e/test_lab*.py``) the :class:`Lab` also changes what a node's CP
 answers (:meth:`Lab.set_session_status`, extra sessions to peers that do not exist
 with :meth:`Lab.extra_session` / :meth:`Lab.set_extra_sessions`, or any raw list
 with :meth:`Lab.set_sessions`) and observes a node (its links, nftables ports, BIRD

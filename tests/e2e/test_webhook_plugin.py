@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from helpers.installed import clean_env, free_port, start_daemon, wheel  # noqa: F401 (a fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "contrib" / "plugins" / "moenet-plugin-webhook"
 SECRET = "webhook-secret-0123456789"
 API_TOKEN = "local-api-token"

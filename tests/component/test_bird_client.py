@@ -40,7 +40,7 @@ from moenet_bird.protocol import (
 from moenet_core.testing import NetNS
 
 assert moenet_bird.__doc__
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = Path(os.environ.get("MOENET_BIRD_PREFIX", "/opt/moenet-bird3"))
 
 

@@ -38,7 +38,7 @@ from packaging.version import Version
 from moenet_core.config import build_config, structure
 from moenet_core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ helpers

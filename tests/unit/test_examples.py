@@ -15,7 +15,7 @@ import pytest
 
 from moenet_core.config import CORE_SECTIONS, AgentConfig, TaskOverride, build_config, camel
 
-CONFIGS = Path(__file__).resolve().parents[1] / "contrib" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "contrib" / "configs"
 EXAMPLES = ["bootstrap.json", "full.json", "standalone.json"]
 
 
@@ -40,7 +40,7 @@ def test_example_validates(name):
 # full.json shows every key with its default or an example value; these tests keep
 # it that way when a model or plugin section grows a key.
 
-REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 #: Top-level sections full.json leaves out on purpose: a non-empty ``bootstrap``
 #: section turns a file into a bootstrap config (bootstrap.json shows it).
 NOT_IN_FULL = {"bootstrap"}

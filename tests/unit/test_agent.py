@@ -349,7 +349,7 @@ async def test_backend_selection(fake_cp, agent_harness):
     async with agent_harness(node_config(fake_cp.url), plugins=[("wg", Provider()), ("c", Chooser())]) as h:
         assert h.agent.backend("tunnel").name == "kernel"
 
-    # (``wireguard.backend`` is the wireguard plugin's moenet_select_backend: tests/test_wireguard_plugin.py)
+    # (``wireguard.backend`` is the wireguard plugin's moenet_select_backend: tests/component/test_wireguard_plugin.py)
 
     cfg = node_config(fake_cp.url, backends={"tunnel": "magic"})
     async with agent_harness(cfg, plugins=[("wg", Provider())]) as h:

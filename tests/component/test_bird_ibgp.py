@@ -203,7 +203,7 @@ async def test_a_neighbour_bird_rejects_is_left_out_and_the_rest_apply(env: Env,
     one node): that neighbour is rejected with BIRD's message, everything else goes live."""
     override = tmp_path / "tpl"
     override.mkdir()
-    shipped = (Path(__file__).resolve().parents[1] / "templates/bird/ibgp.conf.j2").read_text()
+    shipped = (Path(__file__).resolve().parents[2] / "templates/bird/ibgp.conf.j2").read_text()
     (override / "ibgp.conf.j2").write_text(
         shipped + "{% if peer.node_id == 1005 %}\nthis is not bird syntax;\n{% endif %}\n"
     )

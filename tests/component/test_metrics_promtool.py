@@ -35,7 +35,7 @@ from moenet_core import (
 )
 from moenet_core.testing import AgentHarness, ManualClock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 KINDS = ("tunnel", "firewall", "loopback", "routing")
 

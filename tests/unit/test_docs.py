@@ -12,7 +12,7 @@ from helpers.docs import DASHBOARD, dashboard_exprs
 from moenet_core import hookspecs
 from moenet_core.plugins import AgentPluginManager
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(
     n for n in vars(hookspecs) if n.startswith("moenet_") and hasattr(getattr(hookspecs, n), "moenet_spec")
 )
@@ -47,7 +47,7 @@ def test_hook_has_docs_with_signature_and_type(hook):
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_is_exercised_by_a_test(hook):
-    tests = [p for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_docs.py"]
+    tests = [p for p in (ROOT / "tests").rglob("test_*.py") if p.name != "test_docs.py"]
     users = [p.name for p in tests if re.search(rf"def {hook}\(", p.read_text())]
     assert users, f"no test implements {hook}"
 
@@ -110,7 +110,7 @@ def test_config_fields_are_documented():
     new = sorted(missing - UNDOCUMENTED_TODAY)
     assert not new, f"add an attribute docstring (a string right after the field) to: {new}"
     done = sorted(UNDOCUMENTED_TODAY - missing)
-    assert not done, f"documented now: remove from UNDOCUMENTED_TODAY in tests/test_docs.py: {done}"
+    assert not done, f"documented now: remove from UNDOCUMENTED_TODAY in tests/unit/test_docs.py: {done}"
 
 
 def test_described_keys_carry_their_docstring():

@@ -27,7 +27,7 @@ from moenet_core.testing import FakeControlPlane
 
 wheel = helpers.installed.wheel  # a fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
 

@@ -22,7 +22,7 @@ from helpers.lab import _load_lab, _run, _until, agent_status, api, bgp_protocol
 
 lab = helpers.lab.lab  # a fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

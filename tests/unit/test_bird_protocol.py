@@ -33,7 +33,7 @@ from moenet_bird.protocol import (
 
 from moenet_core.backends import ProtocolState
 
-DATA = Path(__file__).parent / "data" / "bird"
+DATA = Path(__file__).parents[1] / "data" / "bird"
 ANNOTATION = re.compile(r" {6}\(.*\)\Z")
 FRAGMENTS = {"show-protocols-all-bgp-down", "show-protocols-all-rpki", "show-route-ibgp"}
 

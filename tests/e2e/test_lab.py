@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "contrib/lab/lab.py"
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -5,7 +5,7 @@ Every rendered tree is parse-checked by the real BIRD 3 with zero warnings allow
 Golden files live in ``tests/data/bird_render/<case>/``. To regenerate them after an
 intended template change::
 
-    MOENET_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_bird_render.py
+    MOENET_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_bird_render.py
     git diff tests/data/bird_render   # review every change
 """
 
@@ -29,8 +29,8 @@ from moenet_bird.testing import unchecked_intent
 
 from moenet_core.intents import BabelInterfaceIntent, EbgpPeerIntent, IbgpNeighborIntent, IbgpOptionsIntent
 
-ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "data" / "bird_render"
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parents[1] / "data" / "bird_render"
 PREFIX = Path(os.environ.get("MOENET_BIRD_PREFIX", "/opt/moenet-bird3"))
 UPDATE = os.environ.get("MOENET_UPDATE_GOLDEN") == "1"
 

@@ -28,7 +28,7 @@ from moenet_core.testing import NetNS
 
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PSK = base64.b64encode(b"\x09" * 32).decode()
 WITH_PSK = {"publicKey": KEY, "presharedKey": PSK}
 

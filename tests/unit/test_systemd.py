@@ -13,7 +13,7 @@ import pytest
 
 from moenet_core import TaskSpec, hookimpl, systemd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

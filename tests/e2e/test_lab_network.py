@@ -35,7 +35,7 @@ import pytest
 from helpers.lab import Since
 from moenet_wireguard import keys
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NETLAB = ROOT / "contrib/lab/network.py"
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

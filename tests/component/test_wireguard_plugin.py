@@ -15,7 +15,7 @@ import pytest
 try:
     import moenet_wireguard
 except ImportError:  # until pyproject lists the package (see the plugin's report)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
     import moenet_wireguard
 
 from moenet_wireguard import keys

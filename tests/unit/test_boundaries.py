@@ -18,12 +18,13 @@ into imports from ``moenet_core``.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import moenet_core
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_SUBMODULES = frozenset({"config", "intents", "testing"})
 CORE_SUBMODULES = frozenset(
     p.stem if p.is_file() else p.name
@@ -89,15 +90,38 @@ def test_plugins_import_only_the_public_core_api_and_no_other_plugin() -> None:
     assert problems == [], "\n" + "\n".join(problems)
 
 
+def _is_test_module(module: str) -> bool:
+    """``test_x``, or ``unit.test_x`` / ``tests.component.test_x`` and the like."""
+    parts = module.split(".")
+    while parts and parts[0] in ("tests", "unit", "component", "e2e"):
+        parts = parts[1:]
+    return bool(parts) and parts[0].startswith("test_")
+
+
 def test_test_modules_do_not_import_each_other() -> None:
     files = list(python_files(ROOT / "tests", *(d for d in (ROOT / "contrib" / "plugins").glob("*/tests"))))
     problems = [
         f"{path.relative_to(ROOT)}:{line}: imports test module {module} (move the helper to tests/helpers/)"
         for path in files
         for line, module, _ in imports(path)
-        if module.partition(".")[0].startswith("test_")
+        if _is_test_module(module)
     ]
     assert problems == [], "\n" + "\n".join(problems)
+
+
+def test_tests_are_grouped_by_kind() -> None:
+    """``tests/unit`` (no root, no daemons: runs anywhere in seconds),
+    ``tests/component`` (one backend against the real daemon in throwaway
+    namespaces) and ``tests/e2e`` (labs, the installed wheel); nothing flat."""
+    tests = ROOT / "tests"
+    flat = sorted(p.name for p in tests.glob("test_*.py"))
+    assert flat == [], f"put these in tests/unit, tests/component or tests/e2e: {flat}"
+    needs_root = [
+        str(p.relative_to(ROOT))
+        for p in sorted((tests / "unit").glob("test_*.py"))
+        if re.search(r"mark\.netns|def [a-z_0-9]+\([^)]*\bnetns\b", p.read_text())
+    ]
+    assert needs_root == [], f"tests needing namespaces belong in tests/component: {needs_root}"
 
 
 def test_public_api_is_complete_and_cheap() -> None:

@@ -42,7 +42,7 @@ from moenet_core.testing import (
     NetNS,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_700_000_000  # ManualClock's wall time
 KEY = "x" * 43 + "="
 

@@ -27,7 +27,7 @@ from moenet_core.intents import BabelInterfaceIntent, EbgpPeerIntent, IbgpOption
 
 env = helpers.bird.env  # a fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 U3 = "0b5e8a52-3c1e-4e5a-9a51-000000000003"
 
 

@@ -135,9 +135,6 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
     def enabled(self) -> bool:
         return self.section.enabled
 
-    async def when_disabled(self) -> dict[str, Any]:
-        return {"enabled": False}
-
     @property
     def key_file(self) -> str:
         return str(self.ctx.state.path(KEY_FILE))

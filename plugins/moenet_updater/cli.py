@@ -5,8 +5,12 @@
 - ``forget VERSION`` removes a version from the bad list, so it is offered again.
 - ``rollback`` undoes a pending update: ``current`` back to the previous target,
   the version remembered as bad. Meant for a systemd ``OnFailure=`` unit running
-  the *previous* version's binary when the new one cannot even start (see the
-  README); run it only while the agent is stopped. It does not restart anything.
+  the *previous* version's binary when the new one cannot even start
+  (``contrib/systemd/moenet-agent-rollback.service``, see the README); run it
+  only while the agent is stopped. It does not restart anything. With
+  ``--require-pending`` it exits :data:`NOTHING_ROLLED_BACK` (3) unless it
+  switched ``current`` back, so the unit restarts the agent only after a
+  rollback (a crash loop without a pending update is left for the operator).
 """
 
 from __future__ import annotations
@@ -29,11 +33,20 @@ from .task import revert_link
 if TYPE_CHECKING:
     from moenet_core import AgentConfig, CommandContext, CommandRegistrar
 
+#: ``rollback --require-pending``: no pending update, or ``current`` was changed by hand.
+NOTHING_ROLLED_BACK = 3
+
 
 def add_commands(register: CommandRegistrar) -> None:
     p = register("updater", "self-update state: status, forget a bad version, roll back", updater_command)
     p.add_argument("action", choices=("status", "forget", "rollback"), help="what to do")
     p.add_argument("version", nargs="?", help="the version to forget (forget only)")
+    p.add_argument(
+        "--require-pending",
+        action="store_true",
+        help=f"rollback: exit {NOTHING_ROLLED_BACK} unless a pending update was rolled back "
+        "(for the OnFailure= unit: restart the agent only then)",
+    )
 
 
 def _section(config: AgentConfig) -> UpdaterConfig | None:
@@ -80,22 +93,27 @@ def updater_command(args: argparse.Namespace, cmd: CommandContext) -> int:
         state_file.save(store, st)
         print(f"{args.version} forgotten: it will be offered again")
         return 0
+    strict: bool = getattr(args, "require_pending", False)
     pending = st.pending
     if pending is None:
         print("nothing pending; nothing to roll back")
-        return 0
+        return NOTHING_ROLLED_BACK if strict else 0
     try:
         outcome = revert_link(layout, pending)
     except (OSError, InstallError) as exc:
         print(f"cannot switch {layout.current} back to {pending.previous}: {exc}", file=sys.stderr)
         return 1
     st.pending = None
+    how = "by the OnFailure= unit: the service failed to start" if strict else "by hand"
     if outcome != "elsewhere":
         st.bad[pending.version] = {
-            "reason": "rolled back by 'moenet-agent updater rollback'",
+            "reason": f"rolled back by 'moenet-agent updater rollback' ({how})",
             "at": time.time(),
         }
-    st.last_result = f"rolled back {pending.version} by hand ({outcome})"
+    st.last_result = f"rolled back {pending.version} {how} ({outcome})"
     state_file.save(store, st)
+    if outcome == "elsewhere":
+        print(f"{layout.current} was changed by hand; the pending update to {pending.version} is dropped")
+        return NOTHING_ROLLED_BACK if strict else 0
     print(f"{layout.current} -> {layout.target(layout.current)}; {pending.version} remembered as bad")
     return 0

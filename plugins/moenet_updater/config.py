@@ -2,11 +2,13 @@
 
 It absorbed the Go agent's ``autoUpdate`` section: ``enabled`` switches the
 updater on, ``checkInterval`` (minutes), ``channel`` and ``githubRepo``; the old
-``autoUpdate`` spelling is still read as a deprecated alias (and the control
-plane may still send those four keys as ``autoUpdate``). Everything else decides
-*what code may run on this node* and is local only: the core never takes it from
-the control plane (the pinned public key above all, but also the feed URL,
-where virtual environments live and how the agent is restarted).
+``autoUpdate`` spelling is still read as a deprecated alias. Only
+``checkInterval`` may come from the control plane (as ``autoUpdate`` in its
+bootstrap answer); everything else decides *what code may run on this node*
+and is local only: the core ignores it in the CP's answer, with a warning
+(``enabled``, ``channel`` and ``githubRepo`` too, the pinned public key above
+all, the feed URL, where virtual environments live and how the agent is
+restarted).
 
 Each check is attached twice with the core's ``checked(fn)``, as the other
 plugins do: as core ``check`` metadata (the error lands on the field's own
@@ -89,13 +91,12 @@ def check_download_cap(value: int) -> str | None:
 @attrs.define(kw_only=True)
 class UpdaterConfig:
     """Section ``updater``: the self-updater (off by default). The control plane may
-    set ``enabled``, ``checkInterval``, ``channel`` and ``githubRepo`` (as the Go
-    agent's ``autoUpdate``), nothing else."""
+    set ``checkInterval`` (as the Go agent's ``autoUpdate``), nothing else."""
 
     enabled: bool = False
     """True: the ``updater`` task runs (it then needs ``updater.publicKey``: the
     plugin is refused without it). False: no update check at all."""
-    check_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    check_interval: float = attrs.field(default=60.0, metadata=check(positive, cp=True))
     """Minutes between update checks (below 1: 60, as the Go agent did)."""
     channel: str = attrs.field(default="stable", metadata=check(one_of("stable", "beta", "dev")))
     """Which releases are taken: ``stable`` only stable releases; ``beta`` also

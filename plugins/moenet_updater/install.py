@@ -4,7 +4,9 @@
 
     <venvRoot>/
       versions/0.1.0/        one virtual environment per version
-      versions/0.2.0/        (``.moenet-installed`` marks a finished install)
+      versions/0.2.0/        (``.moenet-installed``, written last, marks a finished
+                             install and records the SHA-256 of the wheel and of
+                             the lock file it was installed from)
       current -> versions/0.2.0    what the service runs:
                                    ExecStart=<venvRoot>/current/bin/moenet-agent run ...
       previous -> versions/0.1.0   the version before the last switch
@@ -13,6 +15,15 @@ A link is switched atomically: a new link is created beside it and renamed over
 it (``os.replace``), then the directory is fsync'd; a reader sees the old target
 or the new one, never no link. Links inside ``venvRoot`` are relative, so the
 tree can be moved.
+
+An environment is reused only when its marker names the very wheel and lock
+file just verified, it is owned by this user and not group- or world-writable,
+and every file of the wheel is installed unchanged; anything else is removed
+and installed afresh. Dependencies come only from the signed lock file
+(``requirements.txt``: exact versions and hashes, pip's ``--require-hashes``
+mode), the wheel itself with ``--no-deps``; afterwards every pinned version is
+checked in the new environment and ``pip check`` must pass (so the lock covers
+every dependency of the wheel and ``extraRequirements`` replaced none of them).
 
 Commands run without a shell, with an argument list, a timeout, and the
 environment minus ``PYTHONPATH``/``PYTHONHOME``; a cancelled or timed-out
@@ -23,19 +34,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+import stat
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
+from packaging.markers import default_environment
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from moenet_core import MoenetError
 
+from .verify import sha256_file
+
 MARKER = ".moenet-installed"
 OUTPUT_TAIL = 600
+#: Run by the new environment's interpreter: its distributions and marker environment.
+DUMP_ENVIRONMENT = """\
+import importlib.metadata as m, json
+try:
+    from pip._vendor.packaging.markers import default_environment
+    env = default_environment()
+except Exception:
+    env = None
+print(json.dumps({"dists": {d.metadata["Name"]: d.version for d in m.distributions()}, "env": env}))
+"""
 
 
 class InstallError(MoenetError):
@@ -177,55 +209,229 @@ async def smoke_test(venv: Path, version: Version, *, config: str | None, timeou
             raise SmokeTestError(str(exc)) from None
 
 
+@attrs.frozen
+class Pin:
+    """One requirement of the signed lock file: ``name==version`` (with its marker)."""
+
+    name: str
+    requirement: Requirement
+
+
+_COMMENT = re.compile(r"(^|\s)#.*$")
+_OPTION = re.compile(r"\s--?[A-Za-z]")
+
+
+def parse_pins(text: str) -> list[Pin]:
+    """The requirements of a lock file (pip's format: ``name==version
+    --hash=sha256:...``, continuation lines, comments). Each must be pinned to
+    exactly one version; option lines (``--index-url``...) are left to pip."""
+    pins: list[Pin] = []
+    logical: list[str] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = _COMMENT.sub("", raw).rstrip()
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        logical.append(buf + line)
+        buf = ""
+    if buf:
+        logical.append(buf)
+    for line in logical:
+        line = line.strip()
+        if not line or line.startswith("-"):
+            continue
+        m = _OPTION.search(line)
+        spec = (line[: m.start()] if m else line).strip()
+        try:
+            req = Requirement(spec)
+        except InvalidRequirement as exc:
+            raise InstallError(f"requirements.txt: {spec[:100]!r} is not a requirement: {exc}") from None
+        specs = list(req.specifier)
+        if len(specs) != 1 or specs[0].operator not in ("==", "===") or "*" in specs[0].version:
+            raise InstallError(f"requirements.txt: {req.name} is not pinned to one version ({spec[:100]!r})")
+        pins.append(Pin(name=canonicalize_name(req.name), requirement=req))
+    return pins
+
+
+def _record(version: Version, wheel_digest: str, requirements_digest: str) -> dict[str, str]:
+    return {"version": str(version), "wheelSha256": wheel_digest, "requirementsSha256": requirements_digest}
+
+
+def _read_artefacts(version: Version, wheel: Path, requirements: Path) -> tuple[list[Pin], dict[str, str]]:
+    try:
+        pins = parse_pins(requirements.read_text(encoding="utf-8"))
+        return pins, _record(version, sha256_file(wheel), sha256_file(requirements))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InstallError(f"cannot read the verified artefacts: {exc}") from None
+
+
+def write_marker(target: Path, record: Mapping[str, str]) -> None:
+    """The finished-install marker, written last (atomically)."""
+    tmp = target / f".{MARKER}.{secrets.token_hex(4)}.tmp"
+    tmp.write_text(json.dumps(dict(record), sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, target / MARKER)
+
+
+def _ownership_problem(root: Path) -> str | None:
+    """Why ``root`` may have been prepared by someone else: an entry not owned by
+    this user, or writable by group or others (symbolic links are not followed)."""
+    uid = os.geteuid()
+
+    def check(path: Path) -> str | None:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return None
+        if st.st_uid != uid:
+            return f"{path} is owned by uid {st.st_uid}, not {uid}"
+        if st.st_mode & 0o022:
+            return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+        return None
+
+    try:
+        if (problem := check(root)) is not None:
+            return problem
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in (*dirnames, *filenames):
+                if (problem := check(Path(dirpath) / name)) is not None:
+                    return problem
+    except OSError as exc:
+        return f"cannot inspect {root}: {exc.strerror or exc}"
+    return None
+
+
+def _site_packages(target: Path) -> list[Path]:
+    return sorted(p for p in target.glob("lib/python*/site-packages") if p.is_dir())
+
+
+def _wheel_files_problem(target: Path, wheel: Path) -> str | None:
+    """Why the files of ``wheel`` are not installed unchanged in ``target`` (None: they are)."""
+    sites = _site_packages(target)
+    if not sites:
+        return f"{target} has no site-packages"
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            members = [i for i in zf.infolist() if not i.is_dir()]
+            for info in members:
+                parts = info.filename.split("/")
+                if parts[0].endswith(".data") or (parts[0].endswith(".dist-info") and parts[-1] == "RECORD"):
+                    continue  # installed elsewhere / rewritten by pip
+                if ".." in parts or info.filename.startswith("/"):
+                    return f"the wheel has an unsafe path {info.filename!r}"
+                expected = hashlib.sha256(zf.read(info)).hexdigest()
+                found = [s / info.filename for s in sites if (s / info.filename).is_file()]
+                if not found or sha256_file(found[0]) != expected:
+                    return f"{info.filename} differs from the wheel's (or is missing)"
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"cannot compare with the wheel: {exc}"
+    return None
+
+
+def reuse_problem(target: Path, version: Version, wheel: Path, record: Mapping[str, str]) -> str | None:
+    """Why the environment at ``target`` may not be reused for ``wheel`` (None: it may).
+
+    Reused only when it is a real directory owned by this user that nobody else
+    can write, its marker records exactly this version, wheel and lock file, and
+    every file of the wheel is installed unchanged."""
+    if target.is_symlink() or not target.is_dir():
+        return "not a directory"
+    try:
+        found = json.loads((target / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "no readable install record (an unfinished or foreign install)"
+    if found != dict(record):
+        was = found.get("wheelSha256") if isinstance(found, dict) else None
+        return (
+            f"its install record names another wheel or lock file (wheel sha256 {was!s:.16}, "
+            f"verified {record['wheelSha256']:.16})"
+        )
+    return _ownership_problem(target) or _wheel_files_problem(target, wheel)
+
+
+async def verify_environment(python: Path, pins: Sequence[Pin], *, timeout: float) -> None:
+    """Every pin of the lock file is installed at its version (where its marker
+    applies), and ``pip check`` passes: nothing the wheel or an extra needs is
+    missing or at a version outside its requirement."""
+    out = await run_command([str(python), "-c", DUMP_ENVIRONMENT], timeout=timeout, what="listing packages")
+    try:
+        data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        dists: dict[str, str] = {canonicalize_name(str(k)): str(v) for k, v in data["dists"].items()}
+        env = data.get("env") if isinstance(data.get("env"), dict) else None
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError):
+        raise InstallError(f"listing packages: unexpected output {out[:200]!r}") from None
+    marker_env = {**default_environment(), **(env or {})}
+    wrong: list[str] = []
+    for pin in pins:
+        req = pin.requirement
+        if req.marker is not None and not req.marker.evaluate(marker_env):
+            continue
+        have = dists.get(pin.name)
+        if have is None or not req.specifier.contains(have, prereleases=True):
+            wrong.append(f"{req.name} {have or 'missing'} (signed lock: {req.specifier})")
+    if wrong:
+        raise InstallError(f"installed versions differ from the signed lock file: {', '.join(wrong)}")
+    await run_command([str(python), "-m", "pip", "check"], timeout=timeout, what="pip check")
+
+
 async def install(
     layout: Layout,
     version: Version,
     wheel: Path,
     *,
+    requirements: Path,
     python: str,
     pip_args: Sequence[str] = (),
-    requirements: Path | None = None,
     extra: Sequence[str] = (),
     config: str | None = None,
     timeout: float,
+    log: Callable[[str], object] | None = None,
 ) -> Path:
     """Install ``wheel`` into ``versions/<version>``; returns that directory.
 
-    An environment already there with the finished-install marker is reused
-    (after a fresh smoke test); anything else there is replaced. With
-    ``requirements`` (a hash-pinned ``requirements.txt`` from the signed release),
-    dependencies come from it in pip's ``--require-hashes`` mode and the wheel
-    is installed with ``--no-deps``. On any failure the environment is removed.
+    ``requirements`` is the signed lock file: dependencies come from it alone,
+    in pip's ``--require-hashes`` mode, then the wheel with ``--no-deps``; the
+    result is checked against the lock (:func:`verify_environment`). An
+    environment already there is reused only when :func:`reuse_problem` finds
+    nothing (then checked and smoke-tested again); anything else there is removed
+    and the version installed afresh. The marker is written last. On any
+    failure the environment is removed.
     """
     target = layout.version_dir(version)
     if same_path(target, layout.target(layout.current)):
         raise InstallError(f"{target} is what {layout.current} points to; refusing to reinstall it")
-    if layout.installed(version):
-        try:
-            await smoke_test(target, version, config=config, timeout=timeout)
-        except BaseException:
-            remove_tree(target)
-            raise
-        return target
+    pins, record = await asyncio.to_thread(_read_artefacts, version, wheel, requirements)
     if target.exists() or target.is_symlink():
+        problem = await asyncio.to_thread(reuse_problem, target, version, wheel, record)
+        if problem is None:
+            try:
+                await verify_environment(target / "bin" / "python", pins, timeout=timeout)
+                await smoke_test(target, version, config=config, timeout=timeout)
+            except BaseException:
+                remove_tree(target)
+                raise
+            return target
+        if log is not None:
+            log(f"{target} exists but is not reused: {problem}; installing {version} afresh")
         remove_tree(target)
+        if target.exists() or target.is_symlink():
+            raise InstallError(f"cannot remove {target} (not reused: {problem})")
     layout.versions.mkdir(parents=True, exist_ok=True)
     try:
         await run_command([python, "-m", "venv", str(target)], timeout=timeout, what="python -m venv")
-        pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--no-input", *pip_args]
-        if requirements is not None:
+        venv_python = target / "bin" / "python"
+        pip = [str(venv_python), "-m", "pip", "install", "--no-input", *pip_args]
+        if pins:
             await run_command(
                 [*pip, "--require-hashes", "-r", str(requirements)],
                 timeout=timeout,
                 what="pip install -r requirements.txt",
             )
-            await run_command([*pip, "--no-deps", str(wheel)], timeout=timeout, what="pip install (wheel)")
-        else:
-            await run_command([*pip, str(wheel)], timeout=timeout, what="pip install (wheel)")
+        await run_command([*pip, "--no-deps", str(wheel)], timeout=timeout, what="pip install (wheel)")
         if extra:
             await run_command([*pip, *extra], timeout=timeout, what="pip install (extraRequirements)")
+        await verify_environment(venv_python, pins, timeout=timeout)
         await smoke_test(target, version, config=config, timeout=timeout)
-        (target / MARKER).write_text(f"{version}\n", encoding="utf-8")
+        write_marker(target, record)
     except BaseException:
         remove_tree(target)
         raise

@@ -53,6 +53,7 @@ from .install import (
     Layout,
     SmokeTestError,
     install,
+    parse_pins,
     prune,
     remove_tree,
     run_command,
@@ -457,16 +458,22 @@ class Updater:
                 verify_signature(key, sums_raw, signature)
                 sums = parse_sums(sums_raw)
                 expected_digest(sums, release.wheel)  # before the large download
-                requirements: Path | None = None
-                if REQUIREMENTS in sums:
-                    if REQUIREMENTS not in assets:
-                        raise VerificationError(
-                            f"{SUMS} lists {REQUIREMENTS} but the release has no such asset"
-                        )
-                    data = await f.get(assets[REQUIREMENTS], limit=REQUIREMENTS_LIMIT)
-                    check_digest(sums, REQUIREMENTS, hashlib.sha256(data).hexdigest())
-                    requirements = tmp / REQUIREMENTS
-                    requirements.write_bytes(data)
+                # The signed lock file pins every dependency: no release without one.
+                if REQUIREMENTS not in sums:
+                    raise VerificationError(
+                        f"the signed {SUMS} has no line for {REQUIREMENTS}: the release does not pin "
+                        "its dependencies (sign a hash-pinned lock file with it)"
+                    )
+                if REQUIREMENTS not in assets:
+                    raise VerificationError(f"{SUMS} lists {REQUIREMENTS} but the release has no such asset")
+                data = await f.get(assets[REQUIREMENTS], limit=REQUIREMENTS_LIMIT)
+                check_digest(sums, REQUIREMENTS, hashlib.sha256(data).hexdigest())
+                try:
+                    parse_pins(data.decode("utf-8"))
+                except (InstallError, UnicodeDecodeError) as exc:
+                    raise VerificationError(f"the signed {REQUIREMENTS} is not a lock file: {exc}") from None
+                requirements = tmp / REQUIREMENTS
+                requirements.write_bytes(data)
                 wheel = tmp / release.wheel
                 digest = await f.download(assets[release.wheel], wheel, limit=section.max_download_bytes)
                 check_digest(sums, release.wheel, digest)
@@ -488,6 +495,7 @@ class Updater:
                     extra=section.extra_requirements,
                     config=self.ctx.config.source,
                     timeout=section.install_timeout,
+                    log=lambda text: self.ctx.log.warning("updater: {}", text),
                 )
             except SmokeTestError as exc:
                 self._mark_bad(str(release.version), str(exc))

@@ -18,6 +18,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -30,6 +32,8 @@ import moenet_updater
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers.release import sign_release
 from moenet_updater.install import MARKER, Layout, switch_link
 from moenet_updater.state import STATE_FILE, Pending, UpdaterState
@@ -40,6 +44,7 @@ from moenet_core.testing import AgentHarness, ManualClock
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW = "0.1.0", "0.2.0"
 START = ManualClock().time()
 
@@ -280,14 +285,19 @@ class Node:
         )
         return harness, plugin
 
-    def release(self, version: str, *, prints: str | None = None, key: Path | None = None) -> Path:
-        """A signed release directory: the wheel, requirements.txt (hash-pinned), SHA256SUMS(.sig)."""
+    def release(
+        self, version: str, *, prints: str | None = None, key: Path | None = None, lock: str | None = None
+    ) -> Path:
+        """A signed release directory: the wheel, requirements.txt (hash-pinned, or
+        ``lock``), SHA256SUMS(.sig)."""
         out = self.tmp / f"release-{version}-{len(list(self.tmp.glob('release-*')))}"
         out.mkdir()
         agent_wheel(out, version, prints=prints)
         dep = self.deps / "moenet_fake_dep-1.0-py3-none-any.whl"
         digest = hashlib.sha256(dep.read_bytes()).hexdigest()
-        (out / "requirements.txt").write_text(f"moenet-fake-dep==1.0 --hash=sha256:{digest}\n")
+        (out / "requirements.txt").write_text(
+            lock if lock is not None else f"moenet-fake-dep==1.0 --hash=sha256:{digest}\n"
+        )
         sign_release("--key", key or self.keyfile, out)
         return out
 
@@ -331,6 +341,16 @@ async def node(tmp_path: Path, server: ReleaseServer) -> Node:
         restart_command=[sys.executable, str(recorder), "restart", "moenet-agent"],
         deps=deps,
     )
+
+
+def sign_by_hand(keyfile: Path, directory: Path) -> None:
+    """SHA256SUMS(.sig) for every file in ``directory``, without sign-release's checks."""
+    key = serialization.load_pem_private_key(keyfile.read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    names = sorted(p.name for p in directory.iterdir() if p.name not in ("SHA256SUMS", "SHA256SUMS.sig"))
+    sums = "".join(f"{hashlib.sha256((directory / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
+    (directory / "SHA256SUMS").write_text(sums)
+    (directory / "SHA256SUMS.sig").write_bytes(base64.b64encode(key.sign(sums.encode())))
 
 
 async def settle(task: asyncio.Task[None] | None) -> None:
@@ -415,6 +435,9 @@ async def test_a_good_update_is_verified_installed_switched_restarted_and_proves
         ("signature", "bad signature"),
         ("unsigned", "unsigned (no SHA256SUMS.sig asset)"),
         ("no-wheel-line", "the signed SHA256SUMS has no line for moenet_agent-0.2.0-py3-none-any.whl"),
+        ("no-lock", "the signed SHA256SUMS has no line for requirements.txt"),
+        ("lock-not-pinned", "the signed requirements.txt is not a lock file"),
+        ("lock-altered", "checksum mismatch for requirements.txt"),
     ],
 )
 async def test_a_release_that_fails_verification_is_refused_and_nothing_changes(node, case, error):
@@ -434,6 +457,15 @@ async def test_a_release_that_fails_verification_is_refused_and_nothing_changes(
         wheel.rename(node.tmp / wheel.name)  # signed again without it,
         sign_release("--key", node.keyfile, release)
         (node.tmp / wheel.name).rename(wheel)  # but still offered
+    elif case == "no-lock":
+        (release / "requirements.txt").unlink()  # sign-release refuses this: signed by hand
+        sign_by_hand(node.keyfile, release)
+    elif case == "lock-not-pinned":
+        (release / "requirements.txt").write_text("moenet-fake-dep>=1.0\n")
+        sign_by_hand(node.keyfile, release)
+    elif case == "lock-altered":
+        lock = release / "requirements.txt"
+        lock.write_text(lock.read_text() + "moenet-evil==6.6.6 --hash=sha256:" + "0" * 64 + "\n")
     node.server.add(f"v{NEW}", release, skip=("SHA256SUMS.sig",) if case == "unsigned" else ())
 
     harness, _ = node.agent(OLD)
@@ -449,7 +481,7 @@ async def test_a_release_that_fails_verification_is_refused_and_nothing_changes(
     state = node.state()
     assert state.pending is None and state.bad == {}
     assert (state.last_result or "").startswith("refused 0.2.0")
-    if case in ("signature", "no-wheel-line", "unsigned"):
+    if case in ("signature", "no-wheel-line", "unsigned", "no-lock", "lock-not-pinned", "lock-altered"):
         # Refused before the wheel was even downloaded.
         assert not any(p.endswith(".whl") for p in node.server.downloads())
 
@@ -529,19 +561,19 @@ async def test_no_update_when_the_agent_does_not_run_through_current(node):
     assert node.server.requests == [] and node.restarts() == []
 
 
-def installed_fake(node: Node, version: str, prints: str) -> None:
-    """An environment of ``version`` already installed (reused: no venv is built)."""
+def installed_fake(node: Node, version: str, prints: str, marker: str | None = None) -> None:
+    """An environment of ``version`` someone prepared: it prints ``prints`` and
+    carries a marker (by default the old style, the version alone)."""
     venv = node.layout.version_dir(version)
     (venv / "bin").mkdir(parents=True)
     exe = venv / "bin" / "moenet-agent"
     exe.write_text(f"#!/bin/sh\necho 'moenet-agent {prints}'\n")
     exe.chmod(0o755)
-    (venv / MARKER).write_text(version)
+    (venv / MARKER).write_text(marker if marker is not None else version)
 
 
 async def test_a_failed_restart_switches_back(node):
     node.server.add(f"v{NEW}", node.release(NEW))
-    installed_fake(node, NEW, NEW)
     harness, _ = node.agent(OLD, restartCommand=[sys.executable, "-c", "raise SystemExit(3)"])
     async with harness as h:
         event = await h.agent.scheduler.run_now("updater")
@@ -558,8 +590,7 @@ async def test_a_failed_restart_switches_back(node):
 
 
 async def test_a_release_that_fails_its_smoke_test_is_remembered_as_bad(node):
-    node.server.add(f"v{NEW}", node.release(NEW))
-    installed_fake(node, NEW, "0.1.9")  # the environment runs another version
+    node.server.add(f"v{NEW}", node.release(NEW, prints="0.1.9"))  # the wheel runs another version
     harness, _ = node.agent(OLD)
     async with harness as h:
         event = await h.agent.scheduler.run_now("updater")
@@ -585,3 +616,125 @@ async def test_enabled_without_a_pinned_key_fails_the_plugin_visibly_and_runs_no
     assert "updater.publicKey: required when updater.enabled is true" in str(record.error)
     assert "updater" not in [t["name"] for t in status["tasks"]]
     assert node.server.requests == []
+
+
+# ------------------------------------------- reuse, the lock file, the rollback unit
+
+
+def site_file(venv: Path, name: str) -> Path:
+    [found] = venv.glob(f"lib/python*/site-packages/{name}")
+    return found
+
+
+async def update_once(node: Node, **updater: Any) -> Any:
+    harness, _ = node.agent(OLD, **updater)
+    async with harness as h:
+        return await h.agent.scheduler.run_now("updater")
+
+
+async def test_an_installed_version_is_reused_only_when_it_is_the_verified_wheel(node):
+    release = node.release(NEW)
+    node.server.add(f"v{NEW}", release)
+    fail = {"restartCommand": [sys.executable, "-c", "raise SystemExit(3)"]}  # installed, never switched
+    venv = node.layout.version_dir(NEW)
+
+    assert not (await update_once(node, **fail)).ok
+    record = json.loads((venv / MARKER).read_text())
+    wheel = release / f"moenet_agent-{NEW}-py3-none-any.whl"
+    assert record == {
+        "version": NEW,
+        "wheelSha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        "requirementsSha256": hashlib.sha256((release / "requirements.txt").read_bytes()).hexdigest(),
+    }
+
+    # The same verified wheel again: the environment is reused (a file of ours survives).
+    (venv / "sentinel").write_text("kept")
+    assert not (await update_once(node, **fail)).ok
+    assert (venv / "sentinel").exists()
+
+    # A file of the agent changed in place: not reused, installed afresh (and the file restored).
+    code = site_file(venv, "fake_moenet_agent/__init__.py")
+    original = code.read_text()
+    code.write_text(original + "\nimport os  # tampered\n")
+    assert not (await update_once(node, **fail)).ok
+    assert not (venv / "sentinel").exists() and code.read_text() == original
+
+    # Something in it writable by others: not reused either.
+    (venv / "sentinel").write_text("kept")
+    (venv / "bin").chmod(0o777)
+    assert not (await update_once(node, **fail)).ok
+    assert not (venv / "sentinel").exists() and (venv / "bin").stat().st_mode & 0o777 == 0o755
+
+
+async def test_a_prepared_environment_with_a_forged_record_is_replaced(node):
+    release = node.release(NEW)
+    node.server.add(f"v{NEW}", release)
+    wheel = release / f"moenet_agent-{NEW}-py3-none-any.whl"
+    forged = {
+        "version": NEW,
+        "wheelSha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),  # public: in SHA256SUMS
+        "requirementsSha256": hashlib.sha256((release / "requirements.txt").read_bytes()).hexdigest(),
+    }
+    installed_fake(node, NEW, NEW, marker=json.dumps(forged))  # its moenet-agent is a shell script
+    event = await update_once(node)
+    assert event.ok and event.result["updated"] == NEW, event.error
+    exe = node.layout.version_dir(NEW) / "bin" / "moenet-agent"
+    assert not exe.read_text().startswith("#!/bin/sh")  # pip's entry point, from the wheel
+    assert site_file(node.layout.version_dir(NEW), "fake_moenet_agent/__init__.py").is_file()
+    assert node.links() == (NEW, OLD)
+
+
+async def test_a_lock_file_that_does_not_cover_the_wheels_dependencies_fails_the_update(node):
+    node.server.add(f"v{NEW}", node.release(NEW, lock="# nothing pinned\n"))
+    event = await update_once(node)
+    assert not event.ok and event.error is not None
+    assert "pip check failed" in event.error and "moenet-fake-dep" in event.error
+    assert node.versions() == [OLD] and node.links() == (OLD, None) and node.restarts() == []
+
+
+async def test_extra_requirements_cannot_replace_a_pinned_dependency(node):
+    build_wheel(node.deps, "moenet-fake-dep", "2.0", {"moenet_fake_dep/__init__.py": "VALUE = 666\n"})
+    node.server.add(f"v{NEW}", node.release(NEW))
+    event = await update_once(node, extraRequirements=["moenet-fake-dep==2.0"])
+    assert not event.ok and event.error is not None
+    assert "installed versions differ from the signed lock file: moenet-fake-dep 2.0" in event.error
+    assert node.versions() == [OLD] and node.links() == (OLD, None) and node.restarts() == []
+
+
+def rollback_unit_command(node: Node, config: Path) -> list[str]:
+    """ExecStart= of the shipped rollback unit, pointed at the temporary layout."""
+    unit = (ROOT / "contrib/systemd/moenet-agent-rollback.service").read_text()
+    [line] = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[0] == "/opt/moenet-agent/previous/bin/moenet-agent"  # the old version's binary
+    argv[0] = str(node.layout.previous / "bin" / "moenet-agent")
+    return [str(config) if a == "/etc/moenet-agent/config.json" else a for a in argv]
+
+
+async def test_the_rollback_unit_switches_back_a_version_that_never_started(node):
+    # The new version crash-looped until systemd gave up: the OnFailure= unit runs
+    # the previous version's `updater rollback` (here the agent of this checkout).
+    pending_state(node, deadline=START + 300)
+    old_bin = node.layout.version_dir(OLD) / "bin"
+    old_bin.mkdir(parents=True)
+    (old_bin / "moenet-agent").symlink_to(Path(sys.executable).with_name("moenet-agent"))
+    config = node.tmp / "config.json"
+    config.write_text(json.dumps({**node.config(), "state": {"directory": str(node.tmp / "state")}}))
+    argv = rollback_unit_command(node, config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOENET_")}
+
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr  # then the unit restarts the agent
+    assert node.links() == (OLD, OLD)
+    state = node.state()
+    assert state.pending is None and "failed to start" in state.bad[NEW]["reason"]
+
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 3, again.stdout + again.stderr  # nothing pending: no restart
+    assert node.links() == (OLD, OLD)
+
+    # Back on the old version, the bad release is skipped.
+    node.server.add(f"v{NEW}", node.release(NEW))
+    event = await update_once(node)
+    assert event.ok and event.result == {"upToDate": True, "running": OLD, "skippedBad": [NEW]}
+    assert node.server.downloads() == []

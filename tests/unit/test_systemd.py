@@ -101,3 +101,62 @@ def test_unit_file_verifies(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "Type=notify" in unit and "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit
     assert "CAP_NET_ADMIN" in unit and "KillMode=process" in unit
+    assert "LimitNOFILE=65536" in unit.splitlines()  # FDs for ~1000 tunnels plus the API
+
+
+def unit_values(text: str, section: str) -> dict[str, list[str]]:
+    """``key -> [values]`` of one section of a unit file."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            current = line.strip("[]")
+        elif current == section and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def seconds(value: str) -> float:
+    return float(value.removesuffix("s"))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_a_crash_loop_ends_in_the_rollback_unit(tmp_path):
+    """A release that cannot start is not restarted forever: the start limit is
+    reached (also by a start that hangs until TimeoutStartSec) and OnFailure=
+    runs the shipped rollback unit, with the previous version's binary."""
+    agent = (ROOT / "contrib/systemd/moenet-agent.service").read_text()
+    rollback = (ROOT / "contrib/systemd/moenet-agent-rollback.service").read_text()
+    unit, service = unit_values(agent, "Unit"), unit_values(agent, "Service")
+    assert unit["OnFailure"] == ["moenet-agent-rollback.service"]
+    interval, burst = seconds(unit["StartLimitIntervalSec"][0]), int(unit["StartLimitBurst"][0])
+    assert 2 <= burst <= 10
+    hang = seconds(service["TimeoutStartSec"][0]) + seconds(service["RestartSec"][0])
+    assert burst * hang < interval, "a start that hangs until its timeout must still trip the limit"
+
+    roll = unit_values(rollback, "Service")
+    assert roll["Type"] == ["oneshot"]
+    [start] = roll["ExecStart"]
+    assert start.startswith("/opt/moenet-agent/previous/bin/moenet-agent updater rollback --require-pending ")
+    assert roll["ExecStartPost"] == [
+        "/bin/systemctl reset-failed moenet-agent.service",
+        "/bin/systemctl --no-block start moenet-agent.service",
+    ]
+
+    exe = shutil.which("moenet-agent") or str(Path(os.sys.executable).with_name("moenet-agent"))
+    (tmp_path / "moenet-agent.service").write_text(
+        agent.replace("/opt/moenet-agent/current/bin/moenet-agent", exe)
+    )
+    (tmp_path / "moenet-agent-rollback.service").write_text(
+        rollback.replace("/opt/moenet-agent/previous/bin/moenet-agent", exe)
+    )
+    res = subprocess.run(
+        ["systemd-analyze", "verify", *(str(p) for p in sorted(tmp_path.iterdir()))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "moenet-agent" not in res.stderr, res.stderr  # no unknown key, no bad value in either unit

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers.release import SIGN_RELEASE, sign_release
 from moenet_updater.config import UpdaterConfig, feed_url, problems
 from moenet_updater.fetch import url_problem
-from moenet_updater.install import Layout, prune, switch_link
+from moenet_updater.install import InstallError, Layout, parse_pins, prune, switch_link
 from moenet_updater.releases import Release, parse_feed, select_release, wheel_name
 from moenet_updater.state import Pending, UpdaterState
 from moenet_updater.verify import (
@@ -227,11 +227,17 @@ def test_sign_release_signs_what_the_updater_verifies(tmp_path):
     dist = tmp_path / "dist"
     dist.mkdir()
     (dist / "moenet_agent-1.1.0-py3-none-any.whl").write_bytes(b"wheel")
-    (dist / "requirements.txt").write_bytes(b"reqs")
+    (dist / "requirements.txt").write_bytes(LOCK)
     (dist / ".hidden").write_bytes(b"not listed")
     assert sign_release("--key", keyfile, dist) == public
     sums_raw = (dist / "SHA256SUMS").read_bytes()
-    assert sums_raw == SUMS.replace(b" *requirements", b"  requirements")
+    assert (
+        sums_raw
+        == (
+            f"{hashlib.sha256(b'wheel').hexdigest()}  moenet_agent-1.1.0-py3-none-any.whl\n"
+            f"{hashlib.sha256(LOCK).hexdigest()}  requirements.txt\n"
+        ).encode()
+    )
     verify_signature(load_public_key(public), sums_raw, (dist / "SHA256SUMS.sig").read_bytes())
     assert sign_release("--verify", public, dist).splitlines() == [
         "ok  moenet_agent-1.1.0-py3-none-any.whl",
@@ -243,6 +249,56 @@ def test_sign_release_signs_what_the_updater_verifies(tmp_path):
         [sys.executable, str(SIGN_RELEASE), "--verify", public, str(dist)], capture_output=True, text=True
     )
     assert proc.returncode == 1 and "BAD requirements.txt" in proc.stdout
+
+
+LOCK = b"moenet-fake-dep==1.0 \\\n    --hash=sha256:" + b"a" * 64 + b"\n    # via moenet-agent\n"
+
+
+@pytest.mark.parametrize(
+    ("lock", "error"),
+    [
+        (None, "no requirements.txt; the updater refuses a release whose dependencies are not pinned"),
+        (b"moenet-fake-dep>=1.0\n", "is not 'name==version --hash=sha256:...'"),
+        (b"moenet-fake-dep==1.0\n", "is not 'name==version --hash=sha256:...'"),
+    ],
+)
+def test_sign_release_refuses_a_wheel_without_a_hash_pinned_lock_file(tmp_path, lock, error):
+    keyfile = tmp_path / "release.pem"
+    sign_release("--generate-key", keyfile)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "moenet_agent-1.1.0-py3-none-any.whl").write_bytes(b"wheel")
+    if lock is not None:
+        (dist / "requirements.txt").write_bytes(lock)
+    proc = subprocess.run(
+        [sys.executable, str(SIGN_RELEASE), "--key", str(keyfile), str(dist)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and error in proc.stderr
+    assert not (dist / "SHA256SUMS").exists()
+    (dist / "requirements.txt").write_bytes(b"")  # a wheel without dependencies: an empty lock
+    sign_release("--key", keyfile, dist)
+
+
+@pytest.mark.parametrize(
+    ("text", "pinned"),
+    [
+        ("", []),
+        (LOCK.decode(), ["moenet-fake-dep==1.0"]),
+        (
+            "# pip-compile\n--index-url https://pypi.org/simple\n"
+            'Foo_Bar[x]==2.0 ; python_version >= "3" --hash=sha256:' + "b" * 64 + "\n",
+            ['foo-bar[x]==2.0; python_version >= "3"'],
+        ),
+    ],
+)
+def test_lock_files_are_read_as_exact_pins(text, pinned):
+    assert [str(p.requirement).replace("Foo_Bar", "foo-bar") for p in parse_pins(text)] == pinned
+
+
+@pytest.mark.parametrize("text", ["foo>=1.0\n", "foo\n", "foo==1.*\n", "foo==1.0,==1.0.0\n", "not a req!\n"])
+def test_a_lock_file_with_an_unpinned_requirement_is_refused(text):
+    with pytest.raises(InstallError, match=r"requirements\.txt"):
+        parse_pins(text)
 
 
 def test_sign_release_never_overwrites_a_key(tmp_path):
@@ -393,3 +449,51 @@ def test_state_round_trips_through_json():
     )
     again = UpdaterState.from_json(json.loads(json.dumps(st.to_json())))
     assert again == st
+
+
+def test_what_code_runs_is_decided_locally_never_by_the_control_plane(key):
+    """The switch, channel, repository, feed and key come from the local file only;
+    the CP's answer may tune the check interval and nothing else."""
+    local = {
+        "node": {"name": "n1"},
+        "controlPlane": {"source": "file", "file": "/nonexistent"},
+        "updater": {"enabled": True, "channel": "stable", "publicKey": public_b64(key)},
+    }
+    hostile = {
+        "autoUpdate": {"enabled": False, "channel": "dev", "githubRepo": "attacker/fork", "checkInterval": 5},
+        "updater": {
+            "enabled": False,
+            "channel": "dev",
+            "githubRepo": "attacker/fork",
+            "feedUrl": "https://attacker.example/releases",
+            "publicKey": public_b64(Ed25519PrivateKey.generate()),
+            "venvRoot": "/tmp/attacker",
+            "restartCommand": ["/tmp/attacker/run"],
+            "pipArgs": ["--index-url", "https://attacker.example/simple"],
+        },
+    }
+    config, _ = build_config(local, env={}, remote=hostile)
+    section = moenet_updater.config.section_of(config)
+    assert section is not None
+    assert (section.enabled, section.channel, section.github_repo, section.feed_url) == (
+        True,
+        "stable",
+        "",
+        "",
+    )
+    assert section.public_key == public_b64(key)
+    assert section.venv_root == "/opt/moenet-agent" and section.pip_args == []
+    assert section.restart_command == ["systemctl", "--no-block", "restart", "moenet-agent"]
+    assert feed_url(section) == "https://api.github.com/repos/moenet/moenet-agent/releases"
+    assert section.check_interval == 5  # the one key the CP may set
+
+    # Not even where the local file leaves a key unset: the CP cannot switch updates on.
+    hostile["autoUpdate"]["enabled"] = hostile["updater"]["enabled"] = True
+    config, _ = build_config({**local, "updater": {"publicKey": public_b64(key)}}, env={}, remote=hostile)
+    section = moenet_updater.config.section_of(config)
+    assert section is not None and (section.enabled, section.channel, section.github_repo) == (
+        False,
+        "stable",
+        "",
+    )
+    assert moenet_updater.moenet_tasks(config) == []

@@ -40,13 +40,14 @@ from typing import TYPE_CHECKING
 import attrs
 from loguru import logger
 
-from moenet_core import BackendSpec, ConfigSection, TaskSpec, hookimpl
+from moenet_core import BackendSpec, ConfigError, ConfigSection, TaskSpec, hookimpl
 
 from .apply import TreeApplier, default_bird_binary
 from .backend import INTENT_TYPES, BirdRoutingBackend
 from .client import BirdClient
 from .config import SECTION as CONFIG_SECTION
 from .config import BirdAgentConfig, BirdConfig, section_of
+from .render import template_dir_problem
 from .sync import TASK_NAME, BirdConfigSync
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ def make_backend(ctx: PluginContext) -> BirdRoutingBackend:
         state=ctx.state,
         template_dir=bird.template_dir or None,
         bird_binary=bird.bird_binary or None,
+        group=bird.group,
         loopback_interface=bird.loopback_interface,
         maintenance=ctx.maintenance,
         debounce=bird.apply_debounce,
@@ -104,6 +106,11 @@ def moenet_config_sections() -> list[ConfigSection]:
 
 @hookimpl
 def moenet_configure(config: AgentConfig) -> None:
+    """Refuse a ``bird.templateDir`` that is not safe to run (``validate`` and the
+    start say so; a render refuses it too, should it change while running)."""
+    template_dir = section_of(config).template_dir
+    if template_dir and (problem := template_dir_problem(template_dir)) is not None:
+        raise ConfigError([problem])
     if section_of(config).ebgp_conf_template_file:
         logger.bind(plugin="bird").warning(
             "bird.ebgpConfTemplateFile: not used by this agent; put overrides in bird.templateDir"

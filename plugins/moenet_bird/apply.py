@@ -36,6 +36,14 @@ Here:
   restores the old files exactly and reconfigures from them.
 - **``configure`` always names the live ``bird.conf``**: BIRD started with another
   ``-c`` file still loads the agent's tree.
+- **BIRD may run as its own user** (Debian's ``bird3``: ``bird -u bird -g bird``).
+  Every file the agent writes, staged or live, is 0640 and every directory it
+  creates 0750, set explicitly (the unit's ``UMask=0077`` would make them 0600/0700),
+  with the group BIRD reads with (``bird.group``, :meth:`TreeApplier.resolve_gid`);
+  nothing is ever world-readable. Owned files and the agent's own directories left
+  unreadable by an older agent are repaired on the next apply. Setting the group
+  needs ``CAP_CHOWN`` or membership of the group; when it fails a warning says so
+  and BIRD's check reports what it cannot read.
 
 ``configure timeout``/``confirm`` is deliberately not used. Its only protection is
 against a config that cuts the confirmer off from the daemon, which a local Unix
@@ -53,9 +61,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import grp
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -71,7 +82,16 @@ from .names import BirdConfigError as RenderError
 from .protocol import BirdClientError, BirdConfigError, BirdUnavailable
 from .render import AGGREGATOR, BIRD_CONF, IBGP_DIR, MARKER, PEER_DIR
 
-__all__ = ["STAGING_PREFIX", "ApplyStats", "Rejection", "RenderFn", "TreeApplier", "default_bird_binary"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "STAGING_PREFIX",
+    "ApplyStats",
+    "Rejection",
+    "RenderFn",
+    "TreeApplier",
+    "default_bird_binary",
+]
 
 #: ``render() -> {relative path: text}``: the whole tree, ``bird.conf`` included
 #: (the applier leaves it out when the operator keeps their own).
@@ -79,6 +99,11 @@ RenderFn = Callable[[], Mapping[str, str]]
 
 #: Staging directories are dot-named so no ``*`` glob of BIRD ever matches them.
 STAGING_PREFIX = ".moenet-staging-"
+
+#: Mode of every file the agent writes and of every directory it creates, whatever
+#: the umask: BIRD's group reads (``bird.group``), nobody else does.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 
 _MARKER_BYTES = MARKER.encode()
 _REL_PATH = re.compile(r"^(?:(?P<dir>[A-Za-z0-9_-]+)/)?(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)$")
@@ -114,6 +139,7 @@ class ApplyStats:
 class _Saved:
     data: bytes
     mode: int
+    gid: int = -1
 
 
 @attrs.frozen
@@ -139,10 +165,15 @@ class TreeApplier:
         *,
         bird_binary: str | None = None,
         check_timeout: float = 60.0,
+        group: str = "",
     ) -> None:
         self.config_dir = Path(config_dir)
         self.client = client
         self.bird_binary = bird_binary
+        self.group = group
+        """``bird.group``: name or gid BIRD reads with; empty picks one (:meth:`resolve_gid`)."""
+        self._gid = -1
+        self._chown_warned = False
         self.check_timeout = check_timeout
         self.stats = ApplyStats()
         self.pending_configure = False
@@ -186,10 +217,104 @@ class TreeApplier:
                     with open(entry.path, "rb") as fh:
                         data = fh.read()
                     if data.startswith(_MARKER_BYTES):
-                        owned[rel] = _Saved(data, entry.stat(follow_symlinks=False).st_mode & 0o7777)
+                        st = entry.stat(follow_symlinks=False)
+                        owned[rel] = _Saved(data, st.st_mode & 0o7777, st.st_gid)
                     else:
                         foreign.add(rel)
         return owned, foreign
+
+    # ---------------------------------------------------------------- modes
+
+    def resolve_gid(self) -> int:
+        """The gid BIRD reads with (``bird.group`` in :mod:`.config` says how it is
+        picked), or -1 to leave the agent's own group."""
+        if self.group:
+            if self.group.isascii() and self.group.isdigit():
+                return int(self.group)
+            try:
+                return grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise _Refused(f"bird.group {self.group!r}: no such group") from None
+        for path in (self.live_conf, self.config_dir):
+            with contextlib.suppress(OSError):
+                gid = path.stat().st_gid
+                if gid != 0:
+                    return gid
+        try:
+            return grp.getgrnam("bird").gr_gid
+        except KeyError:
+            return -1
+
+    def _chgrp(self, fd: int, path: Path, gid: int | None = None) -> None:
+        """Give the open ``fd`` to BIRD's group (or ``gid``); a failure is warned about once."""
+        gid = self._gid if gid is None else gid
+        if gid < 0 or os.fstat(fd).st_gid == gid:
+            return
+        try:
+            os.fchown(fd, -1, gid)
+        except OSError as exc:
+            if not self._chown_warned:
+                self._chown_warned = True
+                logger.warning(
+                    "cannot give {} to group {} ({}): a BIRD running as that group cannot read the "
+                    "agent's files; give the agent CAP_CHOWN or membership of the group "
+                    "(SupplementaryGroups= in a systemd drop-in), or set bird.group",
+                    path,
+                    gid,
+                    exc.strerror,
+                )
+
+    def _ensure_dir(self, path: Path) -> None:
+        """``path`` (and missing parents) as a directory BIRD's group can search.
+
+        One the agent creates is :data:`DIR_MODE` with BIRD's group. An existing one
+        is left alone unless the agent owns it and BIRD could not search it (an
+        older agent under ``UMask=0077`` made it 0700): then it gets group r-x, and
+        BIRD's group if its group is root's. Others never gain anything; symlinks
+        are not followed.
+        """
+        created = False
+        if not path.is_dir():
+            if path.parent != path:
+                self._ensure_dir(path.parent)
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=DIR_MODE)  # the umask may take more: set below
+                created = True
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | (os.O_NOFOLLOW if created else 0))
+        try:
+            st = os.fstat(fd)
+            mode = stat.S_IMODE(st.st_mode)
+            if created:
+                os.fchmod(fd, DIR_MODE)
+                self._chgrp(fd, path)
+            elif st.st_uid == os.geteuid() and mode & 0o005 != 0o005:
+                if mode & 0o050 != 0o050:
+                    os.fchmod(fd, mode | 0o050)
+                if st.st_gid == 0:
+                    self._chgrp(fd, path)
+        finally:
+            os.close(fd)
+
+    def _repair_files(self, owned: Mapping[str, _Saved]) -> None:
+        """Owned files not :data:`FILE_MODE` with BIRD's group (an older agent's) made so."""
+        for rel, saved in owned.items():
+            if saved.mode == FILE_MODE and (self._gid < 0 or saved.gid == self._gid):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self.config_dir / rel, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    os.fchmod(fd, FILE_MODE)
+                    self._chgrp(fd, self.config_dir / rel)
+                finally:
+                    os.close(fd)
+
+    def _write_new(self, path: Path, data: bytes) -> None:
+        """A new staged file: :data:`FILE_MODE`, BIRD's group."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, FILE_MODE)
+            self._chgrp(fd, path)
+            fh.write(data)
 
     def owned_files(self) -> dict[str, bytes]:
         """Relative path -> content of every file the agent owns now."""
@@ -274,8 +399,13 @@ class TreeApplier:
         self.last_rejection = None
         if not self._swept:
             self._sweep_staging()
-        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self._gid = self.resolve_gid()
+        self._ensure_dir(self.config_dir)
+        for d in (PEER_DIR, IBGP_DIR):
+            if (self.config_dir / d).is_dir() and not (self.config_dir / d).is_symlink():
+                self._ensure_dir(self.config_dir / d)
         owned, foreign = self.scan()
+        self._repair_files(owned)
         operator_conf = self._operator_conf(foreign)
         tree = dict(render())
         if operator_conf is not None:
@@ -329,23 +459,27 @@ class TreeApplier:
     def _stage(
         self, staging: Path, tree: Mapping[str, bytes], foreign: set[str], operator_conf: bytes | None
     ) -> None:
-        """The same texts in ``staging`` (includes are relative), plus the operator's files."""
-        # BIRD (possibly running as user bird) must read it: group of config_dir, 0750.
-        st = self.config_dir.stat()
-        os.chmod(staging, 0o750)  # noqa: S103 - group read for a daemon running as user bird
-        with contextlib.suppress(OSError):
-            os.chown(staging, -1, st.st_gid)
+        """The same texts in ``staging`` (includes are relative), plus the operator's files.
+
+        BIRD (possibly running as user bird) must read them whatever the umask:
+        directories :data:`DIR_MODE`, files :data:`FILE_MODE`, BIRD's group."""
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, DIR_MODE)
+            self._chgrp(fd, staging)
+        finally:
+            os.close(fd)
         if operator_conf is not None:
-            (staging / BIRD_CONF).write_bytes(self._staged_operator_conf(operator_conf, staging))
+            self._write_new(staging / BIRD_CONF, self._staged_operator_conf(operator_conf, staging))
         for d in (PEER_DIR, IBGP_DIR):
-            (staging / d).mkdir(mode=0o750, exist_ok=True)
+            self._ensure_dir(staging / d)
         for rel, data in tree.items():
-            (staging / rel).write_bytes(data)
+            self._write_new(staging / rel, data)
         # The live globs include the operator's own *.conf in peers/ and ibgp/: so does the check.
         for rel in foreign:
             src = self.config_dir / rel
             if "/" in rel and rel.endswith(".conf") and src.is_file():
-                shutil.copyfile(src, staging / rel)
+                self._write_new(staging / rel, src.read_bytes())
 
     async def _validate(self, staging: Path) -> Rejection | None:
         """None when BIRD accepts the staged tree, else its message with live paths."""
@@ -411,24 +545,14 @@ class TreeApplier:
 
     # ------------------------------------------------------------------ swap
 
-    def _new_file_mode(self) -> tuple[int, int, int]:
-        """Mode, uid, gid for a new file: like the existing bird.conf, else 0644 as the agent."""
-        try:
-            st = self.live_conf.stat()
-            return st.st_mode & 0o777, st.st_uid, st.st_gid
-        except OSError:
-            return 0o644, -1, -1
-
     def _swap(self, to_write: Mapping[str, bytes], to_delete: list[str], owned: Mapping[str, _Saved]) -> None:
         dirs: set[Path] = set()
-        new_mode = self._new_file_mode()
         for rel, data in sorted(to_write.items()):
             path = self.config_dir / rel
             if not path.parent.is_dir():
-                path.parent.mkdir(mode=0o755)
+                self._ensure_dir(path.parent)
                 dirs.add(path.parent.parent)
-            mode = (owned[rel].mode, -1, -1) if rel in owned else new_mode
-            _atomic_write(path, data, *mode)
+            _atomic_write(path, data, FILE_MODE, self._chgrp)
             dirs.add(path.parent)
         for rel in to_delete:
             path = self.config_dir / rel
@@ -444,7 +568,7 @@ class TreeApplier:
         for rel, saved in backup.items():
             path = self.config_dir / rel
             try:
-                _atomic_write(path, saved.data, saved.mode, -1, -1)
+                _atomic_write(path, saved.data, saved.mode, functools.partial(self._chgrp, gid=saved.gid))
             except OSError as exc:
                 logger.error("rollback: cannot restore {}: {}", path, exc)
             dirs.add(path.parent)
@@ -518,17 +642,16 @@ def _staged_file(message: str, staging: Path) -> str | None:
     return None
 
 
-def _atomic_write(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
-    """Temp file (dot-named, no ``.conf`` suffix) + fsync + rename over ``path``."""
+def _atomic_write(path: Path, data: bytes, mode: int, chgrp: Callable[[int, Path], None]) -> None:
+    """Temp file (dot-named, no ``.conf`` suffix) + fsync + rename over ``path``,
+    ``mode`` set explicitly (not the umask's), ``chgrp(fd, path)`` sets its group."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
-            if uid != -1 or gid != -1:
-                with contextlib.suppress(OSError):
-                    os.fchown(fh.fileno(), uid, gid)
+            chgrp(fh.fileno(), path)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

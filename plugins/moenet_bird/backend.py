@@ -193,12 +193,13 @@ class BirdRoutingBackend(RoutingBackend):
         log: Logger | None = None,
         metrics: PluginMetrics | None = None,
         policy_wait: float = POLICY_WAIT,
+        group: str = "",
     ) -> None:
         self.client = client
         self.policy_wait = policy_wait
         self._policy_known = asyncio.Event()
         """Set once a policy exists (restored or from the CP): declares wait for it."""
-        self.applier = TreeApplier(config_dir, client, bird_binary=bird_binary)
+        self.applier = TreeApplier(config_dir, client, bird_binary=bird_binary, group=group)
         self.state = state
         self.template_dir = template_dir or None
         self.loopback_interface = loopback_interface

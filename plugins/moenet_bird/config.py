@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from moenet_core.config import AgentConfig
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_GROUP = re.compile(r"^(?:[0-9]{1,10}|[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?)$")
 
 
 def _binary(value: object) -> str | None:
@@ -34,6 +35,12 @@ def _debounce(value: object) -> str | None:
     if isinstance(value, int | float) and 0 <= value <= 5:
         return None
     return "must be 0-5 seconds"
+
+
+def _group(value: object) -> str | None:
+    if isinstance(value, str) and (value == "" or _GROUP.match(value)):
+        return None
+    return "must be a group name or a numeric gid (or empty: the group BIRD already reads with)"
 
 
 def _ifname(value: object) -> str | None:
@@ -49,9 +56,9 @@ class BirdConfig:
     control_socket: str = "/var/run/bird/bird.ctl"
     """BIRD's control socket: every query and ``configure`` goes through it. The
     ``routing/bird`` backend is available when it exists or a ``bird`` binary is found."""
-    pool_size: int = attrs.field(default=5, metadata=check(positive))
+    pool_size: int = attrs.field(default=5, metadata=check(positive, cp=True))
     """Idle control-socket connections kept open for read commands."""
-    pool_size_max: int = attrs.field(default=10, metadata=check(positive))
+    pool_size_max: int = attrs.field(default=10, metadata=check(positive, cp=True))
     """Most read connections open at once; callers beyond that wait. Not smaller
     than ``poolSize``. Reconfigurations use one connection of their own."""
     config_dir: str = "/etc/bird"
@@ -71,6 +78,18 @@ class BirdConfig:
     ebgp_conf_template_file: str = ""
     """Accepted for Go-agent compatibility; unused (see ``templateDir``): a
     non-empty value is warned about."""
+    group: str = attrs.field(default="", metadata=check(_group))
+    """Group given read access to the files the agent writes: they are 0640 and its
+    directories 0750 whatever the agent's umask, owned by the agent (root), never
+    world-readable. A name or a numeric gid. Empty (the default) picks, in order: the
+    group of an existing ``<configDir>/bird.conf``, then the group of ``configDir``,
+    then ``bird`` (Debian's ``bird3`` runs BIRD as ``-u bird -g bird``) if that group
+    exists, skipping root's group 0 in the first two; with none of them the files
+    stay root's (enough for a BIRD running as root). An unknown name refuses the
+    apply. Setting the group needs ``CAP_CHOWN`` or membership of the group: under
+    the shipped unit add ``SupplementaryGroups=<group>`` in a drop-in (a BIRD that
+    runs as ``bird`` also makes its control socket ``0660 bird:bird``, so the agent
+    needs that membership to talk to it at all)."""
     bird_binary: str = attrs.field(default="", metadata=check(_binary))
     """``bird`` for the ``bird -p`` parse check when the daemon is not running."""
     apply_debounce: float = attrs.field(default=0.05, metadata=check(_debounce))

@@ -51,6 +51,15 @@ once per template directory (compiling the templates dominated an unchanged
 apply); jinja2's auto-reload sees an edited override, and adding or removing an
 override file builds a fresh one.
 
+Templates are code the root agent runs, so they render in jinja2's
+``ImmutableSandboxedEnvironment`` (a template reaching for Python internals,
+``{{ cycler.__init__.__globals__ }}``, fails with a render error instead of
+running as root), and ``bird.templateDir`` is used only when it and everything
+in it belong to the agent's user and are writable by nobody else
+(:func:`template_dir_problem`); otherwise every render is refused with a message
+saying what to change. ``bird.templateDir`` is a local-only key: the control
+plane cannot set it.
+
 What the per-peer templates see: ``peer.conf.j2`` gets ``p`` (the
 :class:`~moenet_core.intents.EbgpPeerIntent` fields, plus ``canonical_uuid``:
 the id the protocol name derives from, ``symbol`` and ``file_name``) and
@@ -64,12 +73,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import jinja2
+import jinja2.sandbox
 
 from moenet_core.intents import BabelInterfaceIntent, IbgpNeighborIntent, IbgpOptionsIntent
 
@@ -133,6 +144,8 @@ def environment(template_dir: str | Path | None = None) -> jinja2.Environment:
     """
     key = str(template_dir or "")
     names: frozenset[str] = frozenset()
+    if key and (problem := template_dir_problem(key)) is not None:
+        raise BirdConfigError([problem], source="bird.templateDir")
     if key:
         try:
             names = frozenset(e.name for e in os.scandir(key) if e.name.endswith(".j2"))
@@ -146,16 +159,73 @@ def environment(template_dir: str | Path | None = None) -> jinja2.Environment:
     return env
 
 
+def _unsafe(path: str, st: os.stat_result, euid: int) -> str | None:
+    """Why a template file or directory may not be trusted, with the fix."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != euid:
+        return f"{path} is owned by uid {st.st_uid}, not the agent's user (uid {euid}): chown {euid} {path}"
+    if mode & 0o022:
+        return f"{path} is group- or world-writable (mode {mode:04o}): chmod go-w {path}"
+    return None
+
+
+def template_dir_problem(template_dir: str | Path) -> str | None:
+    """Why the operator's ``bird.templateDir`` may not be used, or None.
+
+    Its templates run inside the root agent, so the directory, every directory
+    below it and every file in them (symbolic links followed, as jinja2 does)
+    must be owned by the agent's effective user and not be group- or
+    world-writable. A missing directory is refused too (a typo would silently
+    render the shipped templates instead)."""
+    root = os.fspath(template_dir)
+    where = f"bird.templateDir {root}"
+    euid = os.geteuid()
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return f"{where}: does not exist (create it, or leave the key empty for the shipped templates)"
+    except OSError as exc:
+        return f"{where}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{where}: not a directory"
+    refused = "bird.templateDir: refused (templates run as the agent)"
+    if (why := _unsafe(root, st, euid)) is not None:
+        return f"{refused}: {why}"
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            return f"{where}: {directory}: {exc.strerror}"
+        for entry in entries:
+            try:
+                est = os.stat(entry.path)
+            except OSError as exc:
+                return f"{where}: {entry.path}: {exc.strerror}"
+            if (why := _unsafe(entry.path, est, euid)) is not None:
+                return f"{refused}: {why}"
+            if stat.S_ISDIR(est.st_mode):
+                if entry.is_symlink():
+                    return f"{refused}: {entry.path} is a symbolic link to a directory"
+                pending.append(entry.path)
+    return None
+
+
 def make_environment(template_dir: str | Path | None = None) -> jinja2.Environment:
-    """A new jinja2 environment: operator directory first, then the shipped templates."""
+    """A new sandboxed jinja2 environment: operator directory first, then the
+    shipped templates. Raises :class:`BirdConfigError` when ``template_dir`` is
+    not safe to run (:func:`template_dir_problem`)."""
     loaders: list[jinja2.BaseLoader] = []
     if template_dir:
+        if (problem := template_dir_problem(template_dir)) is not None:
+            raise BirdConfigError([problem], source="bird.templateDir")
         loaders.append(jinja2.FileSystemLoader(str(template_dir)))
     loaders.append(jinja2.PackageLoader("moenet_templates", "bird"))
-    return jinja2.Environment(
+    return jinja2.sandbox.ImmutableSandboxedEnvironment(
         loader=jinja2.ChoiceLoader(loaders),
         undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not an empty string
-        autoescape=False,  # noqa: S701 - BIRD config, not HTML; CP strings are made safe in names.py
+        autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -300,8 +370,13 @@ def render_tree(
     neighbors = ibgp_sessions(policy, ibgp_peers, ibgp)
     ctx = _template_context(policy, ibgp, neighbors, babel, maintenance, loopback_interface)
     env = environment(template_dir)
-    out = _top_files(env, ctx, bird_conf)
-    out.update(_session_files(env, ctx, policy, peers, neighbors))
+    try:
+        out = _top_files(env, ctx, bird_conf)
+        out.update(_session_files(env, ctx, policy, peers, neighbors))
+    except jinja2.exceptions.SecurityError as exc:
+        raise BirdConfigError(
+            [f"a template tried an unsafe operation, refused by the sandbox: {exc}"], source="bird templates"
+        ) from exc
     return dict(sorted(out.items()))
 
 

@@ -2,7 +2,10 @@
 
 ``BirdDaemon(ns, workdir).start(config)`` runs ``bird -f -c CFG -s SOCK -P PID``
 inside ``ns`` (a :class:`moenet_core.testing.NetNS`) with its socket, pid file
-and stderr in ``workdir``; ``stop()`` ends it. ``config`` may live anywhere (the
+and stderr in ``workdir``; ``stop()`` ends it. With ``user=``/``group=`` BIRD
+drops to them after start (``-u``/``-g``, as Debian's ``bird3`` runs it):
+``workdir`` is then given to that user, and every file BIRD reads later
+(configure, configure check) must be readable by it. ``config`` may live anywhere (the
 agent configures its tree by explicit path, so a throwaway bootstrap file works).
 
 :func:`unchecked_intent` builds a routing intent around its own checks: what a
@@ -12,7 +15,9 @@ buggy or hostile plugin could hand the backend, which must refuse it itself.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -59,8 +64,18 @@ protocol device {{}}
 class BirdDaemon:
     """One BIRD process inside ``ns``; files in ``workdir``."""
 
-    def __init__(self, ns: NetNS, workdir: str | os.PathLike[str], *, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        ns: NetNS,
+        workdir: str | os.PathLike[str],
+        *,
+        binary: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> None:
         self.ns = ns
+        self.user = user
+        self.group = group
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         found = binary or default_bird_binary()
@@ -85,6 +100,14 @@ class BirdDaemon:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         cmd = [self.binary, "-f", "-c", cfg, "-s", str(self.socket), "-P", str(self.pidfile)]
+        if self.user or self.group:
+            # BIRD writes its pid file and log after dropping privileges.
+            uid = pwd.getpwnam(self.user).pw_uid if self.user else -1
+            gid = grp.getgrnam(self.group).gr_gid if self.group else -1
+            for path in (self.dir, self.log, self.pidfile):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(path, uid, gid)
+            cmd += [*(["-u", self.user] if self.user else []), *(["-g", self.group] if self.group else [])]
         with self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns.name, *cmd], stdout=subprocess.DEVNULL, stderr=err

@@ -156,7 +156,7 @@ def test_peer_and_ibgp_dirs_warn_only_when_set_elsewhere(
     cfg, _ = build_config(
         {
             "node": {"name": "n1", "id": 1},
-            "controlPlane": {"url": "http://127.0.0.1:9", "token": "t"},
+            "controlPlane": {"url": "http://127.0.0.1:9", "token": "t-123456"},
             "bird": {"configDir": str(etc), "controlSocket": str(tmp_path / "bird.ctl"), **section},
         },
         env={},

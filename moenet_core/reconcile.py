@@ -14,7 +14,12 @@ tell them apart:
 2. **observe** (subclass): what the system has now, read from the backends.
 3. **plan** (subclass, pure): what to change; it includes the mass-removal guard's
    verdict (:mod:`moenet_core.guard`), which the base logs once per refusal and
-   exports as ``<plugin>_guard_refused``.
+   exports as ``<plugin>_guard_refused``. The guard's sliding window is the
+   base's: before the plan it sets :attr:`Reconciler.guard_window` (what was
+   removed within :meth:`Reconciler.guard_policy`'s ``window``, from the
+   persisted ``guard.json``, at the injected clock's time) for the subclass to
+   pass to :func:`~moenet_core.guard.evaluate`; after it, the removals that go
+   ahead are remembered.
 4. **apply** (subclass): make the changes; per-object failures are
    :class:`Failure` values, told apart as *transient* (a retry may fix it: the CP
    or a daemon unreachable, DNS, a timeout) or *permanent* (the object's own
@@ -42,13 +47,14 @@ import attrs
 
 from .descriptors import RouteSpec, SyncEvent
 from .errors import BackendUnavailable, ControlPlaneError, ControlPlaneUnavailable, MoenetError
+from .guard import GuardMemory, GuardWindow
 from .state import SavedAnswer
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from .context import PluginContext
-    from .guard import GuardVerdict
+    from .guard import GuardPolicy, GuardVerdict
 
 __all__ = [
     "Answer",
@@ -71,6 +77,8 @@ R = TypeVar("R")
 
 #: Where the last valid answer is kept, in the plugin's state directory.
 ANSWER_FILE = "answer.json"
+#: The guard's sliding-window memory (:class:`~moenet_core.guard.GuardMemory`).
+GUARD_FILE = "guard.json"
 
 
 class ReconcileError(MoenetError):
@@ -159,6 +167,10 @@ class Reconciler(Generic[D, O, P, R]):
         self.lock = asyncio.Lock()
         """Held by a cycle and by anything else writing the same objects (``/restart``)."""
         self.guard: GuardVerdict | None = None
+        self.guard_window: GuardWindow | None = None
+        """The guard's sliding window for the plan being made (None: no window);
+        set by the base before :meth:`plan`."""
+        self._guard_memory: GuardMemory | None = None
         self.last: dict[str, Any] | None = None
         """The last cycle's summary (``/status``), with its ``problem``."""
         self.last_error: str | None = None
@@ -188,6 +200,11 @@ class Reconciler(Generic[D, O, P, R]):
 
     def verdict(self, plan: P) -> GuardVerdict | None:
         """The guard's verdict inside ``plan`` (None: no guard)."""
+        return None
+
+    def guard_policy(self) -> GuardPolicy | None:
+        """The guard's policy (from the plugin's section); its ``window`` turns the
+        sliding window on. None (the default): no window is kept."""
         return None
 
     async def apply(self, plan: P, observed: O) -> R:
@@ -289,8 +306,11 @@ class Reconciler(Generic[D, O, P, R]):
             await self.prepare()
             answer = await self.fetch()
             observed = await self.observe(answer.value)
+            self.guard_window = self.window_now()
             plan = self.plan(answer, observed)
-            self.note_guard(self.verdict(plan))
+            verdict = self.verdict(plan)
+            self.note_guard(verdict)
+            self.remember_removals(verdict)
             outcome = await self.apply(plan, observed)
             summary = await self.report(answer, plan, outcome)
         except MoenetError as exc:
@@ -328,10 +348,48 @@ class Reconciler(Generic[D, O, P, R]):
         self.guard = verdict
         self._m_refused.set(1 if verdict is not None and verdict.refused else 0)
 
+    # ------------------------------------------------------------ guard window
+
+    def _window_seconds(self) -> float:
+        policy = self.guard_policy()
+        return policy.window if policy is not None else 0.0
+
+    def guard_memory(self) -> GuardMemory:
+        """The window's memory, read from ``guard.json`` once; a file that cannot
+        be read is logged and an empty memory used (a corrupt state file never
+        stops the agent)."""
+        if self._guard_memory is None:
+            try:
+                self._guard_memory = self.ctx.state.load(GUARD_FILE, GuardMemory, default=GuardMemory())
+            except MoenetError as exc:
+                self.ctx.log.warning("{} guard: ignoring the window's memory: {}", self.ctx.plugin, exc)
+                self._guard_memory = GuardMemory()
+        return self._guard_memory
+
+    def window_now(self) -> GuardWindow | None:
+        """The sliding window at the clock's time now (None when it is off)."""
+        seconds = self._window_seconds()
+        if seconds <= 0:
+            return None
+        return self.guard_memory().window(self.ctx.clock.time(), seconds)
+
+    def remember_removals(self, verdict: GuardVerdict | None) -> None:
+        """Remember the removals of ``verdict`` that go ahead (persisted before
+        the apply, so a crash mid-apply still counts them)."""
+        seconds = self._window_seconds()
+        if seconds <= 0 and self._guard_memory is None and not self.ctx.state.path(GUARD_FILE).exists():
+            return
+        memory = self.guard_memory()
+        after = memory.record(verdict, now=self.ctx.clock.time(), seconds=seconds)
+        if after != memory:
+            self.ctx.state.save(GUARD_FILE, after)
+            self._guard_memory = after
+
     async def preview(self) -> dict[str, Any]:
         """What a cycle would change now; persists and writes nothing."""
         answer = await self.fetch(persist=False)
         observed = await self.observe(answer.value)
+        self.guard_window = self.window_now()
         plan = self.plan(answer, observed)
         return {"answer": answer.source, "problem": answer.problem, **self.plan_json(answer, plan, observed)}
 
@@ -382,7 +440,9 @@ async def sync_cycle(ctx: PluginContext, task: str) -> AsyncIterator[_Cycle]:
 
 def plan_route(task_name: str) -> RouteSpec:
     """``GET /plugins/<plugin>/plan``: what the plugin's reconciler would change
-    now, as JSON (503 while it is not running, 502 when it cannot plan)."""
+    now, as JSON (503 while it is not running, 502 when it cannot plan).
+    Sensitive: it calls the CP and lists the topology, so it needs
+    ``server.token`` when one is set (``moenet-agent plan`` sends it)."""
 
     async def handler(request: web.Request, ctx: PluginContext) -> web.StreamResponse:
         from aiohttp import web
@@ -400,4 +460,6 @@ def plan_route(task_name: str) -> RouteSpec:
         path="/plan",
         handler=handler,
         description=f"what a {task_name} would change now (changes nothing)",
+        # A control-plane request per call, and the node's peers in the answer.
+        sensitive=True,
     )

@@ -39,6 +39,10 @@ class IbgpConfig:
     """Refuse an answer dropping more than this share of the known nodes ..."""
     guard_min_count: int = attrs.field(default=2, metadata=check(non_negative))
     """... and more than this many (both must be exceeded)."""
+    guard_window: float = attrs.field(default=3600.0, metadata=check(non_negative))
+    """Seconds over which dropped nodes are also counted together, against the
+    nodes known at the window's start (so dropping a few per answer cannot empty
+    the list); remembered across restarts. 0: each answer is judged on its own."""
     allow_removal: str = attrs.field(default="", metadata=check(_digest))
     """An operator override: the guard digest (shown in ``/status``) of the one
     removal set to let through; it never matches a different, later one."""

@@ -13,7 +13,8 @@ cycle's ending). Every run (120 s, and on ``/sync``):
 2. **Validate** every entry (:func:`~moenet_ibgp.model.parse_answer`); invalid
    ones are logged once, left out and listed in ``/status``.
 3. **Guard**: an answer that would drop more than ``guardMaxShare`` (and more
-   than ``guardMinCount``) of the known nodes keeps the dropped ones (the
+   than ``guardMinCount``) of the known nodes, alone or with the nodes dropped
+   within the last ``guardWindow`` seconds, keeps the dropped ones (the
    core's :mod:`moenet_core.guard`: an empty or truncated ``ibgpPeers`` after a
    CP bug looks exactly like a real mass removal, and losing iBGP cuts the node
    off from every route its neighbours learned); additions and changes still
@@ -208,10 +209,11 @@ class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
         verdict = evaluate(
             removals,
             [str(i) for i in observed],
-            GuardPolicy(max_share=section.guard_max_share, min_count=section.guard_min_count),
+            self.guard_policy(),
             override=section.allow_removal or None,
             noun="iBGP nodes",
             sort_key=numeric_order,
+            window=self.guard_window,
         )
         if verdict.refused:
             nodes.update({i: n for i, n in observed.items() if i not in nodes})
@@ -223,6 +225,12 @@ class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
             own_id=answer.value.own_id,
             route_reflector=rr,
             fragments=self._fragments(nodes, rr, own_id=answer.value.own_id),
+        )
+
+    def guard_policy(self) -> GuardPolicy:
+        section = self._section()
+        return GuardPolicy(
+            max_share=section.guard_max_share, min_count=section.guard_min_count, window=section.guard_window
         )
 
     def verdict(self, plan: IbgpPlan) -> GuardVerdict | None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from moenet_core import ConfigSection, SectionAlias
-from moenet_core.config import checked
+from moenet_core.config import checked, cp_settable
 
 from .addressing import DEFAULT_PORT_BASE, DEFAULT_PREFIX, PREFIX_RE
 
@@ -92,10 +92,10 @@ def check_share(value: Any) -> str | None:
 class MeshConfig:
     """The WireGuard + Babel IGP mesh between this network's nodes (section ``mesh``)."""
 
-    enabled: bool = True
+    enabled: bool = attrs.field(default=True, metadata=cp_settable())
     """False: the ``meshSync`` task does nothing (existing mesh tunnels are left as
     they are) and the heartbeat carries no ``meshPublicKey``."""
-    mtu: int = attrs.field(default=1420, **checked(_int_range(1280, 9000, "bytes")))
+    mtu: int = attrs.field(default=1420, **checked(_int_range(1280, 9000, "bytes"), cp=True))
     """MTU of the mesh tunnels whose peer entry names none."""
     port_base: int = attrs.field(
         default=DEFAULT_PORT_BASE, **checked(_int_range(1, 65534, "the first mesh listen port minus 1"))
@@ -108,7 +108,7 @@ class MeshConfig:
     """Traffic allowed through each mesh tunnel besides the link itself (IPv6
     link-local and Babel's multicast group, always allowed) and the peer's own
     loopbacks (always allowed). Default: DN42's address space."""
-    keepalive: int | None = attrs.field(default=None, **checked(_int_range(0, 65535, "seconds")))
+    keepalive: int | None = attrs.field(default=None, **checked(_int_range(0, 65535, "seconds"), cp=True))
     """Persistent keepalive of the mesh tunnels in seconds; 0 off. Null: the Go
     agent's ``wireguard.persistentKeepaliveInterval`` when the file has it, else 25."""
     max_peers: int = attrs.field(default=250, **checked(_int_range(1, 10000, "peers")))
@@ -131,7 +131,14 @@ class MeshConfig:
     guard_max_share: float = attrs.field(default=0.5, **checked(check_share))
     """Refuse an answer removing more than this share of the mesh tunnels ..."""
     guard_min_count: int = attrs.field(default=2, **checked(_int_range(0, 1_000_000, "tunnels")))
-    """... and more than this many (both must be exceeded)."""
+    """... and more than this many (both must be exceeded). The limits count the
+    tunnels an answer removes together with those it would re-key or recreate
+    (the peer's key, the interface name, a tunnel of another WireGuard kind
+    after a backend switch)."""
+    guard_window: float = attrs.field(default=3600.0, **checked(lambda v: _non_negative(v)))
+    """Seconds over which tunnel removals are also counted together, against the
+    tunnels there were at the window's start; remembered across restarts. 0:
+    each answer is judged on its own."""
     allow_removal: str = ""
     """The guard digest (``/status``) of the one refused removal set to let through."""
     status_repeat: float = attrs.field(default=600.0, **checked(lambda v: _non_negative(v)))

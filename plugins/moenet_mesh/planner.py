@@ -19,8 +19,14 @@ Rules:
 - Mesh tunnels of peers no longer listed are **removed**, subject to the
   mass-removal guard (:mod:`moenet_core.guard`: an empty peer list after a CP
   bug looks exactly like a real mass removal, and the Go agent tore every mesh
-  tunnel down on it); mesh tunnels whose peer is still listed under another name (the
-  interface prefix changed) are removed without counting against the guard.
+  tunnel down on it), counted with the removals made within the guard's window.
+- **Rebuilds** count against the same guard, together with this answer's
+  removals: a mesh tunnel whose peer is still listed under another name (the
+  interface prefix changed: the old tunnel is deleted, a new one created), and
+  a live tunnel whose peer key would change (or that is listed without device
+  details: a tunnel of the other WireGuard kind after a backend switch, which
+  is recreated). When the guard refuses, they are withheld too: the old tunnel
+  stays as it is and the renamed one is not created; everything else applies.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 
 import attrs
 
-from moenet_core import GuardPolicy, GuardVerdict, TunnelState, evaluate, tunnel_drift
+from moenet_core import GuardPolicy, GuardVerdict, GuardWindow, TunnelState, evaluate, tunnel_drift
 from moenet_core.intents import BabelInterfaceIntent
 
 from .addressing import parse_interface
@@ -125,16 +131,36 @@ def plan(
     prefix: str,
     guard: GuardPolicy | None = None,
     override: str | None = None,
+    window: GuardWindow | None = None,
 ) -> Plan:
     """The plan for one answer. ``errors`` holds the listed peers that cannot be
-    configured (id -> reason); ``present`` every id the answer lists."""
+    configured (id -> reason); ``present`` every id the answer lists; ``window``
+    the guard's sliding window (the removals made recently)."""
     mesh = observed.mesh
     peers, wanted, failed_ids = _plan_peers(desired, errors, observed, mesh)
     keep, stale, departed = _sort_unwanted(mesh, wanted, failed_ids, set(present), observed, prefix)
-    verdict = evaluate(departed, mesh, guard, override=override, noun="mesh tunnels")
-    remove = stale + ([] if verdict.refused else departed)
+    rekeyed = [
+        pp.interface
+        for pp in peers
+        if pp.action is Action.UPDATE
+        and pp.interface is not None
+        and pp.desired is not None
+        and mesh[pp.interface].peer_public_key != pp.desired.spec.peer_public_key
+    ]
+    verdict = evaluate(
+        departed,
+        mesh,
+        guard,
+        override=override,
+        noun="mesh tunnels",
+        rebuilds=[*stale, *rekeyed],
+        window=window,
+    )
+    remove = stale + departed
     if verdict.refused:
-        keep += departed
+        keep += stale + departed
+        remove = []
+        peers, wanted = _withhold_rebuilds(peers, wanted, stale, set(rekeyed), observed, prefix)
     ports, fragments = _final_ports_and_fragments(wanted, keep, mesh, observed)
     return Plan(
         peers=tuple(sorted(peers, key=lambda p: p.node_id)),
@@ -144,6 +170,43 @@ def plan(
         ports=frozenset(ports),
         fragments=fragments,
     )
+
+
+def _withhold_rebuilds(
+    peers: list[PeerPlan],
+    wanted: Mapping[str, DesiredPeer],
+    stale: Collection[str],
+    rekeyed: Collection[str],
+    observed: Observed,
+    prefix: str,
+) -> tuple[list[PeerPlan], dict[str, DesiredPeer]]:
+    """The peers and wanted tunnels once the guard withheld the rebuilds: a
+    re-keyed tunnel is left alone; a renamed one keeps its old tunnel (kept by
+    the caller) and the new name is neither created nor declared."""
+    renamed: dict[int, str] = {}
+    for name in stale:
+        rec = observed.records.get(name)
+        owner_id = rec.node_id if rec is not None else parse_interface(name, prefix)
+        if owner_id is not None:
+            renamed[owner_id] = name
+    held: list[PeerPlan] = []
+    for pp in peers:
+        if pp.interface in rekeyed:
+            held.append(attrs.evolve(pp, action=Action.NONE, drift=("re-key withheld by the guard",)))
+        elif pp.node_id in renamed and pp.action is Action.CREATE:
+            old = renamed[pp.node_id]
+            held.append(
+                PeerPlan(
+                    node_id=pp.node_id,
+                    interface=old,
+                    action=Action.NONE,
+                    drift=("rename withheld by the guard",),
+                )
+            )
+        else:
+            held.append(pp)
+    new_names = {pp.interface for pp in peers if pp.node_id in renamed and pp.action is Action.CREATE}
+    return held, {n: d for n, d in wanted.items() if n not in new_names}
 
 
 def _plan_peers(

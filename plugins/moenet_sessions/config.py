@@ -1,5 +1,6 @@
 """The ``sessions`` config section: the session tunnels' key, keepalive and
-link-local, the mass-removal guard and where preshared keys go.
+link-local, the mass-removal guard (and its window), the cap on sessions per
+answer and where preshared keys go.
 
 Everything has a default, so a node without the section behaves as issue 5 asks
 (refuse removing more than half, and more than 2, of the node's sessions at once).
@@ -28,9 +29,14 @@ def _share(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attr.name}: must be within 0..1, got {value!r}")
 
 
-def _non_negative(_inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
+def _non_negative(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise ValueError(f"{attr.name}: must be >= 0, got {value!r}")
+
+
+def _positive(_inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attr.name}: must be >= 1, got {value!r}")
 
 
 def _keepalive(value: int) -> str | None:
@@ -48,9 +54,9 @@ class SessionsConfig:
     public_key_path: str = ""
     """When set, the key's public half is written here (at start, generating the
     key when missing, and whenever the agent generates it). Empty: not written."""
-    persistent_keepalive_interval: int = attrs.field(default=25, metadata=check(_keepalive))
+    persistent_keepalive_interval: int = attrs.field(default=25, metadata=check(_keepalive, cp=True))
     """Seconds between keepalives on the eBGP session tunnels; 0 turns them off."""
-    dn42_ipv6_link_local: str = attrs.field(default="", metadata=check(ipv6_link_local))
+    dn42_ipv6_link_local: str = attrs.field(default="", metadata=check(ipv6_link_local, cp=True))
     """Our link-local address (``/64``) on every eBGP session tunnel, and BIRD's
     local address towards link-local neighbours. Empty: derived from the IPv6
     loopback by the Go agent's rule (``fd00:4242:7777:302:1::1`` gives
@@ -58,7 +64,19 @@ class SessionsConfig:
     guard_max_share: float = attrs.field(default=0.5, validator=_share)
     """Refuse an answer removing more than this share of the configured sessions ..."""
     guard_min_count: int = attrs.field(default=2, validator=_non_negative)
-    """... and more than this many (both must be exceeded)."""
+    """... and more than this many (both must be exceeded). The limits count the
+    sessions an answer removes together with those whose tunnel it would re-key
+    or recreate (our key file, the peer's key or preshared key, the interface
+    name, a tunnel of another WireGuard kind after a backend switch)."""
+    guard_window: float = attrs.field(default=3600.0, validator=_non_negative)
+    """Seconds over which removals are also counted together, against the
+    sessions configured at the window's start (so removing 5, then 2, 2 and 1 of
+    10 is refused from the second step on); remembered across restarts. 0: each
+    answer is judged on its own."""
+    max_sessions: int = attrs.field(default=2000, validator=_positive)
+    """An answer listing more sessions is refused as a whole (the last valid
+    answer keeps serving): each session is a tunnel (with the userspace backend a
+    ``wireguard-go`` process), a BIRD protocol and an open port."""
     allow_removal: str = ""
     """An operator override: the guard digest (shown in ``/status``) of the one
     removal set to let through. It never matches a different, later mass removal."""

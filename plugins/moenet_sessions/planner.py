@@ -38,6 +38,7 @@ import attrs
 from moenet_core import (
     GuardPolicy,
     GuardVerdict,
+    GuardWindow,
     SessionStatus,
     TunnelSpec,
     TunnelState,
@@ -80,7 +81,7 @@ class Kind(enum.StrEnum):
     CONFIGURE = "configure"
     REMOVE = "remove"
     WITHHELD = "withheld"
-    """A removal the guard refused: everything stays as it is."""
+    """A removal or rebuild the guard refused: everything stays as it is."""
     INVALID = "invalid"
     """Invalid or not buildable: left as configured, ERROR reported."""
 
@@ -220,9 +221,16 @@ def plan(
     guard: GuardPolicy | None = None,
     override: str | None = None,
     latency: Mapping[str, int] | None = None,
+    window: GuardWindow | None = None,
 ) -> Plan:
     """The plan for one CP answer. ``override`` is an operator-allowed guard digest;
-    ``latency`` the measured tier per uuid."""
+    ``latency`` the measured tier per uuid; ``window`` the guard's sliding window
+    (the removals made recently, counted with this answer's).
+
+    The guard counts the sessions this answer removes together with the
+    configured ones whose live tunnel it would re-key or recreate
+    (:func:`rebuild_reasons`); a refusal withholds both, while additions and
+    harmless in-place changes still apply."""
     valid = {s.uuid: s for s in sessions}
     bad = {i.uuid: i for i in invalid if i.uuid is not None}
     unreportable = tuple(i.reason for i in invalid if i.uuid is None)
@@ -255,28 +263,61 @@ def plan(
     for uuid in sorted((set(previous.configured) | set(observed.fragments)) - answer):
         removals[uuid] = _removal(uuid, None, None, owned(uuid), observed, memo(uuid))
 
-    configured_now = set(previous.configured) | set(observed.fragments)
-    really = [u for u, p in removals.items() if p.changes or u in previous.configured]
-    verdict = evaluate(really, configured_now, guard, override=override, noun="configured sessions")
-    if verdict.refused:
-        for uuid in verdict.removals:
-            removals[uuid] = _withheld(removals[uuid], previous, observed)
-    removed_names = {n for p in removals.values() if p.kind is Kind.REMOVE for n in p.remove_interfaces}
-
-    # 2. sessions to configure; invalid ones left as they are
-    items: dict[str, SessionPlan] = dict(removals)
+    # 2. sessions to configure (built first: the guard counts the rebuilds among them)
+    items: dict[str, SessionPlan] = {}
+    built: dict[str, DesiredSession] = {}
+    rebuilds: dict[str, list[str]] = {}
     for uuid, s in valid.items():
         if s.status not in CONFIGURE_STATUSES:
             continue
         try:
-            d = build_desired(s, settings, latency=(latency or {}).get(uuid))
+            built[uuid] = d = build_desired(s, settings, latency=(latency or {}).get(uuid))
         except DesiredError as exc:
             items[uuid] = _invalid(
                 uuid, s.status, s.last_error, f"sessions[{uuid}]: {exc}", previous, observed
             )
             continue
+        why = rebuild_reasons(d, previous.configured.get(uuid), tunnels, owned(uuid))
+        if why:
+            rebuilds[uuid] = why
+
+    configured_now = set(previous.configured) | set(observed.fragments)
+    really = [u for u, p in removals.items() if p.changes or u in previous.configured]
+    verdict = evaluate(
+        really,
+        configured_now,
+        guard,
+        override=override,
+        noun="configured sessions",
+        rebuilds=rebuilds,
+        window=window,
+    )
+    if verdict.refused:
+        for uuid in verdict.removals:
+            removals[uuid] = _withheld(removals[uuid], previous, observed)
+        for uuid in verdict.rebuilds:
+            s = valid[uuid]
+            held = f"rebuild withheld by the guard: {', '.join(rebuilds[uuid])}"
+            items[uuid] = _withheld(
+                SessionPlan(
+                    uuid=uuid,
+                    kind=Kind.WITHHELD,
+                    status=s.status,
+                    interface=None,
+                    cp_error=s.last_error,
+                    **memo(uuid),
+                ),
+                previous,
+                observed,
+                held,
+            )
+    removed_names = {n for p in removals.values() if p.kind is Kind.REMOVE for n in p.remove_interfaces}
+    items.update(removals)
+    for uuid, d in built.items():
+        if uuid in items:
+            continue
         stale = tuple(n for n in owned(uuid) if n != d.tunnel.name)
-        items[uuid] = _configure(s, d, previous, observed, removed_names, stale, memo(uuid))
+        items[uuid] = _configure(valid[uuid], d, previous, observed, removed_names, stale, memo(uuid))
     for uuid, i in bad.items():
         if uuid not in items:
             items[uuid] = _invalid(uuid, i.status, i.last_error, i.reason, previous, observed)
@@ -413,7 +454,9 @@ def _removal(
     )
 
 
-def _withheld(p: SessionPlan, previous: Previous, observed: Observed) -> SessionPlan:
+def _withheld(
+    p: SessionPlan, previous: Previous, observed: Observed, why: str = "removal withheld by the guard"
+) -> SessionPlan:
     rec = previous.configured.get(p.uuid)
     return SessionPlan(
         uuid=p.uuid,
@@ -423,7 +466,7 @@ def _withheld(p: SessionPlan, previous: Previous, observed: Observed) -> Session
         routing=RoutingAction.KEEP if p.uuid in observed.fragments else RoutingAction.NONE,
         peer=observed.fragments.get(p.uuid) or (rec.peer if rec else None),
         port=rec.port if rec else None,
-        drift=("removal withheld by the guard",),
+        drift=(why,),
         cp_error=p.cp_error,
         last_reported=p.last_reported,
         last_seen=p.last_seen,
@@ -457,6 +500,44 @@ def _invalid(
         last_reported=last,
         last_seen=previous.seen.get(uuid),
     )
+
+
+def rebuild_reasons(
+    d: DesiredSession,
+    rec: ConfiguredSession | None,
+    tunnels: Mapping[str, TunnelState],
+    owned: Collection[str],
+) -> list[str]:
+    """Why configuring ``d`` would drop the session its live tunnel carries now
+    (empty: it would not). Only a session the agent configured (``rec``) with a
+    tunnel present counts: creating a missing tunnel, or a successor taking a
+    removed session's name, drops nothing that works.
+
+    - the interface is renamed (the old tunnel is deleted, a new one created);
+    - our private key file changes (a key path change means a new node key);
+    - the peer's public key on the tunnel differs from the desired one (a tunnel
+      listed without device details is one of the other WireGuard kind, left
+      from a backend switch: it is recreated);
+    - the preshared key changes.
+    """
+    if rec is None:
+        return []
+    out: list[str] = []
+    stale = [n for n in owned if n != d.tunnel.name]
+    if stale:
+        out.append(f"interface renamed from {', '.join(stale)}")
+    state = tunnels.get(d.tunnel.name)
+    if state is None or rec.interface != d.tunnel.name:
+        return out
+    if rec.tunnel.private_key_file != d.tunnel.private_key_file:
+        out.append("our private key file changed")
+    if state.peer_public_key is None:
+        out.append("tunnel recreated (another WireGuard kind, or unreadable)")
+    elif state.peer_public_key != d.tunnel.peer_public_key:
+        out.append("peer public key changed")
+    if rec.psk_digest != d.psk_digest:
+        out.append("preshared key changed")
+    return out
 
 
 def _spec_changes(old: TunnelSpec, new: TunnelSpec) -> list[str]:

@@ -182,12 +182,16 @@ async def mesh_node(
             "bird": {
                 "controlSocket": str(daemon.socket),
                 "configDir": str(etc),
+                "applyDebounce": 0,
+                "loopbackInterface": "lo",
             },
-            "birdAgent": {"applyDebounce": 0, "loopbackInterface": "lo"},
-            "wireguard": {"privateKeyPath": str(tmp / "wg" / "private.key"), "backend": "userspace"},
+            "sessions": {"privateKeyPath": str(tmp / "wg" / "private.key")},
+            "wireguard": {"backend": "userspace"},
             "backends": {"firewall": "nftables"},
             "state": {"directory": str(state)},
-            "meshSync": {"interfacePrefix": prefix, "helloIntervalS": 1, "rttMinMs": 1},
+            # The per-answer guard is what these scenarios show; the window over
+            # several answers is covered in tests/unit/test_sessions_guard.py.
+            "mesh": {"interfacePrefix": prefix, "helloIntervalS": 1, "rttMinMs": 1, "guardWindow": 0},
         }
         plugins = [
             ("mesh", moenet_mesh),

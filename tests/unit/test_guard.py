@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moenet_core.guard import GuardPolicy, GuardVerdict, evaluate, numeric_order, removal_digest
+from moenet_core.guard import GuardPolicy, GuardVerdict, GuardWindow, evaluate, numeric_order, removal_digest
 
 
 def test_refuses_a_mass_removal_and_says_what() -> None:
@@ -18,10 +18,13 @@ def test_refuses_a_mass_removal_and_says_what() -> None:
         "refused": True,
         "overridden": False,
         "removals": 4,
+        "rebuilds": 0,
         "configured": 6,
+        "window": {"removed": 0, "baseline": 0},
         "digest": removal_digest(known[:4]),
         "reason": v.reason,
         "withheld": known[:4],
+        "withheldRebuilds": [],
     }
 
 
@@ -101,3 +104,77 @@ def test_a_refusal_is_new_only_when_the_set_changes() -> None:
     assert other.newly_refused(refused)
     allowed = evaluate(["a", "b", "c"], ["a", "b", "c", "d"], override=refused.digest)
     assert refused.newly_refused(allowed)  # the override was withdrawn
+
+
+# ------------------------------------------------------------------ issue 14: window, rebuilds
+
+
+def test_the_window_counts_removals_against_its_start() -> None:
+    """5, then 2, 2 and 1 of 10: each step passes alone, not within one window."""
+    from moenet_core.guard import GuardMemory
+
+    policy = GuardPolicy(window=3600)
+    known = [str(i) for i in range(10)]
+    memory, now = GuardMemory(), 1000.0
+    v = evaluate(known[:5], known, policy, window=memory.window(now, 3600))
+    assert not v.refused
+    memory = memory.record(v, now=now, seconds=3600)
+    assert memory.window(now + 60, 3600).baseline == 10
+    left = known[5:]
+    v = evaluate(left[:2], left, policy, window=memory.window(now + 60, 3600))
+    assert v.refused and (v.recent, v.baseline) == (5, 10)
+    assert "7 of the 10 items" in v.reason and "per 1h" in v.reason
+    assert not evaluate(left[:2], left, policy).refused  # alone: 2 of 5
+    assert memory.record(v, now=now + 60, seconds=3600) == memory  # a refused set is not remembered
+    # After the window, the same set passes.
+    assert not evaluate(left[:2], left, policy, window=memory.window(now + 3601, 3600)).refused
+    # A removal retried (not yet gone) is not counted twice.
+    assert not evaluate(known[:5], known, policy, window=memory.window(now + 60, 3600)).refused
+
+
+def test_the_override_matches_the_window_refusal_and_restarts_the_window() -> None:
+    from moenet_core.guard import GuardMemory, GuardWindow
+
+    window = GuardWindow(removed=frozenset("vwxyz"), baseline=10, seconds=3600)
+    v = evaluate(["a", "b"], list("abcde"), window=window)
+    assert v.refused and v.digest == removal_digest(["a", "b"])
+    allowed = evaluate(["a", "b"], list("abcde"), window=window, override=v.digest)
+    assert allowed.overridden and not allowed.refused
+    memory = GuardMemory().record(evaluate(list("vwxyz"), list("abcdevwxyz")), now=0, seconds=3600)
+    assert memory.removals and memory.record(allowed, now=1, seconds=3600) == GuardMemory()
+
+
+def test_the_memory_forgets_old_and_future_records() -> None:
+    from moenet_core.guard import GuardMemory, RemovalRecord
+
+    m = GuardMemory(
+        removals=(
+            RemovalRecord(at=0, items=("a",), configured=4),
+            RemovalRecord(at=5000, items=("b",), configured=3),
+            RemovalRecord(at=99999, items=("c",), configured=2),  # the clock was set back
+        )
+    )
+    assert [r.items for r in m.recent(4000, 3600)] == [("b",)]
+    assert m.window(4000, 3600).baseline == 3 and m.window(4000, 0) == GuardWindow(seconds=0)
+    assert m.record(None, now=4000, seconds=3600).removals == m.recent(4000, 3600)
+
+
+def test_rebuilds_count_with_removals_and_keep_the_removal_digest() -> None:
+    known = list("abcdef")
+    v = evaluate([], known, rebuilds=list("abcd"), noun="tunnels")
+    assert v.refused and v.rebuilds == tuple("abcd") and v.removals == ()
+    assert v.reason.startswith("the answer would rebuild (re-key or recreate) 4 of 6 tunnels")
+    assert v.status_info()["withheldRebuilds"] == list("abcd")
+    both = evaluate(["a", "b"], known, rebuilds=["c", "d"])
+    assert both.refused and "remove 2 and rebuild (re-key or recreate) 2 of 6" in both.reason
+    assert not evaluate(["a"], known, rebuilds=["c"]).refused
+    # Rebuilds enter the digest tagged: a removal-only set keeps its old digest.
+    assert evaluate(["a", "b", "c", "d"], known).digest == removal_digest(list("abcd"))
+    assert both.digest != removal_digest(list("abcd"))
+    assert evaluate([], known, rebuilds=list("abcd"), override=v.digest).overridden
+
+
+def test_format_seconds() -> None:
+    from moenet_core.guard import format_seconds
+
+    assert [format_seconds(s) for s in (3600, 5400, 90, 0, 86400)] == ["1h", "1h30m", "1m30s", "0s", "24h"]

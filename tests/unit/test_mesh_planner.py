@@ -223,10 +223,60 @@ def test_guard_withholds_mass_removal_and_an_override_lets_it_through() -> None:
     assert not two.guard.refused and two.remove == ("igp4", "igp5")
 
 
-def test_prefix_change_replaces_tunnels_without_the_guard() -> None:
+def test_prefix_change_rebuilds_every_tunnel_so_the_guard_withholds_it() -> None:
+    """Renaming every tunnel (a new interface prefix) drops every link at once: a
+    mass change like a mass removal (issue 14). Withheld, the old tunnels stay as
+    they are and the new names are neither created nor declared; the override
+    lets exactly that set through."""
     old = settings()
     new = settings(interface_prefix="mesh")
     specs = [build_desired(peer(n), old).spec for n in (1, 2, 4)]
-    p = plan([build_desired(peer(n), new) for n in (1, 2, 4)], {}, {1, 2, 4}, observed(*specs), prefix="mesh")
-    assert not p.guard.refused and p.remove == ("igp1", "igp2", "igp4")
-    assert [pp.action for pp in p.peers] == [Action.CREATE] * 3
+    frags = {s.name: build_desired(peer(int(s.name[3:])), old).fragment for s in specs}
+    obs = observed(*specs, fragments=frags, ports=frozenset({51821, 51822, 51824}))
+    desired = [build_desired(peer(n), new) for n in (1, 2, 4)]
+    p = plan(desired, {}, {1, 2, 4}, obs, prefix="mesh")
+    assert p.guard.refused and p.guard.rebuilds == ("igp1", "igp2", "igp4") and p.guard.removals == ()
+    assert "rebuild (re-key or recreate) 3 of 3 mesh tunnels" in p.guard.reason
+    assert p.remove == () and p.keep == ("igp1", "igp2", "igp4")
+    assert [(pp.interface, pp.action) for pp in p.peers] == [(f"igp{n}", Action.NONE) for n in (1, 2, 4)]
+    assert p.fragments == frags and p.ports == {51821, 51822, 51824}
+    allowed = plan(desired, {}, {1, 2, 4}, obs, prefix="mesh", override=p.guard.digest)
+    assert not allowed.guard.refused and allowed.guard.overridden
+    assert allowed.remove == ("igp1", "igp2", "igp4")
+    assert [pp.action for pp in allowed.peers] == [Action.CREATE] * 3
+    # One renamed of three is within the policy: replaced at once.
+    one = plan(
+        [build_desired(peer(1), new), *(build_desired(peer(n), old) for n in (2, 4))],
+        {},
+        {1, 2, 4},
+        obs,
+        prefix="igp",
+    )
+    assert not one.guard.refused
+
+
+def test_rekeying_most_tunnels_is_withheld_additions_still_apply() -> None:
+    st = settings()
+    d = {n: build_desired(peer(n), st) for n in (1, 2, 4, 5)}
+    obs = observed(*(x.spec for x in d.values()))
+    rekeyed = [build_desired(peer(n, publicKey=key(n + 100)), st) for n in (1, 2, 4)]
+    p = plan([*rekeyed, d[5], build_desired(peer(6), st)], {}, {1, 2, 4, 5, 6}, obs, prefix="igp")
+    assert p.guard.refused and p.guard.rebuilds == ("igp1", "igp2", "igp4")
+    assert {pp.interface: pp.action for pp in p.peers} == {
+        "igp1": Action.NONE,
+        "igp2": Action.NONE,
+        "igp4": Action.NONE,
+        "igp5": Action.UPDATE,  # a harmless in-place change (the recorded digest differs): applied
+        "igp6": Action.CREATE,
+    }
+    # A backend switch: the tunnels are listed without device details and would be recreated.
+    switched = observed(*(x.spec for x in d.values()))
+    switched = attrs.evolve(
+        switched,
+        tunnels={
+            n: attrs.evolve(t, peer_public_key=None, listen_port=None) for n, t in switched.tunnels.items()
+        },
+    )
+    q = plan(list(d.values()), {}, {1, 2, 4, 5}, switched, prefix="igp")
+    assert q.guard.refused and q.guard.rebuilds == ("igp1", "igp2", "igp4", "igp5")
+    assert all(pp.action is Action.NONE for pp in q.peers)

@@ -384,3 +384,72 @@ def test_guard_override_matches_only_that_set() -> None:
     assert all(s.kind is Kind.REMOVE for s in p.sessions)
     other = run([item(1)], obs, prev, override=refused.guard.digest)  # a different set
     assert other.guard.refused
+
+
+# ------------------------------------------------------------------ the guard: rebuilds and the window (issue 14)
+
+
+def test_a_key_path_change_rebuilding_every_tunnel_is_withheld() -> None:
+    """A new ``privateKeyPath`` re-keys every session tunnel: a mass change, refused
+    like a mass removal; an addition in the same answer still goes ahead."""
+    obs, prev = healthy(1, 2, 3, 4)
+    moved = attrs.evolve(SETTINGS, private_key_file="/elsewhere/new.key")
+    ok, bad = parse_sessions([item(n) for n in (1, 2, 3, 4, 5)])
+    p = plan(ok, bad, obs, prev, settings=moved)
+    assert (
+        p.guard.refused and p.guard.removals == () and p.guard.rebuilds == tuple(uid(n) for n in (1, 2, 3, 4))
+    )
+    assert "rebuild (re-key or recreate) 4 of 4 configured sessions" in p.guard.reason
+    for n in (1, 2, 3, 4):
+        sp = p.by_uuid(uid(n))
+        assert sp is not None and sp.kind is Kind.WITHHELD and not sp.changes
+        assert "our private key file changed" in sp.drift[0]
+    new = p.by_uuid(uid(5))
+    assert new is not None and new.tunnel is TunnelAction.CREATE
+    assert set(p.fragments) == {uid(n) for n in (1, 2, 3, 4, 5)}
+    # The operator's override lets exactly this set through.
+    allowed = plan(ok, bad, obs, prev, settings=moved, override=p.guard.digest)
+    assert allowed.guard.overridden and not allowed.guard.refused
+    assert all(allowed.by_uuid(uid(n)).tunnel is TunnelAction.UPDATE for n in (1, 2, 3, 4))  # type: ignore[union-attr]
+
+
+def test_peer_key_and_backend_switch_rebuilds_count_harmless_changes_do_not() -> None:
+    obs, prev = healthy(1, 2, 3, 4)
+    other = base64.b64encode(b"\x02" * 32).decode()
+    p = run([item(n, credential=other) for n in (1, 2, 3)] + [item(4)], obs, prev)
+    assert p.guard.refused and p.guard.rebuilds == tuple(uid(n) for n in (1, 2, 3))
+    assert "peer public key changed" in p.by_uuid(uid(1)).drift[0]  # type: ignore[union-attr]
+    # A backend switch: the old kind's tunnels are listed without device details.
+    switched = attrs.evolve(
+        obs,
+        tunnels={n: attrs.evolve(t, peer_public_key=None, listen_port=None) for n, t in obs.tunnels.items()},
+    )
+    q = run([item(n) for n in (1, 2, 3, 4)], switched, prev)
+    assert q.guard.refused and len(q.guard.rebuilds) == 4 and q.empty
+    # Endpoints, MTU and keepalive change in place: no rebuild, nothing withheld.
+    r = run([item(n, endpoint=f"198.51.100.{n + 100}:1", mtu=1400) for n in (1, 2, 3, 4)], obs, prev)
+    assert not r.guard.refused and r.guard.rebuilds == ()
+    assert all(s.tunnel is TunnelAction.UPDATE for s in r.sessions)
+    # Missing tunnels (a reboot with the kernel backend) are recreated: nothing working is dropped.
+    gone = attrs.evolve(obs, tunnels={})
+    assert not run([item(n) for n in (1, 2, 3, 4)], gone, prev).guard.refused
+
+
+def test_removals_and_rebuilds_count_together() -> None:
+    obs, prev = healthy(1, 2, 3, 4, 5, 6)
+    other = base64.b64encode(b"\x03" * 32).decode()
+    # 2 removed + 2 re-keyed of 6: within the share alone, but 4 of 6 together.
+    p = run([item(1), item(2), item(3, credential=other), item(4, credential=other)], obs, prev)
+    assert p.guard.refused and "remove 2 and rebuild (re-key or recreate) 2 of 6" in p.guard.reason
+    assert {s.uuid for s in p.sessions if s.kind is Kind.WITHHELD} == {uid(n) for n in (3, 4, 5, 6)}
+
+
+def test_the_window_counts_earlier_removals() -> None:
+    from moenet_core.guard import GuardWindow
+
+    obs, prev = healthy(1, 2, 3, 4, 5, 6)  # 5 removed earlier: 6 of 11 were left
+    window = GuardWindow(removed=frozenset(uid(n) for n in range(20, 25)), baseline=11, seconds=3600)
+    p = run([item(n) for n in (1, 2, 3, 4, 5)], obs, prev, window=window)
+    assert p.guard.refused and "6 of the 11 configured sessions" in p.guard.reason and "1h" in p.guard.reason
+    assert p.by_uuid(uid(6)).kind is Kind.WITHHELD  # type: ignore[union-attr]
+    assert not run([item(n) for n in (1, 2, 3, 4, 5)], obs, prev).guard.refused

@@ -64,6 +64,7 @@ async def load_config(
         validate=lambda answer: build_config(raw, env=env, remote=answer, source=source),
     )
     config, more = build_config(raw, env=env, remote=remote, source=source)
+    more = [w for w in more if w not in warnings]  # the local part's warnings come again
     if remote is not cached:
         try:
             store.write_json(CACHE_FILE, remote)
@@ -103,6 +104,7 @@ async def fetch_remote_config(
         token=boot.token,
         clock=clock,
         request_timeout=local.control_plane.request_timeout,
+        max_response_bytes=local.control_plane.max_response_bytes,
     )
     try:
         while True:
@@ -116,6 +118,9 @@ async def fetch_remote_config(
                 problem = f"control plane unavailable: {exc}"
             except ConfigError as exc:
                 problem = "control plane sent an invalid config: " + "; ".join(exc.problems)
+            except Exception as exc:  # a bug must not skip the cache and crash-loop the agent
+                logger.opt(exception=exc).error("bootstrap: unexpected error reading the CP's config")
+                problem = f"control plane config could not be used: {type(exc).__name__}: {exc}"
             if cached is not None:
                 logger.error("{}; starting from the cached configuration", problem)
                 return cached

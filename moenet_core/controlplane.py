@@ -13,12 +13,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import email.utils
+import errno
 import json
 import os
 import random
 import re
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
+import aiohttp.abc
 import attrs
 import yarl
 from loguru import logger
@@ -33,6 +37,8 @@ from loguru import logger
 from .breaker import CircuitBreaker
 from .clock import Clock, SystemClock
 from .errors import CircuitOpenError, ControlPlaneRejected, ControlPlaneUnavailable
+from .jsonlimits import JSONLimitError
+from .jsonlimits import loads as json_loads
 from .metrics import BREAKER_STATE_VALUES, AgentMetrics
 from .retry import RetryPolicy
 from .state import StateError, StateStore
@@ -86,6 +92,82 @@ RETRY_AFTER_CAP = 300.0
 #: Characters of a response body quoted in an error message.
 _EXCERPT = 200
 
+#: Characters of a CP-supplied error ``message`` kept (it goes to logs and ``/status``).
+MESSAGE_MAX = 500
+
+#: Default cap on one response body (``controlPlane.maxResponseBytes``).
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+#: Default bound on one DNS lookup of the CP host (never longer than the request timeout).
+DEFAULT_DNS_TIMEOUT = 10.0
+
+
+def _clip(text: str, limit: int = MESSAGE_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: Lookups of the CP host run here, not in the loop's default executor: a
+#: black-holed resolver then ties up at most these threads (a timed-out lookup's
+#: thread cannot be stopped, only abandoned).
+_DNS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="moenet-dns")
+
+
+class _PoolResolver(aiohttp.abc.AbstractResolver):
+    """``getaddrinfo`` on :data:`_DNS_POOL` (aiohttp's threaded resolver uses the
+    loop's default executor, shared with everything else)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.run_in_executor(
+            _DNS_POOL, socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, 0, socket.AI_ADDRCONFIG
+        )
+        out: list[aiohttp.abc.ResolveResult] = []
+        for fam, _, proto, _, address in infos:
+            if fam == socket.AF_INET6 and (len(address) < 4 or address[3]):
+                continue  # no IPv6 support, or a scoped link-local address: not for a CP
+            out.append(
+                aiohttp.abc.ResolveResult(
+                    hostname=host,
+                    host=str(address[0]),
+                    port=int(address[1]),
+                    family=fam,
+                    proto=proto,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
+            )
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+class BoundedResolver(aiohttp.abc.AbstractResolver):
+    """Each lookup through ``inner`` bounded by ``timeout`` seconds; a lookup that
+    takes longer is an :class:`OSError` (``ETIMEDOUT``), which the connector reports
+    as a connection error, so the attempt fails and is retried like any outage."""
+
+    def __init__(self, timeout: float, inner: aiohttp.abc.AbstractResolver | None = None) -> None:
+        if not timeout > 0:
+            raise ValueError(f"DNS timeout must be > 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        self._inner = inner if inner is not None else _PoolResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._inner.resolve(host, port, family)
+        except TimeoutError:
+            raise OSError(
+                errno.ETIMEDOUT, f"DNS lookup of {host!r} timed out after {self.timeout:g} s"
+            ) from None
+
+    async def close(self) -> None:
+        await self._inner.close()
+
 
 def validate_resource(resource: str) -> str:
     """Return ``resource`` if it is a safe path below ``/agent/{node}/``
@@ -138,7 +220,7 @@ def _unwrap(payload: Any, status: int | None) -> Any:
         code: int = payload["code"]
         if code != 0:
             message = payload.get("message")
-            text = str(message) if message not in (None, "") else f"error code {code}"
+            text = _clip(str(message)) if message not in (None, "") else f"error code {code}"
             raise ControlPlaneRejected(text, status=status, code=code)
         return payload.get("data")
     return payload
@@ -156,6 +238,8 @@ class _Answer:
     body: bytes
     retry_after: str | None = None
     location: str | None = None
+    oversize: str | None = None
+    """Why the body was cut off at the size cap (``body`` is then partial), or None."""
 
 
 class _Refused(Exception):
@@ -181,6 +265,14 @@ class HttpControlPlane(ControlPlane):
     deadline ``request_timeout`` is real time, since it bounds real I/O.
     Redirects are not followed (a 3xx is a rejection naming the target), so the
     bearer token is only ever sent to ``base_url``.
+
+    Limits on what the CP can make the agent do: a body larger than
+    ``max_response_bytes`` is never read past the cap (a 2xx over the cap is
+    :class:`ControlPlaneRejected`), JSON nested deeper than
+    :data:`~moenet_core.jsonlimits.MAX_DEPTH` is :class:`ControlPlaneRejected`,
+    a CP error message is cut to :data:`MESSAGE_MAX` characters, and each DNS
+    lookup of the CP host is bounded by ``dns_timeout`` (``resolver``: the
+    lookup to bound, for tests; default ``getaddrinfo`` on a small dedicated pool).
     """
 
     def __init__(
@@ -197,6 +289,9 @@ class HttpControlPlane(ControlPlane):
         user_agent: str | None = None,
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        dns_timeout: float | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
         base = base_url.rstrip("/")
         try:
@@ -209,7 +304,13 @@ class HttpControlPlane(ControlPlane):
             raise ValueError("node name must not be empty")
         if not request_timeout > 0:
             raise ValueError(f"request_timeout must be > 0, got {request_timeout!r}")
+        if isinstance(max_response_bytes, bool) or not max_response_bytes > 0:
+            raise ValueError(f"max_response_bytes must be > 0, got {max_response_bytes!r}")
+        if dns_timeout is None:
+            dns_timeout = min(DEFAULT_DNS_TIMEOUT, float(request_timeout))
         self.node = node
+        self.max_response_bytes = int(max_response_bytes)
+        self._resolver = BoundedResolver(dns_timeout, resolver)
         self._base = str(parsed)
         self._token = token
         self._clock = clock
@@ -257,7 +358,8 @@ class HttpControlPlane(ControlPlane):
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: aiohttp wants a running loop.
         if self._session is None or (self._owns_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(resolver=self._resolver)
+            self._session = aiohttp.ClientSession(connector=connector)
             self._owns_session = True
         return self._session
 
@@ -340,7 +442,7 @@ class HttpControlPlane(ControlPlane):
                     if status in (429, 503):
                         server_wait = parse_retry_after(answer.retry_after, self._clock.time())
                 else:
-                    # The CP answered: whatever the content, it is up.
+                    # The CP answered: whatever the content (even too much of it), it is up.
                     self.breaker.record_success(ticket)
                     return self._interpret(method, resource, answer, log)
 
@@ -377,15 +479,21 @@ class HttpControlPlane(ControlPlane):
 
     def _interpret(self, method: str, resource: str, answer: _Answer, log: Logger) -> Any:
         status, payload = answer.status, answer.body
+        if answer.oversize is not None:
+            log.warning("control plane {} {} rejected: {}", method, resource, answer.oversize)
+            raise ControlPlaneRejected(
+                f"{method} {resource}: HTTP {status}: {answer.oversize}", status=status
+            )
         if 200 <= status <= 299:
             if not payload.strip():
                 log.debug("control plane {} {} -> {} (empty)", method, resource, status)
                 return None
             try:
-                decoded = json.loads(payload)
-            except ValueError:
+                decoded = json_loads(payload)
+            except ValueError as exc:
+                why = str(exc) if isinstance(exc, JSONLimitError) else "not JSON"
                 raise ControlPlaneRejected(
-                    f"unparseable response to {method} {resource} (HTTP {status}, not JSON): "
+                    f"unparseable response to {method} {resource} (HTTP {status}, {why}): "
                     f"{_excerpt(payload)}",
                     status=status,
                 ) from None
@@ -398,12 +506,12 @@ class HttpControlPlane(ControlPlane):
             detail = f"redirected to {answer.location} (not followed; fix the control-plane URL)"
         code: int | None = None
         try:
-            decoded = json.loads(payload) if payload.strip() else None
+            decoded = json_loads(payload) if payload.strip() else None
         except ValueError:
             decoded = None
         if isinstance(decoded, dict):
             if isinstance(decoded.get("message"), str) and decoded["message"]:
-                detail = decoded["message"]
+                detail = _clip(decoded["message"])
             raw_code = decoded.get("code")
             if isinstance(raw_code, int) and not isinstance(raw_code, bool):
                 code = raw_code
@@ -432,13 +540,33 @@ class HttpControlPlane(ControlPlane):
         async with session.request(
             method, url, data=data, headers=self._headers(method), timeout=timeout, allow_redirects=False
         ) as resp:
-            payload = await resp.read()
+            payload, oversize = await self._read_capped(resp)
             return _Answer(
                 status=resp.status,
                 body=payload,
                 retry_after=resp.headers.get("Retry-After"),
                 location=resp.headers.get("Location"),
+                oversize=oversize,
             )
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, str | None]:
+        """The body, read no further than :attr:`max_response_bytes` (after
+        decompression); with the reason when the cap cut it off (the connection
+        is then closed, the rest never read)."""
+        cap = self.max_response_bytes
+        declared = resp.content_length
+        if declared is not None and declared > cap:
+            resp.close()
+            return b"", f"response too large: Content-Length {declared} exceeds the {cap}-byte cap"
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            total += len(chunk)
+            if total > cap:
+                resp.close()
+                return b"".join(chunks), f"response too large: more than the {cap}-byte cap"
+            chunks.append(chunk)
+        return b"".join(chunks), None
 
 
 def _describe(exc: BaseException) -> str:
@@ -515,7 +643,7 @@ class FileControlPlane(ControlPlane):
                 f"cannot read control-plane file {self.path}: {exc.strerror}"
             ) from None
         try:
-            document = json.loads(raw)
+            document = json_loads(raw)
         except ValueError as exc:
             raise ControlPlaneRejected(f"control-plane file {self.path} is not valid JSON: {exc}") from None
         if not isinstance(document, dict):

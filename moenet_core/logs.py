@@ -51,7 +51,9 @@ __all__ = [
 
 REDACTED = "***"
 
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Every level ``logging.level`` accepts (loguru's), with the stdlib number the
+#: bridge filters at: TRACE and SUCCESS have no stdlib name.
+_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _FORMATS = ("auto", "json", "text")
 # Secrets shorter than this are ignored: replacing every "abc" in every line
 # would make the logs unreadable and protects nothing.
@@ -281,7 +283,7 @@ def _install_intercept(level: str) -> None:
     root.addHandler(InterceptHandler())
     # Filter at the source: libraries' DEBUG records are then never built
     # unless the operator asked for DEBUG.
-    root.setLevel(logging.getLevelName(level))
+    root.setLevel(_LEVELS[level])
     # One line per request would drown everything else; failures still show.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -307,8 +309,9 @@ def setup_logging(*, fmt: str = "auto", level: str = "INFO", stream: TextIO | No
     """Configure loguru and the stdlib bridge. Safe to call again (reconfigure).
 
     ``fmt`` is ``"json"``, ``"text"`` or ``"auto"`` (text on a terminal, JSON
-    otherwise, i.e. under systemd). ``level`` is DEBUG, INFO, WARNING or ERROR,
-    any case. ``stream`` defaults to the *current* ``sys.stderr``.
+    otherwise, i.e. under systemd). ``level`` is TRACE, DEBUG, INFO, SUCCESS,
+    WARNING, ERROR or CRITICAL (what ``logging.level`` accepts), any case.
+    ``stream`` defaults to the *current* ``sys.stderr``.
 
     Only the sinks added by a previous call (and loguru's default stderr sink,
     which would print every line twice) are removed; sinks added by others, such

@@ -37,6 +37,29 @@ classmethod) can be used inside a document after :func:`json_codec` ``(cls)``.
 
 Bump the version only when old files cannot be read as the new class (a field
 renamed or its meaning changed); adding a field with a default needs no bump.
+
+Corrupt files
+-------------
+
+Every read goes through :func:`moenet_core.jsonlimits.loads`, so a file that is
+not JSON, nests deeper than the limit or holds a number past Python's digit limit
+is a :class:`StateError`, never another exception. A corrupt file never stops the
+agent from starting (``tests/unit/test_corrupt_state.py``). What happens next
+depends on what the file means:
+
+- **Warning and a safe default** (the data can be re-learnt, or "nothing" is
+  safe): ``maintenance.json`` (moved aside to ``.bad``, maintenance off), the
+  bootstrap cache (ignored), rtt ``links.json`` and sessions ``latency.json``
+  (tiers re-measured), ibgp ``nodes.json`` and bird ``applied.json`` (ignored
+  until the next CP answer), a reconciler's saved ``answer.json`` (the CP's next
+  answer is used), the file CP's send log, ``updater.json`` (updates paused with
+  an error until the file is fixed).
+- **A failed cycle naming the file** (a default would read as "the agent owns
+  nothing" and leave, or tear down, what the file records): sessions
+  ``state.json``, ``applied.json``, ``outbox.json`` and ``answer.json``, mesh
+  ``state.json``, loopback ``addresses.json``. The agent runs, the task reports
+  the error with the path in ``/status`` until the operator fixes or moves the
+  file.
 """
 
 from __future__ import annotations
@@ -57,6 +80,7 @@ import cattrs
 from cattrs.cols import mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from . import jsonlimits
 from .config import _format_cattrs_error, camel, make_converter
 from .errors import MoenetError
 
@@ -372,9 +396,9 @@ class StateStore:
         if raw is None:
             return default
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise StateError(f"state file {self._path(name)} is not valid JSON: {exc}") from exc
+            return jsonlimits.loads(raw)
+        except ValueError as exc:  # also nesting too deep (never RecursionError)
+            raise StateError(f"state file {self._path(name)} is not valid JSON: {exc}") from None
 
     def write_json(self, name: str, value: Any) -> None:
         """Replace the file atomically with ``value`` as JSON."""
@@ -392,7 +416,7 @@ class StateStore:
             if old == data:
                 return False
             with contextlib.suppress(ValueError):
-                if json.loads(old) == json.loads(data):
+                if jsonlimits.loads(old) == json.loads(data):
                     return False
         self.write_bytes(name, data)
         return True

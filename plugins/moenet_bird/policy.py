@@ -137,6 +137,13 @@ def _host(v: str) -> str | None:
     return None if HOSTNAME_RE.match(v) else f"must be an IP address or a DNS name (got {v[:40]!r})"
 
 
+def _is_number_text(s: str) -> bool:
+    """ASCII digits only, and few enough for ``int()``: ``str.isdigit()`` is also
+    true for ``"²"`` or ``"١٢٣"``, which ``int()`` refuses or reads differently, and
+    ``int()`` of more than 4 300 digits raises ValueError."""
+    return s.isascii() and s.isdigit() and len(s) <= 20
+
+
 def _symbolic(
     table: Mapping[str, int],
     valid: Callable[[int], bool],
@@ -152,7 +159,7 @@ def _symbolic(
             return v if valid(v) else None
         if isinstance(v, str):
             s = v.strip()
-            if s.isdigit():
+            if _is_number_text(s):
                 n = int(s)
                 return n if valid(n) else None
             return table.get(C.symbol_key(s))
@@ -188,7 +195,7 @@ def country_value(v: Any) -> int | None:
     """DN42 country community (1000 + ISO-3166 numeric) from either form."""
     if isinstance(v, bool) or v is None:
         return None
-    if isinstance(v, str) and v.strip().isdigit():
+    if isinstance(v, str) and _is_number_text(v.strip()):
         v = int(v.strip())
     if isinstance(v, int):
         if 1 <= v <= 999:
@@ -214,10 +221,14 @@ def bandwidth_mbit(v: Any) -> int | None:
         return None
     if isinstance(v, int | float):
         return int(v) if 1 <= v <= 2**32 - 1 else None
-    if isinstance(v, str):
+    if isinstance(v, str) and len(v) <= 64:
         m = _BW_RE.match(re.sub(r"^(LC_BW_|BW_)", "", v.strip(), flags=re.IGNORECASE))
         if m:
-            mbit = int(float(m.group(1)) * _BW_SCALE[m.group(2).upper()])
+            # float() of "9"*400 is inf (int(inf) raises OverflowError): compare first.
+            scaled = float(m.group(1)) * _BW_SCALE[m.group(2).upper()]
+            if not scaled < 2**32:
+                return None
+            mbit = int(scaled)
             return mbit if 1 <= mbit <= 2**32 - 1 else None
     return None
 

@@ -108,6 +108,7 @@ def make_control_plane(
         retry=retry,
         breaker=breaker,
         request_timeout=cp.request_timeout,
+        max_response_bytes=cp.max_response_bytes,
     )
 
 
@@ -150,7 +151,9 @@ def structure_plugin_sections(
 
     problems: dict[str, list[str]] = {}
     owners, declared = _declared_sections(pm, apply, problems)
-    merged = merge_sections(config.plugin_sections, [sec for _, sec in declared])
+    merged = merge_sections(
+        config.plugin_sections, [sec for _, sec in declared], remote=config.remote_sections
+    )
     warnings = list(merged.warnings)
     values = _structure_declared(declared, merged, problems, warnings)
     warnings.extend(_unused_section_warnings(config, pm, owners, merged))
@@ -333,7 +336,17 @@ class Agent:
         self._watchdog: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self.api: LocalApi | None = (
-            LocalApi(self, listen=config.server.listen, token=config.server.token) if api else None
+            LocalApi(
+                self,
+                listen=config.server.listen,
+                token=config.server.token,
+                allowed_hosts=config.server.allowed_hosts,
+                max_connections=config.server.max_connections,
+                header_timeout=config.server.read_timeout,
+                idle_timeout=config.server.idle_timeout,
+            )
+            if api
+            else None
         )
         self.pm.register(_CoreObserver(self), name="moenet_core")
 

@@ -2,12 +2,25 @@
 
 What the Go agent got wrong and this module fixes (research ``go-agent.md`` §17, §20.35):
 
-- **Mutating endpoints are protected.** With ``server.token`` set they need
+- **Mutating endpoints are protected**, and so are *sensitive* ones (every
+  plugin route unless it says ``sensitive=False``: a reconciler's ``/plan`` calls
+  the CP and shows the topology). With ``server.token`` set they need
   ``Authorization: Bearer <token>``, compared in constant time. Without a token
   they answer loopback clients only, and refuse browser cross-origin requests
   (a web page must not be able to drain a node through ``127.0.0.1``).
-  Read-only endpoints (``/status``, ``/metrics``, ``GET /maintenance``) stay open
-  for monitoring.
+  Read-only core endpoints (``/status``, ``/metrics``, ``GET /maintenance``) stay
+  open for monitoring.
+- **The Host header is checked on every route** (DNS rebinding): loopback names
+  and addresses, the listen address, the address the connection arrived on and
+  ``server.allowedHosts``; anything else is ``421``.
+- **Connections are bounded**: at most ``max_connections`` at once (at the cap the
+  oldest connection without a request in progress is closed to make room; when
+  every one is busy the new one is closed at once), a complete request header
+  within ``header_timeout`` seconds, and ``idle_timeout`` seconds of keep-alive.
+  A local user cannot exhaust the root agent's file descriptors by holding
+  stalled connections open (slowloris).
+- **Refusals are logged rate-limited**: one line per client per ``log_interval``
+  with the count of the ones suppressed since; never the presented token.
 - **Inputs are validated strictly** before they reach the agent: interface and
   task names by pattern (no newline, no leading ``-``, no path tricks), the
   maintenance reason as short printable text. Nothing the client sends is ever
@@ -31,8 +44,9 @@ import inspect
 import ipaddress
 import json
 import re
+import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,7 +55,9 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from . import jsonlimits
 from .descriptors import RouteSpec
 from .errors import MoenetError, PluginError
 from .logs import add_secret
@@ -55,6 +71,7 @@ __all__ = [
     "ApiHost",
     "LocalApi",
     "is_loopback",
+    "listen_is_loopback",
     "parse_listen",
     "valid_interface_name",
 ]
@@ -62,6 +79,16 @@ __all__ = [
 DEFAULT_LISTEN = "127.0.0.1:24368"
 MAX_BODY = 64 * 1024
 """Largest request body accepted; every legitimate body is a few hundred bytes."""
+MAX_CONNECTIONS = 64
+"""Default cap on concurrent API connections (``server.maxConnections``)."""
+HEADER_TIMEOUT = 10.0
+"""Default seconds to send a complete request header (``server.readTimeout``)."""
+IDLE_TIMEOUT = 120.0
+"""Default seconds a kept-alive connection may idle (``server.idleTimeout``)."""
+LOG_INTERVAL = 60.0
+"""Refusals are logged at most once per client (connection-cap events: once) per interval."""
+LOOPBACK_NAMES = frozenset({"localhost"})
+"""Host names always accepted in the Host header (besides loopback addresses)."""
 
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 # Linux IFNAMSIZ is 16 including the NUL. "/" and whitespace are refused by the
@@ -75,6 +102,10 @@ _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no", ""})
 
 _FORBIDDEN_REMOTE = "mutating endpoints accept loopback clients only when server.token is unset"
+_FORBIDDEN_SENSITIVE = (
+    "this endpoint calls the control plane or shows the topology: "
+    "it accepts loopback clients only when server.token is unset"
+)
 
 _CODES = {
     400: "bad_request",
@@ -86,6 +117,7 @@ _CODES = {
     411: "length_required",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    421: "misdirected_request",
     422: "unprocessable",
     429: "too_many_requests",
     500: "internal_error",
@@ -204,6 +236,46 @@ def is_loopback(remote: str | None) -> bool:
     return addr.is_loopback
 
 
+def listen_is_loopback(listen: str) -> bool:
+    """True when ``listen`` (``host:port``) binds loopback only: ``localhost`` or a
+    loopback address. ``:port`` (every interface) and any other name are not."""
+    host, _ = parse_listen(listen)
+    if host is None:
+        return False
+    return host.lower().rstrip(".") in LOOPBACK_NAMES or is_loopback(host)
+
+
+def _host_name(header: str) -> str | None:
+    """The host part of a ``Host`` header, lower-case, without port, brackets or
+    trailing dot; None when it is not ``name[:port]`` or ``[v6][:port]``."""
+    text = header.strip().lower()
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            return None
+        name, rest = text[1:close], text[close + 1 :]
+        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+            return None
+        return name
+    name, sep, port = text.rpartition(":")
+    if not sep:
+        name = text
+    elif not port.isdigit():
+        return None
+    name = name.rstrip(".")
+    return name if _HOSTNAME.match(name) else None
+
+
+def _normal_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
 def valid_interface_name(name: object) -> bool:
     """A Linux interface name we are willing to act on.
 
@@ -267,8 +339,8 @@ async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[st
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = jsonlimits.loads(raw)  # nesting too deep is a ValueError too, never RecursionError
+    except ValueError:
         raise _bad_request("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise _bad_request("request body must be a JSON object")
@@ -276,6 +348,217 @@ async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[st
     if unknown:
         raise _bad_request(f"unknown field(s): {', '.join(unknown)}")
     return body
+
+
+# ------------------------------------------------------------------ connection guard
+
+
+class _RateLimitedLog:
+    """One warning per key per ``interval``; the ones in between are counted and
+    the next line says how many were suppressed. Keys are client addresses, so
+    the table is bounded: past :attr:`MAX_KEYS` stale entries are dropped, and
+    new clients share one key until there is room again."""
+
+    MAX_KEYS = 1024
+    OVERFLOW = "(many clients)"
+
+    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}  # key -> (last logged at, suppressed since)
+
+    def warning(self, key: str, message: str, **extra: Any) -> bool:
+        """Log ``message`` for ``key`` unless it was logged within the interval."""
+        now = self._clock()
+        if key not in self._seen and len(self._seen) >= self.MAX_KEYS:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval}
+            if len(self._seen) >= self.MAX_KEYS:
+                key = self.OVERFLOW
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        suppressed = last[1] if last is not None else 0
+        self._seen[key] = (now, 0)
+        suffix = (
+            f" ({suppressed} more like it suppressed in the last {self.interval:g} s)" if suppressed else ""
+        )
+        logger.bind(**extra, suppressed=suppressed).warning("{}{}", message, suffix)
+        return True
+
+
+class _ConnectionGuard:
+    """Counts and bounds the API's connections (see :class:`_GuardedHandler`)."""
+
+    def __init__(self, *, limit: int, header_timeout: float, log: _RateLimitedLog) -> None:
+        self.limit = limit
+        self.header_timeout = header_timeout
+        self._log = log
+        self._open: dict[_GuardedHandler, None] = {}  # insertion order: oldest first
+        self.dropped = {"limit": 0, "evicted": 0, "header_timeout": 0}
+
+    @property
+    def active(self) -> int:
+        return len(self._open)
+
+    def admit(self, conn: _GuardedHandler) -> bool:
+        """Take ``conn`` in; at the cap, close the oldest idle connection to make
+        room, or refuse ``conn`` (False) when every open one has a request running."""
+        if len(self._open) >= self.limit:
+            idle = next((c for c in self._open if c.idle), None)
+            if idle is None:
+                self.drop("limit")
+                return False
+            self.drop("evicted")
+            self.release(idle)
+            idle.force_close()
+        self._open[conn] = None
+        return True
+
+    def release(self, conn: _GuardedHandler) -> None:
+        self._open.pop(conn, None)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        if reason != "header_timeout":
+            self._log.warning(
+                "connections",
+                f"local API: {self.limit} connections open (server.maxConnections): "
+                + ("closed the oldest idle one" if reason == "evicted" else "closed a new one"),
+            )
+
+
+class _GuardedHandler(web.RequestHandler):
+    """aiohttp's connection protocol with the guard's rules.
+
+    - admitted by :meth:`_ConnectionGuard.admit` or closed at once;
+    - a request header must be complete ``header_timeout`` seconds after the
+      connection opened or after the first byte of the next request on a
+      kept-alive connection; otherwise the connection is closed (aiohttp has no
+      such timeout: a client sending the request line alone and nothing more
+      would hold its descriptor forever);
+    - idle keep-alive is aiohttp's ``keepalive_timeout``.
+    """
+
+    def __init__(self, manager: web.Server, *, guard: _ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._pending = 0  # requests whose header arrived and whose response is not finished
+
+    @property
+    def idle(self) -> bool:
+        """No request in progress (waiting for a header counts as idle)."""
+        return self._pending == 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._guard.admit(self):
+            self.force_close()
+            return
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self._guard.release(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._pending += self._request_count - before
+            self._disarm()
+        elif data and self._pending == 0 and self._header_timer is None:
+            self._arm()  # the first bytes of the next request on a kept-alive connection
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._pending = max(0, self._pending - 1)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = asyncio.get_running_loop().call_later(
+            self._guard.header_timeout, self._header_timed_out
+        )
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._pending == 0 and self.transport is not None:
+            self._guard.drop("header_timeout")
+            self.force_close()
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's low-level server making :class:`_GuardedHandler` connections."""
+
+    def __init__(self, handler: Any, *, guard: _ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._guard = guard
+
+    def __call__(self) -> web.RequestHandler:
+        return _GuardedHandler(self, guard=self._guard, loop=self._loop, **self._kwargs)
+
+
+class _GuardedRunner(web.AppRunner):
+    """An :class:`~aiohttp.web.AppRunner` whose server is a :class:`_GuardedServer`.
+
+    ``_make_server`` is the runner's documented extension point (abstract in
+    ``BaseRunner``); the app's own server is built as usual and re-made with the
+    same handler, request factory and arguments."""
+
+    def __init__(self, app: web.Application, *, guard: _ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._guard = guard
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return _GuardedServer(
+            plain.request_handler,
+            guard=self._guard,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **plain._kwargs,
+        )
+
+
+class _ApiCollector:
+    """The API's own metrics, read at scrape time."""
+
+    def __init__(self, api: LocalApi) -> None:
+        self._api = api
+
+    def collect(self) -> Iterator[Metric]:
+        guard = self._api._guard
+        yield GaugeMetricFamily(
+            "moenet_api_connections", "Connections to the local API open now.", value=guard.active
+        )
+        dropped = CounterMetricFamily(
+            "moenet_api_connections_dropped",
+            "Local API connections the agent closed: limit, evicted, header_timeout.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(guard.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        refused = CounterMetricFamily(
+            "moenet_api_requests_refused",
+            "Local API requests refused: host, unauthorized, forbidden, cross_origin.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._api.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
 
 
 # ------------------------------------------------------------------ the API
@@ -295,6 +578,12 @@ class LocalApi:
         listen: str = DEFAULT_LISTEN,
         token: str | None = None,
         shutdown_timeout: float = 5.0,
+        allowed_hosts: Iterable[str] = (),
+        max_connections: int = MAX_CONNECTIONS,
+        header_timeout: float = HEADER_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        log_interval: float = LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._host = host
         self._listen = listen
@@ -303,15 +592,35 @@ class LocalApi:
             token = None  # an empty config value means "no token"
         if token is not None and (any(c.isspace() or not c.isprintable() for c in token)):
             raise ValueError("server.token must be printable and contain no whitespace")
+        if token is None and not listen_is_loopback(listen):
+            # build_config refuses this too; the API never exposes itself unprotected.
+            raise ValueError(
+                f"server.listen {listen!r} is not loopback and server.token is unset: "
+                "set server.token, or listen on loopback (127.0.0.1:24368)"
+            )
+        if max_connections < 1 or header_timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("max_connections, header_timeout and idle_timeout must be greater than 0")
         if token is not None:
             add_secret(token)
         self._token_digest = hashlib.sha256(token.encode()).digest() if token is not None else None
         self._shutdown_timeout = shutdown_timeout
+        self._idle_timeout = idle_timeout
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
-        # Routes that need the token (or a loopback client). Keyed by route object,
-        # so HEAD routes aiohttp adds for read-only GETs are not covered by accident.
-        self._protected: set[web.AbstractRoute] = set()
+        # Routes that need the token (or a loopback client), mapped to whether they
+        # mutate (those are logged). Keyed by route object, so HEAD routes aiohttp
+        # adds for read-only GETs are not covered by accident.
+        self._protected: dict[web.AbstractRoute, bool] = {}
+        host_name = self._bind[0]
+        names = {n.strip().lower().strip("[]").rstrip(".") for n in allowed_hosts if n.strip()}
+        if host_name is not None:
+            names.add(host_name.lower().rstrip("."))
+        self._host_names = frozenset(names | LOOPBACK_NAMES)
+        self._host_ips = frozenset(ip for n in names if (ip := _normal_ip(n)) is not None)
+        self._log = _RateLimitedLog(log_interval, clock)
+        self._guard = _ConnectionGuard(limit=max_connections, header_timeout=header_timeout, log=self._log)
+        self.refused = {"host": 0, "unauthorized": 0, "forbidden": 0, "cross_origin": 0}
+        """Requests refused, by reason (``moenet_api_requests_refused_total``)."""
 
     # ---------------------------------------------------------- lifecycle
 
@@ -320,6 +629,17 @@ class LocalApi:
         if self._app is None:
             self._app = self._build_app()
         return self._app
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (admitted by the connection cap)."""
+        return self._guard.active
+
+    @property
+    def dropped(self) -> Mapping[str, int]:
+        """Connections closed by the guard, by reason: ``limit`` (a new one at the
+        cap), ``evicted`` (an idle one, to make room), ``header_timeout``."""
+        return dict(self._guard.dropped)
 
     @property
     def bound(self) -> list[tuple[str, int]]:
@@ -335,8 +655,13 @@ class LocalApi:
         host, port = self._bind
         # access_log=None: aiohttp's access log is one INFO line per scrape; we
         # log mutating requests ourselves, without headers.
-        runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=self._shutdown_timeout
+        runner = _GuardedRunner(
+            self.app,
+            guard=self._guard,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=self._shutdown_timeout,
+            keepalive_timeout=self._idle_timeout,
         )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -361,7 +686,8 @@ class LocalApi:
 
     def _build_app(self) -> web.Application:
         app = web.Application(
-            client_max_size=MAX_BODY, middlewares=[self._error_middleware, self._auth_middleware]
+            client_max_size=MAX_BODY,
+            middlewares=[self._error_middleware, self._host_middleware, self._auth_middleware],
         )
         r = app.router
         r.add_get("/status", self._status)
@@ -369,13 +695,17 @@ class LocalApi:
         r.add_get("/maintenance", self._maintenance)
         # GET /sync triggers work too (the Go agent's docs used it), so it is
         # protected, and no implicit HEAD route is added for it.
-        self._protected.add(r.add_route("GET", "/sync", self._sync))
-        self._protected.add(r.add_post("/sync", self._sync))
-        self._protected.add(r.add_post("/maintenance/start", partial(self._set_maintenance, True)))
-        self._protected.add(r.add_post("/maintenance/stop", partial(self._set_maintenance, False)))
-        self._protected.add(r.add_post("/restart", self._restart))
+        self._protected[r.add_route("GET", "/sync", self._sync)] = True
+        self._protected[r.add_post("/sync", self._sync)] = True
+        self._protected[r.add_post("/maintenance/start", partial(self._set_maintenance, True))] = True
+        self._protected[r.add_post("/maintenance/stop", partial(self._set_maintenance, False))] = True
+        self._protected[r.add_post("/restart", self._restart)] = True
         for spec in self._host.routes:
             self._add_plugin_route(app, spec)
+        try:
+            self._host.registry.register(_ApiCollector(self))
+        except ValueError:  # another LocalApi of this registry already exports them
+            logger.debug("local API metrics already registered")
         return app
 
     def _add_plugin_route(self, app: web.Application, spec: RouteSpec) -> None:
@@ -395,8 +725,8 @@ class LocalApi:
             raise PluginError(
                 f"plugin {spec.plugin!r}: cannot add route {spec.method} {path}: {exc}", [spec.plugin]
             ) from exc
-        if spec.is_mutating:
-            self._protected.add(route)
+        if spec.is_mutating or spec.is_sensitive:
+            self._protected[route] = spec.is_mutating
 
     def _bind_handler(self, spec: RouteSpec) -> Handler:
         """``spec.handler`` as an aiohttp handler: called with the plugin's context."""
@@ -451,11 +781,57 @@ class LocalApi:
         return _error(exc.status, code, text, headers)
 
     @web.middleware
+    async def _host_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every route: the Host header must name this agent (DNS rebinding)."""
+        if not self._host_allowed(request):
+            self._refuse(
+                request,
+                "host",
+                "local API: request for a foreign Host refused (DNS rebinding?); "
+                "add the name to server.allowedHosts if it is this node's",
+                host=request.headers.get(hdrs.HOST, "")[:100],
+            )
+            raise ApiError(
+                421,
+                "misdirected_request",
+                "unknown Host: this agent answers to the names in server.allowedHosts",
+            )
+        return await handler(request)
+
+    def _host_allowed(self, request: web.Request) -> bool:
+        header = request.headers.get(hdrs.HOST)
+        if header is None:
+            return True  # HTTP/1.0 without Host: not a browser, so not rebinding
+        name = _host_name(header)
+        if name is None:
+            return False
+        if name in self._host_names:
+            return True
+        ip = _normal_ip(name)
+        if ip is None:
+            return False  # a DNS name nobody configured: the rebinding case
+        if ip.is_loopback or ip in self._host_ips:
+            return True
+        # An address literal cannot be rebound; accept the one the client reached.
+        sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        return isinstance(sock, tuple) and _normal_ip(str(sock[0])) == ip
+
+    def _refuse(self, request: web.Request, reason: str, message: str, **extra: Any) -> None:
+        """Count a refused request and log it, at most once per client per interval."""
+        self.refused[reason] += 1
+        remote = request.remote or ""
+        self._log.warning(remote, message, path=request.path, remote=remote, **extra)
+
+    @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Protect mutating routes; log who changed what (never the credentials)."""
-        if request.match_info.route not in self._protected:
+        """Protect mutating and sensitive routes; log who changed what (never the
+        credentials)."""
+        mutating = self._protected.get(request.match_info.route)
+        if mutating is None:
             return await handler(request)
-        self._authorize(request)
+        self._authorize(request, mutating)
+        if not mutating:
+            return await handler(request)
         log = logger.bind(method=request.method, path=request.path, remote=request.remote or "")
         try:
             resp = await handler(request)
@@ -466,12 +842,10 @@ class LocalApi:
         log.bind(status=resp.status).info("local API mutating request")
         return resp
 
-    def _authorize(self, request: web.Request) -> None:
+    def _authorize(self, request: web.Request, mutating: bool = True) -> None:
         if self._token_digest is not None:
             if not _bearer_matches(request.headers.get(hdrs.AUTHORIZATION), self._token_digest):
-                logger.bind(path=request.path, remote=request.remote or "").warning(
-                    "local API: missing or wrong bearer token"
-                )
+                self._refuse(request, "unauthorized", "local API: missing or wrong bearer token")
                 raise ApiError(
                     401,
                     "unauthorized",
@@ -480,14 +854,15 @@ class LocalApi:
                 )
             return
         if not is_loopback(request.remote):
-            logger.bind(path=request.path, remote=request.remote or "").warning(
-                "local API: mutating request from a non-loopback client refused"
+            self._refuse(
+                request, "forbidden", "local API: protected request from a non-loopback client refused"
             )
-            raise ApiError(403, "forbidden", _FORBIDDEN_REMOTE)
+            raise ApiError(403, "forbidden", _FORBIDDEN_REMOTE if mutating else _FORBIDDEN_SENSITIVE)
         # Loopback is not enough against a browser: any web page can make it POST
         # to 127.0.0.1. Browsers label cross-origin requests; curl and scripts do not.
         site = request.headers.get("Sec-Fetch-Site", "").lower()
         if hdrs.ORIGIN in request.headers or site in ("cross-site", "same-site"):
+            self._refuse(request, "cross_origin", "local API: cross-origin browser request refused")
             raise ApiError(403, "forbidden", "cross-origin browser requests are refused; set server.token")
 
     # ---------------------------------------------------------- handlers

@@ -273,6 +273,9 @@ def cmd_validate(path: str | None, *, as_json: bool = False) -> int:
         warnings.extend(sections.warnings)
         for errs in sections.problems.values():
             problems.extend(errs)
+        # The checks the start runs (key files, template directory...): what they
+        # refuse makes the plugin fail at start, so validate refuses it too.
+        pm.collect("moenet_configure", config=config)
         for record in pm.records.values():
             if record.status in ("failed", "incompatible") and not record.error.startswith("config:"):  # type: ignore[union-attr]
                 problems.append(f"plugin {record.name}: {record.error}")
@@ -379,10 +382,22 @@ def _api_url(path: str | None, url: str | None) -> str:
     return f"http://{host}:{port}"
 
 
+def _api_request(path: str | None, target: str) -> urllib.request.Request:
+    """A GET of ``target`` on the local API carrying ``server.token`` when the
+    config has one: sensitive routes (``/plugins/<plugin>/plan``) need it."""
+    try:
+        config, _, _ = _try_local_config(path)
+    except ConfigError:
+        config = None  # with --url a broken or missing file only means: no token
+    token = config.server.token if config is not None else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return urllib.request.Request(target, headers=headers)  # noqa: S310 (local API)
+
+
 def cmd_status(path: str | None, url: str | None, *, as_json: bool = False) -> int:
     url = _api_url(path, url)
     try:
-        with urllib.request.urlopen(url + "/status", timeout=10) as resp:  # noqa: S310 (local API)
+        with urllib.request.urlopen(_api_request(path, url + "/status"), timeout=10) as resp:  # noqa: S310
             data = json.load(resp)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"moenet-agent: cannot reach the agent at {url}: {exc}", file=sys.stderr)
@@ -404,7 +419,7 @@ def cmd_plan(path: str | None, url: str | None, plugin: str, *, as_json: bool = 
         return 2
     target = _api_url(path, url) + f"/plugins/{plugin}/plan"
     try:
-        with urllib.request.urlopen(target, timeout=60) as resp:  # noqa: S310 (local API)
+        with urllib.request.urlopen(_api_request(path, target), timeout=60) as resp:  # noqa: S310
             data = json.load(resp)
     except urllib.error.HTTPError as exc:
         try:

@@ -228,7 +228,7 @@ class ConfigSection:
             return config.sections[self.name]
         from .config import merge_sections, structure
 
-        merged = merge_sections(config.plugin_sections, [self])
+        merged = merge_sections(config.plugin_sections, [self], remote=config.remote_sections)
         if merged.problems.get(self.name):
             return None
         obj, problems = structure(self.type, merged.values.get(self.name) or {}, self.name, [])
@@ -251,6 +251,16 @@ class RouteSpec:
     ``DeprecationWarning``. ``mutating`` defaults to true for every method but
     GET and HEAD; mutating routes get the same protection as the core's (token
     or loopback only).
+
+    ``sensitive`` (default None: true) protects a route that changes nothing the
+    same way: with ``server.token`` set it needs the token; without one it
+    answers loopback clients only and refuses browser cross-origin requests.
+    Every plugin route is sensitive unless it says ``sensitive=False``, because
+    a plugin route typically calls the control plane or shows the topology
+    (a reconciler's ``/plan`` does both: :func:`~moenet_core.reconcile.plan_route`
+    says ``sensitive=True``). Say ``sensitive=False`` only for a read-only route
+    that is cheap and reveals nothing a monitoring system may not see, like
+    ``/status``. A mutating route is protected whatever ``sensitive`` says.
     """
 
     method: str = attrs.field(converter=_upper)
@@ -259,12 +269,18 @@ class RouteSpec:
     mutating: bool | None = None
     description: str = ""
     plugin: str = ""
+    sensitive: bool | None = None
 
     @property
     def is_mutating(self) -> bool:
         if self.mutating is not None:
             return self.mutating
         return self.method not in ("GET", "HEAD")
+
+    @property
+    def is_sensitive(self) -> bool:
+        """Needs the token (or a loopback, same-origin client): see the class doc."""
+        return self.sensitive is not False or self.is_mutating
 
 
 # ---------------------------------------------------------------- events

@@ -93,7 +93,8 @@ PLUGIN_ROUTES = [
     RouteSpec(method="GET", path="/hello/{name}", handler=hello, plugin="demo"),
     RouteSpec(method="POST", path="/act", handler=act, plugin="demo"),
     RouteSpec(method="GET", path="/kick", handler=act, mutating=True, plugin="demo"),
-    RouteSpec(method="POST", path="/query", handler=act, mutating=False, plugin="demo"),
+    RouteSpec(method="POST", path="/query", handler=act, mutating=False, sensitive=False, plugin="demo"),
+    RouteSpec(method="GET", path="/open", handler=hello, sensitive=False, plugin="demo"),
     RouteSpec(method="GET", path="/explode", handler=explode, plugin="demo"),
 ]
 
@@ -390,7 +391,7 @@ async def test_token_accepted_from_non_loopback(aiohttp_client: ClientFactory, h
     assert resp.status == 200
 
 
-@pytest.mark.parametrize("path", ["/status", "/metrics", "/maintenance", "/plugins/demo/hello"])
+@pytest.mark.parametrize("path", ["/status", "/metrics", "/maintenance", "/plugins/demo/open"])
 async def test_read_only_open_without_token(aiohttp_client: ClientFactory, host: FakeHost, path: str) -> None:
     client = await client_for(aiohttp_client, host, token=TOKEN, remote="192.0.2.1")
     assert (await client.get(path)).status == 200
@@ -454,8 +455,8 @@ async def test_no_token_non_loopback_read_only_and_non_mutating_plugin_route_ope
 ) -> None:
     client = await client_for(aiohttp_client, host, remote="192.0.2.1")
     assert (await client.get("/status")).status == 200
-    assert (await client.get("/plugins/demo/hello/bob")).status == 200
-    assert (await client.post("/plugins/demo/query")).status == 200  # mutating=False
+    assert (await client.get("/plugins/demo/open")).status == 200  # sensitive=False
+    assert (await client.post("/plugins/demo/query")).status == 200  # mutating=False, sensitive=False
 
 
 @pytest.mark.parametrize(

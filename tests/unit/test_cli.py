@@ -92,8 +92,8 @@ def test_validate_bootstrap_file_offline(tmp_path):
     path = write(
         tmp_path,
         {
-            "bootstrap": {"apiUrl": "http://127.0.0.1:9", "nodeName": "jp1", "token": "t0k3n"},
-            "server": {"listen": ":24368"},
+            "bootstrap": {"apiUrl": "http://127.0.0.1:9", "nodeName": "jp1", "token": "t0k3n-123"},
+            "server": {"listen": ":24368", "token": "api-token-0123456789"},
         },
     )
     res = run("validate", "-c", path)

@@ -70,7 +70,15 @@ from .errors import (
     MoenetError,
     PluginError,
 )
-from .guard import GuardPolicy, GuardVerdict, evaluate, numeric_order, removal_digest
+from .guard import (
+    GuardMemory,
+    GuardPolicy,
+    GuardVerdict,
+    GuardWindow,
+    evaluate,
+    numeric_order,
+    removal_digest,
+)
 from .hookspecs import hookimpl, hookspec
 from .intents import (
     BabelInterfaceIntent,
@@ -84,6 +92,7 @@ from .intents import (
     intent_to_json,
 )
 from .models import SessionStatus
+from .netcheck import RESERVED_IFNAMES, endpoint_ip_problem, ifname_problem
 from .state import StateError, StateStore, atomic_write
 from .version import __version__
 
@@ -138,6 +147,7 @@ __all__ = [
     "DEFAULT_OWNER",
     "DN42_ALLOWED_IPS",
     "HOOK_API_VERSION",
+    "RESERVED_IFNAMES",
     "STATE_CONVERTER",
     "AgentConfig",
     "AgentPluginManager",
@@ -160,8 +170,10 @@ __all__ = [
     "EbgpPeerIntent",
     "Failure",
     "FirewallBackend",
+    "GuardMemory",
     "GuardPolicy",
     "GuardVerdict",
+    "GuardWindow",
     "IbgpNeighborIntent",
     "IbgpOptionsIntent",
     "IntentError",
@@ -199,10 +211,12 @@ __all__ = [
     "TunnelStats",
     "__version__",
     "atomic_write",
+    "endpoint_ip_problem",
     "evaluate",
     "from_document",
     "hookimpl",
     "hookspec",
+    "ifname_problem",
     "intent_from_json",
     "intent_from_legacy",
     "intent_to_json",

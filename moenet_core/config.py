@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_origin
@@ -37,6 +38,7 @@ import cattrs
 from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn, override
 
+from . import jsonlimits
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,17 +72,38 @@ def camel(name: str) -> str:
 Check = Callable[[Any], "str | None"]
 
 
-def check(fn: Check) -> dict[str, Check]:
+#: Field metadata key: the control plane's bootstrap answer may set this key.
+CP_SETTABLE = "cp_settable"
+
+
+def cp_settable(metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Field metadata saying that the CP's ``/agent/{node}/config`` answer
+    (bootstrap mode) may set this key: ``attrs.field(default=...,
+    metadata=cp_settable())``, or ``check(fn, cp=True)`` / ``checked(fn, cp=True)``.
+
+    Every key is local only unless its owner marks it so: a key that names a
+    file, directory, socket, binary, template, key or update source, or that
+    decides which code runs, must never be marked (the CP decides the desired
+    state, never what runs or where files go). A key the CP sets that is not
+    marked is ignored with a warning naming it (:func:`remote_settable`). A
+    field holding an attrs class (or a dict of them) marked settable lets the
+    CP set the inner keys that are marked in turn.
+    """
+    return {**(metadata or {}), CP_SETTABLE: True}
+
+
+def check(fn: Check, *, cp: bool = False) -> dict[str, Any]:
     """Field metadata that validates the structured value: ``attrs.field(
     default=..., metadata=check(fn))`` where ``fn(value)`` returns an error
     message or None. Unlike an attrs validator, the error is reported with the
     field's own path (``loopback.kind: must be one of ...``). Plugins use it
     for their config sections too; :func:`checked` adds the same rule as an
-    attrs validator."""
-    return {"check": fn}
+    attrs validator. ``cp=True``: the control plane may set the key too
+    (:func:`cp_settable`)."""
+    return cp_settable({"check": fn}) if cp else {"check": fn}
 
 
-def checked(fn: Check) -> dict[str, Any]:
+def checked(fn: Check, *, cp: bool = False) -> dict[str, Any]:
     """One check, attached both ways: ``attrs.field(default=..., **checked(fn))``.
 
     - ``metadata``: :func:`check`'s, which the core's structurer runs on the
@@ -94,14 +117,15 @@ def checked(fn: Check) -> dict[str, Any]:
 
     The structurer runs the check first, so a bad file value is reported once,
     with its path. A field that needs more metadata or validators passes them
-    itself (``metadata=check(fn)``, ``validator=[...]``).
+    itself (``metadata=check(fn)``, ``validator=[...]``). ``cp=True``: the
+    control plane may set the key too (:func:`cp_settable`).
     """
 
     def validator(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         if (msg := fn(value)) is not None:
             raise ValueError(f"{attr.name}: {msg}")
 
-    return {"metadata": check(fn), "validator": validator}
+    return {"metadata": check(fn, cp=cp), "validator": validator}
 
 
 def positive(v: float | None) -> str | None:
@@ -130,6 +154,42 @@ def http_url(v: str) -> str | None:
     if not m:
         return "must be an http:// or https:// URL without query or fragment"
     return None
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (a URL's host: a name, an IPv4 or a bracketed or bare
+    IPv6 address) is this machine: ``localhost`` and names under ``.localhost``,
+    127.0.0.0/8, ``::1`` and ``::ffff:127.x``."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        addr = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def insecure_url_warning(url: str, key: str) -> str | None:
+    """A warning when ``url`` is plain ``http://`` to a host other than this
+    machine (the bearer token and every answer travel in cleartext; whoever is on
+    the path becomes the CP), else None."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname
+    except ValueError:
+        return None
+    if parsed.scheme.lower() != "http" or not host or is_loopback_host(host):
+        return None
+    return (
+        f"{key}: plain http:// to {host}: the CP token and the CP's answers travel "
+        "unencrypted and anyone on the path can act as the control plane; use https://"
+    )
 
 
 def node_name(v: str) -> str | None:
@@ -182,10 +242,46 @@ def listen_address(v: str) -> str | None:
     return None
 
 
+#: The shortest token (``server.token``, ``controlPlane.token``, ``bootstrap.token``)
+#: the config accepts. Logs redact every registered secret of at least 6 characters
+#: (``moenet_core.logs``: replacing every "abc" in every line would mangle the logs
+#: and, by where the ``***`` land, give the token away); refusing shorter tokens here
+#: means every token the agent holds is redacted, and none is trivially guessed.
+MIN_TOKEN_LENGTH = 8
+
+
 def api_token(v: str | None) -> str | None:
-    if v and any(c.isspace() or not c.isprintable() for c in v):
+    """A token (``server.token``, ``controlPlane.token``, ``bootstrap.token``): empty
+    (unset), or at least :data:`MIN_TOKEN_LENGTH` printable characters without
+    whitespace. The message never contains the value."""
+    if not v:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in v):
         return "must be printable and contain no whitespace"
+    if len(v) < MIN_TOKEN_LENGTH:
+        return (
+            f"must be at least {MIN_TOKEN_LENGTH} characters (got {len(v)}): a shorter token could "
+            "not be redacted from the logs; use a long random one (e.g. openssl rand -hex 16)"
+        )
     return None
+
+
+def host_names(v: list[str]) -> str | None:
+    from .api import _HOSTNAME  # one pattern for the config check and the Host check
+
+    for name in v:
+        bare = name.strip("[]") if name.startswith("[") else name
+        if _HOSTNAME.match(bare.rstrip(".")) is None and not _is_ip(bare):
+            return f"{name!r} is not a host name or address (no port, no wildcard)"
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def log_level(v: str) -> str | None:
@@ -202,50 +298,69 @@ class ServerConfig:
     listen: str = attrs.field(default="127.0.0.1:24368", metadata=check(listen_address))
     """Address the local HTTP API listens on; the CLI (``moenet-agent status``...)
     reaches the agent there too. A change takes effect on restart, not on SIGHUP."""
-    read_timeout: float = attrs.field(default=30.0, metadata=check(positive))
-    """Seconds. Accepted for compatibility with the Go agent's files; not used."""
+    read_timeout: float = attrs.field(default=10.0, metadata=check(positive))
+    """Seconds a client has to send a complete request header, counted from
+    connecting (or from the first byte of its next request on a kept-alive
+    connection); then the agent closes the connection."""
     write_timeout: float = attrs.field(default=30.0, metadata=check(positive))
     """Seconds. Accepted for compatibility with the Go agent's files; not used."""
     idle_timeout: float = attrs.field(default=120.0, metadata=check(positive))
-    """Seconds. Accepted for compatibility with the Go agent's files; not used."""
+    """Seconds a kept-alive connection may wait for its next request before the
+    agent closes it."""
+    max_connections: int = attrs.field(default=64, metadata=check(positive))
+    """Most connections the API holds open at once. At the cap the oldest one
+    without a request in progress is closed to make room; when every one has a
+    request running, the new one is closed at once
+    (``moenet_api_connections_dropped_total``)."""
+    allowed_hosts: list[str] = attrs.field(factory=list, metadata=check(host_names))
+    """Names (or addresses) the API answers to in the ``Host`` header besides
+    ``localhost``, loopback addresses, the ``listen`` host and the address the
+    client connected to; any other Host gets ``421`` on every route (a
+    DNS-rebinding page in a browser). Add the name a scraper or reverse proxy
+    uses to reach the agent."""
     token: str | None = attrs.field(default=None, metadata=check(api_token))
-    """Bearer token for mutating endpoints; unset means loopback clients only."""
+    """Bearer token for mutating endpoints and for plugin routes that call the
+    control plane or show the topology (``/plugins/<plugin>/plan``); unset
+    means loopback clients only. Required when ``listen`` is not loopback.
+    ``moenet-agent status`` and ``plan`` send it."""
 
 
 @attrs.define(kw_only=True)
 class NodeConfig:
     """Who this node is. Bootstrap mode fills it from the CP."""
 
-    name: str = attrs.field(default="", metadata=check(node_name))
+    name: str = attrs.field(default="", metadata=check(node_name, cp=True))
     """This node's name at the control plane: every CP call goes to
     ``/agent/<name>/...``. Required in full and standalone mode; bootstrap mode
     takes ``bootstrap.nodeName``. ``MOENET_NODE_NAME`` overrides it."""
-    id: int = attrs.field(default=0, metadata=check(non_negative))
+    id: int = attrs.field(default=0, metadata=check(non_negative, cp=True))
     """This node's id in the network (1-4294967295; 0: unset). The mesh derives
     this node's link-local address and the port its peers reach it on from it,
     and refuses a mesh answer whose ``localNodeId`` differs; iBGP finds this node
     in ``ibgpPeers`` by it (a different ``node.id`` in the answer is a warning).
     Unset: both take the id the CP's answer gives. ``MOENET_NODE_ID`` overrides it."""
-    region: str = ""
+    region: str = attrs.field(default="", metadata=cp_settable())
     """Accepted for compatibility with the Go agent's files; not used (BIRD's
     region community comes from the CP's ``bird-config``)."""
-    location: str = ""
+    location: str = attrs.field(default="", metadata=cp_settable())
     """Accepted for compatibility with the Go agent's files; not used."""
-    provider: str = ""
+    provider: str = attrs.field(default="", metadata=cp_settable())
     """Accepted for compatibility with the Go agent's files; not used."""
     asn: int | None = attrs.field(
         default=None,
-        metadata=check(lambda v: None if v is None or 1 <= v <= 4294967295 else "must be a 32-bit ASN"),
+        metadata=check(
+            lambda v: None if v is None or 1 <= v <= 4294967295 else "must be a 32-bit ASN", cp=True
+        ),
     )
     """This node's own AS number. A CP session whose peer has this AS is refused
     (that is iBGP, not an eBGP peering) and reported as an error. Null: no such
     check. BIRD's own AS (``local as``) comes from the CP's ``bird-config``."""
-    loopback_ipv4: str | None = attrs.field(default=None, metadata=check(ipv4_address))
+    loopback_ipv4: str | None = attrs.field(default=None, metadata=check(ipv4_address, cp=True))
     """The node's DN42 IPv4 address (bare or ``/32``): put on the loopback
     interface (``loopback`` plugin) and the local IPv4 of eBGP sessions that have
     one; an iBGP peer entry claiming it is refused. The Go agent's
     ``wireguard.dn42Ipv4`` is read as this key (deprecated; both set: they must agree)."""
-    loopback_ipv6: str | None = attrs.field(default=None, metadata=check(ipv6_address))
+    loopback_ipv6: str | None = attrs.field(default=None, metadata=check(ipv6_address, cp=True))
     """The node's DN42 IPv6 address (bare or ``/128``): put on the loopback
     interface and the local IPv6 of eBGP sessions that have one, and the source of
     the default ``sessions.dn42Ipv6LinkLocal``; an iBGP peer entry claiming it is
@@ -264,7 +379,7 @@ class ControlPlaneConfig:
     """Base URL of the CP's API; the agent calls ``<url>/agent/<node.name>/<resource>``.
     Required in full mode (bootstrap mode takes ``bootstrap.apiUrl``). Redirects
     are not followed. ``MOENET_CP_URL`` overrides it; the CP itself cannot change it."""
-    token: str = ""
+    token: str = attrs.field(default="", metadata=check(api_token))
     """Bearer token sent to the CP (``Authorization: Bearer ...``), never logged.
     Required in full mode (bootstrap mode takes ``bootstrap.token``).
     ``MOENET_CP_TOKEN`` overrides it."""
@@ -274,41 +389,45 @@ class ControlPlaneConfig:
     """With ``source: "file"``: the JSON file that stands in for the CP, an object
     keyed by resource (``sessions``, ``mesh``, ``bird-config``...), re-read on every
     fetch; what the agent would send is kept in the state directory. Required then."""
-    request_timeout: float = attrs.field(default=15.0, metadata=check(positive))
+    request_timeout: float = attrs.field(default=15.0, metadata=check(positive, cp=True))
     """Seconds one HTTP request to the CP may take (each attempt, and the bootstrap
     config fetch); a timeout counts as a failed attempt and is retried."""
-    heartbeat_interval: float = attrs.field(default=30.0, metadata=check(positive))
+    heartbeat_interval: float = attrs.field(default=30.0, metadata=check(positive, cp=True))
     """Seconds between runs of the ``heartbeat`` task (its timeout is this, kept
     within 5-60 s). ``tasks.heartbeat.interval`` wins."""
-    sync_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    sync_interval: float = attrs.field(default=60.0, metadata=check(positive, cp=True))
     """Seconds between runs of the ``sessionSync`` task (``tasks.sessionSync.interval``
     wins); also the base of the back-off for repeating a status report the CP keeps
     contradicting."""
-    metric_interval: float = attrs.field(default=60.0, metadata=check(positive))
+    metric_interval: float = attrs.field(default=60.0, metadata=check(positive, cp=True))
     """Seconds between runs of the ``metricCollector`` task (per-session report to
     the CP, metrics, health); ``tasks.metricCollector.interval`` wins."""
-    max_retries: int = attrs.field(default=3, metadata=check(non_negative))
+    max_retries: int = attrs.field(default=3, metadata=check(non_negative, cp=True))
     """Retries of one CP request after its first attempt (0: none), for network
     errors, timeouts, HTTP 5xx and 429 only."""
-    retry_initial_delay: int = attrs.field(default=1000, metadata=check(positive))
+    retry_initial_delay: int = attrs.field(default=1000, metadata=check(positive, cp=True))
     """Milliseconds before the first retry; each further retry waits
     ``retryMultiplier`` times longer, up to ``retryMaxDelay`` (±10 % jitter; a
     ``Retry-After`` on 429/503 can lengthen it)."""
-    retry_max_delay: int = attrs.field(default=30000, metadata=check(positive))
+    retry_max_delay: int = attrs.field(default=30000, metadata=check(positive, cp=True))
     """Milliseconds: the longest wait between two retries."""
     retry_multiplier: float = attrs.field(
-        default=2.0, metadata=check(lambda v: None if v >= 1 else "must be 1 or greater")
+        default=2.0, metadata=check(lambda v: None if v >= 1 else "must be 1 or greater", cp=True)
     )
     """Factor by which each retry's wait grows (1: constant waits)."""
-    breaker_failure_threshold: int = attrs.field(default=5, metadata=check(positive))
+    breaker_failure_threshold: int = attrs.field(default=5, metadata=check(positive, cp=True))
     """Consecutive failed attempts (network errors, timeouts, HTTP 5xx and 429)
     that open the circuit breaker; while it is open, CP calls fail at once
     without a request."""
-    breaker_success_threshold: int = attrs.field(default=3, metadata=check(positive))
+    breaker_success_threshold: int = attrs.field(default=3, metadata=check(positive, cp=True))
     """Successful trial calls that close a half-open breaker again (any failure
     re-opens it)."""
-    breaker_open_duration: float = attrs.field(default=30.0, metadata=check(positive))
+    breaker_open_duration: float = attrs.field(default=30.0, metadata=check(positive, cp=True))
     """Seconds the breaker stays open before it lets one trial call through."""
+    max_response_bytes: int = attrs.field(default=16 * 1024 * 1024, metadata=check(positive))
+    """Largest CP response body read, in bytes (default 16 MiB), after decompression;
+    a larger answer is never read past the cap and is refused like an invalid one
+    (bootstrap then starts from its cached config). Local only: the CP cannot raise it."""
 
 
 @attrs.define(kw_only=True)
@@ -320,7 +439,7 @@ class BootstrapConfig:
     at start and uses the URL as ``controlPlane.url``."""
     node_name: str = attrs.field(default="", metadata=check(node_name))
     """This node's name at the CP; becomes ``node.name``."""
-    token: str = ""
+    token: str = attrs.field(default="", metadata=check(api_token))
     """Bearer token for the CP; becomes ``controlPlane.token``."""
 
     @property
@@ -350,11 +469,13 @@ class TaskOverride:
     """Per-task switches: ``tasks.<name>``."""
 
     enabled: bool = True
-    """False: the task is not started (``/status`` lists it under ``tasksNotStarted``)."""
-    interval: float | None = attrs.field(default=None, metadata=check(positive))
+    """False: the task is not started (``/status`` lists it under ``tasksNotStarted``).
+    Local only: the control plane may tune a task's interval and timeout, not
+    switch it off (that would freeze the updater, for one)."""
+    interval: float | None = attrs.field(default=None, metadata=check(positive, cp=True))
     """Seconds between runs, instead of the task's default; a SIGHUP reload
     applies a new value. Null: the default."""
-    timeout: float | None = attrs.field(default=None, metadata=check(positive))
+    timeout: float | None = attrs.field(default=None, metadata=check(positive, cp=True))
     """Seconds one run may take before it is cancelled (counted as a timeout).
     Null: the task's own timeout, else its interval."""
 
@@ -395,22 +516,26 @@ class AgentConfig:
     """The whole configuration (core sections; plugin sections in ``plugin_sections``)."""
 
     server: ServerConfig = attrs.field(factory=ServerConfig)
-    node: NodeConfig = attrs.field(factory=NodeConfig)
-    control_plane: ControlPlaneConfig = attrs.field(factory=ControlPlaneConfig)
+    node: NodeConfig = attrs.field(factory=NodeConfig, metadata=cp_settable())
+    control_plane: ControlPlaneConfig = attrs.field(factory=ControlPlaneConfig, metadata=cp_settable())
     bootstrap: BootstrapConfig = attrs.field(factory=BootstrapConfig)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
-    tasks: dict[str, TaskOverride] = attrs.field(factory=dict, metadata=check(_task_names))
+    tasks: dict[str, TaskOverride] = attrs.field(factory=dict, metadata=check(_task_names, cp=True))
     backends: dict[str, str] = attrs.field(factory=dict, metadata=check(_backend_choices))
     """Backend choice per kind (``auto`` or a name). ``auto`` (or no entry) lets the
     plugins decide (``moenet_select_backend``: the wireguard plugin answers
     ``wireguard.backend`` for ``tunnel``), else the available one with the highest
-    priority."""
+    priority. Local only: which code drives the node is not the CP's to say."""
     state: StateConfig = attrs.field(factory=StateConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
     # Not read from the file's core sections:
     plugin_sections: dict[str, Any] = attrs.field(factory=dict, metadata={"internal": True})
     """Raw top-level sections that belong to plugins (structured by the plugin manager)."""
+    remote_sections: dict[str, Any] = attrs.field(factory=dict, metadata={"internal": True})
+    """The plugin sections of the CP's bootstrap answer, raw: merged under the
+    local ones key by key, only the keys their section marks settable
+    (:func:`cp_settable`; :func:`merge_sections`)."""
     sections: dict[str, Any] = attrs.field(factory=dict, metadata={"internal": True})
     """The plugin sections as structured by the core (section name -> object; aliases
     merged in), filled by ``structure_plugin_sections``. A plugin reads its own with
@@ -691,7 +816,9 @@ def _get_ci(obj: Mapping[str, Any], key: str) -> tuple[str, Any] | None:
     return None
 
 
-def merge_sections(raw: Mapping[str, Any], decls: Sequence[ConfigSection]) -> MergedSections:
+def merge_sections(
+    raw: Mapping[str, Any], decls: Sequence[ConfigSection], *, remote: Mapping[str, Any] | None = None
+) -> MergedSections:
     """Fold the aliases of ``decls`` into their sections (see
     :class:`~moenet_core.descriptors.SectionAlias`).
 
@@ -700,6 +827,13 @@ def merge_sections(raw: Mapping[str, Any], decls: Sequence[ConfigSection]) -> Me
     ``fallback`` alias). A null value counts as unset. Every key taken from an
     old place gets a deprecation warning naming the old and the new spelling. A
     section name spelled with other case is accepted with a warning.
+
+    ``remote`` holds the plugin sections of the CP's bootstrap answer
+    (``AgentConfig.remote_sections``): folded the same way (without deprecation
+    warnings: the CP speaks the Go agent's names), then only the keys the
+    section's class marks :func:`cp_settable` go under the local values (the
+    local file wins key by key); every other key is ignored with a warning
+    naming it as the CP wrote it. Sections no declared plugin owns are ignored.
     """
     out = MergedSections()
     canon = {d.name for d in decls}
@@ -710,7 +844,48 @@ def merge_sections(raw: Mapping[str, Any], decls: Sequence[ConfigSection]) -> Me
         _fold_section(fold, d)
     _warn_deprecated(fold)
     _record_leftovers(fold)
+    if remote:
+        _merge_remote(out, remote, decls)
     return out
+
+
+def _merge_remote(out: MergedSections, remote: Mapping[str, Any], decls: Sequence[ConfigSection]) -> None:
+    """Put the settable keys of the CP's plugin sections under ``out``'s values."""
+    theirs = merge_sections(remote, decls)
+    for d in decls:
+        if d.name in theirs.problems:
+            out.problems.setdefault(d.name, []).extend(
+                f"control plane config: {p}" for p in theirs.problems[d.name]
+            )
+            continue
+        value = theirs.values.get(d.name)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            out.problems.setdefault(d.name, []).append(
+                f"control plane config: {d.name}: expected an object, got {_describe(value)}"
+            )
+            continue
+        origins = theirs.origins.get(d.name, {})
+        ignored: list[str] = []
+        settable = remote_settable(d.type, value, d.name, ignored)
+        for path in ignored:
+            key = path.split(".", 1)[1].split(".", 1)[0]
+            where = origins.get(key)
+            out.warnings.append(ignored_remote_key(f"{where} (as {path})" if where else path))
+        if not settable:
+            continue
+        own = out.values.get(d.name)
+        if own is not None and not isinstance(own, Mapping):
+            continue  # the local value is reported by the structurer
+        local = dict(own or {})
+        lower = {str(k).lower() for k in local}
+        for key, v in settable.items():
+            if str(key).lower() not in lower:
+                local[key] = v
+                if key in origins:
+                    out.origins.setdefault(d.name, {}).setdefault(key, f"control plane {origins[key]}")
+        out.values[d.name] = local
 
 
 def _normalize_section_names(raw: Mapping[str, Any], known: set[str], out: MergedSections) -> dict[str, Any]:
@@ -945,37 +1120,6 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) 
     return out
 
 
-#: The plugin sections (and their keys) the CP may set: exactly the Go agent's
-#: ``bird``, ``wireguard``, ``mesh``, ``metric`` and ``autoUpdate`` sections, which
-#: the CP could set before they moved to their plugins. Keys the plugins added
-#: since (``bird.birdBinary``, ``wireguard.wireguardGo``, ``mesh.allowRemoval``,
-#: ``updater.publicKey``...) are local only. A later change lets each key say so.
-CP_PLUGIN_KEYS: dict[str, tuple[str, ...]] = {
-    "bird": (
-        "controlSocket",
-        "poolSize",
-        "poolSizeMax",
-        "configDir",
-        "peerConfDir",
-        "ibgpConfDir",
-        "templateDir",
-        "ebgpConfTemplateFile",
-    ),
-    "wireguard": (
-        "privateKeyPath",
-        "publicKeyPath",
-        "configDir",
-        "persistentKeepaliveInterval",
-        "dn42Ipv4",
-        "dn42Ipv6",
-        "dn42Ipv6LinkLocal",
-        "backend",
-    ),
-    "mesh": ("enabled", "mtu"),
-    "metric": ("pingTimeout", "pingCount", "pingWorkers"),
-    "autoUpdate": ("enabled", "checkInterval", "channel", "githubRepo"),
-}
-
 #: The Go agent's node-level keys in its ``wireguard`` section: the core reads them
 #: as ``node.loopbackIpv4/6`` (deprecated spelling; both set: they must agree).
 LEGACY_NODE_KEYS: dict[str, tuple[str, Check]] = {
@@ -1019,32 +1163,102 @@ def _take_legacy_node_keys(
     return found
 
 
-def remote_overlay(remote: Any, problems: list[str]) -> dict[str, Any]:
-    """The CP's ``/agent/{node}/config`` answer as a config overlay.
+def remote_settable(cls: type, data: Mapping[str, Any], path: str, ignored: list[str]) -> dict[str, Any]:
+    """The keys of ``data`` (a raw section of the CP's answer for the attrs class
+    ``cls``) that the CP may set: fields marked :func:`cp_settable`, recursing
+    into marked fields that hold attrs classes. Every key of a field that is not
+    marked is dropped and its path appended to ``ignored``; keys ``cls`` does not
+    know are dropped silently (the Go agent's CP sends keys this agent dropped)."""
+    known = {camel(f.name).lower(): f for f in _fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        f = known.get(str(key).lower())
+        kpath = _join(path, str(key))
+        if f is None:
+            continue
+        if not f.metadata.get(CP_SETTABLE):
+            ignored.append(kpath)
+            continue
+        sub, how = _model_type(f.type)
+        if sub is not None and how in ("plain", "optional") and isinstance(value, Mapping):
+            out[key] = remote_settable(sub, value, kpath, ignored)
+        elif sub is not None and how == "dict" and isinstance(value, Mapping):
+            out[key] = {
+                k: remote_settable(sub, v, _join(kpath, str(k)), ignored) if isinstance(v, Mapping) else v
+                for k, v in value.items()
+            }
+        else:
+            out[key] = value
+    return out
 
-    Only sections the CP may decide are taken (node, controlPlane intervals,
-    tasks, backends, and the Go agent's bird, wireguard, mesh, metric and
-    autoUpdate with the keys they had there: :data:`CP_PLUGIN_KEYS`); local-only
-    settings (server, plugins, state, logging, bootstrap, every other plugin
-    section or key) are never taken from the network.
+
+def ignored_remote_key(path: str) -> str:
+    """The warning for a key the CP's answer set that is this node's own decision."""
+    return f"{path}: set by the control plane, ignored (a local setting: only this node's file decides it)"
+
+
+def remote_overlay(remote: Any, problems: list[str], warnings: list[str] | None = None) -> dict[str, Any]:
+    """The core's part of the CP's ``/agent/{node}/config`` answer as a config overlay.
+
+    Only the core keys marked :func:`cp_settable` are taken (node, the
+    ``controlPlane`` intervals, retries and breaker, task intervals and timeouts,
+    and the Go agent's ``wireguard.dn42Ipv4/6``); every other core key the answer
+    sets (``server``, ``state``, ``logging``, ``plugins``, ``backends``,
+    ``bootstrap``, ``controlPlane.url``...) is local only and ignored with a
+    warning in ``warnings`` naming it. The plugin sections are kept apart
+    (:func:`remote_plugin_sections`): their owners say which keys the CP may set.
     """
     if not isinstance(remote, Mapping):
         problems.append("control plane config: expected an object")
         return {}
-    allowed = {"node", "controlPlane", "tasks", "backends"}
-    overlay: dict[str, Any] = {k: v for k, v in remote.items() if k in allowed}
-    for section, keys in CP_PLUGIN_KEYS.items():
-        value = remote.get(section)
-        if isinstance(value, Mapping):
-            lower = {k.lower() for k in keys}
-            overlay[section] = {k: v for k, v in value.items() if str(k).lower() in lower}
-        elif section in remote:
-            overlay[section] = value  # not an object: the section's owner reports it
-    cp = overlay.get("controlPlane")
-    if isinstance(cp, Mapping):
-        # The CP may tune intervals but never redirect the agent or change its token.
-        overlay["controlPlane"] = {k: v for k, v in cp.items() if k not in ("url", "token", "source", "file")}
+    ignored: list[str] = []
+    core = {k: v for k, v in remote.items() if str(k).lower() in {c.lower() for c in CORE_SECTIONS}}
+    overlay: dict[str, Any] = {}
+    lower_core = {c.lower(): c for c in CORE_SECTIONS}
+    for key, value in core.items():
+        name = lower_core[str(key).lower()]
+        f = {x.name: x for x in _fields(AgentConfig)}[CORE_SECTIONS[name]]
+        if not f.metadata.get(CP_SETTABLE):
+            ignored.extend(
+                [f"{key}.{k}" for k in value] if isinstance(value, Mapping) and value else [str(key)]
+            )
+            continue
+        if not isinstance(value, Mapping):
+            overlay[key] = value  # the structurer reports "expected an object"
+            continue
+        sub, how = _model_type(f.type)
+        if sub is None:
+            overlay[key] = value
+        elif how == "dict":
+            overlay[key] = {
+                k: remote_settable(sub, v, f"{key}.{k}", ignored) if isinstance(v, Mapping) else v
+                for k, v in value.items()
+            }
+        else:
+            overlay[key] = remote_settable(sub, value, str(key), ignored)
+    wg = remote.get("wireguard")
+    if isinstance(wg, Mapping):
+        lower = {k.lower() for k in LEGACY_NODE_KEYS}
+        legacy = {k: v for k, v in wg.items() if str(k).lower() in lower}
+        if legacy:
+            overlay["wireguard"] = legacy
+    if warnings is not None:
+        warnings.extend(ignored_remote_key(p) for p in ignored)
     return overlay
+
+
+def remote_plugin_sections(remote: Any) -> dict[str, Any]:
+    """The plugin sections of the CP's answer, raw (the Go agent's
+    ``wireguard.dn42Ipv4/6`` left out: they are the core's ``node`` keys)."""
+    if not isinstance(remote, Mapping):
+        return {}
+    lower_core = {c.lower() for c in CORE_SECTIONS}
+    out = {k: v for k, v in remote.items() if str(k).lower() not in lower_core}
+    wg = out.get("wireguard")
+    if isinstance(wg, Mapping):
+        lower = {k.lower() for k in LEGACY_NODE_KEYS}
+        out["wireguard"] = {k: v for k, v in wg.items() if str(k).lower() not in lower}
+    return out
 
 
 def build_config(
@@ -1067,8 +1281,10 @@ def build_config(
     bootstrap_mode = is_bootstrap(raw)
     local = apply_env(dict(raw), env, problems)
     merged = local
+    remote_sections: dict[str, Any] = {}
     if remote is not None:
-        merged = deep_merge(remote_overlay(remote, problems), local)
+        merged = deep_merge(remote_overlay(remote, problems, warnings), local)
+        remote_sections = remote_plugin_sections(remote)
 
     legacy = _take_legacy_node_keys(merged, problems, warnings)
     core_raw: dict[str, Any] = {}
@@ -1089,6 +1305,7 @@ def build_config(
         raise ConfigError(problems, source)
 
     cfg.plugin_sections = plugin_raw
+    cfg.remote_sections = remote_sections
     cfg.source = source
     if cfg.control_plane.source == "file":
         cfg.mode = "standalone"
@@ -1124,8 +1341,25 @@ def build_config(
         if not cfg.control_plane.token:
             problems.append("controlPlane.token: required")
 
+    if not cfg.server.token:
+        from .api import listen_is_loopback
+
+        if not listen_is_loopback(cfg.server.listen):
+            problems.append(
+                f"server.listen: {cfg.server.listen!r} is not loopback and server.token is unset, which "
+                "would let anyone who reaches it drain the node: set server.token, or listen on "
+                "loopback (127.0.0.1:24368)"
+            )
     if cfg.control_plane.retry_max_delay < cfg.control_plane.retry_initial_delay:
         problems.append("controlPlane.retryMaxDelay: must not be smaller than retryInitialDelay")
+    if cfg.mode != "standalone":
+        key, url = (
+            ("bootstrap.apiUrl", cfg.bootstrap.api_url)
+            if bootstrap_mode
+            else ("controlPlane.url", cfg.control_plane.url)
+        )
+        if (insecure := insecure_url_warning(url, key)) is not None:
+            warnings.append(insecure)
     for node_key, (path, value) in legacy.items():
         attr = "loopback_ipv4" if node_key == "loopbackIpv4" else "loopback_ipv6"
         current = getattr(cfg.node, attr)
@@ -1164,9 +1398,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"], str(path)) from exc
     try:
-        data = json.loads(text)
+        data = jsonlimits.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError([f"line {exc.lineno} column {exc.colno}: {exc.msg}"], str(path)) from exc
+    except ValueError as exc:  # nested too deep, a number over Python's digit limit
+        raise ConfigError([f"not usable JSON: {exc}"], str(path)) from None
     if not isinstance(data, dict):
         raise ConfigError(["(top level): expected a JSON object"], str(path))
     return data

@@ -133,9 +133,17 @@ class PluginContext:
     def add_secret(self, value: str | None) -> None:
         """Mask ``value`` (a token, a password from this plugin's section) as ``***``
         in every log line and output from now on. Values shorter than 6
-        characters are ignored."""
-        from .logs import add_secret
+        characters cannot be masked (every "abc" in every line would go, and the
+        gaps would spell the secret): a warning says so, and a plugin's config
+        check should ask for longer ones."""
+        from .logs import _MIN_SECRET_LEN, add_secret
 
+        if value and len(value) < _MIN_SECRET_LEN:
+            self.log.warning(
+                "a secret of this plugin is shorter than {} characters and cannot be redacted "
+                "from the logs: configure a longer one",
+                _MIN_SECRET_LEN,
+            )
         add_secret(value)
 
     def register_hooks(self, obj: object) -> None:

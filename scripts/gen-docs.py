@@ -234,7 +234,8 @@ def allowed_values(field: Any) -> str | None:
         core.ipv6_address: "one IPv6 address (bare or `/128`)",
         core.ipv6_link_local: "an IPv6 link-local address (`fe80::/10`)",
         core.listen_address: "`host:port`, `[v6]:port` or `:port` (all interfaces)",
-        core.api_token: "printable, without whitespace",
+        core.api_token: f"printable, without whitespace, at least {core.MIN_TOKEN_LENGTH} characters",
+        core.host_names: "host names or addresses, without port or wildcard",
         core.log_level: "`TRACE`, `DEBUG`, `INFO`, `SUCCESS`, `WARNING`, `ERROR` or `CRITICAL`",
     }
     if check in known:

@@ -23,8 +23,9 @@ Per peer:
   in logs and reports).
 - ``endpoint``: optional (a peer without one is waited for): ``host``,
   ``host:port``, ``a.b.c.d[:port]``, ``[v6]:port``, ``[v6]`` or a bare IPv6
-  address; no unspecified, multicast or link-local address; host names are
-  DNS names. Without a port, the peer is reached on ``portBase + <our id>``.
+  address; no unspecified, multicast, broadcast, loopback, link-local or 240/4
+  address (``moenet_core.endpoint_ip_problem``, shared with the sessions plugin);
+  host names are DNS names. Without a port, the peer is reached on ``portBase + <our id>``.
 - ``mtu``: optional, 1280-9000 (0 or null: ``mesh.mtu``).
 - ``loopbackIpv4`` / ``loopbackIpv6``: optional single unicast addresses (bare,
   /32 or /128): allowed through the peer's tunnel and probed for RTT.
@@ -42,6 +43,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+
+from moenet_core import endpoint_ip_problem
 
 from .addressing import AddressingError, check_node_id
 
@@ -164,10 +167,9 @@ def _port(text: str, path: str) -> int:
 
 
 def _ip_host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, path: str) -> str:
-    if ip.is_unspecified or ip.is_multicast:
-        raise _Bad(f"{path}: {ip} is not a unicast address")
-    if ip.is_link_local:
-        raise _Bad(f"{path}: {ip} is link-local (it has no meaning without an interface)")
+    problem = endpoint_ip_problem(ip)  # the one check the sessions plugin uses too
+    if problem:
+        raise _Bad(f"{path}: {problem}")
     return str(ip)
 
 
@@ -308,7 +310,7 @@ def parse_mesh(
         raise MeshPayloadError(f"peers: must be a list, got {_kind(peers_raw)}")
     if len(peers_raw) > max_peers:
         raise MeshPayloadError(
-            f"peers: {len(peers_raw)} peers exceed meshSync.maxPeers ({max_peers}); answer refused"
+            f"peers: {len(peers_raw)} peers exceed mesh.maxPeers ({max_peers}); answer refused"
         )
     local = data.get("localNodeId")
     local_id: int | None = None

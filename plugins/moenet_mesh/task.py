@@ -232,8 +232,15 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
             mesh.present,
             observed,
             prefix=settings.prefix,
-            guard=GuardPolicy(max_share=self.section.guard_max_share, min_count=self.section.guard_min_count),
+            guard=self.guard_policy(),
             override=self.section.allow_removal or None,
+            window=self.guard_window,
+        )
+
+    def guard_policy(self) -> GuardPolicy:
+        section = self.section
+        return GuardPolicy(
+            max_share=section.guard_max_share, min_count=section.guard_min_count, window=section.guard_window
         )
 
     def verdict(self, plan: Plan) -> GuardVerdict:

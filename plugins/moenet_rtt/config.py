@@ -79,13 +79,13 @@ def check_ewma_alpha(value: float) -> str | None:
 class RttConfig:
     """Section ``rtt``: every key has a default, so the section is optional."""
 
-    count: int | None = attrs.field(default=None, **checked(check_count))
+    count: int | None = attrs.field(default=None, **checked(check_count, cp=True))
     """ICMP echo requests sent to one address per round. Null: 4. The Go agent's
     ``metric.pingCount``."""
-    timeout_ms: int | None = attrs.field(default=None, **checked(check_timeout_ms))
+    timeout_ms: int | None = attrs.field(default=None, **checked(check_timeout_ms, cp=True))
     """How long one probe waits for its reply, in milliseconds. Null: 5000. The Go
     agent's ``metric.pingTimeout`` (in seconds)."""
-    concurrency: int | None = attrs.field(default=None, **checked(check_concurrency))
+    concurrency: int | None = attrs.field(default=None, **checked(check_concurrency, cp=True))
     """Links probed at the same time. Null: 32. The Go agent's ``metric.pingWorkers``."""
     hysteresis: float = attrs.field(default=0.2, **checked(check_hysteresis))
     """Margin around the current tier's band, as a share of each boundary (0.2 = 20 %)."""

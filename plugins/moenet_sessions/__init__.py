@@ -31,13 +31,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moenet_core import ConfigSection, LinkLatency, RouteSpec, TaskSpec, TunnelBackend, hookimpl, plan_route
+from moenet_core import (
+    ConfigError,
+    ConfigSection,
+    LinkLatency,
+    RouteSpec,
+    StateStore,
+    TaskSpec,
+    TunnelBackend,
+    hookimpl,
+    plan_route,
+)
 
 from .collector import TASK_NAME as COLLECTOR_TASK
 from .collector import MetricCollector
 from .config import SECTION as CONFIG_SECTION
-from .config import SessionsConfig
-from .keys import ensure_private_key, write_public_key
+from .config import SessionsConfig, section_of
+from .keys import config_problems, ensure_private_key, missing_key_problem, record, write_public_key
 from .task import TASK_NAME, SessionSync, SessionSyncError
 
 if TYPE_CHECKING:
@@ -54,20 +64,46 @@ def moenet_config_sections() -> list[ConfigSection]:
     return [CONFIG_SECTION]
 
 
+def key_store(config: AgentConfig) -> StateStore:
+    """This plugin's state store, where the node key's record lives (``keys.HISTORY_FILE``)."""
+    return StateStore(config.state.directory).scoped("plugins").scoped(SECTION)
+
+
+@hookimpl
+def moenet_configure(config: AgentConfig) -> None:
+    """Refuse, before any tunnel, key files that ``validate`` refuses too: a private
+    key of another user or readable by others, a missing key this node had, a
+    public-key path the agent must not replace (:mod:`.keys`)."""
+    section = section_of(config)
+    found = config_problems(section.private_key_path, section.public_key_path, key_store(config))
+    if found:
+        raise ConfigError(found)
+
+
 @hookimpl
 def moenet_startup(ctx: PluginContext) -> None:
-    """With ``sessions.publicKeyPath`` set: the key exists and its public half is there."""
+    """The node key exists (generated, 0600, only when this node never had one) and
+    is recorded; with ``sessions.publicKeyPath`` set, its public half is there."""
     section = ctx.section if isinstance(ctx.section, SessionsConfig) else SessionsConfig()
+    path = section.private_key_path
+    try:
+        if (problem := missing_key_problem(path, ctx.state)) is not None:
+            ctx.log.error("{}", problem)  # configure refused it already; never generate here
+            return
+        if ensure_private_key(path):
+            ctx.log.warning("generated a new private key in {} (mode 0600)", path)
+        public = ctx.backend("tunnel", TunnelBackend).public_key(path)
+        record(ctx.state, path, public)
+    except Exception as exc:  # a start-up chore: the sessions still run
+        ctx.log.warning("cannot check the node key in {}: {}", path, exc)
+        return
     if not section.public_key_path:
         return
     try:
-        if ensure_private_key(section.private_key_path):
-            ctx.log.warning("generated a new private key in {} (mode 0600)", section.private_key_path)
-        public = ctx.backend("tunnel", TunnelBackend).public_key(section.private_key_path)
         if write_public_key(section.public_key_path, public):
             ctx.log.info("wrote the session tunnels' public key to {}", section.public_key_path)
     except Exception as exc:  # a start-up chore: the sessions still run
-        ctx.log.warning("cannot publish the public key in {}: {}", section.public_key_path, exc)
+        ctx.log.error("cannot publish the public key: {}", exc)
 
 
 @hookimpl

@@ -16,10 +16,16 @@ Rules chosen where the CP contract is silent:
   agree, otherwise the session is invalid: the firewall and the tunnel would
   disagree (go-agent.md §20.21). A session needs a listen port or an endpoint.
 - **Endpoint**: ``endpoint`` wins over ``credential.endpoint`` (as in the Go
-  agent); a differing credential endpoint is a warning.
+  agent); a differing credential endpoint is a warning. An IP endpoint must be a
+  usable unicast peer: no unspecified, multicast, broadcast, loopback, link-local
+  (169.254/16, fe80::/10, with or without a scope) or 240/4 address
+  (``moenet_core.endpoint_ip_problem``, the mesh plugin's check too). Host names
+  are allowed.
 - **MTU**: ``mtu`` and ``credential.mtu`` must agree when both are set; default 1420.
 - **Interface name**: when the CP gives none, :func:`derive_interface` makes
-  ``wg<last 4 ASN digits>-<6 hex of sha256(uuid)>`` (13 characters).
+  ``wg<last 4 ASN digits>-<6 hex of sha256(uuid)>`` (13 characters). Names the
+  kernel treats specially (``all``, ``default``, ``lo``...: ``moenet_core.RESERVED_IFNAMES``)
+  are refused.
 - **Duplicates**: the same uuid twice makes every element with it invalid. The
   same interface or listen port on two sessions the node must *configure*
   (``ACTIVE``, ``ERROR``, ``QUEUED_FOR_SETUP``) makes both invalid; a session
@@ -40,7 +46,7 @@ from typing import Any
 
 import attrs
 
-from moenet_core import MoenetError, SessionStatus
+from moenet_core import MoenetError, SessionStatus, endpoint_ip_problem, ifname_problem
 
 #: Statuses whose session the node must have configured.
 CONFIGURE_STATUSES = frozenset({SessionStatus.ACTIVE, SessionStatus.ERROR, SessionStatus.QUEUED_FOR_SETUP})
@@ -136,13 +142,18 @@ class Invalid:
     interface: str | None = None
 
 
-def parse_sessions(data: Any) -> tuple[list[Session], list[Invalid]]:
+def parse_sessions(data: Any, *, max_sessions: int | None = None) -> tuple[list[Session], list[Invalid]]:
     """Validate a CP sessions answer: ``{"bgpSessions": [...]}``, ``{"sessions": [...]}``
     or a bare list (an unwrapped ``{code, message, data}`` envelope's ``data``).
 
-    Raises :class:`SessionsPayloadError` when the answer is not one of those shapes.
+    Raises :class:`SessionsPayloadError` when the answer is not one of those shapes,
+    or lists more than ``max_sessions`` entries (``sessions.maxSessions``; None: no cap).
     """
     items = _session_list(data)
+    if max_sessions is not None and len(items) > max_sessions:
+        raise SessionsPayloadError(
+            f"{len(items)} sessions exceed sessions.maxSessions ({max_sessions}); answer refused"
+        )
     parsed: list[Session | Invalid] = []
     for i, item in enumerate(items):
         parsed.append(_parse_one(item, f"sessions[{i}]"))
@@ -217,7 +228,11 @@ def _parse_one(item: Any, path: str) -> Session | Invalid:
     iface_raw = item.get("interface")
     run("interface", _ifname, iface_raw, f"{path}.interface")
     if problems:
-        iface = iface_raw if isinstance(iface_raw, str) and IFNAME_RE.fullmatch(iface_raw) else None
+        iface = (
+            iface_raw
+            if isinstance(iface_raw, str) and IFNAME_RE.fullmatch(iface_raw) and not ifname_problem(iface_raw)
+            else None
+        )
         return Invalid(
             uuid=uuid, reason="; ".join(problems), status=status, last_error=last_error, interface=iface
         )
@@ -350,6 +365,8 @@ def _ifname(v: Any, path: str) -> str | None:
             f"{path}: must be 1-15 characters of letters, digits, '_', '.' or '-' starting with a "
             f"letter or digit, got {_show(v)}"
         )
+    if problem := ifname_problem(v):
+        raise _Bad(f"{path}: {problem}")
     return v
 
 
@@ -426,10 +443,12 @@ def _endpoint(v: Any, path: str) -> str | None:
             raise _Bad(f"{path}: expected [address]:port, got {_show(v)}")
         port_text = rest[1:]
         try:
-            host = str(ipaddress.IPv6Address(host))
+            ip6 = ipaddress.IPv6Address(host)
         except ValueError:
             raise _Bad(f"{path}: {_show(host)} is not an IPv6 address") from None
-        host = f"[{host}]"
+        if problem := endpoint_ip_problem(ip6):  # the mesh plugin's check too
+            raise _Bad(f"{path}: {problem}")
+        host = f"[{ip6}]"
     else:
         host, sep, port_text = raw.rpartition(":")
         if not sep or not host:
@@ -437,11 +456,15 @@ def _endpoint(v: Any, path: str) -> str | None:
         if ":" in host:
             raise _Bad(f"{path}: write an IPv6 endpoint as [address]:port, got {_show(v)}")
         try:
-            host = str(ipaddress.IPv4Address(host))
+            ip4 = ipaddress.IPv4Address(host)
         except ValueError:
             if not HOSTNAME_RE.fullmatch(host) or host.replace(".", "").isdigit():
                 raise _Bad(f"{path}: {_show(host)} is not an IP address or a DNS name") from None
             host = host.lower()
+        else:
+            if problem := endpoint_ip_problem(ip4):
+                raise _Bad(f"{path}: {problem}")
+            host = str(ip4)
     if not (
         port_text.isascii() and port_text.isdigit() and len(port_text) <= 5 and 1 <= int(port_text) <= 65535
     ):

@@ -70,6 +70,7 @@ from moenet_core import (
 from .collector import TASK_NAME as COLLECTOR_TASK
 from .config import SessionsConfig
 from .desired import NodeSettings
+from .keys import missing_key_problem
 from .links import LinkBook
 from .model import Invalid, Session, SessionsPayloadError, parse_sessions
 from .planner import Kind, Observed, Plan, SessionPlan, TunnelAction, next_previous, plan, with_intent
@@ -198,7 +199,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
     # ------------------------------------------------------- the cycle's steps
 
     def parse(self, raw: Any) -> Parsed:
-        return parse_sessions(raw)
+        return parse_sessions(raw, max_sessions=self.section.max_sessions)
 
     def save_answer(self, raw: Any) -> None:
         self.store.save_answer(raw)
@@ -230,9 +231,16 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             observed.observed,
             observed.previous,
             settings=self.settings(),
-            guard=GuardPolicy(max_share=self.section.guard_max_share, min_count=self.section.guard_min_count),
+            guard=self.guard_policy(),
             override=self.section.allow_removal or None,
             latency=self.links.tiers(),
+            window=self.guard_window,
+        )
+
+    def guard_policy(self) -> GuardPolicy:
+        section = self.section
+        return GuardPolicy(
+            max_share=section.guard_max_share, min_count=section.guard_min_count, window=section.guard_window
         )
 
     def verdict(self, plan: Plan) -> Any:
@@ -308,13 +316,19 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                     self.ctx.log.error("session {}: removing tunnel {} failed: {}", s.uuid, name, exc)
 
     async def _ensure_tunnels(self, p: Plan, tunnel: TunnelBackend, out: Outcome) -> None:
-        """Creates and in-place updates (the preshared key file written 0600 first)."""
+        """Creates and in-place updates (the preshared key file written 0600 first).
+        A node key missing while this node had one fails them all: the tunnel
+        backend would generate a new key, which breaks every session (:mod:`.keys`)."""
         for s in p.sessions:
             if (
                 s.uuid in out.failed
                 or s.spec is None
                 or s.tunnel not in (TunnelAction.CREATE, TunnelAction.UPDATE)
             ):
+                continue
+            if (problem := missing_key_problem(s.spec.private_key_file, self.ctx.state)) is not None:
+                out.failed[s.uuid] = f"tunnel {s.spec.name}: {problem}"
+                self.ctx.log.error("session {}: {}", s.uuid, problem)
                 continue
             try:
                 if s.spec.preshared_key_file and s.preshared_key:

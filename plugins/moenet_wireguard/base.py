@@ -44,7 +44,7 @@ from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats
 from .config import Settings
 from .device import DesiredDevice, Device, DeviceUpdate, endpoint_update, plan
 from .endpoints import EndpointBook, Resolved, Resolver, system_resolver
-from .errors import EndpointError, NotOwnedError, TunnelError
+from .errors import EndpointError, NotOwnedError, TunnelError, WireguardKeyError
 from .journal import Journal
 from .keys import SecretKey, bytes_to_b64, load_or_create_private_key, read_key, write_public_key_file
 from .links import MARKER, Link, Netlink
@@ -155,12 +155,12 @@ class WireguardBackend(TunnelBackend):
                 node_key = bool(settings.node_key_path) and os.path.abspath(path) == os.path.abspath(
                     settings.node_key_path
                 )
-                if (
-                    node_key
-                    and settings.public_key_path
-                    and write_public_key_file(settings.public_key_path, key.public_key())
-                ):
-                    journal.record("public_key_write")
+                if node_key and settings.public_key_path:
+                    try:
+                        if write_public_key_file(settings.public_key_path, key.public_key()):
+                            journal.record("public_key_write")
+                    except WireguardKeyError as exc:
+                        self.log.error("{}", exc)
             return key
         return read_key(path)
 
@@ -173,7 +173,10 @@ class WireguardBackend(TunnelBackend):
             self.log.warning("generated a new node private key in {} (mode 0600)", settings.node_key_path)
         public = key.public_key()
         if settings.public_key_path:
-            write_public_key_file(settings.public_key_path, public)
+            try:
+                write_public_key_file(settings.public_key_path, public)
+            except WireguardKeyError as exc:
+                self.log.error("{}", exc)
         return public
 
     @staticmethod

@@ -9,9 +9,10 @@ The daemon runs in its own session (``start_new_session``), with /dev/null as
 stdin/stdout/stderr (``LOG_LEVEL`` is removed from its environment: with it set,
 the daemon would keep the launcher's output pipe, which we read, open).
 
-**No pid files.** A daemon is found from ``/proc``: a live (not zombie)
-``wireguard-go`` whose last argument is the interface name, in the caller's
-network namespace. (``SO_PEERCRED`` on the UAPI socket is no help: it names the
+**No pid files.** A daemon is found from ``/proc``: a live (not zombie) root
+process whose executable (``/proc/<pid>/exe``, not its spoofable argv) is the
+wireguard-go binary and whose last argument is the interface name, in the
+caller's network namespace. (``SO_PEERCRED`` on the UAPI socket is no help: it names the
 launcher, which has exited.) The process, not the socket, says whether a tunnel
 is served: a killed daemon's socket can still accept for a moment.
 
@@ -29,6 +30,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -102,25 +104,62 @@ def _live_state(stat: str) -> bool:
     return not stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
 
 
-def serves(pid: int, name: str, binary: str = "wireguard-go", *, any_netns: bool = False) -> bool:
+def executables(binary: str = "wireguard-go") -> frozenset[str]:
+    """The real paths a wireguard-go daemon's ``/proc/<pid>/exe`` may resolve to:
+    the configured ``binary`` and the ``wireguard-go`` on PATH (a configured
+    wrapper that runs the one on PATH leaves a daemon of that one), symlinks
+    resolved."""
+    out = set()
+    for candidate in dict.fromkeys((binary, "wireguard-go")):
+        found = shutil.which(candidate)
+        if found is not None:
+            out.add(os.path.realpath(found))
+    return frozenset(out)
+
+
+def _root_uids(status: str) -> bool:
+    """The ``Uid:`` line of ``/proc/<pid>/status`` says real, effective, saved and
+    filesystem uid are all 0. (Not the owner of ``/proc/<pid>``: a process that
+    makes itself non-dumpable gets a root-owned ``/proc`` entry.)"""
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return line.split()[1:] == ["0", "0", "0", "0"]
+    return False
+
+
+def serves(
+    pid: int,
+    name: str,
+    binary: str = "wireguard-go",
+    *,
+    any_netns: bool = False,
+    proc: Path = Path("/proc"),
+    exes: frozenset[str] | None = None,
+) -> bool:
     """``pid`` is a live (not zombie) wireguard-go for ``name``, in the caller's
-    network namespace unless ``any_netns``. A handful of small ``/proc`` reads."""
-    entry = f"/proc/{pid}"
+    network namespace unless ``any_netns``. A handful of small ``/proc`` reads.
+
+    The command line alone proves nothing (any local user can start a process
+    whose argv reads ``wireguard-go <name>``): the process must run as root and
+    its executable (``/proc/<pid>/exe``) must be the wireguard-go binary
+    (:func:`executables`; ``exes`` passes them precomputed). Only then is its last
+    argument trusted to name the interface it serves."""
+    entry = proc / str(pid)
     try:
-        argv = Path(f"{entry}/cmdline").read_bytes().split(b"\0")
+        argv = (entry / "cmdline").read_bytes().split(b"\0")
         if argv and argv[-1] == b"":
             argv.pop()
         if len(argv) < 2 or argv[-1].decode(errors="replace") != name:
             return False
-        if os.path.basename(argv[0].decode(errors="replace")) not in {
-            "wireguard-go",
-            os.path.basename(binary),
-        }:
+        if not _root_uids((entry / "status").read_text()):
             return False
-        if not _live_state(Path(f"{entry}/stat").read_text()):
+        exe = os.readlink(entry / "exe").removesuffix(" (deleted)")  # an upgraded package
+        if exe not in (exes if exes is not None else executables(binary)):
+            return False
+        if not _live_state((entry / "stat").read_text()):
             return False
     except (OSError, ValueError):
-        return False  # exited while we looked
+        return False  # exited while we looked (or a kernel thread: no exe)
     return any_netns or _netns_id(f"{entry}/ns/net") == _netns_id("/proc/thread-self/ns/net")
 
 
@@ -128,11 +167,13 @@ def find_daemons(
     name: str, binary: str = "wireguard-go", *, any_netns: bool = False, proc: Path = Path("/proc")
 ) -> list[int]:
     """Live wireguard-go processes serving ``name`` (in the caller's network
-    namespace unless ``any_netns``)."""
+    namespace unless ``any_netns``): root processes of the wireguard-go binary,
+    see :func:`serves`."""
+    exes = executables(binary)
     return sorted(
         int(e.name)
         for e in proc.iterdir()
-        if e.name.isdigit() and serves(int(e.name), name, binary, any_netns=any_netns)
+        if e.name.isdigit() and serves(int(e.name), name, binary, any_netns=any_netns, proc=proc, exes=exes)
     )
 
 

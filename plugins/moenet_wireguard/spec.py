@@ -13,7 +13,7 @@ import re
 
 import attrs
 
-from moenet_core import DEFAULT_OWNER, TunnelAddress, TunnelSpec
+from moenet_core import DEFAULT_OWNER, TunnelAddress, TunnelSpec, ifname_problem
 
 from .endpoints import EndpointSpec, parse_endpoint
 from .errors import EndpointError, TunnelSpecError, WireguardKeyError
@@ -31,7 +31,9 @@ MAX_MTU = 65535
 
 def validate_ifname(name: object) -> str:
     """1-15 characters of ``[A-Za-z0-9_.-]``, not starting with '-' (it becomes
-    a ``wireguard-go`` argument), and not ``.`` or ``..`` (the kernel refuses them)."""
+    a ``wireguard-go`` argument), and not ``.`` or ``..`` (the kernel refuses them).
+    A tunnel to create must also avoid the other reserved names (:func:`normalise`);
+    removing or reading one (``lo``) is refused as not ours."""
     if not isinstance(name, str) or not IFNAME_RE.fullmatch(name) or name in (".", ".."):
         raise TunnelSpecError(
             f"interface name {name!r} is invalid: use 1-15 characters of letters, digits, "
@@ -115,8 +117,12 @@ class Desired:
 
 def normalise(spec: TunnelSpec, default_keepalive: int) -> Desired:
     """Validate every field; ``keepalive=None`` takes the node default
-    (``wireguard.persistentKeepaliveInterval``), 0 turns it off."""
+    (``wireguard.persistentKeepaliveInterval``), 0 turns it off. The name must
+    not be one the kernel treats specially (``all``, ``default``, ``lo``...:
+    ``moenet_core.RESERVED_IFNAMES``), whichever plugin (sessions, mesh) asks."""
     name = validate_ifname(spec.name)
+    if problem := ifname_problem(name):
+        raise TunnelSpecError(f"interface name {problem}")
     try:
         owner = validate_owner(spec.owner)
     except TunnelSpecError as exc:

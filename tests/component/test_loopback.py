@@ -388,7 +388,7 @@ class Runs:
 def agent_config(tmp_path: Path, **node) -> dict:
     return {
         "node": {"name": "jp1", "loopbackIpv4": V4, "loopbackIpv6": V6, **node},
-        "controlPlane": {"url": "http://127.0.0.1:9", "token": "t"},
+        "controlPlane": {"url": "http://127.0.0.1:9", "token": "t-123456"},
         "loopback": {"kind": KIND, "interface": IF},
         "state": {"directory": str(tmp_path / "state")},
     }

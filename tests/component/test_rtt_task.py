@@ -267,7 +267,9 @@ async def test_a_cp_failure_does_not_lose_the_round(topo, tmp_path):
 
 
 def test_task_spec_and_entry_point():
-    config, _ = build_config({"node": {"name": "n"}, "controlPlane": {"url": "http://cp", "token": "t"}})
+    config, _ = build_config(
+        {"node": {"name": "n"}, "controlPlane": {"url": "http://cp", "token": "t-123456"}}
+    )
     [spec] = moenet_rtt.moenet_tasks(config)
     assert (spec.name, spec.interval, spec.initial_delay) == ("rttMeasurement", 300.0, 60.0)
     assert spec.timeout is not None and spec.timeout < spec.interval and spec.factory is RttMeasurement
@@ -291,7 +293,7 @@ def test_config_defaults_and_checks():
 async def test_bad_config_is_reported_with_paths(tmp_path):
     cfg = {
         "node": {"name": "rtt1", "id": 1},
-        "controlPlane": {"url": "http://127.0.0.1:9", "token": "t"},
+        "controlPlane": {"url": "http://127.0.0.1:9", "token": "t-123456"},
         "rtt": {"count": 0, "timeoutMs": "2000", "hysteresis": 1.5, "confirmRounds": 3, "ewmaAlpha": 2},
     }
     plugins = [("rtt", moenet_rtt)]

@@ -79,7 +79,14 @@ def test_defaults_match_the_seed():
 #: sections this agent had before each concern got one section
 #: (birdAgent, tunnel, meshSync).
 GO_CONFIG = {
-    "server": {"listen": ":24368", "readTimeout": 30, "writeTimeout": 30, "idleTimeout": 120},
+    # A token: a listener beyond loopback without one is refused (issue 14).
+    "server": {
+        "listen": ":24368",
+        "readTimeout": 30,
+        "writeTimeout": 30,
+        "idleTimeout": 120,
+        "token": "api-token-0123456789",
+    },
     "node": {"name": "jp1", "id": 1, "region": "ap-east", "location": "Tokyo", "provider": "x"},
     "controlPlane": {
         "url": "https://cp.example/api/v1",
@@ -308,14 +315,14 @@ def test_env_overrides_win_and_are_validated():
             "MOENET_NODE_NAME": "hk2",
             "MOENET_NODE_ID": "9",
             "MOENET_CP_URL": "http://127.0.0.1:1",
-            "MOENET_CP_TOKEN": "other",
+            "MOENET_CP_TOKEN": "other-token",
         },
     )
     assert (cfg.node.name, cfg.node.id, cfg.control_plane.url, cfg.control_plane.token) == (
         "hk2",
         9,
         "http://127.0.0.1:1",
-        "other",
+        "other-token",
     )
     assert problems_of(FULL, env={"MOENET_NODE_ID": "seven"}) == [
         "MOENET_NODE_ID: expected an integer, got 'seven'"
@@ -338,7 +345,7 @@ def test_bootstrap_merge_precedence():
     }
     remote = {
         "node": {"id": 4, "name": "jp1", "asn": 4242420998, "loopbackIpv4": "172.22.68.1"},
-        "bird": {"poolSize": 2, "peerConfDir": "/srv/peers"},
+        "bird": {"poolSize": 2, "poolSizeMax": 12, "peerConfDir": "/srv/peers"},
         "server": {"listen": "0.0.0.0:1"},  # never taken from the network
         "controlPlane": {"url": "http://evil", "token": "x", "syncInterval": 30},
     }
@@ -348,8 +355,8 @@ def test_bootstrap_merge_precedence():
     assert cfg.loopback_ipv4 == "172.22.68.1"
     bird = sections.values["bird"]
     assert bird.pool_size == 7  # local wins
-    assert bird.peer_conf_dir == "/srv/peers"  # remote over defaults
-    assert bird.pool_size_max == 10  # defaults still applied (the Go agent lost them)
+    assert bird.pool_size_max == 12  # remote over defaults
+    assert bird.peer_conf_dir == "/etc/bird/peers"  # a path: local only
     assert cfg.server.listen == "127.0.0.1:9999"
     assert cfg.control_plane.url == "https://cp.example/api/v1"
     assert cfg.control_plane.token == "tok-123456"
@@ -381,11 +388,11 @@ def test_remote_takes_only_the_go_agent_keys_of_plugin_sections():
     v = sections.values
     assert cfg.loopback_ipv4 == "172.22.68.9"
     assert (v["bird"].pool_size, v["bird"].bird_binary) == (3, "")
-    assert (v["wireguard"].backend, v["wireguard"].wireguard_go) == ("kernel", "wireguard-go")
+    assert (v["wireguard"].backend, v["wireguard"].wireguard_go) == ("auto", "wireguard-go")  # local only
     assert (v["mesh"].mtu, v["mesh"].allow_removal, v["mesh"].port_base) == (1400, "", 51820)
-    assert v["rtt"].count == 2
-    # Enabled by the CP, but the key is local only (the plugin then refuses to run).
-    assert (v["updater"].enabled, v["updater"].public_key) == (True, "")
+    assert v["rtt"].count == 9  # settable, and the section's own spelling wins over metric.pingCount
+    # What code runs is a local decision: enabled, channel, repo and key are not the CP's.
+    assert (v["updater"].enabled, v["updater"].public_key) == (False, "")
 
 
 def test_standalone_mode():
@@ -473,4 +480,54 @@ def test_containers_are_strict():
     assert problems_of({**FULL, "plugins": {"disable": "heartbeat"}, "backends": [1]}) == [
         'plugins.disable: expected a list, got "heartbeat"',
         "backends: expected an object, got [1]",
+    ]
+
+
+# ------------------------------------------------------------ server (issue 14)
+
+
+@pytest.mark.parametrize(
+    "listen", [":24368", "0.0.0.0:24368", "[::]:24368", "192.0.2.1:24368", "node.example:80"]
+)
+def test_non_loopback_listen_without_token_is_refused(listen):
+    problems = problems_of({**FULL, "server": {"listen": listen}})
+    assert problems == [
+        f"server.listen: {listen!r} is not loopback and server.token is unset, which would let anyone "
+        "who reaches it drain the node: set server.token, or listen on loopback (127.0.0.1:24368)"
+    ]
+    cfg, _ = build_config({**FULL, "server": {"listen": listen, "token": "api-token-0123456789"}}, env={})
+    assert cfg.server.listen == listen
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:24368", "127.0.0.9:1", "[::1]:24368", "localhost:24368"])
+def test_loopback_listen_needs_no_token(listen):
+    cfg, _ = build_config({**FULL, "server": {"listen": listen}}, env={})
+    assert cfg.server.token is None
+
+
+def test_non_loopback_listen_without_token_fails_validate(tmp_path, capsys):
+    from moenet_core.cli import cmd_validate
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**FULL, "server": {"listen": ":24368"}}))
+    assert cmd_validate(str(path)) == 1
+    assert "set server.token, or listen on loopback" in capsys.readouterr().err
+
+
+def test_server_hardening_keys():
+    cfg, _ = build_config(FULL, env={})
+    server = cfg.server
+    assert (server.read_timeout, server.idle_timeout, server.max_connections) == (10, 120, 64)
+    assert server.allowed_hosts == []
+    cfg, _ = build_config(
+        {**FULL, "server": {"allowedHosts": ["agent.example", "192.0.2.1", "[::1]"], "maxConnections": 8}},
+        env={},
+    )
+    assert cfg.server.allowed_hosts == ["agent.example", "192.0.2.1", "[::1]"]
+    for bad in ("agent.example:80", "*.example", "a b", "http://x"):
+        assert problems_of({**FULL, "server": {"allowedHosts": [bad]}}) == [
+            f"server.allowedHosts: {bad!r} is not a host name or address (no port, no wildcard)"
+        ]
+    assert problems_of({**FULL, "server": {"maxConnections": 0}}) == [
+        "server.maxConnections: must be greater than 0"
     ]

@@ -70,7 +70,7 @@ def test_our_id_from_the_answer_when_the_config_has_none() -> None:
         (answer(localNodeId=4), "not this node"),
         (answer(localNodeId="x"), "localNodeId"),
         (answer(localNodeId=-5), "localNodeId"),
-        (answer(*[peer(i) for i in range(10, 20)]), "exceed meshSync.maxPeers"),
+        (answer(*[peer(i) for i in range(10, 20)]), "exceed mesh.maxPeers"),
     ],
 )
 def test_answers_refused_as_a_whole(data: Any, match: str) -> None:

@@ -14,6 +14,7 @@ from moenet_sessions.model import Session, parse_sessions
 from moenet_core.backends import TunnelAddress
 from moenet_core.config import AgentConfig, NodeConfig, build_config
 from moenet_core.intents import EbgpPeerIntent
+from moenet_core.state import StateStore
 
 KEY = base64.b64encode(b"\x01" * 32).decode()
 PSK = base64.b64encode(b"\x02" * 32).decode()
@@ -183,10 +184,12 @@ def test_public_key_published_at_start(tmp_path) -> None:
         section=SessionsConfig(private_key_path=str(key), public_key_path=str(pub)),
         log=logger,
         backend=lambda kind, iface: Tunnel(),
+        state=StateStore(tmp_path / "state"),
     )
     moenet_sessions.moenet_startup(ctx=ctx)
     assert (key.stat().st_mode & 0o777) == 0o600
     assert pub.read_text() == f"PUB:{key.read_text()[:4]}\n"
-    ctx.section = SessionsConfig(private_key_path=str(tmp_path / "other"))  # no publicKeyPath: nothing
+    # The node had a key: one configured elsewhere and missing is never generated (issue 14).
+    ctx.section = SessionsConfig(private_key_path=str(tmp_path / "other"))
     moenet_sessions.moenet_startup(ctx=ctx)
     assert not (tmp_path / "other").exists()

@@ -420,7 +420,8 @@ async def test_plugin_context_options(tmp_path: Path) -> None:
     from moenet_core.config import build_config
 
     built, _ = build_config(
-        {"node": {"name": "jp1", "id": 2}, "controlPlane": {"url": "http://x.invalid", "token": "t"}}, env={}
+        {"node": {"name": "jp1", "id": 2}, "controlPlane": {"url": "http://x.invalid", "token": "t-123456"}},
+        env={},
     )
     ctx = plugin_context("x", state_dir=tmp_path / "e", config=built)
     assert ctx.node == "jp1" and ctx.config.state.directory == str(tmp_path / "e")

@@ -42,7 +42,8 @@ class WebhookConfig:
     """Section ``webhook``."""
 
     url: str = attrs.field(metadata=check(_url))
-    """Where to POST; required."""
+    """Where to POST; required. Redirects are not followed (the secret would go
+    along), so name the final URL."""
     secret_header: str = attrs.field(
         default="X-Webhook-Secret", metadata=check(lambda v: None if _TOKEN.match(v) else "not a header name")
     )
@@ -125,8 +126,19 @@ class WebhookPlugin:
         where = urlsplit(cfg.url).netloc.rpartition("@")[2]  # no path or password: they may be secret
         try:
             timeout = aiohttp.ClientTimeout(total=cfg.timeout)
-            async with http.post(cfg.url, json=body, headers=headers, timeout=timeout) as resp:
-                if resp.status >= 300:
+            # Redirects are not followed: the secret header would go along to wherever
+            # the Location points (aiohttp drops only Authorization on a cross-origin hop).
+            async with http.post(
+                cfg.url, json=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                if 300 <= resp.status < 400:
+                    ctx.log.warning(
+                        "webhook {} to {}: HTTP {} redirect not followed (set webhook.url to the final URL)",
+                        body["event"],
+                        where,
+                        resp.status,
+                    )
+                elif resp.status >= 300:
                     ctx.log.warning("webhook {} to {}: HTTP {}", body["event"], where, resp.status)
         except Exception as exc:
             ctx.log.warning("webhook {} to {} failed: {}: {}", body["event"], where, type(exc).__name__, exc)

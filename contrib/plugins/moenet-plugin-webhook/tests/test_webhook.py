@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 import pytest
+from aiohttp import web
 from moenet_core import SessionStatus, SessionStatusEvent
 from moenet_core.config import structure
 from moenet_core.testing import AgentHarness, FakeControlPlane, ManualClock
@@ -107,6 +108,33 @@ async def test_a_receiver_answering_500_is_logged_and_the_next_event_still_goes_
         f"WARNING webhook maintenance to {receiver.url.split('/')[2]}: HTTP 500 {{'plugin': 'webhook'}}"
     ]
     assert (record["status"], record["runtimeErrors"]) == ("active", 0)
+    assert SECRET not in "\n".join(logs)
+
+
+async def test_a_redirect_is_not_followed_so_the_secret_stays_with_the_configured_host(
+    agent_harness, fake_cp, receiver, aiohttp_server, logs
+):
+    """The configured host answers 307 to another host (the receiver, standing in
+    for an attacker's): no request with the secret goes there, and the log says why."""
+    hits: list[dict[str, str]] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(dict(request.headers))
+        raise web.HTTPTemporaryRedirect(receiver.url)
+
+    app = web.Application()
+    app.router.add_post("/hook", redirect)
+    origin = await aiohttp_server(app, host="127.0.0.2")
+    cfg = node_config(fake_cp, url=str(origin.make_url("/hook")), secret=SECRET)
+    async with agent_harness(cfg, plugins=[("webhook", WebhookPlugin())]) as h:
+        await h.agent.set_maintenance(True, "x")
+    # Leaving the harness ran moenet_shutdown, which waits for the queue.
+    assert len(hits) == 1 and hits[0]["X-Webhook-Secret"] == SECRET  # the configured host got it
+    assert receiver.posts == []  # ... and nobody else did
+    [line] = [line for line in logs if "redirect" in line]
+    assert line.startswith(
+        f"WARNING webhook maintenance to 127.0.0.2:{origin.port}: HTTP 307 redirect not followed"
+    )
     assert SECRET not in "\n".join(logs)
 
 

@@ -165,7 +165,16 @@ class TunnelBackend(Backend):
     @abstractmethod
     async def list(self, owner: str | None = None) -> Mapping[str, TunnelState]:
         """The agent's tunnels as the system has them now (read, not remembered):
-        all of them, or only ``owner``'s."""
+        all of them, or only ``owner``'s. The deep read: every tunnel's WireGuard
+        settings come from the system."""
+
+    async def observe(self, owner: str | None = None) -> Mapping[str, TunnelState]:
+        """A cheap read for every-cycle observation: the links from one dump
+        (existence, addresses, MTU, up, owner), the WireGuard settings as this
+        backend last wrote and confirmed them. Drift inside WireGuard that
+        someone else caused shows only in :meth:`list`, which a reconciler runs on
+        a slower cadence. Default: :meth:`list`."""
+        return await self.list(owner)
 
     @abstractmethod
     async def stats(self, name: str) -> TunnelStats:
@@ -259,6 +268,9 @@ class ApplyResult:
     error: str | None = None
     rejected: Mapping[str, str] = attrs.field(factory=dict)
     """Per-fragment errors the backend could attribute (fragment key -> message)."""
+    transient: bool = False
+    """With ``ok`` false: a retry may fix it (the daemon unreachable or restarting,
+    no policy yet), as opposed to the daemon refusing the configuration."""
 
 
 class RoutingBackend(Backend):

@@ -307,7 +307,9 @@ class FakeTunnelBackend(_FakeBase, TunnelBackend):
     """
 
     kind: ClassVar[str] = "tunnel"
-    OPS: ClassVar[frozenset[str]] = frozenset({"ensure", "remove", "list", "stats", "refresh_endpoints"})
+    OPS: ClassVar[frozenset[str]] = frozenset(
+        {"ensure", "remove", "list", "observe", "stats", "refresh_endpoints"}
+    )
 
     def __init__(
         self,
@@ -446,6 +448,13 @@ class FakeTunnelBackend(_FakeBase, TunnelBackend):
     async def list(self, owner: str | None = None) -> Mapping[str, TunnelState]:
         self._early("list", owner or "", owner)
         self._record("list", owner or "", detail=owner)
+        return {n: s for n, s in sorted(self.tunnels.items()) if owner is None or s.owner == owner}
+
+    async def observe(self, owner: str | None = None) -> Mapping[str, TunnelState]:
+        """The same states as :meth:`list`, journaled as a read of op ``observe``
+        (tests assert which read a reconciler used)."""
+        self._early("observe", owner or "", owner)
+        self._record("observe", owner or "", detail=owner)
         return {n: s for n, s in sorted(self.tunnels.items()) if owner is None or s.owner == owner}
 
     async def stats(self, name: str) -> TunnelStats:

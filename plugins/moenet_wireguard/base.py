@@ -23,7 +23,14 @@ refuses another owner's tunnel, and ``list(owner)`` lists only that owner's.
 **Endpoints**: host names are resolved and remembered; :meth:`refresh_endpoints`
 (call it once per sync cycle) re-resolves them for tunnels whose handshake is
 stale and moves the peer when the address changed. It also brings back a peer
-that roamed away from its configured address and then went quiet.
+that roamed away from its configured address and then went quiet. A name that
+does not resolve yet leaves the peer without an endpoint (ensure succeeds and
+logs it); the next ensure or refresh fills it in.
+
+**Reading**: :meth:`list` reads every device (the deep read); :meth:`observe`
+answers from one link dump, one address dump and the settings this backend last
+wrote and read back (no per-tunnel round trip). ``ensure`` runs concurrently
+for different tunnels (one lock per interface name).
 """
 
 from __future__ import annotations
@@ -37,17 +44,19 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import attrs
 from loguru import logger
 
 from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats
 
+from . import rtdump
 from .config import Settings
 from .device import DesiredDevice, Device, DeviceUpdate, endpoint_update, plan
 from .endpoints import EndpointBook, Resolved, Resolver, system_resolver
 from .errors import EndpointError, NotOwnedError, TunnelError, WireguardKeyError
 from .journal import Journal
 from .keys import SecretKey, bytes_to_b64, load_or_create_private_key, read_key, write_public_key_file
-from .links import MARKER, Link, Netlink
+from .links import MARKER, Link, Netlink, address_of
 from .spec import Address, Desired, normalise, validate_ifname, validate_owner
 from .sysctl import ensure_ipv6_sysctls
 
@@ -55,6 +64,9 @@ if TYPE_CHECKING:
     from loguru import Logger
 
     from moenet_core import PluginContext
+
+_Observed = tuple[Link, Device | None, frozenset[tuple[int, str, str | None]], TunnelState]
+"""A state :meth:`WireguardBackend.observe` built, with the link, device and raw addresses it came from."""
 
 #: Device reads in flight at once while listing (each is one UAPI round trip to a
 #: wireguard-go process, or one netlink request): enough to overlap the waits of a
@@ -84,6 +96,14 @@ class WireguardBackend(TunnelBackend):
         self.endpoints = EndpointBook(resolver or system_resolver)
         self._now = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        self._confirmed: dict[str, tuple[int, Device]] = {}
+        """Per tunnel: its ifindex and the WireGuard settings last written and read
+        back (or read) by this backend, keys stripped; what :meth:`observe` reports."""
+        self._observed: dict[str, _Observed] = {}
+        """The states :meth:`observe` built last, with what they were built from."""
+        self._recheck: dict[str, float] = {}
+        """Per tunnel: when :meth:`refresh_endpoints` next needs to look at it
+        (its handshake cannot go stale before then)."""
         self.writes: Counter[str] = Counter()
         """Every write this backend made, by operation (tests assert on it)."""
         self._metric: Any = None
@@ -123,6 +143,7 @@ class WireguardBackend(TunnelBackend):
     async def _destroy(self, nl: Netlink, link: Link, journal: Journal) -> None:
         """Remove an owned link (of either kind) and whatever served it."""
         await nl.delete(link.index, journal)
+        self._forget(link.name)
 
     async def _cleanup_absent(self, name: str, journal: Journal) -> None:
         """Leftovers of a tunnel whose link is already gone."""
@@ -135,6 +156,19 @@ class WireguardBackend(TunnelBackend):
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    def _confirm(self, name: str, index: int, dev: Device) -> Device:
+        """Remember ``dev`` as the device of ``name`` (link ``index``), keys
+        stripped; returns the remembered copy."""
+        kept = attrs.evolve(
+            dev, private_key=None, peers=tuple(attrs.evolve(p, preshared_key=None) for p in dev.peers)
+        )
+        self._confirmed[name] = (index, kept)
+        return kept
+
+    def _forget(self, name: str) -> None:
+        self._confirmed.pop(name, None)
+        self._recheck.pop(name, None)
 
     def _account(self, journal: Journal) -> None:
         self.writes.update(journal.ops)
@@ -235,6 +269,7 @@ class WireguardBackend(TunnelBackend):
                 record, spec_changed = await self.endpoints.lookup(name, want.endpoint)
             except EndpointError as exc:
                 unresolved = exc
+                record = self.endpoints.get(name)
 
         async with Netlink() as nl:
             link = await nl.get_link(name)
@@ -258,12 +293,14 @@ class WireguardBackend(TunnelBackend):
                 self.log.warning("tunnel {}: nothing serves the device any more; recreating it", name)
                 await self._destroy(nl, link, journal)
                 link = None
+            created = link is None
             if link is None:
                 link = await self._create(nl, name, want.owner, journal)
                 self.log.info("tunnel {}: created for {} ({} backend)", name, want.owner, self.implementation)
             ensure_ipv6_sysctls(name, journal)
 
-            current = await self._read(name)
+            # A device created just now has no key, port or peer yet: no need to ask.
+            current = Device() if created else await self._read(name)
             ours = current.peer(want.peer_public_key)
             desired = DesiredDevice(
                 private_key=private.raw,
@@ -280,17 +317,25 @@ class WireguardBackend(TunnelBackend):
             update = plan(current, desired)
             if update is not None:
                 self.log.info("tunnel {}: {}", name, update.describe())
+                self._forget(name)
                 await self._write(name, update, journal)
+                current = await self._read(name)  # what observe() reports from now on
+            self._confirm(name, link.index, current)
 
-            if link.mtu != want.mtu:
-                await nl.set_mtu(link.index, want.mtu, journal)
-            if not link.up:
-                await nl.set_up(link.index, journal)
+            await nl.set_link(
+                link.index, journal, mtu=want.mtu if link.mtu != want.mtu else None, up=not link.up
+            )
             # Addresses last, on a link that is up: an IPv6 address with a peer added
             # while the link is down loses its peer route when the link comes up.
             await nl.sync_addresses(link.index, want.addresses, journal)
         if unresolved is not None:
-            raise EndpointError(f"tunnel {name}: {unresolved}; configured without an endpoint for now")
+            # WireGuard works without an endpoint (the peer can still reach us);
+            # the name is tried again by the next ensure and by refresh_endpoints().
+            self.log.warning(
+                "tunnel {}: {}; configured without an endpoint for now, retried every cycle",
+                name,
+                unresolved,
+            )
 
     # --------------------------------------------------------------- remove
 
@@ -306,6 +351,7 @@ class WireguardBackend(TunnelBackend):
                     if link is None:
                         await self._cleanup_absent(name, journal)
                         self.endpoints.forget(name)
+                        self._forget(name)
                         return False
                     if not link.owned:
                         raise NotOwnedError(
@@ -318,6 +364,26 @@ class WireguardBackend(TunnelBackend):
                 self.endpoints.forget(name)
                 self.log.info("tunnel {}: removed (owner {})", name, link.owner)
                 return True
+            finally:
+                self._account(journal)
+
+    async def bounce(self, name: str, *, owner: str | None = None) -> None:
+        """Link down and up (``/restart``): WireGuard (the kernel's, and
+        wireguard-go, which follows its TUN device's link state) drops the peer's
+        session keys and handshakes afresh; interface, index and settings stay."""
+        name = validate_ifname(name)
+        if owner is not None:
+            owner = validate_owner(owner)
+        async with self._lock(name):
+            journal = Journal()
+            try:
+                async with Netlink() as nl:
+                    link = await self._owned_link(nl, name)
+                    if owner is not None:
+                        self._check_owner(link, owner, "bounce")
+                    await nl.set_down(link.index, journal)
+                    await nl.set_up(link.index, journal)
+                self.log.info("tunnel {}: bounced (link down and up)", name)
             finally:
                 self._account(journal)
 
@@ -349,20 +415,30 @@ class WireguardBackend(TunnelBackend):
         one of the (new) addresses. Fresh tunnels are not touched, so roaming
         is never fought. Meant to be called once per sync cycle; returns the
         tunnels whose endpoint was updated.
+
+        A tunnel whose handshake was fresh at time *h* cannot go stale before
+        *h* + ``staleHandshake``: it is not looked at again until then, so a
+        cycle on a node of healthy tunnels reads no device at all. The others
+        are read overlapped (:data:`LIST_CONCURRENCY` at once).
         """
         settings = self.settings
-        updated: builtins.list[str] = []
-        for name in self.endpoints.names():
-            async with self._lock(name):
+        now = self._now()
+        due = [n for n in self.endpoints.names() if self._recheck.get(n, 0.0) <= now]
+        gate = asyncio.Semaphore(LIST_CONCURRENCY)
+
+        async def one(name: str) -> bool:
+            async with gate, self._lock(name):
                 journal = Journal()
                 try:
-                    if await self._refresh_one(name, settings, journal, owner):
-                        updated.append(name)
+                    return await self._refresh_one(name, settings, journal, owner)
                 except TunnelError as exc:
                     self.log.warning("tunnel {}: endpoint refresh failed: {}", name, exc)
+                    return False
                 finally:
                     self._account(journal)
-        return updated
+
+        results = await asyncio.gather(*(one(n) for n in due))
+        return [name for name, moved in zip(due, results, strict=True) if moved]
 
     async def _refresh_one(self, name: str, settings: Settings, journal: Journal, owner: str | None) -> bool:
         async with Netlink() as nl:
@@ -373,14 +449,26 @@ class WireguardBackend(TunnelBackend):
         if owner is not None and link.owner != owner:
             return False
         dev = await self._read(name)
-        if len(dev.peers) != 1 or self._fresh(dev.peers[0].last_handshake, settings):
+        if len(dev.peers) != 1:
+            return False
+        if self._fresh(dev.peers[0].last_handshake, settings):
+            handshake = dev.peers[0].last_handshake
+            assert handshake is not None
+            self._recheck[name] = handshake + settings.stale_handshake
             return False
         peer = dev.peers[0]
         record = await self.endpoints.refresh(name)
         if record is None or not record.candidates or peer.endpoint in record.candidates:
+            if record is not None and record.spec.literal is not None:
+                # An address, not a name: nothing to re-resolve, and the peer can only
+                # roam away with a handshake (which makes the tunnel fresh). Look again
+                # once that could have gone stale, not every cycle.
+                self._recheck[name] = self._now() + settings.stale_handshake
             return False
         self.log.info("tunnel {}: handshake stale, endpoint moved to {}", name, record.candidates[0])
+        self._forget(name)
         await self._write(name, endpoint_update(peer.public_key, record.candidates[0]), journal)
+        self._confirm(name, link.index, await self._read(name))
         return True
 
     # ----------------------------------------------------------------- list
@@ -432,7 +520,73 @@ class WireguardBackend(TunnelBackend):
 
         ordered = sorted(links, key=lambda lk: lk.name)
         devices = await asyncio.gather(*(read(link) for link in ordered))
+        for link, dev in zip(ordered, devices, strict=True):
+            if dev is not None:
+                self._confirm(link.name, link.index, dev)
         return {
             link.name: self._state(link, dev, addrs.get(link.index, set()))
             for link, dev in zip(ordered, devices, strict=True)
         }
+
+    async def observe(self, owner: str | None = None) -> Mapping[str, TunnelState]:
+        """The cheap read: one link dump and one address dump (decoded by
+        :mod:`.rtdump`), plus the WireGuard settings this backend last wrote and
+        read back for each tunnel (kept in memory). No per-tunnel round trip for
+        a tunnel it remembers; one it does not (after a restart, or recreated
+        under the same name) is read from its device as :meth:`list` does, once.
+
+        WireGuard-side drift someone else caused (a peer removed with ``wg``, a
+        roamed endpoint) shows only in :meth:`list`, the deep read.
+        """
+        if owner is not None:
+            owner = validate_owner(owner)
+        nl = Netlink()  # raw dumps: no pyroute2 socket to open
+        links = sorted(
+            (link for link in await nl.links() if link.owned and (owner is None or link.owner == owner)),
+            key=lambda lk: lk.name,
+        )
+        # Raw (prefixlen, local, peer) tuples: cheap to hash and compare; parsed
+        # into Address only for a tunnel whose state is built anew.
+        addrs: dict[int, set[tuple[int, str, str | None]]] = {}
+        for index, prefixlen, local, peer in await rtdump.dump_addresses():
+            addrs.setdefault(index, set()).add((prefixlen, local, peer))
+        devices: dict[str, Device | None] = {}
+        unknown: builtins.list[Link] = []
+        for link in links:
+            known = self._confirmed.get(link.name)
+            if link.kind != self.link_kind:
+                devices[link.name] = None
+            elif known is not None and known[0] == link.index:
+                devices[link.name] = known[1]
+            else:
+                unknown.append(link)
+        if unknown:
+            gate = asyncio.Semaphore(LIST_CONCURRENCY)
+
+            async def read(link: Link) -> Device | None:
+                async with gate:
+                    try:
+                        dev = await self._read(link.name)
+                    except TunnelError as exc:
+                        self.log.warning("tunnel {}: cannot read its device: {}", link.name, exc)
+                        return None
+                return self._confirm(link.name, link.index, dev)
+
+            for link, dev in zip(unknown, await asyncio.gather(*(read(lk) for lk in unknown)), strict=True):
+                devices[link.name] = dev
+        states: dict[str, _Observed] = {}
+        for link in links:
+            dev, have = devices[link.name], frozenset(addrs.get(link.index, ()))
+            cached = self._observed.get(link.name)
+            if cached is not None and cached[0] == link and cached[1] is dev and cached[2] == have:
+                states[link.name] = cached
+            else:
+                parsed = {address_of(*a) for a in have}
+                states[link.name] = (link, dev, have, self._state(link, dev, parsed))
+        if owner is None:
+            self._observed = states
+        else:  # keep other owners' entries
+            self._observed = {
+                n: v for n, v in self._observed.items() if v[0].owner != owner and n not in states
+            } | states
+        return {name: entry[3] for name, entry in states.items()}

@@ -100,6 +100,11 @@ def _netns_id(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def current_netns() -> tuple[int, int] | None:
+    """The calling thread's network namespace (device and inode)."""
+    return _netns_id("/proc/thread-self/ns/net")
+
+
 def _live_state(stat: str) -> bool:
     return not stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
 
@@ -175,6 +180,35 @@ def find_daemons(
         for e in proc.iterdir()
         if e.name.isdigit() and serves(int(e.name), name, binary, any_netns=any_netns, proc=proc, exes=exes)
     )
+
+
+def scan(binary: str = "wireguard-go", *, proc: Path = Path("/proc")) -> dict[str, list[int]]:
+    """All live wireguard-go daemons of the caller's network namespace, by the
+    interface they serve: one pass over ``/proc`` (what :func:`find_daemons`
+    costs for a single name), so a backend looking up many tunnels pays it once.
+    A process whose executable is not wireguard-go is skipped after one
+    ``readlink``; the rest is checked by :func:`serves`."""
+    exes = executables(binary)
+    out: dict[str, list[int]] = {}
+    for e in proc.iterdir():
+        if not e.name.isdigit():
+            continue
+        try:
+            if os.readlink(e / "exe").removesuffix(" (deleted)") not in exes:
+                continue
+            argv = (e / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[-1] == b"":
+            argv.pop()
+        if len(argv) < 2:
+            continue
+        name = argv[-1].decode(errors="replace")
+        if serves(int(e.name), name, binary, proc=proc, exes=exes):
+            out.setdefault(name, []).append(int(e.name))
+    for pids in out.values():
+        pids.sort()
+    return out
 
 
 def _alive(pid: int) -> bool:

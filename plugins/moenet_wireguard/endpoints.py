@@ -147,18 +147,28 @@ class EndpointBook:
         return tuple(await self._resolver(spec.host, spec.port))
 
     async def lookup(self, name: str, spec: EndpointSpec) -> tuple[Resolved, bool]:
-        """The record for ``spec``: cached while the spec text is unchanged, else
-        resolved now. Returns ``(record, changed)``; ``changed`` is true when the
-        spec differs from the one seen before (not on the first sighting)."""
+        """The record for ``spec``: cached while the spec text is unchanged (and
+        it resolved), else resolved now. Returns ``(record, changed)``; ``changed``
+        is true when the spec differs from the one seen before (not on the first
+        sighting), or a name that did not resolve before now does. A name that
+        does not resolve raises :class:`EndpointError` and is remembered without
+        addresses, so :meth:`names` and :meth:`refresh` still cover it."""
         old = self._records.get(name)
-        if old is not None and old.spec.text == spec.text:
+        if old is not None and old.spec.text == spec.text and old.candidates:
             return old, False
-        record = Resolved(spec=spec, candidates=await self.resolve(spec))
+        try:
+            candidates = await self.resolve(spec)
+        except EndpointError:
+            # Remembered without addresses: ensure and refresh() try again.
+            self._records[name] = Resolved(spec=spec, candidates=())
+            raise
+        record = Resolved(spec=spec, candidates=candidates)
         self._records[name] = record
         return record, old is not None
 
     async def refresh(self, name: str) -> Resolved | None:
-        """Resolve the remembered name again (literals need no lookup)."""
+        """Resolve the remembered name again (literals need no lookup). A name
+        that does not resolve keeps its last addresses (none, if it never did)."""
         old = self._records.get(name)
         if old is None:
             return None

@@ -19,8 +19,8 @@ import os
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
+# cryptography's X25519 (its Rust extension, ~6 MB resident) is imported where a
+# key is derived, not at start: an agent that never derives one never loads it.
 from moenet_core import atomic_write
 
 from .errors import WireguardKeyError
@@ -51,6 +51,8 @@ def x25519(scalar: bytes, u: bytes) -> bytes:
     order (the result would be all zeros, which ``cryptography`` refuses)."""
     if len(scalar) != KEY_LEN or len(u) != KEY_LEN:
         raise ValueError("X25519 takes 32-byte inputs")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
     private = X25519PrivateKey.from_private_bytes(scalar)
     return private.exchange(X25519PublicKey.from_public_bytes(u))
 
@@ -59,6 +61,8 @@ def public_from_private(private: bytes) -> bytes:
     """The public key (X25519 with the base point)."""
     if len(private) != KEY_LEN:
         raise ValueError("an X25519 private key is 32 bytes")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
@@ -180,6 +184,8 @@ def read_key(path: str | os.PathLike[str], what: str = "private key") -> SecretK
 
 def generate_private_key() -> SecretKey:
     """A new random private key, stored clamped (as ``wg genkey`` does)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return SecretKey(clamp(X25519PrivateKey.generate().private_bytes_raw()))
 
 

@@ -1,9 +1,11 @@
-"""Links and addresses of tunnel interfaces, over rtnetlink (pyroute2, async).
+"""Links and addresses of tunnel interfaces, over rtnetlink.
 
-A fresh :class:`AsyncIPRoute` is opened per backend call, on the event-loop
-thread: the socket belongs to the network namespace of the calling thread at
-that moment (what the tests rely on), and opening one costs well under a
-millisecond. Nothing here runs in another thread.
+Reads (one link, all links, addresses) go through :mod:`.rtdump`, which decodes
+only the attributes used here; writes go through pyroute2 (async). A fresh
+socket is opened per backend call (the pyroute2 one only at its first write),
+on the event-loop thread: a socket belongs to the network namespace of the
+calling thread at that moment (what the tests rely on). Nothing here runs in
+another thread.
 
 Ownership: the agent marks every tunnel it creates with the interface alias
 (``IFLA_IFALIAS``) naming its owner (:func:`marker`), set right after creation
@@ -28,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from moenet_core import DEFAULT_OWNER
 
+from . import rtdump
 from .journal import Journal
 from .spec import OWNER_RE, Address, validate_owner
 
@@ -90,6 +93,31 @@ def _link(msg: Any) -> Link:
     )
 
 
+def _raw_link(raw: rtdump.RawLink) -> Link:
+    index, name, kind, alias, mtu, flags = raw
+    return Link(index=index, name=name, kind=kind, alias=alias, mtu=mtu, up=bool(flags & IFF_UP))
+
+
+_ADDRESSES: dict[tuple[int, str, str | None], Address] = {}
+"""Parsed addresses by their raw form: a node's tunnel addresses rarely change,
+and parsing them (``ipaddress``) dominated observing a thousand tunnels."""
+_ADDRESS_CACHE_MAX = 1 << 16
+
+
+def address_of(prefixlen: int, local: str, peer: str | None) -> Address:
+    """The :class:`Address` of a raw address (:func:`.rtdump.dump_addresses`), parsed once."""
+    key = (prefixlen, local, peer)
+    addr = _ADDRESSES.get(key)
+    if addr is None:
+        if len(_ADDRESSES) >= _ADDRESS_CACHE_MAX:
+            _ADDRESSES.clear()
+        addr = _ADDRESSES[key] = Address(
+            local=ipaddress.ip_interface(f"{local}/{prefixlen}"),
+            peer=ipaddress.ip_address(peer) if peer is not None else None,
+        )
+    return addr
+
+
 def _address(msg: Any) -> Address:
     local = msg.get_attr("IFA_LOCAL")
     address = msg.get_attr("IFA_ADDRESS")
@@ -110,9 +138,16 @@ class Netlink:
         self._ipr: Any = None
 
     async def __aenter__(self) -> Netlink:
-        self._ipr = AsyncIPRoute()
-        await self._ipr.__aenter__()
         return self
+
+    async def _open(self) -> Any:
+        """The pyroute2 socket, opened at the first write (a call that only reads
+        never opens one)."""
+        if self._ipr is None:
+            ipr = AsyncIPRoute()
+            await ipr.__aenter__()
+            self._ipr = ipr
+        return self._ipr
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
@@ -123,56 +158,71 @@ class Netlink:
 
     # ------------------------------------------------------------- reads
 
+    # Reads go through :mod:`.rtdump` (decodes only the attributes used here);
+    # they need no open pyroute2 socket.
+
     async def get_link(self, name: str) -> Link | None:
-        try:
-            msgs = await self._ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code == 19:  # ENODEV
-                return None
-            raise
-        return _link(msgs[0])
+        raw = await rtdump.get_link(name)
+        return _raw_link(raw) if raw is not None else None
 
     async def links(self) -> list[Link]:
-        return [_link(m) async for m in await self._ipr.link("dump")]
+        return [_raw_link(raw) for raw in await rtdump.dump_links()]
 
     async def addresses(self, index: int | None = None) -> dict[int, set[Address]]:
-        """Addresses per link index (of one link when ``index`` is given)."""
+        """Addresses per link index (of one link when ``index`` is given: the
+        kernel filters that dump, so it costs the same at any number of links)."""
         out: dict[int, set[Address]] = {}
-        spec = {"index": index} if index is not None else {}
-        async for msg in await self._ipr.addr("dump", **spec):
-            if index is not None and msg["index"] != index:
-                continue
-            out.setdefault(int(msg["index"]), set()).add(_address(msg))
+        for ifindex, prefixlen, local, peer in await rtdump.dump_addresses(index):
+            out.setdefault(ifindex, set()).add(address_of(prefixlen, local, peer))
         return out
 
     # ------------------------------------------------------------ writes
 
     async def create(self, name: str, kind: str, journal: Journal) -> None:
         journal.record("link_add")
-        await self._ipr.link("add", ifname=name, kind=kind)
+        await (await self._open()).link("add", ifname=name, kind=kind)
 
     async def mark(self, index: int, owner: str, journal: Journal) -> str:
         """Set the alias marking the link as ``owner``'s tunnel; returns the alias."""
         alias = marker(owner)
         journal.record("link_alias")
-        await self._ipr.link("set", index=index, ifalias=alias)
+        await (await self._open()).link("set", index=index, ifalias=alias)
         return alias
 
     async def delete(self, index: int, journal: Journal) -> None:
         journal.record("link_del")
         try:
-            await self._ipr.link("del", index=index)
+            await (await self._open()).link("del", index=index)
         except NetlinkError as exc:
             if exc.code != 19:  # already gone (wireguard-go exited): fine
                 raise
 
     async def set_mtu(self, index: int, mtu: int, journal: Journal) -> None:
         journal.record("link_mtu")
-        await self._ipr.link("set", index=index, mtu=mtu)
+        await (await self._open()).link("set", index=index, mtu=mtu)
 
     async def set_up(self, index: int, journal: Journal) -> None:
         journal.record("link_up")
-        await self._ipr.link("set", index=index, state="up")
+        await (await self._open()).link("set", index=index, state="up")
+
+    async def set_down(self, index: int, journal: Journal) -> None:
+        journal.record("link_down")
+        await (await self._open()).link("set", index=index, state="down")
+
+    async def set_link(
+        self, index: int, journal: Journal, *, mtu: int | None = None, up: bool = False
+    ) -> None:
+        """Set the MTU and/or bring the link up in one request (one link event,
+        which every wireguard-go daemon in the namespace wakes up for)."""
+        spec: dict[str, Any] = {}
+        if mtu is not None:
+            journal.record("link_mtu")
+            spec["mtu"] = mtu
+        if up:
+            journal.record("link_up")
+            spec["state"] = "up"
+        if spec:
+            await (await self._open()).link("set", index=index, **spec)
 
     async def add_address(self, index: int, addr: Address, journal: Journal) -> None:
         journal.record("addr_add")
@@ -183,7 +233,7 @@ class Netlink:
             spec.update(local=str(addr.local.ip), address=str(addr.local.ip))
         else:
             spec.update(address=str(addr.local.ip))
-        await self._ipr.addr("add", **spec)
+        await (await self._open()).addr("add", **spec)
 
     async def del_address(self, index: int, addr: Address, journal: Journal) -> None:
         journal.record("addr_del")
@@ -193,7 +243,7 @@ class Netlink:
         else:
             spec.update(address=str(addr.local.ip))
         try:
-            await self._ipr.addr("del", **spec)
+            await (await self._open()).addr("del", **spec)
         except NetlinkError as exc:
             if exc.code != 99:  # EADDRNOTAVAIL: gone already (a primary took it along)
                 raise

@@ -25,6 +25,7 @@ one namespace can never take over another's tunnel.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -35,11 +36,16 @@ from .config import Settings, wireguard_go_available
 from .device import Device, DeviceUpdate
 from .errors import DaemonError, TunnelError
 from .journal import Journal
+from .limits import BATCH, InotifyRoom, check_nofile
 from .links import Link, Netlink
 from .uapi import SOCKET_DIR, UapiClient
 
 if TYPE_CHECKING:
     from .endpoints import Resolver
+
+SCAN_TTL = 2.0
+"""Seconds a /proc scan for daemons is reused for tunnels it did not see start."""
+EXES_TTL = 60.0
 
 
 class UserspaceTunnelBackend(WireguardBackend):
@@ -59,6 +65,10 @@ class UserspaceTunnelBackend(WireguardBackend):
         super().__init__(settings, resolver=resolver, **kwargs)
         self.socket_dir = socket_dir
         self._pids: dict[str, int] = {}
+        self._exes: tuple[float, str, frozenset[str]] | None = None
+        self._scan: tuple[float, object, dict[str, list[int]]] | None = None
+        """The last /proc scan (monotonic time, network namespace, daemons by interface)."""
+        self.inotify = InotifyRoom(self._executables, self.log.info)
 
     def _uapi(self) -> UapiClient:
         return UapiClient(self.socket_dir, self.settings.uapi_timeout)
@@ -70,10 +80,27 @@ class UserspaceTunnelBackend(WireguardBackend):
                 f"wireguard-go not found ({binary!r} is not an executable on PATH); "
                 "install it or set tunnel.wireguardGo"
             )
+        check_nofile(self.log.warning)
+        # Room for the daemons running now is required; room for the next batch
+        # is made when possible (else each create asks again, naming the number).
+        self.inotify.reserve(1)
+        try:
+            self.inotify.reserve(BATCH)
+        except DaemonError as exc:
+            self.log.warning("{}", exc)
+
+    def _executables(self) -> frozenset[str]:
+        """:func:`daemon.executables`, looked up at most once a minute."""
+        binary = self.settings.wireguard_go
+        now = time.monotonic()
+        if self._exes is None or self._exes[1] != binary or now - self._exes[0] > EXES_TTL:
+            self._exes = (now, binary, daemon.executables(binary))
+        return self._exes[2]
 
     async def _create(self, nl: Netlink, name: str, owner: str, journal: Journal) -> Link:
         settings = self.settings
         try:
+            self.inotify.reserve(1)
             await daemon.start(name, settings.wireguard_go, settings.start_timeout, journal)
             link = await nl.get_link(name)
             if link is None or link.kind != "tun":
@@ -96,7 +123,7 @@ class UserspaceTunnelBackend(WireguardBackend):
 
     async def _destroy(self, nl: Netlink, link: Link, journal: Journal) -> None:
         settings = self.settings
-        pids = daemon.find_daemons(link.name, settings.wireguard_go) if link.kind == "tun" else []
+        pids = self._daemons(link.name) if link.kind == "tun" else []
         await nl.delete(link.index, journal)
         killed = await daemon.wait_exited(pids, settings.start_timeout)
         if killed:
@@ -106,22 +133,44 @@ class UserspaceTunnelBackend(WireguardBackend):
 
     async def _cleanup_absent(self, name: str, journal: Journal) -> None:
         self._pids.pop(name, None)
+        self._forget(name)
         if daemon.remove_stale_socket(self._uapi().path(name), name, self.settings.wireguard_go, journal):
             self.log.info("tunnel {}: removed a stale wireguard-go socket", name)
 
-    def _daemon(self, name: str) -> int | None:
-        """The pid of the daemon serving ``name``: the remembered one if it still
-        is (a few /proc reads per ensure), else looked up again."""
+    def _daemons(self, name: str) -> list[int]:
+        """The pids of the daemons serving ``name``: the remembered one if it
+        still does (a few /proc reads), else from a scan of /proc that looks up
+        every tunnel at once and is reused for a moment (so a thousand tunnels
+        cost one scan, not one each). That a daemon is missing is only believed
+        from a scan made for this lookup."""
         binary = self.settings.wireguard_go
+        exes = self._executables()
         pid = self._pids.get(name)
-        if pid is not None and daemon.serves(pid, name, binary):
-            return pid
-        found = daemon.find_daemons(name, binary)
+        if pid is not None and daemon.serves(pid, name, binary, exes=exes):
+            return [pid]
+        now = time.monotonic()
+        netns = daemon.current_netns()
+        scan = self._scan
+        if (
+            scan is None
+            or scan[1] != netns
+            or now - scan[0] > SCAN_TTL
+            or name not in scan[2]  # "no daemon" is only believed from a scan made now
+            or pid is not None  # the remembered daemon is gone: so may the scan's be
+        ):
+            scan = self._scan = (now, netns, daemon.scan(binary))
+            for other, pids in scan[2].items():
+                self._pids[other] = pids[0]
+        found = scan[2].get(name, [])
         if found:
             self._pids[name] = found[0]
-            return found[0]
-        self._pids.pop(name, None)
-        return None
+        else:
+            self._pids.pop(name, None)
+        return list(found)
+
+    def _daemon(self, name: str) -> int | None:
+        found = self._daemons(name)
+        return found[0] if found else None
 
     def _serving(self, link: Link) -> bool:
         """A marked TUN whose daemon died (killed, crashed) is dead: it vanishes

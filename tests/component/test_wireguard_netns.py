@@ -20,6 +20,7 @@ from pathlib import Path
 import attrs
 import pytest
 from helpers.wireguard import RecordingKernel, TunKernelBackend
+from loguru import logger
 from moenet_wireguard import daemon, genl, keys
 from moenet_wireguard.config import Settings
 from moenet_wireguard.errors import DaemonError, EndpointError, NotOwnedError
@@ -441,17 +442,62 @@ async def test_host_name_endpoint_is_re_resolved_when_the_handshake_is_stale(pai
     assert a.backend.writes == before
 
 
-async def test_unresolvable_endpoint_still_configures_the_rest(pair, settings):
+async def test_an_address_endpoint_without_handshake_is_not_read_every_cycle(pair, settings):
+    """Nothing to re-resolve for an address: after one look, a stale tunnel (a peer
+    that never answered, the usual state of a new session) is left alone until a
+    handshake could have gone stale again, so 1 000 such tunnels cost no device
+    read per cycle."""
     a = pair.a
+    now = [time.time()]
+    a.backend = UserspaceTunnelBackend(settings, clock=lambda: now[0])
+    assert await ensure(a, pair.spec(a))  # an IP endpoint; the peer is not configured
+    reads: list[str] = []
+    real = a.backend._read
+
+    async def counted(name):
+        reads.append(name)
+        return await real(name)
+
+    a.backend._read = counted
+    with a.ns.entered():
+        assert await a.backend.refresh_endpoints() == []
+        assert reads == [a.name]  # looked once: the endpoint is the configured address
+        assert await a.backend.refresh_endpoints() == []
+        assert reads == [a.name]  # the next cycle reads nothing
+        now[0] += settings.stale_handshake + 1
+        assert await a.backend.refresh_endpoints() == []
+        assert reads == [a.name, a.name]  # looked again once it could have gone stale
+
+
+async def test_unresolvable_endpoint_still_configures_the_rest(pair, settings):
+    """A host name that does not resolve yet gives a tunnel without an endpoint
+    (ensure succeeds, the name is logged); refresh_endpoints fills it in later."""
+    a = pair.a
+    answers: dict[str, list[str]] = {}
 
     async def resolver(host, port):
-        raise EndpointError(f"endpoint host {host!r} does not resolve: Name or service not known")
+        if host not in answers:
+            raise EndpointError(f"endpoint host {host!r} does not resolve: Name or service not known")
+        return answers[host]
 
     backend = UserspaceTunnelBackend(settings, resolver=resolver)
-    with a.ns.entered(), pytest.raises(EndpointError, match=f"tunnel {a.name}: .*nx.test"):
-        await backend.ensure(pair.spec(a, endpoint="nx.test:51820"))
+    logged: list[str] = []
+    sink = logger.add(lambda m: logged.append(str(m)), level="WARNING")
+    try:
+        with a.ns.entered():
+            assert await backend.ensure(pair.spec(a, endpoint="nx.test:51820")) is True
+    finally:
+        logger.remove(sink)
+    assert any(a.name in line and "nx.test" in line for line in logged)
     state = (await listed(a, backend))[a.name]
     assert state.peer_public_key == pair.b.public and state.endpoint is None and state.up
+
+    with a.ns.entered():
+        assert await backend.refresh_endpoints() == []  # still no address: nothing to write
+        answers["nx.test"] = [f"{pair.b.veth_v4}:51820"]
+        assert await backend.refresh_endpoints() == [a.name]
+        assert (await backend.observe())[a.name].endpoint == f"{pair.b.veth_v4}:51820"
+    assert (await listed(a, backend))[a.name].endpoint == f"{pair.b.veth_v4}:51820"
 
 
 # ------------------------------------------------------------ kernel backend

@@ -353,8 +353,10 @@ class NodeConfig:
         ),
     )
     """This node's own AS number. A CP session whose peer has this AS is refused
-    (that is iBGP, not an eBGP peering) and reported as an error. Null: no such
-    check. BIRD's own AS (``local as``) comes from the CP's ``bird-config``."""
+    (that is iBGP, not an eBGP peering) and reported as an error. Null: the AS of
+    the CP's ``bird-config`` (``policy.dn42As``, BIRD's ``local as``) is used once
+    known. Set here and in the CP's ``config`` or ``bird-config``, they must agree
+    (as must ``id`` and the loopbacks): a mismatch is an error naming both."""
     loopback_ipv4: str | None = attrs.field(default=None, metadata=check(ipv4_address, cp=True))
     """The node's DN42 IPv4 address (bare or ``/32``): put on the loopback
     interface (``loopback`` plugin) and the local IPv4 of eBGP sessions that have
@@ -544,6 +546,10 @@ class AgentConfig:
     """``full``, ``bootstrap`` or ``standalone``."""
     source: str | None = attrs.field(default=None, metadata={"internal": True})
     """The file the config came from, if any."""
+    node_sources: dict[str, str] = attrs.field(factory=dict, metadata={"internal": True})
+    """Where each identity key of ``node`` came from (``asn``, ``id``,
+    ``loopback_ipv4/6`` -> the local file or the CP's answer;
+    :mod:`moenet_core.identity`)."""
 
     def task_interval(self, name: str, default: float) -> float:
         """The configured interval of task ``name``, else ``default``."""
@@ -1282,9 +1288,14 @@ def build_config(
     local = apply_env(dict(raw), env, problems)
     merged = local
     remote_sections: dict[str, Any] = {}
+    overlay: dict[str, Any] | None = None
     if remote is not None:
-        merged = deep_merge(remote_overlay(remote, problems, warnings), local)
+        overlay = remote_overlay(remote, problems, warnings)
+        merged = deep_merge(overlay, local)
         remote_sections = remote_plugin_sections(remote)
+    from .identity import node_sources
+
+    node_origin = node_sources(local, overlay, source, problems)
 
     legacy = _take_legacy_node_keys(merged, problems, warnings)
     core_raw: dict[str, Any] = {}
@@ -1307,6 +1318,7 @@ def build_config(
     cfg.plugin_sections = plugin_raw
     cfg.remote_sections = remote_sections
     cfg.source = source
+    cfg.node_sources = node_origin
     if cfg.control_plane.source == "file":
         cfg.mode = "standalone"
     elif bootstrap_mode:

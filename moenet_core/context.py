@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .clock import Clock
     from .config import AgentConfig
     from .controlplane import ControlPlane
+    from .identity import NodeIdentity
     from .metrics import PluginMetrics
     from .state import StateStore
 
@@ -78,6 +79,26 @@ class PluginContext:
     @property
     def node(self) -> str:
         return self._agent.config.node.name
+
+    @property
+    def identity(self) -> NodeIdentity:
+        """The node's effective identity (AS, id, loopbacks, each with its
+        source): the config's value, else what a plugin published
+        (:mod:`moenet_core.identity`). Read-only; ask again, do not cache."""
+        return self._agent.identity.effective()
+
+    def check_identity(self, source: str, **values: Any) -> list[str]:
+        """What would conflict if ``source`` published ``values`` (``asn``, ``id``,
+        ``loopback_ipv4``, ``loopback_ipv6``): one line per mismatch naming both
+        values and sources; empty when they agree."""
+        return self._agent.identity.check(source, **values)
+
+    def publish_identity(self, source: str, **values: Any) -> NodeIdentity:
+        """Say who the node is according to ``source`` (e.g. ``bird-config``);
+        keys the config leaves unset take these values. Raises
+        :class:`~moenet_core.identity.IdentityConflict` (nothing recorded) when
+        they disagree with the config or another source."""
+        return self._agent.identity.publish(source, **values)
 
     @property
     def maintenance(self) -> bool:

@@ -12,25 +12,54 @@ the next cycle.
 Failures raise (the task's last error in ``/status`` says why) and never tear
 anything down: an invalid answer or an unreachable CP keeps the last good policy
 live. Every run ends with ``moenet_sync_completed``, as every reconciler's does.
+
+Node identity (:mod:`moenet_core.identity`): the policy's ``node.id``,
+``node.loopbackIpv4/6`` and ``policy.dn42As`` must agree with the agent's
+config (the file and the CP's bootstrap answer). A mismatch is refused before
+anything is applied, naming both values and where each came from (the bird
+plugin's ``syncError`` in ``/status``); the last good policy stays. An applied
+policy (and, at start, the restored one) is published as source ``bird-config``,
+so keys the config leaves unset (often ``node.asn``) are known to every plugin
+through ``ctx.identity``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moenet_core import ControlPlaneError, ControlPlaneUnavailable, MoenetError, RoutingBackend, sync_cycle
+from moenet_core import (
+    BackendUnavailable,
+    ControlPlaneError,
+    ControlPlaneUnavailable,
+    IdentityConflict,
+    MoenetError,
+    RoutingBackend,
+    sync_cycle,
+)
 
 from .backend import BirdRoutingBackend
 from .names import BirdConfigError
-from .policy import parse_bird_config
+from .policy import BirdPolicy, parse_bird_config
 
 if TYPE_CHECKING:
     from moenet_core import PluginContext
 
-__all__ = ["RESOURCE", "TASK_NAME", "BirdConfigSync", "BirdSyncError"]
+__all__ = ["IDENTITY_SOURCE", "RESOURCE", "TASK_NAME", "BirdConfigSync", "BirdSyncError", "identity_of"]
 
 TASK_NAME = "birdConfigSync"
 RESOURCE = "bird-config"
+#: How the policy is named as a source of the node's identity.
+IDENTITY_SOURCE = "bird-config"
+
+
+def identity_of(policy: BirdPolicy) -> dict[str, Any]:
+    """The node identity a policy states (``ctx.publish_identity`` keywords)."""
+    return {
+        "asn": policy.policy.asn or None,
+        "id": policy.node.id,
+        "loopback_ipv4": policy.node.loopback_ipv4 or None,
+        "loopback_ipv6": policy.node.loopback_ipv6 or None,
+    }
 
 
 class BirdSyncError(MoenetError):
@@ -42,6 +71,21 @@ class BirdConfigSync:
 
     def __init__(self, ctx: PluginContext) -> None:
         self.ctx = ctx
+        self._publish_restored()
+
+    def _publish_restored(self) -> None:
+        """The policy restored at start is the node's word until the CP's next one:
+        publish its identity before any other task runs."""
+        try:
+            policy = self._backend().policy
+        except (BackendUnavailable, BirdSyncError):
+            return
+        if policy is None:
+            return
+        try:
+            self.ctx.publish_identity(IDENTITY_SOURCE, **identity_of(policy))
+        except IdentityConflict as exc:
+            self.ctx.log.error("the restored {} policy: {}", RESOURCE, exc)
 
     def _backend(self) -> BirdRoutingBackend:
         backend = self.ctx.backend("routing", RoutingBackend)
@@ -69,6 +113,12 @@ class BirdConfigSync:
         except BirdConfigError as exc:
             backend.sync_error = f"invalid {RESOURCE} from the control plane: " + "; ".join(exc.problems)
             raise BirdSyncError(f"{backend.sync_error}; {keeping}") from None
+        if problems := self.ctx.check_identity(IDENTITY_SOURCE, **identity_of(policy)):
+            backend.sync_error = (
+                f"policy {policy.config_hash or '(no hash)'} not applied: node identity mismatch: "
+                + "; ".join(problems)
+            )
+            raise BirdSyncError(f"{backend.sync_error}; {keeping}")
         if policy.config_hash != backend.config_hash or not policy.config_hash:
             # Once per policy, not every cycle: an unchanged policy's warnings are old news.
             for w in warnings:
@@ -78,6 +128,10 @@ class BirdConfigSync:
             backend.sync_error = f"policy {policy.config_hash or '(no hash)'} not applied: {result.error}"
             raise BirdSyncError(f"{backend.sync_error}; {keeping}; retried next cycle")
         backend.sync_error = None
+        try:
+            self.ctx.publish_identity(IDENTITY_SOURCE, **identity_of(policy))
+        except IdentityConflict as exc:  # checked above; only a race with another publisher
+            self.ctx.log.error("{}: {}", RESOURCE, exc)
         return {
             "configHash": policy.config_hash,
             "changed": result.changed,

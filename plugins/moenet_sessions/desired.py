@@ -28,6 +28,7 @@ from .config import SessionsConfig, section_of
 from .model import Session
 
 if TYPE_CHECKING:
+    from moenet_core import NodeIdentity
     from moenet_core.config import AgentConfig
 
 #: Latency tier until the RTT task has measured the link: DN42 tier 5 (< 148 ms),
@@ -62,15 +63,22 @@ class NodeSettings:
     import_limit: int | None = None
     export_limit: int | None = None
     asn: int | None = None
-    """The node's own AS (``node.asn``): a session with it is iBGP, never a peering."""
+    """The node's own AS, wherever it came from (``node.asn``, else the BIRD
+    policy's AS: ``ctx.identity``): a session with it is iBGP, never a peering."""
 
     @classmethod
     def from_config(
-        cls, config: AgentConfig, section: SessionsConfig | None = None, *, psk_dir: str | None = None
+        cls,
+        config: AgentConfig,
+        section: SessionsConfig | None = None,
+        *,
+        psk_dir: str | None = None,
+        identity: NodeIdentity | None = None,
     ) -> NodeSettings:
         """From the ``sessions`` section (the plugin's ``ctx.section``; without it,
         the one in ``config``) and the node loopbacks (``node.loopbackIpv4/6``).
-        ``psk_dir`` overrides ``sessions.pskDir``."""
+        ``psk_dir`` overrides ``sessions.pskDir``. ``identity`` (``ctx.identity``)
+        gives the effective own AS when the config has no ``node.asn``."""
         sec = section if section is not None else section_of(config)
         v4 = _host(config.loopback_ipv4)
         v6 = _host(config.loopback_ipv6)
@@ -82,7 +90,7 @@ class NodeSettings:
             loopback_ipv4=v4,
             loopback_ipv6=v6,
             psk_dir=psk_dir or sec.psk_dir or f"{config.state.directory.rstrip('/')}/psk",
-            asn=config.node.asn,
+            asn=config.node.asn if config.node.asn is not None else (identity.asn if identity else None),
         )
 
 

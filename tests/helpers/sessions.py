@@ -42,6 +42,8 @@ class Node:
     def __init__(self, ns: NetNS, h: AgentHarness, cp: FakeControlPlane, etc: Path, prefix: str) -> None:
         self.ns, self.h, self.cp, self.etc, self.prefix = ns, h, cp, etc, prefix
         self.events: list[SessionStatusEvent] = []
+        self.daemon: BirdDaemon | None = None
+        """The node's BIRD (stop and start it to test BIRD being down)."""
 
     def ifname(self, n: int) -> str:
         return f"{self.prefix}{n}"
@@ -115,7 +117,11 @@ async def node(
     prefix = "t" + secrets.token_hex(3)
     with ns.entered(), BirdDaemon(ns, tmp_path / "bird").start() as daemon:
         async with FakeControlPlane() as cp:
-            cp.set("bird-config", cp_data("h1"))
+            policy = cp_data("h1")
+            # The node as the config below has it: a bird-config saying otherwise is refused.
+            policy["node"].update(loopbackIpv4="172.20.0.1", loopbackIpv6="fd00:4242:7777::1")
+            policy["policy"]["dn42As"] = "4242429999"
+            cp.set("bird-config", policy)
             cp.set("sessions", [])
             cfg = {
                 "node": {
@@ -145,6 +151,7 @@ async def node(
             ]
             async with AgentHarness(cfg, plugins=plugins, state_dir=state) as h:
                 n = Node(ns, h, cp, etc, prefix)
+                n.daemon = daemon
 
                 class Recorder:
                     @moenet_bird.hookimpl  # type: ignore[misc]

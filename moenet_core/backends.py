@@ -187,6 +187,16 @@ class TunnelBackend(Backend):
         to refresh."""
         return ()
 
+    async def bounce(self, name: str, *, owner: str | None = None) -> None:
+        """Take one of the agent's tunnels down and up again (``/restart``: what
+        ``ip link set down/up`` does; WireGuard drops its sessions and the peer
+        handshakes afresh), keeping the interface, its index and its WireGuard
+        settings; the kernel drops its IPv6 addresses on the way down, so call
+        :meth:`ensure` afterwards. Refuses (raises) as :meth:`remove` does.
+        Default: not supported (:class:`NotImplementedError`); a caller may then
+        remove and re-ensure."""
+        raise NotImplementedError(f"{type(self).__name__} cannot bounce a tunnel")
+
     def public_key(self, private_key_file: str) -> str:
         """The base64 public key of a (mode-checked) private key file."""
         raise NotImplementedError(f"{type(self).__name__} cannot derive public keys")

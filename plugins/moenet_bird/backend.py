@@ -36,6 +36,11 @@ is the owner's stable name for the object.
 :class:`~moenet_core.intents.BabelInterfaceIntent`
     One interface (or ``prefix*`` pattern) of the Babel IGP ``moenet_igp``.
 
+A failed apply is ``ApplyResult.transient`` when a retry may fix it: no policy
+yet, BIRD unreachable, restarting or not confirming in time (checked with one
+``show status`` when the failure alone does not tell). BIRD refusing the
+configuration, or one fragment's file, is not.
+
 A fragment this backend cannot run lands in ``ApplyResult.rejected[key]`` (and
 ``/status``) with the reason and is left out; the owner's other fragments still
 apply. Rejected are: anything that is not one of these four intents, a key that
@@ -126,6 +131,8 @@ INTENT_TYPES: tuple[type[RoutingIntent], ...] = (
 NO_POLICY = "no BIRD policy from the control plane yet"
 #: How long a declare on a fresh node waits for the first policy (seconds).
 POLICY_WAIT = 30.0
+#: How long a failed apply waits for BIRD's answer to tell "down" from "refused" (seconds).
+PROBE_TIMEOUT = 2.0
 STATE_FILE = "applied.json"
 #: ``applied.json``'s version. Version 0 (no ``"version"``: fragments as the owners'
 #: camelCase payloads) has the same fields and is converted by :func:`restore_fragments`.
@@ -264,7 +271,9 @@ class BirdRoutingBackend(RoutingBackend):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self._next is not None and not self._next.done():
-            self._next.set_result(ApplyResult(ok=False, changed=False, error="agent shutting down"))
+            self._next.set_result(
+                ApplyResult(ok=False, changed=False, error="agent shutting down", transient=True)
+            )
         await self.client.close()
 
     # ---------------------------------------------------------------- input
@@ -294,7 +303,7 @@ class BirdRoutingBackend(RoutingBackend):
             )
         rejected = self._accept(owner, fragments)
         if not await self._await_policy():
-            return ApplyResult(ok=False, changed=False, error=NO_POLICY, rejected=rejected)
+            return ApplyResult(ok=False, changed=False, error=NO_POLICY, rejected=rejected, transient=True)
         result = await self._request()
         rejected = {**self._bird_rejected.get(owner, {}), **rejected}
         return attrs.evolve(result, rejected=rejected)
@@ -302,7 +311,7 @@ class BirdRoutingBackend(RoutingBackend):
     async def set_maintenance(self, enabled: bool) -> ApplyResult:
         self.maintenance = enabled
         if not await self._await_policy():
-            return ApplyResult(ok=False, changed=False, error=NO_POLICY)
+            return ApplyResult(ok=False, changed=False, error=NO_POLICY, transient=True)
         return await self._request()
 
     async def _await_policy(self) -> bool:
@@ -397,7 +406,7 @@ class BirdRoutingBackend(RoutingBackend):
     async def _apply_once(self) -> ApplyResult:
         used = self._candidate or self._policy
         if used is None:
-            return ApplyResult(ok=False, changed=False, error=NO_POLICY)
+            return ApplyResult(ok=False, changed=False, error=NO_POLICY, transient=True)
         merged = self._merged
         peers = dict(merged.peers)
         neighbors = dict(merged.neighbors)
@@ -405,6 +414,16 @@ class BirdRoutingBackend(RoutingBackend):
         babel = [merged.babel[slot] for slot in sorted(merged.babel)]
         maintenance = self.maintenance
         policy = used.policy
+        # A peer with the node's own AS would be iBGP: BIRD refuses it over link-local and
+        # with it the whole tree. Leave it out (rejected), whoever declared it.
+        own_as = {
+            slot: f"the peer's AS{p.intent.asn} is this node's own AS (bird-config policy.dn42As): "
+            "that is iBGP, not an eBGP peering"
+            for slot, p in peers.items()
+            if policy.policy.asn and p.intent.asn == policy.policy.asn
+        }
+        for slot in own_as:
+            del peers[slot]
 
         def render(
             ebgp: Mapping[Slot, BgpPeer], ibgp_peers: Mapping[Slot, IbgpNeighborIntent]
@@ -438,6 +457,10 @@ class BirdRoutingBackend(RoutingBackend):
                 # complaint is the one to read, the retry's follows it.
                 result = attrs.evolve(result, error=f"{first.error}; without {what} {key}: {result.error}")
             result = attrs.evolve(result, rejected={**result.rejected, **bird_rejected[owner]})
+        if not result.ok and not result.transient and await self._unreachable(result):
+            result = attrs.evolve(result, transient=True)
+        for (owner, key), why in own_as.items():
+            bird_rejected.setdefault(owner, {})[key] = why
         self._bird_rejected = bird_rejected
         self.last_apply_seconds = time.monotonic() - started
         if self._m_applies is not None and self._m_duration is not None:
@@ -457,6 +480,21 @@ class BirdRoutingBackend(RoutingBackend):
         else:
             self.last_error_at = self.last_apply_at
         return result
+
+    async def _unreachable(self, result: ApplyResult) -> bool:
+        """True when a failed apply failed because BIRD is down, restarting or
+        busy (a retry may fix it), not because BIRD refused the configuration."""
+        if result.changed:
+            # Checked and written, but BIRD could not be told, or did not confirm in time.
+            return True
+        rejection = self.applier.last_rejection
+        if rejection is not None and rejection.file is not None:
+            return False  # BIRD named a file of the tree: its verdict, not its absence
+        try:
+            await self.client.command("show status", timeout=PROBE_TIMEOUT)
+        except (BirdClientError, OSError, TimeoutError):
+            return True
+        return False
 
     def _rejected_fragment(
         self, peers: Mapping[Slot, BgpPeer], neighbors: Mapping[Slot, IbgpNeighborIntent]

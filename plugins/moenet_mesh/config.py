@@ -144,6 +144,12 @@ class MeshConfig:
     status_repeat: float = attrs.field(default=600.0, **checked(lambda v: _non_negative(v)))
     """An unchanged ``mesh/status`` report is sent again after this many seconds
     (a changed one at once); 0 sends it every cycle, as the Go agent did."""
+    deep_check_interval: float = attrs.field(default=600.0, **checked(lambda v: _non_negative(v)))
+    """Seconds between deep checks of the mesh tunnels: every cycle reads them
+    cheaply (one link dump, the WireGuard settings as last written); every this
+    many seconds, and on the first cycle after a start, each tunnel's WireGuard
+    settings are read back from the system, so drift inside WireGuard is
+    repaired. 0: a deep check every cycle."""
 
     def __attrs_post_init__(self) -> None:
         if self.rtt_min_ms > self.rtt_max_ms:

@@ -118,6 +118,10 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
         self._sent_digest: str | None = None
         self._sent_at: float | None = None
         self.report_error: str | None = None
+        self._deep_at: float | None = None
+        """When the last deep check of the tunnels ran (monotonic; None: not yet)."""
+        self.deep_check = False
+        """Whether this cycle's observation was the deep one."""
         self._m_peers = ctx.metrics.gauge("peers", "Mesh peers listed by the CP, by state", ["state"])
         super().__init__(ctx)
         try:
@@ -209,8 +213,16 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
             raise MeshSyncError(f"this node's id cannot be meshed: {exc}; nothing changed") from None
         tunnel, firewall, _ = self._backends()
         records, fragments = self.load_state()
+        # The deep read (every tunnel's WireGuard settings) on mesh.deepCheckInterval's
+        # cadence and on the first cycle after a start; the cheap one otherwise.
+        now = self.ctx.clock.monotonic()
+        interval = self.section.deep_check_interval
+        last = self._deep_at
+        self.deep_check = last is None or interval <= 0 or now - last >= interval
+        if self.deep_check:
+            self._deep_at = now
         return Observed(
-            tunnels=dict(await tunnel.list()),
+            tunnels=dict(await (tunnel.list() if self.deep_check else tunnel.observe())),
             ports=frozenset(await firewall.list_ports(owner=OWNER)),
             fragments=fragments,
             records=records,
@@ -281,6 +293,7 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
             "guard": p.guard.status_info() if p.guard.refused or p.guard.overridden else None,
             **outcome.counts,
             "statusSent": sent,
+            "deepCheck": self.deep_check,
         }
 
     def changes(self, summary: Mapping[str, Any]) -> int:

@@ -426,6 +426,9 @@ class MetricCollector:
                 "reasons": list(verdict.reasons),
                 "bgpState": body["bgpState"],
                 "since": body["since"],
+                "routesIn": body["routes_imported"],
+                "routesOut": body["routes_exported"],
+                "rttMs": body.get("rtt_ms"),
             }
             self._export(e, found, routes, stats, latency, verdict, now)
         counts = {str(v): sum(1 for h in health.values() if h["verdict"] == str(v)) for v in Verdict}

@@ -83,6 +83,16 @@ class SessionsConfig:
     psk_dir: str = ""
     """Where preshared keys are written (0600, one file per interface); default
     ``<state.directory>/psk``."""
+    tunnel_concurrency: int = attrs.field(default=16, validator=_positive)
+    """How many tunnels a cycle creates or repairs at once (with the userspace
+    backend each is a ``wireguard-go`` to start): a cold start of many queued
+    sessions is bounded by this, not by one tunnel after the other."""
+    deep_check_interval: float = attrs.field(default=600.0, validator=_non_negative)
+    """Seconds between deep checks: every cycle reads the tunnels cheaply (one
+    link dump, the WireGuard settings as last written); every this many seconds,
+    and on the first cycle after a start, each tunnel's WireGuard settings are
+    read back from the system, so drift someone else caused inside WireGuard is
+    repaired. 0: a deep check every cycle."""
 
 
 #: The Go agent's ``wireguard`` keys that are the session tunnels' (same names here).

@@ -8,6 +8,9 @@ prints one. What each CP status means (issue 5):
   ``SETUP_FAILED`` with the error and roll back what was built (``rollback_on_failure``).
 - ``ACTIVE`` / ``ERROR``: verify; repair drift in place; ``ACTIVE`` when healthy,
   ``ERROR`` with the apply's error when the repair fails.
+- a failure a retry may fix (transient) is neither: the session keeps its status
+  with the error (:meth:`SessionPlan.transient_report`), keeps what was built and
+  waits out a backoff (``Previous.retry``) as :attr:`Kind.DEFERRED`.
 - ``QUEUED_FOR_DELETE``: remove everything, then report ``{status: 0, removed: true}``.
 - ``DISABLED`` / ``PENDING_REVIEW`` / ``SETUP_FAILED``: remove anything present;
   report (its own status, ``removed: true``) only if something was removed.
@@ -49,7 +52,10 @@ from moenet_core.intents import EbgpPeerIntent
 
 from .desired import DesiredError, DesiredSession, NodeSettings, build_desired
 from .model import CONFIGURE_STATUSES, Invalid, Session
-from .records import ConfiguredSession, Previous, Report
+from .records import ConfiguredSession, Previous, Report, Retry
+
+#: Longest wait between two attempts of a session failing transiently (seconds).
+RETRY_MAX_SECONDS = 1800.0
 
 REMOVE_STATUSES = frozenset(
     {
@@ -84,6 +90,8 @@ class Kind(enum.StrEnum):
     """A removal or rebuild the guard refused: everything stays as it is."""
     INVALID = "invalid"
     """Invalid or not buildable: left as configured, ERROR reported."""
+    DEFERRED = "deferred"
+    """Waiting out the backoff after a transient failure: everything stays as it is."""
 
 
 @attrs.frozen(kw_only=True)
@@ -156,6 +164,18 @@ class SessionPlan:
             else None
         )
 
+    def transient_report(self, error: str) -> Report | None:
+        """The report for an apply that failed for a reason a retry may fix: the
+        session keeps its CP status and carries the error (None: a repeat)."""
+        if self.status is None:
+            return None
+        report = Report(uuid=self.uuid, status=self.status, last_error=error[:1024])
+        return (
+            report
+            if report_needed(report, self.status, self.cp_error, self.last_reported, self.last_seen)
+            else None
+        )
+
 
 @attrs.frozen(kw_only=True)
 class Plan:
@@ -222,10 +242,13 @@ def plan(
     override: str | None = None,
     latency: Mapping[str, int] | None = None,
     window: GuardWindow | None = None,
+    now: float | None = None,
 ) -> Plan:
     """The plan for one CP answer. ``override`` is an operator-allowed guard digest;
     ``latency`` the measured tier per uuid; ``window`` the guard's sliding window
-    (the removals made recently, counted with this answer's).
+    (the removals made recently, counted with this answer's); ``now`` the wall
+    clock for the retry backoff (``previous.retry``): a session waiting out its
+    backoff, unchanged since it failed, is :attr:`Kind.DEFERRED` (None: none is).
 
     The guard counts the sessions this answer removes together with the
     configured ones whose live tunnel it would re-key or recreate
@@ -262,6 +285,18 @@ def plan(
             removals[uuid] = _removal(uuid, i.status, i.last_error, owned(uuid), observed, memo(uuid))
     for uuid in sorted((set(previous.configured) | set(observed.fragments)) - answer):
         removals[uuid] = _removal(uuid, None, None, owned(uuid), observed, memo(uuid))
+    # Tunnels with the agent's alias that no record and no session of the answer names
+    # (a crash between create and record, a wiped state directory): removed, under the guard.
+    orphans = orphan_tunnels(valid.values(), bad.values(), previous, tunnels)
+    for name in orphans:
+        key = ORPHAN_PREFIX + name
+        removals[key] = attrs.evolve(
+            _removal(key, None, None, (name,), observed, memo(key)),
+            drift=(
+                f"tunnel {name} carries the agent's alias but no session has it",
+                f"removing tunnel {name}",
+            ),
+        )
 
     # 2. sessions to configure (built first: the guard counts the rebuilds among them)
     items: dict[str, SessionPlan] = {}
@@ -277,11 +312,13 @@ def plan(
                 uuid, s.status, s.last_error, f"sessions[{uuid}]: {exc}", previous, observed
             )
             continue
-        why = rebuild_reasons(d, previous.configured.get(uuid), tunnels, owned(uuid))
+        # A setup that never went live (kept after a transient failure) drops nothing that works.
+        live_rec = None if _provisional(previous, uuid) else previous.configured.get(uuid)
+        why = rebuild_reasons(d, live_rec, tunnels, owned(uuid))
         if why:
             rebuilds[uuid] = why
 
-    configured_now = set(previous.configured) | set(observed.fragments)
+    configured_now = set(previous.configured) | set(observed.fragments) | {ORPHAN_PREFIX + n for n in orphans}
     really = [u for u, p in removals.items() if p.changes or u in previous.configured]
     verdict = evaluate(
         really,
@@ -316,6 +353,15 @@ def plan(
     for uuid, d in built.items():
         if uuid in items:
             continue
+        retry = previous.retry.get(uuid)
+        if (
+            retry is not None
+            and now is not None
+            and now < retry.not_before
+            and retry.digest == _record(d).digest()
+        ):
+            items[uuid] = _deferred(valid[uuid], d, retry, observed, memo(uuid))
+            continue
         stale = tuple(n for n in owned(uuid) if n != d.tunnel.name)
         items[uuid] = _configure(valid[uuid], d, previous, observed, removed_names, stale, memo(uuid))
     for uuid, i in bad.items():
@@ -343,6 +389,24 @@ def plan(
         seen=seen,
         unreportable=unreportable,
     )
+
+
+#: Plan key of an orphan tunnel's removal (``orphan:<interface>``; never a uuid).
+ORPHAN_PREFIX = "orphan:"
+
+
+def orphan_tunnels(
+    sessions: Iterable[Session],
+    invalid: Iterable[Invalid],
+    previous: Previous,
+    tunnels: Mapping[str, TunnelState],
+) -> tuple[str, ...]:
+    """The agent's tunnels (``tunnels``: the backend lists only the ``sessions``
+    owner's) that no record and no session of the answer (valid or invalid) names."""
+    named = {rec.interface for rec in previous.configured.values()}
+    named |= {s.interface for s in sessions if s.interface}
+    named |= {i.interface for i in invalid if i.interface}
+    return tuple(sorted(n for n in tunnels if n not in named))
 
 
 def _configure(
@@ -413,9 +477,42 @@ def _configure(
         drift=tuple(drift),
         report_on_success=success if report_needed(success, s.status, s.last_error, **memo) else None,
         report_on_failure=SessionStatus.SETUP_FAILED if setup else SessionStatus.ERROR,
-        rollback_on_failure=setup and rec is None,
-        configured=ConfiguredSession(
-            interface=name, tunnel=d.tunnel, peer=d.peer, port=d.port, psk_digest=d.psk_digest
+        rollback_on_failure=setup and (rec is None or _provisional(previous, uuid)),
+        configured=_record(d),
+        cp_error=s.last_error,
+        **memo,
+    )
+
+
+def _record(d: DesiredSession) -> ConfiguredSession:
+    return ConfiguredSession(
+        interface=d.tunnel.name, tunnel=d.tunnel, peer=d.peer, port=d.port, psk_digest=d.psk_digest
+    )
+
+
+def _provisional(previous: Previous, uuid: str) -> bool:
+    """The session's record is of a setup that failed transiently, never went live."""
+    retry = previous.retry.get(uuid)
+    return retry is not None and retry.setup
+
+
+def _deferred(
+    s: Session, d: DesiredSession, retry: Retry, observed: Observed, memo: dict[str, Any]
+) -> SessionPlan:
+    """Waiting out the backoff: nothing is written, what is live stays (its applied
+    fragment, its open port), nothing is reported."""
+    peer = observed.fragments.get(s.uuid)
+    return SessionPlan(
+        uuid=s.uuid,
+        kind=Kind.DEFERRED,
+        status=s.status,
+        interface=d.tunnel.name,
+        routing=RoutingAction.KEEP if peer is not None else RoutingAction.NONE,
+        peer=peer,
+        port=d.port if d.port is not None and d.port in observed.ports else None,
+        drift=(
+            f"retry {retry.attempts + 1} after a transient failure, "
+            f"not before {retry.not_before:.0f}: {retry.error}",
         ),
         cp_error=s.last_error,
         **memo,
@@ -564,11 +661,37 @@ def next_previous(
     *,
     failed: Collection[str] = (),
     sent: Iterable[Report] = (),
+    transient: Mapping[str, str] | None = None,
+    now: float = 0.0,
+    interval: float = 60.0,
 ) -> Previous:
     """The memory after applying ``plan_``: ``failed`` uuids whose apply failed,
-    ``sent`` the reports queued in the outbox this cycle."""
+    ``sent`` the reports queued in the outbox this cycle.
+
+    ``transient`` (uuid -> why) are the failed sessions a retry may fix: they keep
+    what was built (a setup's record stays, marked provisional) and are tried
+    again ``interval`` seconds after ``now`` (wall clock), then 2, 4... times that,
+    at most :data:`RETRY_MAX_SECONDS`; any other outcome ends the backoff."""
+    transient = transient or {}
     configured = dict(previous.configured)
+    retry = dict(previous.retry)
     for p in plan_.sessions:
+        if p.kind is Kind.DEFERRED:
+            continue
+        if p.uuid in transient and p.kind is Kind.CONFIGURE:
+            old = retry.get(p.uuid)
+            attempts = old.attempts + 1 if old is not None else 1
+            gap = min(interval * 2 ** (attempts - 1), RETRY_MAX_SECONDS)
+            retry[p.uuid] = Retry(
+                attempts=attempts,
+                # 0.9: cycles are jittered; a retry due "one interval later" must not slip by one.
+                not_before=now + 0.9 * gap,
+                error=transient[p.uuid][:1024],
+                setup=p.rollback_on_failure,
+                digest=p.configured.digest() if p.configured is not None else None,
+            )
+            continue
+        retry.pop(p.uuid, None)
         if p.uuid in failed:
             if p.rollback_on_failure:
                 configured.pop(p.uuid, None)
@@ -586,4 +709,5 @@ def next_previous(
         configured=configured,
         reported={u: r for u, r in reported.items() if u in keep},
         seen=seen,
+        retry={u: r for u, r in retry.items() if u in keep},
     )

@@ -10,6 +10,8 @@ silently empty memory (empty memory would look like "nothing configured").
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,6 +107,60 @@ class ConfiguredSession:
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordError(f"{where}: {exc}") from None
 
+    def digest(self) -> str:
+        """sha256 of the record's JSON: tells whether a retry is of the same setup."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@attrs.frozen(kw_only=True)
+class Retry:
+    """A session whose last apply failed for a reason a retry may fix (BIRD down,
+    no policy yet, a ``wireguard-go`` that did not start, DNS): it keeps its CP
+    status and is tried again after a backoff, not rebuilt every cycle."""
+
+    attempts: int
+    """Transient failures in a row (the backoff doubles with each)."""
+    not_before: float
+    """Wall-clock time (epoch seconds) of the next attempt: it survives a restart."""
+    error: str
+    setup: bool = False
+    """A setup that never went live: what it built is provisional, and a
+    permanent failure still rolls it back (SETUP_FAILED)."""
+    digest: str | None = None
+    """:meth:`ConfiguredSession.digest` of what was being applied: a session the
+    CP changed meanwhile is tried again at once."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "notBefore": self.not_before,
+            "error": self.error,
+            "setup": self.setup,
+            "digest": self.digest,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Retry:
+        if not isinstance(data, Mapping):
+            raise RecordError(f"{where}: must be an object")
+        try:
+            attempts, not_before = data["attempts"], data["notBefore"]
+            error, setup, digest = data.get("error", ""), data.get("setup", False), data.get("digest")
+            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+                raise TypeError("attempts must be a positive integer")
+            if isinstance(not_before, bool) or not isinstance(not_before, int | float):
+                raise TypeError("notBefore must be a number")
+            if not isinstance(error, str) or not isinstance(setup, bool):
+                raise TypeError("error must be a string, setup a boolean")
+            if digest is not None and not isinstance(digest, str):
+                raise TypeError("digest must be a string or null")
+            return cls(
+                attempts=attempts, not_before=float(not_before), error=error, setup=setup, digest=digest
+            )
+        except (KeyError, TypeError) as exc:
+            raise RecordError(f"{where}: {exc}") from None
+
 
 @attrs.frozen(kw_only=True)
 class Previous:
@@ -115,20 +171,25 @@ class Previous:
     """The last report queued per uuid (delivered or still in the outbox)."""
     seen: Mapping[str, SessionStatus] = attrs.field(factory=dict)
     """The CP status per uuid when that report was made."""
+    retry: Mapping[str, Retry] = attrs.field(factory=dict)
+    """Sessions waiting to retry after a transient failure, with their backoff."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": 1,
             "configured": {u: c.to_json() for u, c in sorted(self.configured.items())},
             "reported": {u: r.to_json() for u, r in sorted(self.reported.items())},
             "seen": {u: int(s) for u, s in sorted(self.seen.items())},
         }
+        if self.retry:  # absent when empty: the file stays as older versions wrote it
+            out["retry"] = {u: r.to_json() for u, r in sorted(self.retry.items())}
+        return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = "sessions state") -> Previous:
         if not isinstance(data, Mapping) or data.get("version") != 1:
             raise RecordError(f"{where}: not a version-1 sessions state object")
-        sections = {k: data.get(k, {}) for k in ("configured", "reported", "seen")}
+        sections = {k: data.get(k, {}) for k in ("configured", "reported", "seen", "retry")}
         for key, value in sections.items():
             if not isinstance(value, Mapping):
                 raise RecordError(f"{where}.{key}: must be an object")
@@ -146,6 +207,7 @@ class Previous:
                 u: Report.from_json(r, f"{where}.reported.{u}") for u, r in sections["reported"].items()
             },
             seen=seen,
+            retry={u: Retry.from_json(r, f"{where}.retry.{u}") for u, r in sections["retry"].items()},
         )
 
 

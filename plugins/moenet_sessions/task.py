@@ -10,7 +10,9 @@ ends); this module supplies its steps. One cycle (DESIGN.md §4):
    is not a session list) is refused: the last valid one is served and the run
    ends with a :class:`SessionSyncError` so ``/status`` shows why.
 2. **Parse** (``model.parse_sessions``) and persist the answer when it changed.
-3. **Observe**: the tunnel backend's list, the firewall's open ports, and the
+3. **Observe**: the tunnel backend's cheap ``observe`` (its deep ``list`` on the
+   first cycle after a start and every ``sessions.deepCheckInterval`` seconds:
+   ``deepCheck`` in the summary), the firewall's open ports, and the
    ``sessions`` fragments the routing backend has *applied*. The routing
    interface has no read-back of applied fragments, so the task persists what it
    declared and the backend accepted (``applied.json``: declared minus
@@ -23,8 +25,16 @@ ends); this module supplies its steps. One cycle (DESIGN.md §4):
 5. **Apply in phases**: removals first (they free names and ports a successor may
    want), tunnel creates/updates (PSK files written 0600 first), one firewall
    sync with the full port set, then ONE ``declare("sessions", all fragments)``.
-   A failed ``QUEUED_FOR_SETUP`` session is rolled back (tunnel removed, its port
-   and fragment left out, re-declared without it) so nothing half-built stays.
+   Tunnels are ensured ``sessions.tunnelConcurrency`` at a time.
+   A ``QUEUED_FOR_SETUP`` session that failed permanently (its own data, the
+   routing daemon rejecting it) is rolled back (tunnel removed, its port and
+   fragment left out, re-declared without it) so nothing half-built stays. A
+   failure a retry may fix (:class:`~moenet_core.Failure` ``transient``: BIRD
+   down or without a policy, a ``wireguard-go`` that did not start, DNS) rolls
+   nothing back: the session keeps its CP status, is reported with ``lastError``
+   and is tried again after 1, 2, 4... sync intervals (``Previous.retry``,
+   persisted; ``retrying`` in the summary). An ``ACTIVE`` session failing
+   transiently stays ``ACTIVE`` with ``lastError`` instead of ``ERROR``.
 6. **Report**: per session the success or failure report (deduplicated by the
    planner), ``SessionStatusEvent`` for every status change, reports queued in
    the persisted :class:`~.store.Outbox` and then delivered (acked on success,
@@ -52,6 +62,7 @@ from moenet_core import (
     ControlPlaneError,
     ControlPlaneUnavailable,
     EbgpPeerIntent,
+    Failure,
     FirewallBackend,
     GuardPolicy,
     LinkLatency,
@@ -63,6 +74,7 @@ from moenet_core import (
     SessionStatus,
     SessionStatusEvent,
     TunnelBackend,
+    TunnelSpec,
     atomic_write,
     hookimpl,
 )
@@ -73,7 +85,17 @@ from .desired import NodeSettings
 from .keys import missing_key_problem
 from .links import LinkBook
 from .model import Invalid, Session, SessionsPayloadError, parse_sessions
-from .planner import Kind, Observed, Plan, SessionPlan, TunnelAction, next_previous, plan, with_intent
+from .planner import (
+    ORPHAN_PREFIX,
+    Kind,
+    Observed,
+    Plan,
+    SessionPlan,
+    TunnelAction,
+    next_previous,
+    plan,
+    with_intent,
+)
 from .records import ConfiguredSession, Previous, Report, peer_from_json, peer_to_json
 from .store import Outbox, SessionStore
 
@@ -110,8 +132,8 @@ class Outcome:
 
     intent: Previous
     """The memory persisted before the apply (with every session about to be built)."""
-    failed: dict[str, str] = attrs.field(factory=dict)
-    """uuid -> why its apply failed."""
+    failed: dict[str, Failure] = attrs.field(factory=dict)
+    """uuid -> why its apply failed (and whether a retry may fix it)."""
     applied: dict[str, EbgpPeerIntent] = attrs.field(factory=dict)
     """The fragment set the routing backend accepted (the next cycle's truth)."""
     declared: dict[str, EbgpPeerIntent] = attrs.field(factory=dict)
@@ -139,6 +161,12 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         self._configured: Mapping[str, ConfiguredSession] | None = None
         self._accepted: dict[str, tuple[Report, int, float]] = {}
         """uuid -> (the report the CP last accepted, times repeated since, not before)."""
+        self._known: dict[str, SessionStatusEvent] = {}
+        """uuid -> its last status event (name, AS, error): ``session_view``."""
+        self._deep_at: float | None = None
+        """When the last deep read of the tunnels ran (monotonic; None: not since the start)."""
+        self.deep_check = False
+        """Whether this cycle's observation was the deep one (``deepCheck`` in the summary)."""
         super().__init__(ctx)
 
     # ----------------------------------------------------------- plumbing
@@ -163,7 +191,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         return self._outbox
 
     def settings(self) -> NodeSettings:
-        return NodeSettings.from_config(self.ctx.config, self.section)
+        return NodeSettings.from_config(self.ctx.config, self.section, identity=self.ctx.identity)
 
     def _backends(self) -> tuple[TunnelBackend, FirewallBackend, RoutingBackend]:
         return (
@@ -216,8 +244,18 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         previous = self.store.load_previous()
         if self._statuses is None:
             self._statuses = {u: r.status for u, r in previous.reported.items() if not r.removed}
+        # The deep read (every tunnel's WireGuard settings from the system) on
+        # sessions.deepCheckInterval's cadence and on the first cycle after a start;
+        # otherwise the cheap one (one link dump, the settings as last written).
+        now = self.ctx.clock.monotonic()
+        interval = self.section.deep_check_interval
+        last = self._deep_at
+        self.deep_check = last is None or interval <= 0 or now - last >= interval
+        if self.deep_check:
+            self._deep_at = now
+        read = tunnel.list if self.deep_check else tunnel.observe
         observed = Observed(
-            tunnels=dict(await tunnel.list(owner=OWNER)),
+            tunnels=dict(await read(owner=OWNER)),
             ports=frozenset(await firewall.list_ports(owner=OWNER)),
             fragments=self.load_applied(previous),
         )
@@ -235,6 +273,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             override=self.section.allow_removal or None,
             latency=self.links.tiers(),
             window=self.guard_window,
+            now=self.ctx.clock.time(),
         )
 
     def guard_policy(self) -> GuardPolicy:
@@ -275,7 +314,16 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         reports, held = self.pace(self.outcome(plan, outcome.failed, {s.uuid: s for s in sessions}))
         for r in reports:
             self.outbox.put(r)
-        after = next_previous(outcome.intent, plan, failed=outcome.failed, sent=reports)
+        transient = {u: f.reason for u, f in outcome.failed.items() if f.transient}
+        after = next_previous(
+            outcome.intent,
+            plan,
+            failed=outcome.failed,
+            sent=reports,
+            transient=transient,
+            now=self.ctx.clock.time(),
+            interval=self.ctx.config.control_plane.sync_interval,
+        )
         if held:
             # Forget what the CP showed, so the next cycles reconsider the held report.
             after = attrs.evolve(after, seen={u: v for u, v in after.seen.items() if u not in held})
@@ -287,7 +335,9 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         return {
             "sessions": len(sessions) + len(invalid),
             "changed": {s.uuid: list(s.drift) for s in plan.sessions if s.changes},
-            "failed": dict(outcome.failed),
+            "failed": {u: str(f) for u, f in outcome.failed.items()},
+            "retrying": sorted({*transient, *(s.uuid for s in plan.sessions if s.kind is Kind.DEFERRED)}),
+            "deepCheck": self.deep_check,
             "reports": len(reports),
             "delivered": delivered,
             "outbox": len(self.outbox),
@@ -312,13 +362,15 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                     out.counts["tunnelWrites"] += 1
                     self._drop_psk(name)
                 except Exception as exc:
-                    out.failed[s.uuid] = f"removing tunnel {name}: {exc}"
+                    out.failed[s.uuid] = Failure.of(f"removing tunnel {name}", exc)
                     self.ctx.log.error("session {}: removing tunnel {} failed: {}", s.uuid, name, exc)
 
     async def _ensure_tunnels(self, p: Plan, tunnel: TunnelBackend, out: Outcome) -> None:
-        """Creates and in-place updates (the preshared key file written 0600 first).
-        A node key missing while this node had one fails them all: the tunnel
-        backend would generate a new key, which breaks every session (:mod:`.keys`)."""
+        """Creates and in-place updates (the preshared key file written 0600 first),
+        up to ``sessions.tunnelConcurrency`` at once. A node key missing while this
+        node had one fails them all: the tunnel backend would generate a new key,
+        which breaks every session (:mod:`.keys`)."""
+        todo: list[tuple[SessionPlan, TunnelSpec]] = []
         for s in p.sessions:
             if (
                 s.uuid in out.failed
@@ -327,25 +379,35 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             ):
                 continue
             if (problem := missing_key_problem(s.spec.private_key_file, self.ctx.state)) is not None:
-                out.failed[s.uuid] = f"tunnel {s.spec.name}: {problem}"
+                out.failed[s.uuid] = Failure(f"tunnel {s.spec.name}: {problem}")
                 self.ctx.log.error("session {}: {}", s.uuid, problem)
                 continue
-            try:
-                if s.spec.preshared_key_file and s.preshared_key:
-                    path = Path(s.spec.preshared_key_file)
-                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    atomic_write(path, (s.preshared_key + "\n").encode("ascii"), mode=0o600)
-                await tunnel.ensure(s.spec)
-                out.counts["tunnelWrites"] += 1
-            except Exception as exc:
-                out.failed[s.uuid] = f"tunnel {s.spec.name}: {exc}"
-                self.ctx.log.error("session {}: tunnel {} failed: {}", s.uuid, s.spec.name, exc)
+            todo.append((s, s.spec))
+        if not todo:
+            return
+        gate = asyncio.Semaphore(max(1, self.section.tunnel_concurrency))
+
+        async def ensure(s: SessionPlan, spec: TunnelSpec) -> None:
+            async with gate:
+                try:
+                    if spec.preshared_key_file and s.preshared_key:
+                        path = Path(spec.preshared_key_file)
+                        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                        atomic_write(path, (s.preshared_key + "\n").encode("ascii"), mode=0o600)
+                    await tunnel.ensure(spec)
+                    out.counts["tunnelWrites"] += 1
+                except Exception as exc:
+                    out.failed[s.uuid] = Failure.of(f"tunnel {spec.name}", exc)
+                    self.ctx.log.error("session {}: tunnel {} failed: {}", s.uuid, spec.name, exc)
+
+        await asyncio.gather(*(ensure(s, spec) for s, spec in todo))
 
     @staticmethod
     def _rolled_back(p: Plan, out: Outcome) -> set[str]:
-        """Failed setups: they must leave nothing behind."""
+        """Failed setups: they must leave nothing behind. Not when a retry may fix
+        the failure: what was built stays for the next attempt."""
         plans = {s.uuid: s for s in p.sessions}
-        return {u for u in out.failed if plans[u].rollback_on_failure}
+        return {u for u, f in out.failed.items() if plans[u].rollback_on_failure and not f.transient}
 
     async def _sync_ports(
         self, p: Plan, firewall: FirewallBackend, out: Outcome, have: frozenset[int]
@@ -365,7 +427,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         except Exception as exc:
             for s in p.sessions:
                 if s.kind is Kind.CONFIGURE and s.port is not None and s.port not in have:
-                    out.failed.setdefault(s.uuid, f"firewall: {exc}")
+                    out.failed.setdefault(s.uuid, Failure.of("firewall", exc))
             self.ctx.log.error("firewall sync failed: {}", exc)
             return have
         out.counts["firewallSyncs"] += 1
@@ -414,7 +476,9 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         plans = {s.uuid: s for s in p.sessions}
         for u in sorted(rolled_back):
             iface = plans[u].interface
-            if iface and plans[u].tunnel in (TunnelAction.CREATE, TunnelAction.UPDATE):
+            # Built this cycle, or by earlier attempts that failed transiently.
+            provisional = u in out.intent.retry
+            if iface and (plans[u].tunnel in (TunnelAction.CREATE, TunnelAction.UPDATE) or provisional):
                 try:
                     if await tunnel.remove(iface, owner=OWNER):
                         out.counts["tunnelWrites"] += 1
@@ -426,21 +490,25 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
 
     @staticmethod
     def _fail_routing(
-        p: Plan, result: ApplyResult, observed: Observed, failed: Mapping[str, str]
-    ) -> dict[str, str]:
-        """Sessions whose routing did not go live: rejected, or changed in a failed apply."""
-        out: dict[str, str] = {}
+        p: Plan, result: ApplyResult, observed: Observed, failed: Mapping[str, Failure]
+    ) -> dict[str, Failure]:
+        """Sessions whose routing did not go live: rejected (the daemon's verdict on
+        that session: permanent), or changed in a failed apply (transient when the
+        daemon was unreachable or had no policy yet)."""
+        out: dict[str, Failure] = {}
         for s in p.sessions:
             if s.uuid in failed:
                 continue
             if s.uuid in result.rejected:
-                out[s.uuid] = f"routing: {result.rejected[s.uuid]}"
+                out[s.uuid] = Failure(f"routing: {result.rejected[s.uuid]}")
             elif not result.ok:
                 live = observed.fragments.get(s.uuid)
                 if (s.kind is Kind.CONFIGURE and live != p.fragments.get(s.uuid)) or (
                     s.kind is Kind.REMOVE and live is not None
                 ):
-                    out[s.uuid] = f"routing: {result.error or 'apply failed'}"
+                    out[s.uuid] = Failure(
+                        f"routing: {result.error or 'apply failed'}", transient=result.transient
+                    )
         return out
 
     def _drop_psk(self, name: str) -> None:
@@ -450,7 +518,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
 
     # ------------------------------------------------------------- reporting
 
-    def outcome(self, p: Plan, failed: Mapping[str, str], valid: Mapping[str, Session]) -> list[Report]:
+    def outcome(self, p: Plan, failed: Mapping[str, Failure], valid: Mapping[str, Session]) -> list[Report]:
         """The reports of this cycle, and a status event for every change."""
         assert self._statuses is not None
         reports: list[Report] = []
@@ -458,12 +526,16 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             report: Report | None
             new: SessionStatus | None
             error: str | None = None
-            if s.kind is Kind.WITHHELD:
+            if s.kind in (Kind.WITHHELD, Kind.DEFERRED):
                 continue
             if s.kind is Kind.INVALID:
                 report, new, error = s.report, SessionStatus.ERROR, s.drift[0] if s.drift else None
+            elif s.uuid in failed and failed[s.uuid].transient and s.kind is Kind.CONFIGURE:
+                # A retry may fix it: the session keeps its status and carries the error.
+                error = str(failed[s.uuid])
+                report, new = s.transient_report(error), None
             elif s.uuid in failed:
-                error = failed[s.uuid]
+                error = str(failed[s.uuid])
                 report = s.failure_report(error) if s.kind is Kind.CONFIGURE else None
                 new = s.report_on_failure if s.kind is Kind.CONFIGURE else None
             else:
@@ -473,6 +545,8 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                 reports.append(report)
             session = valid.get(s.uuid)
             old = self._statuses.get(s.uuid)
+            if s.uuid.startswith(ORPHAN_PREFIX):
+                continue  # a stray tunnel, not a session: nothing to announce
             if s.kind is Kind.REMOVE and s.uuid not in failed:
                 if s.changes or old is not None:
                     self._statuses.pop(s.uuid, None)
@@ -629,14 +703,28 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         return restart
 
     async def restart(self, uuid: str, configured: ConfiguredSession) -> dict[str, Any]:
-        """``/restart``: re-apply the session's tunnel as recorded, then restart its
-        BGP protocols (a fresh session with the peer, as ``birdc restart`` does)."""
+        """``/restart`` ("restart specific WG interface", as the seed has it): re-apply
+        the session's tunnel as recorded (repairing it if it is gone or drifted),
+        bounce it (link down and up: WireGuard drops the peer's session keys and
+        handshakes afresh; a backend that cannot bounce has the tunnel removed and
+        re-created instead), then restart its BGP protocols (a fresh BGP session,
+        as ``birdc restart`` does)."""
         tunnel = self.ctx.backend("tunnel", TunnelBackend)
         routing = self.ctx.backend("routing", RoutingBackend)
         async with self.lock:
             try:
                 written = await tunnel.ensure(configured.tunnel)
+                try:
+                    await tunnel.bounce(configured.interface, owner=OWNER)
+                    bounce = "link down and up"
+                except NotImplementedError:
+                    await tunnel.remove(configured.interface, owner=OWNER)
+                    bounce = "removed and re-created"
+                # Link down drops the IPv6 addresses (keep_addr_on_down is off): put them back.
+                await tunnel.ensure(configured.tunnel)
             except Exception as exc:
+                with contextlib.suppress(Exception):  # the next cycle repairs it
+                    self.ctx.trigger(TASK_NAME).add_done_callback(_consume)
                 raise ApiError(502, "restart_failed", f"tunnel {configured.interface}: {exc}") from None
             protocols = tuple(routing.fragment_protocols(OWNER).get(uuid, ()))
             restarted: list[str] = []
@@ -649,28 +737,98 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                     ) from None
                 restarted.append(name)
         self.ctx.log.info(
-            "session {}: restarted (tunnel {} {}, protocols {})",
+            "session {}: restarted (tunnel {} {}, bounced: {}; protocols {})",
             uuid,
             configured.interface,
             "repaired" if written else "unchanged",
+            bounce,
             ", ".join(restarted) or "none",
         )
         return {
             "session": uuid,
             "interface": configured.interface,
             "tunnelRepaired": written,
+            "tunnelBounced": bounce,
             "protocols": restarted,
         }
 
     @hookimpl
     def moenet_status_info(self) -> dict[str, Any]:
         collector = self.ctx.stash.get(COLLECTOR_TASK)
+        health = collector.health_info() if collector is not None else None
         return {
             **self.status_info(),
             "outbox": len(self._outbox) if self._outbox is not None else None,
-            "health": collector.health_info() if collector is not None else None,
+            "health": health,
             "metrics": collector.last if collector is not None else None,
+            "sessions": self.session_view(health),
         }
+
+    @hookimpl
+    def moenet_session_status_changed(self, event: SessionStatusEvent) -> None:
+        """Remember each session's name, AS and error for :meth:`session_view`
+        (a session in ERROR has no record to take them from)."""
+        if event.removed:
+            self._known.pop(event.uuid, None)
+        else:
+            self._known[event.uuid] = event
+
+    @hookimpl
+    def moenet_startup(self) -> None:
+        """Re-announce every status known before the restart (``restored=True``):
+        the core's counts in ``/status`` and the ``moenet_sessions`` metric are
+        right from the start, not only after the next change."""
+        try:
+            previous = self.store.load_previous()
+        except Exception as exc:  # the first cycle reports the unreadable state
+            self.ctx.log.warning("cannot restore the session statuses: {}", exc)
+            return
+        if self._statuses is None:
+            self._statuses = {u: r.status for u, r in previous.reported.items() if not r.removed}
+        for uuid, status in sorted(self._statuses.items()):
+            configured = previous.configured.get(uuid)
+            report = previous.reported.get(uuid)
+            self.ctx.emit_session_status(
+                SessionStatusEvent(
+                    uuid=uuid,
+                    name=configured.peer.name if configured is not None else "",
+                    asn=configured.peer.asn if configured is not None else None,
+                    old=None,
+                    new=status,
+                    error=report.last_error if report is not None else None,
+                    interface=configured.interface if configured is not None else None,
+                    restored=True,
+                )
+            )
+
+    def session_view(self, health: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """One entry per session the agent knows (configured on the node, or with a
+        status since the last sync): name, ASN, interface, status and last error
+        from the sync itself, so it is there after the first sync; BGP state,
+        routes, RTT and health verdict from the collector's last run (None before it)."""
+        configured = self.configured()
+        per_health: Mapping[str, Any] = (health or {}).get("sessions") or {}
+        statuses = self._statuses or {}
+        out: list[dict[str, Any]] = []
+        for uuid in sorted(set(configured) | set(statuses) | set(self._known)):
+            rec, event, h = configured.get(uuid), self._known.get(uuid), per_health.get(uuid) or {}
+            status = statuses.get(uuid) or (event.new if event is not None else None)
+            out.append(
+                {
+                    "uuid": uuid,
+                    "name": (rec.peer.name if rec is not None else "") or (event.name if event else ""),
+                    "asn": rec.peer.asn if rec is not None else (event.asn if event else None),
+                    "interface": rec.interface if rec is not None else (event.interface if event else None),
+                    "status": status.name if status is not None else None,
+                    "lastError": event.error if event is not None else None,
+                    "bgpState": h.get("bgpState"),
+                    "routesIn": h.get("routesIn"),
+                    "routesOut": h.get("routesOut"),
+                    "rttMs": h.get("rttMs"),
+                    "health": h.get("verdict"),
+                }
+            )
+        return out
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

@@ -122,6 +122,9 @@ def test_tests_are_grouped_by_kind() -> None:
         if re.search(r"mark\.netns|def [a-z_0-9]+\([^)]*\bnetns\b", p.read_text())
     ]
     assert needs_root == [], f"tests needing namespaces belong in tests/component: {needs_root}"
+    names = [p.name for p in sorted(tests.glob("*/test_*.py"))]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    assert twins == [], f"test modules share a name across kinds (pytest imports them as one): {twins}"
 
 
 def test_public_api_is_complete_and_cheap() -> None:

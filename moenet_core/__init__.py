@@ -80,6 +80,7 @@ from .guard import (
     removal_digest,
 )
 from .hookspecs import hookimpl, hookspec
+from .identity import IdentityConflict, NodeIdentity
 from .intents import (
     BabelInterfaceIntent,
     EbgpPeerIntent,
@@ -176,12 +177,14 @@ __all__ = [
     "GuardWindow",
     "IbgpNeighborIntent",
     "IbgpOptionsIntent",
+    "IdentityConflict",
     "IntentError",
     "LinkLatency",
     "LinkTarget",
     "LoopbackBackend",
     "MaintenanceEvent",
     "MoenetError",
+    "NodeIdentity",
     "PluginContext",
     "PluginError",
     "PluginMetrics",

@@ -42,6 +42,7 @@ from .descriptors import (
 )
 from .errors import BackendUnavailable, ConfigError, PluginError
 from .hookspecs import hookimpl
+from .identity import IdentityBook
 from .metrics import AgentMetrics
 from .models import SessionStatus
 from .plugins import AgentPluginManager
@@ -319,6 +320,9 @@ class Agent:
             is_paused=lambda spec: spec.skip_in_maintenance and self.maintenance_state()["enabled"],
         )
         self.sessions: dict[str, SessionStatus] = {}
+        self.identity = IdentityBook(lambda: self.config)
+        """Who the node is (AS, id, loopbacks) from the config and what plugins
+        published (:mod:`moenet_core.identity`); plugins use ``ctx.identity``."""
         self.features: list[str] = []
         self._sections = PluginSections({}, {}, {}, [])
         self._contexts: dict[str, PluginContext] = {}
@@ -716,6 +720,7 @@ class Agent:
             "hookApiVersion": HOOK_API_VERSION,
             "uptime": round(now - self._started_at, 3) if self._started_at else 0.0,
             "node": {"name": self.config.node.name, "id": self.config.node.id, "mode": self.config.mode},
+            "identity": self.identity.effective().to_json(),
             "maintenance": self.maintenance_state(),
             "controlPlane": {"source": self.config.control_plane.source, "breaker": self.cp.breaker_state},
             "plugins": plugins,

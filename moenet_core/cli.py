@@ -476,7 +476,53 @@ def render_status(data: dict[str, Any]) -> str:
     lines.append(
         "SESSIONS " + ("  ".join(f"{k}={v}" for k, v in sorted(sessions.items())) or "none reported")
     )
+    lines.extend(render_session_lines(data))
     return "\n".join(lines)
+
+
+def _session_views(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every plugin's per-session view (``info.sessions`` of its ``moenet_status_info``)."""
+    out: list[dict[str, Any]] = []
+    for plugin in data.get("plugins") or []:
+        info = plugin.get("info") if isinstance(plugin, dict) else None
+        views = info.get("sessions") if isinstance(info, dict) else None
+        if isinstance(views, list):
+            out.extend(v for v in views if isinstance(v, dict))
+    return out
+
+
+def render_session_lines(data: dict[str, Any]) -> list[str]:
+    """A line per session: name, ASN, interface, status, BGP state, routes
+    in/out, RTT and health ("-" where the collector has not measured yet)."""
+    views = _session_views(data)
+    if not views:
+        return []
+
+    def cell(value: Any) -> str:
+        return "-" if value is None or value == "" else str(value)
+
+    lines = [
+        "",
+        f"{'NAME':<20}{'ASN':<12}{'INTERFACE':<16}{'STATUS':<18}{'BGP':<13}"
+        f"{'ROUTES IN/OUT':>14}{'RTT':>10}  HEALTH",
+    ]
+    for v in views:
+        rtt = v.get("rttMs")
+        routes = (
+            f"{v['routesIn']}/{v['routesOut']}"
+            if v.get("routesIn") is not None or v.get("routesOut") is not None
+            else "-"
+        )
+        health = cell(v.get("health"))
+        lines.append(
+            f"{cell(v.get('name') or v.get('uuid'))[:19]:<20}{cell(v.get('asn')):<12}"
+            f"{cell(v.get('interface'))[:15]:<16}{cell(v.get('status'))[:17]:<18}"
+            f"{cell(v.get('bgpState'))[:12]:<13}{routes:>14}"
+            f"{(f'{float(rtt):.1f}ms' if isinstance(rtt, (int, float)) else '-'):>10}  {health}"
+        )
+        if v.get("lastError"):
+            lines.append(f"    error: {str(v['lastError'])[:200]}")
+    return lines
 
 
 def cmd_run(path: str | None) -> int:

@@ -299,6 +299,10 @@ class SessionStatusEvent:
     error: str | None = None
     interface: str | None = None
     removed: bool = False
+    restored: bool = False
+    """Not a change: at start the owner re-announces every status it knew before
+    the restart (``old`` is None), so counts (``/status``, ``moenet_sessions``)
+    are right from the start."""
 
 
 @attrs.frozen(kw_only=True)

@@ -258,8 +258,9 @@ def moenet_session_status_changed(event: SessionStatusEvent) -> None:
     """A session changed status (or was seen for the first time).
 
     **When**: right after the reconciler decides a session's new status, before
-    the report reaches the CP. Must be fast; start async work with
-    ``ctx.trigger`` or a task. **Type**: broadcast.
+    the report reaches the CP; and at start, once per status known before the
+    restart (``event.restored``, ``old`` None: not a change). Must be fast; start
+    async work with ``ctx.trigger`` or a task. **Type**: broadcast.
     """
 
 

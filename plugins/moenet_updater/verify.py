@@ -18,11 +18,12 @@ import binascii
 import hashlib
 import re
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from moenet_core import MoenetError
+
+if TYPE_CHECKING:  # cryptography is imported where a key is used (the updater is off by default)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](\S(?:.*\S)?)$")
 SIGNATURE_BYTES = 64
@@ -41,6 +42,8 @@ def load_public_key(text: str) -> Ed25519PublicKey:
         raise ValueError("must be base64 (the 32-byte Ed25519 public key sign-release prints)") from None
     if len(raw) != KEY_BYTES:
         raise ValueError(f"must be the base64 of a 32-byte Ed25519 public key (got {len(raw)} bytes)")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -62,6 +65,8 @@ def decode_signature(data: bytes) -> bytes:
 
 def verify_signature(key: Ed25519PublicKey, sums: bytes, signature: bytes) -> None:
     """Raise unless ``signature`` is the pinned key's signature over ``sums``."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(decode_signature(signature), sums)
     except InvalidSignature:

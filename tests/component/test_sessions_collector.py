@@ -335,6 +335,9 @@ async def test_report_metrics_and_health_in_one_bird_call(rig: Rig) -> None:
         "reasons": b["health"]["reasons"],
         "bgpState": "Active",
         "since": 1699996000,
+        "routesIn": b["routes_imported"],
+        "routesOut": b["routes_exported"],
+        "rttMs": b.get("rtt_ms"),
     }
     assert result == collector.last and result["reported"] is True and result["problem"] is None
     assert result["sessions"] == 4 and result["health"] == info["counts"]

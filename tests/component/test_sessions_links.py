@@ -7,8 +7,10 @@ real sessionSync against real wireguard-go, nftables and BIRD 3 in a namespace
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,13 +159,31 @@ async def test_restart_reapplies_the_tunnel_and_restarts_bgp(
             "session": uid(1),
             "interface": n.ifname(1),
             "tunnelRepaired": True,
+            "tunnelBounced": "link down and up",
             "protocols": [symbol(1)],
         }
         assert n.link(1) is not None
         assert symbol(1) in await n.protocols()
-        # A second restart with everything in place writes no tunnel.
-        again = await n.h.agent.restart(n.ifname(1))
+        # A second restart with everything in place writes no tunnel, but bounces it.
+        ifindex = n.link(1)["ifindex"]  # type: ignore[index]
+        with subprocess.Popen(
+            ["ip", "-n", n.ns.name, "-o", "monitor", "link", "dev", n.ifname(1)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as monitor:
+            await asyncio.sleep(0.3)  # the monitor is listening
+            again = await n.h.agent.restart(n.ifname(1))
+            await asyncio.sleep(0.3)
+            monitor.terminate()
+            events = monitor.communicate()[0].splitlines()
         assert again is not None and again["tunnelRepaired"] is False
+        assert again["tunnelBounced"] == "link down and up"
+        flags = [ln.split("<", 1)[1].split(">", 1)[0].split(",") for ln in events if "<" in ln]
+        down = next(i for i, f in enumerate(flags) if "UP" not in f)
+        assert any("UP" in f for f in flags[down + 1 :]), events  # down, then up again
+        link = n.link(1)
+        assert link is not None and link["ifindex"] == ifindex and "UP" in link["flags"]
+        assert symbol(1) in await n.protocols()
 
 
 # ------------------------------------------------------------ report pacing

@@ -95,9 +95,10 @@ async def test_restart_endpoint_restarts_one_session_and_only_the_agents(lab):
         "session": n1.session_uuid,
         "interface": n1.interface,
         "tunnelRepaired": False,
+        "tunnelBounced": "link down and up",
         "protocols": [n1.bgp_protocol],
     }
-    assert (await tunnel(n1))["ifindex"] == ifindex  # re-applied in place, not re-created
+    assert (await tunnel(n1))["ifindex"] == ifindex  # bounced in place (link down/up), not re-created
     # The BGP session really restarted (a new "since"), and comes back.
 
     async def reestablished() -> bool:

@@ -73,8 +73,11 @@ class WebhookPlugin:
 
     @hookimpl
     def moenet_session_status_changed(self, event: SessionStatusEvent) -> None:
+        if getattr(event, "restored", False):  # (cores before 0.2 have no such field)
+            return  # a status re-announced at start is not a change
+        fields = {k: v for k, v in attrs.asdict(event).items() if k != "restored"}
         old = event.old.name if event.old is not None else None
-        self._enqueue("session", {**attrs.asdict(event), "old": old, "new": event.new.name})
+        self._enqueue("session", {**fields, "old": old, "new": event.new.name})
 
     @hookimpl
     def moenet_maintenance_changed(self, event: MaintenanceEvent) -> None:

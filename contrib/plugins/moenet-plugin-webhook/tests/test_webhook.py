@@ -7,6 +7,7 @@ import asyncio
 import socket
 from typing import Any
 
+import attrs
 import pytest
 from aiohttp import web
 from moenet_core import SessionStatus, SessionStatusEvent
@@ -173,6 +174,17 @@ async def test_maintenance_restored_at_start_is_posted(agent_harness, fake_cp, r
     async with agent_harness(cfg, plugins=[("webhook", WebhookPlugin())]):
         _, restored = await receiver.wait_for(2)
     assert (restored["event"], restored["enabled"], restored["reason"]) == ("maintenance", True, "restored")
+
+
+async def test_a_session_status_restored_at_start_is_not_a_change(agent_harness, fake_cp, receiver):
+    cfg = node_config(fake_cp, url=receiver.url)
+    async with agent_harness(cfg, plugins=[("webhook", WebhookPlugin())]) as h:
+        ctx = h.agent.context("sessions")
+        ctx.emit_session_status(attrs.evolve(session_event(old=None), restored=True))
+        ctx.emit_session_status(session_event())
+        [only] = await receiver.wait_for(1)
+    assert (only["event"], only["old"], only["new"]) == ("session", "QUEUED_FOR_SETUP", "ACTIVE")
+    assert "restored" not in only
 
 
 async def test_a_missing_url_is_a_config_error_naming_the_field(agent_harness, fake_cp, receiver):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import errno
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -74,6 +75,8 @@ P = TypeVar("P")
 """The plan."""
 R = TypeVar("R")
 """The outcome of applying a plan."""
+
+_NOTHING: Any = object()
 
 #: Where the last valid answer is kept, in the plugin's state directory.
 ANSWER_FILE = "answer.json"
@@ -174,6 +177,7 @@ class Reconciler(Generic[D, O, P, R]):
         self.last: dict[str, Any] | None = None
         """The last cycle's summary (``/status``), with its ``problem``."""
         self.last_error: str | None = None
+        self._saved: Any = _NOTHING
         key = f"{self.task_name}.guard_refused"
         if key not in ctx.stash:  # one gauge per agent and plugin, however often the task is built
             ctx.stash[key] = ctx.metrics.gauge(
@@ -243,8 +247,12 @@ class Reconciler(Generic[D, O, P, R]):
     # ------------------------------------------------------------ saved answers
 
     def save_answer(self, raw: Any) -> None:
-        """Persist an answer :meth:`parse` accepted (written only when it changed)."""
+        """Persist an answer :meth:`parse` accepted (written only when it changed;
+        the last one saved is remembered, so an unchanged answer costs no encode)."""
+        if self._saved is not _NOTHING and raw == self._saved:
+            return
         self.ctx.state.save(ANSWER_FILE, SavedAnswer(answer=raw))
+        self._saved = copy.deepcopy(raw)
 
     def load_answer(self) -> Any | None:
         """The last saved answer (raw, parsed again by the caller), or None; raises

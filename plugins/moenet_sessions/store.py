@@ -16,6 +16,7 @@ the file: an operator must look, the agent must not start from "nothing".
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import attrs
@@ -39,15 +40,27 @@ PREVIOUS_VERSION: int = Previous().to_json().get("version", 1)
 json_codec(Report)
 
 
+_UNKNOWN: Any = object()
+"""Nothing known of the saved answer yet (None is a valid answer)."""
+
+
 class SessionStateError(StateError):
     """A sessions state file exists but is unusable."""
 
 
 class SessionStore:
-    """The last valid CP answer and the reconciler's memory."""
+    """The last valid CP answer and the reconciler's memory.
+
+    The agent is the only writer of these files, so what was last loaded or
+    saved is kept in memory: an unchanged cycle neither parses nor encodes them
+    again (at 1 000 sessions that was most of a no-op cycle). A file edited by
+    hand while the agent runs is therefore read at the next start.
+    """
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        self._answer: Any = _UNKNOWN
+        self._previous: Previous | None = None
 
     def load_answer(self) -> Any | None:
         """The last valid CP answer (raw JSON, re-parse with ``parse_sessions``), or None."""
@@ -68,24 +81,35 @@ class SessionStore:
     def save_answer(self, answer: Any) -> bool:
         """Persist ``answer`` (only call with an answer ``parse_sessions`` accepted).
         Returns False, writing nothing, when it equals the saved one."""
-        return self.store.save(ANSWER_FILE, SavedAnswer(answer=answer), version=ANSWER_VERSION)
+        if self._answer is not _UNKNOWN and answer == self._answer:
+            return False
+        written = self.store.save(ANSWER_FILE, SavedAnswer(answer=answer), version=ANSWER_VERSION)
+        self._answer = copy.deepcopy(answer)
+        return written
 
     def load_previous(self) -> Previous:
         """The persisted memory; empty only when the file does not exist."""
+        if self._previous is not None:
+            return self._previous
         where = str(self.store.path(STATE_FILE))
         try:
             fields = self.store.load_document(STATE_FILE, version=PREVIOUS_VERSION)
             if fields is None:
                 return Previous()
-            return Previous.from_json({"version": PREVIOUS_VERSION, **fields}, where)
+            self._previous = Previous.from_json({"version": PREVIOUS_VERSION, **fields}, where)
         except (StateError, RecordError) as exc:
             raise SessionStateError(str(exc)) from None
+        return self._previous
 
     def save_previous(self, previous: Previous) -> bool:
         """Persist ``previous``; False (nothing written) when unchanged."""
+        if previous == self._previous:
+            return False
         doc = previous.to_json()
         version = doc.pop("version", PREVIOUS_VERSION)
-        return self.store.save_document(STATE_FILE, doc, version=version)
+        written = self.store.save_document(STATE_FILE, doc, version=version)
+        self._previous = previous
+        return written
 
 
 def _attempts(v: int) -> str | None:

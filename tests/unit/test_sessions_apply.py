@@ -144,3 +144,26 @@ async def test_a_failed_repair_of_an_active_session_is_an_error_and_keeps_it(rig
     r = await rig.sync(session(1, SessionStatus.ERROR))
     assert r["failed"] == {} and rig.tunnels == {"dn42-1"}
     assert rig.reports()[uid(1)] == (SessionStatus.ACTIVE, None)
+
+
+async def test_an_unchanged_answer_is_not_validated_again(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import moenet_sessions.task as task_module
+
+    calls: list[int] = []
+    real = task_module.parse_sessions
+
+    def counted(raw: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(raw, **kw)
+
+    monkeypatch.setattr(task_module, "parse_sessions", counted)
+    await rig.sync(session(1), session(2))
+    await rig.sync(session(1, SessionStatus.ACTIVE), session(2, SessionStatus.ACTIVE))
+    assert len(calls) == 2  # a changed answer is parsed
+    r = await rig.sync(session(1, SessionStatus.ACTIVE), session(2, SessionStatus.ACTIVE))
+    assert len(calls) == 2 and r["failed"] == {}  # the same answer is not
+    assert rig.tunnels == {"dn42-1", "dn42-2"}
+    rig.task.ctx.section.max_sessions = 1  # the cap is part of the parse
+    with pytest.raises(Exception, match="maxSessions"):
+        await rig.sync(session(1, SessionStatus.ACTIVE), session(2, SessionStatus.ACTIVE))
+    assert len(calls) == 4  # the answer, then the saved one: both again under the new cap

@@ -73,6 +73,17 @@ class GuardPolicy:
     min_count: int = 2
     window: float = 0.0
 
+    @classmethod
+    def from_section(cls, section: object) -> GuardPolicy | None:
+        """The policy a plugin section spells as ``guardMaxShare``, ``guardMinCount``
+        and (optionally) ``guardWindow``; None for a section without them."""
+        try:
+            max_share = getattr(section, "guard_max_share")  # noqa: B009 - any section type
+            min_count = getattr(section, "guard_min_count")  # noqa: B009
+        except AttributeError:
+            return None
+        return cls(max_share=max_share, min_count=min_count, window=getattr(section, "guard_window", 0.0))
+
 
 @attrs.frozen(kw_only=True)
 class GuardWindow:

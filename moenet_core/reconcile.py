@@ -48,14 +48,14 @@ import attrs
 
 from .descriptors import RouteSpec, SyncEvent
 from .errors import BackendUnavailable, ControlPlaneError, ControlPlaneUnavailable, MoenetError
-from .guard import GuardMemory, GuardWindow
+from .guard import GuardMemory, GuardPolicy, GuardWindow
 from .state import SavedAnswer
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from .context import PluginContext
-    from .guard import GuardPolicy, GuardVerdict
+    from .guard import GuardVerdict
 
 __all__ = [
     "Answer",
@@ -207,9 +207,10 @@ class Reconciler(Generic[D, O, P, R]):
         return None
 
     def guard_policy(self) -> GuardPolicy | None:
-        """The guard's policy (from the plugin's section); its ``window`` turns the
-        sliding window on. None (the default): no window is kept."""
-        return None
+        """The guard's policy; its ``window`` turns the sliding window on. Default:
+        the plugin section's ``guardMaxShare``, ``guardMinCount`` and ``guardWindow``
+        (None, no window kept, for a section without them)."""
+        return GuardPolicy.from_section(self.ctx.section)
 
     async def apply(self, plan: P, observed: O) -> R:
         """Make the changes of ``plan``."""

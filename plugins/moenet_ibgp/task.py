@@ -45,7 +45,6 @@ import attrs
 
 from moenet_core import Answer as CycleAnswer
 from moenet_core import (
-    GuardPolicy,
     GuardVerdict,
     IbgpNeighborIntent,
     IbgpOptionsIntent,
@@ -225,12 +224,6 @@ class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
             own_id=answer.value.own_id,
             route_reflector=rr,
             fragments=self._fragments(nodes, rr, own_id=answer.value.own_id),
-        )
-
-    def guard_policy(self) -> GuardPolicy:
-        section = self._section()
-        return GuardPolicy(
-            max_share=section.guard_max_share, min_count=section.guard_min_count, window=section.guard_window
         )
 
     def verdict(self, plan: IbgpPlan) -> GuardVerdict | None:

@@ -43,7 +43,6 @@ from moenet_core import (
     ApplyResult,
     BabelInterfaceIntent,
     FirewallBackend,
-    GuardPolicy,
     GuardVerdict,
     IntentError,
     LinkLatency,
@@ -247,12 +246,6 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
             guard=self.guard_policy(),
             override=self.section.allow_removal or None,
             window=self.guard_window,
-        )
-
-    def guard_policy(self) -> GuardPolicy:
-        section = self.section
-        return GuardPolicy(
-            max_share=section.guard_max_share, min_count=section.guard_min_count, window=section.guard_window
         )
 
     def verdict(self, plan: Plan) -> GuardVerdict:

@@ -65,7 +65,6 @@ from moenet_core import (
     EbgpPeerIntent,
     Failure,
     FirewallBackend,
-    GuardPolicy,
     LinkLatency,
     LinkTarget,
     MoenetError,
@@ -296,12 +295,6 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             latency=self.links.tiers(),
             window=self.guard_window,
             now=self.ctx.clock.time(),
-        )
-
-    def guard_policy(self) -> GuardPolicy:
-        section = self.section
-        return GuardPolicy(
-            max_share=section.guard_max_share, min_count=section.guard_min_count, window=section.guard_window
         )
 
     def verdict(self, plan: Plan) -> Any:

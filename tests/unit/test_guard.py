@@ -178,3 +178,16 @@ def test_format_seconds() -> None:
     from moenet_core.guard import format_seconds
 
     assert [format_seconds(s) for s in (3600, 5400, 90, 0, 86400)] == ["1h", "1h30m", "1m30s", "0s", "24h"]
+
+
+def test_policy_from_a_plugin_section() -> None:
+    import types
+
+    from moenet_core import GuardPolicy
+
+    section = types.SimpleNamespace(guard_max_share=0.25, guard_min_count=3, guard_window=60.0)
+    assert GuardPolicy.from_section(section) == GuardPolicy(max_share=0.25, min_count=3, window=60.0)
+    no_window = types.SimpleNamespace(guard_max_share=0.5, guard_min_count=2)
+    assert GuardPolicy.from_section(no_window) == GuardPolicy(max_share=0.5, min_count=2, window=0.0)
+    assert GuardPolicy.from_section(types.SimpleNamespace(interval=5)) is None
+    assert GuardPolicy.from_section(None) is None

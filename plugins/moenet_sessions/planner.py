@@ -254,70 +254,14 @@ def plan(
     configured ones whose live tunnel it would re-key or recreate
     (:func:`rebuild_reasons`); a refusal withholds both, while additions and
     harmless in-place changes still apply."""
-    valid = {s.uuid: s for s in sessions}
-    bad = {i.uuid: i for i in invalid if i.uuid is not None}
-    unreportable = tuple(i.reason for i in invalid if i.uuid is None)
-    answer = set(valid) | set(bad)
-    seen: dict[str, SessionStatus] = {u: s.status for u, s in valid.items()}
-    seen.update({u: i.status for u, i in bad.items() if i.status is not None})
-    tunnels = observed.tunnels
-
-    def owned(uuid: str, *names: str | None) -> tuple[str, ...]:
-        rec = previous.configured.get(uuid)
-        cands = {n for n in (*names, rec.interface if rec else None) if n}
-        return tuple(sorted(n for n in cands if n in tunnels))
-
-    def memo(uuid: str) -> dict[str, Any]:
-        return {
-            "last_reported": previous.reported.get(uuid),
-            "last_seen": previous.seen.get(uuid),
-        }
-
-    # 1. removals (requested, vanished, and invalid sessions asking for removal)
-    removals: dict[str, SessionPlan] = {}
-    for uuid, s in valid.items():
-        if s.status in REMOVE_STATUSES:
-            removals[uuid] = _removal(
-                uuid, s.status, s.last_error, owned(uuid, s.interface), observed, memo(uuid)
-            )
-    for uuid, i in bad.items():
-        if i.status in REMOVE_STATUSES:
-            removals[uuid] = _removal(uuid, i.status, i.last_error, owned(uuid), observed, memo(uuid))
-    for uuid in sorted((set(previous.configured) | set(observed.fragments)) - answer):
-        removals[uuid] = _removal(uuid, None, None, owned(uuid), observed, memo(uuid))
-    # Tunnels with the agent's alias that no record and no session of the answer names
-    # (a crash between create and record, a wiped state directory): removed, under the guard.
-    orphans = orphan_tunnels(valid.values(), bad.values(), previous, tunnels)
-    for name in orphans:
-        key = ORPHAN_PREFIX + name
-        removals[key] = attrs.evolve(
-            _removal(key, None, None, (name,), observed, memo(key)),
-            drift=(
-                f"tunnel {name} carries the agent's alias but no session has it",
-                f"removing tunnel {name}",
-            ),
-        )
-
-    # 2. sessions to configure (built first: the guard counts the rebuilds among them)
-    items: dict[str, SessionPlan] = {}
-    built: dict[str, DesiredSession] = {}
-    rebuilds: dict[str, list[str]] = {}
-    for uuid, s in valid.items():
-        if s.status not in CONFIGURE_STATUSES:
-            continue
-        try:
-            built[uuid] = d = build_desired(s, settings, latency=(latency or {}).get(uuid))
-        except DesiredError as exc:
-            items[uuid] = _invalid(
-                uuid, s.status, s.last_error, f"sessions[{uuid}]: {exc}", previous, observed
-            )
-            continue
-        # A setup that never went live (kept after a transient failure) drops nothing that works.
-        live_rec = None if _provisional(previous, uuid) else previous.configured.get(uuid)
-        why = rebuild_reasons(d, live_rec, tunnels, owned(uuid))
-        if why:
-            rebuilds[uuid] = why
-
+    at = _Planning(
+        valid={s.uuid: s for s in sessions},
+        bad={i.uuid: i for i in invalid if i.uuid is not None},
+        observed=observed,
+        previous=previous,
+    )
+    removals, orphans = _removals(at)
+    items, built, rebuilds = _build(at, settings, latency)
     configured_now = set(previous.configured) | set(observed.fragments) | {ORPHAN_PREFIX + n for n in orphans}
     really = [u for u, p in removals.items() if p.changes or u in previous.configured]
     verdict = evaluate(
@@ -330,45 +274,154 @@ def plan(
         window=window,
     )
     if verdict.refused:
-        for uuid in verdict.removals:
-            removals[uuid] = _withheld(removals[uuid], previous, observed)
-        for uuid in verdict.rebuilds:
-            s = valid[uuid]
-            held = f"rebuild withheld by the guard: {', '.join(rebuilds[uuid])}"
-            items[uuid] = _withheld(
-                SessionPlan(
-                    uuid=uuid,
-                    kind=Kind.WITHHELD,
-                    status=s.status,
-                    interface=None,
-                    cp_error=s.last_error,
-                    **memo(uuid),
-                ),
-                previous,
-                observed,
-                held,
-            )
+        _withhold(at, verdict, removals, items, rebuilds)
     removed_names = {n for p in removals.values() if p.kind is Kind.REMOVE for n in p.remove_interfaces}
     items.update(removals)
+    _configure_built(at, built, items, removed_names, now)
+    for uuid, i in at.bad.items():
+        if uuid not in items:
+            items[uuid] = _invalid(uuid, i.status, i.last_error, i.reason, previous, observed)
+    return _assemble(at, items, verdict, unreportable=tuple(i.reason for i in invalid if i.uuid is None))
+
+
+@attrs.frozen(kw_only=True)
+class _Planning:
+    """The inputs one :func:`plan` works on, with the lookups its steps share."""
+
+    valid: Mapping[str, Session]
+    bad: Mapping[str, Invalid]
+    observed: Observed
+    previous: Previous
+
+    def owned(self, uuid: str, *names: str | None) -> tuple[str, ...]:
+        """The agent's tunnels of ``uuid``: its record's interface and ``names``, if they exist."""
+        rec = self.previous.configured.get(uuid)
+        cands = {n for n in (*names, rec.interface if rec else None) if n}
+        return tuple(sorted(n for n in cands if n in self.observed.tunnels))
+
+    def memo(self, uuid: str) -> dict[str, Any]:
+        return {
+            "last_reported": self.previous.reported.get(uuid),
+            "last_seen": self.previous.seen.get(uuid),
+        }
+
+
+def _removals(at: _Planning) -> tuple[dict[str, SessionPlan], tuple[str, ...]]:
+    """Step 1: sessions asking for removal (valid or not), vanished ones, and the
+    agent's tunnels that nothing names any more (``orphan:<ifname>``)."""
+    observed, previous = at.observed, at.previous
+    removals: dict[str, SessionPlan] = {}
+    for uuid, s in at.valid.items():
+        if s.status in REMOVE_STATUSES:
+            removals[uuid] = _removal(
+                uuid, s.status, s.last_error, at.owned(uuid, s.interface), observed, at.memo(uuid)
+            )
+    for uuid, i in at.bad.items():
+        if i.status in REMOVE_STATUSES:
+            removals[uuid] = _removal(uuid, i.status, i.last_error, at.owned(uuid), observed, at.memo(uuid))
+    answer = set(at.valid) | set(at.bad)
+    for uuid in sorted((set(previous.configured) | set(observed.fragments)) - answer):
+        removals[uuid] = _removal(uuid, None, None, at.owned(uuid), observed, at.memo(uuid))
+    # Tunnels with the agent's alias that no record and no session of the answer names
+    # (a crash between create and record, a wiped state directory): removed, under the guard.
+    orphans = orphan_tunnels(at.valid.values(), at.bad.values(), previous, observed.tunnels)
+    for name in orphans:
+        key = ORPHAN_PREFIX + name
+        removals[key] = attrs.evolve(
+            _removal(key, None, None, (name,), observed, at.memo(key)),
+            drift=(
+                f"tunnel {name} carries the agent's alias but no session has it",
+                f"removing tunnel {name}",
+            ),
+        )
+    return removals, orphans
+
+
+def _build(
+    at: _Planning, settings: NodeSettings, latency: Mapping[str, int] | None
+) -> tuple[dict[str, SessionPlan], dict[str, DesiredSession], dict[str, list[str]]]:
+    """Step 2: what each session to configure needs (built before the guard, which
+    counts the rebuilds among them); unbuildable ones are invalid."""
+    items: dict[str, SessionPlan] = {}
+    built: dict[str, DesiredSession] = {}
+    rebuilds: dict[str, list[str]] = {}
+    for uuid, s in at.valid.items():
+        if s.status not in CONFIGURE_STATUSES:
+            continue
+        try:
+            built[uuid] = d = build_desired(s, settings, latency=(latency or {}).get(uuid))
+        except DesiredError as exc:
+            items[uuid] = _invalid(
+                uuid, s.status, s.last_error, f"sessions[{uuid}]: {exc}", at.previous, at.observed
+            )
+            continue
+        # A setup that never went live (kept after a transient failure) drops nothing that works.
+        live_rec = None if _provisional(at.previous, uuid) else at.previous.configured.get(uuid)
+        why = rebuild_reasons(d, live_rec, at.observed.tunnels, at.owned(uuid))
+        if why:
+            rebuilds[uuid] = why
+    return items, built, rebuilds
+
+
+def _withhold(
+    at: _Planning,
+    verdict: GuardVerdict,
+    removals: dict[str, SessionPlan],
+    items: dict[str, SessionPlan],
+    rebuilds: Mapping[str, list[str]],
+) -> None:
+    """Step 3, when the guard refuses: its removals and rebuilds stay as they are."""
+    for uuid in verdict.removals:
+        removals[uuid] = _withheld(removals[uuid], at.previous, at.observed)
+    for uuid in verdict.rebuilds:
+        s = at.valid[uuid]
+        held = f"rebuild withheld by the guard: {', '.join(rebuilds[uuid])}"
+        items[uuid] = _withheld(
+            SessionPlan(
+                uuid=uuid,
+                kind=Kind.WITHHELD,
+                status=s.status,
+                interface=None,
+                cp_error=s.last_error,
+                **at.memo(uuid),
+            ),
+            at.previous,
+            at.observed,
+            held,
+        )
+
+
+def _configure_built(
+    at: _Planning,
+    built: Mapping[str, DesiredSession],
+    items: dict[str, SessionPlan],
+    removed_names: Collection[str],
+    now: float | None,
+) -> None:
+    """Step 4: configure every built session the guard left alone, or defer it
+    while it waits out a transient failure's backoff, unchanged."""
     for uuid, d in built.items():
         if uuid in items:
             continue
-        retry = previous.retry.get(uuid)
+        retry = at.previous.retry.get(uuid)
         if (
             retry is not None
             and now is not None
             and now < retry.not_before
             and retry.digest == _record(d).digest()
         ):
-            items[uuid] = _deferred(valid[uuid], d, retry, observed, memo(uuid))
+            items[uuid] = _deferred(at.valid[uuid], d, retry, at.observed, at.memo(uuid))
             continue
-        stale = tuple(n for n in owned(uuid) if n != d.tunnel.name)
-        items[uuid] = _configure(valid[uuid], d, previous, observed, removed_names, stale, memo(uuid))
-    for uuid, i in bad.items():
-        if uuid not in items:
-            items[uuid] = _invalid(uuid, i.status, i.last_error, i.reason, previous, observed)
+        stale = tuple(n for n in at.owned(uuid) if n != d.tunnel.name)
+        items[uuid] = _configure(
+            at.valid[uuid], d, at.previous, at.observed, removed_names, stale, at.memo(uuid)
+        )
 
-    # 3. the complete fragment and port sets
+
+def _assemble(
+    at: _Planning, items: Mapping[str, SessionPlan], verdict: GuardVerdict, *, unreportable: tuple[str, ...]
+) -> Plan:
+    """Step 5: the complete fragment and port sets, and the plan."""
     fragments: dict[str, EbgpPeerIntent] = {}
     ports: set[int] = set()
     for uuid, p in items.items():
@@ -378,13 +431,14 @@ def plan(
             fragments[uuid] = p.peer
         if p.port is not None:
             ports.add(p.port)
-    ordered = tuple(items[u] for u in sorted(items))
+    seen: dict[str, SessionStatus] = {u: s.status for u, s in at.valid.items()}
+    seen.update({u: i.status for u, i in at.bad.items() if i.status is not None})
     return Plan(
-        sessions=ordered,
+        sessions=tuple(items[u] for u in sorted(items)),
         fragments=fragments,
-        routing_changed=fragments != dict(observed.fragments),
+        routing_changed=fragments != dict(at.observed.fragments),
         ports=frozenset(ports),
-        firewall_changed=frozenset(ports) != observed.ports,
+        firewall_changed=frozenset(ports) != at.observed.ports,
         guard=verdict,
         seen=seen,
         unreportable=unreportable,

@@ -53,9 +53,9 @@ from . import rtdump
 from .config import Settings
 from .device import DesiredDevice, Device, DeviceUpdate, endpoint_update, plan
 from .endpoints import EndpointBook, Resolved, Resolver, system_resolver
-from .errors import EndpointError, NotOwnedError, TunnelError, WireguardKeyError
+from .errors import EndpointError, NotOwnedError, TunnelError
 from .journal import Journal
-from .keys import SecretKey, bytes_to_b64, load_or_create_private_key, read_key, write_public_key_file
+from .keys import SecretKey, bytes_to_b64, load_or_create_private_key, read_key
 from .links import MARKER, Link, Netlink, address_of
 from .spec import Address, Desired, normalise, validate_ifname, validate_owner
 from .sysctl import ensure_ipv6_sysctls
@@ -179,39 +179,15 @@ class WireguardBackend(TunnelBackend):
     def _private_key(self, path: str, settings: Settings, journal: Journal) -> SecretKey:
         """Read the key file; a missing one is generated (mode 0600). The file is
         its owner's (``sessions.privateKeyPath`` for the session tunnels, the mesh
-        key in the mesh plugin's state); the public half is written to
-        ``settings.public_key_path`` when the file is ``settings.node_key_path``."""
+        key in the mesh plugin's state), and so is publishing its public half
+        (the sessions plugin's ``publicKeyPath``)."""
         if not os.path.lexists(path):
             key, created = load_or_create_private_key(path)
             if created:
                 journal.record("key_generate")
                 self.log.warning("generated a new private key in {} (mode 0600)", path)
-                node_key = bool(settings.node_key_path) and os.path.abspath(path) == os.path.abspath(
-                    settings.node_key_path
-                )
-                if node_key and settings.public_key_path:
-                    try:
-                        if write_public_key_file(settings.public_key_path, key.public_key()):
-                            journal.record("public_key_write")
-                    except WireguardKeyError as exc:
-                        self.log.error("{}", exc)
             return key
         return read_key(path)
-
-    def node_public_key(self) -> str:
-        """The node key's public half (generated if missing; also written to
-        ``wireguard.publicKeyPath`` when that is set and out of date)."""
-        settings = self.settings
-        key, created = load_or_create_private_key(settings.node_key_path)
-        if created:
-            self.log.warning("generated a new node private key in {} (mode 0600)", settings.node_key_path)
-        public = key.public_key()
-        if settings.public_key_path:
-            try:
-                write_public_key_file(settings.public_key_path, public)
-            except WireguardKeyError as exc:
-                self.log.error("{}", exc)
-        return public
 
     @staticmethod
     def public_key(private_key_file: str) -> str:

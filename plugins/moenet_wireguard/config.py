@@ -89,15 +89,14 @@ class Settings:
     """Everything a backend reads from the config, in one value (re-read per call,
     so a reload takes effect without restarting the backend).
 
-    ``node_key_path`` / ``public_key_path``: a missing private key file at that
-    path is generated (and its public half written), where a tunnel names it.
-    The key files are their owners' (the ``sessions`` section has the session
-    tunnels'), so the config leaves them empty; backends built in code (tests,
-    the lab) may set them. ``default_keepalive`` applies to a spec without one.
+    ``node_key_path``: a missing private key file at that path is generated
+    where a tunnel names it. The key files are their owners' (the ``sessions``
+    section has the session tunnels' and publishes the public key), so the
+    config leaves it empty; backends built in code (tests, the lab) may set it.
+    ``default_keepalive`` applies to a spec without one.
     """
 
     node_key_path: str = ""
-    public_key_path: str = ""
     default_keepalive: int = 25
     wireguard_go: str = "wireguard-go"
     start_timeout: float = 10.0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
 import stat
 from pathlib import Path
@@ -209,43 +208,3 @@ def load_or_create_private_key(path: str | os.PathLike[str]) -> tuple[SecretKey,
     """
     created = not os.path.lexists(path) and write_key_file(path, generate_private_key())
     return read_key(path), created
-
-
-def public_key_file_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why the agent must not (re)write a public key at ``path``, or None: a
-    symbolic link (``/opt/moenet-agent/current``...) or anything but a regular
-    file holding one public key line is someone else's and is never replaced."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"public key file {os.fspath(path)}: {exc.strerror}"
-    if stat.S_ISLNK(st.st_mode):
-        return f"public key file {os.fspath(path)} is a symbolic link; refusing to replace it"
-    if not stat.S_ISREG(st.st_mode) or st.st_size > 64:
-        return (
-            f"public key file {os.fspath(path)} is not a public key the agent wrote; refusing to replace it"
-        )
-    try:
-        text = Path(path).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
-        text = ""
-    if not (text.endswith("\n") and text.count("\n") == 1 and is_valid_public_key(text[:-1])):
-        return f"public key file {os.fspath(path)} holds something other than a public key; not replacing it"
-    return None
-
-
-def write_public_key_file(path: str | os.PathLike[str], public_key: str) -> bool:
-    """Publish the public key (0644) where other tools expect it; only if changed.
-    Raises :class:`WireguardKeyError` (leaving the path untouched) where
-    :func:`public_key_file_problem` says the file is not the agent's to replace."""
-    target = Path(path)
-    content = public_key + "\n"
-    if (problem := public_key_file_problem(target)) is not None:
-        raise WireguardKeyError(problem)
-    with contextlib.suppress(OSError):
-        if target.read_text(encoding="ascii") == content:
-            return False
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    return atomic_write(target, content.encode("ascii"), mode=0o644)

@@ -162,10 +162,13 @@ def test_write_key_file_never_overwrites(tmp_path):
 
 
 def test_public_key_file_is_written_only_when_changed(tmp_path):
+    # One writer publishes the node's public key: the sessions plugin, which owns the key.
+    from moenet_sessions.keys import write_public_key
+
     path = tmp_path / "public.key"
     pub = keys.generate_private_key().public_key()
-    assert keys.write_public_key_file(path, pub)
+    assert write_public_key(path, pub)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     mtime = os.stat(path).st_mtime_ns
-    assert not keys.write_public_key_file(path, pub)
+    assert not write_public_key(path, pub)
     assert os.stat(path).st_mtime_ns == mtime

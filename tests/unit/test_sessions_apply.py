@@ -8,77 +8,15 @@ backend that rejects one session.
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
-import moenet_sessions
 import pytest
-from moenet_sessions.task import SessionSync
+from helpers.sessions_rig import SessionsRig, session, uid
 
 from moenet_core import SessionStatus
-from moenet_core.testing import FakeBackends, StubControlPlane, plugin_context
 
-KEY = base64.b64encode(b"\x07" * 32).decode()
-
-
-def uid(n: int) -> str:
-    return f"5e55a000-0000-4000-8000-{n:012d}"
-
-
-def session(n: int, status: int = SessionStatus.QUEUED_FOR_SETUP) -> dict[str, Any]:
-    return {
-        "uuid": uid(n),
-        "asn": 4242420000 + n,
-        "name": f"peer{n}",
-        "status": int(status),
-        "interface": f"dn42-{n}",
-        "endpoint": f"192.0.2.{n}:51820",
-        "credential": KEY,
-        "ipv6LinkLocal": f"fe80::{n}",
-        "port": 21000 + n,
-    }
-
-
-class Rig:
-    def __init__(self, tmp: Path) -> None:
-        self.fakes = FakeBackends(check_keys=False)
-        self.cp = StubControlPlane("test-node")
-        ctx = plugin_context(
-            "sessions",
-            state_dir=tmp / "state",
-            config={
-                "node": {"name": "test-node", "id": 1, "asn": 4242429999},
-                "sessions": {"privateKeyPath": str(tmp / "wg.key"), "pskDir": str(tmp / "psk")},
-            },
-            plugins=[("sessions", moenet_sessions)],
-            backends=self.fakes,
-            cp=self.cp,
-        )
-        self.task = SessionSync(ctx)
-
-    async def sync(self, *sessions: dict[str, Any]) -> dict[str, Any]:
-        self.cp.set("sessions", list(sessions))
-        return await self.task.run_once()
-
-    def reports(self) -> dict[str, tuple[int, str | None]]:
-        """uuid -> (status, lastError) of the last report per session."""
-        out: dict[str, tuple[int, str | None]] = {}
-        for call in self.cp.calls("modify", "POST"):
-            out[call.body["uuid"]] = (call.body["status"], call.body.get("lastError"))
-        return out
-
-    @property
-    def tunnels(self) -> set[str]:
-        return set(self.fakes.tunnel.tunnels)
-
-    @property
-    def ports(self) -> set[int]:
-        return set(self.fakes.firewall.ports.get("sessions", set()))
-
-    @property
-    def fragments(self) -> set[str]:
-        return set(self.fakes.routing.fragments.get("sessions", {}))
+Rig = SessionsRig
 
 
 @pytest.fixture

@@ -9,71 +9,27 @@ serving.
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
-import moenet_sessions
 import pytest
-from moenet_sessions.task import SessionSync, SessionSyncError
+from helpers.sessions_rig import SessionsRig, uid
+from helpers.sessions_rig import session as rig_session
+from moenet_sessions.task import SessionSyncError
 
 from moenet_core import GuardMemory, SessionStatus
 from moenet_core.reconcile import GUARD_FILE
-from moenet_core.testing import FakeBackends, ManualClock, StubControlPlane, plugin_context
 
-KEY = base64.b64encode(b"\x07" * 32).decode()
 HOUR = 3600.0
 
 
-def uid(n: int) -> str:
-    return f"5e55a000-0000-4000-8000-{n:012d}"
+def session(n: int, status: int = SessionStatus.ACTIVE, **over: Any) -> dict[str, Any]:
+    return rig_session(n, status, **over)
 
 
-def session(n: int, status: int = SessionStatus.ACTIVE) -> dict[str, Any]:
-    return {
-        "uuid": uid(n),
-        "asn": 4242420000 + n,
-        "name": f"peer{n}",
-        "status": int(status),
-        "interface": f"dn42-{n}",
-        "endpoint": f"192.0.2.{n % 250 + 1}:51820",
-        "credential": KEY,
-        "ipv6LinkLocal": f"fe80::{n % 65000 + 1:x}",
-        "port": 21000 + n % 40000,
-    }
-
-
-class Rig:
-    def __init__(self, tmp: Path, clock: ManualClock | None = None, **sessions: Any) -> None:
-        self.tmp = tmp
-        self.clock = clock or ManualClock()
-        self.fakes = FakeBackends(check_keys=False)
-        self.cp = StubControlPlane("test-node")
-        self.config = {
-            "node": {"name": "test-node", "id": 1, "asn": 4242429999},
-            "sessions": {"privateKeyPath": str(tmp / "wg.key"), "pskDir": str(tmp / "psk"), **sessions},
-        }
-        self.task = self.build()
-
-    def build(self) -> SessionSync:
-        ctx = plugin_context(
-            "sessions",
-            state_dir=self.tmp / "state",
-            config=self.config,
-            plugins=[("sessions", moenet_sessions)],
-            backends=self.fakes,
-            cp=self.cp,
-            clock=self.clock,
-        )
-        return SessionSync(ctx)
-
-    async def sync(self, *ns: int) -> dict[str, Any]:
-        self.cp.set("sessions", [session(n) for n in ns])
-        return await self.task.run_once()
-
-    @property
-    def tunnels(self) -> set[str]:
-        return set(self.fakes.tunnel.tunnels)
+class Rig(SessionsRig):
+    async def sync(self, *ns: int) -> dict[str, Any]:  # type: ignore[override]
+        return await super().sync(*(session(n) for n in ns))
 
 
 def names(*ns: int) -> set[str]:

@@ -8,55 +8,23 @@ is a removal like any other: counted by the guard, kept when the guard refuses.
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
-import moenet_sessions
+from helpers.sessions_rig import KEY, SessionsRig, uid
+from helpers.sessions_rig import session as rig_session
 from moenet_sessions.planner import ORPHAN_PREFIX, Kind
-from moenet_sessions.task import SessionSync
 
-from moenet_core import SessionStatus, SessionStatusEvent, TunnelSpec, hookimpl
-from moenet_core.testing import FakeBackends, StubControlPlane, plugin_context
-
-KEY = base64.b64encode(b"\x07" * 32).decode()
-
-
-def uid(n: int) -> str:
-    return f"5e55a000-0000-4000-8000-{n:012d}"
+from moenet_core import SessionStatusEvent, TunnelSpec, hookimpl
 
 
 def session(n: int) -> dict[str, Any]:
-    return {
-        "uuid": uid(n),
-        "asn": 4242420000 + n,
-        "name": f"peer{n}",
-        "status": int(SessionStatus.QUEUED_FOR_SETUP),
-        "interface": f"dn42-{n}",
-        "endpoint": f"192.0.2.{n}:51820",
-        "credential": KEY,
-        "ipv6LinkLocal": f"fe80::{n}",
-        "port": 21000 + n,
-    }
+    return rig_session(n)
 
 
-class Rig:
+class Rig(SessionsRig):
     def __init__(self, tmp: Path, guard: dict[str, Any]) -> None:
-        self.tmp = tmp
-        self.fakes = FakeBackends(check_keys=False)
-        self.cp = StubControlPlane("test-node")
-        self.ctx = plugin_context(
-            "sessions",
-            state_dir=tmp / "state",
-            config={
-                "node": {"name": "test-node", "id": 1, "asn": 4242429999},
-                "sessions": {"privateKeyPath": str(tmp / "wg.key"), "pskDir": str(tmp / "psk"), **guard},
-            },
-            plugins=[("sessions", moenet_sessions)],
-            backends=self.fakes,
-            cp=self.cp,
-        )
-        self.task = SessionSync(self.ctx)
+        super().__init__(tmp, **guard)
 
     async def orphan(self, name: str, owner: str = "sessions") -> None:
         spec = TunnelSpec(
@@ -67,14 +35,6 @@ class Rig:
             owner=owner,
         )
         await self.fakes.tunnel.ensure(spec)
-
-    async def sync(self, *sessions: dict[str, Any]) -> dict[str, Any]:
-        self.cp.set("sessions", list(sessions))
-        return await self.task.run_once()
-
-    @property
-    def tunnels(self) -> set[str]:
-        return set(self.fakes.tunnel.tunnels)
 
 
 async def test_orphan_tunnels_are_removed_and_others_kept(tmp_path: Path) -> None:

@@ -5,35 +5,13 @@ down and up, same ifindex) runs against wireguard-go in
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
-from typing import Any
 
 import moenet_sessions
+from helpers.sessions_rig import session, uid
 from moenet_sessions.task import SessionSync
 
-from moenet_core import SessionStatus
 from moenet_core.testing import FakeBackends, StubControlPlane, plugin_context
-
-KEY = base64.b64encode(b"\x07" * 32).decode()
-
-
-def uid(n: int) -> str:
-    return f"5e55a000-0000-4000-8000-{n:012d}"
-
-
-def session(n: int) -> dict[str, Any]:
-    return {
-        "uuid": uid(n),
-        "asn": 4242420000 + n,
-        "name": f"peer{n}",
-        "status": int(SessionStatus.QUEUED_FOR_SETUP),
-        "interface": f"dn42-{n}",
-        "endpoint": f"192.0.2.{n}:51820",
-        "credential": KEY,
-        "ipv6LinkLocal": f"fe80::{n}",
-        "port": 21000 + n,
-    }
 
 
 async def test_restart_without_bounce_support_recreates_the_tunnel(tmp_path: Path) -> None:

@@ -13,96 +13,20 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from pathlib import Path
 from typing import Any
 
 import attrs
-import moenet_sessions
 import pytest
-from moenet_sessions.task import SessionSync
+from helpers.sessions_rig import SessionsRig, session, uid
 
 from moenet_core import ApplyResult, SessionStatus, TunnelSpec
-from moenet_core.testing import FakeBackends, ManualClock, StubControlPlane, plugin_context
 
-KEY = base64.b64encode(b"\x07" * 32).decode()
 INTERVAL = 60.0  # controlPlane.syncInterval's default: the backoff's unit
 BIRD_DOWN = "new config written, but BIRD could not be told to load it: connection refused"
 
 
-def uid(n: int) -> str:
-    return f"5e55a000-0000-4000-8000-{n:012d}"
-
-
-def session(n: int, status: int = SessionStatus.QUEUED_FOR_SETUP) -> dict[str, Any]:
-    return {
-        "uuid": uid(n),
-        "asn": 4242420000 + n,
-        "name": f"peer{n}",
-        "status": int(status),
-        "interface": f"dn42-{n}",
-        "endpoint": f"192.0.2.{n % 250 + 1}:51820",
-        "credential": KEY,
-        "ipv6LinkLocal": f"fe80::{n:x}",
-        "port": 21000 + n,
-    }
-
-
-class Rig:
-    def __init__(self, tmp: Path, **sessions: Any) -> None:
-        self.fakes = FakeBackends(check_keys=False)
-        self.cp = StubControlPlane("test-node")
-        self.clock = ManualClock()
-        self.tmp = tmp
-        self.task = self._task(sessions)
-
-    def _task(self, sessions: dict[str, Any]) -> SessionSync:
-        ctx = plugin_context(
-            "sessions",
-            state_dir=self.tmp / "state",
-            config={
-                "node": {"name": "test-node", "id": 1, "asn": 4242429999},
-                "sessions": {
-                    "privateKeyPath": str(self.tmp / "wg.key"),
-                    "pskDir": str(self.tmp / "psk"),
-                    **sessions,
-                },
-            },
-            plugins=[("sessions", moenet_sessions)],
-            backends=self.fakes,
-            cp=self.cp,
-            clock=self.clock,
-        )
-        return SessionSync(ctx)
-
-    def restart(self) -> None:
-        """A new task on the same state and system (an agent restart)."""
-        self.task = self._task({})
-
-    async def sync(self, *sessions: dict[str, Any]) -> dict[str, Any]:
-        self.cp.set("sessions", list(sessions))
-        return await self.task.run_once()
-
-    def reports(self) -> dict[str, tuple[int, str | None]]:
-        out: dict[str, tuple[int, str | None]] = {}
-        for call in self.cp.calls("modify", "POST"):
-            out[call.body["uuid"]] = (call.body["status"], call.body.get("lastError"))
-        return out
-
-    def report_count(self, uuid: str) -> int:
-        return sum(1 for c in self.cp.calls("modify", "POST") if c.body["uuid"] == uuid)
-
-    @property
-    def tunnels(self) -> set[str]:
-        return set(self.fakes.tunnel.tunnels)
-
-    @property
-    def ports(self) -> set[int]:
-        return set(self.fakes.firewall.ports.get("sessions", set()))
-
-    @property
-    def fragments(self) -> set[str]:
-        return set(self.fakes.routing.fragments.get("sessions", {}))
+Rig = SessionsRig
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ from .descriptors import (
     Backend,
     BackendSpec,
     ConfigSection,
+    HealthCheck,
     LinkLatency,
     LinkTarget,
     MaintenanceEvent,
@@ -79,6 +80,7 @@ from .guard import (
     numeric_order,
     removal_digest,
 )
+from .health import gather_health, health_summary
 from .hookspecs import hookimpl, hookspec
 from .identity import IdentityConflict, NodeIdentity
 from .intents import (
@@ -175,6 +177,7 @@ __all__ = [
     "GuardPolicy",
     "GuardVerdict",
     "GuardWindow",
+    "HealthCheck",
     "IbgpNeighborIntent",
     "IbgpOptionsIntent",
     "IdentityConflict",
@@ -217,6 +220,8 @@ __all__ = [
     "endpoint_ip_problem",
     "evaluate",
     "from_document",
+    "gather_health",
+    "health_summary",
     "hookimpl",
     "hookspec",
     "ifname_problem",

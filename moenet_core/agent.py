@@ -34,6 +34,7 @@ from .descriptors import (
     Backend,
     BackendSpec,
     ConfigSection,
+    HealthCheck,
     MaintenanceEvent,
     RouteSpec,
     SessionStatusEvent,
@@ -41,9 +42,10 @@ from .descriptors import (
     TaskSpec,
 )
 from .errors import BackendUnavailable, ConfigError, PluginError
+from .health import gather_health, health_summary
 from .hookspecs import hookimpl
 from .identity import IdentityBook
-from .metrics import AgentMetrics
+from .metrics import AgentMetrics, HealthCollector
 from .models import SessionStatus
 from .plugins import AgentPluginManager
 from .retry import RetryPolicy
@@ -308,6 +310,7 @@ class Agent:
         self.pm = pm
         self.clock: Clock = clock or SystemClock()
         self.metrics = AgentMetrics()
+        self.metrics.registry.register(HealthCollector(self.health_checks))
         self.state = state or StateStore(config.state.directory)
         self.cp: ControlPlane = cp or make_control_plane(
             config, clock=self.clock, metrics=self.metrics, state=self.state
@@ -369,6 +372,10 @@ class Agent:
             return self._backends[kind]
         reason = self._backend_errors.get(kind, "no plugin provides one")
         raise BackendUnavailable(f"no {kind!r} backend is running: {reason}")
+
+    def health_checks(self) -> list[HealthCheck]:
+        """Every plugin's node health checks (``moenet_health_checks``)."""
+        return gather_health(self.pm.collect("moenet_health_checks", setup=False))
 
     def session_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -734,6 +741,7 @@ class Agent:
             "tasks": self.scheduler.status(),
             "tasksNotStarted": dict(self._task_problems),
             "sessions": self.session_counts(),
+            "health": health_summary(self.health_checks()),
             "features": self.features,
             "warnings": self.config_warnings,
         }

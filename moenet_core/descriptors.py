@@ -381,4 +381,34 @@ class LinkLatency:
     tier_changed: bool = False
 
 
+HEALTH_VERDICTS = ("healthy", "degraded", "down")
+"""Node health verdicts, best first (their index is the metric value)."""
+
+_CHECK_NAME = re.compile(r"^[a-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def _verdict(_inst: Any, _attr: attrs.Attribute[Any], value: object) -> None:
+    if value not in HEALTH_VERDICTS:
+        raise ValueError(f"verdict: must be one of {', '.join(HEALTH_VERDICTS)} (got {value!r})")
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """One node-level health finding (``moenet_health_checks``).
+
+    ``name`` is a stable dotted id such as ``bird.roa`` or ``host.rp_filter``
+    (it becomes a metric label); ``verdict`` is ``healthy``, ``degraded`` or
+    ``down``; ``reason`` says in one line what is wrong and, where it can, what
+    to change. A healthy check carries no reason (or a short note).
+    """
+
+    name: str = attrs.field(validator=_check(_CHECK_NAME, "a check name (lower-case start, [A-Za-z0-9_.-])"))
+    verdict: str = attrs.field(validator=_verdict)
+    reason: str = ""
+    plugin: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "plugin": self.plugin, "verdict": self.verdict, "reason": self.reason}
+
+
 RestartAction = Callable[[], Awaitable[Mapping[str, Any]]]

@@ -39,6 +39,7 @@ import pluggy
 from .descriptors import (
     BackendSpec,
     ConfigSection,
+    HealthCheck,
     LinkLatency,
     LinkTarget,
     MaintenanceEvent,
@@ -215,6 +216,21 @@ def moenet_status_info() -> Mapping[str, Any] | None:
 
     **When**: each time ``/status`` is served. Must be fast: no I/O.
     **Returns**: a JSON-able mapping, or None. **Type**: collect.
+    """
+
+
+@hookspec
+def moenet_health_checks() -> Iterable[HealthCheck] | None:
+    """Report node-level health findings (ROA tables empty, ``rp_filter`` on the
+    agent's interfaces, ...).
+
+    **When**: each time ``/status``, ``/metrics`` or the heartbeat is built. Must
+    be fast: no I/O; report what the plugin's tasks last found.
+    **Returns**: :class:`~moenet_core.descriptors.HealthCheck` objects (names
+    unique across plugins), or None. The node's verdict is the worst of all
+    checks; it is shown in ``/status`` (``health``), sent in the heartbeat and
+    exported as ``moenet_health_check{check}`` (0 healthy, 1 degraded, 2 down).
+    **Type**: collect.
     """
 
 

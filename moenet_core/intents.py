@@ -163,7 +163,11 @@ class EbgpPeerIntent(RoutingIntent):
     At least one neighbour address is needed; a link-local neighbour needs the
     ``interface``. ``mp_bgp``: one session over IPv6 carrying both families;
     ``extended_nexthop``: IPv4 routes with IPv6 next hops (RFC 8950). ``latency``,
-    ``bandwidth`` and ``crypto`` are the DN42 link communities (64511, n).
+    ``bandwidth`` and ``crypto`` are the DN42 link communities (64511, n): crypto
+    31 none, 32 unsafe, 33 safe VPN, 34 with PFS (WireGuard), 35 with PFS and a
+    pre-shared key (WireGuard + PSK), 36 post-quantum forward secrecy.
+    ``import_limit``/``export_limit``/``receive_limit``: per-session route
+    limits; None takes the node's defaults.
     ``name``/``description`` are free text, only shown (never a symbol).
     """
 
@@ -172,7 +176,7 @@ class EbgpPeerIntent(RoutingIntent):
     asn: int = attrs.field(**checked(_asn))
     latency: int = attrs.field(default=1, **checked(int_range(1, 9)))
     bandwidth: int = attrs.field(default=24, **checked(int_range(21, 29)))
-    crypto: int = attrs.field(default=33, **checked(int_range(31, 34)))
+    crypto: int = attrs.field(default=33, **checked(int_range(31, 36)))
     name: str = attrs.field(default="", **checked(_text))
     description: str = attrs.field(default="", **checked(_text))
     interface: str = attrs.field(default="", **checked(_ifname))
@@ -186,6 +190,7 @@ class EbgpPeerIntent(RoutingIntent):
     extended_nexthop: bool = attrs.field(default=True, **checked(_bool))
     import_limit: int | None = attrs.field(default=None, **checked(_positive_or_none))
     export_limit: int | None = attrs.field(default=None, **checked(_positive_or_none))
+    receive_limit: int | None = attrs.field(default=None, **checked(_positive_or_none))
     disabled: bool = attrs.field(default=False, **checked(_bool))
 
     def __attrs_post_init__(self) -> None:
@@ -202,6 +207,9 @@ class IbgpNeighborIntent(RoutingIntent):
     ``rr_client``: this node reflects routes for that neighbour; ``is_rr``: the
     neighbour is a route reflector (informational). The declaring plugin decides
     the topology; the backend renders exactly the declared sessions.
+    ``latency`` is the DN42 latency tier (1-9) of the mesh path to that node,
+    merged into routes learned from it (the wiki asks networks to apply the link
+    communities inside too); None while unmeasured (routes keep theirs).
     """
 
     kind: ClassVar[str] = "ibgpNeighbor"
@@ -212,6 +220,7 @@ class IbgpNeighborIntent(RoutingIntent):
     loopback_ipv6: str = attrs.field(default="", **checked(address(6, link_local=False)))
     is_rr: bool = attrs.field(default=False, **checked(_bool))
     rr_client: bool = attrs.field(default=False, **checked(_bool))
+    latency: int | None = attrs.field(default=None, **checked(int_range(1, 9, optional=True)))
 
     def __attrs_post_init__(self) -> None:
         if not (self.loopback_ipv4 or self.loopback_ipv6):

@@ -8,16 +8,42 @@ global one), so several agents can live in one test process. Plugins get a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .descriptors import HEALTH_VERDICTS, HealthCheck
 from .version import __version__
 
 BREAKER_STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
 
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class HealthCollector(Collector):
+    """``moenet_health_check{check,plugin}``, read from the plugins at scrape time."""
+
+    def __init__(self, checks: Callable[[], Sequence[HealthCheck]]) -> None:
+        self._checks = checks
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "moenet_health_check",
+            "Node health checks: 0 healthy, 1 degraded, 2 down.",
+            labels=["check", "plugin"],
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "moenet_health_check",
+            "Node health checks: 0 healthy, 1 degraded, 2 down.",
+            labels=["check", "plugin"],
+        )
+        for check in self._checks():
+            family.add_metric([check.name, check.plugin], HEALTH_VERDICTS.index(check.verdict))
+        yield family
 
 
 class AgentMetrics:

@@ -15,7 +15,15 @@ from typing import Any
 
 import attrs
 
-from moenet_core import ConfigSection, PluginContext, TaskSpec, __version__, hookimpl
+from moenet_core import (
+    ConfigSection,
+    PluginContext,
+    TaskSpec,
+    __version__,
+    gather_health,
+    health_summary,
+    hookimpl,
+)
 from moenet_core.config import AgentConfig
 
 from . import sysinfo
@@ -54,6 +62,7 @@ class Heartbeat:
             "tcp": tcp,
             "udp": udp,
             "maintenance": self.ctx.maintenance,
+            "health": health_summary(gather_health(self.ctx.call_hook("moenet_health_checks"))),
         }
         offered: dict[str, str] = {}
         for plugin, fields in self.ctx.call_hook("moenet_heartbeat_fields"):

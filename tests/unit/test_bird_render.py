@@ -788,7 +788,7 @@ def test_peer_validation_names_the_field(kw: dict[str, Any], expected: str) -> N
         ({"asn": 0}, "asn"),
         ({"latency": 0}, "latency"),
         ({"bandwidth": 30}, "bandwidth"),
-        ({"crypto": 35}, "crypto"),
+        ({"crypto": 37}, "crypto"),
         ({"interface": "wg0; reject"}, "interface"),
         ({"interface": ""}, "interface"),
         ({"neighbor_link_local": "fd00::1"}, "neighbor_link_local"),

@@ -226,6 +226,7 @@ async def test_heartbeat_reports_the_fabricated_proc(fake_cp, agent_harness, man
         "tcp": 3,
         "udp": 3,
         "maintenance": False,
+        "health": {"verdict": "healthy", "reasons": [], "checks": []},
     }
     assert event.ok, event.error
     assert event.result == {"sent": True, "fields": sorted(status_of(req))}
@@ -236,7 +237,9 @@ async def test_heartbeat_reports_the_fabricated_proc(fake_cp, agent_harness, man
 # ------------------------------------------------------- fields from other plugins
 
 MESH_KEY = "bWVzaC1wdWJsaWMta2V5LWJhc2U2NC1lbmNvZGVkMDA="
-CORE_FIELDS = {"version", "kernel", "loadAvg", "uptime", "timestamp", "tx", "rx", "tcp", "udp", "maintenance"}
+CORE_FIELDS = {
+    "version", "kernel", "loadAvg", "uptime", "timestamp", "tx", "rx", "tcp", "udp", "maintenance", "health",
+}  # fmt: skip
 
 
 class Offers:

@@ -33,7 +33,7 @@ then with growing pauses (``SessionSync.pace``) while the contradiction lasts.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -243,6 +243,7 @@ def plan(
     latency: Mapping[str, int] | None = None,
     window: GuardWindow | None = None,
     now: float | None = None,
+    cache: DesiredCache | None = None,
 ) -> Plan:
     """The plan for one CP answer. ``override`` is an operator-allowed guard digest;
     ``latency`` the measured tier per uuid; ``window`` the guard's sliding window
@@ -253,7 +254,8 @@ def plan(
     The guard counts the sessions this answer removes together with the
     configured ones whose live tunnel it would re-key or recreate
     (:func:`rebuild_reasons`); a refusal withholds both, while additions and
-    harmless in-place changes still apply."""
+    harmless in-place changes still apply. ``cache`` (kept by the caller across
+    cycles) reuses the last cycle's :func:`build_desired` for unchanged sessions."""
     at = _Planning(
         valid={s.uuid: s for s in sessions},
         bad={i.uuid: i for i in invalid if i.uuid is not None},
@@ -261,7 +263,7 @@ def plan(
         previous=previous,
     )
     removals, orphans = _removals(at)
-    items, built, rebuilds = _build(at, settings, latency)
+    items, built, rebuilds = _build(at, settings, latency, (cache or DesiredCache()).cycle())
     configured_now = set(previous.configured) | set(observed.fragments) | {ORPHAN_PREFIX + n for n in orphans}
     really = [u for u, p in removals.items() if p.changes or u in previous.configured]
     verdict = evaluate(
@@ -337,8 +339,52 @@ def _removals(at: _Planning) -> tuple[dict[str, SessionPlan], tuple[str, ...]]:
     return removals, orphans
 
 
+class DesiredCache:
+    """:func:`build_desired` by its inputs, for one cycle and the next.
+
+    A no-op cycle at 1 000 sessions spent half its time rebuilding (and
+    re-validating) the same intents. ``build_desired`` is a pure function of the
+    session, the node settings and the latency tier, all frozen and hashable, so
+    its result (or its :class:`DesiredError`) is reused while they are equal.
+    Only the entries used in the last cycle are kept: memory follows the answer,
+    and a changed or vanished session's old entry is gone a cycle later.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Session, NodeSettings, int | None], DesiredSession | DesiredError] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def cycle(self) -> Callable[[Session, NodeSettings, int | None], DesiredSession]:
+        """A builder for one planning cycle (it starts a new generation)."""
+        last: dict[tuple[Session, NodeSettings, int | None], DesiredSession | DesiredError] = self._entries
+        now: dict[tuple[Session, NodeSettings, int | None], DesiredSession | DesiredError] = {}
+        self._entries = now
+
+        def build(session: Session, settings: NodeSettings, latency: int | None) -> DesiredSession:
+            key = (session, settings, latency)
+            found = last.get(key)
+            if found is None:
+                self.misses += 1
+                try:
+                    found = build_desired(session, settings, latency=latency)
+                except DesiredError as exc:
+                    found = exc
+            else:
+                self.hits += 1
+            now[key] = found
+            if isinstance(found, DesiredError):
+                raise found
+            return found
+
+        return build
+
+
 def _build(
-    at: _Planning, settings: NodeSettings, latency: Mapping[str, int] | None
+    at: _Planning,
+    settings: NodeSettings,
+    latency: Mapping[str, int] | None,
+    build: Callable[[Session, NodeSettings, int | None], DesiredSession],
 ) -> tuple[dict[str, SessionPlan], dict[str, DesiredSession], dict[str, list[str]]]:
     """Step 2: what each session to configure needs (built before the guard, which
     counts the rebuilds among them); unbuildable ones are invalid."""
@@ -349,7 +395,7 @@ def _build(
         if s.status not in CONFIGURE_STATUSES:
             continue
         try:
-            built[uuid] = d = build_desired(s, settings, latency=(latency or {}).get(uuid))
+            built[uuid] = d = build(s, settings, (latency or {}).get(uuid))
         except DesiredError as exc:
             items[uuid] = _invalid(
                 uuid, s.status, s.last_error, f"sessions[{uuid}]: {exc}", at.previous, at.observed

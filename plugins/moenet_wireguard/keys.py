@@ -5,9 +5,11 @@ gives the group or others any access is refused, because a key that others could
 read must be treated as leaked. The node key is generated when missing (random,
 clamped, written 0600 through an atomic link so a concurrent writer's key is never
 overwritten); a public key file is written only where no file is, or where one
-the agent wrote is (never through a symbolic link). Public keys are derived here
-with ``cryptography``'s X25519 (no ``wg`` subprocess). Key material never appears
-in a log line, a repr or an exception.
+the agent wrote is (never through a symbolic link). Public keys are derived by
+``wg pubkey`` when wireguard-tools is installed, else in-process with
+``cryptography``'s X25519: that library brings its own OpenSSL (about 6 MB
+resident for the daemon's whole life) for one derivation per start. Key material
+never appears in a log line, a repr, an argv or an exception.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 # cryptography's X25519 (its Rust extension, ~6 MB resident) is imported where a
@@ -56,10 +60,41 @@ def x25519(scalar: bytes, u: bytes) -> bytes:
     return private.exchange(X25519PublicKey.from_public_bytes(u))
 
 
-def public_from_private(private: bytes) -> bytes:
-    """The public key (X25519 with the base point)."""
+WG_PUBKEY_TIMEOUT = 5.0
+
+
+def _wg_pubkey(private: bytes) -> bytes | None:
+    """``wg pubkey`` of ``private`` (fed on stdin), or None when ``wg`` is not
+    installed or gives no well-formed key (the caller derives in-process)."""
+    wg = shutil.which("wg")
+    if wg is None:
+        return None
+    try:
+        done = subprocess.run(
+            [wg, "pubkey"],
+            input=base64.b64encode(private) + b"\n",
+            capture_output=True,
+            timeout=WG_PUBKEY_TIMEOUT,
+            check=False,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        return b64_to_bytes(done.stdout.decode("ascii"), "public key")
+    except (UnicodeDecodeError, WireguardKeyError):
+        return None
+
+
+def public_from_private(private: bytes, *, use_wg: bool = True) -> bytes:
+    """The public key (X25519 with the base point): ``wg pubkey`` when available
+    (``use_wg``), else ``cryptography``."""
     if len(private) != KEY_LEN:
         raise ValueError("an X25519 private key is 32 bytes")
+    if use_wg and (public := _wg_pubkey(private)) is not None:
+        return public
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
@@ -182,10 +217,9 @@ def read_key(path: str | os.PathLike[str], what: str = "private key") -> SecretK
 
 
 def generate_private_key() -> SecretKey:
-    """A new random private key, stored clamped (as ``wg genkey`` does)."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    return SecretKey(clamp(X25519PrivateKey.generate().private_bytes_raw()))
+    """A new random private key: 32 bytes from the kernel's CSPRNG, clamped, as
+    ``wg genkey`` makes them (an X25519 private key is nothing more)."""
+    return SecretKey(clamp(os.urandom(KEY_LEN)))
 
 
 def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> bool:

@@ -6,6 +6,7 @@ import base64
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 from moenet_wireguard import keys
@@ -53,6 +54,39 @@ def test_x25519_rfc7748_section_6_1_diffie_hellman():
     assert b_pub.hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
     shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
     assert keys.x25519(a, b_pub).hex() == keys.x25519(b, a_pub).hex() == shared
+
+
+@pytest.mark.parametrize("use_wg", [True, False])
+def test_public_keys_by_wg_and_in_process_agree(use_wg):
+    a = h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    expected = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    assert keys.public_from_private(a, use_wg=use_wg).hex() == expected
+
+
+def test_without_a_usable_wg_the_key_is_derived_in_process(tmp_path, monkeypatch):
+    a = h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    expected = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wg at all
+    assert keys._wg_pubkey(a) is None
+    assert keys.public_from_private(a).hex() == expected
+    fake = tmp_path / "wg"  # a wg that answers nonsense is not believed
+    fake.write_text("#!/bin/sh\necho not-a-key\n")
+    fake.chmod(0o755)
+    assert keys._wg_pubkey(a) is None
+    assert keys.public_from_private(a).hex() == expected
+
+
+def test_deriving_with_wg_leaves_cryptography_unloaded(tmp_path):
+    """The point of ``wg pubkey``: the daemon never maps cryptography's OpenSSL."""
+    path = tmp_path / "k"
+    keys.write_key_file(path, keys.generate_private_key())
+    code = (
+        "import sys; from moenet_wireguard import keys; "
+        f"keys.read_key({str(path)!r}).public_key(); "
+        "print('cryptography' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_x25519_refuses_bad_lengths_and_small_order_points():

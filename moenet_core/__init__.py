@@ -45,6 +45,7 @@ from .backends import (
     tunnel_drift,
 )
 from .clock import Clock, SystemClock
+from .crashpoints import crashpoint, sweep_partial_writes
 from .descriptors import (
     Backend,
     BackendSpec,
@@ -217,6 +218,7 @@ __all__ = [
     "TunnelStats",
     "__version__",
     "atomic_write",
+    "crashpoint",
     "endpoint_ip_problem",
     "evaluate",
     "from_document",
@@ -233,6 +235,7 @@ __all__ = [
     "numeric_order",
     "plan_route",
     "removal_digest",
+    "sweep_partial_writes",
     "sync_cycle",
     "to_document",
     "tunnel_drift",

@@ -36,6 +36,14 @@ Here:
   restores the old files exactly and reconfigures from them.
 - **``configure`` always names the live ``bird.conf``**: BIRD started with another
   ``-c`` file still loads the agent's tree.
+- **A crash never leaves BIRD behind its files.** Before the first file is swapped
+  a marker (:data:`PENDING_FILE`, dot-named, fsync'd) says "the files are newer
+  than what BIRD confirmed loading"; it goes only once BIRD has confirmed a
+  configure. A restarted agent that finds it (:meth:`TreeApplier.recover`)
+  reconfigures at its first apply even when the render is unchanged, so an
+  agent killed between the swap and the configure cannot take "the files are as
+  rendered" for "BIRD runs them". ``recover`` also removes the staging
+  directories and the temporary files of a swap an agent was killed in.
 - **BIRD may run as its own user** (Debian's ``bird3``: ``bird -u bird -g bird``).
   Every file the agent writes, staged or live, is 0640 and every directory it
   creates 0750, set explicitly (the unit's ``UMask=0077`` would make them 0600/0700),
@@ -75,7 +83,7 @@ from pathlib import Path
 import attrs
 from loguru import logger
 
-from moenet_core import ApplyResult
+from moenet_core import ApplyResult, crashpoint
 
 from .client import BirdClient
 from .names import BirdConfigError as RenderError
@@ -85,6 +93,7 @@ from .render import AGGREGATOR, BIRD_CONF, IBGP_DIR, MARKER, PEER_DIR
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "PENDING_FILE",
     "STAGING_PREFIX",
     "ApplyStats",
     "Rejection",
@@ -99,6 +108,10 @@ RenderFn = Callable[[], Mapping[str, str]]
 
 #: Staging directories are dot-named so no ``*`` glob of BIRD ever matches them.
 STAGING_PREFIX = ".moenet-staging-"
+#: Present while the files on disk may be newer than what BIRD confirmed loading.
+PENDING_FILE = ".moenet-pending-configure"
+#: A temporary file of :func:`_atomic_write` (``.<name>.<8 random characters>.tmp``).
+_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 #: Mode of every file the agent writes and of every directory it creates, whatever
 #: the umask: BIRD's group reads (``bird.group``), nobody else does.
@@ -176,9 +189,7 @@ class TreeApplier:
         self._chown_warned = False
         self.check_timeout = check_timeout
         self.stats = ApplyStats()
-        self.pending_configure = False
-        """Files on disk are newer than what BIRD confirmed loading (BIRD was down,
-        or the configure timed out): the next apply reconfigures even if unchanged."""
+        self._pending = False
         self.last_rejection: Rejection | None = None
         """Set when the last apply's staged tree was rejected by BIRD, else None."""
         self._lock = asyncio.Lock()
@@ -187,6 +198,62 @@ class TreeApplier:
     @property
     def live_conf(self) -> Path:
         return self.config_dir / "bird.conf"
+
+    @property
+    def pending_configure(self) -> bool:
+        """Files on disk may be newer than what BIRD confirmed loading (BIRD was down,
+        the configure timed out, or the agent was killed before it): the next apply
+        reconfigures even if unchanged. Kept on disk (:data:`PENDING_FILE`), so a
+        restarted agent knows it too."""
+        return self._pending
+
+    @pending_configure.setter
+    def pending_configure(self, value: bool) -> None:
+        marker = self.config_dir / PENDING_FILE
+        if value:
+            if not self._pending or not marker.exists():
+                self._ensure_dir(self.config_dir)
+                text = b"moenet-agent: files newer than BIRD's running config\n"
+                _atomic_write(marker, text, 0o600, lambda _fd, _path: None)
+                _fsync_dir(self.config_dir)
+        elif self._pending or marker.exists():
+            marker.unlink(missing_ok=True)
+        self._pending = value
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self) -> list[str]:
+        """What an agent killed mid-apply left in ``config_dir``: its staging
+        directories and the temporary files of an interrupted swap (only empty ones
+        or ones carrying the marker: anything else is the operator's) are removed,
+        and a pending configure (:data:`PENDING_FILE`) is taken over. Returns what
+        was found (for the log)."""
+        found: list[str] = []
+        if not self.config_dir.is_dir():
+            self._swept = True
+            return found
+        for entry in self.config_dir.iterdir():
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+                found.append(f"removed staging directory {entry.name}")
+        self._swept = True
+        for d in self._dirs():
+            if not d.is_dir() or d.is_symlink():
+                continue
+            for entry in d.iterdir():
+                if not _PARTIAL.fullmatch(entry.name) or not entry.is_file() or entry.is_symlink():
+                    continue
+                with contextlib.suppress(OSError):
+                    with open(entry, "rb") as fh:
+                        head = fh.read(len(_MARKER_BYTES))
+                    if head and not head.startswith(_MARKER_BYTES):
+                        continue  # not the agent's
+                    entry.unlink()
+                    found.append(f"removed {entry.relative_to(self.config_dir)} (an interrupted swap)")
+        if (self.config_dir / PENDING_FILE).exists():
+            self._pending = True
+            found.append("the files may be newer than BIRD's running config: reconfiguring")
+        return found
 
     # ------------------------------------------------------------ ownership
 
@@ -205,10 +272,14 @@ class TreeApplier:
             with os.scandir(d) as it:
                 for entry in it:
                     rel = prefix + entry.name
-                    if entry.name.startswith(STAGING_PREFIX) or (
-                        not prefix
-                        and entry.name in (PEER_DIR, IBGP_DIR)
-                        and entry.is_dir(follow_symlinks=False)
+                    if (
+                        entry.name.startswith(STAGING_PREFIX)
+                        or (not prefix and entry.name == PENDING_FILE)
+                        or (
+                            not prefix
+                            and entry.name in (PEER_DIR, IBGP_DIR)
+                            and entry.is_dir(follow_symlinks=False)
+                        )
                     ):
                         continue
                     if not entry.is_file(follow_symlinks=False):
@@ -423,6 +494,7 @@ class TreeApplier:
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.config_dir))
         try:
             self._stage(staging, wanted, foreign, operator_conf)
+            crashpoint("bird.apply.staged")
             rejection = await self._validate(staging)
             if rejection is not None:
                 self.stats.rejected += 1
@@ -434,11 +506,17 @@ class TreeApplier:
 
         backup = {rel: owned[rel] for rel in [*to_write, *to_delete] if rel in owned}
         created = [rel for rel in to_write if rel not in owned]
+        was_pending = self.pending_configure
         try:
+            # Durably, before the first file changes: BIRD is behind the files from here on.
+            self.pending_configure = True
             self._swap(to_write, to_delete, owned)
         except OSError as exc:
             self._restore(backup, created)
+            with contextlib.suppress(OSError):
+                self.pending_configure = was_pending
             return ApplyResult(ok=False, changed=False, error=f"cannot write the BIRD config: {exc}")
+        crashpoint("bird.apply.swapped")
         self.stats.files_written += len(to_write)
         self.stats.files_removed += len(to_delete)
         logger.info(
@@ -449,12 +527,9 @@ class TreeApplier:
         return await self._configure(backup, created)
 
     def _sweep_staging(self) -> None:
-        """Remove staging directories an interrupted agent left behind."""
-        if self.config_dir.is_dir():
-            for entry in self.config_dir.iterdir():
-                if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-        self._swept = True
+        """What an interrupted agent left behind (:meth:`recover`), once."""
+        for what in self.recover():
+            logger.warning("BIRD config: {}", what)
 
     def _stage(
         self, staging: Path, tree: Mapping[str, bytes], foreign: set[str], operator_conf: bytes | None
@@ -553,6 +628,7 @@ class TreeApplier:
                 self._ensure_dir(path.parent)
                 dirs.add(path.parent.parent)
             _atomic_write(path, data, FILE_MODE, self._chgrp)
+            crashpoint("bird.swap.file")
             dirs.add(path.parent)
         for rel in to_delete:
             path = self.config_dir / rel
@@ -628,6 +704,7 @@ class TreeApplier:
             return ApplyResult(
                 ok=False, changed=True, error=f"BIRD did not confirm the reconfiguration: {exc}"
             )
+        crashpoint("bird.apply.configured")
         self.pending_configure = False
         logger.info("BIRD reconfigured in {:.3f} s", time.monotonic() - started)
         return ApplyResult(ok=True, changed=True)

@@ -52,10 +52,12 @@ from moenet_core import (
     RestartAction,
     RoutingBackend,
     TunnelBackend,
+    crashpoint,
     hookimpl,
     intent_from_json,
     intent_from_legacy,
     intent_to_json,
+    sweep_partial_writes,
 )
 
 from .addressing import AddressingError, link_local, listen_port
@@ -122,6 +124,7 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
         self.deep_check = False
         """Whether this cycle's observation was the deep one."""
         self._m_peers = ctx.metrics.gauge("peers", "Mesh peers listed by the CP, by state", ["state"])
+        self._swept = False
         super().__init__(ctx)
         try:
             self.public_key = self._load_public_key(ctx.backend("tunnel", TunnelBackend))
@@ -156,7 +159,13 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
         )
 
     def load_state(self) -> tuple[dict[str, Record], dict[str, BabelInterfaceIntent]]:
-        """Per-tunnel records and the accepted fragments; a bad file fails the run."""
+        """Per-tunnel records and the accepted fragments (written only after the
+        apply, the fragments only as the routing backend accepted them: never
+        intent); a bad file fails the run."""
+        if not self._swept:
+            # The temporary file of a write the agent was killed in (the old file is intact).
+            sweep_partial_writes(self.ctx.state.root)
+            self._swept = True
         doc = self.ctx.state.load_document(STATE_FILE)
         if doc is None:
             return {}, {}
@@ -260,7 +269,8 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
         await self._ensure_tunnels(p, observed, tunnel, out, ports, fragments)
         await self._sync_ports(p, observed, firewall, out, frozenset(ports))
         await self._declare(p, observed, routing, out, fragments)
-        self.save_state(out.records, out.applied)
+        if self.save_state(out.records, out.applied):
+            crashpoint("mesh.state.saved")
         try:
             # Host-name endpoints whose handshake went stale: resolve again (once per cycle).
             out.counts["endpointsRefreshed"] = len(await tunnel.refresh_endpoints(owner=OWNER))
@@ -350,6 +360,7 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
             try:
                 if await tunnel.remove(name, owner=OWNER):
                     out.counts["tunnelRemovals"] += 1
+                    crashpoint("mesh.tunnel.removed")
                 out.records.pop(name, None)
                 self.ctx.log.info("mesh: removed tunnel {}", name)
             except Exception as exc:
@@ -401,6 +412,7 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
                     ", ".join(pp.drift),
                 )
             out.records[d.interface] = Record(node_id=d.node_id, digest=d.digest, endpoint=d.spec.endpoint)
+            crashpoint("mesh.tunnel.ensured")
         if not failed_creates:
             return
         # A create that failed before the link existed leaves nothing: no port, no Babel
@@ -447,6 +459,7 @@ class MeshSync(Reconciler[MeshAnswer, Observed, Plan, Outcome]):
         out.counts["declares"] += 1
         try:
             result = await routing.declare(OWNER, fragments)
+            crashpoint("mesh.routing.declared")
         except Exception as exc:
             result = ApplyResult(ok=False, changed=False, error=f"{type(exc).__name__}: {exc}")
         if result.ok:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from moenet_core import DEFAULT_OWNER, FirewallBackend, MoenetError
+from moenet_core import DEFAULT_OWNER, FirewallBackend, MoenetError, crashpoint
 
 from . import ruleset
 from .config import NftablesConfig
@@ -230,6 +230,9 @@ class NftablesFirewall(FirewallBackend):
                 self.log.info("nftables table inet {} ({} sync): {}", self.table, owner, "; ".join(changes))
             self._warn_outside_range(want, owner)
             await self._apply(ruleset.render(want))
+            # One nft transaction: the kernel has all of it or none. Nothing to adopt
+            # after a crash here: every sync reads the set and writes it whole.
+            crashpoint("nftables.sync.applied")
             self.last_changes = changes
             after = await self._observe()
             if after is None or ruleset.canonical_sets(ruleset.owner_sets(after)) != want.sets:

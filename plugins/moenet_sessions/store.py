@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from moenet_core import SavedAnswer, StateError, StateStore, json_codec
+from moenet_core import SavedAnswer, StateError, StateStore, json_codec, sweep_partial_writes
 from moenet_core.config import checked
 
 from .model import SessionsPayloadError, parse_sessions
@@ -61,6 +61,9 @@ class SessionStore:
         self.store = store
         self._answer: Any = _UNKNOWN
         self._previous: Previous | None = None
+        # A write the agent was killed in the middle of leaves its temporary file (the
+        # old content is intact): nobody reads it, so it goes.
+        sweep_partial_writes(store.root)
 
     def load_answer(self) -> Any | None:
         """The last valid CP answer (raw JSON, re-parse with ``parse_sessions``), or None."""

@@ -18,7 +18,10 @@ ends); this module supplies its steps. One cycle (DESIGN.md §4):
    declared and the backend accepted (``applied.json``: declared minus
    ``ApplyResult.rejected``, updated only when the apply succeeded). That is the
    truth the planner diffs against; a fragment the backend rejected is therefore
-   re-declared and never counted as live.
+   re-declared and never counted as live. Without the file (the agent was killed
+   in its first apply) the applied fragments are observed: those whose protocols
+   the routing daemon runs (:meth:`SessionSync.observe_applied`); the intent
+   records written before an apply never stand in for "applied".
 4. **Plan** (``planner.plan``) with the guard policy of the ``sessions`` section,
    then persist the intent (``with_intent``) *before* touching anything, so a
    crash mid-apply leaves the agent knowing what it may have created.
@@ -35,6 +38,9 @@ ends); this module supplies its steps. One cycle (DESIGN.md §4):
    and is tried again after 1, 2, 4... sync intervals (``Previous.retry``,
    persisted; ``retrying`` in the summary). An ``ACTIVE`` session failing
    transiently stays ``ACTIVE`` with ``lastError`` instead of ``ERROR``.
+   Before a session is reported ``ACTIVE`` its tunnel, port and BGP protocols
+   must be live (:meth:`SessionSync.confirm_live`: one ``protocols()`` read, only
+   in a cycle with such a report); one that is not fails transiently.
 6. **Report**: per session the success or failure report (deduplicated by the
    planner), ``SessionStatusEvent`` for every status change, reports queued in
    the persisted :class:`~.store.Outbox` and then delivered (acked on success,
@@ -76,7 +82,9 @@ from moenet_core import (
     TunnelBackend,
     TunnelSpec,
     atomic_write,
+    crashpoint,
     hookimpl,
+    sweep_partial_writes,
 )
 
 from .collector import TASK_NAME as COLLECTOR_TASK
@@ -87,6 +95,7 @@ from .links import LinkBook
 from .model import Invalid, Session, SessionsPayloadError, parse_sessions
 from .planner import (
     ORPHAN_PREFIX,
+    DesiredCache,
     Kind,
     Observed,
     Plan,
@@ -171,6 +180,8 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         """When the last deep read of the tunnels ran (monotonic; None: not since the start)."""
         self.deep_check = False
         """Whether this cycle's observation was the deep one (``deepCheck`` in the summary)."""
+        self.desired = DesiredCache()
+        """The last cycle's built sessions, reused while unchanged (planning at 1 000)."""
         super().__init__(ctx)
 
     # ----------------------------------------------------------- plumbing
@@ -186,6 +197,9 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         # instead of the task's construction.
         if self._store is None:
             self._store = SessionStore(self.ctx.state)
+            # A preshared key file being written when the agent was killed (never read).
+            with contextlib.suppress(Exception):
+                sweep_partial_writes(self.settings().psk_dir)
         return self._store
 
     @property
@@ -204,17 +218,19 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             self.ctx.backend("routing", RoutingBackend),
         )
 
-    def load_applied(self, previous: Previous) -> dict[str, EbgpPeerIntent]:
-        """The fragments the routing backend accepted last (see the module doc).
+    async def load_applied(self, previous: Previous) -> dict[str, EbgpPeerIntent]:
+        """The fragments the routing backend has applied (see the module doc):
+        ``applied.json``, written only after an apply the backend confirmed.
 
-        Without the file (first run after an upgrade), the configured records'
-        fragments stand in: they were recorded only after a successful apply.
+        Without the file (the agent was killed during its first apply, or this is
+        the first run after an upgrade) they are observed, never taken from intent
+        (``with_intent`` records what *may* have been built): :meth:`observe_applied`.
         """
         if self._applied is not None:
             return dict(self._applied)  # the agent is the only writer (see SessionStore)
         doc = self.ctx.state.load_document(APPLIED_FILE)
         if doc is None:
-            return {u: rec.peer for u, rec in previous.configured.items()}
+            return await self.observe_applied(previous)
         if not isinstance(doc.get("fragments"), Mapping):
             raise SessionSyncError(f"{self.ctx.state.path(APPLIED_FILE)}: not a saved fragment set")
         out: dict[str, EbgpPeerIntent] = {}
@@ -226,6 +242,38 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         self._applied = dict(out)
         return out
 
+    async def observe_applied(self, previous: Previous) -> dict[str, EbgpPeerIntent]:
+        """The configured sessions whose fragment the routing backend holds and runs:
+        every protocol it produced (``fragment_protocols``) is in the daemon's
+        ``protocols()``. A backend that cannot say which protocols a fragment made
+        (``fragment_protocols`` empty) confirms nothing: every fragment is declared
+        again (one apply; an unchanged render writes nothing). When the daemon cannot
+        be asked, the backend's own record of its last confirmed apply stands (the
+        report step still confirms each ACTIVE session: :meth:`confirm_live`)."""
+        routing = self.ctx.backend("routing", RoutingBackend)
+        names = routing.fragment_protocols(OWNER)
+        if not names:
+            return {}
+        live: set[str] | None
+        try:
+            live = {p.name for p in await routing.protocols()}
+        except Exception as exc:
+            live = None
+            self.ctx.log.warning("sessions: cannot read the routing daemon's protocols: {}", exc)
+        out: dict[str, EbgpPeerIntent] = {}
+        for uuid, rec in previous.configured.items():
+            protocols = names.get(uuid)
+            if protocols and (live is None or set(protocols) <= live):
+                out[uuid] = rec.peer
+        self.ctx.log.info(
+            "sessions: no {} (first apply interrupted, or an upgrade): {} of {} configured sessions "
+            "observed live in the routing daemon",
+            APPLIED_FILE,
+            len(out),
+            len(previous.configured),
+        )
+        return out
+
     def save_applied(self, fragments: Mapping[str, EbgpPeerIntent]) -> None:
         if self._applied is not None and dict(fragments) == self._applied:
             return
@@ -233,6 +281,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             APPLIED_FILE, {"fragments": {k: peer_to_json(v) for k, v in sorted(fragments.items())}}
         )
         self._applied = dict(fragments)
+        crashpoint("sessions.applied.saved")
 
     # ------------------------------------------------------- the cycle's steps
 
@@ -278,7 +327,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         observed = Observed(
             tunnels=dict(await read(owner=OWNER)),
             ports=frozenset(await firewall.list_ports(owner=OWNER)),
-            fragments=self.load_applied(previous),
+            fragments=await self.load_applied(previous),
         )
         return Now(observed=observed, previous=previous)
 
@@ -295,6 +344,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             latency=self.links.tiers(),
             window=self.guard_window,
             now=self.ctx.clock.time(),
+            cache=self.desired,
         )
 
     def verdict(self, plan: Plan) -> Any:
@@ -306,7 +356,8 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         for reason in plan.unreportable:
             self.ctx.log.warning("sessions: unreportable invalid session: {}", reason)
         intent = with_intent(observed.previous, plan)
-        self.store.save_previous(intent)
+        if self.store.save_previous(intent):
+            crashpoint("sessions.intent.saved")
         fragments = dict(observed.observed.fragments)
         out = Outcome(
             intent=intent, applied=fragments, declared=dict(fragments), open_ports=observed.observed.ports
@@ -316,6 +367,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         out.open_ports = await self._sync_ports(plan, firewall, out, out.open_ports)
         await self._declare_routing(plan, observed.observed, routing, out)
         await self._rollback(plan, tunnel, firewall, out)
+        await self.confirm_live(plan, observed.observed, routing, out)
         try:
             # Host-name endpoints whose handshake went stale: resolve again (once per cycle).
             out.counts["endpointsRefreshed"] = len(await tunnel.refresh_endpoints(owner=OWNER))
@@ -329,6 +381,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         reports, held = self.pace(self.outcome(plan, outcome.failed, {s.uuid: s for s in sessions}))
         for r in reports:
             self.outbox.put(r)
+            crashpoint("sessions.report.queued")
         transient = {u: f.reason for u, f in outcome.failed.items() if f.transient}
         after = next_previous(
             outcome.intent,
@@ -342,7 +395,8 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         if held:
             # Forget what the CP showed, so the next cycles reconsider the held report.
             after = attrs.evolve(after, seen={u: v for u, v in after.seen.items() if u not in held})
-        self.store.save_previous(after)
+        if self.store.save_previous(after):
+            crashpoint("sessions.state.saved")
         self._configured = after.configured
         self.links.forget(after.configured)
         self.save_applied(outcome.applied)
@@ -376,9 +430,22 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                     await tunnel.remove(name, owner=OWNER)
                     out.counts["tunnelWrites"] += 1
                     self._drop_psk(name)
+                    crashpoint("sessions.tunnel.removed")
                 except Exception as exc:
                     out.failed[s.uuid] = Failure.of(f"removing tunnel {name}", exc)
                     self.ctx.log.error("session {}: removing tunnel {} failed: {}", s.uuid, name, exc)
+            rec = out.intent.configured.get(s.uuid)
+            if s.kind is not Kind.REMOVE or s.uuid in out.failed or rec is None:
+                continue
+            # The preshared key is written before the tunnel: an agent killed in between
+            # left the key of a tunnel that was never made (unless another session has the name).
+            shared = any(
+                u != s.uuid and c.interface == rec.interface for u, c in out.intent.configured.items()
+            )
+            if not shared and not any(
+                q.interface == rec.interface for q in p.sessions if q.kind is not Kind.REMOVE
+            ):
+                self._drop_psk(rec.interface)
 
     async def _ensure_tunnels(self, p: Plan, tunnel: TunnelBackend, out: Outcome) -> None:
         """Creates and in-place updates (the preshared key file written 0600 first),
@@ -416,6 +483,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                     self.ctx.log.error("session {}: tunnel {} failed: {}", s.uuid, spec.name, exc)
 
         await asyncio.gather(*(ensure(s, spec) for s, spec in todo))
+        crashpoint("sessions.tunnels.done")
 
     @staticmethod
     def _rolled_back(p: Plan, out: Outcome) -> set[str]:
@@ -446,6 +514,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             self.ctx.log.error("firewall sync failed: {}", exc)
             return have
         out.counts["firewallSyncs"] += 1
+        crashpoint("sessions.firewall.synced")
         return ports
 
     async def _declare(self, p: Plan, routing: RoutingBackend, out: Outcome) -> ApplyResult | None:
@@ -458,6 +527,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         out.declared = fragments
         result = await routing.declare(OWNER, fragments)
         out.counts["declares"] += 1
+        crashpoint("sessions.routing.declared")
         if result.ok:
             out.applied = {u: f for u, f in fragments.items() if u not in result.rejected}
         return result
@@ -525,6 +595,54 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                         f"routing: {result.error or 'apply failed'}", transient=result.transient
                     )
         return out
+
+    async def confirm_live(self, p: Plan, observed: Observed, routing: RoutingBackend, out: Outcome) -> None:
+        """A session is reported ACTIVE only when its tunnel, its port and its BGP
+        protocols are live: the tunnel ensured now or observed, the port in the
+        open set, the fragment applied and every protocol it produced
+        (``fragment_protocols``) running in the routing daemon (one ``protocols()``
+        read, only in a cycle with an ACTIVE report to make; never in a no-op
+        cycle). One that is not fails transiently (reported with ``lastError``,
+        retried after the backoff), never ACTIVE."""
+        claims = [
+            s
+            for s in p.sessions
+            if s.kind is Kind.CONFIGURE
+            and s.uuid not in out.failed
+            and s.report_on_success is not None
+            and s.report_on_success.status is SessionStatus.ACTIVE
+        ]
+        if not claims:
+            return
+        names = routing.fragment_protocols(OWNER)
+        live: set[str] = set()
+        unreadable: Failure | None = None
+        if any(names.get(s.uuid) for s in claims):
+            try:
+                live = {x.name for x in await routing.protocols()}
+            except Exception as exc:
+                unreadable = Failure.of("routing: cannot confirm the BGP protocol runs", exc)
+                unreadable = attrs.evolve(unreadable, transient=True)
+        for s in claims:
+            failure: Failure | None = None
+            protocols = names.get(s.uuid) or ()
+            missing = [n for n in protocols if n not in live]
+            if s.interface and s.tunnel is TunnelAction.NONE and s.interface not in observed.tunnels:
+                failure = Failure(f"tunnel {s.interface} is not there", transient=True)
+            elif s.port is not None and s.port not in out.open_ports:
+                failure = Failure(f"firewall: port {s.port} is not open", transient=True)
+            elif s.uuid not in out.applied:
+                failure = Failure("routing: the session's fragment is not applied", transient=True)
+            elif protocols and unreadable is not None:
+                failure = unreadable
+            elif missing:
+                failure = Failure(
+                    f"routing: BGP protocol {', '.join(missing)} is not running in the routing daemon",
+                    transient=True,
+                )
+            if failure is not None:
+                out.failed[s.uuid] = failure
+                self.ctx.log.warning("session {}: not reported ACTIVE: {}", s.uuid, failure)
 
     def _drop_psk(self, name: str) -> None:
         path = Path(self.settings().psk_dir) / f"{name}.psk"
@@ -671,6 +789,7 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
                 self.outbox.failed(entry.report.uuid, entry.report, str(exc))
                 self.ctx.log.warning("report for {} refused by the CP: {}", entry.report.uuid, exc)
                 continue
+            crashpoint("sessions.report.sent")
             self.outbox.ack(entry.report.uuid, entry.report)
             acked.add(entry.report.uuid)
             self.note_accepted(entry.report)

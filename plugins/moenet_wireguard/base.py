@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import os
 import time
 from abc import abstractmethod
@@ -47,13 +48,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 from loguru import logger
 
-from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats
+from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats, crashpoint
 
 from . import rtdump
 from .config import Settings
 from .device import DesiredDevice, Device, DeviceUpdate, endpoint_update, plan
 from .endpoints import EndpointBook, Resolved, Resolver, system_resolver
 from .errors import EndpointError, NotOwnedError, TunnelError
+from .intentlog import DIRECTORY as INTENT_DIRECTORY
+from .intentlog import CreateIntent, IntentLog, boot_id, netns_id
 from .journal import Journal
 from .keys import SecretKey, bytes_to_b64, load_or_create_private_key, read_key
 from .links import MARKER, Link, Netlink, address_of
@@ -89,9 +92,15 @@ class WireguardBackend(TunnelBackend):
         ctx: PluginContext | None = None,
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
+        intent_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._settings = settings
         self._ctx = ctx
+        if intent_dir is None and ctx is not None:
+            intent_dir = ctx.state.path(INTENT_DIRECTORY)
+        self.intents = IntentLog(intent_dir)
+        """Tunnels about to be created (:mod:`.intentlog`): what a crash mid-create left
+        is adopted or removed by :meth:`recover`."""
         self.log: Logger = ctx.log if ctx is not None else logger.bind(plugin="wireguard")
         self.endpoints = EndpointBook(resolver or system_resolver)
         self._now = clock
@@ -143,6 +152,7 @@ class WireguardBackend(TunnelBackend):
     async def _destroy(self, nl: Netlink, link: Link, journal: Journal) -> None:
         """Remove an owned link (of either kind) and whatever served it."""
         await nl.delete(link.index, journal)
+        crashpoint("wireguard.remove.deleted")
         self._forget(link.name)
 
     async def _cleanup_absent(self, name: str, journal: Journal) -> None:
@@ -249,6 +259,10 @@ class WireguardBackend(TunnelBackend):
 
         async with Netlink() as nl:
             link = await nl.get_link(name)
+            if link is not None and not link.owned and (pending := self.intents.pending(name)) is not None:
+                # A create of ours that was interrupted and not cleaned up: settle it first.
+                self.log.info("tunnel {}: {}", name, await self._settle(pending, journal))
+                link = await nl.get_link(name)
             if link is not None and not link.owned:
                 raise NotOwnedError(
                     f"interface {name} exists and is not one of moenet-agent's tunnels "
@@ -271,7 +285,19 @@ class WireguardBackend(TunnelBackend):
                 link = None
             created = link is None
             if link is None:
-                link = await self._create(nl, name, want.owner, journal)
+                # Recorded before anything exists: a crash from here on leaves an entry
+                # that recover() settles (adopts or removes what was made).
+                self.intents.record(CreateIntent.now(name, want.owner, self.link_kind))
+                crashpoint("wireguard.create.intent")
+                try:
+                    link = await self._create(nl, name, want.owner, journal)
+                except Exception:
+                    # _create cleans up after itself; the entry stays only if it could not.
+                    with contextlib.suppress(Exception):
+                        if await nl.get_link(name) is None:
+                            self.intents.drop(name)
+                    raise
+                self.intents.drop(name)
                 self.log.info("tunnel {}: created for {} ({} backend)", name, want.owner, self.implementation)
             ensure_ipv6_sysctls(name, journal)
 
@@ -295,6 +321,7 @@ class WireguardBackend(TunnelBackend):
                 self.log.info("tunnel {}: {}", name, update.describe())
                 self._forget(name)
                 await self._write(name, update, journal)
+                crashpoint("wireguard.ensure.configured")
                 current = await self._read(name)  # what observe() reports from now on
             self._confirm(name, link.index, current)
 
@@ -304,6 +331,8 @@ class WireguardBackend(TunnelBackend):
             # Addresses last, on a link that is up: an IPv6 address with a peer added
             # while the link is down loses its peer route when the link comes up.
             await nl.sync_addresses(link.index, want.addresses, journal)
+        if journal:
+            crashpoint("wireguard.ensure.done")
         if unresolved is not None:
             # WireGuard works without an endpoint (the peer can still reach us);
             # the name is tried again by the next ensure and by refresh_endpoints().
@@ -312,6 +341,78 @@ class WireguardBackend(TunnelBackend):
                 name,
                 unresolved,
             )
+
+    # ------------------------------------------------------ crash recovery
+
+    async def recover(self) -> dict[str, str]:
+        """Settle every create a crash interrupted (:mod:`.intentlog`): adopt (mark)
+        the unmarked links that are ours, remove dead ones, clean up after creates
+        that made nothing, drop the entries. Call it at start, before anything
+        lists tunnels. Returns interface -> what was done (also logged)."""
+        done: dict[str, str] = {}
+        for entry in self.intents.load():
+            async with self._lock(entry.name):
+                journal = Journal()
+                try:
+                    done[entry.name] = outcome = await self._settle(entry, journal)
+                except Exception as exc:
+                    # Kept: the next start (or an ensure of the name) tries again.
+                    done[entry.name] = f"not settled: {exc}"
+                    self.log.warning("tunnel {}: interrupted create not settled: {}", entry.name, exc)
+                    continue
+                finally:
+                    self._account(journal)
+                self.log.warning(
+                    "tunnel {}: interrupted create ({} owner): {}", entry.name, entry.owner, outcome
+                )
+        return done
+
+    async def _settle(self, entry: CreateIntent, journal: Journal) -> str:
+        """Settle one interrupted create (see :meth:`recover`); drops the entry
+        unless it raises. Returns what was done."""
+        name = entry.name
+        if entry.boot != boot_id():
+            self.intents.drop(name)
+            return "recorded before the last boot: dropped"
+        if entry.netns is not None and entry.netns != netns_id():
+            self.intents.drop(name)
+            return "recorded in another network namespace: dropped"
+        await self._settle_launcher(entry, journal)
+        async with Netlink() as nl:
+            link = await nl.get_link(name)
+            if link is None:
+                await self._cleanup_absent(name, journal)
+                outcome = "nothing was created (or it is gone): cleaned up"
+            elif link.owned:
+                outcome = f"the create had completed (alias {link.alias!r})"
+            elif link.kind != entry.kind or link.alias:
+                outcome = (
+                    f"interface {name} (kind {link.kind}, alias {link.alias!r}) is not the one "
+                    "being created: left alone"
+                )
+            else:
+                ours = self._adoptable(link, entry)
+                if ours is None:
+                    await self._destroy(nl, link, journal)
+                    outcome = "created but dead (nothing serves it): removed"
+                elif ours:
+                    alias = await nl.mark(link.index, entry.owner, journal)
+                    crashpoint("wireguard.recover.adopted")
+                    self._forget(name)
+                    outcome = f"created but not marked: adopted (alias {alias!r})"
+                else:
+                    outcome = "served by a process older than the create: not ours, left alone"
+        self.intents.drop(name)
+        return outcome
+
+    async def _settle_launcher(self, entry: CreateIntent, journal: Journal) -> None:
+        """A launcher started for ``entry`` that is still running: wait for it (or stop it)."""
+
+    def _adoptable(self, link: Link, entry: CreateIntent) -> bool | None:
+        """Is the unmarked ``link`` (of the entry's name and kind) the one being
+        created? None: it is, but dead (remove it). Default: yes (a kernel link
+        of that name did not exist when the entry was written)."""
+        return True
 
     # --------------------------------------------------------------- remove
 

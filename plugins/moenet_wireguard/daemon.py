@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DaemonError
@@ -55,10 +56,18 @@ def _clean_output(text: str) -> str:
     return "; ".join(keep)[:500] or "no message"
 
 
-async def start(name: str, binary: str, timeout: float, journal: Journal) -> None:
+async def start(
+    name: str,
+    binary: str,
+    timeout: float,
+    journal: Journal,
+    on_spawn: Callable[[int], object] | None = None,
+) -> None:
     """Run ``wireguard-go <name>`` and wait for its launcher to exit.
 
-    The launcher is killed if the wait times out or the caller is cancelled.
+    ``on_spawn(pid)`` is called once the launcher runs (the backend records it:
+    :mod:`.intentlog`). The launcher is killed if the wait times out or the
+    caller is cancelled.
     """
     env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
     journal.record("daemon_start")
@@ -76,6 +85,8 @@ async def start(name: str, binary: str, timeout: float, journal: Journal) -> Non
     except OSError as exc:
         raise DaemonError(f"cannot run {binary} for {name}: {exc.strerror or exc}") from None
     try:
+        if on_spawn is not None:
+            on_spawn(proc.pid)
         async with asyncio.timeout(timeout):
             out, _ = await proc.communicate()
     except TimeoutError:

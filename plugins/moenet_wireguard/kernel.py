@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import attrs
 from pyroute2.netlink.exceptions import NetlinkError
 
-from moenet_core import BackendUnavailable
+from moenet_core import BackendUnavailable, crashpoint
 
 from .base import WireguardBackend
 from .config import Settings
@@ -47,6 +47,7 @@ class KernelTunnelBackend(WireguardBackend):
     async def start(self) -> None:
         if not kernel_supports_wireguard():
             raise BackendUnavailable(NO_KERNEL_SUPPORT)
+        await self.recover()
 
     async def _create_link(self, nl: Netlink, name: str, journal: Journal) -> None:
         try:
@@ -59,10 +60,12 @@ class KernelTunnelBackend(WireguardBackend):
     async def _create(self, nl: Netlink, name: str, owner: str, journal: Journal) -> Link:
         await self._create_link(nl, name, journal)
         try:
+            crashpoint("wireguard.create.made")
             link = await nl.get_link(name)
             if link is None:
                 raise TunnelError(f"link {name} vanished right after it was created")
             alias = await nl.mark(link.index, owner, journal)
+            crashpoint("wireguard.create.marked")
         except BaseException:
             with contextlib.suppress(Exception):
                 async with Netlink() as cleanup:

@@ -30,11 +30,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from moenet_core import crashpoint
+
 from . import daemon
 from .base import WireguardBackend
 from .config import Settings, wireguard_go_available
 from .device import Device, DeviceUpdate
 from .errors import DaemonError, TunnelError
+from .intentlog import CreateIntent, process_start
 from .journal import Journal
 from .limits import BATCH, InotifyRoom, check_nofile
 from .links import Link, Netlink
@@ -88,6 +91,7 @@ class UserspaceTunnelBackend(WireguardBackend):
             self.inotify.reserve(BATCH)
         except DaemonError as exc:
             self.log.warning("{}", exc)
+        await self.recover()
 
     def _executables(self) -> frozenset[str]:
         """:func:`daemon.executables`, looked up at most once a minute."""
@@ -101,11 +105,18 @@ class UserspaceTunnelBackend(WireguardBackend):
         settings = self.settings
         try:
             self.inotify.reserve(1)
-            await daemon.start(name, settings.wireguard_go, settings.start_timeout, journal)
+
+            def spawned(pid: int) -> None:
+                self.intents.launched(name, pid)  # the wireguard-go we started, for recover()
+                crashpoint("wireguard.create.launched")
+
+            await daemon.start(name, settings.wireguard_go, settings.start_timeout, journal, spawned)
+            crashpoint("wireguard.create.made")
             link = await nl.get_link(name)
             if link is None or link.kind != "tun":
                 raise DaemonError(f"{settings.wireguard_go} {name} exited 0 but created no TUN device {name}")
             alias = await nl.mark(link.index, owner, journal)
+            crashpoint("wireguard.create.marked")
         except BaseException:
             # An unmarked tunnel would be refused as foreign forever: take it back down.
             with contextlib.suppress(Exception):
@@ -125,6 +136,7 @@ class UserspaceTunnelBackend(WireguardBackend):
         settings = self.settings
         pids = self._daemons(link.name) if link.kind == "tun" else []
         await nl.delete(link.index, journal)
+        crashpoint("wireguard.remove.deleted")
         killed = await daemon.wait_exited(pids, settings.start_timeout)
         if killed:
             journal.record("daemon_kill", len(killed))
@@ -136,6 +148,31 @@ class UserspaceTunnelBackend(WireguardBackend):
         self._forget(name)
         if daemon.remove_stale_socket(self._uapi().path(name), name, self.settings.wireguard_go, journal):
             self.log.info("tunnel {}: removed a stale wireguard-go socket", name)
+
+    async def _settle_launcher(self, entry: CreateIntent, journal: Journal) -> None:
+        """The launcher we started for ``entry`` may outlive a killed agent (it runs in
+        its own session): let it finish (it creates the device and forks the daemon,
+        then exits), or stop it after ``startTimeout``."""
+        if entry.launcher is None:
+            return
+        pid, start = entry.launcher
+        if process_start(pid) != start:
+            return  # gone (or the pid is another process's now)
+        self.log.info(
+            "tunnel {}: waiting for the wireguard-go launcher {} of an interrupted create", entry.name, pid
+        )
+        if await daemon.wait_exited([pid], self.settings.start_timeout):
+            journal.record("daemon_kill")
+            self.log.warning("tunnel {}: wireguard-go launcher {} did not finish; killed", entry.name, pid)
+
+    def _adoptable(self, link: Link, entry: CreateIntent) -> bool | None:
+        """Ours when a daemon serving it started at or after our launcher (or our
+        intent); dead when none serves it; not ours when only an older one does."""
+        found = daemon.find_daemons(entry.name, self.settings.wireguard_go)
+        if not found:
+            return None
+        since = entry.since_ticks
+        return any((process_start(pid) or 0) >= since for pid in found)
 
     def _daemons(self, name: str) -> list[int]:
         """The pids of the daemons serving ``name``: the remembered one if it

@@ -112,6 +112,7 @@ from .policy import (
 )
 from .protocol import BirdClientError
 from .render import ibgp_protocol_name, peer_protocol_names, render_tree
+from .roa import LocalRouting
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -216,6 +217,8 @@ class BirdRoutingBackend(RoutingBackend):
 
         self._policy: _Candidate | None = None
         self._candidate: _Candidate | None = None
+        self.local = LocalRouting()
+        """What the local config and the plugin's tasks add at render time (:mod:`.roa`)."""
         self._declared: dict[str, dict[str, RoutingIntent]] = {}
         """Per owner, its last declare as given (rejected fragments included)."""
         self._since: dict[Slot, int] = {}
@@ -255,13 +258,21 @@ class BirdRoutingBackend(RoutingBackend):
     # ------------------------------------------------------------- lifetime
 
     async def start(self) -> None:
-        """Restore the last applied input and try BIRD; BIRD being down is not fatal."""
+        """Restore the last applied input, clean up after an apply a crash interrupted
+        (:meth:`TreeApplier.recover`) and try BIRD; BIRD being down is not fatal.
+        Files a killed agent swapped in but BIRD never confirmed loading are loaded
+        (one apply) as soon as BIRD answers."""
         self._restore()
+        for what in self.applier.recover():
+            self.log.warning("BIRD config after an interrupted apply: {}", what)
         try:
             await self.client.warm_up()
             self.log.info("BIRD: {}", self.client.banner)
         except BirdClientError as exc:
             self.log.warning("BIRD not reachable at start ({}); will retry on next use", exc)
+            return
+        if self.applier.pending_configure and self._policy is not None:
+            self._request().add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._runner, *self._background) if t is not None and not t.done()]
@@ -291,6 +302,16 @@ class BirdRoutingBackend(RoutingBackend):
         only if the apply succeeds; otherwise the last good one stays in use."""
         self._candidate = _Candidate(policy, config_hash, raw)
         self._policy_known.set()
+        return await self._request()
+
+    async def set_local(self, local: LocalRouting) -> ApplyResult | None:
+        """Render with new local additions (static ROAs, aggregates); None when
+        they are unchanged or there is no policy yet (the next apply takes them)."""
+        if local == self.local:
+            return None
+        self.local = local
+        if self._policy is None and self._candidate is None:
+            return None
         return await self._request()
 
     async def declare(self, owner: str, fragments: Mapping[str, RoutingIntent]) -> ApplyResult:
@@ -413,6 +434,7 @@ class BirdRoutingBackend(RoutingBackend):
         ibgp = merged.ibgp
         babel = [merged.babel[slot] for slot in sorted(merged.babel)]
         maintenance = self.maintenance
+        local = self.local
         policy = used.policy
         # A peer with the node's own AS would be iBGP: BIRD refuses it over link-local and
         # with it the whole tree. Leave it out (rejected), whoever declared it.
@@ -437,6 +459,7 @@ class BirdRoutingBackend(RoutingBackend):
                 maintenance=maintenance,
                 template_dir=self.template_dir,
                 loopback_interface=self.loopback_interface,
+                local=local,
             )
 
         started = time.monotonic()

@@ -26,14 +26,20 @@ LATENCY_TIERS: dict[int, tuple[float, float]] = {
 #: (64511, x) bandwidth: at least 10^(x-22) Mbit/s (21 = 0.1 Mbit ... 29 = 10 Tbit).
 BANDWIDTH_MBIT: dict[int, float] = {x: 10.0 ** (x - 22) for x in range(21, 30)}
 
-#: (64511, x) encryption of the link. WireGuard (with or without PSK) is 34.
+#: (64511, x) encryption of the link (wiki ``howto/BGP-communities``, 2025 table).
+#: WireGuard is 34; WireGuard with a pre-shared key is 35 (the PSK adds
+#: post-quantum resistance); 36 is post-quantum forward secrecy (Rosenpass).
 CRYPTO: dict[int, str] = {
     31: "not encrypted",
     32: "encrypted with an unsafe VPN solution",
     33: "encrypted with a safe VPN solution, no PFS",
     34: "encrypted with a safe VPN solution with PFS",
+    35: "encrypted with a safe VPN solution with PFS and post-quantum resistance",
+    36: "encrypted with post-quantum forward secrecy",
 }
+CRYPTO_RANGE = range(31, 37)
 CRYPTO_WIREGUARD = 34
+CRYPTO_WIREGUARD_PSK = 35
 
 #: (64511, x) route-origin region. 41-70 is the region range; 58-70 are unassigned.
 REGIONS: dict[int, str] = {
@@ -111,7 +117,7 @@ NO_ADVERTISE = (65535, 65282)
 
 LC_CONTINENT = 1  # (OWNAS, 1, continent code): continent where the route entered MoeNet
 LC_SUBREGION = 2  # (OWNAS, 2, subregion code): subregion where it entered
-LC_NODE = 3  # (OWNAS, 3, node id): node where it entered
+LC_NODE = 3  # (OWNAS, 3, node id): node where it entered (the exit for traffic to it)
 LC_BANDWIDTH = 5  # (OWNAS, 5, Mbit/s): bandwidth of that node
 
 CONTINENTS: dict[str, int] = {"AS": 100, "NA": 200, "EU": 300, "OC": 400, "OTHER": 500}
@@ -132,19 +138,56 @@ SUBREGIONS: dict[str, int] = {
     "AF": 501,
     "ME": 502,
 }
-#: Continents next to each other for cold-potato routing (symmetric).
+#: Continents next to each other (symmetric); informational since cold potato
+#: ranks by the DN42 origin region (see :data:`LOCAL_PREF`).
 ADJACENT_CONTINENTS: frozenset[frozenset[int]] = frozenset(
     {frozenset({CONTINENTS["AS"], CONTINENTS["OC"]}), frozenset({CONTINENTS["NA"], CONTINENTS["EU"]})}
 )
 
-#: Cold-potato local preference for iBGP-learned routes (base 100 = no tag).
-COLD_POTATO_PREF: dict[str, int] = {
-    "same_subregion": 200,
-    "same_continent": 150,
-    "untagged": 100,
-    "adjacent_continent": 80,
-    "remote": 50,
+#: Local preference defaults (the CP's ``policy`` may change each; docs/bird.md).
+#: Set once, where a route enters the network (eBGP import), and carried
+#: unchanged over iBGP, so every node ranks every exit the same way and BGP's
+#: own order (AS path length, eBGP before iBGP, IGP metric) picks among equals:
+#:
+#: - ``ebgp``: every route learned over eBGP;
+#: - ``direct_bonus``: added when the peer is the origin (AS path length 1);
+#: - ``cold_potato_penalty``: subtracted, by the exit node, from what it passes
+#:   to the other nodes over iBGP when the route's DN42 origin region
+#:   (64511, 41..70) is not the exit node's own region. Only iBGP copies lose
+#:   it: a node's own eBGP route never ranks below another node's copy of the
+#:   same route for it. Smaller than ``direct_bonus``, so a direct session with
+#:   the origin anywhere still wins over a transit path in the right region;
+#: - ``drained``: GRACEFUL_SHUTDOWN and maintenance (RFC 8326).
+LOCAL_PREF: dict[str, int] = {
+    "ebgp": 200,
+    "direct_bonus": 100,
+    "cold_potato_penalty": 50,
+    "drained": 0,
 }
+
+#: AS numbers that never belong in an AS path (IANA "Special-Purpose AS Numbers"
+#: registry plus the reserved 65552-131071 of the 32-bit registry), as inclusive
+#: ranges. Left out on purpose: the private ranges 64512-65534 and
+#: 4200000000-4294967294 (DN42 runs in them) and AS112 (a real, anycast AS).
+BOGON_ASNS: tuple[tuple[int, int], ...] = (
+    (0, 0),  # RFC 7607
+    (23456, 23456),  # AS_TRANS, RFC 6793
+    (64496, 64511),  # documentation, RFC 5398
+    (65535, 65535),  # last 16-bit, RFC 7300
+    (65536, 65551),  # documentation, RFC 5398
+    (65552, 131071),  # IANA reserved
+    (4294967295, 4294967295),  # last 32-bit, RFC 7300
+)
+
+
+def is_bogon_asn(asn: int) -> bool:
+    """True for an AS number in :data:`BOGON_ASNS`."""
+    return any(lo <= asn <= hi for lo, hi in BOGON_ASNS)
+
+
+def bogon_asn_set() -> str:
+    """:data:`BOGON_ASNS` as the body of a BIRD int set (``0, 23456, 64496..64511, ...``)."""
+    return ", ".join(str(lo) if lo == hi else f"{lo}..{hi}" for lo, hi in BOGON_ASNS)
 
 
 def bandwidth_community(mbit: float) -> int:

@@ -22,6 +22,7 @@ from moenet_core.config import camel, check, structure
 from moenet_core.intents import BabelInterfaceIntent, EbgpPeerIntent, IbgpNeighborIntent, IbgpOptionsIntent
 
 from . import communities as C
+from .denylist import DenyList, deny_list_from_policy
 from .names import (
     HOSTNAME_RE,
     IFPATTERN_RE,
@@ -52,9 +53,6 @@ def _positive(v: int | None) -> str | None:
     return None if v is None or v > 0 else "must be greater than 0"
 
 
-_BAD_ASNS = {0, 23456, 65535, 4294967295} | set(range(64496, 64512)) | set(range(65536, 65552))
-
-
 def asn_value(v: Any) -> int | None:
     """An ASN from an int or a decimal string (the CP sends ``dn42As`` as a string)."""
     if isinstance(v, bool):
@@ -70,7 +68,7 @@ def _asn(v: Any) -> str | None:
     n = asn_value(v)
     if n is None:
         return f"must be an AS number (got {v!r})"
-    if not 1 <= n <= 4294967294 or n in _BAD_ASNS:
+    if not 1 <= n <= 4294967294 or C.is_bogon_asn(n):
         return f"must be a usable 32-bit AS number, not reserved (got {n})"
     return None
 
@@ -126,6 +124,14 @@ def _text(v: str) -> str | None:
 
 def _ifname(v: str) -> str | None:
     return None if not v else ifname_error(v)
+
+
+#: ROA policies on eBGP import: ``strict`` accepts only ROA_VALID, ``loose`` rejects only ROA_INVALID.
+ROA_MODES = ("strict", "loose")
+
+
+def _roa_mode(v: Any) -> str | None:
+    return None if v == "" or v in ROA_MODES else f"must be strict or loose (got {str(v)[:20]!r})"
 
 
 def _host(v: str) -> str | None:
@@ -326,7 +332,38 @@ class PolicyInfo:
     ebgp_export_limit: int = attrs.field(metadata=check(_positive))
     ibgp_import_limit: int = attrs.field(metadata=check(_positive))
     ibgp_export_limit: int = attrs.field(metadata=check(_positive))
+    ebgp_receive_limit: int | None = attrs.field(default=None, metadata=check(_positive))
+    """Default ``receive limit`` of an eBGP channel (routes received, filtered ones
+    included: ``import table on`` keeps those too); None: twice the channel's
+    import limit. A session's ``receiveLimit`` wins."""
+    ebgp_local_pref: int = attrs.field(default=C.LOCAL_PREF["ebgp"], metadata=check(_range(1, 1_000_000)))
+    """Local preference of every route learned over eBGP, set where it enters the
+    network and carried unchanged over iBGP."""
+    ebgp_direct_bonus: int = attrs.field(
+        default=C.LOCAL_PREF["direct_bonus"], metadata=check(_range(0, 1_000_000))
+    )
+    """Added to ``ebgpLocalPref`` when the peer is the route's origin (AS path length 1)."""
+    cold_potato: bool = True
+    """Rank other nodes' exits by the route's DN42 origin region: the exit node
+    takes ``coldPotatoPenalty`` off what it passes over iBGP when the route's
+    origin region is not its own. False: plain hot potato (IGP metric)."""
+    cold_potato_penalty: int = attrs.field(
+        default=C.LOCAL_PREF["cold_potato_penalty"], metadata=check(_range(0, 1_000_000))
+    )
+    """See ``coldPotato``; smaller than ``ebgpLocalPref`` (0 is the drain)."""
     as_path_max_len: int = attrs.field(metadata=check(_range(1, 255)))
+    roa_mode: str = attrs.field(default="", metadata=check(_roa_mode))
+    """``strict`` (only ROA-valid routes are accepted on eBGP import, as the DN42
+    wiki does), ``loose`` (only ROA-invalid ones are rejected), or empty: strict.
+    A local ``bird.roaMode`` wins over this (see docs/bird.md, "ROA")."""
+    route_collector: bool | None = None
+    """Peer with the DN42 Global Route Collector (:mod:`.collector`): true or false;
+    null or absent: off. A local ``bird.routeCollector`` wins; the neighbour and its
+    AS are local only."""
+    deny_list: DenyList = attrs.field(factory=DenyList, metadata={"internal": True})
+    """``denyList`` (``{"prefixes": [...], "asns": [...]}``), validated by
+    :func:`~moenet_bird.denylist.deny_list_from_policy` and merged with the local
+    ``bird.denyListFiles``: routes refused on import."""
     communities: dict[str, Any] = attrs.field(factory=dict)
     """Accepted, not rendered (the Go agent ignored them too; semantics undefined)."""
     large_communities: dict[str, Any] = attrs.field(factory=dict)
@@ -458,9 +495,11 @@ def parse_bird_config(data: Any) -> tuple[BirdPolicy, list[str]]:
     raw = dict(data)
     raw_policy = raw.get("policy")
     raw_rpki: Any = []
+    raw_deny: Any = None
     if isinstance(raw_policy, dict):
         raw_policy = dict(raw_policy)
         raw_rpki = raw_policy.pop("rpkiServers", [])
+        raw_deny = raw_policy.pop("denyList", None)
         raw["policy"] = raw_policy
     raw_ibgp = raw.pop("ibgpPeers", [])
     bp, errs = structure(BirdPolicy, raw, "", warnings)
@@ -468,6 +507,8 @@ def parse_bird_config(data: Any) -> tuple[BirdPolicy, list[str]]:
     rpki = _structure_list(
         RpkiServer, raw_rpki if raw_rpki is not None else [], "policy.rpkiServers", warnings, problems
     )
+    deny, deny_problems = deny_list_from_policy(raw_deny)
+    problems.extend(deny_problems)
     # ibgpPeers are not rendered from the policy (the ibgp plugin owns the iBGP peer
     # set and validates it itself): a bad entry is a warning here, never a refusal.
     ibgp_problems: list[str] = []
@@ -476,6 +517,7 @@ def parse_bird_config(data: Any) -> tuple[BirdPolicy, list[str]]:
     )
     if bp is not None:
         bp.policy.rpki_servers = rpki
+        bp.policy.deny_list = deny
         bp.ibgp_peers = ibgp
         problems.extend(_cross_checks(bp, warnings))
         ibgp_problems += validate_ibgp(ibgp, "ibgpPeers")
@@ -505,8 +547,15 @@ def _cross_checks(bp: BirdPolicy, warnings: list[str]) -> list[str]:
         warnings.append("node.loopbackIpv4: not inside policy.dn42Ipv4Prefix; Babel will not carry it")
     if ipaddress.IPv6Address(node.loopback_ipv6) not in v6:
         warnings.append("node.loopbackIpv6: not inside policy.dn42Ipv6Prefix; Babel will not carry it")
+    if pol.cold_potato and pol.cold_potato_penalty >= pol.ebgp_local_pref:
+        problems.append(
+            f"policy.coldPotatoPenalty: must be smaller than policy.ebgpLocalPref "
+            f"({pol.ebgp_local_pref}; local preference 0 is the drain)"
+        )
     if not pol.rpki_servers:
-        warnings.append("policy.rpkiServers: empty; ROA tables stay empty and no route is ROA-invalid")
+        warnings.append(
+            "policy.rpkiServers: empty; the ROA tables are fed only by a local static ROA file, if any"
+        )
     problems += _dupes(
         [(f"policy.rpkiServers[{i}].name", s.symbol) for i, s in enumerate(pol.rpki_servers)],
         "RPKI server name",
@@ -551,7 +600,7 @@ PEER_CHECKS: dict[str, Check] = {
     "asn": _int(_asn),
     "latency": _int(_range(1, 9)),
     "bandwidth": _int(_range(21, 29)),
-    "crypto": _int(_range(31, 34)),
+    "crypto": _int(_range(31, 36)),
     "name": _str(_text),
     "description": _str(_text),
     "interface": _str(_ifname),
@@ -565,6 +614,7 @@ PEER_CHECKS: dict[str, Check] = {
     "extended_nexthop": _bool,
     "import_limit": _int_or_none(_positive),
     "export_limit": _int_or_none(_positive),
+    "receive_limit": _int_or_none(_positive),
     "disabled": _bool,
 }
 NEIGHBOR_CHECKS: dict[str, Check] = {
@@ -573,6 +623,11 @@ NEIGHBOR_CHECKS: dict[str, Check] = {
     "loopback_ipv4": _str(_address(4, link_local=False)),
     "loopback_ipv6": _str(_address(6, link_local=False)),
     "is_rr": _bool,
+}
+#: Checked only on a declared neighbour (the policy's ``ibgpPeers`` have no latency).
+NEIGHBOR_INTENT_CHECKS: dict[str, Check] = {
+    "rr_client": _bool,
+    "latency": _int_or_none(_range(1, 9)),
 }
 BABEL_CHECKS: dict[str, Check] = {
     "pattern": _str(_pattern(IFPATTERN_RE, "an interface name, optionally ending in '*'")),
@@ -642,8 +697,8 @@ def validate_peers(peers: Sequence[BgpPeer]) -> list[str]:
 def validate_neighbor(n: IbgpNeighborIntent | IbgpPeer, path: str) -> list[str]:
     """Every reason BIRD cannot run one iBGP neighbour, each naming ``<path>.field``."""
     problems = field_problems(n, NEIGHBOR_CHECKS, path)
-    if isinstance(n, IbgpNeighborIntent) and (msg := _bool(n.rr_client)):
-        problems.append(f"{path}.rrClient: {msg}")
+    if isinstance(n, IbgpNeighborIntent):
+        problems += field_problems(n, NEIGHBOR_INTENT_CHECKS, path)
     if not problems and not n.loopback_ipv4 and not n.loopback_ipv6:
         problems.append(f"{path}: needs loopbackIpv6 or loopbackIpv4")
     return problems
@@ -688,6 +743,7 @@ def validate_options(options: IbgpOptionsIntent, path: str) -> list[str]:
 
 
 __all__ = [
+    "ROA_MODES",
     "BgpPeer",
     "BirdPolicy",
     "IbgpPeer",

@@ -14,7 +14,9 @@ Files the agent owns (each starts with :data:`MARKER`), all in ``bird.configDir`
   protocols, the BGP templates ``dn42_ebgp`` / ``dn42_ibgp``, and includes of
   every other file below. Self-contained: it defines everything it references.
 - ``moenet_communities.conf``, ``filters.conf``, ``cold_potato.conf``,
-  ``babel.conf``, ``peers/*.conf`` (one per eBGP peer), ``ibgp/*.conf`` (one
+  ``babel.conf``, ``collector.conf`` (the DN42 Global Route Collector session,
+  :mod:`.collector`), ``denylist.conf`` (:mod:`.denylist`), ``peers/*.conf``
+  (one per eBGP peer), ``ibgp/*.conf`` (one
   per declared iBGP neighbour, named after its protocol),
   ``peers/00_moenet.conf`` and ``ibgp/00_moenet.conf`` (placeholders keeping the
   include globs' directories present).
@@ -38,9 +40,10 @@ An operator's own ``bird.conf`` (see :mod:`.apply`) must:
   ``DN42_MAX_PATH``, ``BOGON_ASNS``, ``DN42_REGION``, ``DN42_COUNTRY``,
   ``DN42_NODE_BANDWIDTH``, ``MOENET_*``, the tables ``dn42_roa`` /
   ``dn42_roa_v6``, the functions ``is_self_net``, ``is_valid_network``,
-  ``has_bogon_asn``, ``roa_invalid``, ``dn42_*``, ``moenet_*``, the templates
+  ``has_bogon_asn``, ``dn42_*``, ``moenet_*``, the templates
   ``dn42_ebgp`` / ``dn42_ibgp`` and the protocols ``moenet_lo``, ``moenet_igp``,
-  ``own4``, ``own6``, ``rpki_*``, ``dn42_*``, ``ibgp_*``. (The DN42 wiki's
+  ``own4``, ``own6``, ``moenet_roa4``, ``moenet_roa6``, ``moenet_grc``, ``rpki_*``,
+  ``dn42_*``, ``ibgp_*``. (The DN42 wiki's
   example config defines several of these: drop them when adopting the agent.)
   BIRD's ``Symbol 'X' already defined`` reaches the caller if it does.
 
@@ -62,10 +65,12 @@ plane cannot set it.
 
 What the per-peer templates see: ``peer.conf.j2`` gets ``p`` (the
 :class:`~moenet_core.intents.EbgpPeerIntent` fields, plus ``canonical_uuid``:
-the id the protocol name derives from, ``symbol`` and ``file_name``) and
-``sessions``; ``ibgp.conf.j2`` gets ``peer`` (the
+the id the protocol name derives from, ``symbol`` and ``file_name``),
+``sessions``, ``link`` (:func:`link`) and the limits (:func:`peer_limits`);
+``ibgp.conf.j2`` gets ``peer`` (the
 :class:`~moenet_core.intents.IbgpNeighborIntent` fields plus ``symbol`` and
-``file_name``); ``babel.conf.j2`` gets ``babel_interfaces`` as (quoted pattern,
+``file_name``), ``rr_client`` and ``add_paths`` (:func:`add_paths`);
+``babel.conf.j2`` gets ``babel_interfaces`` as (quoted pattern,
 :class:`~moenet_core.intents.BabelInterfaceIntent`) pairs.
 """
 
@@ -85,6 +90,9 @@ import jinja2.sandbox
 from moenet_core.intents import BabelInterfaceIntent, IbgpNeighborIntent, IbgpOptionsIntent
 
 from . import communities as C
+from .collector import COLLECTOR_FILE, PROTOCOL, collector_asn_problem, collector_neighbor_problem
+from .collector import effective_collector as _effective_collector
+from .denylist import DENYLIST_FILE, DenyList
 from .names import BirdConfigError, bird_string, ifname_error
 from .policy import (
     BgpPeer,
@@ -96,6 +104,7 @@ from .policy import (
     validate_options,
     validate_peers,
 )
+from .roa import LocalRouting, effective_roa_mode, rpki_caches
 
 #: First line of every file the agent writes: the ownership marker. The apply
 #: layer only ever replaces or deletes files that start with it.
@@ -114,9 +123,16 @@ TOP_FILES: tuple[str, ...] = (
     "filters.conf",
     "cold_potato.conf",
     "babel.conf",
+    COLLECTOR_FILE,
+    DENYLIST_FILE,
 )
 #: Directories holding one file per session; each always gets a placeholder so
 #: the include glob's directory exists (BIRD rejects a glob into a missing dir).
+#: Static ROA entries (validated and re-rendered by :mod:`.roa`), present only when
+#: a local ROA file or URL gave some; ``moenet.conf`` includes them into the
+#: ``moenet_roa4`` / ``moenet_roa6`` static protocols.
+ROA4_FILE = "moenet_roa4.conf"
+ROA6_FILE = "moenet_roa6.conf"
 PEER_DIR = "peers"
 IBGP_DIR = "ibgp"
 PLACEHOLDER = "00_moenet.conf"
@@ -128,6 +144,8 @@ TEMPLATE_NAMES: dict[str, str] = {
     "filters.conf": "filters.conf.j2",
     "cold_potato.conf": "cold_potato.conf.j2",
     "babel.conf": "babel.conf.j2",
+    COLLECTOR_FILE: "collector.conf.j2",
+    DENYLIST_FILE: "denylist.conf.j2",
     "peer": "peer.conf.j2",
     "ibgp": "ibgp.conf.j2",
 }
@@ -322,6 +340,41 @@ def _peer_view(peer: BgpPeer) -> dict[str, Any]:
     }
 
 
+def peer_limits(policy: BirdPolicy, peer: BgpPeer) -> dict[str, int]:
+    """A session's route limits: its own, else the policy's (receive: twice the
+    import limit when the policy names none)."""
+    pol, p = policy.policy, peer.intent
+    imp = p.import_limit or pol.ebgp_import_limit
+    return {
+        "import_limit": imp,
+        "export_limit": p.export_limit or pol.ebgp_export_limit,
+        "receive_limit": p.receive_limit or pol.ebgp_receive_limit or 2 * imp,
+    }
+
+
+def link(policy: BirdPolicy, peer: BgpPeer) -> dict[str, int]:
+    """The DN42 link communities of a session: the intent's, with the bandwidth
+    capped at the node's own (``node.bandwidthCommunity``): a tunnel is no faster
+    than the node's uplink (wiki: min of both ends)."""
+    p, node_bw = peer.intent, policy.node.bandwidth_dn42
+    return {
+        "latency": p.latency,
+        "bandwidth": min(p.bandwidth, node_bw) if node_bw else p.bandwidth,
+        "crypto": p.crypto,
+    }
+
+
+def add_paths(n: IbgpNeighborIntent, *, is_rr: bool) -> str:
+    """``tx`` from a route reflector to its clients, ``rx`` from a client to a
+    route reflector (every exit reaches the client, which picks by its own IGP
+    metric), else nothing."""
+    if n.rr_client:
+        return "tx"
+    if n.is_rr and not is_rr:
+        return "rx"
+    return ""
+
+
 def _neighbor_view(n: IbgpNeighborIntent) -> dict[str, Any]:
     """``peer`` of ``ibgp.conf.j2``: the intent's fields and the BIRD names."""
     return {**attrs.asdict(n), "symbol": ibgp_protocol_name(n), "file_name": ibgp_file(n)}
@@ -350,6 +403,7 @@ def render_tree(
     template_dir: str | Path | None = None,
     loopback_interface: str = "dummy0",
     bird_conf: bool = True,
+    local: LocalRouting | None = None,
 ) -> dict[str, str]:
     """Render every file the agent owns, as ``{relative path: content}``.
 
@@ -362,16 +416,23 @@ def render_tree(
     are prepended, and on iBGP what enters the network here (our aggregates and
     routes learned from our eBGP peers) goes out with local-pref 0.
     ``bird_conf=False`` leaves out ``bird.conf`` (the operator keeps their own).
+    ``local`` is what the local config and the plugin's tasks add (:mod:`.roa`):
+    the ROA mode pin, local RTR caches, static ROA entries, aggregates withdrawn.
     Raises :class:`BirdConfigError` naming every invalid field.
     """
     ibgp = ibgp or IbgpOptionsIntent()
     _check_inputs(peers, ibgp, ibgp_peers, babel, loopback_interface)
     peers = sorted(peers, key=lambda p: (p.intent.asn, p.canonical_id))
     neighbors = ibgp_sessions(policy, ibgp_peers, ibgp)
+    local = local or LocalRouting()
     ctx = _template_context(policy, ibgp, neighbors, babel, maintenance, loopback_interface)
+    ctx.update(_roa_context(policy, local))
+    ctx.update(_collector_context(policy, local))
+    ctx.update(_deny_context(policy, local))
     env = environment(template_dir)
     try:
         out = _top_files(env, ctx, bird_conf)
+        out.update(_roa_files(local))
         out.update(_session_files(env, ctx, policy, peers, neighbors))
     except jinja2.exceptions.SecurityError as exc:
         raise BirdConfigError(
@@ -428,8 +489,7 @@ def _template_context(
         "node_mbit": node.bandwidth_mbit,
         "continent": node.continent,
         "subregion": node.subregion,
-        "adjacent": C.adjacent_continents(node.continent),
-        "pref": C.COLD_POTATO_PREF,
+        "bogon_asns": C.bogon_asn_set(),
         "rpki": sorted(pol.rpki_servers, key=lambda s: s.symbol),
         "maintenance": maintenance,
         "peer_dir": PEER_DIR,
@@ -442,6 +502,68 @@ def _template_context(
         "is_rr": is_rr,
         "q": bird_string,
     }
+
+
+def _roa_context(policy: BirdPolicy, local: LocalRouting) -> dict[str, Any]:
+    """ROA and aggregate variables of ``moenet.conf`` and ``filters.conf``."""
+    return {
+        "roa_mode": effective_roa_mode(policy, local),
+        "rpki": rpki_caches(policy, local),
+        "rpki_expire": local.rpki_expire,
+        "roa_static4": bool(local.static.roa4),
+        "roa_static6": bool(local.static.roa6),
+        "announce_aggregates": local.announce_aggregates,
+    }
+
+
+def effective_deny_list(policy: BirdPolicy, local: LocalRouting) -> DenyList:
+    """The local deny-list files' entries and the CP's ``policy.denyList``, merged."""
+    return DenyList.merged(local.deny, policy.policy.deny_list)
+
+
+def _deny_context(policy: BirdPolicy, local: LocalRouting) -> dict[str, Any]:
+    """``denylist.conf``: the merged prefix patterns per family and the AS numbers."""
+    deny = effective_deny_list(policy, local)
+    return {"deny4": deny.patterns(4), "deny6": deny.patterns(6), "deny_asns": list(deny.asns)}
+
+
+def _collector_context(policy: BirdPolicy, local: LocalRouting) -> dict[str, Any]:
+    """``collector.conf``: the GRC session when the local pin or the CP turns it on.
+    Its neighbour and AS were checked by the config; checked again here (a
+    ``LocalRouting`` built in code), and a collector in our own AS is not rendered
+    (it would be an iBGP session)."""
+    collector = _effective_collector(local.collector, policy.policy.route_collector)
+    problems = []
+    if collector is not None:
+        if err := collector_neighbor_problem(collector.neighbor):
+            problems.append(f"bird.routeCollectorNeighbor: {err}")
+        if err := collector_asn_problem(collector.asn):
+            problems.append(f"bird.routeCollectorAs: {err}")
+        if problems:
+            raise BirdConfigError(problems, source="bird.routeCollector")
+    why = ""
+    if collector is not None:
+        why = "pinned by bird.routeCollector" if local.collector.enabled else "policy.routeCollector"
+    if collector is not None and collector.asn == policy.policy.asn:
+        why = f"not rendered: bird.routeCollectorAs {collector.asn} is this network's own AS"
+        collector = None
+    v6 = collector is not None and ipaddress.ip_address(collector.neighbor).version == 6
+    return {
+        "collector": collector,
+        "collector_why": why,
+        "protocol": PROTOCOL,
+        "source": "OWNIPv6" if v6 else "OWNIP",
+    }
+
+
+def _roa_files(local: LocalRouting) -> dict[str, str]:
+    """The static ROA entries, rendered once by :mod:`.roa` (not through jinja2:
+    thousands of lines would slow every apply), under the ownership header."""
+    out: dict[str, str] = {}
+    for path, text in ((ROA4_FILE, local.static.roa4), (ROA6_FILE, local.static.roa6)):
+        if text:
+            out[path] = HEADER.format(path=path) + "\n" + text
+    return out
 
 
 def _render_file(
@@ -479,7 +601,6 @@ def _session_files(
 ) -> dict[str, str]:
     """One file per eBGP peer, then one per iBGP neighbour (a later one of the
     same path wins)."""
-    pol = policy.policy
     out: dict[str, str] = {}
     for p in peers:
         out[p.file_name] = _render_file(
@@ -490,10 +611,11 @@ def _session_files(
             {
                 "p": _peer_view(p),
                 "sessions": _peer_sessions(p),
-                "import_limit": p.intent.import_limit or pol.ebgp_import_limit,
-                "export_limit": p.intent.export_limit or pol.ebgp_export_limit,
+                **peer_limits(policy, p),
+                "link": link(policy, p),
             },
         )
+    is_rr = bool(ctx["is_rr"])
     for n in neighbors:
         path = ibgp_file(n)
         out[path] = _render_file(
@@ -506,6 +628,7 @@ def _session_files(
                 "neighbor": n.loopback_ipv6 or n.loopback_ipv4,
                 "source": "OWNIPv6" if n.loopback_ipv6 else "OWNIP",
                 "rr_client": n.rr_client,
+                "add_paths": add_paths(n, is_rr=is_rr),
                 "description": bird_string(f"iBGP to {n.node_name} (node {n.node_id})", "ibgp.nodeName"),
             },
         )

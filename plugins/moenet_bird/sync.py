@@ -13,6 +13,11 @@ Failures raise (the task's last error in ``/status`` says why) and never tear
 anything down: an invalid answer or an unreachable CP keeps the last good policy
 live. Every run ends with ``moenet_sync_completed``, as every reconciler's does.
 
+ROA (:mod:`.roa`): a policy whose ROA mode is strict (``policy.roaMode``
+unless ``bird.roaMode`` pins one) while no RTR cache (the CP's or the local
+config's) and no static ROA file or URL is configured is refused the same way:
+every eBGP route would be rejected.
+
 Node identity (:mod:`moenet_core.identity`): the policy's ``node.id``,
 ``node.loopbackIpv4/6`` and ``policy.dn42As`` must agree with the agent's
 config (the file and the CP's bootstrap answer). A mismatch is refused before
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from moenet_core import (
     BackendUnavailable,
     ControlPlaneError,
@@ -38,8 +45,10 @@ from moenet_core import (
 )
 
 from .backend import BirdRoutingBackend
+from .config import BirdConfig
 from .names import BirdConfigError
 from .policy import BirdPolicy, parse_bird_config
+from .roa import roa_source_problem
 
 if TYPE_CHECKING:
     from moenet_core import PluginContext
@@ -93,6 +102,14 @@ class BirdConfigSync:
             raise BirdSyncError(f"the routing backend is {type(backend).__name__}, not moenet_bird's")
         return backend
 
+    def _roa_problem(self, policy: BirdPolicy, backend: BirdRoutingBackend) -> str | None:
+        """Strict ROA mode with no source at all would reject every eBGP route: refused."""
+        section = self.ctx.section if isinstance(self.ctx.section, BirdConfig) else BirdConfig()
+        local = attrs.evolve(
+            backend.local, roa_mode=section.roa_mode, rpki_servers=tuple(section.local_rpki_servers)
+        )
+        return roa_source_problem(policy, local, bool(section.roa_files or section.roa_urls))
+
     async def run_once(self) -> dict[str, Any]:
         async with sync_cycle(self.ctx, TASK_NAME) as cycle:
             summary = await self._cycle()
@@ -118,6 +135,9 @@ class BirdConfigSync:
                 f"policy {policy.config_hash or '(no hash)'} not applied: node identity mismatch: "
                 + "; ".join(problems)
             )
+            raise BirdSyncError(f"{backend.sync_error}; {keeping}")
+        if (problem := self._roa_problem(policy, backend)) is not None:
+            backend.sync_error = f"policy {policy.config_hash or '(no hash)'} not applied: {problem}"
             raise BirdSyncError(f"{backend.sync_error}; {keeping}")
         if policy.config_hash != backend.config_hash or not policy.config_hash:
             # Once per policy, not every cycle: an unchanged policy's warnings are old news.

@@ -165,7 +165,8 @@ def sample_bird_config(
 ) -> dict[str, Any]:
     """A valid CP ``bird-config`` answer (as a Go-agent-era CP sends it, symbol names
     included) for tests and the lab; ``node`` and ``policy`` override its fields.
-    No RPKI server by default: a namespace has no DNS to resolve one."""
+    No RPKI server by default (a namespace has no DNS to resolve one), hence ROA
+    mode ``loose``: strict would reject every route and needs a ROA source."""
     return {
         "configHash": config_hash,
         "node": {
@@ -188,6 +189,7 @@ def sample_bird_config(
             "dn42Ipv4Prefix": "172.20.42.0/27",
             "dn42Ipv6Prefix": "fd42:4242:1234::/48",
             "rpkiServers": [],
+            "roaMode": "loose",
             "ebgpImportLimit": 9000,
             "ebgpExportLimit": 9000,
             "ibgpImportLimit": 20000,

@@ -28,16 +28,31 @@ from typing import Any
 
 import attrs
 
+from moenet_core import LinkLatency
 from moenet_core.config import NODE_NAME_RE, check, structure
 from moenet_core.intents import IbgpNeighborIntent
 
-__all__ = ["MAX_NODES", "Answer", "AnswerError", "Node", "address", "parse_answer", "sessions"]
+__all__ = [
+    "MAX_NODES",
+    "MESH_OWNER",
+    "Answer",
+    "AnswerError",
+    "Node",
+    "address",
+    "mesh_tiers",
+    "parse_answer",
+    "sessions",
+]
 
 #: More nodes than this in one answer is refused as a whole (a runaway CP must
 #: not make BIRD run thousands of sessions).
 MAX_NODES = 4096
 
 _MAX_ID = 4294967295
+
+#: The owner of the mesh links in ``moenet_link_latency`` (the mesh plugin keys
+#: each by the far node's id). A name, not an import: plugins never import each other.
+MESH_OWNER = "mesh"
 
 
 class AnswerError(ValueError):
@@ -93,8 +108,9 @@ class Node:
             "isRr": self.is_rr,
         }
 
-    def intent(self, *, rr_client: bool) -> IbgpNeighborIntent:
-        """The iBGP neighbour intent declared to the routing backend."""
+    def intent(self, *, rr_client: bool, latency: int | None = None) -> IbgpNeighborIntent:
+        """The iBGP neighbour intent declared to the routing backend; ``latency`` is
+        the DN42 tier of the mesh link to the node (None: not measured)."""
         return IbgpNeighborIntent(
             node_id=self.node_id,
             node_name=self.node_name,
@@ -102,6 +118,7 @@ class Node:
             loopback_ipv6=self.loopback_ipv6,
             is_rr=self.is_rr,
             rr_client=rr_client,
+            latency=latency,
         )
 
 
@@ -244,8 +261,16 @@ def parse_answer(
     return Answer(nodes=nodes, invalid=invalid, self_is_rr=self_is_rr, own_id=own, warnings=warnings)
 
 
-def sessions(nodes: Iterable[Node], *, own_is_rr: bool, own_id: int = 0) -> dict[str, IbgpNeighborIntent]:
-    """The iBGP neighbour intents of this node (see the module doc), by node id."""
+def sessions(
+    nodes: Iterable[Node],
+    *,
+    own_is_rr: bool,
+    own_id: int = 0,
+    latency: Mapping[int, int] | None = None,
+) -> dict[str, IbgpNeighborIntent]:
+    """The iBGP neighbour intents of this node (see the module doc), by node id;
+    ``latency`` is the measured mesh tier per node id (absent: not measured)."""
+    tiers = latency or {}
     others = [n for n in nodes if n.node_id != own_id]
     rrs = [n for n in others if n.is_rr]
     if own_is_rr:
@@ -254,4 +279,22 @@ def sessions(nodes: Iterable[Node], *, own_is_rr: bool, own_id: int = 0) -> dict
         chosen = [(n, False) for n in rrs]
     else:
         chosen = [(n, False) for n in others]
-    return {n.key: n.intent(rr_client=client) for n, client in sorted(chosen, key=lambda c: c[0].node_id)}
+    return {
+        n.key: n.intent(rr_client=client, latency=tiers.get(n.node_id))
+        for n, client in sorted(chosen, key=lambda c: c[0].node_id)
+    }
+
+
+def mesh_tiers(measurements: Iterable[LinkLatency]) -> dict[int, int]:
+    """Latency tier per node id from one RTT round: the mesh links (key = node id)
+    that have a tier. The tier already carries the RTT plugin's hysteresis."""
+    out: dict[int, int] = {}
+    for m in measurements:
+        if m.owner != MESH_OWNER or not m.key.isascii() or not m.key.isdigit() or len(m.key) > 10:
+            continue
+        tier = m.tier
+        if isinstance(tier, int) and not isinstance(tier, bool) and 1 <= tier <= 9:
+            node = int(m.key)
+            if 1 <= node <= _MAX_ID:
+                out[node] = tier
+    return out

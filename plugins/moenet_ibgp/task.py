@@ -34,10 +34,20 @@ cycle's ending). Every run (120 s, and on ``/sync``):
 The accepted node list is persisted (``nodes.json`` in the plugin's state
 directory), so a restarted agent facing an unreachable CP still declares the
 same peers, and the guard compares against it.
+
+**Mesh latency** (``moenet_link_latency``): after each RTT round the tier of
+the mesh link to every node (the mesh plugin's links, keyed by node id) becomes
+the neighbour's ``latency``, which the routing backend merges into the routes
+learned from it (DN42 latency community, worst wins). The tier already carries
+the RTT plugin's hysteresis; a round that changes any tier triggers one run
+(one declare, one reconfigure), a round that changes none triggers nothing. The
+tiers are persisted (``latency.json``), so a restart declares what it declared
+before instead of "unmeasured" until the first round.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +58,7 @@ from moenet_core import (
     GuardVerdict,
     IbgpNeighborIntent,
     IbgpOptionsIntent,
+    LinkLatency,
     MoenetError,
     Reconciler,
     RoutingBackend,
@@ -58,12 +69,12 @@ from moenet_core import (
 )
 
 from .config import IbgpConfig
-from .model import Answer, AnswerError, Node, parse_answer, sessions
+from .model import Answer, AnswerError, Node, mesh_tiers, parse_answer, sessions
 
 if TYPE_CHECKING:
     from moenet_core import AgentConfig, PluginContext
 
-__all__ = ["OWNER", "RESOURCE", "STATE_FILE", "TASK_NAME", "IbgpSync", "IbgpSyncError"]
+__all__ = ["LATENCY_FILE", "OWNER", "RESOURCE", "STATE_FILE", "TASK_NAME", "IbgpSync", "IbgpSyncError"]
 
 TASK_NAME = "ibgpSync"
 RESOURCE = "bird-config"
@@ -71,6 +82,9 @@ OWNER = "ibgp"
 STATE_FILE = "nodes.json"
 #: ``nodes.json``'s version; version 0 (no ``"version"``) has the same fields.
 STATE_VERSION = 1
+#: ``{"version": 1, "tiers": {"<node id>": tier}}``: the mesh latency tiers last taken.
+LATENCY_FILE = "latency.json"
+LATENCY_VERSION = 1
 
 
 class IbgpSyncError(MoenetError):
@@ -110,14 +124,45 @@ class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
         self.own_id = 0
         self._said: set[str] = set()
         self._persisted: Any = None
+        self.latency: dict[int, int] = {}
+        """Mesh latency tier per node id (absent: not measured)."""
         super().__init__(ctx)
         self._m_peers = ctx.metrics.gauge("peers", "iBGP neighbours declared to the routing backend.")
         self._m_invalid = ctx.metrics.gauge(
             "invalid_peers", "Entries of the CP's ibgpPeers left out as invalid in the last answer."
         )
         self._restore()
+        self._restore_latency()
 
     # ----------------------------------------------------------- persistence
+
+    def _restore_latency(self) -> None:
+        try:
+            doc = self.ctx.state.load_document(LATENCY_FILE, version=LATENCY_VERSION)
+        except Exception as exc:
+            self.ctx.log.warning("ignoring the saved mesh latency tiers: {}", exc)
+            return
+        tiers = doc.get("tiers") if isinstance(doc, dict) else None
+        if not isinstance(tiers, dict):
+            return
+        for key, tier in tiers.items():
+            if (
+                isinstance(key, str)
+                and key.isascii()
+                and key.isdigit()
+                and len(key) <= 10
+                and isinstance(tier, int)
+                and not isinstance(tier, bool)
+                and 1 <= tier <= 9
+            ):
+                self.latency[int(key)] = tier
+
+    def _persist_latency(self) -> None:
+        doc = {"tiers": {str(k): v for k, v in sorted(self.latency.items())}}
+        try:
+            self.ctx.state.save_document(LATENCY_FILE, doc, version=LATENCY_VERSION)
+        except Exception as exc:  # the tiers are re-learnt from the next round
+            self.ctx.log.error("cannot save the mesh latency tiers: {}", exc)
 
     def _restore(self) -> None:
         try:
@@ -303,7 +348,12 @@ class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
     ) -> dict[str, RoutingIntent]:
         fragments: dict[str, RoutingIntent] = {"options": IbgpOptionsIntent(enabled=True, route_reflector=rr)}
         fragments.update(
-            sessions(nodes.values(), own_is_rr=rr, own_id=self.own_id if own_id is None else own_id)
+            sessions(
+                nodes.values(),
+                own_is_rr=rr,
+                own_id=self.own_id if own_id is None else own_id,
+                latency=self.latency,
+            )
         )
         return fragments
 
@@ -332,6 +382,25 @@ class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
             self.ctx.log.warning("cannot schedule {} after the reload: {}", TASK_NAME, exc)
 
     @hookimpl
+    def moenet_link_latency(self, measurements: tuple[LinkLatency, ...]) -> None:
+        """Take one RTT round's mesh tiers; when any changed, one run re-declares."""
+        tiers = mesh_tiers(measurements)
+        if tiers == self.latency:
+            return
+        for node in sorted(set(tiers) | set(self.latency)):
+            old, new = self.latency.get(node), tiers.get(node)
+            if old != new:
+                self.ctx.log.info("mesh link to node {}: latency tier {} -> {}", node, old, new)
+        self.latency = tiers
+        self._persist_latency()
+        if self.nodes is None or not self.enabled():
+            return  # nothing declared yet: the next run uses the tiers
+        try:
+            self.ctx.trigger(TASK_NAME).add_done_callback(_consume)
+        except (KeyError, RuntimeError) as exc:  # not scheduled (yet), or no loop
+            self.ctx.log.warning("cannot schedule {} after a latency change: {}", TASK_NAME, exc)
+
+    @hookimpl
     def moenet_status_info(self) -> dict[str, Any]:
         declared = self.declared or {}
         base = self.status_info()
@@ -348,9 +417,16 @@ class IbgpSync(Reconciler[Answer, Mapping[int, Node], IbgpPlan, bool]):
                 ),
                 key=lambda p: int(p["nodeId"]),
             ),
+            "latency": {str(k): v for k, v in sorted(self.latency.items())},
             "invalid": dict(self.invalid),
             "rejected": dict(self.rejected),
             "guard": base["guard"],
             "lastError": base["lastError"],
             "lastRun": base["lastRun"],
         }
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """A triggered run's outcome is in /status already; do not warn about it."""
+    if not fut.cancelled():
+        fut.exception()

@@ -40,10 +40,16 @@ Report body (Go-compatible keys kept: ``node_id``, ``timestamp``, per session
                        "info": "Established", "last_error": null}],
         "routes": {"ipv4": {"imported": 12, "filtered": 0, "exported": 40}, "ipv6": {...}},
         "routes_imported": 30, "routes_exported": 80,
+        "limits": [{"protocol": "dn42_4242420002_ab12cd", "channel": "ipv4",
+                    "limit": "import", "max": 9000, "hit": false}, ...],
         "tunnel": {"latestHandshake": 1717999990, "handshakeAgeSeconds": 10,
                    "rxBytes": 123, "txBytes": 456},
         "rtt_ms": 12.3, "loss": 0.0, "latencyTier": 3, "rttMeasuredAt": 1717999900,
         "health": {"verdict": "healthy", "reasons": []}}]}
+
+``limits`` lists every route limit of the session's channels as BIRD shows it
+(``Receive limit:  18000 [HIT]``): ``limit`` is ``receive``, ``import`` or
+``export``, ``hit`` whether BIRD marks it hit; a hit one is also a health reason.
 
 ``status`` is the code of sessionSync's last report for the session (null
 before the first); ``since`` is BIRD's epoch seconds (the latest state change
@@ -55,7 +61,7 @@ in percent as in the ``rtt`` report).
 Prometheus (``moenet_sessions_*``; labels ``session`` (uuid), ``asn``,
 ``interface``, plus ``protocol`` / ``family`` / ``direction`` / ``state`` where
 named): ``bgp_up``, ``bgp_state_info``, ``bgp_state_change_timestamp_seconds``,
-``routes``, ``tunnel_last_handshake_timestamp_seconds``,
+``routes``, ``route_limit``, ``route_limit_hit``, ``tunnel_last_handshake_timestamp_seconds``,
 ``tunnel_handshake_age_seconds``, ``tunnel_rx_bytes``, ``tunnel_tx_bytes``,
 ``rtt_seconds``, ``loss_ratio``, ``latency_tier``, ``health`` and
 ``health_sessions{verdict}``. Every series a run did not set (a session that
@@ -86,6 +92,7 @@ from moenet_core import (
 from .health import (
     LATENCY_STALE_SECONDS,
     Health,
+    LimitHit,
     ProtocolFacts,
     SessionFacts,
     TunnelFacts,
@@ -122,6 +129,8 @@ LatencyProvider = Callable[[str], LinkLatency | None]
 _SESSION = ("session", "asn", "interface")
 _FAMILY_SUFFIX = {"_v4": "ipv4", "_v6": "ipv6"}
 _ROUTE_DIRECTIONS = ("imported", "filtered", "exported")
+#: BIRD's channel lines for route limits (``Import limit:   9000 [HIT]``), by limit.
+_LIMIT_KEYS = {"receive": "Receive limit", "import": "Import limit", "export": "Export limit"}
 
 
 class MetricCollectorError(MoenetError):
@@ -227,6 +236,16 @@ class _Metrics:
         self.rtt = series("rtt_seconds", "Mean round-trip time to the peer over the tunnel (last RTT round).")
         self.loss = series("loss_ratio", "Share of RTT probes lost in the last RTT round (0-1).")
         self.tier = series("latency_tier", "DN42 latency tier (1-9) of the link, after hysteresis.")
+        self.limit = series(
+            "route_limit",
+            "Configured route limit of a channel (receive, import or export), as BIRD shows it.",
+            ["protocol", "channel", "limit"],
+        )
+        self.limit_hit = series(
+            "route_limit_hit",
+            "1 while BIRD marks the channel's route limit hit ([HIT]), else 0.",
+            ["protocol", "channel", "limit"],
+        )
         self.health = series("health", "Session health: 0 healthy, 1 degraded, 2 down.")
         self.by_verdict = m.gauge("health_sessions", "Configured sessions per health verdict.", ["verdict"])
 
@@ -243,6 +262,8 @@ class _Metrics:
             self.rtt,
             self.loss,
             self.tier,
+            self.limit,
+            self.limit_hit,
             self.health,
         )
 
@@ -272,21 +293,50 @@ def _family(name: str, expected: Sequence[str]) -> str | None:
     return None
 
 
+@attrs.frozen(kw_only=True)
+class _Limit:
+    """One route limit of one channel, as ``show protocols all`` shows it."""
+
+    channel: str
+    limit: str
+    value: int | None
+    hit: bool
+
+
+def _limits(p: ProtocolState) -> list[_Limit]:
+    """Every route limit of the protocol's channels (``Receive limit:  4 [HIT]``).
+    Read when the backend offers channel details (BIRD's protocols carry
+    ``channels``), duck-typed: plugins never import each other."""
+    out: list[_Limit] = []
+    channels = getattr(p, "channels", None)
+    if not isinstance(channels, Mapping):
+        return out
+    for name, ch in sorted(channels.items()):
+        details = getattr(ch, "details", None)
+        if not isinstance(details, Mapping):
+            continue
+        for limit, key in _LIMIT_KEYS.items():
+            text = details.get(key)
+            if not isinstance(text, str):
+                continue
+            first = text.split(" ", 1)[0]
+            value = int(first) if first.isascii() and first.isdigit() and len(first) <= 12 else None
+            out.append(_Limit(channel=str(name), limit=limit, value=value, hit="[HIT]" in text))
+    return out
+
+
 def _protocol_facts(p: ProtocolState, expected: Sequence[str]) -> ProtocolFacts:
-    """Facts of one protocol. Channel states and import limits are read when the
+    """Facts of one protocol. Channel states and route limits are read when the
     backend offers them (BIRD's protocols carry ``channels``), duck-typed: plugins
     never import each other."""
     down: dict[str, str] = {}
-    limits: list[str] = []
     channels = getattr(p, "channels", None)
     if isinstance(channels, Mapping):
         for name, ch in channels.items():
             state = getattr(ch, "state", None)
             if isinstance(state, str) and state != "UP":
                 down[str(name)] = state
-            details = getattr(ch, "details", None)
-            if isinstance(details, Mapping) and "[HIT]" in str(details.get("Import limit", "")):
-                limits.append(str(name))
+    limits = [LimitHit(channel=x.channel, limit=x.limit, value=x.value) for x in _limits(p) if x.hit]
     return ProtocolFacts(
         name=p.name,
         state=p.state,
@@ -428,6 +478,9 @@ class MetricCollector:
                 "since": body["since"],
                 "routesIn": body["routes_imported"],
                 "routesOut": body["routes_exported"],
+                "limitsHit": [
+                    f"{x['protocol']} {x['channel']} {x['limit']}" for x in body["limits"] if x["hit"]
+                ],
                 "rttMs": body.get("rtt_ms"),
             }
             self._export(e, found, routes, stats, latency, verdict, now)
@@ -526,6 +579,11 @@ class MetricCollector:
             "routes": {f: dict(r) for f, r in routes.items()},
             "routes_imported": sum(r["imported"] for r in routes.values()),
             "routes_exported": sum(r["exported"] for r in routes.values()),
+            "limits": [
+                {"protocol": p.name, "channel": x.channel, "limit": x.limit, "max": x.value, "hit": x.hit}
+                for p in found
+                for x in _limits(p)
+            ],
             "tunnel": _tunnel_json(stats, now),
         }
         if latency is not None:
@@ -554,6 +612,10 @@ class MetricCollector:
             m.bgp_state.set((*labels, p.name, p.bgp_state or p.state), 1)
             if isinstance(since := _since(p.since), int):
                 m.bgp_since.set((*labels, p.name), since)
+            for x in _limits(p):
+                if x.value is not None:
+                    m.limit.set((*labels, p.name, x.channel, x.limit), x.value)
+                m.limit_hit.set((*labels, p.name, x.channel, x.limit), 1 if x.hit else 0)
         for family, r in routes.items():
             for direction, n in r.items():
                 m.routes.set((*labels, family, direction), n)

@@ -1,5 +1,5 @@
 """The ``sessions`` config section: the session tunnels' key, keepalive and
-link-local, the mass-removal guard (and its window), the cap on sessions per
+link-local, the node's uplink bandwidth, the mass-removal guard (and its window), the cap on sessions per
 answer and where preshared keys go.
 
 Everything has a default, so a node without the section behaves as issue 5 asks
@@ -39,6 +39,14 @@ def _positive(_inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{attr.name}: must be >= 1, got {value!r}")
 
 
+def _bandwidth(value: int | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000_000:
+        return f"must be the node's uplink speed in Mbit/s, 1-100000000 (or null), got {value!r}"
+    return None
+
+
 def _keepalive(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be 0-65535 seconds"
 
@@ -61,6 +69,11 @@ class SessionsConfig:
     local address towards link-local neighbours. Empty: derived from the IPv6
     loopback by the Go agent's rule (``fd00:4242:7777:302:1::1`` gives
     ``fe80::998:302:1:1``), or from a hash of ``node.name`` without one."""
+    bandwidth: int | None = attrs.field(default=None, metadata=check(_bandwidth))
+    """The node's uplink speed in Mbit/s: each session's DN42 bandwidth community
+    (64511, 21-29) is that of min(this, the session's ``policy.bandwidth``), the
+    wiki's rule (a link is as fast as its slower end). null: the session's value,
+    else 24 (>= 100 Mbit/s)."""
     guard_max_share: float = attrs.field(default=0.5, validator=_share)
     """Refuse an answer removing more than this share of the configured sessions ..."""
     guard_min_count: int = attrs.field(default=2, validator=_non_negative)
@@ -102,7 +115,7 @@ SECTION = ConfigSection(
     name="sessions",
     type=SessionsConfig,
     aliases=(SectionAlias(section="wireguard", keys={k: k for k in GO_WIREGUARD_KEYS}),),
-    description="eBGP sessions: tunnel key, keepalive and link-local, mass-removal guard, "
+    description="eBGP sessions: tunnel key, keepalive and link-local, uplink bandwidth, mass-removal guard, "
     "operator override, preshared-key directory",
 )
 

@@ -9,8 +9,33 @@ this?" is an equality test.
 Tunnel addressing (fixing go-agent.md §20.13/25):
 
 - our IPv6 link-local ``<ll>/64`` always (the usual DN42 session source);
-- ``<loopback v4>/32 peer <neighbour v4>`` when the session has an IPv4 neighbour;
-- ``<loopback v6>/128 peer <neighbour v6>`` when it has a ULA/IPv6 neighbour.
+- ``<local v4>/32 peer <neighbour v4>`` when the session has an IPv4 neighbour;
+- ``<local v6>/128 peer <neighbour v6>`` when it has a ULA/IPv6 neighbour.
+
+The local address (also BIRD's ``source address``) is the session's
+``localIpv4``/``localIpv6`` from the CP when it gives one, else the node's
+loopback. A per-session address is what the DN42 wiki recommends: a peer that
+routes our tunnel address statically over the tunnel loses only that address when
+the tunnel dies; with the loopback it black-holes the node's services on it.
+The loopback needs no address plan, and a peer can reach the node's loopback
+directly over the tunnel.
+
+Session shapes (``extensions``; see :func:`build_desired`):
+
+- ``mp-bgp`` + ``extended-nexthop``: one session over IPv6 carrying IPv6 and
+  IPv4 (IPv4 routes with IPv6 next hops, RFC 8950), with or without ``ipv4``;
+- ``mp-bgp`` alone with ``ipv4``: one session over IPv6, IPv4 routes with our
+  tunnel IPv4 as next hop;
+- ``mp-bgp`` alone without ``ipv4``: one IPv6-only session (nothing could be the
+  next hop of IPv4 routes, so IPv4 is not negotiated; a peer whose template has
+  both channels simply gets IPv6 only);
+- neither: separate IPv4 and IPv6 sessions for the neighbours the session has;
+- no ``extensions``: MP-BGP with extended next hop when there is an IPv6
+  neighbour, plain IPv4 BGP otherwise.
+
+Link communities: crypto 35 (PFS plus a pre-shared key's post-quantum
+resistance) with a PSK, else 34; bandwidth from min(``sessions.bandwidth``,
+``policy.bandwidth``); the route limits from ``policy`` (None: the BIRD policy's).
 """
 
 from __future__ import annotations
@@ -25,7 +50,7 @@ from moenet_core import DN42_ALLOWED_IPS, TunnelAddress, TunnelSpec
 from moenet_core.intents import EbgpPeerIntent
 
 from .config import SessionsConfig, section_of
-from .model import Session
+from .model import Session, bandwidth_community
 
 if TYPE_CHECKING:
     from moenet_core import NodeIdentity
@@ -34,10 +59,14 @@ if TYPE_CHECKING:
 #: Latency tier until the RTT task has measured the link: DN42 tier 5 (< 148 ms),
 #: pessimistic so an unmeasured link never looks better than it is.
 DEFAULT_LATENCY = 5
-#: Bandwidth tier: 24 (>= 100 Mbit/s), the usual VPS uplink.
+#: Bandwidth tier when neither the node nor the session says: 24 (>= 100 Mbit/s),
+#: the usual VPS uplink.
 DEFAULT_BANDWIDTH = 24
-#: DN42 crypto community of a WireGuard tunnel: 34, encrypted with PFS (PSK or not).
+#: DN42 crypto community of a WireGuard tunnel: 34, encrypted with PFS.
 CRYPTO = 34
+#: ... with a pre-shared key: 35, PFS and post-quantum resistance (the wiki's
+#: "WireGuard + PSK").
+CRYPTO_PSK = 35
 #: Where preshared keys are written (one 0600 file per interface) by the apply phase.
 DEFAULT_PSK_DIR = "/var/lib/moenet-agent/psk"
 
@@ -59,6 +88,10 @@ class NodeSettings:
     loopback_ipv6: str | None = None
     latency: int = DEFAULT_LATENCY
     bandwidth: int = DEFAULT_BANDWIDTH
+    """The bandwidth community when neither ``uplink_mbit`` nor the session's
+    policy gives one."""
+    uplink_mbit: int | None = None
+    """``sessions.bandwidth``: the node's uplink (Mbit/s); caps every session's tier."""
     psk_dir: str = DEFAULT_PSK_DIR
     import_limit: int | None = None
     export_limit: int | None = None
@@ -87,6 +120,7 @@ class NodeSettings:
             private_key_file=sec.private_key_path,
             link_local=ll,
             keepalive=sec.persistent_keepalive_interval,
+            uplink_mbit=sec.bandwidth,
             loopback_ipv4=v4,
             loopback_ipv6=v6,
             psk_dir=psk_dir or sec.psk_dir or f"{config.state.directory.rstrip('/')}/psk",
@@ -143,35 +177,39 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
     - the peer's AS is the node's own (that is iBGP, the ``ibgp`` plugin's job;
       BIRD would make it a multihop session, refused over link-local);
     - ``mp-bgp`` without any IPv6 neighbour to carry it;
-    - ``mp-bgp`` without ``extended-nexthop`` and without the session's IPv4
-      (the IPv4 channel then has no next hop of its own).
+    - an IPv4 (IPv6) neighbour without ``localIpv4`` (``localIpv6``) on a node
+      without an IPv4 (IPv6) loopback.
 
     Without ``extensions`` the backend's defaults (MP-BGP with extended next hop)
     apply where there is an IPv6 neighbour, plain IPv4 BGP where there is not.
+    ``mp-bgp`` without ``extended-nexthop`` and without ``ipv4`` is an IPv6-only
+    session: on the wire a BGP session over IPv6 negotiating only IPv6 unicast,
+    so the intent is the IPv6 half of a split peer (``mp_bgp`` False, no IPv4
+    neighbour), which the backend renders as one session with one IPv6 channel.
     """
     if settings.asn is not None and session.asn == settings.asn:
         raise DesiredError(
             f"the peer's AS{session.asn} is this node's own AS: that is iBGP, not an eBGP peering"
         )
     v6_neighbour = bool(session.ipv6_link_local or session.ipv6)
-    if session.extensions is not None:
-        mp_bgp = "mp-bgp" in session.extensions
-        if mp_bgp and not v6_neighbour:
-            raise DesiredError("extension mp-bgp needs an IPv6 neighbour (ipv6LinkLocal or ipv6)")
-        if mp_bgp and "extended-nexthop" not in session.extensions and not session.ipv4:
-            raise DesiredError(
-                "extension mp-bgp without extended-nexthop needs the session's ipv4 "
-                "(the next hop of the IPv4 routes)"
-            )
+    if session.extensions is not None and "mp-bgp" in session.extensions and not v6_neighbour:
+        raise DesiredError("extension mp-bgp needs an IPv6 neighbour (ipv6LinkLocal or ipv6)")
+    local_v4 = local_v6 = ""
     addresses = [TunnelAddress(local=f"{settings.link_local}/64")]
     if session.ipv4:
-        if not settings.loopback_ipv4:
-            raise DesiredError("the session has an IPv4 neighbour but the node has no IPv4 loopback")
-        addresses.append(TunnelAddress(local=f"{settings.loopback_ipv4}/32", peer=session.ipv4))
+        local_v4 = session.local_ipv4 or settings.loopback_ipv4 or ""
+        if not local_v4:
+            raise DesiredError(
+                "the session has an IPv4 neighbour but neither a localIpv4 nor the node's IPv4 loopback"
+            )
+        addresses.append(TunnelAddress(local=f"{local_v4}/32", peer=session.ipv4))
     if session.ipv6:
-        if not settings.loopback_ipv6:
-            raise DesiredError("the session has an IPv6 neighbour but the node has no IPv6 loopback")
-        addresses.append(TunnelAddress(local=f"{settings.loopback_ipv6}/128", peer=session.ipv6))
+        local_v6 = session.local_ipv6 or settings.loopback_ipv6 or ""
+        if not local_v6:
+            raise DesiredError(
+                "the session has an IPv6 neighbour but neither a localIpv6 nor the node's IPv6 loopback"
+            )
+        addresses.append(TunnelAddress(local=f"{local_v6}/128", peer=session.ipv6))
     psk_file = f"{settings.psk_dir.rstrip('/')}/{session.interface}.psk" if session.preshared_key else None
     tunnel = TunnelSpec(
         name=session.interface,
@@ -188,27 +226,33 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
     if session.extensions is not None:
         mp_bgp = "mp-bgp" in session.extensions
         extended_nexthop = "extended-nexthop" in session.extensions
+        if mp_bgp and not extended_nexthop and not session.ipv4:
+            # Nothing could be the next hop of IPv4 routes: an IPv6-only session
+            # (the backend's IPv6 session of a split peer, which has no IPv4 one).
+            mp_bgp = False
     else:
         mp_bgp, extended_nexthop = v6_neighbour, True  # IPv4 only: plain IPv4 BGP
+    policy = session.policy
     try:
         peer = EbgpPeerIntent(
             asn=session.asn,
             latency=latency if latency is not None else settings.latency,
-            bandwidth=settings.bandwidth,
-            crypto=CRYPTO,
+            bandwidth=link_bandwidth(settings, policy.bandwidth),
+            crypto=CRYPTO_PSK if session.preshared_key else CRYPTO,
             name=session.name,
             description=session.description,
             interface=session.interface,
             neighbor_link_local=session.ipv6_link_local or "",
             local_link_local=settings.link_local if session.ipv6_link_local else "",
             neighbor_ipv6=session.ipv6 or "",
-            local_ipv6=(settings.loopback_ipv6 or "") if session.ipv6 else "",
+            local_ipv6=local_v6,
             neighbor_ipv4=session.ipv4 or "",
-            local_ipv4=(settings.loopback_ipv4 or "") if session.ipv4 else "",
+            local_ipv4=local_v4,
             mp_bgp=mp_bgp,
             extended_nexthop=extended_nexthop,
-            import_limit=settings.import_limit,
-            export_limit=settings.export_limit,
+            import_limit=policy.import_limit if policy.import_limit is not None else settings.import_limit,
+            export_limit=policy.export_limit if policy.export_limit is not None else settings.export_limit,
+            receive_limit=policy.receive_limit,
         )
     except ValueError as exc:
         raise DesiredError(f"cannot build the routing intent: {exc}") from None
@@ -220,6 +264,18 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
         preshared_key=session.preshared_key,
         psk_digest=psk_digest(session.preshared_key),
     )
+
+
+def link_bandwidth(settings: NodeSettings, session_tier: int | None) -> int:
+    """The DN42 bandwidth community of a session's link: the lower of the node's
+    uplink (``sessions.bandwidth``) and the session's own (``policy``); the
+    node's default tier when neither is known."""
+    tiers = [t for t in (session_tier, _tier(settings.uplink_mbit)) if t is not None]
+    return min(tiers) if tiers else settings.bandwidth
+
+
+def _tier(mbit: int | None) -> int | None:
+    return bandwidth_community(mbit) if mbit else None
 
 
 def psk_digest(key: str | None) -> str | None:

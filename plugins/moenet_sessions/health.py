@@ -21,7 +21,8 @@ applies the rules below; no I/O, no clock (ages are computed by the caller).
 - one of split ``_v4`` / ``_v6`` protocols is down or missing while the other is
   ``Established``;
 - an ``Established`` protocol's channel imported 0 routes, filtered some
-  (``ipv4: 3 routes filtered``), is not up, or hit its import limit;
+  (``ipv4: 3 routes filtered``), is not up, or hit a route limit (receive,
+  import or export: ``ipv4: import limit hit (9000)``);
 - a kept-alive tunnel's handshake is older than :data:`REKEY_OVERDUE_SECONDS`
   (the rekey is failing) or its counters could not be read;
 - the RTT probes lost more than :data:`LOSS_DEGRADED_PERCENT`;
@@ -44,6 +45,7 @@ __all__ = [
     "REJECT_AFTER_SECONDS",
     "REKEY_OVERDUE_SECONDS",
     "Health",
+    "LimitHit",
     "ProtocolFacts",
     "SessionFacts",
     "TunnelFacts",
@@ -88,6 +90,21 @@ class Verdict(enum.IntEnum):
 
 
 @attrs.frozen(kw_only=True)
+class LimitHit:
+    """A route limit a channel hit (BIRD marks it ``[HIT]`` in ``show protocols all``)."""
+
+    channel: str
+    limit: str
+    """``receive``, ``import`` or ``export``."""
+    value: int | None = None
+    """The configured maximum, when known."""
+
+    def reason(self) -> str:
+        where = f"{self.channel}: {self.limit} limit hit"
+        return where if self.value is None else f"{where} ({self.value})"
+
+
+@attrs.frozen(kw_only=True)
 class ProtocolFacts:
     """One routing protocol of a session, as the daemon reported it."""
 
@@ -104,8 +121,8 @@ class ProtocolFacts:
     """Per up channel: ``imported``, ``filtered``, ``exported``."""
     channels_down: Mapping[str, str] = attrs.field(factory=dict)
     """Channels the protocol has that are not up (channel -> its state)."""
-    limits_hit: tuple[str, ...] = ()
-    """Channels whose import limit was hit."""
+    limits_hit: tuple[LimitHit, ...] = ()
+    """Route limits the protocol's channels hit."""
 
     @property
     def established(self) -> bool:
@@ -203,8 +220,8 @@ def _routing(facts: SessionFacts) -> list[Finding]:
     for p in up:
         for channel, state in sorted(p.channels_down.items()):
             out.append((Verdict.DEGRADED, f"{channel}: channel {state}"))
-        for channel in p.limits_hit:
-            out.append((Verdict.DEGRADED, f"{channel}: import limit hit"))
+        for hit in p.limits_hit:
+            out.append((Verdict.DEGRADED, hit.reason()))
         for family, r in sorted(p.routes.items()):
             if r.get("imported", 0) == 0:
                 out.append((Verdict.DEGRADED, f"{family}: 0 routes imported"))

@@ -26,6 +26,14 @@ Rules chosen where the CP contract is silent:
   ``wg<last 4 ASN digits>-<6 hex of sha256(uuid)>`` (13 characters). Names the
   kernel treats specially (``all``, ``default``, ``lo``...: ``moenet_core.RESERVED_IFNAMES``)
   are refused.
+- **Our tunnel addresses**: ``localIpv4`` / ``localIpv6`` are this node's
+  address on the tunnel (and BGP source) towards ``ipv4`` / ``ipv6``; each needs
+  its neighbour and must differ from it. Without them the node's loopback is used
+  (see :mod:`.desired`).
+- **Policy**: ``policy`` is null, ``""``, an object or a JSON string of one
+  (:class:`SessionPolicy`). A bad value in it makes the session invalid like any
+  other field: falling back to the node default could accept a full table from a
+  peer the CP meant to limit to a few routes.
 - **Duplicates**: the same uuid twice makes every element with it invalid. The
   same interface or listen port on two sessions the node must *configure*
   (``ACTIVE``, ``ERROR``, ``QUEUED_FOR_SETUP``) makes both invalid; a session
@@ -39,6 +47,7 @@ import binascii
 import hashlib
 import ipaddress
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -53,6 +62,15 @@ CONFIGURE_STATUSES = frozenset({SessionStatus.ACTIVE, SessionStatus.ERROR, Sessi
 
 #: Extensions the agent understands (others are ignored with a warning).
 KNOWN_EXTENSIONS = frozenset({"mp-bgp", "extended-nexthop"})
+
+#: Upper bound of a per-session route limit (the DN42 table is a few thousand routes).
+MAX_ROUTE_LIMIT = 1_000_000
+#: Upper bound of a link bandwidth in Mbit/s (DN42 community 29 is >= 10 Tbit/s).
+MAX_BANDWIDTH_MBIT = 100_000_000
+#: DN42 bandwidth community (64511, x): the link carries at least 10^(x-22) Mbit/s.
+BANDWIDTH_COMMUNITY_MBIT: dict[int, float] = {x: 10.0 ** (x - 22) for x in range(21, 30)}
+_BW_RE = re.compile(r"^([0-9]{1,12}(?:\.[0-9]{1,6})?)\s*([KMGT]?)(?:BIT|BPS|B)?(?:/S)?$", re.IGNORECASE)
+_BW_SCALE = {"K": 0.001, "": 1.0, "M": 1.0, "G": 1000.0, "T": 1_000_000.0}
 
 DEFAULT_MTU = 1420
 MIN_MTU = 1280
@@ -81,8 +99,8 @@ _RESERVED_ASNS: tuple[tuple[int, int], ...] = (
 _TOP_KEYS = frozenset(
     {
         "uuid", "asn", "name", "description", "status", "type", "interface", "endpoint", "credential",
-        "ipv4", "ipv6", "ipv6LinkLocal", "mtu", "port", "localPort", "extensions", "policy", "lastError",
-        "data", "removed", "id", "createdAt", "updatedAt", "node", "nodeId", "router",
+        "ipv4", "ipv6", "ipv6LinkLocal", "localIpv4", "localIpv6", "mtu", "port", "localPort", "extensions",
+        "policy", "lastError", "data", "removed", "id", "createdAt", "updatedAt", "node", "nodeId", "router",
     }
 )  # fmt: skip
 _CRED_KEYS = {
@@ -94,12 +112,31 @@ _CRED_KEYS = {
 }
 
 
+_POLICY_KEYS = frozenset({"importLimit", "exportLimit", "receiveLimit", "bandwidth", "bandwidthCommunity"})
+
+
 class SessionsPayloadError(MoenetError):
     """The CP answer is not a session list at all (refused as a whole, never "empty")."""
 
 
 class _Bad(Exception):
     """One field is invalid: ``path: message``."""
+
+
+@attrs.frozen(kw_only=True)
+class SessionPolicy:
+    """The CP's per-session routing policy (``policy``); None takes the node's
+    default (the BIRD policy's eBGP limits, ``sessions.bandwidth``)."""
+
+    import_limit: int | None = None
+    """Routes accepted from the peer (BIRD ``import limit``)."""
+    export_limit: int | None = None
+    """Routes sent to the peer (BIRD ``export limit``)."""
+    receive_limit: int | None = None
+    """Routes received from the peer, filtered ones included (BIRD ``receive limit``)."""
+    bandwidth: int | None = None
+    """The link's DN42 bandwidth community 21-29 (from ``bandwidth`` in Mbit/s or
+    ``bandwidthCommunity``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +159,11 @@ class Session:
     ipv4: str | None = None
     ipv6: str | None = None
     ipv6_link_local: str | None = None
+    local_ipv4: str | None = None
+    """Our address on the tunnel towards ``ipv4`` (None: the node's IPv4 loopback)."""
+    local_ipv6: str | None = None
+    """Our address on the tunnel towards ``ipv6`` (None: the node's IPv6 loopback)."""
+    policy: SessionPolicy = SessionPolicy()
     mtu: int = DEFAULT_MTU
     extensions: tuple[str, ...] | None = None
     """Known extensions, sorted; None when the CP sent none (backend defaults apply)."""
@@ -219,6 +261,9 @@ def _parse_one(item: Any, path: str) -> Session | Invalid:
     run("ipv4", _addr, item.get("ipv4"), f"{path}.ipv4", 4, False)
     run("ipv6", _addr, item.get("ipv6"), f"{path}.ipv6", 6, False)
     run("ipv6_link_local", _addr, item.get("ipv6LinkLocal"), f"{path}.ipv6LinkLocal", 6, True)
+    run("local_ipv4", _addr, item.get("localIpv4"), f"{path}.localIpv4", 4, False)
+    run("local_ipv6", _addr, item.get("localIpv6"), f"{path}.localIpv6", 6, False)
+    run("policy", _policy, item.get("policy"), f"{path}.policy", warnings)
     run("extensions", _extensions, item.get("extensions"), f"{path}.extensions", warnings)
     run("cred", _credential, item.get("credential"), f"{path}.credential", warnings)
     run("endpoint", _endpoint, item.get("endpoint"), f"{path}.endpoint")
@@ -267,6 +312,16 @@ def _parse_one(item: Any, path: str) -> Session | Invalid:
         problems.append(f"{path}.mtu: mtu and credential.mtu disagree ({sorted(mtus)})")
     if not any(fields[k] for k in ("ipv4", "ipv6", "ipv6_link_local")):
         problems.append(f"{path}: no neighbour address (ipv4, ipv6 or ipv6LinkLocal) for BGP")
+    for family in ("ipv4", "ipv6"):
+        local, key = fields[f"local_{family}"], f"local{family.capitalize()}"
+        if local is None:
+            continue
+        if not fields[family]:
+            problems.append(
+                f"{path}.{key}: set without {family} (no neighbour to pair it with on the tunnel)"
+            )
+        elif local == fields[family]:
+            problems.append(f"{path}.{key}: {local} is the neighbour's own address ({family})")
     if problems:
         return Invalid(
             uuid=uuid,
@@ -291,6 +346,9 @@ def _parse_one(item: Any, path: str) -> Session | Invalid:
         ipv4=fields["ipv4"],
         ipv6=fields["ipv6"],
         ipv6_link_local=fields["ipv6_link_local"],
+        local_ipv4=fields["local_ipv4"],
+        local_ipv6=fields["local_ipv6"],
+        policy=fields["policy"],
         mtu=next(iter(mtus), DEFAULT_MTU),
         extensions=fields["extensions"],
         last_error=last_error,
@@ -521,6 +579,95 @@ def _credential(v: Any, path: str, warnings: list[str]) -> dict[str, Any]:
     if "mtu" in raw:
         out["mtu"] = _mtu(raw["mtu"], f"{path}.mtu")
     return out
+
+
+def _policy(v: Any, path: str, warnings: list[str]) -> SessionPolicy:
+    """``{"importLimit", "exportLimit", "receiveLimit", "bandwidth" | "bandwidthCommunity"}``,
+    each optional; null, ``""`` or ``{}`` is no policy; a JSON string of the object
+    is read like ``credential``. Unknown keys are warnings."""
+    if v is None or v == "":
+        return SessionPolicy()
+    if isinstance(v, str) and v.strip().startswith("{") and len(v) <= 4096:
+        try:
+            v = json.loads(v)
+        except ValueError as exc:
+            raise _Bad(f"{path}: looks like JSON but does not parse: {exc}") from None
+    if not isinstance(v, Mapping):
+        raise _Bad(
+            f"{path}: must be an object (importLimit, exportLimit, receiveLimit, bandwidth), got {_kind(v)}"
+        )
+    for key in sorted(str(k) for k in v if k not in _POLICY_KEYS):
+        warnings.append(f"{path}: unknown field {key[:40]!r} ignored")
+    problems: list[str] = []
+    limits: dict[str, int | None] = {}
+    for key in ("importLimit", "exportLimit", "receiveLimit"):
+        try:
+            limits[key] = _limit(v.get(key), f"{path}.{key}")
+        except _Bad as exc:
+            problems.append(str(exc))
+    bandwidth: int | None = None
+    try:
+        if v.get("bandwidth") not in (None, 0) and v.get("bandwidthCommunity") not in (None, 0):
+            raise _Bad(f"{path}.bandwidth: set bandwidth (Mbit/s) or bandwidthCommunity, not both")
+        bandwidth = _bandwidth_mbit(v.get("bandwidth"), f"{path}.bandwidth")
+        if bandwidth is None:
+            bandwidth = _bandwidth_community(v.get("bandwidthCommunity"), f"{path}.bandwidthCommunity")
+    except _Bad as exc:
+        problems.append(str(exc))
+    if problems:
+        raise _Bad("; ".join(problems))
+    imp, rcv = limits["importLimit"], limits["receiveLimit"]
+    if imp is not None and rcv is not None and rcv < imp:
+        warnings.append(
+            f"{path}.receiveLimit: {rcv} is below importLimit {imp} (received routes include the imported "
+            "ones): the receive limit is hit first"
+        )
+    return SessionPolicy(
+        import_limit=imp, export_limit=limits["exportLimit"], receive_limit=rcv, bandwidth=bandwidth
+    )
+
+
+def _limit(v: Any, path: str) -> int | None:
+    if v is None or (_is_int(v) and v == 0):
+        return None
+    if not _is_int(v) or not 1 <= v <= MAX_ROUTE_LIMIT:
+        raise _Bad(
+            f"{path}: must be a route count 1-{MAX_ROUTE_LIMIT} (0 or null for the node default), "
+            f"got {_show(v)}"
+        )
+    return int(v)
+
+
+def bandwidth_community(mbit: float) -> int:
+    """The DN42 bandwidth community (21-29) of a link of ``mbit`` Mbit/s: the
+    highest tier whose floor it reaches (below 0.1 Mbit/s: 21)."""
+    return max((x for x, floor in BANDWIDTH_COMMUNITY_MBIT.items() if mbit >= floor), default=21)
+
+
+def _bandwidth_mbit(v: Any, path: str) -> int | None:
+    """A link speed in Mbit/s (a number, or ``"100M"``, ``"1G"``, ``"500K"``) as its
+    DN42 bandwidth community."""
+    if v is None or (_is_int(v) and v == 0):
+        return None
+    mbit: float | None = None
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        mbit = float(v)
+    elif isinstance(v, str) and (m := _BW_RE.fullmatch(v.strip())):
+        mbit = float(m.group(1)) * _BW_SCALE[m.group(2).upper()]
+    if mbit is None or not math.isfinite(mbit) or not 0 < mbit <= MAX_BANDWIDTH_MBIT:
+        raise _Bad(
+            f"{path}: must be a link speed in Mbit/s (a positive number, or like '100M', '1G'; "
+            f"at most {MAX_BANDWIDTH_MBIT}), got {_show(v)}"
+        )
+    return bandwidth_community(mbit)
+
+
+def _bandwidth_community(v: Any, path: str) -> int | None:
+    if v is None or (_is_int(v) and v == 0):
+        return None
+    if not _is_int(v) or not 21 <= v <= 29:
+        raise _Bad(f"{path}: must be a DN42 bandwidth community 21-29, got {_show(v)}")
+    return int(v)
 
 
 def _show(v: Any) -> str:

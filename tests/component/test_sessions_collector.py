@@ -264,6 +264,7 @@ async def test_report_metrics_and_health_in_one_bird_call(rig: Rig) -> None:
         },
         "routes_imported": 22,
         "routes_exported": 81,
+        "limits": [],
         "tunnel": {"latestHandshake": NOW - 30, "handshakeAgeSeconds": 30, "rxBytes": 1000, "txBytes": 2000},
         "rtt_ms": 12.346,
         "loss": 0.0,
@@ -337,6 +338,7 @@ async def test_report_metrics_and_health_in_one_bird_call(rig: Rig) -> None:
         "since": 1699996000,
         "routesIn": b["routes_imported"],
         "routesOut": b["routes_exported"],
+        "limitsHit": [],
         "rttMs": b.get("rtt_ms"),
     }
     assert result == collector.last and result["reported"] is True and result["problem"] is None
@@ -499,7 +501,7 @@ async def test_channel_states_and_import_limits_from_a_bird_readout(rig: Rig) ->
     await collector.run_once()
     assert collector.health_info()["sessions"][uid(2)]["reasons"] == [
         "ipv6: channel DOWN",
-        "ipv4: import limit hit",
+        "ipv4: import limit hit (9000)",
         "ipv4: 1 route filtered",
     ]
     [body] = rig.reports()

@@ -22,9 +22,12 @@ from typing import Any
 import pytest
 from helpers.render import cp_data
 from moenet_bird import communities as C
+from moenet_bird.collector import RouteCollector
+from moenet_bird.denylist import parse_deny_text
 from moenet_bird.names import BIRD_KEYWORDS, BirdConfigError, bird_string, symbol_error
-from moenet_bird.policy import BgpPeer, BirdPolicy, parse_bird_config
+from moenet_bird.policy import BgpPeer, BirdPolicy, RpkiServer, parse_bird_config
 from moenet_bird.render import MARKER, render_tree
+from moenet_bird.roa import LocalRouting, StaticRoa, parse_roa_text
 from moenet_bird.testing import unchecked_intent
 
 from moenet_core.intents import BabelInterfaceIntent, EbgpPeerIntent, IbgpNeighborIntent, IbgpOptionsIntent
@@ -165,9 +168,29 @@ def _cases() -> dict[str, dict[str, Any]]:
         "split_v4_v6": {"peers": [split_peer()]},
         "split_v4_only": {"peers": [split_peer(neighbor_ipv6="", local_ipv6="")]},
         "ula_mpbgp": {"peers": [split_peer(mp_bgp=True, extended_nexthop=True, neighbor_ipv4="")]},
-        # PSK or not, WireGuard is crypto 34; the session carries no PSK into BIRD.
+        # WireGuard is crypto 34, with a pre-shared key 35 (the sessions plugin decides).
         "psk_and_no_psk": {
-            "peers": [ll_peer(U1, crypto=34), ll_peer(U3, asn=4242420005, crypto=34, latency=6)]
+            "peers": [ll_peer(U1, crypto=35), ll_peer(U3, asn=4242420005, crypto=34, latency=6)]
+        },
+        # Policy knobs: other local preferences, cold potato off, a receive limit
+        # default; per-session limits; measured mesh tiers on the iBGP neighbours
+        # of a client (add paths rx towards the reflector).
+        "exits_limits_latency": {
+            "data": _cp_variant(
+                policy__ebgpLocalPref=300,
+                policy__ebgpDirectBonus=0,
+                policy__coldPotato=False,
+                policy__ebgpReceiveLimit=5000,
+            ),
+            "peers": [
+                ll_peer(U1, receive_limit=700, import_limit=300, export_limit=200, bandwidth=29),
+                ll_peer(U3, asn=4242420005, crypto=36),
+            ],
+            "ibgp": IbgpOptionsIntent(route_reflector=False),
+            "ibgp_peers": [
+                neighbor(4, "tyo1", v4="172.20.42.2", v6="fd42:4242:1234::2", is_rr=True, latency=5),
+                neighbor(5, "sin1", v6="fd42:4242:1234::3", latency=2),
+            ],
         },
         "same_asn_twice": {
             "peers": [
@@ -226,6 +249,48 @@ def _cases() -> dict[str, dict[str, Any]]:
             "maintenance": False,
         },
         "disabled_peer": {"peers": [ll_peer(disabled=True, import_limit=100, export_limit=50)]},
+        # Local additions (moenet_bird.roa): loose pinned, a local RTR cache next to the
+        # CP's, static ROAs from a file, aggregates withdrawn (isolated node).
+        "roa_local_static_isolated": {
+            "peers": [ll_peer()],
+            "local": LocalRouting(
+                roa_mode="loose",
+                rpki_servers=(RpkiServer(name="stayrtr", host="127.0.0.1", port=8082),),
+                rpki_expire=86400,
+                static=StaticRoa.of(
+                    parse_roa_text(
+                        "route 172.20.0.0/14 max 29 as 4242420000;\n"
+                        "route 172.20.42.0/27 max 29 as 4242421234;\n"
+                        "route fd42:4242:1234::/48 max 64 as 4242421234;\n",
+                        "golden",
+                    )
+                ),
+                announce_aggregates=False,
+            ),
+        },
+        # The DN42 Global Route Collector switched on by the CP, on a route reflector
+        # (add paths tx to its clients); deny lists from the CP and a local file, merged.
+        "grc_denylist": {
+            "data": _cp_variant(
+                policy__routeCollector=True,
+                policy__denyList={
+                    "prefixes": ["172.20.66.0/24+", "fd42:dead::/32{48,64}"],
+                    "asns": [4242420666, "AS4242420667"],
+                },
+            ),
+            "peers": [ll_peer()],
+            "ibgp": IbgpOptionsIntent(route_reflector=True),
+            "ibgp_peers": RR_NEIGHBORS,
+            "local": LocalRouting(
+                deny=parse_deny_text("172.22.0.0/24  # one prefix\nAS4242420668\n", "golden"),
+            ),
+        },
+        # Pinned locally with an IPv4 collector address (source OWNIP) while the CP says off.
+        "grc_local_v4": {
+            "data": _cp_variant(policy__routeCollector=False),
+            "peers": [ll_peer()],
+            "local": LocalRouting(collector=RouteCollector(enabled=True, neighbor="172.20.129.4")),
+        },
     }
 
 
@@ -240,6 +305,7 @@ def render_case(case: dict[str, Any], **kw: Any) -> dict[str, str]:
         ibgp_peers=case.get("ibgp_peers", ()),
         babel=case.get("babel", ()),
         maintenance=case.get("maintenance", False),
+        local=case.get("local"),
         **kw,
     )
 
@@ -535,7 +601,7 @@ def test_ibgp_template_has_next_hop_self_limits_and_drain() -> None:
     for family in ("ipv4", "ipv6"):
         channel = template.split(f"  {family} {{")[1].split("  };")[0]
         assert "next hop self ebgp;" in channel
-        assert "import limit 12345 action block;" in channel and "export limit 6789 action block;" in channel
+        assert "import limit 12345 action block;" in channel and "export limit 6789 action warn;" in channel
         assert "import where moenet_ibgp_in();" in channel and "export where moenet_ibgp_out();" in channel
     drained = render_tree(policy(data), [], ibgp_peers=CLIENT_NEIGHBORS, maintenance=True)["filters.conf"]
     out = drained.split("function moenet_ibgp_out")[1]
@@ -756,7 +822,7 @@ def test_symbols_normalised_by_meaning() -> None:
         ({"asn": 0}, "peers[0].asn: must be a usable"),
         ({"latency": 0}, "peers[0].latency: must be 1-9"),
         ({"bandwidth": 30}, "peers[0].bandwidth: must be 21-29"),
-        ({"crypto": 35}, "peers[0].crypto: must be 31-34"),
+        ({"crypto": 37}, "peers[0].crypto: must be 31-36"),
         ({"interface": "wg0; reject"}, "peers[0].interface: must be 1-15 characters"),
         ({"interface": "a" * 16}, "peers[0].interface: must be 1-15 characters"),
         ({"interface": '"wg"'}, "peers[0].interface: must be 1-15"),
@@ -910,6 +976,8 @@ DN42_STANDARD = [
     ("crypto", 32, "unsafe"),
     ("crypto", 33, "no PFS"),
     ("crypto", 34, "with PFS"),
+    ("crypto", 35, "post-quantum resistance"),
+    ("crypto", 36, "post-quantum forward secrecy"),
     ("region", 41, "Europe"),
     ("region", 42, "North America-E"),
     ("region", 43, "North America-C"),
@@ -947,7 +1015,7 @@ def test_dn42_tables_match_standard(kind: str, value: int, meaning: Any) -> None
 
 def test_dn42_table_edges() -> None:
     assert C.bandwidth_community(250) == 24 and C.bandwidth_community(0.01) == 21
-    assert C.CRYPTO_WIREGUARD == 34
+    assert C.CRYPTO_WIREGUARD == 34 and C.CRYPTO_WIREGUARD_PSK == 35 and set(C.CRYPTO) == set(C.CRYPTO_RANGE)
     assert set(C.REGIONS) == set(range(41, 58)) and all(
         v in C.REGION_RANGE for v in C.REGION_SYMBOLS.values()
     )
@@ -958,5 +1026,5 @@ def test_dn42_table_edges() -> None:
 
 def test_rendered_ranges_match_tables() -> None:
     comm = render_case({"peers": []})["moenet_communities.conf"]
-    assert "(64511, 1..9)" in comm and "(64511, 21..29)" in comm and "(64511, 31..34)" in comm
+    assert "(64511, 1..9)" in comm and "(64511, 21..29)" in comm and "(64511, 31..36)" in comm
     assert "(64511, 41..70)" in comm and "(64511, 1000..1999)" in comm

@@ -214,9 +214,8 @@ def test_bird_doc_tables_match_the_community_tables():
     for symbol, x in c.REGION_SYMBOLS.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {x} | "))
         assert f"`{symbol}`" in row, f"region symbol {symbol}"
-    for where, pref in c.COLD_POTATO_PREF.items():
-        label = {"remote": "another continent"}.get(where, where.replace("_", " "))
-        assert f"| {label} | {pref} |" in text, f"cold potato {where}"
+    for key, pref in c.LOCAL_PREF.items():
+        assert f"| `{key}` | {pref} |" in text, f"local preference {key}"
     from moenet_rtt.tier import UPPER_BOUNDS
 
     for x, bound in enumerate(UPPER_BOUNDS, start=1):

@@ -10,6 +10,7 @@ from moenet_sessions.health import (
     REJECT_AFTER_SECONDS,
     REKEY_OVERDUE_SECONDS,
     Health,
+    LimitHit,
     ProtocolFacts,
     SessionFacts,
     TunnelFacts,
@@ -164,7 +165,25 @@ CASES: list[tuple[str, SessionFacts, Verdict, list[str]]] = [
         D,
         ["ipv4: channel DOWN"],
     ),
-    ("import limit hit", facts(est(limits_hit=("ipv4",))), D, ["ipv4: import limit hit"]),
+    (
+        "import limit hit",
+        facts(est(limits_hit=(LimitHit(channel="ipv4", limit="import"),))),
+        D,
+        ["ipv4: import limit hit"],
+    ),
+    (
+        "receive and export limits hit",
+        facts(
+            est(
+                limits_hit=(
+                    LimitHit(channel="ipv6", limit="receive", value=18000),
+                    LimitHit(channel="ipv6", limit="export", value=9000),
+                )
+            )
+        ),
+        D,
+        ["ipv6: receive limit hit (18000)", "ipv6: export limit hit (9000)"],
+    ),
     (
         "rekey overdue",
         facts(est(), tunnel=TunnelFacts(handshake_age=REKEY_OVERDUE_SECONDS + 5, keepalive=25)),

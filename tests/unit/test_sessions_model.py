@@ -10,7 +10,9 @@ import pytest
 from moenet_sessions.model import (
     Invalid,
     Session,
+    SessionPolicy,
     SessionsPayloadError,
+    bandwidth_community,
     derive_interface,
     parse_sessions,
 )
@@ -137,6 +139,34 @@ def test_empty_list_is_an_empty_answer() -> None:
         ({"description": "line\u2028sep"}, "description"),
         ({"extensions": "mp-bgp"}, "extensions"),
         ({"extensions": [1]}, "extensions[0]"),
+        ({"ipv4": "172.20.9.9", "localIpv4": "fd00::1"}, "localIpv4"),
+        ({"ipv4": "172.20.9.9", "localIpv4": "172.20.0.1/24"}, "localIpv4"),
+        ({"ipv4": "172.20.9.9", "localIpv4": "172.20.9.9"}, "localIpv4"),
+        ({"localIpv4": "172.20.0.1"}, "localIpv4"),  # no ipv4 neighbour to pair it with
+        ({"ipv6": "fd00::9", "localIpv6": "fe80::5"}, "localIpv6"),
+        ({"ipv6": "fd00::9", "localIpv6": "fd00::9"}, "localIpv6"),
+        ({"localIpv6": "fd00::5"}, "localIpv6"),
+        ({"ipv6": "fd00::9", "localIpv6": "ff02::1"}, "localIpv6"),
+        ({"policy": 3}, "policy"),
+        ({"policy": ["importLimit"]}, "policy"),
+        ({"policy": "own-only"}, "policy"),
+        ({"policy": '{"importLimit": '}, "policy"),
+        ({"policy": {"importLimit": -1}}, "policy.importLimit"),
+        ({"policy": {"importLimit": "100"}}, "policy.importLimit"),
+        ({"policy": {"importLimit": True}}, "policy.importLimit"),
+        ({"policy": {"importLimit": 1.5}}, "policy.importLimit"),
+        ({"policy": {"exportLimit": 10**7}}, "policy.exportLimit"),
+        ({"policy": {"receiveLimit": "lots"}}, "policy.receiveLimit"),
+        ({"policy": {"bandwidth": -5}}, "policy.bandwidth"),
+        ({"policy": {"bandwidth": float("nan")}}, "policy.bandwidth"),
+        ({"policy": {"bandwidth": float("inf")}}, "policy.bandwidth"),
+        ({"policy": {"bandwidth": 10**9}}, "policy.bandwidth"),
+        ({"policy": {"bandwidth": "fast"}}, "policy.bandwidth"),
+        ({"policy": {"bandwidth": "1G; drop"}}, "policy.bandwidth"),
+        ({"policy": {"bandwidth": True}}, "policy.bandwidth"),
+        ({"policy": {"bandwidth": 100, "bandwidthCommunity": 24}}, "policy.bandwidth"),
+        ({"policy": {"bandwidthCommunity": 30}}, "policy.bandwidthCommunity"),
+        ({"policy": {"bandwidthCommunity": "24"}}, "policy.bandwidthCommunity"),
     ],
 )
 def test_hostile_fields_are_invalid_with_path(over: dict[str, Any], field: str) -> None:
@@ -274,3 +304,77 @@ def test_duplicates() -> None:
 def test_duplicate_interface_allowed_for_a_session_being_deleted() -> None:
     ok, bad = parse_sessions([sess(1, status=5), sess(2, interface="wg1", port=20001, status=4)])
     assert len(ok) == 2 and bad == []
+
+
+def test_local_tunnel_addresses() -> None:
+    s = one(
+        sess(1, ipv4="172.20.9.9", localIpv4="172.20.0.77/32", ipv6="fd00:9::9", localIpv6="FD00:1::0077")
+    )
+    assert isinstance(s, Session)
+    assert (s.local_ipv4, s.local_ipv6) == ("172.20.0.77", "fd00:1::77")
+    s = one(sess(1, ipv4="172.20.9.9", localIpv4="", localIpv6=None))
+    assert isinstance(s, Session) and s.local_ipv4 is None and s.local_ipv6 is None
+    assert not any("localIpv" in w for w in s.warnings)  # known fields, not "unknown"
+
+
+def test_policy_absent_or_empty_is_the_node_default() -> None:
+    for policy in (..., None, "", {}, "{}"):
+        s = one(sess(1, policy=policy))
+        assert isinstance(s, Session) and s.policy == SessionPolicy(), policy
+
+
+def test_policy_fields() -> None:
+    s = one(sess(1, policy={"importLimit": 200, "exportLimit": 5000, "receiveLimit": 400, "bandwidth": 1000}))
+    assert isinstance(s, Session)
+    assert s.policy == SessionPolicy(import_limit=200, export_limit=5000, receive_limit=400, bandwidth=25)
+    # 0 is "unset" for limits, like port and mtu; a JSON string is read like credential.
+    s = one(sess(1, policy=json.dumps({"importLimit": 0, "bandwidthCommunity": 23})))
+    assert isinstance(s, Session) and s.policy == SessionPolicy(bandwidth=23)
+
+
+def test_policy_unknown_keys_and_odd_limits_warn() -> None:
+    s = one(sess(1, policy={"importLimit": 500, "receiveLimit": 100, "exportPolicy": "own"}))
+    assert isinstance(s, Session) and s.policy.receive_limit == 100
+    assert any("'exportPolicy' ignored" in w for w in s.warnings)
+    assert any("receiveLimit: 100 is below importLimit 500" in w for w in s.warnings)
+
+
+def test_bad_policy_names_every_bad_field_and_refuses_the_session() -> None:
+    """A bad limit never falls back to the node default (that could accept a full
+    table from a peer the CP meant to hold to a few routes): the session is invalid."""
+    inv = one(sess(1, policy={"importLimit": "x", "bandwidthCommunity": 99}, status=1))
+    assert isinstance(inv, Invalid) and inv.status is SessionStatus.ACTIVE
+    assert ".policy.importLimit:" in inv.reason and ".policy.bandwidthCommunity:" in inv.reason
+
+
+@pytest.mark.parametrize(
+    ("bandwidth", "community"),
+    [
+        (0.05, 21),
+        (0.1, 21),
+        (0.5, 21),
+        (1, 22),
+        (9.99, 22),
+        (10, 23),
+        (100, 24),
+        (999, 24),
+        ("1000M", 25),
+        ("1G", 25),
+        ("2.5 Gbit", 25),
+        ("10G", 26),
+        ("500K", 21),
+        ("100 Mbps", 24),
+        (10**7, 29),
+        (10**8, 29),
+    ],
+)
+def test_policy_bandwidth_to_dn42_community(bandwidth: Any, community: int) -> None:
+    s = one(sess(1, policy={"bandwidth": bandwidth}))
+    assert isinstance(s, Session), s
+    assert s.policy.bandwidth == community
+
+
+def test_bandwidth_community_tiers_follow_the_wiki() -> None:
+    """(64511, x) means at least 10^(x-22) Mbit/s: 21 is 0.1 Mbit/s, 25 1 Gbit/s, 29 10 Tbit/s."""
+    assert [bandwidth_community(10.0**e) for e in range(-1, 8)] == list(range(21, 30))
+    assert bandwidth_community(0.01) == 21 and bandwidth_community(10.0**9) == 29

@@ -87,6 +87,9 @@ IDLE_TIMEOUT = 120.0
 """Default seconds a kept-alive connection may idle (``server.idleTimeout``)."""
 LOG_INTERVAL = 60.0
 """Refusals are logged at most once per client (connection-cap events: once) per interval."""
+GO_AGENT_TOOL_PATHS = frozenset({"/ping", "/tcping", "/trace", "/route", "/path"})
+"""The Go agent's tool endpoints: a plugin route with one of these paths is also
+served there, un-prefixed (see :meth:`LocalApi._add_go_tool_paths`)."""
 LOOPBACK_NAMES = frozenset({"localhost"})
 """Host names always accepted in the Host header (besides loopback addresses)."""
 
@@ -702,6 +705,7 @@ class LocalApi:
         self._protected[r.add_post("/restart", self._restart)] = True
         for spec in self._host.routes:
             self._add_plugin_route(app, spec)
+        self._add_go_tool_paths(app)
         try:
             self._host.registry.register(_ApiCollector(self))
         except ValueError:  # another LocalApi of this registry already exports them
@@ -727,6 +731,29 @@ class LocalApi:
             ) from exc
         if spec.is_mutating or spec.is_sensitive:
             self._protected[route] = spec.is_mutating
+
+    def _add_go_tool_paths(self, app: web.Application) -> None:
+        """Serve a plugin's ``/ping`` (``/tcping``, ``/trace``, ``/route``,
+        ``/path``) also at the Go agent's un-prefixed path, protected the same
+        way, so the Go agent's clients keep working. Only when exactly one
+        plugin offers that method and path; two are logged and get neither."""
+        offered: dict[tuple[str, str], list[RouteSpec]] = {}
+        for spec in self._host.routes:
+            if spec.path in GO_AGENT_TOOL_PATHS:
+                offered.setdefault((spec.method, spec.path), []).append(spec)
+        for (method, path), specs in sorted(offered.items()):
+            if len(specs) > 1:
+                logger.warning(
+                    "local API: plugins {} all offer {} {}: none is served there",
+                    ", ".join(sorted(s.plugin for s in specs)),
+                    method,
+                    path,
+                )
+                continue
+            [spec] = specs
+            route = app.router.add_route(method, path, self._bind_handler(spec))
+            if spec.is_mutating or spec.is_sensitive:
+                self._protected[route] = spec.is_mutating
 
     def _bind_handler(self, spec: RouteSpec) -> Handler:
         """``spec.handler`` as an aiohttp handler: called with the plugin's context."""

@@ -55,6 +55,7 @@ PROGRAMS: dict[str, tuple[str, str | None]] = {
     "wg": ("system-deps", "wireguard-tools"),
     "wireguard-go": ("system-deps", "wireguard-go"),
     "ping": ("system-deps", "iputils-ping"),
+    "traceroute": ("system-deps", "traceroute"),
     "sysctl": ("system-deps", "procps"),
     "curl": ("system-deps", "curl"),
     "promtool": ("system-deps", "prometheus"),
@@ -88,10 +89,17 @@ INDIRECT: dict[tuple[str, str], str] = {
     ("plugins/moenet_bird/testing.py", "*cmd"): "bird",
     ("tests/component/test_bird_client.py", "*bird"): "bird",
     ("tests/unit/test_bird_cli.py", "bird"): "bird",
+    ("tests/unit/test_sessions_desired.py", "bird"): "bird",
+    ("tests/unit/test_bird_denylist.py", "bird"): "bird",
+    ("tests/unit/test_bird_grc.py", "bird"): "bird",
+    ("plugins/moenet_wireguard/keys.py", "wg"): "wg",  # shutil.which("wg"): wg pubkey
     ("tests/unit/test_bird_render.py", "str(bird)"): "bird",
     ("tests/unit/test_bird_render.py", "str(bird_bin)"): "bird",
     ("tests/unit/test_bird_render.py", "str(ROOT / 'scripts/install-bird')"): "scripts/install-bird",
     ("tests/component/test_bird_client.py", "str(ROOT / 'scripts/install-bird')"): "scripts/install-bird",
+    # each Debian suite's BIRD 3 (scripts/install-bird --all-debian)
+    ("tests/unit/test_bird_debian_versions.py", "str(INSTALL_BIRD)"): "scripts/install-bird",
+    ("tests/unit/test_bird_debian_versions.py", "str(entry.bird)"): "bird",
     ("tests/component/test_metrics_promtool.py", "promtool()"): "promtool",
     # the labs and the demo: the installed agent and birdc
     ("contrib/lab/lab.py", "self.agent_bin"): "moenet-agent",

@@ -120,6 +120,11 @@ class PluginMetrics:
             raise ValueError(f"invalid metric name {name!r}")
         return name if name.startswith(self.prefix) else self.prefix + name
 
+    def full_name(self, name: str) -> str:
+        """``moenet_<plugin>_<name>``: the name a family built for
+        :meth:`register_collector` must carry."""
+        return self._name(name)
+
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(self._name(name), doc, list(labels), registry=self.registry)
 

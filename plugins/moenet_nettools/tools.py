@@ -73,6 +73,13 @@ def moenet_features() -> list[str]:
 
 
 @hookimpl
+def moenet_startup(ctx: PluginContext) -> None:
+    """Register the request counter at start: a counter that appears only with
+    the first request breaks ``rate()`` and alerts on ``absent()``."""
+    _state(ctx, _config(ctx))
+
+
+@hookimpl
 def moenet_api_routes(config: AgentConfig) -> list[RouteSpec]:
     handlers: dict[str, Callable[[web.Request, PluginContext], Awaitable[web.StreamResponse]]] = {
         "ping": _ping,

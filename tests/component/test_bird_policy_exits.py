@@ -70,6 +70,7 @@ protocol bgp to_node {{
   interface "{iface}";
   rs client;
   connect delay time 1;
+  passive on;   # only the node connects: a reset on its side never races a second connection
   ipv6 {{ import all; export filter {{ {routes} }}; }};
 }}
 """

@@ -100,6 +100,7 @@ async def scrape(tmp: Path) -> str:
         "server": {"listen": "127.0.0.1:0"},
         "backends": dict.fromkeys(KINDS, "fake"),
         "autoUpdate": {"enabled": True},
+        "lg": {"enabled": True, "listen": "127.0.0.1:0"},
         "updater": {"publicKey": base64.b64encode(bytes(32)).decode(), "venvRoot": str(tmp / "venvs")},
     }
     harness = AgentHarness(

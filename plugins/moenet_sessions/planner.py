@@ -218,11 +218,15 @@ def report_needed(
     last_seen: SessionStatus | None,
 ) -> bool:
     """False when the CP already holds ``report`` or it was made while the CP showed
-    the same status as now."""
+    the same status as now. A report that clears the error (``clear_error``) is
+    needed while the CP still holds one."""
     if (
         not report.removed
         and cp_status == report.status
-        and (report.last_error is None or cp_error == report.last_error)
+        and (
+            cp_error == report.last_error
+            or (report.last_error is None and not (report.clear_error and cp_error is not None))
+        )
     ):
         return False
     return not (last_reported == report and last_seen == cp_status)
@@ -560,7 +564,8 @@ def _configure(
         and uuid not in observed.protocols
     ):
         drift.append("no BGP protocol in the routing daemon (informative)")
-    success = Report(uuid=uuid, status=SessionStatus.ACTIVE)
+    # Working again after a transient failure: the CP still shows its lastError; clear it.
+    success = Report(uuid=uuid, status=SessionStatus.ACTIVE, clear_error=s.last_error is not None)
     setup = s.status is SessionStatus.QUEUED_FOR_SETUP
     return SessionPlan(
         uuid=uuid,

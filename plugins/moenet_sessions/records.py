@@ -33,17 +33,23 @@ class RecordError(MoenetError):
 
 @attrs.frozen(kw_only=True)
 class Report:
-    """One ``POST /modify`` body: ``{uuid, status, lastError?, removed?}``."""
+    """One ``POST /modify`` body: ``{uuid, status, lastError?, removed?}``.
+
+    ``clear_error``: the session works again while the CP still shows the error
+    of an earlier report; the body carries ``"lastError": null`` to clear it."""
 
     uuid: str
     status: SessionStatus
     last_error: str | None = None
     removed: bool = False
+    clear_error: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uuid": self.uuid, "status": int(self.status)}
         if self.last_error:
             out["lastError"] = self.last_error
+        elif self.clear_error:
+            out["lastError"] = None
         if self.removed:
             out["removed"] = True
         return out
@@ -61,7 +67,13 @@ class Report:
                 raise TypeError("lastError must be a string")
             if isinstance(status, bool) or not isinstance(status, int):
                 raise TypeError("status must be an integer")
-            return cls(uuid=uuid, status=SessionStatus(status), last_error=last_error, removed=removed)
+            return cls(
+                uuid=uuid,
+                status=SessionStatus(status),
+                last_error=last_error,
+                removed=removed,
+                clear_error="lastError" in data and last_error is None,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordError(f"{where}: {exc}") from None
 

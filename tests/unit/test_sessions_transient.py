@@ -247,6 +247,30 @@ async def test_a_transient_failure_of_an_active_session_keeps_it_active(rig: Rig
     assert r["failed"] == {} and rig.tunnels == {"dn42-1"} and r["retrying"] == []
 
 
+async def test_a_recovered_session_clears_the_error_the_cp_still_shows(rig: Rig) -> None:
+    await rig.sync(session(1))
+    del rig.fakes.tunnel.tunnels["dn42-1"]
+    rig.fakes.tunnel.fail("ensure", "dn42-1", ConnectionRefusedError("wireguard-go: connection refused"))
+    await rig.clock.advance(600)
+    await rig.sync(session(1, SessionStatus.ACTIVE))
+    status, error = rig.reports()[uid(1)]
+    assert status == SessionStatus.ACTIVE and error is not None
+    reported = rig.report_count(uid(1))
+
+    # The CP now shows the error it heard; the tunnel works again: one report clears it.
+    await rig.clock.advance(INTERVAL)
+    r = await rig.sync(session(1, SessionStatus.ACTIVE, lastError=error))
+    assert r["failed"] == {} and rig.tunnels == {"dn42-1"}
+    assert rig.report_count(uid(1)) == reported + 1
+    last = [c.body for c in rig.cp.calls("modify", "POST") if c.body["uuid"] == uid(1)][-1]
+    assert last == {"uuid": uid(1), "status": int(SessionStatus.ACTIVE), "lastError": None}
+
+    # Once the CP shows it cleared, nothing more is said.
+    await rig.clock.advance(INTERVAL)
+    await rig.sync(session(1, SessionStatus.ACTIVE))
+    assert rig.report_count(uid(1)) == reported + 1
+
+
 async def test_a_changed_session_is_retried_at_once(rig: Rig) -> None:
     rig.fakes.routing.fail(
         "declare", "sessions", result=ApplyResult(ok=False, changed=True, error=BIRD_DOWN, transient=True)

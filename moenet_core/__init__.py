@@ -9,7 +9,8 @@ A plugin imports the core from exactly these places:
   types (``TunnelBackend``, ``TunnelSpec``, ``tunnel_drift``...), errors,
   ``AgentConfig``, state (``StateStore``, ``StateError``, ``atomic_write``),
   the guard (``GuardPolicy``, ``evaluate``...), the reconciler skeleton
-  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``;
+  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``, the small
+  rtnetlink client (``Rtnl``, ``RtLink``, ``RtAddress``, ``NetlinkError``);
 - ``moenet_core.config``: the building blocks of a config section (``check``,
   ``checked``, ``positive``, ``one_of``, ``structure``, ``camel``...);
 - ``moenet_core.intents``: the routing intents and their JSON forms;
@@ -117,6 +118,7 @@ if TYPE_CHECKING:
         plan_route,
         sync_cycle,
     )
+    from .rtnl import NetlinkError, RtAddress, RtLink, Rtnl
     from .state import STATE_CONVERTER, SavedAnswer, from_document, json_codec, to_document
 
 #: Major version of the hook API; plugins pin ``moenet-agent>=X.Y,<X+1``.
@@ -134,12 +136,16 @@ _LAZY = {
     "Failure": "reconcile",
     "PluginContext": "context",
     "PluginMetrics": "metrics",
+    "NetlinkError": "rtnl",
     "ReconcileError": "reconcile",
     "Reconciler": "reconcile",
     "TransientError": "reconcile",
     "is_transient": "reconcile",
     "plan_route": "reconcile",
     "sync_cycle": "reconcile",
+    "RtAddress": "rtnl",
+    "RtLink": "rtnl",
+    "Rtnl": "rtnl",
     "STATE_CONVERTER": "state",
     "SavedAnswer": "state",
     "from_document": "state",
@@ -188,6 +194,7 @@ __all__ = [
     "LoopbackBackend",
     "MaintenanceEvent",
     "MoenetError",
+    "NetlinkError",
     "NodeIdentity",
     "PluginContext",
     "PluginError",
@@ -199,6 +206,9 @@ __all__ = [
     "RouteSpec",
     "RoutingBackend",
     "RoutingIntent",
+    "RtAddress",
+    "RtLink",
+    "Rtnl",
     "SavedAnswer",
     "SectionAlias",
     "SessionStatus",

@@ -128,7 +128,7 @@ def moenet_backends(config: AgentConfig) -> list[BackendSpec]:
             kind="loopback",
             name="netlink",
             factory=_backend,
-            description="dummy-like interface managed over rtnetlink (pyroute2)",
+            description="dummy-like interface managed over rtnetlink",
         )
     ]
 

@@ -19,8 +19,9 @@ What it creates on the node, and how it knows what is its own:
   prefix length (the Go agent's substring test took ``172.22.188.1`` to be
   present when ``172.22.188.12`` was).
 
-Netlink is spoken with pyroute2's :class:`AsyncIPRoute` on the event-loop thread,
-never from a worker thread: a thread switched into a network namespace (the
+Netlink is spoken with the core's small rtnetlink client (:class:`moenet_core.Rtnl`,
+not pyroute2: about 7 MB less resident) on the event-loop thread, never from a
+worker thread: a thread switched into a network namespace (the
 tests, a node run with ``ip netns exec``) must see its own links, and a worker
 thread would see the host's. A socket is opened per call: the task runs every
 few minutes and a fresh socket always belongs to the caller's namespace.
@@ -33,15 +34,13 @@ import contextlib
 import errno
 import ipaddress
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 from loguru import logger
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
-from moenet_core import LoopbackBackend, MoenetError, StateError
+from moenet_core import LoopbackBackend, MoenetError, NetlinkError, Rtnl, StateError
 
 from .config import KINDS, LoopbackConfig, check_ifname
 
@@ -65,10 +64,9 @@ class AddressesDoc:
     interfaces: dict[str, list[str]]
 
 
-IFF_UP = 0x1
 IFA_F_NODAD = 0x02
-#: ``IFLA_AF_SPEC`` turning automatic IPv6 addresses (the link-local) off.
-_NO_ADDR_GEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
+#: ``IFLA_INET6_ADDR_GEN_MODE`` turning automatic IPv6 addresses (the link-local) off.
+_NO_ADDR_GEN = 1
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -227,70 +225,54 @@ class LinkLoopback(LoopbackBackend):
     # ------------------------------------------------------------ netlink
 
     @contextlib.asynccontextmanager
-    async def _netlink(self) -> AsyncIterator[Any]:
-        ipr = AsyncIPRoute()
-        try:
-            yield ipr
-        finally:
-            ipr.close()
+    async def _netlink(self) -> AsyncIterator[Rtnl]:
+        async with Rtnl(strict=True) as rt:
+            yield rt
 
-    async def _write(self, ipr: Any, obj: str, command: str, **kwargs: Any) -> None:
+    async def _write(self, request: Awaitable[None]) -> None:
+        """Await one write request, counted in :attr:`writes`."""
         self.writes += 1
-        await getattr(ipr, obj)(command, **kwargs)
+        await request
 
-    async def _get_link(self, ipr: Any, name: str) -> _Link | None:
+    async def _get_link(self, rt: Rtnl, name: str) -> _Link | None:
         try:
-            msgs = await ipr.link("get", ifname=name)
+            raw = await rt.get_link(name)
         except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
             raise LoopbackError(f"cannot read interface {name!r}: {_strerror(exc)}") from exc
-        msg = msgs[0]
-        return _Link(
-            index=int(msg["index"]),
-            name=name,
-            kind=msg.get(("linkinfo", "kind")),
-            alias=msg.get("ifalias"),
-            up=bool(int(msg["flags"]) & IFF_UP),
-        )
+        if raw is None:
+            return None
+        return _Link(index=raw.ifindex, name=name, kind=raw.kind, alias=raw.alias, up=raw.up)
 
-    async def _present(self, ipr: Any, index: int) -> _Present:
+    async def _present(self, rt: Rtnl, index: int) -> _Present:
         exact: set[str] = set()
         ips: set[str] = set()
-        async for msg in await ipr.addr("dump", index=index):
-            if int(msg["index"]) != index:
-                continue
-            local = msg.get("local")
-            address = msg.get("address")
-            ip = local or address
-            if not ip:
-                continue
-            ips.add(str(ipaddress.ip_address(ip)))
-            if local and address and local != address:
+        for addr in await rt.addresses(index):
+            ips.add(str(ipaddress.ip_address(addr.local)))
+            if addr.peer is not None:
                 continue  # point-to-point (``local peer``): never one of ours
-            exact.add(ipaddress.ip_interface(f"{ip}/{int(msg['prefixlen'])}").with_prefixlen)
+            exact.add(ipaddress.ip_interface(f"{addr.local}/{addr.prefixlen}").with_prefixlen)
         return _Present(frozenset(exact), frozenset(ips))
 
-    async def _create(self, ipr: Any, name: str, kind: str) -> _Link:
+    async def _create(self, rt: Rtnl, name: str, kind: str) -> _Link:
         try:
-            await self._write(ipr, "link", "add", ifname=name, kind=kind)
+            await self._write(rt.link_add(name, kind))
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise LoopbackError(_create_error(name, kind, exc)) from exc
             # Someone created it just now: use it like any interface found in place.
-            link = await self._get_link(ipr, name)
+            link = await self._get_link(rt, name)
             if link is None:
                 raise LoopbackError(f"interface {name!r} exists and vanished at once") from exc
             self._note_foreign(link, kind)
             return link
-        link = await self._get_link(ipr, name)
+        link = await self._get_link(rt, name)
         if link is None:
             raise LoopbackError(f"interface {name!r} vanished right after it was created")
         # While the link is down: mark it as ours, and switch off automatic IPv6
         # addresses so bringing it up adds no link-local address.
-        await self._write(ipr, "link", "set", index=link.index, ifalias=MARKER)
+        await self._write(rt.link_set(link.index, alias=MARKER))
         try:
-            await self._write(ipr, "link", "set", index=link.index, af_spec=_NO_ADDR_GEN)
+            await self._write(rt.link_set(link.index, ipv6_addr_gen_mode=_NO_ADDR_GEN))
         except NetlinkError as exc:
             if exc.code != errno.EAFNOSUPPORT:
                 raise LoopbackError(f"cannot configure IPv6 on {name!r}: {_strerror(exc)}") from exc
@@ -345,10 +327,10 @@ class LinkLoopback(LoopbackBackend):
             return False
         changed = False
         errors: list[str] = []
-        async with self._netlink() as ipr:
-            link = await self._get_link(ipr, name)
+        async with self._netlink() as rt:
+            link = await self._get_link(rt, name)
             if link is None and wanted:
-                link = await self._create(ipr, name, settings.kind)
+                link = await self._create(rt, name, settings.kind)
                 changed = True
             elif link is not None:
                 self._note_foreign(link, settings.kind)
@@ -357,23 +339,23 @@ class LinkLoopback(LoopbackBackend):
                 self._save(owned)
             else:
                 if wanted and not link.up:
-                    await self._write(ipr, "link", "set", index=link.index, state="up")
+                    await self._write(rt.link_set(link.index, up=True))
                     self.log.info("loopback interface {} set up", name)
                     changed = True
-                present = await self._present(ipr, link.index)
-                changed |= await self._reconcile(ipr, link, wanted, present, owned, errors)
+                present = await self._present(rt, link.index)
+                changed |= await self._reconcile(rt, link, wanted, present, owned, errors)
             # ``loopback.interface`` changed: take the agent's addresses off the
             # interface it used before, only once the new one is complete, so a
             # failure above leaves the node with its old loopback rather than none.
             if not errors:
                 for other in [n for n in owned if n != name]:
-                    changed |= await self._release(ipr, other, owned, errors)
+                    changed |= await self._release(rt, other, owned, errors)
         self._raise(errors)
         return changed
 
     async def _reconcile(
         self,
-        ipr: Any,
+        rt: Rtnl,
         link: _Link,
         wanted: tuple[str, ...],
         present: _Present,
@@ -418,12 +400,11 @@ class LinkLoopback(LoopbackBackend):
         changed = False
         for addr in to_add:
             iface = ipaddress.ip_interface(addr)
-            kwargs: dict[str, Any] = {"index": link.index, "address": str(iface.ip)}
-            kwargs["prefixlen"] = iface.network.prefixlen
-            if iface.version == 6:
-                kwargs["flags"] = IFA_F_NODAD
+            flags = IFA_F_NODAD if iface.version == 6 else 0
             try:
-                await self._write(ipr, "addr", "add", **kwargs)
+                await self._write(
+                    rt.addr_add(link.index, iface.network.prefixlen, str(iface.ip), flags=flags)
+                )
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:  # raced with someone else: theirs, not ours
                     self.log.warning("{} appeared on {} meanwhile; not the agent's", addr, name)
@@ -434,20 +415,18 @@ class LinkLoopback(LoopbackBackend):
             changed = True
             self.log.info("loopback {}: added {}", name, addr)
         for addr in to_remove:
-            if await self._delete(ipr, link, addr, errors):
+            if await self._delete(rt, link, addr, errors):
                 mine.discard(addr)
                 changed = True
         owned[name] = tuple(mine)
         self._save(owned)
         return changed
 
-    async def _delete(self, ipr: Any, link: _Link, addr: str, errors: list[str]) -> bool:
+    async def _delete(self, rt: Rtnl, link: _Link, addr: str, errors: list[str]) -> bool:
         """Remove one of the agent's addresses; True when it is gone."""
         iface = ipaddress.ip_interface(addr)
         try:
-            await self._write(
-                ipr, "addr", "del", index=link.index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-            )
+            await self._write(rt.addr_del(link.index, iface.network.prefixlen, str(iface.ip)))
         except NetlinkError as exc:
             if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
                 return True
@@ -457,17 +436,17 @@ class LinkLoopback(LoopbackBackend):
         return True
 
     async def _release(
-        self, ipr: Any, name: str, owned: dict[str, tuple[str, ...]], errors: list[str]
+        self, rt: Rtnl, name: str, owned: dict[str, tuple[str, ...]], errors: list[str]
     ) -> bool:
         """``loopback.interface`` changed: take the agent's addresses off the old
         interface (the interface itself stays)."""
         mine = set(owned.get(name, ()))
-        link = await self._get_link(ipr, name)
+        link = await self._get_link(rt, name)
         changed = False
         if link is not None:
-            present = await self._present(ipr, link.index)
+            present = await self._present(rt, link.index)
             for addr in sorted(mine & present.exact, key=_sort_key):
-                if await self._delete(ipr, link, addr, errors):
+                if await self._delete(rt, link, addr, errors):
                     mine.discard(addr)
                     changed = True
             mine &= present.exact  # what is left: removals that failed
@@ -488,11 +467,11 @@ class LinkLoopback(LoopbackBackend):
         mine = set(self.owned().get(name, ()))
         if not mine:
             return ()
-        async with self._netlink() as ipr:
-            link = await self._get_link(ipr, name)
+        async with self._netlink() as rt:
+            link = await self._get_link(rt, name)
             if link is None:
                 return ()
-            present = await self._present(ipr, link.index)
+            present = await self._present(rt, link.index)
         return tuple(sorted(mine & present.exact, key=_sort_key))
 
 

@@ -50,7 +50,6 @@ from loguru import logger
 
 from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats, crashpoint
 
-from . import rtdump
 from .config import Settings
 from .device import DesiredDevice, Device, DeviceUpdate, endpoint_update, plan
 from .endpoints import EndpointBook, Resolved, Resolver, system_resolver
@@ -607,7 +606,7 @@ class WireguardBackend(TunnelBackend):
 
     async def observe(self, owner: str | None = None) -> Mapping[str, TunnelState]:
         """The cheap read: one link dump and one address dump (decoded by
-        :mod:`.rtdump`), plus the WireGuard settings this backend last wrote and
+        :class:`moenet_core.Rtnl`), plus the WireGuard settings this backend last wrote and
         read back for each tunnel (kept in memory). No per-tunnel round trip for
         a tunnel it remembers; one it does not (after a restart, or recreated
         under the same name) is read from its device as :meth:`list` does, once.
@@ -617,7 +616,7 @@ class WireguardBackend(TunnelBackend):
         """
         if owner is not None:
             owner = validate_owner(owner)
-        nl = Netlink()  # raw dumps: no pyroute2 socket to open
+        nl = Netlink()  # reads only: no write socket to open or close
         links = sorted(
             (link for link in await nl.links() if link.owned and (owner is None or link.owner == owner)),
             key=lambda lk: lk.name,
@@ -625,7 +624,7 @@ class WireguardBackend(TunnelBackend):
         # Raw (prefixlen, local, peer) tuples: cheap to hash and compare; parsed
         # into Address only for a tunnel whose state is built anew.
         addrs: dict[int, set[tuple[int, str, str | None]]] = {}
-        for index, prefixlen, local, peer in await rtdump.dump_addresses():
+        for index, prefixlen, local, peer in await nl.raw_addresses():
             addrs.setdefault(index, set()).add((prefixlen, local, peer))
         devices: dict[str, Device | None] = {}
         unknown: builtins.list[Link] = []

@@ -9,29 +9,25 @@ sent to a kernel is unit-tested on machines without the module (like this one).
 The transport is a small protocol (:class:`GenlTransport`) so tests can inject
 a recorder; :class:`PyrouteGenl` is the real one (``AsyncWireGuard``, opened
 per call in the calling thread's network namespace).
+
+pyroute2 is imported inside the functions that need it, never at module level:
+importing it costs about 7 MB resident, and only the kernel backend uses it (the
+probe :func:`kernel_supports_wireguard` speaks netlink itself). The userspace
+backend, and an agent importing every plugin, never load it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
-from pyroute2.netlink.generic.wireguard import (
-    WG_CMD_GET_DEVICE,
-    WG_CMD_SET_DEVICE,
-    WG_GENL_VERSION,
-    WGDEVICE_F_REPLACE_PEERS,
-    WGPEER_F_REMOVE_ME,
-    WGPEER_F_REPLACE_ALLOWEDIPS,
-    WGPEER_F_UPDATE_ONLY,
-    AsyncWireGuard,
-    wgmsg,
-)
+from moenet_core import NetlinkError
 
 from .device import Device, DeviceUpdate, Peer
 from .endpoints import format_endpoint, parse_endpoint
@@ -41,6 +37,9 @@ CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_NAME = 2
 NLMSG_ERROR = 2
 NETLINK_GENERIC = 16
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
 
 
 def kernel_supports_wireguard(timeout: float = 1.0) -> bool:
@@ -101,6 +100,16 @@ def build_set_message(ifname: str, update: DeviceUpdate) -> Any:
     ``REPLACE_ALLOWEDIPS`` when the allowed IPs are sent, ``REMOVE_ME`` for
     stale peers; the device flag ``REPLACE_PEERS`` when the peer key changed.
     """
+    from pyroute2.netlink.generic.wireguard import (
+        WG_CMD_SET_DEVICE,
+        WG_GENL_VERSION,
+        WGDEVICE_F_REPLACE_PEERS,
+        WGPEER_F_REMOVE_ME,
+        WGPEER_F_REPLACE_ALLOWEDIPS,
+        WGPEER_F_UPDATE_ONLY,
+        wgmsg,
+    )
+
     msg = wgmsg()
     msg["cmd"] = WG_CMD_SET_DEVICE
     msg["version"] = WG_GENL_VERSION
@@ -140,6 +149,8 @@ def build_set_message(ifname: str, update: DeviceUpdate) -> Any:
 
 
 def build_get_message(ifname: str) -> Any:
+    from pyroute2.netlink.generic.wireguard import WG_CMD_GET_DEVICE, WG_GENL_VERSION, wgmsg
+
     msg = wgmsg()
     msg["cmd"] = WG_CMD_GET_DEVICE
     msg["version"] = WG_GENL_VERSION
@@ -191,17 +202,32 @@ def parse_device(msgs: list[Any]) -> Device:
 
 
 class GenlTransport(Protocol):
-    """Sends WireGuard generic-netlink messages (real kernel or a test recorder)."""
+    """Sends WireGuard generic-netlink messages (real kernel or a test recorder);
+    a refusal raises :class:`moenet_core.NetlinkError`."""
 
     async def get(self, msg: Any) -> list[Any]: ...
 
     async def set(self, msg: Any) -> None: ...
 
 
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """pyroute2's ``NetlinkError`` as the core's (same code and text), so the
+    kernel backend catches one type whichever transport it has."""
+    from pyroute2.netlink.exceptions import NetlinkError as PyrouteError
+
+    try:
+        yield
+    except PyrouteError as exc:
+        raise NetlinkError(exc.code, exc.args[1] if len(exc.args) > 1 else None) from exc
+
+
 class PyrouteGenl:
     """The kernel, through pyroute2's ``AsyncWireGuard`` (one socket per call)."""
 
     async def _socket(self) -> Any:
+        from pyroute2.netlink.generic.wireguard import AsyncWireGuard
+
         sock = AsyncWireGuard()
         try:
             await sock.setup_endpoint()
@@ -211,6 +237,14 @@ class PyrouteGenl:
         return sock
 
     async def get(self, msg: Any) -> list[Any]:
+        with _refusals():
+            return await self._get(msg)
+
+    async def set(self, msg: Any) -> None:
+        with _refusals():
+            await self._set(msg)
+
+    async def _get(self, msg: Any) -> list[Any]:
         sock = await self._socket()
         try:
             return [
@@ -222,7 +256,7 @@ class PyrouteGenl:
         finally:
             sock.close()
 
-    async def set(self, msg: Any) -> None:
+    async def _set(self, msg: Any) -> None:
         sock = await self._socket()
         try:
             async for _ in await sock.nlm_request(

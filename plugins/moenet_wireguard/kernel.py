@@ -5,6 +5,9 @@ Links of kind ``wireguard`` (rtnetlink), keys and the peer through the
 wg-quick, no processes. Preferred by ``auto`` whenever the kernel has WireGuard.
 Selecting it explicitly on a kernel without the module fails at start with a
 message saying so (the core then reports the ``tunnel`` backend as not running).
+
+pyroute2 (generic netlink, :mod:`.genl`) is imported at this backend's first
+device read or write, not when the module is imported.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import errno
 from typing import Any, ClassVar
 
 import attrs
-from pyroute2.netlink.exceptions import NetlinkError
 
-from moenet_core import BackendUnavailable, crashpoint
+from moenet_core import BackendUnavailable, NetlinkError, crashpoint
 
 from .base import WireguardBackend
 from .config import Settings

@@ -1,11 +1,11 @@
 """Links and addresses of tunnel interfaces, over rtnetlink.
 
-Reads (one link, all links, addresses) go through :mod:`.rtdump`, which decodes
-only the attributes used here; writes go through pyroute2 (async). A fresh
-socket is opened per backend call (the pyroute2 one only at its first write),
-on the event-loop thread: a socket belongs to the network namespace of the
-calling thread at that moment (what the tests rely on). Nothing here runs in
-another thread.
+Spoken with the core's small rtnetlink client (:class:`moenet_core.Rtnl`,
+which decodes only the attributes used here): no pyroute2 on this path. Each
+read opens its own socket; writes share one per :class:`Netlink`, opened at the
+first write. Sockets are opened on the event-loop thread: a socket belongs to
+the network namespace of the calling thread at that moment (what the tests rely
+on). Nothing here runs in another thread.
 
 Ownership: the agent marks every tunnel it creates with the interface alias
 (``IFLA_IFALIAS``) naming its owner (:func:`marker`), set right after creation
@@ -20,23 +20,21 @@ behalf of their owner. Any other alias (``moenet-agent:Bad!``,
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
 
 import attrs
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
-from moenet_core import DEFAULT_OWNER
+from moenet_core import DEFAULT_OWNER, NetlinkError, RtAddress, RtLink, Rtnl
 
-from . import rtdump
 from .journal import Journal
 from .spec import OWNER_RE, Address, validate_owner
 
 MARKER = "moenet-agent"
 WIREGUARD_KINDS = ("wireguard", "tun")
-IFF_UP = 0x1
 
 
 def marker(owner: str) -> str:
@@ -80,22 +78,8 @@ class Link:
         return self.owner is not None
 
 
-def _link(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    return Link(
-        index=int(msg["index"]),
-        name=str(msg.get_attr("IFLA_IFNAME")),
-        kind=kind,
-        alias=msg.get_attr("IFLA_IFALIAS"),
-        mtu=int(msg.get_attr("IFLA_MTU") or 0),
-        up=bool(msg["flags"] & IFF_UP),
-    )
-
-
-def _raw_link(raw: rtdump.RawLink) -> Link:
-    index, name, kind, alias, mtu, flags = raw
-    return Link(index=index, name=name, kind=kind, alias=alias, mtu=mtu, up=bool(flags & IFF_UP))
+def _raw_link(raw: RtLink) -> Link:
+    return Link(index=raw.ifindex, name=raw.name, kind=raw.kind, alias=raw.alias, mtu=raw.mtu, up=raw.up)
 
 
 _ADDRESSES: dict[tuple[int, str, str | None], Address] = {}
@@ -105,7 +89,7 @@ _ADDRESS_CACHE_MAX = 1 << 16
 
 
 def address_of(prefixlen: int, local: str, peer: str | None) -> Address:
-    """The :class:`Address` of a raw address (:func:`.rtdump.dump_addresses`), parsed once."""
+    """The :class:`Address` of a raw address (:meth:`Netlink.raw_addresses`), parsed once."""
     key = (prefixlen, local, peer)
     addr = _ADDRESSES.get(key)
     if addr is None:
@@ -118,61 +102,63 @@ def address_of(prefixlen: int, local: str, peer: str | None) -> Address:
     return addr
 
 
-def _address(msg: Any) -> Address:
-    local = msg.get_attr("IFA_LOCAL")
-    address = msg.get_attr("IFA_ADDRESS")
-    prefixlen = int(msg["prefixlen"])
-    if local is None:
-        local, address = address, None
-    peer = address if address is not None and address != local else None
-    return Address(
-        local=ipaddress.ip_interface(f"{local}/{prefixlen}"),
-        peer=ipaddress.ip_address(peer) if peer is not None else None,
-    )
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """A refused read raises :class:`OSError` (errno and all), as reads always
+    did here: a transient errno (``EBUSY``, ``EAGAIN``) then reads as transient."""
+    try:
+        yield
+    except NetlinkError as exc:
+        raise OSError(exc.code, exc.args[1]) from None
 
 
 class Netlink:
     """``async with Netlink() as nl``: reads are free, writes go to the journal."""
 
     def __init__(self) -> None:
-        self._ipr: Any = None
+        self._rt: Rtnl | None = None
 
     async def __aenter__(self) -> Netlink:
         return self
 
-    async def _open(self) -> Any:
-        """The pyroute2 socket, opened at the first write (a call that only reads
-        never opens one)."""
-        if self._ipr is None:
-            ipr = AsyncIPRoute()
-            await ipr.__aenter__()
-            self._ipr = ipr
-        return self._ipr
+    def _writer(self) -> Rtnl:
+        """The socket for writes, opened at the first one (a call that only
+        reads never opens it)."""
+        if self._rt is None:
+            self._rt = Rtnl()
+        return self._rt
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        ipr, self._ipr = self._ipr, None
-        if ipr is not None:
-            await ipr.__aexit__(et, ev, tb)
+        rt, self._rt = self._rt, None
+        if rt is not None:
+            rt.close()
 
     # ------------------------------------------------------------- reads
 
-    # Reads go through :mod:`.rtdump` (decodes only the attributes used here);
-    # they need no open pyroute2 socket.
-
     async def get_link(self, name: str) -> Link | None:
-        raw = await rtdump.get_link(name)
+        with _reading():
+            async with Rtnl() as rt:
+                raw = await rt.get_link(name)
         return _raw_link(raw) if raw is not None else None
 
     async def links(self) -> list[Link]:
-        return [_raw_link(raw) for raw in await rtdump.dump_links()]
+        with _reading():
+            async with Rtnl() as rt:
+                return [_raw_link(raw) for raw in await rt.links()]
+
+    async def raw_addresses(self, index: int | None = None) -> list[RtAddress]:
+        """Addresses as the kernel reports them (cheap to hash and compare)."""
+        with _reading():
+            async with Rtnl(strict=index is not None) as rt:
+                return await rt.addresses(index)
 
     async def addresses(self, index: int | None = None) -> dict[int, set[Address]]:
         """Addresses per link index (of one link when ``index`` is given: the
         kernel filters that dump, so it costs the same at any number of links)."""
         out: dict[int, set[Address]] = {}
-        for ifindex, prefixlen, local, peer in await rtdump.dump_addresses(index):
+        for ifindex, prefixlen, local, peer in await self.raw_addresses(index):
             out.setdefault(ifindex, set()).add(address_of(prefixlen, local, peer))
         return out
 
@@ -180,72 +166,67 @@ class Netlink:
 
     async def create(self, name: str, kind: str, journal: Journal) -> None:
         journal.record("link_add")
-        await (await self._open()).link("add", ifname=name, kind=kind)
+        await self._writer().link_add(name, kind)
 
     async def mark(self, index: int, owner: str, journal: Journal) -> str:
         """Set the alias marking the link as ``owner``'s tunnel; returns the alias."""
         alias = marker(owner)
         journal.record("link_alias")
-        await (await self._open()).link("set", index=index, ifalias=alias)
+        await self._writer().link_set(index, alias=alias)
         return alias
 
     async def delete(self, index: int, journal: Journal) -> None:
         journal.record("link_del")
         try:
-            await (await self._open()).link("del", index=index)
+            await self._writer().link_del(index)
         except NetlinkError as exc:
-            if exc.code != 19:  # already gone (wireguard-go exited): fine
+            if exc.code != errno.ENODEV:  # already gone (wireguard-go exited): fine
                 raise
 
     async def set_mtu(self, index: int, mtu: int, journal: Journal) -> None:
         journal.record("link_mtu")
-        await (await self._open()).link("set", index=index, mtu=mtu)
+        await self._writer().link_set(index, mtu=mtu)
 
     async def set_up(self, index: int, journal: Journal) -> None:
         journal.record("link_up")
-        await (await self._open()).link("set", index=index, state="up")
+        await self._writer().link_set(index, up=True)
 
     async def set_down(self, index: int, journal: Journal) -> None:
         journal.record("link_down")
-        await (await self._open()).link("set", index=index, state="down")
+        await self._writer().link_set(index, up=False)
 
     async def set_link(
         self, index: int, journal: Journal, *, mtu: int | None = None, up: bool = False
     ) -> None:
         """Set the MTU and/or bring the link up in one request (one link event,
         which every wireguard-go daemon in the namespace wakes up for)."""
-        spec: dict[str, Any] = {}
         if mtu is not None:
             journal.record("link_mtu")
-            spec["mtu"] = mtu
         if up:
             journal.record("link_up")
-            spec["state"] = "up"
-        if spec:
-            await (await self._open()).link("set", index=index, **spec)
+        if mtu is not None or up:
+            await self._writer().link_set(index, mtu=mtu, up=True if up else None)
 
     async def add_address(self, index: int, addr: Address, journal: Journal) -> None:
         journal.record("addr_add")
-        spec: dict[str, Any] = {"index": index, "prefixlen": addr.local.network.prefixlen}
+        prefixlen = addr.local.network.prefixlen
         if addr.peer is not None:
-            spec.update(local=str(addr.local.ip), address=str(addr.peer))
+            await self._writer().addr_add(index, prefixlen, str(addr.peer), local=str(addr.local.ip))
         elif addr.family == 4:
-            spec.update(local=str(addr.local.ip), address=str(addr.local.ip))
+            ip = str(addr.local.ip)
+            await self._writer().addr_add(index, prefixlen, ip, local=ip)
         else:
-            spec.update(address=str(addr.local.ip))
-        await (await self._open()).addr("add", **spec)
+            await self._writer().addr_add(index, prefixlen, str(addr.local.ip))
 
     async def del_address(self, index: int, addr: Address, journal: Journal) -> None:
         journal.record("addr_del")
-        spec: dict[str, Any] = {"index": index, "prefixlen": addr.local.network.prefixlen}
-        if addr.peer is not None or addr.family == 4:
-            spec.update(local=str(addr.local.ip), address=str(addr.peer or addr.local.ip))
-        else:
-            spec.update(address=str(addr.local.ip))
+        prefixlen = addr.local.network.prefixlen
+        ip = str(addr.local.ip)
+        local = ip if addr.peer is not None or addr.family == 4 else None
         try:
-            await (await self._open()).addr("del", **spec)
+            await self._writer().addr_del(index, prefixlen, str(addr.peer or ip), local=local)
         except NetlinkError as exc:
-            if exc.code != 99:  # EADDRNOTAVAIL: gone already (a primary took it along)
+            if exc.code != errno.EADDRNOTAVAIL:  # gone already (a primary took it along)
                 raise
 
     async def sync_addresses(self, index: int, want: frozenset[Address], journal: Journal) -> None:

@@ -1,62 +1,18 @@
-"""The pieces behind 1 000 tunnels that need no kernel: cheap rtnetlink
-decoding, the inotify room, unresolved endpoints remembered, the fake's observe."""
+"""The pieces behind 1 000 tunnels that need no kernel: the inotify room,
+unresolved endpoints remembered, the fake's observe (the cheap rtnetlink
+decoding is tested in ``test_rtnl.py``)."""
 
 from __future__ import annotations
 
-import socket
-import struct
 from pathlib import Path
 
 import pytest
-from moenet_wireguard import limits, rtdump
+from moenet_wireguard import limits
 from moenet_wireguard.endpoints import EndpointBook, parse_endpoint
 from moenet_wireguard.errors import DaemonError, EndpointError
 
 from moenet_core import TunnelSpec
 from moenet_core.testing import FakeTunnelBackend
-
-# ------------------------------------------------------------------ rtdump
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def _msg(kind: int, body: bytes) -> bytes:
-    return struct.pack("=IHHII", 16 + len(body), kind, 0, 1, 0) + body
-
-
-def test_link_message_decoded_to_the_fields_used():
-    info = _attr(rtdump.IFLA_LINKINFO, _attr(rtdump.IFLA_INFO_KIND, b"tun\0"))
-    body = (
-        struct.pack("=BxHiII", 0, 65534, 42, 0x1 | 0x40, 0)
-        + _attr(rtdump.IFLA_IFNAME, b"wg-a\0")
-        + _attr(99, b"\x01\x02\x03")  # unknown attributes are skipped
-        + _attr(rtdump.IFLA_MTU, struct.pack("=I", 1420))
-        + info
-        + _attr(rtdump.IFLA_IFALIAS, b"moenet-agent:mesh\0")
-    )
-    msg = _msg(rtdump.RTM_NEWLINK, body)
-    assert rtdump.parse_link(msg, 0, len(msg)) == (42, "wg-a", "tun", "moenet-agent:mesh", 1420, 0x41)
-
-
-def test_address_messages_with_and_without_a_peer():
-    local = socket.inet_pton(socket.AF_INET, "172.20.0.1")
-    peer = socket.inet_pton(socket.AF_INET, "172.21.0.1")
-    body = (
-        struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, 7)
-        + _attr(rtdump.IFA_ADDRESS, peer)
-        + _attr(rtdump.IFA_LOCAL, local)
-    )
-    msg = _msg(rtdump.RTM_NEWADDR, body)
-    assert rtdump.parse_address(msg, 0, len(msg)) == (7, 32, "172.20.0.1", "172.21.0.1")
-
-    ll = socket.inet_pton(socket.AF_INET6, "fe80::1")
-    body6 = struct.pack("=BBBBI", socket.AF_INET6, 64, 0, 0, 7) + _attr(rtdump.IFA_ADDRESS, ll)
-    msg6 = _msg(rtdump.RTM_NEWADDR, body6)
-    assert rtdump.parse_address(msg6, 0, len(msg6)) == (7, 64, "fe80::1", None)
-
 
 # --------------------------------------------------------------- inotify room
 

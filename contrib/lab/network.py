@@ -53,6 +53,16 @@ Checks, each printed with the time since the agents started:
    to node 1000, no wireguard-go for it, no mesh port for it and no iBGP protocol to
    it remain on either, and net3's own iBGP session goes down; net1 <-> net2 stay up.
 
+With ``--exits`` (``NetworkLab(exits=True)``) the lab adds ext2, a second node of
+the external network (same AS and prefixes, underlay 192.0.2.5, loopbacks
+172.20.200.2 and fd42:200::2, not connected to ext1) with a session to net3, and
+fixes the mesh's link cost (Babel ``rtt cost 0``); instead of checks 2-4 it runs
+:meth:`NetworkLab.exit_checks`: every network node's forwarding path into the
+external prefixes, followed through the kernels' FIBs, never revisits a node and
+leaves by an exit (net1 and net3 by their own session); ``birdc restart`` of
+net1's session moves every path to net3's exit while it is down, and once it is
+back the choices return to what they were and stay there.
+
 ``--once`` tears everything down after the checks, else the lab runs until Ctrl-C;
 teardown leaves nothing behind (checked as ``lab.py`` does). Mesh interface names
 carry a random per-node prefix (``<3 letters><a|b|c>``, e.g. ``qzxa1000``) because
@@ -119,6 +129,9 @@ NETWORK_PREFIX6 = "fd42:100::/48"
 EXTERNAL_ASN = 4242420200
 EXTERNAL_PREFIX4 = "172.20.200.0/26"
 EXTERNAL_PREFIX6 = "fd42:200::/48"
+#: Addresses in the external prefixes that no node holds (where the exit checks send to).
+EXIT_PROBE4 = "172.20.200.42"
+EXIT_PROBE6 = "fd42:200::42"
 MESH_PORT_BASE = 51820  # meshSync.portBase's default: node N's tunnel to us listens on base + our id
 MESH_SET = "udp_ports_mesh"  # the mesh's nftables port set
 
@@ -150,6 +163,8 @@ class NetNode:
     is_rr: bool = False
     mesh_prefix: str = ""
     session: Session | None = None
+    session_peer: str = ""
+    """The name of the node at the other end of ``session``."""
     # runtime
     dir: Path = Path()
     ns: NetNS | None = None
@@ -204,8 +219,10 @@ class NetNode:
         return f"fe80::1:{self.node_id >> 16:x}:{self.node_id & 0xFFFF:x}"
 
 
-def plan_nodes(suffix: str, letters: str) -> list[NetNode]:
-    """net1, net2 (the route reflector), net3 (id 1000) and ext1.
+def plan_nodes(suffix: str, letters: str, *, exits: bool = False) -> list[NetNode]:
+    """net1, net2 (the route reflector), net3 (id 1000) and ext1; with ``exits`` also
+    ext2, a second node of the external network (the same AS and prefixes, not
+    connected to ext1) with a session to net3: two exits to one origin, on two nodes.
 
     ``suffix`` (hex) and ``letters`` keep interface names unique if two labs run at once.
     """
@@ -242,6 +259,7 @@ def plan_nodes(suffix: str, letters: str) -> list[NetNode]:
             listen_port=52002,
             link_local="fe80::42:2",
         ),
+        session_peer="net1",
     )
     nodes[0].session = Session(
         uuid="6b1d0f9e-0100-4a6e-9c51-1ab0c0ffee01",
@@ -249,7 +267,36 @@ def plan_nodes(suffix: str, letters: str) -> list[NetNode]:
         listen_port=52001,
         link_local="fe80::42:1",
     )
-    return [*nodes, ext]
+    nodes[0].session_peer = "ext1"
+    if not exits:
+        return [*nodes, ext]
+    ext2 = NetNode(
+        node_id=2,
+        name="ext2",
+        asn=EXTERNAL_ASN,
+        underlay="192.0.2.5",
+        loopback4="172.20.200.2",
+        loopback6="fd42:200::2",
+        prefix4=EXTERNAL_PREFIX4,
+        prefix6=EXTERNAL_PREFIX6,
+        api_port=24385,
+        external=True,
+        session=Session(
+            uuid="6b1d0f9e-0400-4a6e-9c51-1ab0c0ffee04",
+            interface=f"dn42-nu{suffix}",
+            listen_port=52004,
+            link_local="fe80::42:4",
+        ),
+        session_peer="net3",
+    )
+    nodes[2].session = Session(
+        uuid="6b1d0f9e-0300-4a6e-9c51-1ab0c0ffee03",
+        interface=f"dn42-ey{suffix}",
+        listen_port=52003,
+        link_local="fe80::42:3",
+    )
+    nodes[2].session_peer = "ext2"
+    return [*nodes, ext, ext2]
 
 
 # ------------------------------------------------------------------ CP answers
@@ -343,10 +390,13 @@ def session_for(n: NetNode, other: NetNode) -> dict[str, Any]:
     }
 
 
-def agent_config(n: NetNode, cp_url: str, mesh_interval: float = 10.0) -> dict[str, Any]:
+def agent_config(
+    n: NetNode, cp_url: str, mesh_interval: float = 10.0, *, rtt_cost: int | None = None
+) -> dict[str, Any]:
     """The node's local ``config.json`` (bootstrap mode; local settings win over the CP's).
     ``mesh_interval``: of ``meshSync`` and ``ibgpSync`` (tests make it long, so that
-    only their ``POST /sync`` runs them after the start)."""
+    only their ``POST /sync`` runs them after the start). ``rtt_cost``: the mesh's
+    Babel ``rtt cost`` (None: the default)."""
     cfg: dict[str, Any] = {
         "bootstrap": {"apiUrl": cp_url, "nodeName": n.name, "token": TOKEN},
         "server": {"listen": f"127.0.0.1:{n.api_port}"},
@@ -373,6 +423,8 @@ def agent_config(n: NetNode, cp_url: str, mesh_interval: float = 10.0) -> dict[s
         )
         # Babel hellos every second: the lab converges in seconds, not tens of them.
         cfg["meshSync"] = {"interfacePrefix": n.mesh_prefix, "helloIntervalS": 1}
+        if rtt_cost is not None:
+            cfg["meshSync"]["rttCost"] = rtt_cost
     return cfg
 
 
@@ -445,15 +497,25 @@ parse_udp_set = _lab.parse_udp_set
 
 class NetworkLab:
     def __init__(
-        self, *, timeout: float = 90.0, keep_logs: Path | None = None, mesh_interval: float = 10.0
+        self,
+        *,
+        timeout: float = 90.0,
+        keep_logs: Path | None = None,
+        mesh_interval: float = 10.0,
+        exits: bool = False,
     ) -> None:
+        """``exits``: add ext2 with a session to net3 (:func:`plan_nodes`), and give the
+        mesh a fixed cost per link (Babel ``rtt cost 0``) so that the IGP metric, and
+        so the exit each node picks, depends on the topology only, not on how loaded
+        this machine is."""
         self.timeout = timeout
         self.mesh_interval = mesh_interval
+        self.exits = exits
         self.keep_logs = keep_logs
         self.work = Path(tempfile.mkdtemp(prefix="moenet-nl-"))
         self.suffix = os.urandom(2).hex()[:3]
         self.letters = "".join(random.choices(string.ascii_lowercase, k=3))
-        self.nodes = plan_nodes(self.suffix, self.letters)
+        self.nodes = plan_nodes(self.suffix, self.letters, exits=exits)
         self.t0 = time.monotonic()
         self.times: dict[str, float] = {}
         sibling = Path(sys.executable).with_name("moenet-agent")
@@ -475,10 +537,22 @@ class NetworkLab:
 
     @property
     def external(self) -> NetNode:
+        """ext1."""
         return next(n for n in self.nodes if n.external)
+
+    @property
+    def externals(self) -> list[NetNode]:
+        return [n for n in self.nodes if n.external]
 
     def by_id(self, node_id: int) -> NetNode:
         return next(n for n in self.network if n.node_id == node_id)
+
+    def by_name(self, name: str) -> NetNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def peer_of(self, n: NetNode) -> NetNode:
+        """The node at the other end of ``n``'s session."""
+        return self.by_name(n.session_peer)
 
     def log(self, msg: str) -> None:
         say(msg, self.t0)
@@ -546,12 +620,14 @@ class NetworkLab:
                 self.publish(n)
             cp.on_post("modify", lambda body, n=n: self.apply_report(n, body))
             self.publish_sessions(n)
+            rtt_cost = 0 if self.exits else None
             (n.dir / "config.json").write_text(
-                json.dumps(agent_config(n, cp.url, self.mesh_interval), indent=2)
+                json.dumps(agent_config(n, cp.url, self.mesh_interval, rtt_cost=rtt_cost), indent=2)
             )
+        pairs = " and ".join(f"{n.name} <-> {n.session_peer}" for n in self.network if n.session)
         self.log(
             "BIRDs running; control planes serving config, bird-config (ibgpPeers: net1, net2 (RR), "
-            "net3), mesh (no peers yet: keys unknown) and the net1 <-> ext1 session"
+            f"net3), mesh (no peers yet: keys unknown) and the {pairs} session" + ("s" if self.exits else "")
         )
         self.t0 = time.monotonic()  # times are measured from the agents' start
         for n in self.nodes:
@@ -588,8 +664,7 @@ class NetworkLab:
         assert n.cp is not None
         sessions = []
         if n.session is not None:
-            other = self.external if not n.external else self.network[0]
-            sessions.append(session_for(n, other))
+            sessions.append(session_for(n, self.peer_of(n)))
         n.cp.set("sessions", {"bgpSessions": sessions})
 
     def apply_report(self, n: NetNode, body: Any) -> None:
@@ -1035,6 +1110,198 @@ class NetworkLab:
         await self.poll("net2 and net3 pinging ext1's loopbacks through net1", pings)
         self.mark("transit: net2 and net3 ping ext1's loopbacks through net1")
 
+    # -------------------------------------------------------------- two exits (``exits``)
+
+    async def session_established(self, n: NetNode) -> dict[str, str] | None:
+        """``n``'s eBGP protocol to its session peer when both ends are Established."""
+        other = self.peer_of(n)
+        a, b = await self.ebgp_protocol(n, other), await self.ebgp_protocol(other, n)
+        if a and b and a.get("bgpState") == "Established" and b.get("bgpState") == "Established":
+            return a
+        self.why = f"{n.name}: {a}, {other.name}: {b}"
+        return None
+
+    async def wait_sessions(self) -> None:
+        """Every eBGP session Established at both ends."""
+        ends = [n for n in self.network if n.session is not None]
+        await self.poll(
+            "eBGP " + ", ".join(f"{n.name} <-> {n.session_peer}" for n in ends) + " Established",
+            lambda: _all(*(_truthy(self.session_established(n)) for n in ends)),
+        )
+        self.mark("eBGP " + " and ".join(f"{n.name} <-> {n.session_peer}" for n in ends) + " Established")
+
+    def exit_probes(self) -> list[str]:
+        """Addresses in the external prefixes that no node holds: where the paths go."""
+        return [EXIT_PROBE4, EXIT_PROBE6]
+
+    def next_node(self, n: NetNode, dev: str) -> NetNode | None:
+        """The node behind ``n``'s interface ``dev`` (a mesh tunnel or the session), or None."""
+        if n.session is not None and dev == n.session.interface:
+            return self.peer_of(n)
+        for m in self.network:
+            if m is not n and dev == n.mesh_ifname(m.node_id):
+                return m
+        return None
+
+    async def fib_path(self, start: NetNode, dst: str) -> FibPath:
+        """The forwarding path to ``dst`` from ``start``, from the kernels' FIBs: ``ip
+        route get`` in each namespace, following the interface it names to the node
+        behind it, until the path leaves the network by a session (its exit), has no
+        route, or comes back to a node it passed (a loop)."""
+        hops: list[str] = []
+        devs: list[str] = []
+        n = start
+        while True:
+            if n.name in hops:
+                return FibPath(hops=[*hops, n.name], devs=devs, error="loop")
+            hops.append(n.name)
+            out = await self.run_in(n, "ip", "-j", "route", "get", dst, check=False)
+            try:
+                [r] = json.loads(out)
+            except ValueError:
+                return FibPath(hops=hops, devs=devs, error=f"no route at {n.name}: {out.strip()}")
+            dev = str(r.get("dev", ""))
+            devs.append(dev)
+            nxt = self.next_node(n, dev)
+            if nxt is None:
+                return FibPath(hops=hops, devs=devs, error=f"{n.name} sends it to {dev or r}")
+            if nxt.external:
+                return FibPath(hops=hops, devs=devs, exit=n.name, external=nxt.name)
+            n = nxt
+
+    async def best_route(self, n: NetNode, prefix: str) -> tuple[str, str]:
+        """``n``'s best route for ``prefix`` in BIRD: (protocol, BGP next hop)."""
+        r = parse_route(await self.birdc(n, "show", "route", prefix, "all"))
+        return r.get("proto", ""), r.get("bgp_next_hop", "")
+
+    async def exit_choices(self) -> dict[str, Any]:
+        """What every network node picked for the external prefixes: per node and probe
+        address its forwarding path (:meth:`fib_path`), per node and prefix its best
+        route in BIRD."""
+        out: dict[str, Any] = {}
+        for n in self.network:
+            for dst in self.exit_probes():
+                out[f"{n.name} -> {dst}"] = await self.fib_path(n, dst)
+            for prefix in self.external_prefixes():
+                out[f"{n.name} best {prefix}"] = await self.best_route(n, prefix)
+        return out
+
+    async def wait_exits(self, when: str = "") -> dict[str, Any]:
+        """Until every network node has a loop-free forwarding path to both probe
+        addresses that leaves by an exit, and the nodes with a session use their own;
+        returns :meth:`exit_choices` then."""
+        own = {n.name: n for n in self.network if n.session is not None}
+
+        async def converged() -> dict[str, Any] | None:
+            choices = await self.exit_choices()
+            for key, v in choices.items():
+                if not isinstance(v, FibPath):
+                    continue
+                name = key.split()[0]
+                if v.error or v.exit is None or (name in own and v.exit != name):
+                    self.why = f"{key}: {v}"
+                    return None
+            return choices
+
+        choices: dict[str, Any] = await self.poll("every node's path to leave by an exit", converged)
+        self.mark(
+            f"exits{f' ({when})' if when else ''}: every node's forwarding path leaves the network, "
+            "the session nodes by their own"
+        )
+        return choices
+
+    async def restart_session(self, n: NetNode) -> dict[str, str]:
+        """``birdc restart`` of ``n``'s eBGP protocol (Established before); returns the
+        protocol as it was before."""
+        before = await self.session_established(n)
+        if before is None:
+            raise LabError(f"{n.name}'s session is not Established before the reset: {self.why}")
+        out = await self.birdc(n, "restart", before["name"])
+        if "restarted" not in out:
+            raise LabError(f"{n.name}: birdc restart {before['name']}: {out.strip()}")
+        self.mark(f"{n.name}: birdc restart {before['name']}")
+        return before
+
+    async def wait_failover(self, n: NetNode) -> dict[str, Any]:
+        """While ``n``'s session is down: until every path that started at or passed
+        ``n`` leaves by another exit; returns :meth:`exit_choices` then."""
+
+        async def moved() -> dict[str, Any] | None:
+            choices = await self.exit_choices()
+            for key, v in choices.items():
+                if isinstance(v, FibPath) and (v.error or v.exit in (None, n.name)):
+                    self.why = f"{key}: {v}"
+                    return None
+            return choices
+
+        choices: dict[str, Any] = await self.poll(f"every path to avoid {n.name}'s exit", moved)
+        self.mark(f"exits: {n.name}'s session down, every path leaves by another exit")
+        return choices
+
+    async def wait_session_back(self, n: NetNode, before: dict[str, str]) -> dict[str, str]:
+        """Until ``n``'s session is Established again, since a later time than ``before``."""
+
+        async def again() -> dict[str, str] | None:
+            p = await self.session_established(n)
+            return p if p is not None and p.get("since") != before.get("since") else None
+
+        after: dict[str, str] = await self.poll(f"{n.name}'s session to come back after the reset", again)
+        self.mark(f"{n.name}: session {before['name']} Established again")
+        return after
+
+    async def wait_choices(self, want: dict[str, Any], what: str) -> dict[str, Any]:
+        """Until :meth:`exit_choices` is ``want`` (BGP converges node by node: the exit
+        first, the route reflector and its clients an update later)."""
+
+        async def same() -> dict[str, Any] | None:
+            now = await self.exit_choices()
+            if now == want:
+                return now
+            self.why = self.describe({k: v for k, v in now.items() if want.get(k) != v})
+            return None
+
+        choices: dict[str, Any] = await self.poll(what, same)
+        return choices
+
+    async def stable_choices(self, reads: int, seconds: float) -> list[dict[str, Any]]:
+        """:meth:`exit_choices` read again and again, at least ``reads`` times and over
+        at least ``seconds`` (the reads, a dozen ``birdc`` and ``ip`` runs each, pace it)."""
+        seen = [await self.exit_choices()]
+        start = time.monotonic()
+        while len(seen) < reads or time.monotonic() - start < seconds:
+            seen.append(await self.exit_choices())
+        return seen
+
+    def describe(self, choices: dict[str, Any]) -> str:
+        return "; ".join(
+            f"{k}: {'>'.join(v.hops)} exit {v.exit}" if isinstance(v, FibPath) else f"{k}: {v[0]}"
+            for k, v in choices.items()
+        )
+
+    async def exit_checks(self) -> None:
+        """The ``--exits`` checks: every node's path leaves by an exit without loops,
+        the nodes with a session use their own; net1's session reset moves net1 (and
+        whoever went through it) to net3's exit, then everything settles back on the
+        choices from before and stays there."""
+        n1 = self.network[0]
+        await self.exchange_keys()
+        await self.wait_mesh()
+        await self.wait_babel()
+        await self.wait_ibgp()
+        await self.wait_sessions()
+        before = await self.wait_exits()
+        self.log("choices: " + self.describe(before))
+        proto = await self.restart_session(n1)
+        self.log("during the reset: " + self.describe(await self.wait_failover(n1)))
+        await self.wait_session_back(n1, proto)
+        await self.wait_exits("after the reset")
+        await self.wait_choices(before, "the choices from before the reset")
+        seen = await self.stable_choices(10, 5.0)
+        changed = [c for c in seen if c != before]
+        if changed:
+            raise LabError(f"choices changed after settling: {self.describe(changed[0])}")
+        self.mark(f"exits: the same choices as before the reset over {len(seen)} reads")
+
     async def remove(self, gone: NetNode) -> list[NetNode]:
         """Check 4: ``gone`` leaves the others' ``mesh`` and ``ibgpPeers``; ``ibgpSync`` then
         ``meshSync`` on them (POST /sync; iBGP first, so BIRD still reaches ``gone`` to
@@ -1215,6 +1482,24 @@ def published_key(r: RecordedRequest) -> str:
     return key if isinstance(key, str) else ""
 
 
+@attrs.define
+class FibPath:
+    """A forwarding path (:meth:`NetworkLab.fib_path`): the nodes it passes (the
+    first is where it starts; on a loop the last is the node seen twice), the
+    interface each one sends it out of, and either the exit (the network node whose
+    session it leaves by) and the external node behind it, or what went wrong."""
+
+    hops: list[str]
+    devs: list[str]
+    exit: str | None = None
+    external: str | None = None
+    error: str | None = None
+
+
+async def _truthy(aw: Awaitable[Any]) -> bool:
+    return bool(await aw)
+
+
 def _gateway(route: dict[str, Any]) -> str | None:
     """The next hop of an ``ip -j route`` entry (IPv6, or IPv4 with an IPv6 ``via``)."""
     via = route.get("via")
@@ -1236,12 +1521,18 @@ class Result:
 
 
 async def run(
-    once: bool, *, timeout: float = 90.0, keep_logs: Path | None = None, remove: bool = True
+    once: bool,
+    *,
+    timeout: float = 90.0,
+    keep_logs: Path | None = None,
+    remove: bool = True,
+    exits: bool = False,
 ) -> Result:
-    """Bring the lab up, check, and tear it down (at once with ``once``, else on Ctrl-C)."""
+    """Bring the lab up, check, and tear it down (at once with ``once``, else on Ctrl-C).
+    ``exits``: the two-exit lab and its checks (:meth:`NetworkLab.exit_checks`)."""
     if not have_root():
         raise LabError("the lab builds network namespaces and needs root")
-    lab = NetworkLab(timeout=timeout, keep_logs=keep_logs)
+    lab = NetworkLab(timeout=timeout, keep_logs=keep_logs, exits=exits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -1252,7 +1543,7 @@ async def run(
     error: str | None = None
     try:
         await lab.up()
-        checks = asyncio.ensure_future(lab.checks(remove=remove))
+        checks = asyncio.ensure_future(lab.exit_checks() if exits else lab.checks(remove=remove))
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({checks, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not checks.done():
@@ -1302,10 +1593,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-remove", action="store_true", help="skip the last check (net3 leaving the network)"
     )
+    parser.add_argument(
+        "--exits",
+        action="store_true",
+        help="two exits instead: ext2 with a session to net3, the exit checks and a session reset",
+    )
     args = parser.parse_args(argv)
     try:
         result = asyncio.run(
-            run(args.once, timeout=args.timeout, keep_logs=args.keep_logs, remove=not args.no_remove)
+            run(
+                args.once,
+                timeout=args.timeout,
+                keep_logs=args.keep_logs,
+                remove=not args.no_remove,
+                exits=args.exits,
+            )
         )
     except LabError as exc:
         print(exc, file=sys.stderr)

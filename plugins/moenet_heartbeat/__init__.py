@@ -1,15 +1,16 @@
 """Heartbeat: tell the control plane every 30 s that this node is alive.
 
 ``POST /agent/{node}/heartbeat`` with the agent version, kernel, load, uptime,
-traffic and socket counts, the maintenance flag, and whatever other plugins add
-through ``moenet_heartbeat_fields`` (the mesh plugin's public key, for one).
+traffic and socket counts, the maintenance flag, the node's public addresses
+(:mod:`.public`), and whatever other plugins add through
+``moenet_heartbeat_fields`` (the mesh plugin's public key, for one).
 The payload keeps the Go agent's shape so existing control planes accept it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,16 @@ from moenet_core import (
     health_summary,
     hookimpl,
 )
-from moenet_core.config import AgentConfig
+from moenet_core.config import AgentConfig, checked
 
-from . import sysinfo
+from . import public, sysinfo
+
+
+def _seconds(lo: float, hi: float) -> Callable[[float], str | None]:
+    def check(v: float) -> str | None:
+        return None if lo <= v <= hi else f"must be {lo:g}-{hi:g} seconds"
+
+    return check
 
 
 @attrs.define(kw_only=True)
@@ -37,6 +45,25 @@ class HeartbeatConfig:
     """Interfaces whose traffic is reported; default: those backed by a device."""
     proc_root: str = "/proc"
     """Where /proc is (tests point it at a fabricated tree)."""
+    public_addresses: bool = True
+    """Report the node's public addresses (``publicIpv4``, ``publicIpv6``); false
+    sends both as null."""
+    public_address_refresh: float = attrs.field(default=300.0, **checked(_seconds(1, 86400)))
+    """How often the public addresses are read again from the interfaces, in seconds
+    (a netlink address dump and a route lookup; a failed echo ask is retried after
+    this too)."""
+    public_ipv4_url: str | None = attrs.field(default=None, **checked(public.check_echo_url))
+    """An echo service that answers our IPv4 address as seen from outside (for a node
+    behind NAT), e.g. ``https://api4.ipify.org``: https only, asked over IPv4, its
+    answer must be one public IPv4 address. Unset: the interfaces' address only.
+    Local config only: the control plane cannot set it."""
+    public_ipv6_url: str | None = attrs.field(default=None, **checked(public.check_echo_url))
+    """The same for IPv6 (e.g. ``https://api6.ipify.org``), asked over IPv6."""
+    public_ip_url_ttl: float = attrs.field(default=3600.0, **checked(_seconds(60, 604800)))
+    """How long an echo service's answer is used before it is asked again, in seconds."""
+    public_ip_url_timeout: float = attrs.field(default=5.0, **checked(_seconds(0.5, 30)))
+    """The most an echo service may take to answer, in seconds (one ask; the answer
+    is also limited to 64 bytes)."""
 
 
 class Heartbeat:
@@ -44,9 +71,27 @@ class Heartbeat:
 
     def __init__(self, ctx: PluginContext) -> None:
         self.ctx = ctx
+        self.public = public.PublicAddresses(monotonic=ctx.clock.monotonic, warn=ctx.log.warning)
 
-    def payload(self) -> dict[str, Any]:
+    @property
+    def config(self) -> HeartbeatConfig:
         cfg: HeartbeatConfig = self.ctx.section or HeartbeatConfig()
+        return cfg
+
+    async def public_addresses(self) -> dict[str, str | None]:
+        """``publicIpv4`` and ``publicIpv6`` (cached; see :mod:`.public`)."""
+        cfg = self.config
+        return await self.public.current(
+            enabled=cfg.public_addresses,
+            refresh=cfg.public_address_refresh,
+            urls={4: cfg.public_ipv4_url, 6: cfg.public_ipv6_url},
+            ttl=cfg.public_ip_url_ttl,
+            timeout=cfg.public_ip_url_timeout,
+        )
+
+    def payload(self, addresses: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+        """The heartbeat body; ``addresses``: :meth:`public_addresses` (null without)."""
+        cfg = self.config
         proc = Path(cfg.proc_root)
         ifaces = cfg.interfaces if cfg.interfaces is not None else sysinfo.physical_interfaces()
         tx, rx = sysinfo.traffic(proc, ifaces or None)
@@ -63,6 +108,8 @@ class Heartbeat:
             "udp": udp,
             "maintenance": self.ctx.maintenance,
             "health": health_summary(gather_health(self.ctx.call_hook("moenet_health_checks"))),
+            "publicIpv4": (addresses or {}).get("publicIpv4"),
+            "publicIpv6": (addresses or {}).get("publicIpv6"),
         }
         offered: dict[str, str] = {}
         for plugin, fields in self.ctx.call_hook("moenet_heartbeat_fields"):
@@ -96,7 +143,7 @@ class Heartbeat:
         return {"node_id": self.ctx.node, "agent_version": __version__, "status": status}
 
     async def run_once(self) -> dict[str, Any]:
-        payload = self.payload()
+        payload = self.payload(await self.public_addresses())
         await self.ctx.cp.send("heartbeat", payload)
         return {"sent": True, "fields": sorted(payload["status"])}
 

@@ -198,7 +198,12 @@ def node_config(cp_url: str, **extra):
 
 
 def heartbeat_config(cp_url: str, proc: Path, **extra):
-    return node_config(cp_url, heartbeat={"procRoot": str(proc), "interfaces": ["eth0"]}, **extra)
+    # publicAddresses: off, so the host's own addresses do not show (tested in test_heartbeat_public).
+    return node_config(
+        cp_url,
+        heartbeat={"procRoot": str(proc), "interfaces": ["eth0"], "publicAddresses": False},
+        **extra,
+    )
 
 
 def status_of(request) -> dict:
@@ -227,6 +232,8 @@ async def test_heartbeat_reports_the_fabricated_proc(fake_cp, agent_harness, man
         "udp": 3,
         "maintenance": False,
         "health": {"verdict": "healthy", "reasons": [], "checks": []},
+        "publicIpv4": None,
+        "publicIpv6": None,
     }
     assert event.ok, event.error
     assert event.result == {"sent": True, "fields": sorted(status_of(req))}
@@ -239,6 +246,7 @@ async def test_heartbeat_reports_the_fabricated_proc(fake_cp, agent_harness, man
 MESH_KEY = "bWVzaC1wdWJsaWMta2V5LWJhc2U2NC1lbmNvZGVkMDA="
 CORE_FIELDS = {
     "version", "kernel", "loadAvg", "uptime", "timestamp", "tx", "rx", "tcp", "udp", "maintenance", "health",
+    "publicIpv4", "publicIpv6",
 }  # fmt: skip
 
 

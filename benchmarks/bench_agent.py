@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import re
@@ -48,18 +49,12 @@ from moenet_core.testing import NetNS
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv" / "bin" / "python"
 AGENT = ROOT / ".venv" / "bin" / "moenet-agent"
-BUILTINS = (
-    "bird",
-    "heartbeat",
-    "ibgp",
-    "loopback",
-    "mesh",
-    "nftables",
-    "rtt",
-    "sessions",
-    "updater",
-    "wireguard",
+BUILTINS = tuple(
+    sorted(
+        ep.name for ep in importlib.metadata.distribution("moenet-agent").entry_points if ep.group == "moenet"
+    )
 )
+"""Every plugin the package registers (entry points of the ``moenet`` group)."""
 PORT = 24368
 
 
@@ -225,7 +220,16 @@ def memory(node: Node, count: int) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------ imports
 
-MODULES = ["moenet_core.cli", *(f"moenet_{p}" for p in BUILTINS)]
+MODULES = [
+    "moenet_core.cli",
+    *sorted(
+        {
+            ep.value.split(":")[0]
+            for ep in importlib.metadata.distribution("moenet-agent").entry_points
+            if ep.group == "moenet"
+        }
+    ),
+]
 
 
 def importtime(modules: list[str]) -> tuple[int, list[tuple[int, str]]]:
@@ -268,7 +272,7 @@ def imports(runs: int) -> None:
         f"python -c 'import moenet_core.cli'           p50={cli * 1000:7.1f} ms  (+{(cli - base) * 1000:.1f})"
     )
     print(
-        f"python -c 'import cli + all 10 plugins'      p50={every * 1000:7.1f} ms  "
+        f"python -c 'import cli + all {len(BUILTINS)} plugins'  p50={every * 1000:7.1f} ms  "
         f"(+{(every - base) * 1000:.1f})"
     )
     total, heavy = importtime(["moenet_core.cli"])

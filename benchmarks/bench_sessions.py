@@ -339,6 +339,28 @@ async def agent_phase(tmp: Path, prefix: str, res: Result, args: argparse.Namesp
                             flush=True,
                         )
 
+                        if args.tracemalloc:
+                            import gc
+                            import tracemalloc
+
+                            gc.collect()
+                            snap = tracemalloc.take_snapshot().filter_traces(
+                                [tracemalloc.Filter(False, tracemalloc.__file__)]
+                            )
+                            stats = snap.statistics(
+                                "filename" if tracemalloc.get_traceback_limit() == 1 else "traceback"
+                            )
+                            total = sum(st.size for st in stats)
+                            print(
+                                f"  live Python allocations after the no-op cycles: {total / 2**20:.1f} MB",
+                                flush=True,
+                            )
+                            for st in stats[:20]:
+                                where = " <- ".join(
+                                    f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in st.traceback
+                                )
+                                print(f"    {st.size / 2**20:6.2f} MB  {st.count:8d} blocks  {where}")
+
                         if args.profile:
                             prof = cProfile.Profile()
                             prof.enable()
@@ -439,6 +461,12 @@ def main() -> None:
         "--concurrency", type=int, default=0, help="floor tunnel concurrency (default: the cold run's)"
     )
     ap.add_argument("--profile", action="store_true", help="print a cProfile of 5 more no-op cycles")
+    ap.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace allocations from the start and print the live ones per file after the no-op cycles "
+        "(slows everything: not for timings)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces, BIRD, wireguard-go, nftables)")
@@ -450,6 +478,10 @@ def main() -> None:
     from moenet_core.logs import setup_logging
 
     setup_logging(level="WARNING")
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(int(os.environ.get("MOENET_TRACE_DEPTH", "1")))
     results = []
     for n in (int(x) for x in args.sessions.split(",") if x.strip()):
         print(f"N = {n}", flush=True)

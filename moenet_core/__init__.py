@@ -96,7 +96,7 @@ from .intents import (
     intent_from_legacy,
     intent_to_json,
 )
-from .models import SessionStatus
+from .models import SessionStatus, StatusScheme, status_from_wire, status_to_wire
 from .netcheck import RESERVED_IFNAMES, endpoint_ip_problem, ifname_problem
 from .state import StateError, StateStore, atomic_write
 from .version import __version__
@@ -215,6 +215,7 @@ __all__ = [
     "SessionStatusEvent",
     "StateError",
     "StateStore",
+    "StatusScheme",
     "SyncEvent",
     "SystemClock",
     "Task",
@@ -245,6 +246,8 @@ __all__ = [
     "numeric_order",
     "plan_route",
     "removal_digest",
+    "status_from_wire",
+    "status_to_wire",
     "sweep_partial_writes",
     "sync_cycle",
     "to_document",

@@ -426,6 +426,13 @@ class ControlPlaneConfig:
     re-opens it)."""
     breaker_open_duration: float = attrs.field(default=30.0, metadata=check(positive, cp=True))
     """Seconds the breaker stays open before it lets one trial call through."""
+    status_scheme: str = attrs.field(default="seed", metadata=check(one_of("seed", "go")))
+    """How the CP numbers session statuses: ``seed`` (0 DISABLED, 1 ACTIVE, 2 ERROR,
+    3 PENDING_REVIEW, 4 QUEUED_FOR_SETUP, 5 QUEUED_FOR_DELETE, 6 SETUP_FAILED) or
+    ``go``, the Go agent's (0 Deleted, 1 Disabled, 2 Enabled, 3 PendingApproval,
+    4 QueuedForSetup, 5 QueuedForDelete, 6 Problem, 7 Teardown), mapped both ways
+    (docs/migration.md). Local only: never guessed from the CP's data, and the CP
+    cannot change it."""
     max_response_bytes: int = attrs.field(default=16 * 1024 * 1024, metadata=check(positive))
     """Largest CP response body read, in bytes (default 16 MiB), after decompression;
     a larger answer is never read past the cap and is refused like an invalid one

@@ -202,6 +202,26 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+#: The path prefix the Go agent's control plane serves its agent API under.
+GO_CP_PREFIX = "/api/v1"
+
+
+def missing_prefix_hint(base_url: str) -> str | None:
+    """The hint added to a 404 on an agent path when ``base_url`` lacks
+    :data:`GO_CP_PREFIX` (the Go agent appended it itself; we call
+    ``<url>/agent/...``), or None when the URL has it."""
+    base = base_url.rstrip("/")
+    try:
+        path = yarl.URL(base).path
+    except (TypeError, ValueError):
+        path = ""
+    if GO_CP_PREFIX in path:
+        return None
+    return (
+        f"(the Go agent's CP serves {GO_CP_PREFIX}/agent/...; set controlPlane.url to {base}{GO_CP_PREFIX}?)"
+    )
+
+
 def _excerpt(body: bytes) -> str:
     text = " ".join(body.decode("utf-8", errors="replace").split())
     return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
@@ -515,9 +535,12 @@ class HttpControlPlane(ControlPlane):
             raw_code = decoded.get("code")
             if isinstance(raw_code, int) and not isinstance(raw_code, bool):
                 code = raw_code
-        log.warning("control plane {} {} rejected: HTTP {}", method, resource, status)
         text = f"{method} {resource}: HTTP {status}"
-        raise ControlPlaneRejected(f"{text}: {detail}" if detail else text, status=status, code=code)
+        text = f"{text}: {detail}" if detail else text
+        if status == 404 and (hint := missing_prefix_hint(self._base)):
+            text = f"{text} {hint}"
+        log.warning("control plane {} {} rejected: {}", method, resource, text)
+        raise ControlPlaneRejected(text, status=status, code=code)
 
     async def _attempt(self, method: str, url: yarl.URL, data: bytes | None) -> _Answer:
         """One request, bounded by ``request_timeout`` of real time.

@@ -49,6 +49,9 @@ __all__ = [
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 _IFPATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,13}\*?$")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: The Go agent's eBGP protocol names (``dn42_<ASN>``), the only names an adopted
+#: session keeps (``EbgpPeerIntent.legacy_protocol``).
+LEGACY_PROTOCOL = re.compile(r"^dn42_[1-9][0-9]{0,9}$")
 TEXT_MAX = 256
 
 
@@ -169,6 +172,7 @@ class EbgpPeerIntent(RoutingIntent):
     ``import_limit``/``export_limit``/``receive_limit``: per-session route
     limits; None takes the node's defaults.
     ``name``/``description`` are free text, only shown (never a symbol).
+    ``legacy_protocol``: see the field.
     """
 
     kind: ClassVar[str] = "ebgpPeer"
@@ -192,8 +196,20 @@ class EbgpPeerIntent(RoutingIntent):
     export_limit: int | None = attrs.field(default=None, **checked(_positive_or_none))
     receive_limit: int | None = attrs.field(default=None, **checked(_positive_or_none))
     disabled: bool = attrs.field(default=False, **checked(_bool))
+    legacy_protocol: str = attrs.field(
+        default="", **checked(_matches(LEGACY_PROTOCOL, "a Go agent protocol name dn42_<ASN>", empty_ok=True))
+    )
+    """The BIRD protocol name of a session adopted from the Go agent
+    (``moenet-agent adopt``), e.g. ``dn42_4242420002``: the routing backend keeps
+    that name and the Go agent's session-level options, so BIRD keeps the running
+    BGP session across the takeover (filters and limits are ours at once). Empty:
+    the backend's own name. Kept until the session is removed."""
 
     def __attrs_post_init__(self) -> None:
+        if self.legacy_protocol and not self.mp_bgp:
+            raise ValueError(
+                "legacyProtocol: only an MP-BGP session (one protocol) keeps the Go agent's name"
+            )
         if not (self.neighbor_link_local or self.neighbor_ipv6 or self.neighbor_ipv4):
             raise ValueError("needs neighborLinkLocal, neighborIpv6 or neighborIpv4")
         if self.neighbor_link_local and not self.interface:

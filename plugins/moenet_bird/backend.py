@@ -77,6 +77,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -220,6 +221,8 @@ class BirdRoutingBackend(RoutingBackend):
         self.local = LocalRouting()
         """What the local config and the plugin's tasks add at render time (:mod:`.roa`)."""
         self._declared: dict[str, dict[str, RoutingIntent]] = {}
+        self._declared_now: set[str] = set()
+        """Owners that declared in this process (a restored fragment does not count)."""
         """Per owner, its last declare as given (rejected fragments included)."""
         self._since: dict[Slot, int] = {}
         """When each fragment was first declared: of two that clash, the earlier wins."""
@@ -323,6 +326,7 @@ class BirdRoutingBackend(RoutingBackend):
                 rejected={str(k): f"invalid owner name: {why}" for k in fragments},
             )
         rejected = self._accept(owner, fragments)
+        self._declared_now.add(owner)
         if not await self._await_policy():
             return ApplyResult(ok=False, changed=False, error=NO_POLICY, rejected=rejected, transient=True)
         result = await self._request()
@@ -428,6 +432,16 @@ class BirdRoutingBackend(RoutingBackend):
         used = self._candidate or self._policy
         if used is None:
             return ApplyResult(ok=False, changed=False, error=NO_POLICY, transient=True)
+        hold = takeover_hold(self.applier.config_dir, time.time())
+        if hold is not None and hold[0] not in self._declared_now:
+            # ``moenet-agent adopt`` took the Go agent's sessions over: a tree without
+            # them would end their BGP sessions. Wait for their owner's first declare.
+            return ApplyResult(
+                ok=False,
+                changed=False,
+                error=f"waiting for {hold[0]} to declare the {TAKEOVER_WAIT} ({', '.join(hold[1])})",
+                transient=True,
+            )
         merged = self._merged
         peers = dict(merged.peers)
         neighbors = dict(merged.neighbors)
@@ -500,6 +514,12 @@ class BirdRoutingBackend(RoutingBackend):
         if result.ok:
             self._policy = used
             self._persist()
+            if hold is not None:
+                with contextlib.suppress(OSError):
+                    (self.applier.config_dir / TAKEOVER_FILE).unlink()
+                if self.sync_error and TAKEOVER_WAIT in self.sync_error:
+                    self.sync_error = None  # the policy the sync task was told to wait with is live now
+                self.log.info("the Go agent's sessions are in the BIRD tree: takeover done")
         else:
             self.last_error_at = self.last_apply_at
         return result
@@ -762,6 +782,32 @@ def _claims(owner: str, key: str, intent: RoutingIntent, where: str) -> list[tup
     if isinstance(intent, IbgpOptionsIntent):
         return [("ibgp options", "", f"{where}: iBGP options are already declared by {{holder}}")]
     return []
+
+
+#: Written into ``bird.configDir`` by ``moenet-agent adopt --apply``: ``{"owner":
+#: "sessions", "protocols": [...], "until": <unix time>}``. Until ``owner`` has
+#: declared (or ``until`` passed), no tree is applied: the first one would leave
+#: out the sessions taken over from the Go agent and end their BGP sessions.
+#: Removed after the first successful apply that follows the owner's declare.
+TAKEOVER_FILE = ".moenet-takeover.json"
+TAKEOVER_WAIT = "sessions taken over from the Go agent"
+
+
+def takeover_hold(config_dir: Path, now: float) -> tuple[str, tuple[str, ...]] | None:
+    """(owner, protocols) of a live :data:`TAKEOVER_FILE`, or None (absent,
+    unreadable, malformed or expired: an apply is never held by a broken file)."""
+    try:
+        data = json.loads((config_dir / TAKEOVER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    owner, protocols, until = data.get("owner"), data.get("protocols"), data.get("until")
+    if not isinstance(owner, str) or _name_error(owner) or not isinstance(until, int | float):
+        return None
+    if isinstance(until, bool) or until < now or not isinstance(protocols, list):
+        return None
+    return owner, tuple(str(p) for p in protocols)
 
 
 def restore_fragments(owner: str, payloads: Mapping[str, Any]) -> tuple[dict[str, RoutingIntent], list[str]]:

@@ -439,8 +439,17 @@ class BgpPeer:
 
     @property
     def symbol(self) -> str:
-        """``dn42_<asn>_<hash of the id>``: two sessions with one ASN never collide."""
+        """``dn42_<asn>_<hash of the id>``: two sessions with one ASN never collide;
+        a session adopted from the Go agent keeps its ``dn42_<asn>``
+        (``intent.legacy_protocol``)."""
+        if self.intent.legacy_protocol:
+            return self.intent.legacy_protocol
         return f"dn42_{self.intent.asn}_{short_hash(self.canonical_id)}"
+
+    @property
+    def legacy(self) -> bool:
+        """Adopted from the Go agent: rendered with its session-level options."""
+        return bool(self.intent.legacy_protocol)
 
     @property
     def file_name(self) -> str:

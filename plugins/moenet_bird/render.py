@@ -337,6 +337,7 @@ def _peer_view(peer: BgpPeer) -> dict[str, Any]:
         "canonical_uuid": peer.canonical_id,
         "symbol": peer.symbol,
         "file_name": peer.file_name,
+        "legacy": peer.legacy,
     }
 
 

@@ -9,7 +9,9 @@ Go agent's ``wireguard`` keys too; guard limits, operator override, PSK director
 :mod:`.keys` publishes ``publicKeyPath`` at start), the
 ``GET /plugins/sessions/plan`` API route of the core's reconciler base, which
 ``moenet-agent plan sessions`` asks: a plan needs the live backends (tunnel list,
-firewall set), which only the agent has built.
+firewall set), which only the agent has built. ``moenet-agent adopt`` (:mod:`.adopt`)
+takes over a node the Go agent built (tunnels, BIRD protocols, iptables rules)
+without a BGP reset; the protocol names it keeps live in ``adopted.json``.
 
 The pure modules the task calls:
 
@@ -51,7 +53,7 @@ from .keys import config_problems, ensure_private_key, missing_key_problem, reco
 from .task import TASK_NAME, SessionSync, SessionSyncError
 
 if TYPE_CHECKING:
-    from moenet_core import PluginContext
+    from moenet_core import CommandRegistrar, PluginContext
     from moenet_core.config import AgentConfig
 
 __all__ = ["SECTION", "TASK_NAME", "SessionSync", "SessionSyncError", "SessionsConfig"]
@@ -143,3 +145,11 @@ def make_collector(ctx: PluginContext) -> MetricCollector:
 def moenet_api_routes(config: AgentConfig) -> list[RouteSpec]:
     """``GET /plugins/sessions/plan`` (``moenet-agent plan sessions``)."""
     return [plan_route(TASK_NAME)]
+
+
+@hookimpl
+def moenet_cli_commands(register: CommandRegistrar) -> None:
+    """``moenet-agent adopt``: take over the Go agent's sessions (:mod:`.adopt`)."""
+    from .adopt import add_commands
+
+    add_commands(register)

@@ -89,6 +89,7 @@ from moenet_core import (
     SessionStatus,
     TunnelBackend,
     TunnelStats,
+    status_to_wire,
 )
 
 from .health import (
@@ -585,7 +586,11 @@ class MetricCollector:
             "asn": e.asn,
             "interface": e.configured.interface,
             "type": "bgp",
-            "status": int(e.report.status) if e.report is not None else None,
+            "status": status_to_wire(
+                e.report.status, self.ctx.config.control_plane.status_scheme, deleted=e.report.deleted
+            )
+            if e.report is not None
+            else None,
             "state": state,
             "info": info,
             "bgpState": bgp,

@@ -98,6 +98,9 @@ class NodeSettings:
     asn: int | None = None
     """The node's own AS, wherever it came from (``node.asn``, else the BIRD
     policy's AS: ``ctx.identity``): a session with it is iBGP, never a peering."""
+    adopted: tuple[tuple[str, str], ...] = ()
+    """(uuid, Go agent protocol name) of the sessions ``moenet-agent adopt`` took
+    over (:mod:`.adopt`): their routing intent keeps that name (``legacy_protocol``)."""
 
     @classmethod
     def from_config(
@@ -253,6 +256,7 @@ def build_desired(session: Session, settings: NodeSettings, *, latency: int | No
             import_limit=policy.import_limit if policy.import_limit is not None else settings.import_limit,
             export_limit=policy.export_limit if policy.export_limit is not None else settings.export_limit,
             receive_limit=policy.receive_limit,
+            legacy_protocol=dict(settings.adopted).get(session.uuid, "") if mp_bgp else "",
         )
     except ValueError as exc:
         raise DesiredError(f"cannot build the routing intent: {exc}") from None

@@ -55,7 +55,14 @@ from typing import Any
 
 import attrs
 
-from moenet_core import MoenetError, SessionStatus, endpoint_ip_problem, ifname_problem
+from moenet_core import (
+    MoenetError,
+    SessionStatus,
+    StatusScheme,
+    endpoint_ip_problem,
+    ifname_problem,
+    status_from_wire,
+)
 
 #: Statuses whose session the node must have configured.
 CONFIGURE_STATUSES = frozenset({SessionStatus.ACTIVE, SessionStatus.ERROR, SessionStatus.QUEUED_FOR_SETUP})
@@ -184,9 +191,13 @@ class Invalid:
     interface: str | None = None
 
 
-def parse_sessions(data: Any, *, max_sessions: int | None = None) -> tuple[list[Session], list[Invalid]]:
+def parse_sessions(
+    data: Any, *, max_sessions: int | None = None, status_scheme: StatusScheme | str = StatusScheme.SEED
+) -> tuple[list[Session], list[Invalid]]:
     """Validate a CP sessions answer: ``{"bgpSessions": [...]}``, ``{"sessions": [...]}``
     or a bare list (an unwrapped ``{code, message, data}`` envelope's ``data``).
+    ``status_scheme`` (``controlPlane.statusScheme``) says how the CP numbers the
+    statuses; each is read into a :class:`SessionStatus`.
 
     Raises :class:`SessionsPayloadError` when the answer is not one of those shapes,
     or lists more than ``max_sessions`` entries (``sessions.maxSessions``; None: no cap).
@@ -198,7 +209,7 @@ def parse_sessions(data: Any, *, max_sessions: int | None = None) -> tuple[list[
         )
     parsed: list[Session | Invalid] = []
     for i, item in enumerate(items):
-        parsed.append(_parse_one(item, f"sessions[{i}]"))
+        parsed.append(_parse_one(item, f"sessions[{i}]", StatusScheme(status_scheme)))
     parsed = _reject_duplicates(parsed)
     return [p for p in parsed if isinstance(p, Session)], [p for p in parsed if isinstance(p, Invalid)]
 
@@ -229,7 +240,7 @@ def _kind(v: Any) -> str:
 # ----------------------------------------------------------------- one session
 
 
-def _parse_one(item: Any, path: str) -> Session | Invalid:
+def _parse_one(item: Any, path: str, scheme: StatusScheme = StatusScheme.SEED) -> Session | Invalid:
     if not isinstance(item, Mapping):
         return Invalid(uuid=None, reason=f"{path}: must be an object (got {_kind(item)})")
     uuid: str | None = None
@@ -238,7 +249,7 @@ def _parse_one(item: Any, path: str) -> Session | Invalid:
     try:
         uuid = _uuid(item.get("uuid"), f"{path}.uuid")
         path = f"sessions[{uuid}]"
-        status = _status(item.get("status"), f"{path}.status")
+        status = _status(item.get("status"), f"{path}.status", scheme)
         last_error = _opt_text(item.get("lastError"), f"{path}.lastError", 1024)
     except _Bad as exc:
         return Invalid(uuid=uuid, reason=str(exc), status=status)
@@ -377,10 +388,16 @@ def _uuid(v: Any, path: str) -> str:
     return v.lower()
 
 
-def _status(v: Any, path: str) -> SessionStatus:
-    if not _is_int(v) or v not in SessionStatus._value2member_map_:
-        raise _Bad(f"{path}: must be a status code 0-6, got {_show(v)}")
-    return SessionStatus(v)
+def _status(v: Any, path: str, scheme: StatusScheme = StatusScheme.SEED) -> SessionStatus:
+    try:
+        if not _is_int(v):
+            raise ValueError
+        return status_from_wire(v, scheme)
+    except ValueError:
+        raise _Bad(
+            f"{path}: must be a status code {'0-7' if scheme is StatusScheme.GO else '0-6'} "
+            f"(controlPlane.statusScheme {scheme.value}), got {_show(v)}"
+        ) from None
 
 
 def _asn(v: Any, path: str) -> int:

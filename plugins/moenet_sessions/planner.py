@@ -225,7 +225,7 @@ def report_needed(
         and cp_status == report.status
         and (
             cp_error == report.last_error
-            or (report.last_error is None and not (report.clear_error and cp_error is not None))
+            or (report.last_error is None and not (report.clear_error and cp_error))
         )
     ):
         return False
@@ -565,7 +565,7 @@ def _configure(
     ):
         drift.append("no BGP protocol in the routing daemon (informative)")
     # Working again after a transient failure: the CP still shows its lastError; clear it.
-    success = Report(uuid=uuid, status=SessionStatus.ACTIVE, clear_error=s.last_error is not None)
+    success = Report(uuid=uuid, status=SessionStatus.ACTIVE, clear_error=bool(s.last_error))
     setup = s.status is SessionStatus.QUEUED_FOR_SETUP
     return SessionPlan(
         uuid=uuid,
@@ -636,7 +636,7 @@ def _removal(
     drift = [f"removing tunnel {n}" for n in names] + (["dropping routing fragment"] if has_fragment else [])
     report: Report | None = None
     if status is SessionStatus.QUEUED_FOR_DELETE:
-        report = Report(uuid=uuid, status=SessionStatus.DISABLED, removed=True)
+        report = Report(uuid=uuid, status=SessionStatus.DISABLED, removed=True, deleted=True)
     elif status is not None and (names or has_fragment):
         report = Report(uuid=uuid, status=status, last_error=cp_error, removed=True)
     if report is not None and not report_needed(report, status, cp_error, **memo):

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from moenet_core import MoenetError, SessionStatus, TunnelAddress, TunnelSpec
+from moenet_core import MoenetError, SessionStatus, StatusScheme, TunnelAddress, TunnelSpec, status_to_wire
 from moenet_core.intents import (
     EbgpPeerIntent,
     IntentError,
@@ -43,13 +43,43 @@ class Report:
     last_error: str | None = None
     removed: bool = False
     clear_error: bool = False
+    deleted: bool = attrs.field(default=False, eq=False)
+    """The report acknowledges a finished delete (``QUEUED_FOR_DELETE`` done): the
+    go status scheme sends it as 0 (Deleted). Kept in the state, never sent as a key;
+    not part of equality, so a report saved before this flag existed still counts
+    as the same report (no repeat after an upgrade)."""
 
     def to_json(self) -> dict[str, Any]:
+        """The persisted form (the outbox, the memory of what was reported)."""
         out: dict[str, Any] = {"uuid": self.uuid, "status": int(self.status)}
         if self.last_error:
             out["lastError"] = self.last_error
         elif self.clear_error:
             out["lastError"] = None
+        if self.removed:
+            out["removed"] = True
+        if self.deleted:
+            out["deleted"] = True
+        return out
+
+    def to_wire(self, scheme: StatusScheme | str = StatusScheme.SEED) -> dict[str, Any] | None:
+        """The ``POST /modify`` body under ``controlPlane.statusScheme``, or None when
+        that CP has nothing to learn from it. Seed: ``{uuid, status, lastError?,
+        removed?}``. Go: ``{uuid, status, lastError?}`` with the Go code; a removal
+        that only echoes the status the CP shows (a Disabled, Deleted or Teardown
+        session whose tunnel went) is not sent, since the Go CP has no ``removed``
+        flag and 1 (Disabled) would overwrite its 0 or 7. ``lastError: null``
+        clears an error the CP still shows (``clear_error``)."""
+        out: dict[str, Any] = {
+            "uuid": self.uuid,
+            "status": status_to_wire(self.status, scheme, deleted=self.deleted),
+        }
+        if self.last_error:
+            out["lastError"] = self.last_error
+        elif self.clear_error:
+            out["lastError"] = None
+        if StatusScheme(scheme) is StatusScheme.GO:
+            return None if self.removed and not self.deleted else out
         if self.removed:
             out["removed"] = True
         return out
@@ -61,8 +91,9 @@ class Report:
         try:
             uuid, status = data["uuid"], data["status"]
             last_error, removed = data.get("lastError"), data.get("removed", False)
-            if not isinstance(uuid, str) or not isinstance(removed, bool):
-                raise TypeError("uuid must be a string, removed a boolean")
+            deleted = data.get("deleted", False)
+            if not isinstance(uuid, str) or not isinstance(removed, bool) or not isinstance(deleted, bool):
+                raise TypeError("uuid must be a string, removed and deleted booleans")
             if last_error is not None and not isinstance(last_error, str):
                 raise TypeError("lastError must be a string")
             if isinstance(status, bool) or not isinstance(status, int):
@@ -73,6 +104,7 @@ class Report:
                 last_error=last_error,
                 removed=removed,
                 clear_error="lastError" in data and last_error is None,
+                deleted=deleted,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordError(f"{where}: {exc}") from None

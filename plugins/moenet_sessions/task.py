@@ -87,6 +87,7 @@ from moenet_core import (
     sweep_partial_writes,
 )
 
+from .adopt import Adoptions
 from .collector import TASK_NAME as COLLECTOR_TASK
 from .config import SessionsConfig
 from .desired import NodeSettings
@@ -165,7 +166,9 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
     def __init__(self, ctx: PluginContext) -> None:
         self._store: SessionStore | None = None
         self._applied: dict[str, EbgpPeerIntent] | None = None
-        self._parsed: tuple[Any, int | None, tuple[tuple[Session, ...], tuple[Invalid, ...]]] | None = None
+        self._parsed: (
+            tuple[Any, tuple[int | None, str], tuple[tuple[Session, ...], tuple[Invalid, ...]]] | None
+        ) = None
         """(answer, cap, result) of the last :meth:`parse`."""
         """What ``applied.json`` holds, once read or written (the only writer is this task)."""
         self._outbox: Outbox | None = None
@@ -292,11 +295,16 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         the same cap gives an equal result."""
         cap = self.section.max_sessions
         memo = self._parsed
-        if memo is not None and memo[1] == cap and memo[0] == raw:
+        if (
+            memo is not None
+            and memo[1] == (cap, self.ctx.config.control_plane.status_scheme)
+            and memo[0] == raw
+        ):
             sessions, invalid = memo[2]
             return list(sessions), list(invalid)
-        parsed = parse_sessions(raw, max_sessions=cap)
-        self._parsed = (copy.deepcopy(raw), cap, (tuple(parsed[0]), tuple(parsed[1])))
+        scheme = self.ctx.config.control_plane.status_scheme
+        parsed = parse_sessions(raw, max_sessions=cap, status_scheme=scheme)
+        self._parsed = (copy.deepcopy(raw), (cap, scheme), (tuple(parsed[0]), tuple(parsed[1])))
         return parsed
 
     def save_answer(self, raw: Any) -> None:
@@ -333,12 +341,13 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
 
     def plan(self, answer: Answer[Parsed], observed: Now) -> Plan:
         sessions, invalid = answer.value
+        adopted = Adoptions(self.ctx.state).current(sessions, invalid, self.ctx.log)
         return plan(
             sessions,
             invalid,
             observed.observed,
             observed.previous,
-            settings=self.settings(),
+            settings=attrs.evolve(self.settings(), adopted=adopted),
             guard=self.guard_policy(),
             override=self.section.allow_removal or None,
             latency=self.links.tiers(),
@@ -779,9 +788,12 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         """
         sent = 0
         acked: set[str] = set()
+        scheme = self.ctx.config.control_plane.status_scheme
         for entry in self.outbox.pending():
+            body = entry.report.to_wire(scheme)
             try:
-                await self.ctx.cp.send("modify", entry.report.to_json())
+                if body is not None:  # None: nothing this CP's status scheme can take
+                    await self.ctx.cp.send("modify", body)
             except ControlPlaneUnavailable as exc:
                 self.outbox.failed(entry.report.uuid, entry.report, str(exc))
                 break

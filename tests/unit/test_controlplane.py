@@ -744,3 +744,39 @@ async def test_file_invalid_resource(cp_file: Path, state: StateStore) -> None:
         await cp.fetch("../etc")
     with pytest.raises(ValueError):
         await cp.send("a b", {})
+
+
+async def test_404_without_api_prefix_hints_at_it(
+    fake: tuple[FakeCP, TestServer], make_cp: Any, clock: TrackingClock
+) -> None:
+    """A CP URL without ``/api/v1`` (the Go agent appended it itself): the 404 says so."""
+    cp_server, server = fake
+    base = str(server.make_url("/"))
+    cp_server.answer(reply(404, text="404 page not found"))
+    with pytest.raises(ControlPlaneRejected) as info:
+        await drive(clock, make_cp(base_url=base).fetch("sessions"))
+    text = str(info.value)
+    assert "HTTP 404: 404 page not found" in text
+    assert "the Go agent's CP serves /api/v1/agent/..." in text
+    assert f"set controlPlane.url to {base.rstrip('/')}/api/v1?" in text
+
+
+async def test_404_with_api_prefix_has_no_hint(
+    fake: tuple[FakeCP, TestServer], make_cp: Any, clock: TrackingClock
+) -> None:
+    cp_server, _ = fake
+    cp_server.answer(reply(404, {"code": 404, "message": "no such node"}))
+    with pytest.raises(ControlPlaneRejected) as info:
+        await drive(clock, make_cp().fetch("sessions"))
+    assert "/api/v1" not in str(info.value)
+    assert str(info.value).endswith("HTTP 404: no such node")
+
+
+async def test_other_rejections_have_no_prefix_hint(
+    fake: tuple[FakeCP, TestServer], make_cp: Any, clock: TrackingClock
+) -> None:
+    cp_server, server = fake
+    cp_server.answer(reply(403, {"code": 403, "message": "bad token"}))
+    with pytest.raises(ControlPlaneRejected) as info:
+        await drive(clock, make_cp(base_url=str(server.make_url("/"))).fetch("sessions"))
+    assert "api/v1" not in str(info.value)

@@ -52,6 +52,8 @@ ESSENTIAL = frozenset(
 PROGRAMS: dict[str, tuple[str, str | None]] = {
     "ip": ("system-deps", "iproute2"),
     "nft": ("system-deps", "nftables"),
+    "iptables": ("system-deps", "iptables"),
+    "ip6tables": ("system-deps", "iptables"),
     "wg": ("system-deps", "wireguard-tools"),
     "wireguard-go": ("system-deps", "wireguard-go"),
     "ping": ("system-deps", "iputils-ping"),
@@ -117,6 +119,12 @@ INDIRECT: dict[tuple[str, str], str] = {
     ("scripts/fix-core-imports.py", "*ruff"): "ruff",
     ("tests/e2e/test_updater_e2e.py", "argv"): "moenet-agent",  # the rollback unit's command
     ("tests/unit/test_wireguard_daemon.py", "BASH"): "bash",
+    # moenet-agent adopt against a node laid out as the Go agent leaves it
+    ("tests/e2e/test_adopt_go_agent.py", "AGENT"): "moenet-agent",
+    ("tests/e2e/test_adopt_go_agent.py", "str(fake_go)"): "sleep",  # a copy named moenet-agent
+    ("tests/helpers/goagent.py", "BIRDC"): "birdc",
+    ("tests/component/test_adopt_mismatch.py", "AGENT"): "moenet-agent",
+    ("tests/unit/test_adopt.py", "str(BIRD)"): "bird",
 }
 
 _EXEC_FUNCS = frozenset(

@@ -169,6 +169,7 @@ def test_status_by_observed_state(status: S, tunnel: str, fragment: str, port: s
         something = tunnel != "missing" or fragment != "missing"
         if status is S.QUEUED_FOR_DELETE:
             assert sp.report_on_success == Report(uuid=uid(1), status=S.DISABLED, removed=True)
+            assert sp.report_on_success is not None and sp.report_on_success.deleted
         elif something:
             assert sp.report_on_success == Report(uuid=uid(1), status=status, removed=True)
         else:

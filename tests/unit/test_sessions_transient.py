@@ -271,6 +271,16 @@ async def test_a_recovered_session_clears_the_error_the_cp_still_shows(rig: Rig)
     assert rig.report_count(uid(1)) == reported + 1
 
 
+async def test_an_empty_last_error_is_no_error_to_clear(rig: Rig) -> None:
+    """The Go agent's CP sends ``"lastError": ""`` for a healthy session."""
+    await rig.sync(session(1))
+    reported = rig.report_count(uid(1))
+    for _ in range(3):
+        await rig.clock.advance(INTERVAL)
+        await rig.sync(session(1, SessionStatus.ACTIVE, lastError=""))
+    assert rig.report_count(uid(1)) == reported
+
+
 async def test_a_changed_session_is_retried_at_once(rig: Rig) -> None:
     rig.fakes.routing.fail(
         "declare", "sessions", result=ApplyResult(ok=False, changed=True, error=BIRD_DOWN, transient=True)

@@ -280,12 +280,24 @@ async def test_exits_communities_and_first_as_across_two_nodes(
             # prefix only while A's is gone, and every best path comes back as it was.
             before = await _bests(b, (P_IN_REGION, P_EUROPE, P_DIRECT_AT_A))
             assert before == {P_IN_REGION: ebgp_b, P_EUROPE: ebgp_b, P_DIRECT_AT_A: "ibgp_hkg1_3"}
+            since = {p.name: p.since for p in await a.backend.protocols()}[ebgp_a]
             await a.backend.restart_protocol(ebgp_a)
+
+            async def reestablished() -> bool:
+                # The restart is asynchronous: until the session went down and came
+                # back, B's view may still be the one from before the reset.
+                now = {p.name: p for p in await a.backend.protocols()}[ebgp_a]
+                return now.since != since and now.bgp_state == "Established"
+
+            await until("A's session re-established after the reset", reestablished)
             await until("B's best paths back after the reset", lambda: _same_best(b, before))
             # ... and they stay there: no flapping between the exits (an observation
             # window over BIRD's own answers, not a wait for something to happen).
             for _ in range(15):
-                assert await _same_best(b, before), "best paths changed after convergence"
+                if not await _same_best(b, before):
+                    now = {p: await b.routes(p) for p in before}
+                    states = {p.name: (p.state, p.bgp_state, p.since) for p in await a.backend.protocols()}
+                    raise AssertionError(f"best paths changed after convergence: {now}; A: {states}")
                 assert await _bests(a, before) == dict.fromkeys(before, ebgp_a), "A left its own exits"
                 await asyncio.sleep(0.2)
         finally:

@@ -98,6 +98,7 @@ from moenet_core.intents import (
 
 from .apply import TreeApplier
 from .client import BirdClient
+from .collector import PROTOCOL as COLLECTOR_PROTOCOL
 from .names import BirdConfigError as RenderError
 from .names import text_error
 from .policy import (
@@ -641,10 +642,11 @@ class BirdRoutingBackend(RoutingBackend):
 
     def agent_protocols(self) -> set[str]:
         """Protocol names the agent's tree defines (the ones it may restart)."""
-        names = set(_BASE_PROTOCOLS)
+        names = set(_BASE_PROTOCOLS) | {"moenet_roa4", "moenet_roa6", COLLECTOR_PROTOCOL}
         for p in self._merged.peers.values():
-            names |= {p.symbol, p.symbol + "_v4", p.symbol + "_v6"}
+            names |= {p.symbol, p.symbol + "_v4", p.symbol + "_v6", *peer_protocol_names(p)}
         names |= {ibgp_protocol_name(n) for n in self._merged.neighbors.values()}
+        names |= {s.symbol for s in self.local.rpki_servers}
         if self._policy is not None:
             names |= {s.symbol for s in self._policy.policy.policy.rpki_servers}
         return names

@@ -177,3 +177,19 @@ def test_good_local_keys_become_the_collector() -> None:
     assert section.collector == RouteCollector(enabled=True, neighbor="172.20.129.4", asn=4242422602)
     assert BirdConfig().collector == RouteCollector()
     assert attrs.evolve(BirdConfig(), route_collector=False).collector.enabled is False
+
+
+def test_restartable_protocols_include_the_local_additions(tmp_path: Path) -> None:
+    """``/restart`` may restart what the local config adds: the collector session,
+    local RTR caches and the static ROA protocols (and nothing else unknown)."""
+    from moenet_bird.backend import BirdRoutingBackend
+    from moenet_bird.client import BirdClient
+    from moenet_bird.policy import RpkiServer
+    from moenet_bird.roa import LocalRouting
+
+    backend = BirdRoutingBackend(BirdClient(str(tmp_path / "no.ctl")), str(tmp_path / "etc"))
+    cache = RpkiServer(name="local-rtr", host="127.0.0.1", port=8282)
+    backend.local = LocalRouting(rpki_servers=(cache,))
+    names = backend.agent_protocols()
+    assert {"moenet_grc", "moenet_roa4", "moenet_roa6", cache.symbol} <= names
+    assert "kernel4" in names and "device1" not in names

@@ -182,7 +182,7 @@ class BirdConfig:
     that would leave strict mode without any source is refused by
     ``birdConfigSync`` (the last good one stays)."""
     rpki_servers: list[dict[str, Any]] = attrs.field(factory=list, metadata=check(_rpki_servers))
-    """Local RTR caches (``{name, host, port}``, port 8082 by default), e.g. a stayrtr
+    """Local RTR caches (``{name, host, port}``, port 8082 by default), e.g. an RTR server
     on this host, each a ``protocol rpki`` feeding the ROA tables next to the
     control plane's ``policy.rpkiServers`` (a local one wins a name clash)."""
     roa_files: list[str] = attrs.field(factory=list, metadata=check(_roa_files))
@@ -202,7 +202,7 @@ class BirdConfig:
     ``bird.roa`` health check degraded."""
     rpki_expire: int = attrs.field(default=172800, metadata=check(_expire))
     """``expire keep`` of every RTR cache (seconds): how long its ROAs stay in the
-    tables while it is unreachable. The DN42 wiki's stayrtr example keeps 2 days
+    tables while it is unreachable. The DN42 wiki's RTR server example keeps 2 days
     (172800), rather than emptying the tables after the caches' own 2 h."""
     route_refresh_spread: float = attrs.field(default=3600.0, metadata=check(_seconds(0, 86400)))
     """The daily route refresh (task ``birdRouteRefresh``: ``reload bgp in`` on every
@@ -271,7 +271,7 @@ class BirdConfig:
             return (
                 "bird.roaMode: strict is pinned locally but the local config names no ROA source, "
                 "so every eBGP route would be rejected whenever the control plane sends no RTR "
-                "cache: set bird.rpkiServers (an RTR cache such as a local stayrtr), bird.roaFiles "
+                "cache: set bird.rpkiServers (an RTR cache such as a local RTR server), bird.roaFiles "
                 "or bird.roaUrls (the DN42 registry's BIRD ROA files), or set bird.roaMode to "
                 "loose or empty (follow the control plane)"
             )

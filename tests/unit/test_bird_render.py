@@ -255,7 +255,7 @@ def _cases() -> dict[str, dict[str, Any]]:
             "peers": [ll_peer()],
             "local": LocalRouting(
                 roa_mode="loose",
-                rpki_servers=(RpkiServer(name="stayrtr", host="127.0.0.1", port=8082),),
+                rpki_servers=(RpkiServer(name="localrtr", host="127.0.0.1", port=8082),),
                 rpki_expire=86400,
                 static=StaticRoa.of(
                     parse_roa_text(

@@ -233,12 +233,12 @@ def test_good_local_keys() -> None:
             "roaMode": "strict",
             "roaFiles": ["/var/lib/dn42/roa4.conf"],
             "roaUrls": ["https://dn42.burble.com/roa/dn42_roa_bird2_4.conf", "http://127.0.0.1:8080/r"],
-            "rpkiServers": [{"name": "stayrtr", "host": "127.0.0.1", "port": 8082}],
+            "rpkiServers": [{"name": "localrtr", "host": "127.0.0.1", "port": 8082}],
             "rpkiExpire": 7200,
         }
     )
     assert problems == [] and section is not None
-    assert [s.symbol for s in section.local_rpki_servers] == ["rpki_stayrtr"]
+    assert [s.symbol for s in section.local_rpki_servers] == ["rpki_localrtr"]
     assert section.roa_source_problem() is None
 
 

@@ -6,7 +6,7 @@ message as the session's ``lastError``. No message ever contains key material.
 
 from __future__ import annotations
 
-from moenet_core import MoenetError
+from moenet_core import MoenetError, TransientError
 
 
 class TunnelError(MoenetError):
@@ -31,6 +31,12 @@ class UapiError(TunnelError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         self.errno = errno
         super().__init__(message)
+
+
+class UapiBusyError(UapiError, TransientError):
+    """wireguard-go could not bind the listen port (EADDRINUSE): another socket
+    holds it, such as a daemon of a removed tunnel still exiting. A retry may fix
+    it, so the session keeps its status and is tried again."""
 
 
 class DaemonError(TunnelError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .device import Device, DeviceUpdate, Peer
 from .endpoints import canonical
-from .errors import UapiError, WireguardKeyError
+from .errors import UapiBusyError, UapiError, WireguardKeyError
 from .keys import hex_to_bytes
 
 SOCKET_DIR = "/var/run/wireguard"
@@ -183,7 +183,8 @@ class UapiClient:
         if code != 0:
             num = abs(code)
             reason = os.strerror(num) if num in errno_mod.errorcode else "unknown error"
-            raise UapiError(f"wireguard-go for {name} refused the request: errno {num} ({reason})", num)
+            cls = UapiBusyError if num == errno_mod.EADDRINUSE else UapiError
+            raise cls(f"wireguard-go for {name} refused the request: errno {num} ({reason})", num)
         return lines[:-1]
 
     async def get(self, name: str) -> Device:

@@ -473,3 +473,14 @@ def test_genl_device_parsing():
 def test_genl_get_message():
     msg = roundtrip(genl.build_get_message("wg0"))
     assert msg["cmd"] == WG_CMD_GET_DEVICE and msg.get_attr("WGDEVICE_A_IFNAME") == "wg0"
+
+
+def test_a_listen_port_in_use_is_a_failure_a_retry_may_fix() -> None:
+    """EADDRINUSE from wireguard-go (a removed tunnel's daemon still exiting holds
+    the port) keeps the session's status and retries; other refusals stay permanent."""
+    from moenet_wireguard.errors import UapiBusyError, UapiError
+
+    from moenet_core.reconcile import is_transient
+
+    assert is_transient(UapiBusyError("wireguard-go for wg0 refused the request: errno 98", 98))
+    assert not is_transient(UapiError("wireguard-go for wg0 refused the request: errno 22", 22))

@@ -10,7 +10,8 @@ A plugin imports the core from exactly these places:
   ``AgentConfig``, state (``StateStore``, ``StateError``, ``atomic_write``),
   the guard (``GuardPolicy``, ``evaluate``...), the reconciler skeleton
   (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``, the small
-  rtnetlink client (``Rtnl``, ``RtLink``, ``RtAddress``, ``NetlinkError``);
+  rtnetlink client (``Rtnl``, ``RtLink``, ``RtAddress``, ``RtAddressDetail``,
+  ``RtAddressFlag``, ``RtScope``, ``RtRoute``, ``NetlinkError``);
 - ``moenet_core.config``: the building blocks of a config section (``check``,
   ``checked``, ``positive``, ``one_of``, ``structure``, ``camel``...);
 - ``moenet_core.intents``: the routing intents and their JSON forms;
@@ -118,7 +119,7 @@ if TYPE_CHECKING:
         plan_route,
         sync_cycle,
     )
-    from .rtnl import NetlinkError, RtAddress, RtLink, Rtnl
+    from .rtnl import NetlinkError, RtAddress, RtAddressDetail, RtAddressFlag, RtLink, Rtnl, RtRoute, RtScope
     from .state import STATE_CONVERTER, SavedAnswer, from_document, json_codec, to_document
 
 #: Major version of the hook API; plugins pin ``moenet-agent>=X.Y,<X+1``.
@@ -144,7 +145,11 @@ _LAZY = {
     "plan_route": "reconcile",
     "sync_cycle": "reconcile",
     "RtAddress": "rtnl",
+    "RtAddressDetail": "rtnl",
+    "RtAddressFlag": "rtnl",
     "RtLink": "rtnl",
+    "RtRoute": "rtnl",
+    "RtScope": "rtnl",
     "Rtnl": "rtnl",
     "STATE_CONVERTER": "state",
     "SavedAnswer": "state",
@@ -207,7 +212,11 @@ __all__ = [
     "RoutingBackend",
     "RoutingIntent",
     "RtAddress",
+    "RtAddressDetail",
+    "RtAddressFlag",
     "RtLink",
+    "RtRoute",
+    "RtScope",
     "Rtnl",
     "SavedAnswer",
     "SectionAlias",

@@ -8,8 +8,10 @@ bytes it sent), and a refusal raises :class:`NetlinkError` with the same
 
 Replies are decoded only as far as the agent uses them: a link's index, flags,
 name, MTU, alias and kind; an address's index, prefix length, local address and
-peer. Statistics are left out kernel-side (``RTEXT_FILTER_SKIP_STATS``), and a
-full dump decodes only the messages that changed since the previous one.
+peer (with :meth:`Rtnl.address_details`, also its ``IFA_F_*`` flags and scope);
+a route lookup's output interface, preferred source and gateway. Statistics are
+left out kernel-side (``RTEXT_FILTER_SKIP_STATS``), and a full dump decodes only
+the messages that changed since the previous one.
 
 A socket belongs to the network namespace of the thread that opens it, so an
 :class:`Rtnl` is opened on the event-loop thread (what the tests, switching
@@ -22,6 +24,7 @@ non-blocking syscall.
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import hashlib
 import os
@@ -49,6 +52,8 @@ RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_GETADDR = 22
+RTM_NEWROUTE = 24
+RTM_GETROUTE = 26
 
 IFLA_IFNAME = 3
 IFLA_MTU = 4
@@ -65,10 +70,18 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_FLAGS = 8
 
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PREFSRC = 7
+RTA_VIA = 18
+
 _NLMSG = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
+_RTMSG = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
+_U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _ERRNO = struct.Struct("=i")
 _RECV_SIZE = 1 << 18
@@ -114,6 +127,63 @@ class RtAddress(NamedTuple):
     prefixlen: int
     local: str
     peer: str | None
+
+
+class RtAddressFlag(enum.IntFlag):
+    """The kernel's ``IFA_F_*`` address flags (``linux/if_addr.h``)."""
+
+    TEMPORARY = 0x01
+    """An IPv6 privacy address; on IPv4 the same bit means secondary."""
+    NODAD = 0x02
+    OPTIMISTIC = 0x04
+    DADFAILED = 0x08
+    """Duplicate address detection found the address in use: never usable."""
+    HOMEADDRESS = 0x10
+    DEPRECATED = 0x20
+    """Its preferred lifetime is over: still valid, no longer picked as a source."""
+    TENTATIVE = 0x40
+    """Duplicate address detection has not finished: not usable yet."""
+    PERMANENT = 0x80
+    MANAGETEMPADDR = 0x100
+    NOPREFIXROUTE = 0x200
+    MCAUTOJOIN = 0x400
+    STABLE_PRIVACY = 0x800
+
+
+class RtScope(enum.IntEnum):
+    """An address's or route's scope (``RT_SCOPE_*``)."""
+
+    UNIVERSE = 0
+    """Global: the only scope an address reachable from elsewhere has."""
+    SITE = 200
+    LINK = 253
+    HOST = 254
+    NOWHERE = 255
+
+
+class RtAddressDetail(NamedTuple):
+    """An address as :class:`RtAddress`, with what the kernel says about it:
+    ``flags`` (:class:`RtAddressFlag` bits: the 32-bit ``IFA_FLAGS`` attribute,
+    else the message's 8-bit field) and ``scope`` (:class:`RtScope`)."""
+
+    ifindex: int
+    prefixlen: int
+    local: str
+    peer: str | None
+    flags: int
+    scope: int
+
+
+class RtRoute(NamedTuple):
+    """The kernel's answer to a route lookup (``ip route get``): the output
+    interface (0: none named), the source address it would pick and the gateway
+    (an IPv6 one for an IPv4 route via ``inet6``), None when it names none."""
+
+    oif: int
+    prefsrc: str | None
+    gateway: str | None
+    route_type: int
+    """``RTN_*``: 1 unicast, 2 local, ..."""
 
 
 class Request(NamedTuple):
@@ -198,6 +268,14 @@ def addr_dump_request(index: int = 0) -> Request:
     return Request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, index))
 
 
+def route_get_request(destination: str) -> Request:
+    """``ip route get <destination>`` (an IPv4 or IPv6 literal): a lookup, nothing is sent."""
+    family = socket.AF_INET6 if ":" in destination else socket.AF_INET
+    packed = socket.inet_pton(family, destination)
+    body = _RTMSG.pack(family, len(packed) * 8, 0, 0, 0, 0, 0, 0, 0) + rta(RTA_DST, packed)
+    return Request(RTM_GETROUTE, NLM_F_REQUEST, body)
+
+
 def _addr_request(
     msg_type: int, msg_flags: int, index: int, prefixlen: int, address: str, local: str | None, flags: int
 ) -> Request:
@@ -263,10 +341,21 @@ def parse_link(buf: bytes | memoryview, off: int, end: int) -> RtLink:
     return RtLink(index, name, kind, alias, mtu, flags)
 
 
-def parse_address(buf: bytes | memoryview, off: int, end: int) -> RtAddress | None:
-    """The address in an ``RTM_NEWADDR`` message (None: not IPv4 or IPv6)."""
-    family, prefixlen, _flags, _scope, index = _IFADDR.unpack_from(buf, off + 16)
-    if family not in (socket.AF_INET, socket.AF_INET6):
+_ADDR_LEN: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 16}
+
+
+def _ntop(family: int, raw: bytes) -> str | None:
+    """``raw`` as text when it is an address of ``family``, else None."""
+    return socket.inet_ntop(family, raw) if len(raw) == _ADDR_LEN.get(family) else None
+
+
+def parse_address_detail(buf: bytes | memoryview, off: int, end: int) -> RtAddressDetail | None:
+    """The address in an ``RTM_NEWADDR`` message, with its flags and scope
+    (None: not IPv4 or IPv6, or no address in it)."""
+    if end - off < _NLMSG.size + _IFADDR.size:
+        return None
+    family, prefixlen, flags, scope, index = _IFADDR.unpack_from(buf, off + 16)
+    if family not in _ADDR_LEN:
         return None
     local = address = None
     for t, a, b in attrs(buf, off + 24, end):
@@ -274,12 +363,38 @@ def parse_address(buf: bytes | memoryview, off: int, end: int) -> RtAddress | No
             local = bytes(buf[a:b])
         elif t == IFA_ADDRESS:
             address = bytes(buf[a:b])
+        elif t == IFA_FLAGS and b - a >= 4:
+            flags = _U32.unpack_from(buf, a)[0]  # all 32 bits; the header holds the low 8
     if local is None:
-        local, address = address, None
-    if local is None:
+        local, address = address, None  # IFA_LOCAL is only sent when it differs
+    text = _ntop(family, local) if local is not None else None
+    if text is None:
         return None
-    peer = socket.inet_ntop(family, address) if address is not None and address != local else None
-    return RtAddress(index, prefixlen, socket.inet_ntop(family, local), peer)
+    peer = _ntop(family, address) if address is not None and address != local else None
+    return RtAddressDetail(index, prefixlen, text, peer, flags, scope)
+
+
+def parse_address(buf: bytes | memoryview, off: int, end: int) -> RtAddress | None:
+    """The address in an ``RTM_NEWADDR`` message (None: not IPv4 or IPv6)."""
+    detail = parse_address_detail(buf, off, end)
+    return None if detail is None else RtAddress(detail[0], detail[1], detail[2], detail[3])
+
+
+def parse_route(buf: bytes | memoryview, off: int, end: int) -> RtRoute:
+    """The route in an ``RTM_NEWROUTE`` message (the answer to a lookup)."""
+    family, _dst, _src, _tos, _table, _proto, _scope, route_type, _flags = _RTMSG.unpack_from(buf, off + 16)
+    oif = 0
+    prefsrc = gateway = None
+    for t, a, b in attrs(buf, off + _NLMSG.size + _RTMSG.size, end):
+        if t == RTA_OIF and b - a >= 4:
+            oif = _U32.unpack_from(buf, a)[0]
+        elif t == RTA_PREFSRC:
+            prefsrc = _ntop(family, bytes(buf[a:b]))
+        elif t == RTA_GATEWAY:
+            gateway = _ntop(family, bytes(buf[a:b]))
+        elif t == RTA_VIA and b - a >= 2:  # struct rtvia: the gateway's family, then its address
+            gateway = _ntop(_U16.unpack_from(buf, a)[0], bytes(buf[a + 2 : b]))
+    return RtRoute(oif, prefsrc, gateway, route_type)
 
 
 def _msg_type(msg: Message) -> int:
@@ -423,6 +538,42 @@ class Rtnl:
             _ADDRESSES.decode(msgs, parse_address) if index is None else [parse_address(*m) for m in msgs]
         )
         return [a for a in decoded if a is not None and (index is None or a.ifindex == index)]
+
+    async def address_details(
+        self, index: int | None = None, *, scope: int | None = None
+    ) -> list[RtAddressDetail]:
+        """IPv4 and IPv6 addresses with their flags and scope, in the kernel's
+        order: of the link ``index`` only, and of ``scope`` only (an
+        :class:`RtScope`), when given. Messages of another scope are skipped
+        undecoded, so a thousand tunnels' link-local addresses cost little."""
+        out: list[RtAddressDetail] = []
+        for msg in await self.request(addr_dump_request(index if self.strict and index is not None else 0)):
+            buf, off, end = msg
+            if _msg_type(msg) != RTM_NEWADDR or end - off < _NLMSG.size + _IFADDR.size:
+                continue
+            if scope is not None and buf[off + 19] != scope:  # ifa_scope
+                continue
+            detail = parse_address_detail(buf, off, end)
+            if detail is not None and (index is None or detail.ifindex == index):
+                out.append(detail)
+        return out
+
+    async def route_get(self, destination: str) -> RtRoute | None:
+        """The route the kernel would take to ``destination`` (an IPv4 or IPv6
+        literal), as ``ip route get`` (nothing is sent); None when it has none
+        (``ENETUNREACH``, or ``EHOSTUNREACH`` for an unreachable route). Other
+        refusals raise :class:`NetlinkError`: ``EINVAL`` for a blackhole route,
+        ``EACCES`` for a prohibit route, ``EAFNOSUPPORT`` without IPv6."""
+        try:
+            msgs = await self.request(route_get_request(destination))
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return None
+            raise
+        for msg in msgs:
+            if _msg_type(msg) == RTM_NEWROUTE:
+                return parse_route(*msg)
+        return None
 
     # ------------------------------------------------------------ writes
 

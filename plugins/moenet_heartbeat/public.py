@@ -1,11 +1,12 @@
 """The node's public addresses for the heartbeat (``publicIpv4`` / ``publicIpv6``).
 
-By default they come from the node's own interfaces: a raw rtnetlink address dump
-(a few hundred bytes per address, decoded by hand: cheap even with a thousand
-tunnels) and a route lookup telling which interface and source address the
-kernel would use towards the internet (nothing is sent). Only globally routable
-unicast addresses count: never DN42 or other private space, link-local,
-loopback, ULA, CGNAT, documentation or reserved ranges (:func:`is_public`).
+By default they come from the node's own interfaces, read with the core's
+rtnetlink client (:class:`moenet_core.Rtnl`): an address dump (global-scope
+addresses only are decoded: cheap even with a thousand tunnels) and a route
+lookup telling which interface and source address the kernel would use towards
+the internet (nothing is sent). Only globally routable unicast addresses count:
+never DN42 or other private space, link-local, loopback, ULA, CGNAT,
+documentation or reserved ranges (:func:`is_public`).
 Among them the kernel's own source address for the default route wins, then
 another address on the default route's interface, then the first one found on
 any other interface; deprecated and privacy (temporary) IPv6 addresses come
@@ -21,54 +22,32 @@ one public address of that family. The service is asked again
 heartbeat: the last good answer, else the interface address, is reported
 meanwhile.
 
-Netlink sockets are opened on the calling thread, so the reads follow the
-thread's network namespace (component tests enter one).
+The netlink socket is opened on the event loop's thread, so the reads follow
+that thread's network namespace (component tests enter one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
-import os
 import socket
 import ssl
-import struct
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
 
+from moenet_core import NetlinkError, RtAddressFlag, Rtnl, RtScope
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-NETLINK_ROUTE = 0
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-RTM_NEWADDR = 20
-RTM_GETADDR = 22
-RTM_NEWROUTE = 24
-RTM_GETROUTE = 26
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-IFA_FLAGS = 8
-RTA_DST = 1
-RTA_OIF = 4
-RTA_PREFSRC = 7
-RT_SCOPE_UNIVERSE = 0
-
-IFA_F_TEMPORARY = 0x01
-IFA_F_DADFAILED = 0x08
-IFA_F_DEPRECATED = 0x20
-IFA_F_TENTATIVE = 0x40
-
-_NLMSG = struct.Struct("=IHHII")
-_IFADDR = struct.Struct("=BBBBI")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_RTA = struct.Struct("=HH")
-_U32 = struct.Struct("=I")
+IFA_F_TEMPORARY = RtAddressFlag.TEMPORARY
+IFA_F_DADFAILED = RtAddressFlag.DADFAILED
+IFA_F_DEPRECATED = RtAddressFlag.DEPRECATED
+IFA_F_TENTATIVE = RtAddressFlag.TENTATIVE
 
 #: Where the route lookups look (nothing is sent): any global address that no
 #: node routes specially resolves through the default route.
@@ -145,119 +124,49 @@ def choose(addresses: Iterable[InterfaceAddress], version: int, hint: RouteHint 
 # ------------------------------------------------------------------ rtnetlink
 
 
-def _attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    while start + 4 <= end:
-        length, kind = _RTA.unpack_from(buf, start)
-        if length < 4:
-            return
-        yield kind & 0x3FFF, start + 4, min(start + length, end)
-        start += (length + 3) & ~3
+@contextlib.asynccontextmanager
+async def _netlink(rt: Rtnl | None) -> AsyncIterator[Rtnl]:
+    """``rt``, else a socket of its own for the block."""
+    if rt is not None:
+        yield rt
+        return
+    async with Rtnl() as own:
+        yield own
 
 
-def _address(buf: bytes, a: int, b: int) -> IPAddress | None:
-    raw = bytes(buf[a:b])
-    if len(raw) in (4, 16):
-        return ipaddress.ip_address(raw)
-    return None
-
-
-def _messages(sock: socket.socket, seq: int) -> Iterator[tuple[int, bytes, int, int]]:
-    """``(type, buffer, payload start, message end)`` of each answer to ``seq``,
-    until NLMSG_DONE (dumps) or the first answer (a plain request)."""
-    while True:
-        buf = sock.recv(1 << 16)
-        if not buf:
-            return
-        pos = 0
-        while pos + _NLMSG.size <= len(buf):
-            length, kind, flags, mseq, _pid = _NLMSG.unpack_from(buf, pos)
-            if length < _NLMSG.size:
-                return
-            end = min(pos + length, len(buf))
-            if mseq == seq:
-                if kind == NLMSG_DONE:
-                    return
-                if kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", buf, pos + _NLMSG.size)
-                    if code:
-                        raise OSError(-code, os.strerror(-code))
-                    return
-                yield kind, buf, pos + _NLMSG.size, end
-                if not flags & 0x2:  # not NLM_F_MULTI: a single answer
-                    return
-            pos += (length + 3) & ~3
-
-
-def _request(kind: int, flags: int, payload: bytes, seq: int) -> bytes:
-    return _NLMSG.pack(_NLMSG.size + len(payload), kind, NLM_F_REQUEST | flags, seq, 0) + payload
-
-
-def _open() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-    sock.settimeout(5.0)
-    sock.bind((0, 0))
-    return sock
-
-
-def read_addresses() -> list[InterfaceAddress]:
+async def read_addresses(rt: Rtnl | None = None) -> list[InterfaceAddress]:
     """Every universe-scope address of this thread's network namespace, in the
-    kernel's order (one RTM_GETADDR dump)."""
-    out: list[InterfaceAddress] = []
-    with _open() as sock:
-        sock.send(_request(RTM_GETADDR, NLM_F_DUMP, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0), 1))
-        for kind, buf, start, end in _messages(sock, 1):
-            if kind != RTM_NEWADDR or start + _IFADDR.size > end:
-                continue
-            family, _plen, flags, scope, index = _IFADDR.unpack_from(buf, start)
-            if scope != RT_SCOPE_UNIVERSE or family not in (socket.AF_INET, socket.AF_INET6):
-                continue  # link, host: never public (skipped before decoding the attributes)
-            local = address = None
-            for t, a, b in _attrs(buf, start + _IFADDR.size, end):
-                if t == IFA_LOCAL:
-                    local = _address(buf, a, b)
-                elif t == IFA_ADDRESS:
-                    address = _address(buf, a, b)
-                elif t == IFA_FLAGS and b - a >= 4:
-                    (flags,) = _U32.unpack_from(buf, a)
-            chosen = local or address  # IPv4 point-to-point: IFA_ADDRESS is the peer's
-            if chosen is not None:
-                out.append(InterfaceAddress(index=index, address=chosen, flags=flags))
-    return out
+    kernel's order (one address dump; link and host scope are never public)."""
+    async with _netlink(rt) as sock:
+        found = await sock.address_details(scope=RtScope.UNIVERSE)
+    return [
+        InterfaceAddress(index=a.ifindex, address=ipaddress.ip_address(a.local), flags=a.flags) for a in found
+    ]
 
 
-def route_hint(version: int) -> RouteHint | None:
+async def route_hint(version: int, rt: Rtnl | None = None) -> RouteHint | None:
     """The kernel's route towards the internet for ``version`` (a lookup of
     :data:`ROUTE_PROBES`, nothing sent): its interface and source, or None
-    when there is no such route."""
-    dst = ipaddress.ip_address(ROUTE_PROBES[version])
-    family = socket.AF_INET if version == 4 else socket.AF_INET6
-    raw = dst.packed
-    rta = _RTA.pack(4 + len(raw), RTA_DST) + raw
-    msg = _RTMSG.pack(family, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0) + rta
+    when there is no such route (or no such family)."""
     try:
-        with _open() as sock:
-            sock.send(_request(RTM_GETROUTE, 0, msg, 2))
-            for kind, buf, start, end in _messages(sock, 2):
-                if kind != RTM_NEWROUTE:
-                    continue
-                oif, src = 0, None
-                for t, a, b in _attrs(buf, start + _RTMSG.size, end):
-                    if t == RTA_OIF and b - a >= 4:
-                        (oif,) = _U32.unpack_from(buf, a)
-                    elif t == RTA_PREFSRC:
-                        src = _address(buf, a, b)
-                return RouteHint(index=oif, source=src) if oif else None
-    except OSError as exc:
+        async with _netlink(rt) as sock:
+            route = await sock.route_get(ROUTE_PROBES[version])
+    except (NetlinkError, OSError) as exc:
+        # No route (a blackhole one: EINVAL), or no IPv6 at all.
         if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAFNOSUPPORT, errno.EINVAL):
             return None
         raise
-    return None
+    if route is None or not route.oif:
+        return None
+    source = ipaddress.ip_address(route.prefsrc) if route.prefsrc is not None else None
+    return RouteHint(index=route.oif, source=source)
 
 
-def interface_addresses() -> dict[int, str | None]:
+async def interface_addresses() -> dict[int, str | None]:
     """``{4: ..., 6: ...}``: the node's public address per family, or None."""
-    found = read_addresses()
-    return {v: choose(found, v, route_hint(v)) for v in (4, 6)}
+    async with Rtnl() as rt:
+        found = await read_addresses(rt)
+        return {v: choose(found, v, await route_hint(v, rt)) for v in (4, 6)}
 
 
 # ------------------------------------------------------------------ echo services
@@ -367,7 +276,7 @@ class PublicAddresses:
     """The cached ``publicIpv4`` / ``publicIpv6`` of one heartbeat task.
 
     ``monotonic``: the clock; ``read``: the interface reader
-    (:func:`interface_addresses`); ``ask``: the echo client (:func:`ask_echo`);
+    (:func:`interface_addresses`, awaited); ``ask``: the echo client (:func:`ask_echo`);
     ``warn``: where failures are told (once per failure, with the family and URL).
     """
 
@@ -376,7 +285,7 @@ class PublicAddresses:
         *,
         monotonic: Callable[[], float],
         warn: Callable[[str], None],
-        read: Callable[[], dict[int, str | None]] | None = None,
+        read: Callable[[], Awaitable[dict[int, str | None]]] | None = None,
         ask: Callable[..., Awaitable[str]] | None = None,
     ) -> None:
         self._now = monotonic
@@ -398,7 +307,7 @@ class PublicAddresses:
         if now >= self._local_next:
             self._local_next = now + refresh
             try:
-                self._local = dict(self._read())
+                self._local = dict(await self._read())
             except Exception as exc:  # a failure never breaks the heartbeat
                 self._warn(f"public addresses: reading the interfaces failed: {type(exc).__name__}: {exc}")
         wanted = [v for v in (4, 6) if urls.get(v) and now >= self._echo[v].next_try]

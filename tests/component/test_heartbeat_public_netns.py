@@ -48,13 +48,13 @@ def build(ns) -> None:
     ns.run("ip", "-6", "route", "add", "default", "via", "2a00:2::ff", "dev", "wan")
 
 
-def test_interfaces_the_default_route_and_the_fallbacks(netns):
+async def test_interfaces_the_default_route_and_the_fallbacks(netns):
     ns = netns()
     build(ns)
     with ns.entered():
-        found = public.read_addresses()
-        hint4, hint6 = public.route_hint(4), public.route_hint(6)
-        picked = public.interface_addresses()
+        found = await public.read_addresses()
+        hint4, hint6 = await public.route_hint(4), await public.route_hint(6)
+        picked = await public.interface_addresses()
     wan, oth = (
         json.loads(ns.run("ip", "-j", "link", "show", d).stdout)[0]["ifindex"] for d in ("wan", "oth")
     )
@@ -72,8 +72,8 @@ def test_interfaces_the_default_route_and_the_fallbacks(netns):
     ns.run("ip", "route", "del", "default")
     ns.run("ip", "-6", "route", "del", "default")
     with ns.entered():
-        assert public.route_hint(4) is None and public.route_hint(6) is None
-        assert public.interface_addresses() == {4: "1.0.0.7", 6: "2a00:1::7"}
+        assert await public.route_hint(4) is None and await public.route_hint(6) is None
+        assert await public.interface_addresses() == {4: "1.0.0.7", 6: "2a00:1::7"}
 
     # Only DN42, private, CGNAT and ULA addresses left: nothing to report.
     for dev, a in (("oth", "1.0.0.7/24"), ("oth", "2a00:1::7/64"), ("wan", "81.0.0.2/24")):
@@ -81,7 +81,7 @@ def test_interfaces_the_default_route_and_the_fallbacks(netns):
     ns.run("ip", "addr", "del", "2a00:2::2/64", "dev", "wan")
     ns.run("ip", "addr", "del", "2a00:2::1/64", "dev", "wan")
     with ns.entered():
-        assert public.interface_addresses() == {4: None, 6: None}
+        assert await public.interface_addresses() == {4: None, 6: None}
 
 
 async def test_the_heartbeat_with_and_without_an_echo_service(netns, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from moenet_wireguard.errors import TunnelError
 from moenet_wireguard.genl import PyrouteGenl, build_get_message
 from moenet_wireguard.kernel import KernelTunnelBackend
 
-from moenet_core import NetlinkError, Rtnl
+from moenet_core import NetlinkError, RtAddressFlag, Rtnl, RtRoute, RtScope
 from moenet_core.testing import NetNS
 
 pytestmark = pytest.mark.netns
@@ -156,3 +156,166 @@ async def test_kernel_backend_genl_refusal_is_the_cores_error(netns, tmp_path):
         with pytest.raises(TunnelError) as err:
             await backend._read("wg-none")
     assert str(err.value) == f"tunnel wg-none: reading the WireGuard device failed: {info.value}"
+
+
+# ------------------------------------------------- address flags, scopes, routes
+
+
+def ip_flags(ns: NetNS) -> dict[str, tuple[str, int, set[str]]]:
+    """Each address as ``ip`` shows it: ``local -> (device, scope, flags)``, the
+    flags being the ``IFA_F_*`` names ``ip -j`` prints as true."""
+    scopes = {"global": 0, "site": 200, "link": 253, "host": 254}
+    names = {"secondary", "temporary", "nodad", "optimistic", "dadfailed", "deprecated", "tentative",
+             "mngtmpaddr", "noprefixroute", "autojoin", "stable-privacy"}  # fmt: skip
+    out = {}
+    for link in json.loads(ns.run("ip", "-j", "addr", "show").stdout):
+        for a in link["addr_info"]:
+            if "local" in a:
+                flags = {k for k, v in a.items() if k in names and v is True}
+                out[a["local"]] = (link["ifname"], scopes[a["scope"]], flags)
+    return out
+
+
+def flag_names(flags: int, ipv6: bool) -> set[str]:
+    """Our flags in ``ip``'s words (bit 0 is "secondary" on IPv4, "temporary" on IPv6)."""
+    F = RtAddressFlag
+    words = {
+        F.TEMPORARY: "temporary" if ipv6 else "secondary",
+        F.NODAD: "nodad",
+        F.OPTIMISTIC: "optimistic",
+        F.DADFAILED: "dadfailed",
+        F.DEPRECATED: "deprecated",
+        F.TENTATIVE: "tentative",
+        F.MANAGETEMPADDR: "mngtmpaddr",
+        F.NOPREFIXROUTE: "noprefixroute",
+        F.MCAUTOJOIN: "autojoin",
+        F.STABLE_PRIVACY: "stable-privacy",
+    }
+    return {word for bit, word in words.items() if flags & bit}
+
+
+async def test_address_flags_and_scopes_read_back(netns):
+    """Deprecated (``preferred_lft 0``), nodad, tentative (no carrier: DAD
+    waits), dadfailed (the address is already on the peer), flags beyond the
+    first 8 bits, and link and host scope: as ``ip`` shows them."""
+    ns = netns()
+    for name, peer_up in (("wan", True), ("nc0", False)):
+        ns.run("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p")
+        ns.run("ip", "link", "set", name, "up")
+        if peer_up:
+            ns.run("ip", "link", "set", name + "p", "up")
+    for args in (
+        ("81.0.0.2/24", "dev", "wan"),
+        ("81.0.0.3/24", "dev", "wan", "preferred_lft", "0"),
+        ("192.0.2.1/32", "dev", "wan", "scope", "link"),
+        ("172.20.0.3", "peer", "172.20.0.4/32", "dev", "wan"),
+        ("2a00:2::2/64", "dev", "wan", "nodad"),
+        ("2a00:2::1/64", "dev", "wan", "nodad", "preferred_lft", "0"),
+        ("2a00:5::1/64", "dev", "wan", "nodad", "noprefixroute", "mngtmpaddr"),
+        ("2a00:3::1/64", "dev", "nc0"),
+        ("2a00:4::1/64", "dev", "wanp", "nodad"),
+        ("2a00:4::1/64", "dev", "wan"),  # DAD meets the peer's: fails
+    ):
+        ns.run("ip", "addr", "add", *args)
+    wan, nc0 = (ip_link(ns, d)["ifindex"] for d in ("wan", "nc0"))  # type: ignore[index]
+    F = RtAddressFlag
+    with inside(ns):
+        async with Rtnl() as rt:
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:  # DAD answers within about a second
+                [dad] = [a for a in await rt.address_details(wan) if a.local == "2a00:4::1"]
+                if dad.flags & F.DADFAILED or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            found = await rt.address_details()
+            universe = await rt.address_details(scope=RtScope.UNIVERSE)
+            on_nc0 = await rt.address_details(nc0)
+        async with Rtnl(strict=True) as rt:
+            wan_link = await rt.address_details(wan, scope=RtScope.LINK)
+    shown = ip_flags(ns)
+    by_local = {a.local: a for a in found if a.ifindex in (wan, nc0)}
+    assert set(by_local) == {loc for loc, (dev, _, _) in shown.items() if dev in ("wan", "nc0")}
+    for local, a in by_local.items():
+        dev, scope, flags = shown[local]
+        assert (a.ifindex, a.scope, flag_names(a.flags, ":" in local)) == (
+            {"wan": wan, "nc0": nc0}[dev],
+            scope,
+            flags,
+        ), local
+    # ... and what the heartbeat relies on, spelled out.
+    assert by_local["81.0.0.3"].flags & F.DEPRECATED and not by_local["81.0.0.2"].flags & F.DEPRECATED
+    assert by_local["2a00:2::1"].flags & F.DEPRECATED and by_local["2a00:2::1"].flags & F.NODAD
+    assert by_local["2a00:2::2"].flags & (F.DEPRECATED | F.TENTATIVE | F.DADFAILED) == 0
+    assert by_local["2a00:3::1"].flags & F.TENTATIVE and by_local["2a00:3::1"].scope == RtScope.UNIVERSE
+    assert by_local["2a00:4::1"].flags & (F.DADFAILED | F.TENTATIVE) == F.DADFAILED | F.TENTATIVE
+    assert by_local["2a00:5::1"].flags & F.NOPREFIXROUTE  # beyond the header's 8 bits
+    assert (by_local["192.0.2.1"].scope, by_local["172.20.0.3"].peer) == (RtScope.LINK, "172.20.0.4")
+    assert {a.scope for a in found if a.local in ("127.0.0.1", "::1")} == {RtScope.HOST}
+    # Filters: scope, link (here and, with strict checking, in the kernel).
+    assert universe == [a for a in found if a.scope == RtScope.UNIVERSE]
+    assert "192.0.2.1" not in {a.local for a in universe} and "2a00:3::1" in {a.local for a in universe}
+    assert on_nc0[0].local == "2a00:3::1" and {a.ifindex for a in on_nc0} == {nc0}
+    assert {a.local for a in wan_link} == {"192.0.2.1"} | {
+        loc for loc, (dev, scope, _) in shown.items() if dev == "wan" and scope == RtScope.LINK
+    }
+
+
+def ip_route_get(ns: NetNS, dst: str) -> tuple[str, str | None, str | None]:
+    """``(device, prefsrc, gateway)`` as ``ip route get`` shows them."""
+    shown = json.loads(ns.run("ip", "-j", "route", "get", dst).stdout)[0]
+    gateway = shown.get("gateway") or shown.get("via", {}).get("host")
+    return shown["dev"], shown.get("prefsrc"), gateway
+
+
+async def test_route_lookups(netns):
+    """``ip route get``: interface, source and gateway as ``ip`` shows them; no
+    route and unreachable are None; blackhole and prohibit are the kernel's refusals."""
+    ns = netns()
+    ns.run("ip", "link", "add", "wan", "type", "veth", "peer", "name", "wanp")
+    ns.run("ip", "link", "add", "oth", "type", "veth", "peer", "name", "othp")
+    for dev in ("wan", "wanp", "oth", "othp"):
+        ns.run("ip", "link", "set", dev, "up")
+    for addr, dev in (("81.0.0.2/24", "wan"), ("81.0.0.4/24", "wan"), ("1.0.0.7/24", "oth")):
+        ns.run("ip", "addr", "add", addr, "dev", dev)
+    for addr, dev in (("2a00:2::2/64", "wan"), ("2a00:1::7/64", "oth")):
+        ns.run("ip", "addr", "add", addr, "dev", dev, "nodad")
+    ns.run("ip", "addr", "add", "2a00:2::1/64", "dev", "wan", "nodad", "preferred_lft", "0")
+    ns.run("ip", "route", "add", "default", "via", "81.0.0.1", "dev", "wan")
+    ns.run("ip", "-6", "route", "add", "default", "via", "2a00:2::ff", "dev", "wan")
+    ns.run("ip", "route", "add", "198.51.100.0/24", "via", "81.0.0.1", "dev", "wan", "src", "81.0.0.4")
+    ns.run("ip", "route", "add", "198.18.0.0/15", "via", "inet6", "fe80::1", "dev", "wan")
+    ns.run("ip", "route", "add", "9.9.9.0/24", "via", "1.0.0.1", "dev", "oth")
+    ns.run("ip", "route", "add", "blackhole", "203.0.113.0/24")
+    ns.run("ip", "route", "add", "unreachable", "192.0.2.0/24")
+    ns.run("ip", "route", "add", "prohibit", "100.64.0.0/10")
+    wan, oth = (ip_link(ns, d)["ifindex"] for d in ("wan", "oth"))  # type: ignore[index]
+    lookups = ["1.1.1.1", "2606:4700:4700::1111", "198.51.100.7", "198.18.0.1", "9.9.9.9", "81.0.0.9"]
+    with inside(ns):
+        async with Rtnl() as rt:
+            got = {dst: await rt.route_get(dst) for dst in lookups}
+            shown = {dst: ip_route_get(ns, dst) for dst in lookups}
+            local = await rt.route_get("81.0.0.2")
+            unreachable = await rt.route_get("192.0.2.1")
+            refusals = {}
+            for dst in ("203.0.113.1", "100.64.0.1"):
+                with pytest.raises(NetlinkError) as info:
+                    await rt.route_get(dst)
+                refusals[dst] = info.value.code
+            ns.run("ip", "route", "del", "default")
+            ns.run("ip", "-6", "route", "del", "default")
+            gone = (await rt.route_get("1.1.1.1"), await rt.route_get("2606:4700:4700::1111"))
+    assert got == {
+        "1.1.1.1": RtRoute(wan, "81.0.0.2", "81.0.0.1", 1),
+        "2606:4700:4700::1111": RtRoute(wan, "2a00:2::2", "2a00:2::ff", 1),  # not the deprecated one
+        "198.51.100.7": RtRoute(wan, "81.0.0.4", "81.0.0.1", 1),
+        "198.18.0.1": RtRoute(wan, "81.0.0.2", "fe80::1", 1),
+        "9.9.9.9": RtRoute(oth, "1.0.0.7", "1.0.0.1", 1),
+        "81.0.0.9": RtRoute(wan, "81.0.0.2", None, 1),  # on the link: no gateway
+    }
+    names = {wan: "wan", oth: "oth"}
+    assert {
+        dst: (names[r.oif], r.prefsrc, r.gateway) for dst, r in got.items() if r
+    } == shown  # as ip sees it
+    assert local is not None and (local.oif, local.route_type) == (1, 2)  # lo, RTN_LOCAL
+    assert unreachable is None and gone == (None, None)
+    assert refusals == {"203.0.113.1": errno.EINVAL, "100.64.0.1": errno.EACCES}

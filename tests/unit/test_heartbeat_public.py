@@ -6,6 +6,7 @@ tests/component/test_heartbeat_public_netns.py."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import time
 
@@ -25,6 +26,7 @@ from moenet_heartbeat.public import (
     RouteHint,
 )
 
+from moenet_core import NetlinkError, RtAddressDetail, RtRoute, RtScope
 from moenet_core.agent import structure_plugin_sections
 from moenet_core.cli import disabled_plugins
 from moenet_core.config import build_config
@@ -131,6 +133,61 @@ def test_ipv6_flags():
     assert public.choose(found[:4], 6, hint) == "2a00:2::4"
     assert public.choose(found[:3], 6, hint) == "2a00:2::3"
     assert public.choose(found[:2], 6, hint) is None
+
+
+# ------------------------------------------------------------------ what the core's client answers
+
+
+class StubRtnl:
+    """Stands in for :class:`moenet_core.Rtnl`: scripted answers, recorded questions."""
+
+    def __init__(self, details=(), route=None) -> None:
+        self.details = list(details)
+        self.route = route
+        self.asked: list[object] = []
+
+    async def address_details(self, index=None, *, scope=None):
+        self.asked.append(("addresses", index, scope))
+        return self.details
+
+    async def route_get(self, destination):
+        self.asked.append(destination)
+        if isinstance(self.route, BaseException):
+            raise self.route
+        return self.route
+
+
+async def test_read_addresses_asks_for_global_scope_and_keeps_the_flags():
+    rt = StubRtnl(
+        [
+            RtAddressDetail(3, 24, "81.0.0.2", None, 0x80, 0),
+            RtAddressDetail(3, 64, "2a00:2::1", None, 0xA2, 0),
+            RtAddressDetail(4, 32, "172.20.0.3", "172.20.0.4", 0x80, 0),  # point-to-point: the local one
+        ]
+    )
+    found = await public.read_addresses(rt)  # type: ignore[arg-type]
+    assert rt.asked == [("addresses", None, RtScope.UNIVERSE)]
+    assert found == [addr(3, "81.0.0.2", 0x80), addr(3, "2a00:2::1", 0xA2), addr(4, "172.20.0.3", 0x80)]
+    assert found[1].flags & IFA_F_DEPRECATED and not found[1].flags & IFA_F_TENTATIVE
+
+
+async def test_route_hint_probes_per_family_and_maps_no_route_to_none():
+    rt = StubRtnl(route=RtRoute(3, "81.0.0.2", "81.0.0.1", 1))
+    assert await public.route_hint(4, rt) == RouteHint(index=3, source=ip("81.0.0.2"))  # type: ignore[arg-type]
+    rt.route = RtRoute(3, None, "fe80::1", 1)
+    assert await public.route_hint(6, rt) == RouteHint(index=3)  # type: ignore[arg-type]
+    assert rt.asked == [public.ROUTE_PROBES[4], public.ROUTE_PROBES[6]]
+    for nothing in (
+        None,
+        RtRoute(0, "81.0.0.2", None, 1),
+        NetlinkError(errno.EINVAL),
+        NetlinkError(errno.EAFNOSUPPORT),
+    ):
+        rt.route = nothing
+        assert await public.route_hint(4, rt) is None, nothing  # type: ignore[arg-type]
+    rt.route = NetlinkError(errno.EACCES)  # a prohibit route: told, not hidden
+    with pytest.raises(NetlinkError):
+        await public.route_hint(4, rt)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ echo answers and URLs
@@ -280,7 +337,7 @@ class Rig:
             monotonic=lambda: self.now, warn=self.warnings.append, read=self.read, ask=self.ask
         )
 
-    def read(self) -> dict[int, str | None]:
+    async def read(self) -> dict[int, str | None]:
         self.reads += 1
         if isinstance(self.local, Exception):
             raise self.local
@@ -423,7 +480,7 @@ def test_the_control_plane_cannot_set_the_echo_urls():
 async def test_the_heartbeat_reports_the_addresses(fake_cp, agent_harness, monkeypatch, tmp_path):
     reads = []
 
-    def fake_read() -> dict[int, str | None]:
+    async def fake_read() -> dict[int, str | None]:
         reads.append(1)
         return {4: "81.0.0.2", 6: None}
 

@@ -21,7 +21,17 @@ from collections.abc import Iterator
 import pytest
 
 from moenet_core import rtnl
-from moenet_core.rtnl import NetlinkError, Request, RtAddress, RtLink, Rtnl
+from moenet_core.rtnl import (
+    NetlinkError,
+    Request,
+    RtAddress,
+    RtAddressDetail,
+    RtAddressFlag,
+    RtLink,
+    Rtnl,
+    RtRoute,
+    RtScope,
+)
 
 PID = 0x7F67  # the port id pyroute2 sent from
 
@@ -355,6 +365,202 @@ async def test_a_late_answer_to_a_cancelled_request_is_skipped(wired):
     assert seq != old
     kernel.send(_error(seq, 0))
     assert await task is None  # acked: the stale refusal was not taken for its answer
+
+
+# ------------------------------------------- address flags, scopes, routes
+
+
+def test_the_route_lookup_is_what_the_heartbeat_sent():
+    """``ip route get``: the bytes the heartbeat's own netlink code sent (sequence 2)."""
+    assert rtnl.route_get_request("1.1.1.1").encode(2).hex() == (
+        "240000001a00010002000000000000000220000000000000000000000800010001010101"
+    )
+    assert rtnl.route_get_request("2606:4700:4700::1111").encode(2).hex() == (
+        "300000001a00010002000000000000000a80000000000000000000001400010026064700470000000000000000001111"
+    )
+
+
+# What a 6.18 kernel answered to an address dump in a namespace (veth ``wan``,
+# index 3, up with its peer; ``nc0``, index 5, up with its peer down): host and
+# link scope, ``81.0.0.3/24 preferred_lft 0`` (deprecated, and secondary: the
+# same bit as temporary), ``2a00:2::1/64 nodad preferred_lft 0``, ``2a00:2::2/64
+# nodad``, ``2a00:3::1/64`` without carrier (tentative), ``2a00:4::1/64`` also on
+# the peer (dadfailed), ``2a00:5::1/64 nodad noprefixroute mngtmpaddr`` (flags
+# beyond the header's 8 bits).
+KERNEL_ADDRESS_DETAILS = [
+    (
+        "4c0000001400020001000000fb180000020880fe01000000080001007f000001080002007f000001"
+        "070003006c6f0000080008008000000014000600ffffffffffffffffac971e00ac971e00",
+        RtAddressDetail(1, 8, "127.0.0.1", None, 0x80, RtScope.HOST),
+    ),
+    (
+        "4c0000001400020001000000fb180000022080fd0300000008000100c000020108000200c0000201"
+        "0800030077616e00080008008000000014000600ffffffffffffffffaf971e00af971e00",
+        RtAddressDetail(3, 32, "192.0.2.1", None, 0x80, RtScope.LINK),
+    ),
+    (
+        "4c0000001400020001000000fb1800000218800003000000080001005100000208000200510000020800"
+        "030077616e00080008008000000014000600ffffffffffffffffae971e00ae971e00",
+        RtAddressDetail(3, 24, "81.0.0.2", None, 0x80, RtScope.UNIVERSE),
+    ),
+    (
+        "4c0000001400020001000000fb1800000218a10003000000080001005100000308000200510000030800"
+        "030077616e0008000800a100000014000600ffffffffffffffffaf971e00af971e00",
+        RtAddressDetail(3, 24, "81.0.0.3", None, 0xA1, RtScope.UNIVERSE),
+    ),
+    (
+        "480000001400020001000000fb1800000a40a20003000000140001002a00000200000000000000000000"
+        "00011400060000000000ffffffffaf971e00af971e0008000800a2000000",
+        RtAddressDetail(3, 64, "2a00:2::1", None, 0xA2, RtScope.UNIVERSE),
+    ),
+    (
+        "480000001400020001000000fb1800000a40820003000000140001002a00000200000000000000000000"
+        "000214000600ffffffffffffffffaf971e00af971e000800080082000000",
+        RtAddressDetail(3, 64, "2a00:2::2", None, 0x82, RtScope.UNIVERSE),
+    ),
+    (
+        "480000001400020001000000fb1800000a40c00005000000140001002a00000300000000000000000000"
+        "000114000600ffffffffffffffffb0971e00b0971e0008000800c0000000",
+        RtAddressDetail(5, 64, "2a00:3::1", None, 0xC0, RtScope.UNIVERSE),
+    ),
+    (
+        "48000000140002000a000000e16f00000a40c80003000000140001002a00000400000000000000000000"
+        "000114000600ffffffffffffffff2cb71e002cb71e0008000800c8000000",
+        RtAddressDetail(3, 64, "2a00:4::1", None, 0xC8, RtScope.UNIVERSE),
+    ),
+    (
+        "48000000140002000a000000e16f00000a40820003000000140001002a00000500000000000000000000"
+        "000114000600ffffffffffffffff2cb71e002cb71e000800080082030000",
+        RtAddressDetail(3, 64, "2a00:5::1", None, 0x382, RtScope.UNIVERSE),
+    ),
+]
+
+
+def test_kernel_address_details_carry_flags_and_scope():
+    got = [
+        rtnl.parse_address_detail(m, 0, len(m)) for m in (bytes.fromhex(h) for h, _ in KERNEL_ADDRESS_DETAILS)
+    ]
+    assert got == [want for _, want in KERNEL_ADDRESS_DETAILS]
+    flags = {d.local: RtAddressFlag(d.flags) for d in got if d is not None}
+    F = RtAddressFlag
+    assert flags["81.0.0.3"] == F.PERMANENT | F.DEPRECATED | F.TEMPORARY  # IPv4: "secondary"
+    assert flags["2a00:2::1"] == F.PERMANENT | F.DEPRECATED | F.NODAD
+    assert flags["2a00:3::1"] == F.PERMANENT | F.TENTATIVE
+    assert flags["2a00:4::1"] == F.PERMANENT | F.TENTATIVE | F.DADFAILED
+    # 0x382: the header's byte says 0x82, the 32-bit IFA_FLAGS attribute the rest.
+    assert flags["2a00:5::1"] == F.PERMANENT | F.NODAD | F.NOPREFIXROUTE | F.MANAGETEMPADDR
+    # The plain reading of the same messages is unchanged: no flags, no scope.
+    first = bytes.fromhex(KERNEL_ADDRESS_DETAILS[3][0])
+    assert rtnl.parse_address(first, 0, len(first)) == RtAddress(3, 24, "81.0.0.3", None)
+
+
+def test_without_the_flags_attribute_the_headers_byte_counts():
+    """Kernels before 3.14 send no IFA_FLAGS: the 8 bits in the header are all there is."""
+    packed = socket.inet_pton(socket.AF_INET6, "2a00:2::9")
+    body = struct.pack("=BBBBI", socket.AF_INET6, 64, 0x20, 0, 4) + _attr(rtnl.IFA_ADDRESS, packed)
+    msg = _msg(rtnl.RTM_NEWADDR, body)
+    assert rtnl.parse_address_detail(msg, 0, len(msg)) == RtAddressDetail(4, 64, "2a00:2::9", None, 0x20, 0)
+
+
+def test_malformed_address_messages_give_none():
+    short = _msg(rtnl.RTM_NEWADDR, struct.pack("=BBBB", socket.AF_INET, 32, 0, 0))  # no ifaddrmsg
+    assert rtnl.parse_address_detail(short, 0, len(short)) is None
+    body = struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, 4) + _attr(rtnl.IFA_LOCAL, b"\1" * 16)
+    wrong = _msg(rtnl.RTM_NEWADDR, body)  # an IPv6-sized address in an IPv4 message
+    assert rtnl.parse_address_detail(wrong, 0, len(wrong)) is None
+    assert rtnl.parse_address(wrong, 0, len(wrong)) is None
+
+
+# ... and to route lookups there: the default route ``via 81.0.0.1 dev wan``,
+# ``-6 default via 2a00:2::ff dev wan`` and ``198.18.0.0/15 via inet6 fe80::1 dev wan``.
+KERNEL_ROUTES = [
+    (
+        "700000001800000002000000fb18000002200000fe0000010002000008000f00fe00000008000100010101"
+        "01080004000300000008000700510000020800050051000001080019000000000024000c000200000000"
+        "000000000000000000000000000000000000000000000000000000",
+        RtRoute(3, "81.0.0.2", "81.0.0.1", 1),
+    ),
+    (
+        "b00000001800000003000000fb1800000a808000fe0300010000000008000f00fe000000140001002606"
+        "47004700000000000000000011111400020000000000000000000000000000000000140007002a000002"
+        "0000000000000000000000020800060000040000140005002a0000020000000000000000000000ff0800"
+        "04000300000024000c00020000000000000000000000000000000000000000000000000000000000000005"
+        "00140000000000",
+        RtRoute(3, "2a00:2::2", "2a00:2::ff", 1),
+    ),
+    (
+        "800000001800000004000000fb18000002200000fe0000010002000008000f00fe00000008000100c612"
+        "000108000400030000000800070051000002160012000a00fe8000000000000000000000000000010000"
+        "080019000000000024000c000200000000000000000000000000000000000000000000000000000000000000",
+        RtRoute(3, "81.0.0.2", "fe80::1", 1),  # RTA_VIA: an IPv6 gateway for an IPv4 route
+    ),
+]
+
+
+def test_kernel_route_replies_decode():
+    got = [rtnl.parse_route(m, 0, len(m)) for m in (bytes.fromhex(h) for h, _ in KERNEL_ROUTES)]
+    assert got == [want for _, want in KERNEL_ROUTES]
+    bare = _msg(rtnl.RTM_NEWROUTE, struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 254, 0, 0, 1, 0))
+    assert rtnl.parse_route(bare, 0, len(bare)) == RtRoute(0, None, None, 1)  # names nothing
+
+
+def _reseq(hexmsg: str, seq: int) -> bytes:
+    msg = bytearray(bytes.fromhex(hexmsg))
+    struct.pack_into("=I", msg, 8, seq)
+    return bytes(msg)
+
+
+async def test_address_details_filter_by_scope_and_index(wired, monkeypatch):
+    """Other scopes are skipped before decoding; without strict checking the
+    kernel sends every link's addresses and the index filter applies here."""
+    rt, kernel = wired
+    decoded: list[str] = []
+    parse = rtnl.parse_address_detail
+
+    def counting(buf, off, end):
+        detail = parse(buf, off, end)
+        decoded.append(detail.local if detail else "?")
+        return detail
+
+    monkeypatch.setattr(rtnl, "parse_address_detail", counting)
+
+    async def dump(**kw: int) -> list[RtAddressDetail]:
+        task = asyncio.create_task(rt.address_details(**kw))
+        kind, flags, seq = await _received(kernel)
+        assert (kind, flags) == (rtnl.RTM_GETADDR, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP)
+        kernel.send(b"".join(_reseq(h, seq) for h, _ in KERNEL_ADDRESS_DETAILS))
+        kernel.send(_msg(rtnl.NLMSG_DONE, struct.pack("=i", 0), seq=seq))
+        return await task
+
+    everything = [want for _, want in KERNEL_ADDRESS_DETAILS]
+    assert await dump() == everything
+    decoded.clear()
+    universe = await dump(scope=RtScope.UNIVERSE)
+    assert universe == [d for d in everything if d.scope == 0] and len(universe) == 7
+    assert decoded == [d.local for d in universe]  # host and link scope never decoded
+    assert await dump(index=5) == [everything[6]]
+    assert await dump(index=3, scope=RtScope.LINK) == [everything[1]]
+
+
+async def test_route_get_answers_the_route_or_none(wired):
+    rt, kernel = wired
+    task = asyncio.create_task(rt.route_get("1.1.1.1"))
+    kind, flags, seq = await _received(kernel)
+    assert (kind, flags) == (rtnl.RTM_GETROUTE, rtnl.NLM_F_REQUEST)
+    kernel.send(_reseq(KERNEL_ROUTES[0][0], seq))
+    assert await task == RtRoute(3, "81.0.0.2", "81.0.0.1", 1)
+
+    for code in (errno.ENETUNREACH, errno.EHOSTUNREACH):  # no route, an unreachable route
+        task = asyncio.create_task(rt.route_get("2606:4700:4700::1111"))
+        *_, seq = await _received(kernel)
+        kernel.send(_error(seq, code))
+        assert await task is None
+    task = asyncio.create_task(rt.route_get("203.0.113.1"))
+    *_, seq = await _received(kernel)
+    kernel.send(_error(seq, errno.EINVAL))  # a blackhole route
+    with pytest.raises(NetlinkError) as info:
+        await task
+    assert info.value.code == errno.EINVAL
 
 
 # ------------------------------------------------------------- no pyroute2

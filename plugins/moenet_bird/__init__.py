@@ -16,6 +16,8 @@
 - :mod:`.aggregates`: own aggregates withdrawn while isolated (``birdAggregates``).
 - :mod:`.denylist`: prefixes and AS numbers refused on import, from
   ``bird.denyListFiles`` (``birdDenyList``) and the CP's ``policy.denyList``.
+- :mod:`.local_sources`: the base of ``birdRoaSources`` and ``birdDenyList``
+  (read each local source, keep its last good entries, apply their combination).
 - :mod:`.collector`: the DN42 Global Route Collector session (``moenet_grc``).
 - :mod:`.testing`: a real BIRD in a network namespace for tests and the lab.
 
@@ -43,7 +45,8 @@ BIRD 3 itself is installed by ``scripts/install-bird`` (wrappers in
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 from loguru import logger
@@ -59,11 +62,11 @@ from .config import SECTION as CONFIG_SECTION
 from .config import BirdAgentConfig, BirdConfig, section_of
 from .denylist import TASK_NAME as DENY_LIST_TASK
 from .denylist import DenyListSources
+from .local_sources import configured_local
 from .refresh import DEFAULT_INTERVAL as DEFAULT_REFRESH_INTERVAL
 from .refresh import TASK_NAME as REFRESH_TASK
 from .refresh import RouteRefresh
 from .render import template_dir_problem
-from .roa import LocalRouting
 from .roa_health import TASK_NAME as ROA_HEALTH_TASK
 from .roa_health import RoaHealth
 from .roa_sources import TASK_NAME as ROA_SOURCES_TASK
@@ -71,7 +74,7 @@ from .roa_sources import RoaSources
 from .sync import TASK_NAME, BirdConfigSync
 
 if TYPE_CHECKING:
-    from moenet_core import CommandRegistrar, PluginContext
+    from moenet_core import CommandRegistrar, PluginContext, Task
     from moenet_core.config import AgentConfig
 
 __all__ = [
@@ -115,12 +118,7 @@ def make_backend(ctx: PluginContext) -> BirdRoutingBackend:
         log=ctx.log,
         metrics=ctx.metrics,
     )
-    backend.local = LocalRouting(
-        roa_mode=bird.roa_mode,
-        rpki_servers=tuple(bird.local_rpki_servers),
-        rpki_expire=bird.rpki_expire,
-        collector=bird.collector,
-    )
+    backend.local = configured_local(bird)
     ctx.register_hooks(backend)
     return backend
 
@@ -163,68 +161,59 @@ def moenet_backends(config: AgentConfig) -> list[BackendSpec]:
     ]
 
 
+class _Task(NamedTuple):
+    """One row of the plugin's task table; each becomes a :class:`TaskSpec` that
+    requires the ``routing`` backend."""
+
+    name: str
+    factory: Callable[[PluginContext], Task]
+    interval: float
+    initial_delay: float
+    timeout: float
+    description: str
+    on_sync: bool = False
+    jitter: float | None = None
+    """None: :class:`TaskSpec`'s default."""
+
+
 @hookimpl
 def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
     bird = section_of(config)
-    return [
-        TaskSpec(
-            name=TASK_NAME,
-            factory=BirdConfigSync,
-            interval=300.0,
-            initial_delay=0.0,
-            timeout=120.0,
-            requires=("routing",),
-            on_sync=True,
-            description="Fetch the CP's bird-config, validate it and apply it to BIRD",
-        ),
-        TaskSpec(
-            name=ROA_SOURCES_TASK,
-            factory=RoaSources,
-            interval=900.0,
-            initial_delay=0.0,
-            timeout=300.0,
-            requires=("routing",),
-            description="Read bird.roaFiles and fetch bird.roaUrls, validate them, render the static ROAs",
-        ),
-        TaskSpec(
-            name=DENY_LIST_TASK,
-            factory=DenyListSources,
-            interval=60.0,
-            initial_delay=0.0,
-            timeout=120.0,
-            requires=("routing",),
-            description="Read bird.denyListFiles, validate them, apply the deny list (no session reset)",
-        ),
-        TaskSpec(
-            name=ROA_HEALTH_TASK,
-            factory=RoaHealth,
-            interval=60.0,
-            initial_delay=30.0,
-            timeout=30.0,
-            requires=("routing",),
-            description="Count the ROA tables' entries and the RTR caches up (health bird.roa, metrics)",
-        ),
-        TaskSpec(
-            name=REFRESH_TASK,
-            factory=RouteRefresh,
-            interval=DEFAULT_REFRESH_INTERVAL,
-            initial_delay=3600.0,
-            timeout=bird.route_refresh_spread + 900.0,
-            jitter=0.0,
-            requires=("routing",),
-            description="Route refresh (reload bgp in) of every eBGP session, spread over "
-            "bird.routeRefreshSpread, against ghost routes",
-        ),
-        TaskSpec(
-            name=AGGREGATES_TASK,
-            factory=Aggregates,
-            interval=15.0,
-            initial_delay=15.0,
-            timeout=60.0,
-            requires=("routing",),
-            description="Withdraw the own aggregates while no iBGP session is Established (isolated node)",
-        ),
-    ]
+    # fmt: off
+    table = (
+        # name, class, interval, initial delay, timeout (seconds), description
+        _Task(TASK_NAME, BirdConfigSync, 300.0, 0.0, 120.0,
+              "Fetch the CP's bird-config, validate it and apply it to BIRD", on_sync=True),
+        _Task(ROA_SOURCES_TASK, RoaSources, 900.0, 0.0, 300.0,
+              "Read bird.roaFiles and fetch bird.roaUrls, validate them, render the static ROAs"),
+        _Task(DENY_LIST_TASK, DenyListSources, 60.0, 0.0, 120.0,
+              "Read bird.denyListFiles, validate them, apply the deny list (no session reset)"),
+        _Task(ROA_HEALTH_TASK, RoaHealth, 60.0, 30.0, 30.0,
+              "Count the ROA tables' entries and the RTR caches up (health bird.roa, metrics)"),
+        _Task(REFRESH_TASK, RouteRefresh, DEFAULT_REFRESH_INTERVAL, 3600.0, bird.route_refresh_spread + 900.0,
+              "Route refresh (reload bgp in) of every eBGP session, spread over "
+              "bird.routeRefreshSpread, against ghost routes", jitter=0.0),
+        _Task(AGGREGATES_TASK, Aggregates, 15.0, 15.0, 60.0,
+              "Withdraw the own aggregates while no iBGP session is Established (isolated node)"),
+    )
+    # fmt: on
+    specs = []
+    for t in table:
+        extra: dict[str, Any] = {} if t.jitter is None else {"jitter": t.jitter}
+        specs.append(
+            TaskSpec(
+                name=t.name,
+                factory=t.factory,
+                interval=t.interval,
+                initial_delay=t.initial_delay,
+                timeout=t.timeout,
+                requires=("routing",),
+                on_sync=t.on_sync,
+                description=t.description,
+                **extra,
+            )
+        )
+    return specs
 
 
 @hookimpl

@@ -12,6 +12,12 @@ routing backend); iBGP neighbours from ``--ibgp FILE`` (a JSON list of
 :class:`~moenet_core.intents.IbgpNeighborIntent` objects: ``nodeId``,
 ``nodeName``, ``loopbackIpv4/6``, ``isRr``, ``rrClient``; the policy's
 ``ibgpPeers`` are never rendered).
+What the local config adds is rendered as the agent renders it after a start
+(:func:`local_additions`): ``bird.roaMode``, ``bird.rpkiServers``, the route
+collector settings, the static ROAs of ``bird.roaFiles`` (and the saved copy of
+each ``bird.roaUrls`` download: nothing is fetched) and ``bird.denyListFiles``,
+read by the ``birdRoaSources`` / ``birdDenyList`` tasks' own code; a source that
+cannot be used is left out, as the agent leaves it out, with a warning.
 Nothing is sent to BIRD and nothing outside ``DIR`` is written. The files'
 includes are relative, so the tree means the same in ``DIR`` as in
 ``/etc/bird``; ``--no-bird-conf`` renders what the agent writes next to an
@@ -27,12 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
+
 from moenet_core import CommandContext, ConfigError, ControlPlaneError
 from moenet_core.intents import EbgpPeerIntent, IbgpNeighborIntent, IntentError, intent_from_json
 
 from .config import section_of
+from .denylist import DenyListSources
+from .local_sources import OfflineContext, configured_local
 from .policy import BgpPeer, BirdPolicy, parse_bird_config, peer_id, validate_ibgp, validate_peers
 from .render import render_tree
+from .roa import LocalRouting
+from .roa_sources import RoaSources
 
 if TYPE_CHECKING:
     from moenet_core import AgentConfig, CommandRegistrar
@@ -137,6 +149,30 @@ def load_ibgp(data: Any) -> list[IbgpNeighborIntent]:
     return _load_list(data, IbgpNeighborIntent.kind, "ibgp", "neighbour", _neighbour, validate_ibgp)
 
 
+def local_additions(cmd: CommandContext) -> tuple[LocalRouting, list[str]]:
+    """What the local config adds to the CP's policy, as the running agent has it
+    after a start: the ``bird`` section's pins, and what the ``birdRoaSources`` and
+    ``birdDenyList`` tasks read when they are built (the same classes, on an
+    :class:`OfflineContext`: no backend, nothing fetched, nothing written). Also a
+    line for each source left out."""
+    if cmd.config is None:
+        return LocalRouting(), []
+    section = section_of(cmd.config)
+    ctx = OfflineContext(section, cmd.state, cmd.log)
+    roa, deny = RoaSources(ctx), DenyListSources(ctx)
+    problems = [
+        f"{task.what} {name}: {error}; left out"
+        for task in (roa, deny)
+        for name, error in task.errors.items()
+    ]
+    problems += [
+        f"{roa.what} {url}: no saved download in the state directory (render fetches nothing); left out"
+        for url in roa.urls
+        if roa.sources[url].entries is None
+    ]
+    return attrs.evolve(configured_local(section), static=roa.static, deny=deny.deny), problems
+
+
 def render_command(args: argparse.Namespace, cmd: CommandContext | AgentConfig | None) -> int:
     """The ``render`` command. The CLI passes a :class:`CommandContext`; scripts
     and tests may pass just the config (or None)."""
@@ -160,16 +196,19 @@ def render_command(args: argparse.Namespace, cmd: CommandContext | AgentConfig |
     except ControlPlaneError as exc:
         print(f"moenet-agent render: cannot get the policy from the control plane: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    for w in warnings:
+    local, local_problems = local_additions(cmd)
+    for w in [*warnings, *local_problems]:
         print(f"warning: {w}", file=sys.stderr)
-    template_dir = (section_of(config).template_dir or None) if config else None
+    section = section_of(config) if config else None
     tree = render_tree(
         policy,
         peers,
         ibgp_peers=ibgp,
         maintenance=args.maintenance,
-        template_dir=template_dir,
+        template_dir=(section.template_dir or None) if section else None,
+        loopback_interface=section.loopback_interface if section else "dummy0",
         bird_conf=not args.no_bird_conf,
+        local=local,
     )
     out = Path(args.out)
     for rel, text in sorted(tree.items()):

@@ -33,23 +33,20 @@ Rendered into ``denylist.conf`` (:data:`DENYLIST_FILE`), included by
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import os
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from moenet_core import BackendUnavailable, MoenetError, RoutingBackend
+from moenet_core import MoenetError
 
+from .local_sources import LocalSources, OfflineContext, bird_section
 from .names import BirdConfigError
 
 if TYPE_CHECKING:
     from moenet_core import PluginContext
-
-    from .backend import BirdRoutingBackend
 
 __all__ = [
     "DENYLIST_FILE",
@@ -254,100 +251,35 @@ class DenyListSourcesError(MoenetError):
     """Some deny-list file could not be read or was refused (its last good entries stay)."""
 
 
-@attrs.define
-class DenySource:
-    """One file and what was last learnt from it."""
-
-    path: str
-    entries: DenyList | None = None
-    """The last good entries; None before any good read."""
-    error: str | None = None
-    stamp: Any = None
-
-
-class DenyListSources:
+class DenyListSources(LocalSources[DenyList, DenyList]):
     """The ``birdDenyList`` task: read ``bird.denyListFiles``, keep each file's last
     good entries, hand their union to the backend when it changed (one apply; an
-    unchanged file costs a ``stat``)."""
+    unchanged file costs a ``stat``). The bookkeeping is :class:`.LocalSources`'."""
 
-    def __init__(self, ctx: PluginContext) -> None:
-        from .config import BirdConfig  # the section's model; no cycle at import time
+    what = "deny list"
+    field = "deny"
+    applied_what = "deny list"
+    error_type = DenyListSourcesError
+    max_bytes = MAX_BYTES
+    entries_metric = ("deny_list_entries", "Entries of each local deny-list file last read successfully.")
+    errors_metric = ("deny_list_errors_total", "Local deny-list files refused (malformed) or not read.")
 
-        self.ctx = ctx
-        section = ctx.section if isinstance(ctx.section, BirdConfig) else BirdConfig()
-        self.sources = {p: DenySource(p) for p in section.deny_list_files}
-        self._m_entries = ctx.metrics.gauge(
-            "deny_list_entries", "Entries of each local deny-list file last read successfully.", ["source"]
-        )
-        self._m_errors = ctx.metrics.counter(
-            "deny_list_errors_total", "Local deny-list files refused (malformed) or not read.", ["source"]
-        )
-        for path in self.sources:
-            self._read(path)
-        self.deny = self._combined()
-        backend = self._backend_or_none()
-        if backend is not None and backend.last_result is None:
-            # Before the first apply: the first render carries them.
-            backend.local = attrs.evolve(backend.local, deny=self.deny)
+    def __init__(self, ctx: PluginContext | OfflineContext) -> None:
+        super().__init__(ctx, bird_section(ctx).deny_list_files)
 
-    def _backend_or_none(self) -> BirdRoutingBackend | None:
-        from .backend import BirdRoutingBackend  # imports .roa, which imports this module
+    @property
+    def deny(self) -> DenyList:
+        """The union of every file's last good entries."""
+        return self.value
 
-        try:
-            backend = self.ctx.backend("routing", RoutingBackend)
-        except BackendUnavailable:
-            return None
-        return backend if isinstance(backend, BirdRoutingBackend) else None
+    def _parse(self, data: bytes, source: str) -> DenyList:
+        return parse_deny_text(data, source)
 
-    def _read(self, path: str) -> None:
-        src = self.sources[path]
-        try:
-            st = os.stat(path)
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-            if stamp == src.stamp and src.error is None:
-                return
-            if st.st_size > MAX_BYTES:
-                raise DenyListError([f"{path}: larger than {MAX_BYTES} bytes"], source=path)
-            with open(path, "rb") as fh:
-                entries = parse_deny_text(fh.read(MAX_BYTES + 1), path)
-        except DenyListError as exc:
-            self._failed(src, "refused: " + "; ".join(exc.problems))
-            return
-        except OSError as exc:
-            self._failed(src, f"cannot read: {exc.strerror or exc}")
-            return
-        if src.entries != entries:
-            self.ctx.log.info(
-                "deny list {}: {} prefixes, {} AS numbers", path, len(entries.prefixes), len(entries.asns)
-            )
-        src.entries, src.error, src.stamp = entries, None, stamp
-        self._m_entries.labels(source=path).set(len(entries))
+    def _combine(self, entries: list[DenyList]) -> DenyList:
+        return DenyList.merged(*entries)
 
-    def _failed(self, src: DenySource, error: str) -> None:
-        src.error = error
-        self._m_errors.labels(source=src.path).inc()
-        kept = (
-            f"keeping its last good {len(src.entries)} entries"
-            if src.entries is not None
-            else "no entries from it"
-        )
-        self.ctx.log.error("deny list {}: {}; {}", src.path, error, kept)
+    def _describe(self, entries: DenyList) -> str:
+        return f"{len(entries.prefixes)} prefixes, {len(entries.asns)} AS numbers"
 
-    def _combined(self) -> DenyList:
-        return DenyList.merged(*(s.entries for s in self.sources.values() if s.entries is not None))
-
-    async def run_once(self) -> dict[str, Any]:
-        for path in self.sources:
-            await asyncio.to_thread(self._read, path)
-        deny = self.deny = self._combined()
-        applied = None
-        backend = self._backend_or_none()
-        if backend is not None and backend.local.deny != deny:
-            result = await backend.set_local(attrs.evolve(backend.local, deny=deny))
-            applied = None if result is None else result.ok
-            if result is not None and not result.ok:
-                raise DenyListSourcesError(f"deny list not applied: {result.error}; retried next run")
-        errors = {s.path: s.error for s in self.sources.values() if s.error}
-        if errors:
-            raise DenyListSourcesError("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        return {"prefixes": len(deny.prefixes), "asns": len(deny.asns), "applied": applied}
+    def _result(self, value: DenyList, applied: bool | None) -> dict[str, Any]:
+        return {"prefixes": len(value.prefixes), "asns": len(value.asns), "applied": applied}

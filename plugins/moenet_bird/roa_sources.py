@@ -21,14 +21,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import attrs
 from yarl import URL
 
-from moenet_core import BackendUnavailable, MoenetError, RoutingBackend
+from moenet_core import MoenetError, StateError
 from moenet_core.config import is_loopback_host
 
-from .backend import BirdRoutingBackend
-from .config import BirdConfig
+from .local_sources import LocalSource, LocalSources, OfflineContext, bird_section
 from .roa import MAX_BYTES, RoaEntry, RoaFileError, StaticRoa, parse_roa_text
 
 if TYPE_CHECKING:
@@ -45,19 +43,8 @@ class RoaSourcesError(MoenetError):
     """Some ROA source could not be read or was refused (its last good entries stay)."""
 
 
-@attrs.define
-class RoaSource:
-    """One file or URL and what was last learnt from it."""
-
-    name: str
-    entries: list[RoaEntry] | None = None
-    """The last good entries; None before any good read."""
-    good_at: float | None = None
-    """Wall time of the content: a file's mtime, or when a download last succeeded."""
-    error: str | None = None
-    """Why the last read failed (its last good entries, if any, stay in use)."""
-    stamp: Any = None
-    """What identifies the content read (file: inode, size, mtime; URL: digest)."""
+RoaSource = LocalSource[list[RoaEntry]]
+"""One file or URL and what was last learnt from it."""
 
 
 def _url_problem(url: URL) -> str | None:
@@ -102,84 +89,68 @@ def _cache_name(url: str) -> str:
     return "roa-" + hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
-class RoaSources:
-    """Read, validate and apply the static ROA sources (see the module doc)."""
+class RoaSources(LocalSources[list[RoaEntry], StaticRoa]):
+    """Read, validate and apply the static ROA sources (see the module doc; the
+    per-source bookkeeping is :class:`.LocalSources`')."""
 
-    def __init__(self, ctx: PluginContext) -> None:
-        self.ctx = ctx
-        section = ctx.section if isinstance(ctx.section, BirdConfig) else BirdConfig()
-        self.files = list(section.roa_files)
+    what = "ROA source"
+    field = "static"
+    applied_what = "static ROAs"
+    error_type = RoaSourcesError
+    max_bytes = MAX_BYTES
+    entries_metric = (
+        "roa_static_entries",
+        "Validated entries of each static ROA source (file or URL) last read successfully.",
+    )
+    errors_metric = (
+        "roa_static_errors_total",
+        "Static ROA sources refused (malformed) or not read (missing, fetch failed).",
+    )
+
+    def __init__(self, ctx: PluginContext | OfflineContext) -> None:
+        section = bird_section(ctx)
         self.urls = list(section.roa_urls)
-        self.sources: dict[str, RoaSource] = {n: RoaSource(n) for n in (*self.files, *self.urls)}
-        self.static = StaticRoa()
-        self._m_entries = ctx.metrics.gauge(
-            "roa_static_entries",
-            "Validated entries of each static ROA source (file or URL) last read successfully.",
-            ["source"],
-        )
-        self._m_errors = ctx.metrics.counter(
-            "roa_static_errors_total",
-            "Static ROA sources refused (malformed) or not read (missing, fetch failed).",
-            ["source"],
-        )
-        for url in self.urls:
-            self._restore(url)
-        for path in self.files:
-            self._read_file(path)
-        self.static = self._combined()
-        backend = self._backend_or_none()
-        if backend is not None and backend.last_result is None:
-            # Before the first apply: set directly, the first render carries them. (After
-            # one, the first run hands them over with an apply.)
-            backend.local = attrs.evolve(backend.local, static=self.static)
+        super().__init__(ctx, section.roa_files, self.urls)
 
     @property
     def configured(self) -> bool:
         return bool(self.files or self.urls)
 
-    def _backend_or_none(self) -> BirdRoutingBackend | None:
-        try:
-            backend = self.ctx.backend("routing", RoutingBackend)
-        except BackendUnavailable:
-            return None
-        return backend if isinstance(backend, BirdRoutingBackend) else None
+    @property
+    def static(self) -> StaticRoa:
+        """The union of every source's last good entries, rendered."""
+        return self.value
 
-    def _failed(self, src: RoaSource, error: str) -> None:
-        src.error = error
-        self._m_errors.labels(source=src.name).inc()
-        kept = f"keeping its last good {len(src.entries)} entries" if src.entries else "no entries from it"
-        self.ctx.log.error("ROA source {}: {}; {}", src.name, error, kept)
+    def _parse(self, data: bytes, source: str) -> list[RoaEntry]:
+        return parse_roa_text(data, source)
 
-    def _accepted(self, src: RoaSource, entries: list[RoaEntry], good_at: float, stamp: Any) -> None:
-        if src.entries != entries:
-            self.ctx.log.info("ROA source {}: {} entries", src.name, len(entries))
-        src.entries, src.good_at, src.error, src.stamp = entries, good_at, None, stamp
-        self._m_entries.labels(source=src.name).set(len(entries))
+    def _combine(self, entries: list[list[RoaEntry]]) -> StaticRoa:
+        return StaticRoa.of(e for some in entries for e in some)
 
-    def _read_file(self, path: str) -> None:
-        src = self.sources[path]
-        try:
-            st = os.stat(path)
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-            if stamp == src.stamp and src.error is None:
-                return  # unchanged: not read again
-            if st.st_size > MAX_BYTES:
-                raise RoaFileError([f"{path}: larger than {MAX_BYTES} bytes"], source=path)
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_BYTES + 1)
-            entries = parse_roa_text(data, path)
-        except RoaFileError as exc:
-            self._failed(src, "refused: " + "; ".join(exc.problems))
-            return
-        except OSError as exc:
-            self._failed(src, f"cannot read: {exc.strerror or exc}")
-            return
-        self._accepted(src, entries, st.st_mtime, stamp)
+    def _describe(self, entries: list[RoaEntry]) -> str:
+        return f"{len(entries)} entries"
+
+    def _result(self, value: StaticRoa, applied: bool | None) -> dict[str, Any]:
+        return {"roa4": value.count4, "roa6": value.count6, "applied": applied}
+
+    def _load(self) -> None:
+        for url in self.urls:
+            self._restore(url)
+        super()._load()
+
+    async def _refresh(self) -> None:
+        await super()._refresh()
+        for url in self.urls:
+            await self._fetch(url)
 
     def _restore(self, url: str) -> None:
         """The last good download of ``url`` from the state directory, re-validated."""
         name = _cache_name(url)
-        data = self.ctx.state.read_bytes(name)
+        try:
+            data = self.ctx.state.read_bytes(name)
+        except StateError as exc:  # unreadable (render by a user who may not read the state)
+            self.ctx.log.warning("ignoring the saved copy of {}: {}", url, exc)
+            return
         if data is None:
             return
         try:
@@ -206,27 +177,3 @@ class RoaSources:
         if digest != src.stamp:
             await asyncio.to_thread(self.ctx.state.write_bytes, _cache_name(url), data)
         self._accepted(src, entries, time.time(), digest)
-
-    def _combined(self) -> StaticRoa:
-        union: set[RoaEntry] = set()
-        for src in self.sources.values():
-            union.update(src.entries or ())
-        return StaticRoa.of(union)
-
-    async def run_once(self) -> dict[str, Any]:
-        for path in self.files:
-            await asyncio.to_thread(self._read_file, path)
-        for url in self.urls:
-            await self._fetch(url)
-        static = self.static = self._combined()
-        applied = None
-        backend = self._backend_or_none()
-        if backend is not None and backend.local.static != static:
-            result = await backend.set_local(attrs.evolve(backend.local, static=static))
-            applied = None if result is None else result.ok
-            if result is not None and not result.ok:
-                raise RoaSourcesError(f"static ROAs not applied: {result.error}; retried next run")
-        errors = {s.name: s.error for s in self.sources.values() if s.error}
-        if errors:
-            raise RoaSourcesError("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        return {"roa4": static.count4, "roa6": static.count6, "applied": applied}

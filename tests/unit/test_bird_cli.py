@@ -163,3 +163,88 @@ def test_render_with_ibgp_neighbours_parses(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "ibgp[0].nodeName: must be a node name" in err
     assert not (tmp_path / "tree2").exists()
+
+
+def _local_config(tmp_path: Path, **bird: object) -> object:
+    config, _ = build_config(
+        {
+            "node": {"name": "hkg1"},
+            "controlPlane": {"url": "https://cp.example", "token": "0123456789abcdef"},
+            "state": {"directory": str(tmp_path / "state")},
+            "bird": bird,
+        },
+        env={},
+    )
+    return config
+
+
+def test_render_carries_what_the_local_config_adds(tmp_path, capsys):
+    """Static ROA files, deny-list files and the collector pin: the same tree the
+    agent renders (its tasks read them into the backend's local additions)."""
+    roa = tmp_path / "roa4.conf"
+    roa.write_text("route 172.20.0.0/14 max 29 as 4242420000;\n")
+    deny = tmp_path / "deny.txt"
+    deny.write_text("172.20.66.0/24+  # bad actor\nAS4242420666\n")
+    (tmp_path / "policy.json").write_text(json.dumps(cp_data()))
+    config = _local_config(
+        tmp_path, roaFiles=[str(roa)], denyListFiles=[str(deny)], routeCollector=True, roaMode="loose"
+    )
+    out = tmp_path / "tree"
+    assert render_command(args(out, policy=str(tmp_path / "policy.json")), config) == 0, capsys.readouterr()
+    assert "route 172.20.0.0/14 max 29 as 4242420000;" in (out / "moenet_roa4.conf").read_text()
+    denylist = (out / "denylist.conf").read_text()
+    assert "172.20.66.0/24+" in denylist and "4242420666" in denylist
+    collector = (out / "collector.conf").read_text()
+    assert "protocol bgp moenet_grc" in collector and "pinned by bird.routeCollector" in collector
+    assert "# ROA mode loose" in (out / "moenet.conf").read_text()  # the local pin beats the CP's strict
+    res = bird_parse(out)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+
+    # Without the local config the same policy renders none of it.
+    bare = tmp_path / "bare"
+    assert render_command(args(bare, policy=str(tmp_path / "policy.json")), None) == 0
+    assert not (bare / "moenet_roa4.conf").exists()
+    assert "4242420666" not in (bare / "denylist.conf").read_text()
+    assert "protocol bgp moenet_grc" not in (bare / "collector.conf").read_text()
+
+
+def test_render_leaves_out_a_bad_local_source_and_says_so(tmp_path, capsys):
+    """As the agent does at a start: the source is left out, the rest rendered."""
+    good = tmp_path / "good.txt"
+    good.write_text("AS4242420666\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("172.20.66.0/24 ; include x\n")
+    (tmp_path / "policy.json").write_text(json.dumps(cp_data()))
+    config = _local_config(
+        tmp_path,
+        denyListFiles=[str(good), str(bad)],
+        roaFiles=[str(tmp_path / "absent.conf")],
+        roaUrls=["https://roa.example/roa.conf"],
+    )
+    out = tmp_path / "tree"
+    assert render_command(args(out, policy=str(tmp_path / "policy.json")), config) == 0
+    err = capsys.readouterr().err
+    assert f"warning: deny list {bad}: refused: {bad}:1: not a prefix" in err
+    assert f"warning: ROA source {tmp_path / 'absent.conf'}: cannot read" in err
+    assert "warning: ROA source https://roa.example/roa.conf: no saved download" in err
+    denylist = (out / "denylist.conf").read_text()
+    assert "4242420666" in denylist and "172.20.66.0" not in denylist
+    assert not (out / "moenet_roa4.conf").exists()
+    assert bird_parse(out).returncode == 0
+
+
+def test_render_uses_the_saved_download_of_a_roa_url(tmp_path, capsys):
+    """A ``bird.roaUrls`` source renders from the copy the agent saved (as a restarted
+    agent does before its first fetch); render itself downloads nothing."""
+    from moenet_bird.roa_sources import _cache_name
+
+    url = "https://roa.example/roa6.conf"
+    saved = tmp_path / "state" / "plugins" / "bird" / _cache_name(url)
+    saved.parent.mkdir(parents=True)
+    saved.write_text("route fd42:4242:2601::/48 max 64 as 4242422601;\n")
+    (tmp_path / "policy.json").write_text(json.dumps(cp_data()))
+    out = tmp_path / "tree"
+    config = _local_config(tmp_path, roaUrls=[url])
+    assert render_command(args(out, policy=str(tmp_path / "policy.json")), config) == 0
+    assert "no saved download" not in capsys.readouterr().err
+    assert "route fd42:4242:2601::/48 max 64 as 4242422601;" in (out / "moenet_roa6.conf").read_text()

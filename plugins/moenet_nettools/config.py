@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from moenet_core import ConfigSection
-from moenet_core.config import check, is_loopback_host, listen_address
+from moenet_core.config import check, host_names, is_loopback_host, listen_address
 
 from .birdsock import DEFAULT_SOCKET
 from .targets import DN42_TARGETS, check_networks
@@ -39,6 +39,10 @@ def _socket(v: str) -> str | None:
 
 def _clients(v: list[str]) -> str | None:
     return check_networks(v)
+
+
+def _hosts(v: list[str]) -> str | None:
+    return host_names([n for n in v if n != "*"])
 
 
 @attrs.define(kw_only=True)
@@ -112,6 +116,30 @@ class LgConfig:
     reads only the first 64 KiB)."""
     max_concurrent: int = attrs.field(default=4, metadata=check(_range(1, 64, "queries", integer=True)))
     """BIRD queries running at once; more are answered ``503``."""
+    max_connections: int = attrs.field(
+        default=32, metadata=check(_range(1, 4096, "connections", integer=True))
+    )
+    """Connections the proxy serves at once, kept-alive ones included. At the cap
+    the oldest one without a request in progress is closed to make room; when
+    every one has a request in progress, a new connection's request is answered
+    ``503`` and the connection closed (and past twice the cap, new connections are
+    closed at once)."""
+    allowed_hosts: list[str] = attrs.field(factory=list, metadata=check(_hosts))
+    """Host names (or addresses) the proxy answers to in the ``Host`` header,
+    besides ``localhost``, loopback addresses, the ``listen`` host and the address
+    the client connected to; any other ``Host`` gets ``421`` (a DNS-rebinding page
+    in a browser). Empty: that check applies when ``listen`` is loopback, and no
+    check otherwise. ``["*"]``: any Host. List the names bird-lg-go's frontend
+    uses (``<server>.<--domain>``) when it reaches a loopback listener by name."""
+    header_timeout: float = attrs.field(default=10.0, metadata=check(_range(1, 120, "seconds")))
+    """Seconds a client has to send a complete request header, counted from
+    connecting (or from the first byte of its next request on a kept-alive
+    connection); then the connection is closed."""
+    request_timeout: float = attrs.field(default=60.0, metadata=check(_range(1, 600, "seconds")))
+    """Seconds one request may take to be answered (then ``504``), and again to
+    be sent to the client (then the connection is closed: a client that does not
+    read its answer holds nothing). Keep it above ``queryTimeout`` and
+    ``tracerouteTimeout``, which end with the partial output instead."""
     traceroute: bool = True
     """Serve ``/traceroute`` and ``/traceroute6``."""
     traceroute_targets: list[str] = attrs.field(
@@ -133,15 +161,24 @@ class LgConfig:
     """Answer traceroute's output as it is; false: drop the ``*`` lines and count
     them, as bird-lg-go does by default."""
 
+    def loopback_listen(self) -> bool:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        return bool(host) and is_loopback_host(host)
+
     def needs_consent(self) -> bool:
         """A non-loopback listen with no client allow-list and no explicit yes."""
-        host = self.listen.rpartition(":")[0].strip("[]")
         return (
             self.enabled
-            and not (host and is_loopback_host(host))
+            and not self.loopback_listen()
             and not self.allowed_clients
             and not self.allow_any_client
         )
+
+    def checks_host(self) -> bool:
+        """Whether the ``Host`` header is checked (see ``allowed_hosts``)."""
+        if "*" in self.allowed_hosts:
+            return False
+        return bool(self.allowed_hosts) or self.loopback_listen()
 
     def client_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(c, strict=False) for c in self.allowed_clients)

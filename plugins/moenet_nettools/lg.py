@@ -24,13 +24,22 @@ Differences from bird-lg-go's proxy, all on the safe side:
   ``lg.tracerouteTimeout`` seconds;
 - a client outside ``lg.allowedClients`` gets ``403 Forbidden`` (bird-lg-go
   answers ``500 Invalid Request``); a non-loopback ``listen`` without an
-  allow-list needs ``lg.allowAnyClient: true``.
+  allow-list needs ``lg.allowAnyClient: true``;
+- a ``Host`` header that does not name this node gets ``421`` (DNS rebinding):
+  on a loopback listener by default, elsewhere once ``lg.allowedHosts`` is set;
+- connections are bounded (:class:`_Connections`): at most ``lg.maxConnections``
+  (at the cap the oldest idle one is closed; when all are busy, the newcomer's
+  request gets ``503`` at once), a header within ``lg.headerTimeout``, each
+  answer computed within ``lg.requestTimeout`` (else ``504``) and sent within it
+  again (else the connection is cut).
 
-Metrics: ``moenet_lg_requests_total{endpoint,result}``.
+Metrics: ``moenet_lg_requests_total{endpoint,result}``,
+``moenet_lg_connections_dropped_total{reason}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import re
@@ -39,10 +48,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import Counter
 
 from moenet_core import ConfigError, ConfigSection, MoenetError, hookimpl
+from moenet_core.config import is_loopback_host
 
 from . import birdsock
 from .config import LG_SECTION, LgConfig
@@ -61,6 +71,10 @@ __all__ = ["LookingGlass", "postprocess_traceroute"]
 _STASH = "moenet_nettools.lg"
 _NOT_RESPONDING = re.compile(r"(?m)^\s*(\d*)\s*\*\n")
 _INVALID = "Invalid Request\n"
+_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?$")
+_KEEPALIVE = 30.0
+"""Seconds a kept-alive connection may wait for its next request."""
+_WARN_INTERVAL = 60.0
 
 
 def _text(body: str, status: int = 200) -> web.Response:
@@ -89,6 +103,212 @@ def _split_listen(listen: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
+def _host_of(header: str) -> str | None:
+    """The host of a ``Host`` header, lower-case, without port, brackets or
+    trailing dot; None when it is not ``name[:port]`` or ``[v6][:port]``."""
+    text = header.strip().lower()
+    if text.startswith("["):
+        name, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        return name
+    name, sep, port = text.rpartition(":")
+    if not sep:
+        name = text
+    elif not port.isdigit():
+        return None
+    name = name.rstrip(".")
+    return name if _HOST_NAME.match(name) else None
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+class _Connections:
+    """Counts and bounds the proxy's connections (see :class:`_Conn`).
+
+    Up to ``limit`` are served. At the cap a new one closes the oldest idle one
+    (no request in progress: a kept-alive or a half-sent header costs nothing to
+    drop); when every one is busy, the newcomer is let in *over the cap* and its
+    request answered ``503`` (a clear refusal instead of a reset), up to ``limit``
+    such; past that, new connections are closed at once. So the proxy holds at
+    most twice ``limit`` sockets, whatever clients do."""
+
+    def __init__(
+        self, *, limit: int, header_timeout: float, send_timeout: float, dropped: Counter | None, log: Any
+    ) -> None:
+        self.limit = limit
+        self.header_timeout = header_timeout
+        self.send_timeout = send_timeout
+        self._dropped = dropped
+        self._log = log
+        self._open: dict[_Conn, None] = {}  # insertion order: oldest first
+        self._over: set[_Conn] = set()
+        self._warned = -_WARN_INTERVAL
+
+    @property
+    def active(self) -> int:
+        """Connections served now (not counting those over the cap)."""
+        return len(self._open)
+
+    def admit(self, conn: _Conn) -> bool | None:
+        """True: served; False: over the cap (its request gets ``503``); None: close it."""
+        if len(self._open) < self.limit:
+            self._open[conn] = None
+            return True
+        idle = next((c for c in self._open if c.idle), None)
+        if idle is not None:
+            self.drop(idle, "evicted")
+            self._open[conn] = None
+            return True
+        if len(self._over) < self.limit:
+            self._over.add(conn)
+            self._warn("answering 503")
+            return False
+        self.count("refused")
+        self._warn("closing new connections")
+        return None
+
+    def release(self, conn: _Conn) -> None:
+        self._open.pop(conn, None)
+        self._over.discard(conn)
+
+    def drop(self, conn: _Conn, reason: str) -> None:
+        self.release(conn)
+        self.count(reason)
+        conn.cut()
+
+    def count(self, reason: str) -> None:
+        if self._dropped is not None:
+            self._dropped.labels(reason).inc()
+
+    def _warn(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._warned >= _WARN_INTERVAL:
+            self._warned = now
+            self._log.warning(
+                "lg: {} connections busy (lg.maxConnections): {} (logged once a minute)", self.limit, what
+            )
+
+
+class _Conn(web.RequestHandler):
+    """aiohttp's connection protocol under :class:`_Connections`' rules.
+
+    - admitted, let in over the cap (``over_cap``: answered ``503``), or closed;
+    - a request header must be complete ``header_timeout`` seconds after the
+      connection opened, or after the first byte of the next request on a
+      kept-alive one (aiohttp has no such limit: a client sending half a header
+      would hold its socket forever);
+    - an answer must be sent within ``send_timeout`` seconds, else the connection
+      is aborted (a client that stops reading would hold it forever);
+    - idle keep-alive is aiohttp's ``keepalive_timeout``.
+    """
+
+    def __init__(self, manager: web.Server, *, guard: _Connections, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending = 0  # requests whose header arrived and whose answer is not sent
+        self.over_cap = False
+
+    @property
+    def idle(self) -> bool:
+        """No request in progress (waiting for a header counts as idle)."""
+        return self._pending == 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        admitted = self._guard.admit(self)
+        if admitted is None:
+            self.cut()
+            return
+        self.over_cap = not admitted
+        self._arm(self._guard.header_timeout, "header_timeout")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self._guard.release(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._pending += self._request_count - before
+            self._disarm()
+        elif data and self._pending == 0 and self._timer is None:
+            self._arm(self._guard.header_timeout, "header_timeout")
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        self._arm(self._guard.send_timeout, "send_timeout")
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._disarm()
+            self._pending = max(0, self._pending - 1)
+
+    def cut(self) -> None:
+        """Close now, unsent data and all (``close`` would wait for a client
+        that does not read)."""
+        transport = self.transport
+        self.force_close()
+        if transport is not None:
+            transport.abort()
+
+    def _arm(self, seconds: float, reason: str) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out, reason)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, reason: str) -> None:
+        self._timer = None
+        if self.transport is not None and (reason == "send_timeout" or self._pending == 0):
+            self._guard.drop(self, reason)
+
+
+class _Server(web.Server):
+    def __init__(self, handler: Any, *, guard: _Connections, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._guard = guard
+
+    def __call__(self) -> web.RequestHandler:
+        return _Conn(self, guard=self._guard, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """An :class:`~aiohttp.web.AppRunner` whose connections are :class:`_Conn`
+    (``_make_server`` is the runner's extension point; the app's server is built
+    as usual and re-made with the same handler, factory and arguments)."""
+
+    def __init__(self, app: web.Application, *, guard: _Connections, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._guard = guard
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return _Server(
+            plain.request_handler,
+            guard=self._guard,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **plain._kwargs,
+        )
+
+
 class _Busy:
     """A non-blocking concurrency limit: full means ``503`` at once, as bird-lg-go."""
 
@@ -114,20 +334,38 @@ class LookingGlass:
     policy: TargetPolicy
     log: Any
     requests: Counter | None = None
+    dropped: Counter | None = None
     _runner: web.AppRunner | None = None
     _bird: _Busy = attrs.field(init=False)
     _trace: _Busy = attrs.field(init=False)
     _clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = attrs.field(init=False)
+    _connections: _Connections = attrs.field(init=False)
+    _host_names: frozenset[str] | None = attrs.field(init=False)
+    """Names the Host header may carry besides loopback ones and addresses (None: no check)."""
 
     def __attrs_post_init__(self) -> None:
         self._bird = _Busy(self.cfg.max_concurrent)
         self._trace = _Busy(self.cfg.traceroute_max_concurrent)
         self._clients = self.cfg.client_networks()
+        self._connections = _Connections(
+            limit=self.cfg.max_connections,
+            header_timeout=self.cfg.header_timeout,
+            send_timeout=self.cfg.request_timeout,
+            dropped=self.dropped,
+            log=self.log,
+        )
+        self._host_names = None
+        if self.cfg.checks_host():
+            names = {n.lower().strip("[]").rstrip(".") for n in self.cfg.allowed_hosts}
+            host = _split_listen(self.cfg.listen)[0]
+            if host is not None and not ((ip := _ip(host)) is not None and ip.is_unspecified):
+                names.add(host.lower().rstrip("."))
+            self._host_names = frozenset(names)
 
     # ---------------------------------------------------------- lifecycle
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024, middlewares=[self._access])
+        app = web.Application(client_max_size=1024, middlewares=[self._limits, self._access])
         app.router.add_get("/bird", self._bird_handler)
         app.router.add_get("/bird6", self._bird_handler)
         app.router.add_get("/traceroute", self._trace_handler)
@@ -137,7 +375,13 @@ class LookingGlass:
 
     async def start(self) -> None:
         host, port = _split_listen(self.cfg.listen)
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, keepalive_timeout=30)
+        runner = _Runner(
+            self.app(),
+            guard=self._connections,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=_KEEPALIVE,
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
@@ -160,11 +404,62 @@ class LookingGlass:
             return []
         return [(str(a[0]), int(a[1])) for a in self._runner.addresses]
 
+    @property
+    def connections(self) -> int:
+        """Connections served now (over-the-cap ones not counted)."""
+        return self._connections.active
+
     # ---------------------------------------------------------- handlers
 
     def _count(self, endpoint: str, result: str) -> None:
         if self.requests is not None:
             self.requests.labels(endpoint, result).inc()
+
+    @web.middleware
+    async def _limits(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Over the connection cap: ``503``; a foreign Host: ``421``; every answer
+        within ``requestTimeout``: else ``504``."""
+        if isinstance(request.protocol, _Conn) and request.protocol.over_cap:
+            self._count("any", "busy")
+            busy = _text("Too many connections to this looking glass. Please try again later.\n", 503)
+            busy.force_close()
+            return busy
+        if not self._host_allowed(request):
+            self._count("any", "host")
+            self.log.bind(remote=request.remote or "", host=request.headers.get(hdrs.HOST, "")[:100]).debug(
+                "lg: Host not in lg.allowedHosts"
+            )
+            return _text(
+                "Misdirected Request: this looking glass answers only to the names in lg.allowedHosts\n", 421
+            )
+        try:
+            async with asyncio.timeout(self.cfg.request_timeout):
+                resp: web.StreamResponse = await handler(request)
+        except TimeoutError:
+            self._count("any", "timeout")
+            return _text(f"Request timed out after {self.cfg.request_timeout:g} s\n", 504)
+        return resp
+
+    def _host_allowed(self, request: web.Request) -> bool:
+        """DNS rebinding: a page whose name now resolves to this listener must not
+        read it. Loopback names and address literals cannot be rebound."""
+        if self._host_names is None:
+            return True
+        header = request.headers.get(hdrs.HOST)
+        if header is None:
+            return True  # HTTP/1.0 without Host: not a browser
+        name = _host_of(header)
+        if name is None:
+            return False
+        if name in self._host_names or is_loopback_host(name):
+            return True
+        ip = _ip(name)
+        if ip is None:
+            return False  # a name nobody configured: the rebinding case
+        if any(_ip(n) == ip for n in self._host_names):
+            return True
+        sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        return isinstance(sock, tuple) and _ip(str(sock[0])) == ip
 
     @web.middleware
     async def _access(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -321,6 +616,11 @@ def moenet_startup(ctx: PluginContext) -> Awaitable[None] | None:
         log=ctx.log,
         requests=ctx.metrics.counter(
             "requests_total", "Looking-glass proxy requests by endpoint and result.", ["endpoint", "result"]
+        ),
+        dropped=ctx.metrics.counter(
+            "connections_dropped_total",
+            "Looking-glass connections closed by the proxy: evicted, refused, header_timeout, send_timeout.",
+            ["reason"],
         ),
     )
     ctx.stash[_STASH] = lg

@@ -136,3 +136,28 @@ async def test_allowed_clients_and_stop(nodes: TwoNodes, agent_harness) -> None:
             # Stopped with the agent: the port no longer answers.
             with pytest.raises(aiohttp.ClientConnectionError):
                 await frontend_get(http, base, "bird", "show protocols")
+
+
+async def test_frontend_host_names(nodes: TwoNodes, agent_harness) -> None:
+    """The frontend reaches a node as ``<server>.<--domain>:<port>``: on a loopback
+    listener that name must be listed (a DNS-rebinding page uses a name too)."""
+    with nodes.a.entered():
+        for allowed, want in (([], 421), (["jp1.lg.example.dn42"], 200)):
+            cfg = lg_config(nodes.socket_a, allowedHosts=allowed)
+            async with (
+                agent_harness(cfg, plugins=[("lg", lg_plugin)]) as h,
+                aiohttp.ClientSession() as http,
+            ):
+                host, port = h.agent.context("lg").stash["moenet_nettools.lg"].bound[0]
+                url = URL(frontend_url(f"http://{host}:{port}", "bird", "show protocols"), encoded=True)
+                for name in ("jp1.lg.example.dn42", "rebound.attacker.example"):
+                    headers = {**GO_HEADERS, "Host": f"{name}:{port}"}
+                    async with http.get(url, headers=headers) as resp:
+                        text = await resp.text()
+                    if name == "jp1.lg.example.dn42" and want == 200:
+                        assert resp.status == 200 and "peer_b" in text and "Established" in text, text
+                    else:
+                        assert resp.status == 421 and "lg.allowedHosts" in text, (name, text)
+                metrics = h.agent.metrics.registry.get_sample_value
+                refused = metrics("moenet_lg_requests_total", {"endpoint": "any", "result": "host"})
+                assert refused == (2 if want == 421 else 1)

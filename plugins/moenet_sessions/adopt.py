@@ -30,7 +30,9 @@ agent reports it ERROR until the operator deletes or fixes that interface).
 Interfaces and iptables rules that belong to no CP session are listed and left
 alone; the Go peer files of such sessions are moved aside too (our tree could
 not load with them) and their BGP sessions end at the agent's first apply.
-Re-running is safe: what is done is reported as such.
+Re-running is safe: what is done is reported as such. After the documented
+rollback (docs/migration.md) the Go peer file is back, and a session counts as
+not adopted again: everything is checked anew.
 """
 
 from __future__ import annotations
@@ -405,7 +407,8 @@ def discover(
             f.reasons.append(f"the Go agent's {rel} has no interface {spec.name}")
         else:
             alias = link.get("ifalias")
-            if alias == MARKER_ALIAS and adopted.get(s.uuid) == protocol:
+            if alias == MARKER_ALIAS and adopted.get(s.uuid) == protocol and pf is None:
+                # Done before. With the Go peer file back (a rollback), check it all again.
                 f.verdict, f.protocol = "adopted", protocol
                 continue
             if alias not in (None, "", MARKER_ALIAS):

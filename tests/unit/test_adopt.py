@@ -15,13 +15,15 @@ import pytest
 from helpers.render import cp_data, write_tree
 from moenet_bird.backend import TAKEOVER_FILE, takeover_hold
 from moenet_bird.policy import BgpPeer, parse_bird_config
+from moenet_bird.render import MARKER as BIRD_FILE_MARKER
 from moenet_bird.render import render_tree
 from moenet_sessions import adopt
 from moenet_sessions.adopt import Adoptions
 from moenet_sessions.desired import NodeSettings, build_desired
 from moenet_sessions.model import parse_sessions
+from moenet_wireguard import links
 
-from moenet_core import StateStore
+from moenet_core import DEFAULT_OWNER, StateStore
 from moenet_core.intents import EbgpPeerIntent
 
 BIRD = Path(os.environ.get("MOENET_BIRD_PREFIX", "/opt/moenet-bird3")) / "bin" / "bird"
@@ -125,3 +127,21 @@ def test_legacy_protocol_is_checked(over: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"asn": 4242420020, "interface": "x", "neighbor_link_local": "fe80::2", **over}
     with pytest.raises((ValueError, TypeError), match=message):
         EbgpPeerIntent(**args)
+
+
+def test_copied_constants_match_their_owners(tmp_path: Path) -> None:
+    """``adopt`` may not import other plugins, so it repeats their markers: pinned
+    here to the originals, and checked on what those plugins really produce."""
+    assert adopt.MARKER_ALIAS == links.MARKER == links.marker(DEFAULT_OWNER)
+    assert adopt.BIRD_MARKER == BIRD_FILE_MARKER
+    assert adopt.TAKEOVER_FILE == TAKEOVER_FILE
+    # Every file of a rendered tree reads as the agent's to adopt (so adopt never
+    # moves the agent's own files aside as the Go agent's).
+    policy, _ = parse_bird_config(cp_data())
+    ok, _ = parse_sessions([item(U1, 2)], status_scheme="go")
+    tree = render_tree(policy, [BgpPeer(U1, build_desired(ok[0], SETTINGS).peer)])
+    write_tree(tree, tmp_path)
+    assert tree and all(adopt._owned(tmp_path / rel) for rel in tree), sorted(tree)
+    files, left = adopt._go_other_files(tmp_path)
+    assert (files, left) == ([], [])
+    assert adopt._go_peer_files(tmp_path) == {}

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import errno
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -253,7 +252,9 @@ class Reconciler(Generic[D, O, P, R]):
         if self._saved is not _NOTHING and raw == self._saved:
             return
         self.ctx.state.save(ANSWER_FILE, SavedAnswer(answer=raw))
-        self._saved = copy.deepcopy(raw)
+        # Kept by reference: a decoded answer is never changed after it arrives (parsers
+        # only read it), and a copy would cost as much memory as the answer again.
+        self._saved = raw
 
     def load_answer(self) -> Any | None:
         """The last saved answer (raw, parsed again by the caller), or None; raises

@@ -51,13 +51,14 @@ from .protocol import (
     BirdUndoPending,
     ConfigStatus,
     ConfigureResult,
+    LineSink,
+    ProtocolsParser,
     ReconfigState,
     Reply,
     ReplyAssembler,
     encode_command,
     parse_config_status,
     parse_configure,
-    parse_protocols,
     parse_status,
     quote,
 )
@@ -185,19 +186,22 @@ class _Connection:
     def usable(self) -> bool:
         return self.closed_reason is None
 
-    async def request(self, data: bytes, timeout: float) -> Reply:
-        """Send one command line and wait for its reply. Any failure closes the connection."""
+    async def request(self, data: bytes, timeout: float, sink: LineSink | None = None) -> Reply:
+        """Send one command line and wait for its reply. Any failure closes the connection.
+        ``sink`` sees the reply's lines as they arrive (:attr:`ReplyAssembler.sink`)."""
         if self.closed_reason is not None:
             raise _ConnectionLost(self.closed_reason, sent=False)
         if self._waiter is not None:
             raise RuntimeError("BIRD connection used by two callers at once")
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiter = fut
+        self._asm.sink = sink
         try:
             self._writer.write(data)
             return await self._wait(fut, timeout, repr(data.decode().strip()), sent=True)
         finally:
             self._waiter = None
+            self._asm.sink = None
 
     async def _wait(self, fut: asyncio.Future[Reply], timeout: float, what: str, sent: bool) -> Reply:
         try:
@@ -222,17 +226,7 @@ class _Connection:
         exc: BaseException
         try:
             while True:
-                raw = await self._reader.readuntil(b"\n")
-                out = self._asm.feed(raw[:-1].decode("utf-8", "replace"))
-                if out is None:
-                    continue
-                if isinstance(out, AsyncMessage):
-                    self._dispatch_async(out.text)
-                    continue
-                fut = self._waiter
-                if fut is None or fut.done():
-                    raise BirdProtocolError(f"unsolicited reply from BIRD: {out}")
-                fut.set_result(out)
+                self._deliver(await self._reader.readuntil(b"\n"))
         except asyncio.IncompleteReadError:
             exc = _ConnectionLost("BIRD closed the connection", sent=True)
         except asyncio.LimitOverrunError:
@@ -243,6 +237,21 @@ class _Connection:
             logger.warning("BIRD connection {} dropped: {}", self.name, err)
             exc = err
         self._fail(exc)
+
+    def _deliver(self, raw: bytes) -> None:
+        """One line in; a finished reply goes to the waiting request. A method of its
+        own so that no local of the reader loop keeps the last reply (thousands of
+        lines at 1 000 sessions) alive while the loop waits for the next line."""
+        out = self._asm.feed(raw[:-1].decode("utf-8", "replace"))
+        if out is None:
+            return
+        if isinstance(out, AsyncMessage):
+            self._dispatch_async(out.text)
+            return
+        fut = self._waiter
+        if fut is None or fut.done():
+            raise BirdProtocolError(f"unsolicited reply from BIRD: {out}")
+        fut.set_result(out)
 
     def _dispatch_async(self, text: str) -> None:
         try:
@@ -471,13 +480,18 @@ class BirdClient:
         while self._idle:
             self._drop(self._idle.pop())
 
-    async def _pooled(self, data: bytes, timeout: float | None) -> Reply:
+    async def _pooled(
+        self, data: bytes, timeout: float | None, sink: Callable[[], LineSink] | None = None
+    ) -> Reply:
+        """One request on a pooled connection, retried once on a fresh connection
+        when a reused one turns out dead. ``sink`` makes a new line sink for each
+        attempt, so a retry never sees half of the first attempt's lines."""
         limit = timeout if timeout is not None else self.command_timeout
         for attempt in (1, 2):
             conn, fresh = await self._acquire()
             healthy = False
             try:
-                reply = await conn.request(data, limit)
+                reply = await conn.request(data, limit, sink() if sink is not None else None)
                 healthy = True
                 return reply
             except _ConnectionLost as exc:
@@ -493,14 +507,23 @@ class BirdClient:
 
     # --------------------------------------------------------------- reads
 
-    async def command(self, command: str, *, timeout: float | None = None, check: bool = True) -> Reply:
+    async def command(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        sink: Callable[[], LineSink] | None = None,
+    ) -> Reply:
         """Run one command on a pooled connection. With ``check`` (default) a reply
-        holding any 8xxx/9xxx line raises :class:`~moenet_bird.protocol.BirdError`."""
+        holding any 8xxx/9xxx line raises :class:`~moenet_bird.protocol.BirdError`.
+        ``sink`` makes a line sink for each attempt: the lines it takes are parsed as
+        they arrive and left out of the reply (:attr:`ReplyAssembler.sink`)."""
         data = encode_command(command)
         first = command.split(None, 1)[0].lower()
         if first in _WRITER_ONLY:
             raise ValueError(f"{first!r} is not allowed on a pooled connection: use the client's methods")
-        reply = await self._pooled(data, timeout)
+        reply = await self._pooled(data, timeout, sink)
         return reply.raise_for_error(command) if check else reply
 
     async def status(self) -> BirdStatus:
@@ -515,7 +538,15 @@ class BirdClient:
         """``show protocols all [\"pattern\"]``, parsed. A pattern that matches
         nothing raises :class:`~moenet_bird.protocol.BirdError` (8003)."""
         cmd = "show protocols all" + (f" {quote(pattern)}" if pattern is not None else "")
-        return parse_protocols(await self.command(cmd))
+        parsers: list[ProtocolsParser] = []
+
+        def fresh() -> ProtocolsParser:
+            parsers.append(ProtocolsParser())
+            return parsers[-1]
+
+        # Parsed as the lines arrive: ~80 lines a session are never held at once.
+        await self.command(cmd, sink=fresh)
+        return parsers[-1].result()
 
     async def check(self, path: str | None = None, *, timeout: float | None = None) -> ConfigureResult:
         """``configure check [\"path\"]``: parse without applying. Returns code 20;

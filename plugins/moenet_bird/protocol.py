@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import attrs
@@ -158,6 +158,10 @@ class Reply:
         return "\n".join(f"{line.code:04d} {line.text}" for line in self.lines)
 
 
+#: Takes one line of a reply in progress (True: consumed, not kept in the reply).
+LineSink = Callable[[ReplyLine], bool]
+
+
 class ReplyAssembler:
     """Turns lines (without their ``\\n``) into replies and asynchronous messages.
 
@@ -170,11 +174,20 @@ class ReplyAssembler:
     def __init__(self) -> None:
         self._lines: list[ReplyLine] = []
         self._code: int | None = None
+        self.sink: LineSink | None = None
+        """While set, every line but the final one is offered to it first; a line it
+        takes (returns True) is not kept in the reply. A reply of 80 000 lines
+        (``show protocols all`` at 1 000 sessions) is then parsed as it arrives
+        instead of being held whole: the agent's memory peak is the parsed result."""
 
     @property
     def partial(self) -> tuple[ReplyLine, ...]:
         """Lines of a reply that has not ended yet."""
         return tuple(self._lines)
+
+    def _keep(self, line: ReplyLine) -> None:
+        if self.sink is None or not self.sink(line):
+            self._lines.append(line)
 
     def feed(self, raw: str) -> Reply | AsyncMessage | None:
         if raw.startswith("+"):
@@ -182,16 +195,17 @@ class ReplyAssembler:
         if raw.startswith(" "):
             if self._code is None:
                 raise BirdProtocolError(f"continuation line outside a reply: {raw!r}")
-            self._lines.append(ReplyLine(self._code, raw[1:]))
+            self._keep(ReplyLine(self._code, raw[1:]))
             return None
         digits, sep = raw[:4], raw[4:5]
         if not (sep in ("-", " ") and sep and digits.isascii() and digits.isdigit()):
             raise BirdProtocolError(f"unparsable reply line: {raw!r}")
         line = ReplyLine(int(digits), raw[5:])
-        self._lines.append(line)
         if sep == "-":
+            self._keep(line)
             self._code = line.code
             return None
+        self._lines.append(line)
         reply = Reply(tuple(self._lines))
         self._lines.clear()
         self._code = None
@@ -519,28 +533,51 @@ def _int_or_none(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def parse_protocols(lines: Reply | Sequence[ReplyLine]) -> list[BirdProtocol]:
-    """``show protocols [all] [NAME|"pattern"]`` into records, in BIRD's order.
+class ProtocolsParser:
+    """``show protocols [all]`` parsed line by line, as a :data:`LineSink`.
 
     ``1002`` lines are rows (one per protocol), ``1006`` lines the details of the
-    row before them; other codes (the ``2002`` header, the final ``0000``) are
-    skipped, unknown ones tolerated. A fragment without its final line parses too.
+    row before them; both are taken. Other codes (the ``2002`` header, the final
+    ``0000``, errors) are left to the reply.
     """
+
+    __slots__ = ("_cur", "_out")
+
+    def __init__(self) -> None:
+        self._out: list[BirdProtocol] = []
+        self._cur: _ProtoBuilder | None = None
+
+    def __call__(self, line: ReplyLine) -> bool:
+        if line.code == 1002:
+            if self._cur is not None:
+                self._out.append(self._cur.build())
+            self._cur = _ProtoBuilder(_split_row(line.text))
+            return True
+        if line.code == 1006:
+            if self._cur is not None:
+                self._cur.detail(line.text)
+            return True
+        return False
+
+    def result(self) -> list[BirdProtocol]:
+        """The protocols seen so far, in BIRD's order (a fragment parses too)."""
+        if self._cur is not None:
+            self._out.append(self._cur.build())
+            self._cur = None
+        return self._out
+
+
+def parse_protocols(lines: Reply | Sequence[ReplyLine]) -> list[BirdProtocol]:
+    """``show protocols [all] [NAME|"pattern"]`` into records, in BIRD's order
+    (:class:`ProtocolsParser` over lines already read). Unknown codes are tolerated;
+    a fragment without its final line parses too."""
     if isinstance(lines, Reply):
         lines.raise_for_error("show protocols")
         lines = lines.lines
-    out: list[BirdProtocol] = []
-    cur: _ProtoBuilder | None = None
+    parser = ProtocolsParser()
     for line in lines:
-        if line.code == 1002:
-            if cur is not None:
-                out.append(cur.build())
-            cur = _ProtoBuilder(_split_row(line.text))
-        elif line.code == 1006 and cur is not None:
-            cur.detail(line.text)
-    if cur is not None:
-        out.append(cur.build())
-    return out
+        parser(line)
+    return parser.result()
 
 
 def iter_lines(replies: Iterable[Reply]) -> Iterator[ReplyLine]:

@@ -16,7 +16,6 @@ the file: an operator must look, the agent must not start from "nothing".
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import attrs
@@ -87,7 +86,8 @@ class SessionStore:
         if self._answer is not _UNKNOWN and answer == self._answer:
             return False
         written = self.store.save(ANSWER_FILE, SavedAnswer(answer=answer), version=ANSWER_VERSION)
-        self._answer = copy.deepcopy(answer)
+        # By reference, shared with the task's parse memo: answers are read, never changed.
+        self._answer = answer
         return written
 
     def load_previous(self) -> Previous:

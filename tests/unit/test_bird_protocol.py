@@ -18,6 +18,7 @@ from moenet_bird.protocol import (
     BirdConfigError,
     BirdError,
     BirdProtocolError,
+    ProtocolsParser,
     ReconfigState,
     Reply,
     ReplyAssembler,
@@ -531,3 +532,32 @@ def test_a_thousand_protocols():
         f" parsing {1000 * (parsed - framed):.1f} ms"
     )
     assert parsed - start < 5.0  # generous: a 2-core CI machine; measured ~0.1 s
+
+
+def feed_all(asm: ReplyAssembler, lines: list[str]) -> Reply:
+    out = [asm.feed(line) for line in lines]
+    assert all(x is None for x in out[:-1]) and isinstance(out[-1], Reply)
+    return out[-1]
+
+
+def test_protocols_parsed_as_the_lines_arrive():
+    """The client's way: a ProtocolsParser as the assembler's sink takes every row and
+    detail line, so the reply keeps only its header and final line, and the result is
+    what parsing the whole reply gives."""
+    lines = synthetic_reply(1000)
+    whole = parse_protocols(parse_replies(lines)[0][0])
+    asm = ReplyAssembler()
+    asm.sink = parser = ProtocolsParser()
+    reply = feed_all(asm, lines)
+    assert [line.code for line in reply.lines] == [2002, 0]
+    assert parser.result() == whole and len(whole) == 1000
+    assert parser.result()[999].routes["ipv4"]["imported"] == 999
+    assert [p.details for p in parser.result()] == [p.details for p in whole]  # eq=False field
+
+    # Error lines are never taken: the reply still carries the verdict.
+    commands, raw = transcript("enable-disable-reload-errors")
+    asm = ReplyAssembler()
+    asm.sink = ProtocolsParser()
+    seen = [got for got in map(asm.feed, raw) if isinstance(got, Reply)]
+    with pytest.raises(BirdError, match="dn42_roa"):
+        seen[commands.index("show protocols dn42_roa")].raise_for_error("show protocols dn42_roa")

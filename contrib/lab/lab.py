@@ -118,6 +118,11 @@ class Node:
         return self.dir / "bird"
 
     @property
+    def config_path(self) -> Path:
+        """The agent's local config file (:func:`agent_config`)."""
+        return self.dir / "config.json"
+
+    @property
     def interfaces(self) -> list[str]:
         """The node's own tunnel name and every extra session's."""
         return [self.interface, *self.extra_interfaces]
@@ -241,6 +246,37 @@ def agent_config(n: Node, cp_url: str) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ the agent process
+
+
+def agent_binary() -> str:
+    """The installed agent: the one next to this Python (the venv's), else the one on PATH."""
+    sibling = Path(sys.executable).with_name("moenet-agent")
+    return str(sibling) if sibling.exists() else (shutil.which("moenet-agent") or "moenet-agent")
+
+
+async def spawn_agent(
+    n: Node, agent_bin: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """Start ``agent_bin run -c`` ``n``'s config in ``n``'s namespace, appending to its log
+    (``env``: the agent's environment; None, this process's)."""
+    with n.log_path.open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", n.ns_name, agent_bin, "run", "-c", str(n.config_path),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env,
+        )  # fmt: skip
+
+
+async def stop_process(
+    proc: asyncio.subprocess.Process, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0
+) -> int:
+    """Send ``sig`` to ``proc`` (unless it exited) and wait for it to exit; its exit code
+    (:class:`TimeoutError` after ``timeout``, the process left running)."""
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    return await asyncio.wait_for(proc.wait(), timeout)
+
+
 # ------------------------------------------------------------------ the lab
 
 
@@ -257,10 +293,7 @@ class Lab:
         self.nodes = plan_nodes(self.suffix)
         self._extras = 0
         self.t0 = time.monotonic()
-        sibling = Path(sys.executable).with_name("moenet-agent")  # the venv's installed agent
-        self.agent_bin = (
-            str(sibling) if sibling.exists() else (shutil.which("moenet-agent") or "moenet-agent")
-        )
+        self.agent_bin = agent_binary()
         self.birdc_bin = shutil.which("birdc") or "/opt/moenet-bird3/bin/birdc"
         self.ns_names: list[str] = []
         self.leftovers: list[str] = []
@@ -307,8 +340,7 @@ class Lab:
             cp.set("mesh", {"localNodeId": n.index, "peers": []})
             n.status = STATUS_QUEUED_FOR_SETUP
             self.publish(n)
-            cfg = n.dir / "config.json"
-            cfg.write_text(json.dumps(agent_config(n, cp.url), indent=2))
+            n.config_path.write_text(json.dumps(agent_config(n, cp.url), indent=2))
         self.log(
             "BIRDs running; control planes serving config, bird-config and one QUEUED_FOR_SETUP session each"
         )
@@ -323,19 +355,13 @@ class Lab:
     async def start_agent(self, n: Node) -> asyncio.subprocess.Process:
         """Start ``n``'s agent (again) in its namespace, appending to its log."""
         assert n.agent is None or n.agent.returncode is not None, f"{n.name}'s agent is running"
-        with n.log_path.open("ab") as log:
-            n.agent = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", n.ns_name, self.agent_bin, "run", "-c", str(n.dir / "config.json"),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
+        n.agent = await spawn_agent(n, self.agent_bin)
         return n.agent
 
     async def stop_agent(self, n: Node, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``sig`` to ``n``'s agent and wait for it to exit; returns its exit code."""
         assert n.agent is not None
-        if n.agent.returncode is None:
-            n.agent.send_signal(sig)
-        rc = await asyncio.wait_for(n.agent.wait(), timeout)
+        rc = await stop_process(n.agent, sig, timeout)
         self.log(f"{n.name}: agent exited {rc} after {sig.name}")
         return rc
 

@@ -17,17 +17,13 @@ from typing import Any
 import attrs
 import pytest
 from helpers.bird import U1, U2, Env, cp_data, env, policy, protocol_names, session, symbol
+from helpers.bird_nodes import V6, ibgp_pair, two_nodes, until
 from moenet_bird.backend import BirdRoutingBackend
-from moenet_bird.client import BirdClient
-from moenet_bird.testing import BirdDaemon, sample_bird_config, unchecked_intent
+from moenet_bird.testing import unchecked_intent
 
 from moenet_core.intents import IbgpNeighborIntent, IbgpOptionsIntent
-from moenet_core.state import StateStore
-from moenet_core.testing import veth_pair
 
 __all__ = ["env"]  # the fixture, imported for pytest
-
-V6 = "fd42:4242:1234::"
 
 
 def nb(
@@ -221,36 +217,7 @@ async def test_a_neighbour_bird_rejects_is_left_out_and_the_rest_apply(env: Env,
 
 # ------------------------------------------------------------------ two nodes, live
 
-#: An external DN42 network (AS4242420002) on node A's eBGP link: hand-written BIRD.
-EXTERNAL = """\
-log "{log}" all;
-router id 192.0.2.2;
-protocol device {{}}
-protocol static ext4 {{ ipv4; route 172.20.1.0/27 unreachable; }}
-protocol static ext6 {{ ipv6; route fd42:1::/48 unreachable; }}
-protocol bgp to_a {{
-  local fe80::2 as 4242420002;
-  neighbor fe80::1234 as 4242421234;
-  interface "ex-x";
-  connect delay time 1;
-  ipv4 {{ extended next hop on; import none; export all; }};
-  ipv6 {{ import none; export all; }};
-}}
-"""
-
-
 LOCAL_PREF_0 = re.compile(r"bgp_local_pref: 0$", re.MULTILINE)
-
-
-async def until(what: str, check: Any, timeout: float = 60.0) -> Any:
-    """Poll BIRD (an external process) until ``check()`` returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.netns
@@ -260,91 +227,45 @@ async def test_two_nodes_run_ibgp_with_next_hop_self_rr_and_drain(netns: Any, tm
     B sees A's loopback as the next hop (next hop self), A's session is a
     route-reflector one, and A's maintenance reaches B as GRACEFUL_SHUTDOWN and
     local preference 0."""
-    ns_a, ns_b, ns_x = netns(), netns(), netns()
-    veth_pair(ns_a, ns_b, "ib-a", "ib-b")
-    veth_pair(ns_a, ns_x, "ex-a", "ex-x")
-    for ns, dev, addrs in (
-        (ns_a, "ib-a", ["fd42:4242:1234::1/64", "172.20.42.1/27"]),
-        (ns_b, "ib-b", ["fd42:4242:1234::2/64", "172.20.42.2/27"]),
-        (ns_a, "ex-a", ["fe80::1234/64"]),
-        (ns_x, "ex-x", ["fe80::2/64"]),
-    ):
-        for a in addrs:
-            ns.run("ip", "addr", "add", a, "dev", dev, *(["nodad"] if ":" in a else []))
+    # X, the external network on A's eBGP link, announces the two prefixes.
+    async with two_nodes(netns, tmp_path, "172.20.1.0/27", "fd42:1::/48") as rig:
+        a, b = rig.a, rig.b
+        sx = session(4242420002, 2, interface="ex-a")
+        assert (await a.declare("sessions", {U1: sx})).ok
+        await ibgp_pair(a, b, reflector=True)
 
-    x = BirdDaemon(ns_x, tmp_path / "x")
-    (tmp_path / "x" / "x.conf").write_text(EXTERNAL.format(log=x.log))
-    backends: list[BirdRoutingBackend] = []
-    with (
-        BirdDaemon(ns_a, tmp_path / "a").start() as bird_a,
-        BirdDaemon(ns_b, tmp_path / "b").start() as bird_b,
-        x.start(tmp_path / "x" / "x.conf"),
-    ):
-        try:
-            node_b = {"id": 4, "name": "tyo1", "loopbackIpv4": "172.20.42.2", "loopbackIpv6": V6 + "2"}
-            for bird, node, lo in ((bird_a, None, "ib-a"), (bird_b, node_b, "ib-b")):
-                name = "a" if bird is bird_a else "b"
-                b = BirdRoutingBackend(
-                    BirdClient(str(bird.socket)),
-                    str(tmp_path / name / "etc"),
-                    state=StateStore(tmp_path / name / "state"),
-                    loopback_interface=lo,
-                )
-                await b.start()
-                backends.append(b)
-                data = sample_bird_config(node=node)
-                assert (await b.set_policy(policy(data), "h", raw=data)).ok
-            a, b = backends
-            sx = session(4242420002, 2, interface="ex-a")
-            assert (await a.declare("sessions", {U1: sx})).ok
-            r = await a.declare(
-                "ibgp",
-                {
-                    "options": IbgpOptionsIntent(route_reflector=True),
-                    "4": nb(4, "tyo1", v6=V6 + "2", rr_client=True),
-                },
-            )
-            assert r.ok and not r.rejected
-            r = await b.declare(
-                "ibgp", {"options": IbgpOptionsIntent(), "3": nb(3, "hkg1", v6=V6 + "1", is_rr=True)}
-            )
-            assert r.ok and not r.rejected
+        async def established() -> Any:
+            pa = {p.name: p for p in await a.client.protocols()}
+            pb = {p.name: p for p in await b.client.protocols()}
+            up = [pa["ibgp_tyo1_4"], pb["ibgp_hkg1_3"], pa[symbol(U1, 4242420002)]]
+            return all(p.bgp_state == "Established" for p in up) and pa
 
-            async def established() -> Any:
-                pa = {p.name: p for p in await a.client.protocols()}
-                pb = {p.name: p for p in await b.client.protocols()}
-                up = [pa["ibgp_tyo1_4"], pb["ibgp_hkg1_3"], pa[symbol(U1, 4242420002)]]
-                return all(p.bgp_state == "Established" for p in up) and pa
+        pa = await until("the eBGP and iBGP sessions", established)
+        assert "route-reflector" in pa["ibgp_tyo1_4"].details["Session"], pa["ibgp_tyo1_4"].details
 
-            pa = await until("the eBGP and iBGP sessions", established)
-            assert "route-reflector" in pa["ibgp_tyo1_4"].details["Session"], pa["ibgp_tyo1_4"].details
+        async def route(prefix: str) -> str:
+            reply = await b.client.command(f"show route {prefix} all", check=False)
+            return "\n".join(reply.texts())
 
-            async def route(prefix: str) -> str:
-                reply = await b.client.command(f"show route {prefix} all", check=False)
-                return "\n".join(reply.texts())
+        for prefix in ("172.20.1.0/27", "fd42:1::/48"):
+            text = await until(f"{prefix} on B", lambda p=prefix: _has(route(p), "bgp_next_hop"))
+            assert "ibgp_hkg1_3" in text
+            # next hop self: A's loopback, never X's link-local address.
+            assert f"bgp_next_hop: {V6}1" in text and "fe80::2" not in text, text
+            assert not LOCAL_PREF_0.search(text) and "(65535,0)" not in text
 
-            for prefix in ("172.20.1.0/27", "fd42:1::/48"):
-                text = await until(f"{prefix} on B", lambda p=prefix: _has(route(p), "bgp_next_hop"))
-                assert "ibgp_hkg1_3" in text
-                # next hop self: A's loopback, never X's link-local address.
-                assert f"bgp_next_hop: {V6}1" in text and "fe80::2" not in text, text
-                assert not LOCAL_PREF_0.search(text) and "(65535,0)" not in text
+        # A drains: B sees GRACEFUL_SHUTDOWN and local preference 0 on what A passes on.
+        assert (await a.set_maintenance(True)).ok
+        for prefix in ("172.20.1.0/27", "fd42:1::/48"):
+            text = await until(f"drained {prefix} on B", lambda p=prefix: _has(route(p), "(65535,0)"))
+            assert LOCAL_PREF_0.search(text), text
+        assert (await a.set_maintenance(False)).ok
+        await until("the drain lifted on B", lambda: _lacks(route("172.20.1.0/27"), "(65535,0)"))
 
-            # A drains: B sees GRACEFUL_SHUTDOWN and local preference 0 on what A passes on.
-            assert (await a.set_maintenance(True)).ok
-            for prefix in ("172.20.1.0/27", "fd42:1::/48"):
-                text = await until(f"drained {prefix} on B", lambda p=prefix: _has(route(p), "(65535,0)"))
-                assert LOCAL_PREF_0.search(text), text
-            assert (await a.set_maintenance(False)).ok
-            await until("the drain lifted on B", lambda: _lacks(route("172.20.1.0/27"), "(65535,0)"))
-
-            # B removes A (a departing neighbour): its session is gone, and so is the route.
-            assert (await b.declare("ibgp", {"options": IbgpOptionsIntent()})).ok
-            assert "ibgp_hkg1_3" not in {p.name for p in await b.protocols()}
-            await until("the route gone from B", lambda: _lacks(route("172.20.1.0/27"), "ibgp_hkg1_3"))
-        finally:
-            for be in backends:
-                await be.aclose()
+        # B removes A (a departing neighbour): its session is gone, and so is the route.
+        assert (await b.declare("ibgp", {"options": IbgpOptionsIntent()})).ok
+        assert "ibgp_hkg1_3" not in {p.name for p in await b.protocols()}
+        await until("the route gone from B", lambda: _lacks(route("172.20.1.0/27"), "ibgp_hkg1_3"))
 
 
 async def _has(text: Any, needle: str) -> str | None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.bird import U1, U2, policy, session, symbol
+from helpers.bird import U1, U2, session, symbol
+from helpers.bird_nodes import V6, agent_node, external_link, inner_link, plain_bird, until
 from moenet_bird.backend import BirdRoutingBackend
 from moenet_bird.client import BirdClient
 from moenet_bird.testing import BirdDaemon, sample_bird_config
@@ -29,10 +30,8 @@ from moenet_sessions.store import SessionStore
 
 from moenet_core.backends import TunnelSpec, TunnelStats
 from moenet_core.intents import IbgpNeighborIntent, IbgpOptionsIntent
-from moenet_core.state import StateStore
-from moenet_core.testing import FakeBackends, NetNS, StubControlPlane, plugin_context, veth_pair
+from moenet_core.testing import FakeBackends, NetNS, StubControlPlane, plugin_context
 
-V6 = "fd42:4242:1234::"
 #: Asia-E, the region of both nodes (sample_bird_config's hkg1, and tyo1 below).
 ASIA_E, EUROPE = 52, 41
 
@@ -106,17 +105,6 @@ TYO1 = {
 }
 
 
-async def until(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
-    """Poll BIRD (an external process) until ``check()`` returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
 def routes_of(text: str) -> list[dict[str, Any]]:
     """``show route <prefix> all`` as one record per route: protocol, best, attributes."""
     out: list[dict[str, Any]] = []
@@ -146,19 +134,9 @@ async def test_exits_communities_and_first_as_across_two_nodes(
     netns: Callable[[], NetNS], tmp_path: Path
 ) -> None:
     ns_a, ns_b, ns_x1, ns_x2 = netns(), netns(), netns(), netns()
-    veth_pair(ns_a, ns_b, "ib-a", "ib-b")
-    veth_pair(ns_a, ns_x1, "ex-a", "ex-x")
-    veth_pair(ns_b, ns_x2, "ex-b", "ex-y")
-    for ns, dev, addrs in (
-        (ns_a, "ib-a", [V6 + "1/64", "172.20.42.1/27"]),
-        (ns_b, "ib-b", [V6 + "2/64", "172.20.42.2/27"]),
-        (ns_a, "ex-a", ["fe80::1234/64"]),
-        (ns_x1, "ex-x", ["fe80::2/64"]),
-        (ns_b, "ex-b", ["fe80::1234/64"]),
-        (ns_x2, "ex-y", ["fe80::3/64"]),
-    ):
-        for a in addrs:
-            ns.run("ip", "addr", "add", a, "dev", dev, *(["nodad"] if ":" in a else []))
+    inner_link(ns_a, ns_b)
+    external_link(ns_a, ns_x1)
+    external_link(ns_b, ns_x2, "fe80::3/64", node_dev="ex-b", x_dev="ex-y")
 
     daemons = []
     for name, ns, asn, local, iface, routes in (
@@ -180,16 +158,8 @@ async def test_exits_communities_and_first_as_across_two_nodes(
         try:
             for bird, node, lo in ((bird_a, None, "ib-a"), (bird_b, TYO1, "ib-b")):
                 name = "a" if bird is bird_a else "b"
-                be = BirdRoutingBackend(
-                    BirdClient(str(bird.socket)),
-                    str(tmp_path / name / "etc"),
-                    state=StateStore(tmp_path / name / "state"),
-                    loopback_interface=lo,
-                )
-                await be.start()
-                backends.append(be)
                 data = sample_bird_config(node=node, policy={"roaMode": "loose"})
-                assert (await be.set_policy(policy(data), "h", raw=data)).ok
+                backends.append(await agent_node(bird, tmp_path / name, data, loopback=lo))
             a, b = (Node(be) for be in backends)
             # A's link to X1: latency tier 3, crypto 34. B's link to X2: tier 1, crypto 35.
             sx1 = session(4242420002, 2, interface="ex-a", latency=3, crypto=34)
@@ -352,26 +322,17 @@ async def test_limits_render_hit_and_show_in_metrics_and_health(
     space): the session's receive limit (6) and import limit (3) are hit; BIRD marks
     them, and the collector turns them into metrics, report entries and reasons."""
     ns_a, ns_x = netns(), netns()
-    veth_pair(ns_a, ns_x, "ex-a", "ex-x")
-    ns_a.run("ip", "addr", "add", "fe80::1234/64", "dev", "ex-a", "nodad")
-    ns_x.run("ip", "addr", "add", "fe80::2/64", "dev", "ex-x", "nodad")
+    external_link(ns_a, ns_x)
     prefixes = [f"fd42:1:{i}::/48" for i in range(1, 8)] + ["2001:db8::/48"]
-    x = BirdDaemon(ns_x, tmp_path / "x")
-    conf = tmp_path / "x" / "x.conf"
-    conf.write_text(
-        LIMIT_PEER.format(log=x.log, routes=" ".join(f"route {p} unreachable;" for p in prefixes))
-    )
-    with BirdDaemon(ns_a, tmp_path / "a").start() as bird_a, x.start(conf):
-        be = BirdRoutingBackend(
-            BirdClient(str(bird_a.socket)),
-            str(tmp_path / "etc"),
-            state=StateStore(tmp_path / "state"),
-            loopback_interface="ex-a",
+    routes = " ".join(f"route {p} unreachable;" for p in prefixes)
+    with (
+        BirdDaemon(ns_a, tmp_path / "a").start() as bird_a,
+        plain_bird(ns_x, tmp_path / "x", LIMIT_PEER, routes=routes),
+    ):
+        be = await agent_node(
+            bird_a, tmp_path, sample_bird_config(policy={"roaMode": "loose"}), loopback="ex-a"
         )
-        await be.start()
         try:
-            data = sample_bird_config(policy={"roaMode": "loose"})
-            assert (await be.set_policy(policy(data), "h", raw=data)).ok
             s = session(4242420002, 2, interface="ex-a", import_limit=3, receive_limit=6, export_limit=50)
             assert (await be.declare("sessions", {U1: s})).ok
             [name] = be.fragment_protocols("sessions")[U1]

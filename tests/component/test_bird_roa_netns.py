@@ -11,7 +11,6 @@ absent route was filtered, not merely late.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ from typing import Any
 import attrs
 import pytest
 from helpers.bird import U1, cp_data, policy, session, symbol
-from moenet_bird.backend import BirdRoutingBackend
-from moenet_bird.client import BirdClient
+from helpers.bird_nodes import agent_backend, external_link, external_peer, text, until
 from moenet_bird.config import BirdConfig
 from moenet_bird.refresh import RouteRefresh
 from moenet_bird.roa import StaticRoa
@@ -28,8 +26,7 @@ from moenet_bird.roa_health import RoaHealth
 from moenet_bird.roa_sources import RoaSources
 from moenet_bird.testing import BirdDaemon
 
-from moenet_core.state import StateStore
-from moenet_core.testing import ManualClock, plugin_context, veth_pair
+from moenet_core.testing import ManualClock, plugin_context
 
 ROAS = """\
 # a DN42-style static ROA file
@@ -38,67 +35,24 @@ route 172.20.5.0/27 max 29 as 4242420099;
 route fd42:1::/48 max 64 as 4242420002;
 """
 
-EXTERNAL = """\
-log "{log}" all;
-router id 192.0.2.2;
-protocol device {{}}
-protocol static ext4 {{
-  ipv4;
-  route 172.20.1.0/27 unreachable;
-  route 172.20.3.0/27 unreachable;
-  route 172.20.5.0/27 unreachable;
-}}
-protocol static ext6 {{ ipv6; route fd42:1::/48 unreachable; }}
-protocol bgp to_a {{
-  local fe80::2 as 4242420002;
-  neighbor fe80::1234 as 4242421234;
-  interface "ex-x";
-  connect delay time 1;
-  ipv4 {{ extended next hop on; import none; export all; }};
-  ipv6 {{ import none; export all; }};
-}}
-"""
-
-
-async def until(what: str, check: Any, timeout: float = 60.0) -> Any:
-    """Poll (BIRD is an external process) until ``check()`` is truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
 
 async def _grew(value: Any, at_least: int) -> bool:
     return bool(await value >= at_least)
 
 
-async def text(client: BirdClient, command: str) -> str:
-    return "\n".join((await client.command(command, check=False)).texts())
-
-
 @pytest.mark.netns
 async def test_strict_loose_static_file_and_health(netns: Any, tmp_path: Path) -> None:
     ns_a, ns_x = netns(), netns()
-    veth_pair(ns_a, ns_x, "ex-a", "ex-x")
-    ns_a.run("ip", "addr", "add", "fe80::1234/64", "dev", "ex-a", "nodad")
-    ns_x.run("ip", "addr", "add", "fe80::2/64", "dev", "ex-x", "nodad")
+    external_link(ns_a, ns_x)
     roa_file = tmp_path / "dn42_roa.conf"
     roa_file.write_text(ROAS)
 
-    x = BirdDaemon(ns_x, tmp_path / "x")
-    (tmp_path / "x" / "x.conf").write_text(EXTERNAL.format(log=x.log))
-    with BirdDaemon(ns_a, tmp_path / "a").start() as bird_a, x.start(tmp_path / "x" / "x.conf"):
-        a = BirdRoutingBackend(
-            BirdClient(str(bird_a.socket)),
-            str(tmp_path / "a" / "etc"),
-            state=StateStore(tmp_path / "a" / "state"),
-            loopback_interface="ex-a",
-        )
+    with (
+        BirdDaemon(ns_a, tmp_path / "a").start() as bird_a,
+        external_peer(ns_x, tmp_path / "x", "172.20.1.0/27", "172.20.3.0/27", "172.20.5.0/27", "fd42:1::/48"),
+    ):
+        a = await agent_backend(bird_a, tmp_path / "a", loopback="ex-a")
         try:
-            await a.start()
             ctx = plugin_context(
                 "bird",
                 state_dir=tmp_path / "a" / "plugin",

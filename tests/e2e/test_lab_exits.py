@@ -28,17 +28,11 @@ BIRD and the kernel have no push interface: everything is polled with deadlines.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-NETLAB = ROOT / "contrib/lab/network.py"
+from helpers.lab import load_netlab, running_netlab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -47,42 +41,14 @@ WINDOW_READS = 12
 WINDOW_SECONDS = 8.0
 
 
-def _load():
-    if "moenet_netlab" in sys.modules:
-        return sys.modules["moenet_netlab"]
-    spec = importlib.util.spec_from_file_location("moenet_netlab", NETLAB)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["moenet_netlab"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture
 async def exitlab(tmp_path, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.fail("the network lab builds network namespaces and needs root")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    for k in [k for k in os.environ if k.startswith("MOENET_")]:
-        monkeypatch.delenv(k)
-    lab = _load().NetworkLab(timeout=90, mesh_interval=3600, exits=True)
-    try:
-        await lab.up()
+    async with running_netlab(tmp_path, monkeypatch, timeout=90, mesh_interval=3600, exits=True) as lab:
         yield lab
-    finally:
-        print(lab.summary())
-        for n in lab.nodes:
-            if n.log_path.exists():
-                tail = n.log_path.read_text(errors="replace").splitlines()[-30:]
-                print(f"--- last lines of {n.name}'s agent log:\n" + "\n".join(tail))
-        await lab.down()
-    assert lab.leftovers == []
-    assert all(n.agent_rc == 0 for n in lab.nodes), [(n.name, n.agent_rc) for n in lab.nodes]
-    assert list(tmp_path.iterdir()) == []
 
 
 def paths(choices: dict[str, Any]) -> dict[str, Any]:
-    mod = _load()
+    mod = load_netlab()
     return {k: v for k, v in choices.items() if isinstance(v, mod.FibPath)}
 
 
@@ -100,7 +66,7 @@ def assert_loop_free_to_an_exit(lab, choices: dict[str, Any]) -> None:
 
 async def test_two_exits_direct_session_loop_free_and_stable_after_a_reset(exitlab):
     lab = exitlab
-    mod = _load()
+    mod = load_netlab()
     n1, n2, n3 = lab.network
     ext1, ext2 = lab.externals
     assert (n1.session_peer, n3.session_peer, n2.session) == ("ext1", "ext2", None)

@@ -21,9 +21,7 @@ measured times are printed (``pytest -s``) with the lab's summary.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -32,51 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.lab import Since
+from helpers.installed import clean_env
+from helpers.lab import NETLAB, Since, load_netlab, running_netlab
 from moenet_wireguard import keys
-
-ROOT = Path(__file__).resolve().parents[2]
-NETLAB = ROOT / "contrib/lab/network.py"
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 MESH_ALIAS = "moenet-agent:mesh"  # the tunnel backend's owner alias on mesh tunnels
 
 
-def _load():
-    if "moenet_netlab" in sys.modules:
-        return sys.modules["moenet_netlab"]
-    spec = importlib.util.spec_from_file_location("moenet_netlab", NETLAB)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["moenet_netlab"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture
 async def netlab(tmp_path, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.fail("the network lab builds network namespaces and needs root")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    for k in [k for k in os.environ if k.startswith("MOENET_")]:
-        monkeypatch.delenv(k)
     # meshSync and ibgpSync run at start and then only when a test asks (POST /sync).
-    lab = _load().NetworkLab(timeout=60, mesh_interval=3600)
-    try:
-        await lab.up()
+    async with running_netlab(tmp_path, monkeypatch, timeout=60, mesh_interval=3600) as lab:
         yield lab
-    finally:
-        # Shown by pytest for a failing test (and with -s): the times and each agent's log tail.
-        print(lab.summary())
-        for n in lab.nodes:
-            if n.log_path.exists():
-                tail = n.log_path.read_text(errors="replace").splitlines()[-30:]
-                print(f"--- last lines of {n.name}'s agent log:\n" + "\n".join(tail))
-        await lab.down()
-    assert lab.leftovers == []
-    assert all(n.agent_rc == 0 for n in lab.nodes), [(n.name, n.agent_rc) for n in lab.nodes]
-    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------ observations
@@ -102,13 +69,13 @@ async def babel_interfaces(lab, n) -> set[str]:
 
 
 async def route(lab, n, prefix: str) -> dict[str, str]:
-    return _load().parse_route(await lab.birdc(n, "show", "route", prefix, "all"))
+    return load_netlab().parse_route(await lab.birdc(n, "show", "route", prefix, "all"))
 
 
 async def cp_get(lab, n, resource: str) -> Any:
     """What ``n``'s CP serves the agent (from inside ``n``'s namespace, as the agent asks)."""
     url = f"{n.cp.url}/agent/{n.name}/{resource}"
-    out = await lab.run_in(n, "curl", "-sf", "-H", f"Authorization: Bearer {_load().TOKEN}", url)
+    out = await lab.run_in(n, "curl", "-sf", "-H", f"Authorization: Bearer {load_netlab().TOKEN}", url)
     return json.loads(out)["data"]
 
 
@@ -121,7 +88,7 @@ def bgp_hops(r: dict[str, str]) -> set[str]:
 
 async def test_mesh_babel_and_ibgp_carry_the_external_prefixes(netlab):
     lab = netlab
-    mod = _load()
+    mod = load_netlab()
     n1, n2, n3 = lab.network
     ext = lab.external
     assert (n1.node_id, n2.node_id, n3.node_id) == (1, 2, 1000)
@@ -354,8 +321,7 @@ async def test_removed_node_leaves_no_tunnel_port_or_ibgp_session(netlab):
 @pytest.mark.timeout(200)
 def test_script_once(tmp_path):
     """What scripts/netlab runs after installing: every check, exit 0, nothing left."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOENET_")}
-    env["TMPDIR"] = str(tmp_path)
+    env = clean_env(TMPDIR=str(tmp_path))
     res = subprocess.run(
         [sys.executable, str(NETLAB), "--once", "--timeout", "60"],
         capture_output=True,

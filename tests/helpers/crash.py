@@ -16,6 +16,10 @@ Like a real CP, an accepted ``modify`` report changes the session's status at on
 Every ``ACTIVE`` report is checked *when it arrives* (inside the CP's handler):
 its tunnel must exist and be marked, its port open and its BGP protocol run by
 BIRD, otherwise it is recorded in :attr:`CrashRig.violations`.
+
+The node is the two-node lab's first (contrib/lab/lab.py, loaded by
+:mod:`helpers.lab`): its plan, the CP's ``config`` and ``bird-config`` answers, its
+agent config (with what a crash test changes) and the lab's agent starter and stopper.
 """
 
 from __future__ import annotations
@@ -36,17 +40,19 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from moenet_bird.testing import BirdDaemon, sample_bird_config
+import attrs
+from moenet_bird.testing import BirdDaemon
 from moenet_wireguard import keys
 
+from helpers.installed import clean_env
+from helpers.lab import load_lab
 from moenet_core.testing import FakeControlPlane, NetNS
 
-TOKEN = "crash-cp-token"
+_lab = load_lab()  # contrib/lab/lab.py
 WG_RUN_DIR = Path("/var/run/wireguard")
 MARKER = "moenet-agent"
 N = 16
 """Sessions per rig."""
-ASN = 4242420010
 PEER_ASN = 4242421000
 PORT_BASE = 52000
 SYNC_INTERVAL = 2
@@ -67,6 +73,9 @@ class CrashRig:
         self.cp: FakeControlPlane | None = None
         self.agent: asyncio.subprocess.Process | None = None
         self.api_port = 24400 + int(self.suffix, 16) % 500
+        self.node = attrs.evolve(
+            _lab.plan_nodes(self.suffix)[0], name="crash1", api_port=self.api_port, dir=self.work
+        )
         self.sessions: list[dict[str, Any]] = []
         self.violations: list[str] = []
         self.leftovers: list[str] = []
@@ -76,19 +85,15 @@ class CrashRig:
 
     @property
     def log_path(self) -> Path:
-        return self.work / "agent.log"
+        return self.node.log_path
 
     @property
     def bird_dir(self) -> Path:
-        return self.work / "bird"
+        return self.node.bird_dir
 
     @property
     def state_dir(self) -> Path:
         return self.work / "state"
-
-    @property
-    def config_path(self) -> Path:
-        return self.work / "config.json"
 
     def ifname(self, k: int) -> str:
         return f"{self.prefix}{k}"
@@ -113,79 +118,40 @@ class CrashRig:
 
     async def up(self) -> None:
         self.ns = NetNS(prefix="moenet-crash")
+        self.node.ns = self.ns
         key = keys.generate_private_key()
-        keys.write_key_file(self.work / "wg-private.key", key)
-        os.chmod(self.work / "wg-private.key", 0o600)
+        keys.write_key_file(self.node.private_key_path, key)
+        os.chmod(self.node.private_key_path, 0o600)
         (self.work / "templates").mkdir()
         self.bird = BirdDaemon(self.ns, self.work / "bird-run").start()
-        cp = FakeControlPlane(token=TOKEN)
+        cp = FakeControlPlane(token=_lab.TOKEN)
         with self.ns.entered():
             await cp.start()
         self.cp = cp
         cp.on_post("modify", self._on_report)
-        cp.set(
-            "config",
-            {
-                "node": {
-                    "id": 1,
-                    "name": "crash1",
-                    "region": "eu-central",
-                    "asn": ASN,
-                    "loopbackIpv4": "172.20.10.1",
-                    "loopbackIpv6": "fd42:10::1",
-                }
-            },
-        )
-        cp.set(
-            "bird-config",
-            sample_bird_config(
-                config_hash="crash",
-                node={
-                    "id": 1,
-                    "name": "crash1",
-                    "regionCode": "EU",
-                    "loopbackIpv4": "172.20.10.1",
-                    "loopbackIpv6": "fd42:10::1",
-                    "continentLc": "LC_ORIGIN_EU",
-                    "subregionLc": "EU_W",
-                    "regionCommunity": "DN42_REGION_EU",
-                    "countryCommunity": 276,
-                },
-                policy={
-                    "dn42As": str(ASN),
-                    "dn42Ipv4Prefix": "172.20.10.0/27",
-                    "dn42Ipv6Prefix": "fd42:10::/48",
-                },
-            ),
-        )
+        cp.set("config", _lab.node_config(self.node))
+        cp.set("bird-config", _lab.bird_config(self.node))
         cp.set("mesh", {"localNodeId": 1, "peers": []})
         self.publish([])
-        self.config_path.write_text(json.dumps(self.agent_config(cp.url), indent=2))
+        self.node.config_path.write_text(json.dumps(self.agent_config(cp.url), indent=2))
 
     def agent_config(self, cp_url: str) -> dict[str, Any]:
-        return {
-            "bootstrap": {"apiUrl": cp_url, "nodeName": "crash1", "token": TOKEN},
-            "server": {"listen": f"127.0.0.1:{self.api_port}"},
-            "state": {"directory": str(self.state_dir)},
-            "logging": {"format": "text", "level": "INFO"},
-            "plugins": {"disable": ["mesh", "ibgp", "rtt", "heartbeat", "updater"]},
-            "controlPlane": {"syncInterval": SYNC_INTERVAL, "heartbeatInterval": 30},
-            "tasks": {"birdConfigSync": {"interval": 5}},
-            "bird": {
-                "configDir": str(self.bird_dir),
-                "controlSocket": str(self.work / "bird-run" / "bird.ctl"),
-                "templateDir": str(self.work / "templates"),
-            },
-            "wireguard": {"backend": "userspace"},
-            "sessions": {
-                "privateKeyPath": str(self.work / "wg-private.key"),
-                "dn42Ipv6LinkLocal": "fe80::10",
-                # Whole batches are set up and removed at once here: no guard in the way.
-                "guardMaxShare": 1.0,
-                "guardWindow": 0,
-            },
-            "loopback": {"kind": "bridge"},
+        """The lab's config for the node, sessions only and syncing every
+        :data:`SYNC_INTERVAL` seconds."""
+        cfg: dict[str, Any] = _lab.agent_config(self.node, cp_url)
+        # The lab writes the session keys under wireguard (the Go agent's place): here
+        # they are where the sessions plugin reads them.
+        wireguard = cfg["wireguard"]
+        cfg["wireguard"] = {"backend": wireguard.pop("backend")}
+        cfg["sessions"] = {
+            **wireguard,
+            # Whole batches are set up and removed at once here: no guard in the way.
+            "guardMaxShare": 1.0,
+            "guardWindow": 0,
         }
+        cfg["plugins"] = {"disable": ["mesh", "ibgp", "rtt", "heartbeat", "updater"]}
+        cfg["controlPlane"]["syncInterval"] = SYNC_INTERVAL
+        return cfg
 
     # ------------------------------------------------------------- the CP
 
@@ -277,9 +243,8 @@ class CrashRig:
     # ------------------------------------------------------------- the agent
 
     def _env(self, crash_at: str | None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOENET_")}
-        # The venv's installed agent first (moenet-agent is a console script of .venv).
-        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+        # The venv's programs first, as for the agent (a console script of .venv).
+        env = clean_env(PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
         if crash_at:
             env["MOENET_CRASH_AT"] = crash_at
         return env
@@ -289,24 +254,18 @@ class CrashRig:
         assert self.agent is None or self.agent.returncode is not None, "the agent is running"
         with self.log_path.open("ab") as log:
             log.write(f"===== start (crash at {crash_at or 'nothing'}) =====\n".encode())
-            log.flush()
-            self.agent = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", self.ns.name, "moenet-agent", "run", "-c", str(self.config_path),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                env=self._env(crash_at),
-            )  # fmt: skip
+        self.agent = await _lab.spawn_agent(self.node, _lab.agent_binary(), env=self._env(crash_at))
         return self.agent
 
     async def stop_agent(self, timeout: float = 30.0) -> int:
         assert self.agent is not None
-        if self.agent.returncode is None:
-            self.agent.send_signal(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(self.agent.wait(), timeout)
+            rc: int = await _lab.stop_process(self.agent, timeout=timeout)
         except TimeoutError:
             self.agent.kill()
             await self.agent.wait()
             raise AssertionError("the agent did not stop on SIGTERM") from None
+        return rc
 
     async def crash_at(self, point: str, timeout: float = 60.0) -> float:
         """Start the agent with ``MOENET_CRASH_AT=point`` and wait for it to die there;
@@ -514,20 +473,9 @@ class CrashRig:
 
 
 def parse_udp_set(nft_json: str, set_name: str) -> set[int]:
-    """Elements of the agent's nftables set ``set_name`` (empty when absent)."""
-    ports: set[int] = set()
-    if not nft_json.strip():
-        return ports
-    for obj in json.loads(nft_json).get("nftables", []):
-        s = obj.get("set")
-        if s and s.get("table") == "moenet_agent" and s.get("name") == set_name:
-            for e in s.get("elem", []):
-                if isinstance(e, int):
-                    ports.add(e)
-                elif isinstance(e, dict) and "range" in e:
-                    lo, hi = e["range"]
-                    ports.update(range(lo, hi + 1))
-    return ports
+    """Elements of the agent's nftables set ``set_name`` (empty when absent, or when
+    ``nft`` printed nothing)."""
+    return _lab.parse_udp_set(nft_json, set_name) if nft_json.strip() else set()
 
 
 def bird_bgp_protocols(sock: Path, timeout: float = 10.0) -> list[str]:

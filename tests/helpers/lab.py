@@ -1,14 +1,22 @@
-"""Shared test helpers (moved from ``test_lab_scenarios``, ``test_lab_maintenance``)."""
+"""The labs of contrib/lab for tests: loading them, a running lab per test, observations.
+
+The two-node lab (``lab.py``: the :func:`lab` fixture and the observations below, moved
+from ``test_lab_scenarios`` and ``test_lab_maintenance``) and the network lab
+(``network.py``: :func:`running_netlab`, for ``test_lab_network`` and ``test_lab_exits``).
+contrib/lab is no package: its modules are loaded from their files, once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +26,70 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 LAB = ROOT / "contrib/lab/lab.py"
+NETLAB = ROOT / "contrib/lab/network.py"
 
 
-def _load_lab():
-    if "moenet_lab" in sys.modules:
-        return sys.modules["moenet_lab"]
-    spec = importlib.util.spec_from_file_location("moenet_lab", LAB)
+def _load(name: str, path: Path) -> Any:
+    """The module at ``path`` as ``sys.modules[name]`` (loaded on first use)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["moenet_lab"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
 
 
-@pytest.fixture
-async def lab(tmp_path, monkeypatch):
+def load_lab() -> Any:
+    """contrib/lab/lab.py, the two-node lab."""
+    return _load("moenet_lab", LAB)
+
+
+_load_lab = load_lab  # the name test_lab_scenarios imports
+
+
+def load_netlab() -> Any:
+    """contrib/lab/network.py, the network lab."""
+    return _load("moenet_netlab", NETLAB)
+
+
+def _lab_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lab needs root; its work directory goes under ``tmp_path`` (checked empty after
+    teardown) and no ``MOENET_*`` of the caller's reaches its agents."""
     if os.geteuid() != 0:
         pytest.fail("the lab builds network namespaces and needs root")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     for k in [k for k in os.environ if k.startswith("MOENET_")]:
         monkeypatch.delenv(k)
-    mod = _load_lab()
+
+
+@contextlib.asynccontextmanager
+async def running_netlab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> AsyncIterator[Any]:
+    """A ``NetworkLab(**kw)``, up; torn down after, and then checked: nothing left
+    behind, every agent exited 0."""
+    _lab_env(tmp_path, monkeypatch)
+    lab = load_netlab().NetworkLab(**kw)
+    try:
+        await lab.up()
+        yield lab
+    finally:
+        # Shown by pytest for a failing test (and with -s): the times and each agent's log tail.
+        print(lab.summary())
+        for n in lab.nodes:
+            if n.log_path.exists():
+                tail = n.log_path.read_text(errors="replace").splitlines()[-30:]
+                print(f"--- last lines of {n.name}'s agent log:\n" + "\n".join(tail))
+        await lab.down()
+    assert lab.leftovers == []
+    assert all(n.agent_rc == 0 for n in lab.nodes), [(n.name, n.agent_rc) for n in lab.nodes]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+async def lab(tmp_path, monkeypatch):
+    _lab_env(tmp_path, monkeypatch)
+    mod = load_lab()
     lab = mod.Lab(timeout=30)
     try:
         await lab.up()

@@ -104,7 +104,7 @@ INDIRECT: dict[tuple[str, str], str] = {
     ("tests/unit/test_bird_debian_versions.py", "str(entry.bird)"): "bird",
     ("tests/component/test_metrics_promtool.py", "promtool()"): "promtool",
     # the labs and the demo: the installed agent and birdc
-    ("contrib/lab/lab.py", "self.agent_bin"): "moenet-agent",
+    ("contrib/lab/lab.py", "agent_bin"): "moenet-agent",  # spawn_agent (the lab's, the crash rig's)
     ("contrib/lab/lab.py", "self.birdc_bin"): "birdc",
     ("contrib/lab/network.py", "self.agent_bin"): "moenet-agent",
     ("contrib/demo/demo.py", "agent_bin"): "moenet-agent",

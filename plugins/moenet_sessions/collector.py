@@ -74,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -159,139 +159,216 @@ class _Entry:
         return (self.uuid, str(self.asn) if self.asn is not None else "", self.configured.interface)
 
 
-class _Series:
-    """One labelled per-session gauge as plain data: label tuple -> value.
+class _Family(NamedTuple):
+    """One labelled per-session gauge family (its values live in :class:`_Sample` s)."""
 
-    A ``prometheus_client`` child costs about 1 KB (its own lock and value
-    object); 14 families over 1 000 sessions, several with a label per channel,
-    made about 30 000 of them, 30 MB of the agent's memory. Here a series is a
-    dict entry sharing the session's label tuple, exported by
-    :class:`_SeriesCollector` when scraped. Label sets not set in a run are
-    removed by :meth:`sweep` (no stale series)."""
+    name: str
+    doc: str
+    labelnames: tuple[str, ...]
 
-    def __init__(self, name: str, doc: str, labelnames: Sequence[str]) -> None:
-        self.name = name
-        self.doc = doc
-        self.labelnames = tuple(labelnames)
-        self.values: dict[tuple[str, ...], float] = {}
-        self._seen: set[tuple[str, ...]] = set()
 
-    def begin(self) -> None:
-        """Start a run: nothing set yet (the last run's values stay visible until :meth:`sweep`)."""
-        self._seen = set()
+# The families, in this order (indexes into _Metrics.families).
+(
+    _BGP_UP,
+    _BGP_STATE,
+    _BGP_SINCE,
+    _ROUTES,
+    _HANDSHAKE_AT,
+    _HANDSHAKE_AGE,
+    _RX,
+    _TX,
+    _RTT,
+    _LOSS,
+    _TIER,
+    _LIMIT,
+    _LIMIT_HIT,
+    _HEALTH,
+) = range(14)
 
-    def set(self, labels: Sequence[str], value: float) -> None:
-        key = labels if isinstance(labels, tuple) else tuple(labels)
-        self.values[key] = float(value)
-        self._seen.add(key)
 
-    def sweep(self) -> int:
-        """Remove every label set this run did not set; returns how many."""
-        stale = [k for k in self.values if k not in self._seen]
-        for key in stale:
-            del self.values[key]
-        self._seen = set()
-        return len(stale)
+@attrs.frozen
+class _ProtocolSample:
+    """What one protocol of a session exports."""
 
-    def family(self) -> GaugeMetricFamily:
-        fam = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
-        for key, value in list(self.values.items()):
-            fam.add_metric(key, value)
-        return fam
+    name: str
+    up: int
+    state: str
+    """The ``bgp_state_info`` label: the BGP state, or BIRD's protocol state."""
+    since: int | None
+    limits: tuple[_Limit, ...]
+
+
+@attrs.frozen(kw_only=True)
+class _Sample:
+    """One session's facts from the last run, the source of its metric series
+    (built at scrape time) and of its ``/status`` health.
+
+    A series per dict entry (and a ``prometheus_client`` child before that: about
+    1 KB each, 30 MB at 1 000 sessions) cost several KB a session; this record
+    keeps only the numbers and the label strings the session already has."""
+
+    uuid: str
+    name: str
+    asn: int | None
+    labels: tuple[str, str, str]
+    protocols: tuple[_ProtocolSample, ...]
+    routes: tuple[tuple[str, str, int], ...]
+    """(family, direction, count), summed over the session's protocols."""
+    tunnel: TunnelStats | None
+    handshake_age: float | None
+    latency: LinkLatency | None
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    bgp_state: str | None
+    since: int | str | None
+
+    def series(self) -> Iterator[tuple[int, tuple[str, ...], float]]:
+        """(family index, label values, value) of every series this session exports."""
+        labels = self.labels
+        for p in self.protocols:
+            yield _BGP_UP, (*labels, p.name), p.up
+            yield _BGP_STATE, (*labels, p.name, p.state), 1
+            if p.since is not None:
+                yield _BGP_SINCE, (*labels, p.name), p.since
+            for x in p.limits:
+                if x.value is not None:
+                    yield _LIMIT, (*labels, p.name, x.channel, x.limit), x.value
+                yield _LIMIT_HIT, (*labels, p.name, x.channel, x.limit), 1 if x.hit else 0
+        for family, direction, n in self.routes:
+            yield _ROUTES, (*labels, family, direction), n
+        if self.tunnel is not None:
+            yield _HANDSHAKE_AT, labels, self.tunnel.latest_handshake or 0
+            if self.handshake_age is not None:
+                yield _HANDSHAKE_AGE, labels, self.handshake_age
+            yield _RX, labels, self.tunnel.rx_bytes
+            yield _TX, labels, self.tunnel.tx_bytes
+        lat = self.latency
+        if lat is not None:
+            if lat.rtt_ms is not None:
+                yield _RTT, labels, lat.rtt_ms / 1000.0
+            yield _LOSS, labels, lat.loss / 100.0
+            if lat.tier is not None:
+                yield _TIER, labels, lat.tier
+        yield _HEALTH, labels, int(self.verdict)
+
+    def keys(self) -> set[tuple[int, tuple[str, ...]]]:
+        return {(family, key) for family, key, _ in self.series()}
+
+    def health(self) -> dict[str, Any]:
+        """The session's entry in :meth:`MetricCollector.health_info`."""
+        routes_in = sum(n for _, d, n in self.routes if d == "imported")
+        routes_out = sum(n for _, d, n in self.routes if d == "exported")
+        lat = self.latency
+        return {
+            "name": self.name,
+            "asn": self.asn,
+            "interface": self.labels[2],
+            "verdict": str(self.verdict),
+            "reasons": list(self.reasons),
+            "bgpState": self.bgp_state,
+            "since": self.since,
+            "routesIn": routes_in,
+            "routesOut": routes_out,
+            "limitsHit": [
+                f"{p.name} {x.channel} {x.limit}" for p in self.protocols for x in p.limits if x.hit
+            ],
+            "rttMs": round(lat.rtt_ms, 3) if lat is not None and lat.rtt_ms is not None else None,
+        }
 
 
 class _SeriesCollector(Collector):
-    """Exports the per-session series at scrape time (no I/O: plain dicts)."""
+    """Exports the per-session series at scrape time (no I/O: from the last run's samples)."""
 
-    def __init__(self, series: Sequence[_Series]) -> None:
-        self.series = tuple(series)
+    def __init__(self, metrics: _Metrics) -> None:
+        self.metrics = metrics
 
     def describe(self) -> Iterator[Metric]:
-        for s in self.series:
-            yield GaugeMetricFamily(s.name, s.doc, labels=s.labelnames)
+        for f in self.metrics.families:
+            yield GaugeMetricFamily(f.name, f.doc, labels=f.labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        for s in self.series:
-            yield s.family()
+        fams = [GaugeMetricFamily(f.name, f.doc, labels=f.labelnames) for f in self.metrics.families]
+        for sample in list(self.metrics.samples.values()):
+            for family, key, value in sample.series():
+                fams[family].add_metric(key, float(value))
+        yield from fams
 
 
 class _Metrics:
-    """The collector's gauges, created once per registry."""
+    """The collector's gauge families and the last run's samples, created once per registry."""
 
     def __init__(self, ctx: PluginContext) -> None:
         m = ctx.metrics
 
-        def series(name: str, doc: str, extra: Iterable[str] = ()) -> _Series:
-            return _Series(m.full_name(name), doc, [*_SESSION, *extra])
+        def family(name: str, doc: str, extra: Iterable[str] = ()) -> _Family:
+            return _Family(m.full_name(name), doc, (*_SESSION, *extra))
 
-        self.bgp_up = series(
-            "bgp_up", "1 while the session's BGP protocol is Established, else 0.", ["protocol"]
+        self.families: tuple[_Family, ...] = (
+            family("bgp_up", "1 while the session's BGP protocol is Established, else 0.", ["protocol"]),
+            family(
+                "bgp_state_info",
+                "The BGP state of the session's protocol (value 1; the state is the label; "
+                "BIRD's protocol state when there is no BGP state).",
+                ["protocol", "state"],
+            ),
+            family(
+                "bgp_state_change_timestamp_seconds",
+                "Unix time of the protocol's last state change (BIRD's 'since').",
+                ["protocol"],
+            ),
+            family(
+                "routes",
+                "Routes per address family: imported (accepted), filtered (rejected by the import "
+                "filter, kept in the import table) and exported; summed over split v4/v6 protocols.",
+                ["family", "direction"],
+            ),
+            family(
+                "tunnel_last_handshake_timestamp_seconds",
+                "Unix time of the tunnel's latest WireGuard handshake; 0 if it never completed one.",
+            ),
+            family(
+                "tunnel_handshake_age_seconds",
+                "Seconds since the tunnel's latest handshake (absent if it never completed one).",
+            ),
+            # The byte counts are gauges holding the kernel's (or wireguard-go's) own
+            # counters as read: a prometheus_client Counter can only be incremented by
+            # what counts, and the device's counter restarts at 0 when the interface is
+            # recreated. rate()/increase() work on these gauges and handle that reset.
+            family("tunnel_rx_bytes", "Bytes received on the session's tunnel (device counter)."),
+            family("tunnel_tx_bytes", "Bytes sent on the session's tunnel (device counter)."),
+            family("rtt_seconds", "Mean round-trip time to the peer over the tunnel (last RTT round)."),
+            family("loss_ratio", "Share of RTT probes lost in the last RTT round (0-1)."),
+            family("latency_tier", "DN42 latency tier (1-9) of the link, after hysteresis."),
+            family(
+                "route_limit",
+                "Configured route limit of a channel (receive, import or export), as BIRD shows it.",
+                ["protocol", "channel", "limit"],
+            ),
+            family(
+                "route_limit_hit",
+                "1 while BIRD marks the channel's route limit hit ([HIT]), else 0.",
+                ["protocol", "channel", "limit"],
+            ),
+            family("health", "Session health: 0 healthy, 1 degraded, 2 down."),
         )
-        self.bgp_state = series(
-            "bgp_state_info",
-            "The BGP state of the session's protocol (value 1; the state is the label; "
-            "BIRD's protocol state when there is no BGP state).",
-            ["protocol", "state"],
-        )
-        self.bgp_since = series(
-            "bgp_state_change_timestamp_seconds",
-            "Unix time of the protocol's last state change (BIRD's 'since').",
-            ["protocol"],
-        )
-        self.routes = series(
-            "routes",
-            "Routes per address family: imported (accepted), filtered (rejected by the import "
-            "filter, kept in the import table) and exported; summed over split v4/v6 protocols.",
-            ["family", "direction"],
-        )
-        self.handshake_at = series(
-            "tunnel_last_handshake_timestamp_seconds",
-            "Unix time of the tunnel's latest WireGuard handshake; 0 if it never completed one.",
-        )
-        self.handshake_age = series(
-            "tunnel_handshake_age_seconds",
-            "Seconds since the tunnel's latest handshake (absent if it never completed one).",
-        )
-        # The byte counts are gauges holding the kernel's (or wireguard-go's) own
-        # counters as read: a prometheus_client Counter can only be incremented by
-        # what counts, and the device's counter restarts at 0 when the interface is
-        # recreated. rate()/increase() work on these gauges and handle that reset.
-        self.rx = series("tunnel_rx_bytes", "Bytes received on the session's tunnel (device counter).")
-        self.tx = series("tunnel_tx_bytes", "Bytes sent on the session's tunnel (device counter).")
-        self.rtt = series("rtt_seconds", "Mean round-trip time to the peer over the tunnel (last RTT round).")
-        self.loss = series("loss_ratio", "Share of RTT probes lost in the last RTT round (0-1).")
-        self.tier = series("latency_tier", "DN42 latency tier (1-9) of the link, after hysteresis.")
-        self.limit = series(
-            "route_limit",
-            "Configured route limit of a channel (receive, import or export), as BIRD shows it.",
-            ["protocol", "channel", "limit"],
-        )
-        self.limit_hit = series(
-            "route_limit_hit",
-            "1 while BIRD marks the channel's route limit hit ([HIT]), else 0.",
-            ["protocol", "channel", "limit"],
-        )
-        self.health = series("health", "Session health: 0 healthy, 1 degraded, 2 down.")
+        self.samples: dict[str, _Sample] = {}
+        """uuid -> the session's sample from the last run (replaced whole each run:
+        a session, protocol, state or measurement that is gone leaves no series)."""
+        self.samples_at: int | None = None
         self.by_verdict = m.gauge("health_sessions", "Configured sessions per health verdict.", ["verdict"])
-        m.register_collector(_SeriesCollector(self.all()))
+        m.register_collector(_SeriesCollector(self))
 
-    def all(self) -> tuple[_Series, ...]:
-        return (
-            self.bgp_up,
-            self.bgp_state,
-            self.bgp_since,
-            self.routes,
-            self.handshake_at,
-            self.handshake_age,
-            self.rx,
-            self.tx,
-            self.rtt,
-            self.loss,
-            self.tier,
-            self.limit,
-            self.limit_hit,
-            self.health,
-        )
+    def replace(self, samples: dict[str, _Sample], at: int) -> int:
+        """Make ``samples`` the current ones; returns how many series went away."""
+        gone = 0
+        for uuid, old in self.samples.items():
+            new = samples.get(uuid)
+            if new is None:
+                gone += sum(1 for _ in old.series())
+            elif new != old:
+                gone += len(old.keys() - new.keys())
+        self.samples, self.samples_at = samples, at
+        return gone
 
 
 def _metrics_for(ctx: PluginContext) -> _Metrics:
@@ -351,7 +428,7 @@ def _limits(p: ProtocolState) -> list[_Limit]:
     return out
 
 
-def _protocol_facts(p: ProtocolState, expected: Sequence[str]) -> ProtocolFacts:
+def _protocol_facts(p: ProtocolState, expected: Sequence[str], limits: Sequence[_Limit]) -> ProtocolFacts:
     """Facts of one protocol. Channel states and route limits are read when the
     backend offers them (BIRD's protocols carry ``channels``), duck-typed: plugins
     never import each other."""
@@ -362,7 +439,7 @@ def _protocol_facts(p: ProtocolState, expected: Sequence[str]) -> ProtocolFacts:
             state = getattr(ch, "state", None)
             if isinstance(state, str) and state != "UP":
                 down[str(name)] = state
-    limits = [LimitHit(channel=x.channel, limit=x.limit, value=x.value) for x in _limits(p) if x.hit]
+    hits = [LimitHit(channel=x.channel, limit=x.limit, value=x.value) for x in limits if x.hit]
     return ProtocolFacts(
         name=p.name,
         state=p.state,
@@ -372,7 +449,7 @@ def _protocol_facts(p: ProtocolState, expected: Sequence[str]) -> ProtocolFacts:
         family=_family(p.name, expected),
         routes={f: dict(r) for f, r in p.routes.items()},
         channels_down=down,
-        limits_hit=tuple(limits),
+        limits_hit=tuple(hits),
     )
 
 
@@ -399,8 +476,6 @@ class MetricCollector:
         self.metrics = _metrics_for(ctx)
         self.last: dict[str, Any] | None = None
         """Summary of the last run (also the run's result)."""
-        self._health: dict[str, dict[str, Any]] = {}
-        self._health_at: int | None = None
         self._cp_problem: str | None = None
         self._routing_problem: str | None = None
         ctx.stash[TASK_NAME] = self  # the sessionSync task's /status reads the health
@@ -460,8 +535,6 @@ class MetricCollector:
     async def run_once(self) -> dict[str, Any]:
         started = time.monotonic()
         entries = self.inventory()
-        for series in self.metrics.all():
-            series.begin()
         protocols: Mapping[str, ProtocolState] = {}
         names: Mapping[str, tuple[str, ...]] = {}
         routing_error: str | None = None
@@ -475,16 +548,17 @@ class MetricCollector:
         lower = {k.lower(): v for k, v in names.items()}
 
         sessions: list[dict[str, Any]] = []
-        health: dict[str, dict[str, Any]] = {}
+        samples: dict[str, _Sample] = {}
         for e in entries:
             expected = tuple(names.get(e.uuid, lower.get(e.uuid.lower(), ())))
             found = [protocols[n] for n in expected if n in protocols]
             stats = tunnels.get(e.configured.interface)
             latency = self._latency(e.uuid)
             fresh = latency is not None and now - latency.measured_at <= LATENCY_STALE_SECONDS
+            limits = {p.name: tuple(_limits(p)) for p in found}
             facts = SessionFacts(
                 expected=expected,
-                protocols=tuple(_protocol_facts(p, expected) for p in found),
+                protocols=tuple(_protocol_facts(p, expected, limits[p.name]) for p in found),
                 routing_error=routing_error,
                 tunnel=self._tunnel_facts(stats, e, now),
                 loss=latency.loss if latency is not None and fresh else None,
@@ -492,27 +566,17 @@ class MetricCollector:
             )
             verdict = assess(facts)
             routes = _sum_routes(found)
-            body = self._session_body(e, expected, found, routes, stats, latency, verdict, now, routing_error)
+            body = self._session_body(
+                e, expected, found, limits, routes, stats, latency, verdict, now, routing_error
+            )
             sessions.append(body)
-            health[e.uuid] = {
-                "name": e.name,
-                "asn": e.asn,
-                "interface": e.configured.interface,
-                "verdict": str(verdict.verdict),
-                "reasons": list(verdict.reasons),
-                "bgpState": body["bgpState"],
-                "since": body["since"],
-                "routesIn": body["routes_imported"],
-                "routesOut": body["routes_exported"],
-                "limitsHit": [
-                    f"{x['protocol']} {x['channel']} {x['limit']}" for x in body["limits"] if x["hit"]
-                ],
-                "rttMs": body.get("rtt_ms"),
-            }
-            self._export(e, found, routes, stats, latency, verdict, now)
-        counts = {str(v): sum(1 for h in health.values() if h["verdict"] == str(v)) for v in Verdict}
-        stale = self._sweep(counts)
-        self._health, self._health_at = health, int(now)
+            samples[e.uuid] = _sample(e, found, limits, routes, stats, latency, verdict, body, now)
+        counts = {str(v): 0 for v in Verdict}
+        for sample in samples.values():
+            counts[str(sample.verdict)] += 1
+        stale = self.metrics.replace(samples, int(now))
+        for verdict_name, n in counts.items():
+            self.metrics.by_verdict.labels(verdict_name).set(n)
 
         problems: list[str] = []
         if routing_error is not None:
@@ -570,6 +634,7 @@ class MetricCollector:
         e: _Entry,
         expected: Sequence[str],
         found: Sequence[ProtocolState],
+        limits: Mapping[str, Sequence[_Limit]],
         routes: Mapping[str, Mapping[str, int]],
         stats: TunnelStats | str | None,
         latency: LinkLatency | None,
@@ -612,7 +677,7 @@ class MetricCollector:
             "limits": [
                 {"protocol": p.name, "channel": x.channel, "limit": x.limit, "max": x.value, "hit": x.hit}
                 for p in found
-                for x in _limits(p)
+                for x in limits[p.name]
             ],
             "tunnel": _tunnel_json(stats, now),
         }
@@ -624,64 +689,16 @@ class MetricCollector:
         body["health"] = health.to_json()
         return body
 
-    # --------------------------------------------------------------- metrics
-
-    def _export(
-        self,
-        e: _Entry,
-        found: Sequence[ProtocolState],
-        routes: Mapping[str, Mapping[str, int]],
-        stats: TunnelStats | str | None,
-        latency: LinkLatency | None,
-        health: Health,
-        now: float,
-    ) -> None:
-        m, labels = self.metrics, e.labels
-        for p in found:
-            m.bgp_up.set((*labels, p.name), 1 if _up(p) else 0)
-            m.bgp_state.set((*labels, p.name, p.bgp_state or p.state), 1)
-            if isinstance(since := _since(p.since), int):
-                m.bgp_since.set((*labels, p.name), since)
-            for x in _limits(p):
-                if x.value is not None:
-                    m.limit.set((*labels, p.name, x.channel, x.limit), x.value)
-                m.limit_hit.set((*labels, p.name, x.channel, x.limit), 1 if x.hit else 0)
-        for family, r in routes.items():
-            for direction, n in r.items():
-                m.routes.set((*labels, family, direction), n)
-        if isinstance(stats, TunnelStats):
-            m.handshake_at.set(labels, stats.latest_handshake or 0)
-            if stats.latest_handshake is not None:
-                m.handshake_age.set(labels, max(0.0, now - stats.latest_handshake))
-            m.rx.set(labels, stats.rx_bytes)
-            m.tx.set(labels, stats.tx_bytes)
-        if latency is not None:
-            if latency.rtt_ms is not None:
-                m.rtt.set(labels, latency.rtt_ms / 1000.0)
-            m.loss.set(labels, latency.loss / 100.0)
-            if latency.tier is not None:
-                m.tier.set(labels, latency.tier)
-        m.health.set(labels, int(health.verdict))
-
-    def _sweep(self, counts: Mapping[str, int]) -> int:
-        """Drop the series this run did not set; set the per-verdict counts."""
-        removed = sum(s.sweep() for s in self.metrics.all())
-        for verdict, n in counts.items():
-            self.metrics.by_verdict.labels(verdict).set(n)
-        return removed
-
     # ---------------------------------------------------------------- status
 
     def health_info(self) -> dict[str, Any]:
         """Per-session verdict, reasons, BGP state and since from the last run (no I/O)."""
         counts = {str(v): 0 for v in Verdict}
-        for h in self._health.values():
-            counts[h["verdict"]] += 1
-        return {
-            "at": self._health_at,
-            "counts": counts,
-            "sessions": {u: {**h, "reasons": list(h["reasons"])} for u, h in self._health.items()},
-        }
+        sessions: dict[str, dict[str, Any]] = {}
+        for uuid, sample in self.metrics.samples.items():
+            counts[str(sample.verdict)] += 1
+            sessions[uuid] = sample.health()
+        return {"at": self.metrics.samples_at, "counts": counts, "sessions": sessions}
 
     def status_info(self) -> dict[str, Any]:
         """For ``/status``: the last run's summary and every session's health."""
@@ -719,6 +736,45 @@ def _sum_routes(found: Sequence[ProtocolState]) -> dict[str, dict[str, int]]:
             for d in _ROUTE_DIRECTIONS:
                 into[d] += int(r.get(d, 0) or 0)
     return routes
+
+
+def _sample(
+    e: _Entry,
+    found: Sequence[ProtocolState],
+    limits: Mapping[str, tuple[_Limit, ...]],
+    routes: Mapping[str, Mapping[str, int]],
+    stats: TunnelStats | str | None,
+    latency: LinkLatency | None,
+    health: Health,
+    body: Mapping[str, Any],
+    now: float,
+) -> _Sample:
+    tunnel = stats if isinstance(stats, TunnelStats) else None
+    hs = tunnel.latest_handshake if tunnel is not None else None
+    return _Sample(
+        uuid=e.uuid,
+        name=e.name,
+        asn=e.asn,
+        labels=e.labels,
+        protocols=tuple(
+            _ProtocolSample(
+                p.name,
+                1 if _up(p) else 0,
+                p.bgp_state or p.state,
+                since if isinstance(since := _since(p.since), int) else None,
+                limits[p.name],
+            )
+            for p in found
+        ),
+        routes=tuple((family, d, n) for family, r in routes.items() for d, n in r.items()),
+        tunnel=tunnel,
+        handshake_age=max(0.0, now - hs) if hs is not None else None,
+        latency=latency,
+        verdict=health.verdict,
+        reasons=tuple(health.reasons),
+        bgp_state=body["bgpState"],
+        since=body["since"],
+    )
 
 
 def _up(p: ProtocolState) -> bool:

@@ -17,6 +17,7 @@ import concurrent.futures
 import datetime
 import email.utils
 import errno
+import hashlib
 import json
 import os
 import random
@@ -25,7 +26,7 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -69,6 +70,14 @@ class ControlPlane(ABC):
         :class:`~moenet_core.errors.ControlPlaneRejected` (4xx, non-zero envelope
         code, unparseable body). Never returns "empty" in place of an error.
         """
+
+    async def fetch_digest(self, resource: str) -> tuple[Any, bytes]:
+        """:meth:`fetch` plus a digest of the answer: equal digests mean equal
+        answers, so a caller can tell "unchanged" without keeping the answer
+        (at 1 000 sessions a decoded answer is about 1.5 MB). This default digests
+        the answer as canonical JSON; sources that read bytes digest those."""
+        value = await self.fetch(resource)
+        return value, answer_digest(value)
 
     @abstractmethod
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
@@ -250,6 +259,22 @@ class _Transient(Exception):
     """One attempt found the CP unavailable (network error, timeout); it may be retried."""
 
 
+def answer_digest(value: Any) -> bytes:
+    """A digest of a decoded answer as canonical JSON (16 bytes)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _digest(text.encode())
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class _Fetched(NamedTuple):
+    value: Any
+    digest: bytes
+    """Of the raw answer body."""
+
+
 @attrs.frozen
 class _Answer:
     """What one attempt got back: enough of the response to judge it."""
@@ -359,10 +384,15 @@ class HttpControlPlane(ControlPlane):
         return f"{self._base}/agent/{quote(self.node, safe='')}/{resource}"
 
     async def fetch(self, resource: str) -> Any:
-        return await self._call("GET", resource, None)
+        return (await self._call("GET", resource, None)).value
+
+    async def fetch_digest(self, resource: str) -> tuple[Any, bytes]:
+        """The answer and a digest of its body bytes (cheaper than re-encoding it)."""
+        got = await self._call("GET", resource, None)
+        return got.value, got.digest
 
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
-        return await self._call("POST", resource, body)
+        return (await self._call("POST", resource, body)).value
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
@@ -395,7 +425,7 @@ class HttpControlPlane(ControlPlane):
         if self._metrics is not None:
             self._metrics.cp_requests.labels(resource=resource, method=method, result=result).inc()
 
-    async def _call(self, method: str, resource: str, body: Mapping[str, Any] | None) -> Any:
+    async def _call(self, method: str, resource: str, body: Mapping[str, Any] | None) -> _Fetched:
         url = yarl.URL(self.url_for(resource), encoded=True)
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         log = logger.bind(resource=resource, method=method)
@@ -428,7 +458,7 @@ class HttpControlPlane(ControlPlane):
 
     async def _attempts(
         self, method: str, resource: str, url: yarl.URL, data: bytes | None, log: Logger
-    ) -> Any:
+    ) -> _Fetched:
         policy = self._retry
         last_reason = ""
         for attempt in range(policy.max_attempts):
@@ -497,7 +527,7 @@ class HttpControlPlane(ControlPlane):
             f"{method} {resource}: control plane unavailable after {attempts} attempt(s): {last_reason}"
         )
 
-    def _interpret(self, method: str, resource: str, answer: _Answer, log: Logger) -> Any:
+    def _interpret(self, method: str, resource: str, answer: _Answer, log: Logger) -> _Fetched:
         status, payload = answer.status, answer.body
         if answer.oversize is not None:
             log.warning("control plane {} {} rejected: {}", method, resource, answer.oversize)
@@ -507,7 +537,7 @@ class HttpControlPlane(ControlPlane):
         if 200 <= status <= 299:
             if not payload.strip():
                 log.debug("control plane {} {} -> {} (empty)", method, resource, status)
-                return None
+                return _Fetched(None, _digest(payload))
             try:
                 decoded = json_loads(payload)
             except ValueError as exc:
@@ -518,7 +548,7 @@ class HttpControlPlane(ControlPlane):
                     status=status,
                 ) from None
             log.debug("control plane {} {} -> {}", method, resource, status)
-            return _unwrap(decoded, status)
+            return _Fetched(_unwrap(decoded, status), _digest(payload))
         detail = _excerpt(payload)
         if 300 <= status <= 399 and answer.location:
             # Redirects are not followed: the bearer token must not travel to
@@ -636,11 +666,17 @@ class FileControlPlane(ControlPlane):
         return f"sent-{validate_resource(resource).replace('/', '_')}.json"
 
     async def fetch(self, resource: str) -> Any:
+        return (await self.fetch_digest(resource))[0]
+
+    async def fetch_digest(self, resource: str) -> tuple[Any, bytes]:
+        """The resource and a digest of the whole file with the resource's name:
+        an unchanged file is an unchanged answer (another resource changing only
+        costs a parse)."""
         validate_resource(resource)
-        document = self._load()
+        document, raw = self._load()
         if resource not in document:
             raise ControlPlaneRejected(f"resource '{resource}' not in {self.path}")
-        return document[resource]
+        return document[resource], _digest(resource.encode() + b"\0" + raw)
 
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
         name = self.sent_name(resource)
@@ -656,7 +692,8 @@ class FileControlPlane(ControlPlane):
         logger.bind(resource=resource).info("control plane (file) send {}: {}", resource, text)
         return None
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self) -> tuple[dict[str, Any], bytes]:
+        """The file's document and its bytes."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -673,7 +710,7 @@ class FileControlPlane(ControlPlane):
             raise ControlPlaneRejected(
                 f"control-plane file {self.path} must hold a JSON object keyed by resource name"
             )
-        return document
+        return document, raw
 
     def _record(self, name: str, entry: dict[str, Any]) -> None:
         try:

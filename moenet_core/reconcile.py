@@ -75,7 +75,6 @@ P = TypeVar("P")
 R = TypeVar("R")
 """The outcome of applying a plan."""
 
-_NOTHING: Any = object()
 
 #: Where the last valid answer is kept, in the plugin's state directory.
 ANSWER_FILE = "answer.json"
@@ -176,7 +175,11 @@ class Reconciler(Generic[D, O, P, R]):
         self.last: dict[str, Any] | None = None
         """The last cycle's summary (``/status``), with its ``problem``."""
         self.last_error: str | None = None
-        self._saved: Any = _NOTHING
+        self._saved: bytes | None = None
+        """Digest of the answer last saved (the answer itself is not kept)."""
+        self.answer_digest: bytes | None = None
+        """Digest of the CP answer :meth:`parse` is given (None for a saved answer):
+        equal digests mean an equal answer, so a subclass may reuse its last parse."""
         key = f"{self.task_name}.guard_refused"
         if key not in ctx.stash:  # one gauge per agent and plugin, however often the task is built
             ctx.stash[key] = ctx.metrics.gauge(
@@ -247,14 +250,14 @@ class Reconciler(Generic[D, O, P, R]):
     # ------------------------------------------------------------ saved answers
 
     def save_answer(self, raw: Any) -> None:
-        """Persist an answer :meth:`parse` accepted (written only when it changed;
-        the last one saved is remembered, so an unchanged answer costs no encode)."""
-        if self._saved is not _NOTHING and raw == self._saved:
+        """Persist an answer :meth:`parse` accepted (written only when it changed:
+        the digest of the last one saved is remembered, so an unchanged answer
+        costs neither an encode nor a copy kept in memory)."""
+        digest = self.answer_digest
+        if digest is not None and digest == self._saved:
             return
         self.ctx.state.save(ANSWER_FILE, SavedAnswer(answer=raw))
-        # Kept by reference: a decoded answer is never changed after it arrives (parsers
-        # only read it), and a copy would cost as much memory as the answer again.
-        self._saved = raw
+        self._saved = digest
 
     def load_answer(self) -> Any | None:
         """The last saved answer (raw, parsed again by the caller), or None; raises
@@ -267,13 +270,15 @@ class Reconciler(Generic[D, O, P, R]):
     async def fetch(self, *, persist: bool = True) -> Answer[D]:
         """The CP's answer, or the saved one when the CP cannot give a usable one."""
         fatal = False
+        self.answer_digest = None
         try:
-            raw = await self.ctx.cp.fetch(self.resource)
+            raw, digest = await self.ctx.cp.fetch_digest(self.resource)
         except ControlPlaneUnavailable as exc:
             problem = f"control plane unreachable for {self.resource}: {exc}"
         except ControlPlaneError as exc:
             problem, fatal = f"control plane refused {self.resource}: {exc}", True
         else:
+            self.answer_digest = digest
             try:
                 value = self.parse(raw)
             except self.payload_errors as exc:
@@ -282,6 +287,7 @@ class Reconciler(Generic[D, O, P, R]):
                 if persist:
                     self.save_answer(raw)
                 return Answer(value=value, raw=raw, source="controlPlane")
+        self.answer_digest = None
         saved = self.load_answer()
         if saved is None:
             kept = await self.without_answer(problem) if persist else "nothing changed"

@@ -39,7 +39,6 @@ PREVIOUS_VERSION: int = Previous().to_json().get("version", 1)
 json_codec(Report)
 
 
-_UNKNOWN: Any = object()
 """Nothing known of the saved answer yet (None is a valid answer)."""
 
 
@@ -58,7 +57,7 @@ class SessionStore:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._answer: Any = _UNKNOWN
+        self._answer_digest: bytes | None = None
         self._previous: Previous | None = None
         # A write the agent was killed in the middle of leaves its temporary file (the
         # old content is intact): nobody reads it, so it goes.
@@ -80,14 +79,15 @@ class SessionStore:
             ) from None
         return saved.answer
 
-    def save_answer(self, answer: Any) -> bool:
+    def save_answer(self, answer: Any, digest: bytes | None = None) -> bool:
         """Persist ``answer`` (only call with an answer ``parse_sessions`` accepted).
-        Returns False, writing nothing, when it equals the saved one."""
-        if self._answer is not _UNKNOWN and answer == self._answer:
+        Returns False, writing nothing, when its ``digest`` (the CP client's, see
+        ``ControlPlane.fetch_digest``) is the one saved last; without a digest the
+        answer is written (the state store skips an identical file)."""
+        if digest is not None and digest == self._answer_digest:
             return False
         written = self.store.save(ANSWER_FILE, SavedAnswer(answer=answer), version=ANSWER_VERSION)
-        # By reference, shared with the task's parse memo: answers are read, never changed.
-        self._answer = answer
+        self._answer_digest = digest
         return written
 
     def load_previous(self) -> Previous:

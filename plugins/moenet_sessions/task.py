@@ -166,9 +166,9 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         self._store: SessionStore | None = None
         self._applied: dict[str, EbgpPeerIntent] | None = None
         self._parsed: (
-            tuple[Any, tuple[int | None, str], tuple[tuple[Session, ...], tuple[Invalid, ...]]] | None
+            tuple[bytes, tuple[int | None, str], tuple[tuple[Session, ...], tuple[Invalid, ...]]] | None
         ) = None
-        """(answer, cap, result) of the last :meth:`parse`."""
+        """(answer digest, cap and scheme, result) of the last :meth:`parse`."""
         """What ``applied.json`` holds, once read or written (the only writer is this task)."""
         self._outbox: Outbox | None = None
         self._statuses: dict[str, SessionStatus] | None = None
@@ -293,23 +293,20 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
         a third of an unchanged cycle. Parsing is pure, so an equal answer under
         the same cap gives an equal result."""
         cap = self.section.max_sessions
-        memo = self._parsed
-        if (
-            memo is not None
-            and memo[1] == (cap, self.ctx.config.control_plane.status_scheme)
-            and memo[0] == raw
-        ):
+        scheme = self.ctx.config.control_plane.status_scheme
+        digest, memo = self.answer_digest, self._parsed
+        if digest is not None and memo is not None and memo[0] == digest and memo[1] == (cap, scheme):
             sessions, invalid = memo[2]
             return list(sessions), list(invalid)
-        scheme = self.ctx.config.control_plane.status_scheme
         parsed = parse_sessions(raw, max_sessions=cap, status_scheme=scheme)
-        # ``raw`` by reference (decoded answers are never changed; the store keeps the
-        # same object): at 1 000 sessions each copy of the answer costs about 1.5 MB.
-        self._parsed = (raw, (cap, scheme), (tuple(parsed[0]), tuple(parsed[1])))
+        # Keyed by the answer's digest, not the answer: a decoded answer of 1 000
+        # sessions is about 1.5 MB, kept only for this comparison.
+        if digest is not None:
+            self._parsed = (digest, (cap, scheme), (tuple(parsed[0]), tuple(parsed[1])))
         return parsed
 
     def save_answer(self, raw: Any) -> None:
-        self.store.save_answer(raw)
+        self.store.save_answer(raw, self.answer_digest)
 
     def load_answer(self) -> Any | None:
         return self.store.load_answer()

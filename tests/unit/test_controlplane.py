@@ -187,6 +187,20 @@ async def test_envelope_code_zero_returns_data(fake: tuple[FakeCP, TestServer], 
     assert await make_cp().fetch("sessions") == [{"uuid": "a"}]
 
 
+async def test_fetch_digest_tells_an_unchanged_answer(fake: tuple[FakeCP, TestServer], make_cp: Any) -> None:
+    """The digest is of the body: the same bytes give the same digest, any other
+    answer another one (what lets a reconciler skip a parse without keeping the answer)."""
+    cp_server, _ = fake
+    cp = make_cp()
+    cp_server.answer(reply(200, {"code": 0, "data": [{"uuid": "a"}]}))
+    first = await cp.fetch_digest("sessions")
+    again = await cp.fetch_digest("sessions")
+    cp_server.answer(reply(200, {"code": 0, "data": [{"uuid": "b"}]}))
+    other = await cp.fetch_digest("sessions")
+    assert first[0] == again[0] == [{"uuid": "a"}] and other[0] == [{"uuid": "b"}]
+    assert first[1] == again[1] and other[1] != first[1] and len(first[1]) == 16
+
+
 async def test_envelope_nonzero_code_is_rejected(fake: tuple[FakeCP, TestServer], make_cp: Any) -> None:
     cp_server, _ = fake
     cp_server.answer(reply(200, {"code": 4004, "message": "node unknown", "data": None}))
@@ -667,6 +681,16 @@ async def test_file_fetch_each_resource(cp_file: Path, state: StateStore) -> Non
     for resource, value in DOC.items():
         assert await cp.fetch(resource) == value
     assert cp.breaker_state == "closed"
+
+
+async def test_file_digest_changes_with_the_file(cp_file: Path, state: StateStore) -> None:
+    cp = FileControlPlane(path=cp_file, node="node-1", state=state)
+    value, digest = await cp.fetch_digest("sessions")
+    assert value == DOC["sessions"] and (await cp.fetch_digest("sessions"))[1] == digest
+    assert (await cp.fetch_digest("mesh"))[1] != digest  # per resource
+    cp_file.write_text(json.dumps({**DOC, "sessions": []}))
+    value, changed = await cp.fetch_digest("sessions")
+    assert value == [] and changed != digest
 
 
 async def test_file_missing_resource_is_an_error(cp_file: Path, state: StateStore) -> None:

@@ -90,6 +90,19 @@ def test_answer_round_trip(tmp_path: pathlib.Path) -> None:
     assert s.load_answer() == ans
 
 
+def test_an_answer_with_the_saved_digest_is_not_written_again(tmp_path: pathlib.Path) -> None:
+    """The store keeps the digest of the answer it saved, not the answer: the same
+    digest writes nothing (not even the encode), another digest writes."""
+    s = SessionStore(StateStore(tmp_path))
+    assert s.save_answer({"bgpSessions": []}, b"d1")
+    path = tmp_path / "answer.json"
+    path.write_text("overwritten by hand")
+    assert s.save_answer({"bgpSessions": [1]}, b"d1") is False  # trusted: same digest
+    assert path.read_text() == "overwritten by hand"
+    assert s.save_answer({"bgpSessions": []}, b"d2")
+    assert s.load_answer() == {"bgpSessions": []}
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [

@@ -45,6 +45,7 @@ from .errors import BackendUnavailable, ConfigError, PluginError
 from .health import gather_health, health_summary
 from .hookspecs import hookimpl
 from .identity import IdentityBook
+from .memory import MemoryTrimmer
 from .metrics import AgentMetrics, HealthCollector
 from .models import SessionStatus
 from .plugins import AgentPluginManager
@@ -322,6 +323,8 @@ class Agent:
             on_finished=self._task_finished,
             is_paused=lambda spec: spec.skip_in_maintenance and self.maintenance_state()["enabled"],
         )
+        self.memory = MemoryTrimmer()
+        """Gives freed heap pages back to the system after task runs (:mod:`moenet_core.memory`)."""
         self.sessions: dict[str, SessionStatus] = {}
         self.identity = IdentityBook(lambda: self.config)
         """Who the node is (AS, id, loopbacks) from the config and what plugins
@@ -588,6 +591,7 @@ class Agent:
     def _task_finished(self, event: TaskRunEvent) -> None:
         self._first_runs.setdefault(event.task, asyncio.Event()).set()
         self.pm.broadcast("moenet_task_finished", event=event)
+        self.memory.after_run()
 
     async def wait_first_sync(self, timeout: float = READY_TIMEOUT) -> None:
         """Return once every ``on_sync`` task has finished (or failed) its first

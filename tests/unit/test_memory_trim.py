@@ -1,0 +1,60 @@
+"""moenet_core.memory: freed heap pages go back to the system after task runs."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import moenet_heartbeat
+
+from moenet_core.memory import MemoryTrimmer, malloc_trim
+
+
+def rss_kb() -> int:
+    found = re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text())
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_a_trim_gives_freed_heap_back() -> None:
+    """Blocks below glibc's mmap threshold live on its heap and stay resident after
+    free (the last one keeps the heap's top in place); a trim returns their pages."""
+    assert platform.libc_ver()[0] == "glibc"  # Debian: the system we run on
+    blocks = [bytearray(100_000) for _ in range(400)]  # 40 MB on the heap (< mmap threshold)
+    for b in blocks:
+        b[::4096] = b"x" * len(b[::4096])  # touch every page
+    keep = blocks[-1]
+    del blocks
+    before = rss_kb()
+    assert malloc_trim() is True
+    assert rss_kb() < before - 10_000, "the trim gave back less than 10 MB of 40 MB freed"
+    assert keep[0] == ord("x")
+
+
+def test_trims_at_most_once_per_interval() -> None:
+    now = [100.0]
+    trimmer = MemoryTrimmer(interval=30.0, clock=lambda: now[0])
+    trimmer.after_run()
+    trimmer.after_run()
+    now[0] += 29.9
+    trimmer.after_run()
+    expected = 1 if malloc_trim() is not None else 0
+    assert trimmer.trims == expected
+    now[0] += 0.2
+    trimmer.after_run()
+    assert trimmer.trims == 2 * expected
+    MemoryTrimmer(interval=0, clock=lambda: now[0]).after_run()  # 0: never
+
+
+async def test_the_agent_trims_after_a_task_run(fake_cp: Any, agent_harness: Any, tmp_path: Path) -> None:
+    cfg = {
+        "node": {"name": "jp1", "id": 1},
+        "controlPlane": {"url": fake_cp.url, "token": "t" * 32},
+        "state": {"directory": str(tmp_path)},
+    }
+    async with agent_harness(cfg, plugins=[("heartbeat", moenet_heartbeat)]) as h:
+        await fake_cp.wait_for("heartbeat")
+        await h.agent.scheduler.run_now("heartbeat")
+        assert h.agent.memory.trims >= 1

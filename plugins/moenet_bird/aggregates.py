@@ -86,7 +86,7 @@ class Aggregates:
     async def run_once(self) -> dict[str, Any]:
         backend = self._backend()
         try:
-            protocols = await backend.client.protocols()
+            protocols = await backend.client.protocols_named(IBGP_PREFIX + "*")
         except (BirdClientError, OSError, TimeoutError) as exc:
             raise AggregatesError(f"cannot read the iBGP sessions from BIRD: {exc}; no change") from None
         sessions = {

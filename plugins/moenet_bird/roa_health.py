@@ -83,7 +83,8 @@ class RoaHealth:
                 reply = await client.command(f"show route table {table} count")
                 count = parse_route_count(list(reply.texts()), table)
                 entries[table] = count or 0
-            caches = {p.name: p.state == "up" for p in await client.protocols() if p.proto == "RPKI"}
+            rpki = await client.protocols_named("rpki_*")  # RpkiServer.symbol: not the eBGP sessions
+            caches = {p.name: p.state == "up" for p in rpki if p.proto == "RPKI"}
         except (BirdClientError, OSError, TimeoutError, BackendUnavailable) as exc:
             self.read_error = f"cannot read the ROA tables from BIRD: {exc}"
             raise MoenetError(self.read_error) from None

@@ -325,6 +325,9 @@ async def test_command_guards(client: BirdClient):
     with pytest.raises(BirdError) as exc:
         await client.protocols("nomatch*")
     assert exc.value.code == 8003
+    assert await client.protocols_named("nomatch*") == []  # none matching is no error
+    with pytest.raises(ValueError):
+        await client.protocols_named('a"b')  # what cannot be sent is still refused
     reply = await client.command("show route for 10.9.9.9", check=False)
     assert reply.errors[0].code == 8001 and not reply.ok
     assert client.stats.discarded == 0  # errors are answers, not broken connections
@@ -468,6 +471,7 @@ async def test_protocols_readout_of_a_live_daemon(bird: Bird, client: BirdClient
     assert abs(int(b1.since or 0) - time.time()) < 120
     # Pattern and name selection.
     assert [p.name for p in await client.protocols("b*")] == ["b1", "b2"]
+    assert [p.name for p in await client.protocols_named("b*")] == ["b1", "b2"]
     # Taking a session down shows in the read-out, with the peer's reason as last error.
     assert (await client.command("disable b2")).texts(9) == ["b2: disabled"]
     deadline = time.monotonic() + 30

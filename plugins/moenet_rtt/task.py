@@ -19,12 +19,13 @@ One run:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from moenet_core import ControlPlaneError, LinkLatency, LinkTarget, StateError, hookimpl
 
@@ -65,28 +66,73 @@ def _migrate(version: int, fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+class _Link(NamedTuple):
+    """One link's last round."""
+
+    target: LinkTarget
+    result: LinkLatency
+    error: str | None
+
+
+_GAUGES_KEY = "rtt.gauges"
+#: The per-link gauges: (name, help).
+_GAUGES = (
+    (
+        "rtt_seconds",
+        "Mean ICMP round-trip time of the link's last round; absent when no probe was answered.",
+    ),
+    ("loss_ratio", "Share of the link's probes lost in the last round (0-1)."),
+    (
+        "latency_tier",
+        "DN42 latency tier (1-9) of the link after hysteresis; absent until a probe was answered.",
+    ),
+)
+
+
+class _LinkGauges(Collector):
+    """``moenet_rtt_{rtt_seconds,loss_ratio,latency_tier}`` from the last round, built
+    at scrape time: a link that is gone, or has no value, has no series."""
+
+    def __init__(self, full_name: Callable[[str], str]) -> None:
+        self._names = [(full_name(name), doc) for name, doc in _GAUGES]
+        self.links: Callable[[], Mapping[str, _Link]] = dict
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, doc, labels=METRIC_LABELS) for name, doc in self._names]
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        rtt, loss, tier = fams = self._families()
+        for link in list(self.links().values()):
+            t, r = link.target, link.result
+            labels = (t.owner, t.key, t.interface, str(t.labels.get("asn", "")))
+            loss.add_metric(labels, r.loss / 100.0)
+            if r.rtt_ms is not None:
+                rtt.add_metric(labels, r.rtt_ms / 1000.0)
+            if r.tier is not None:
+                tier.add_metric(labels, r.tier)
+        yield from fams
+
+
 class RttMeasurement:
     """The ``rttMeasurement`` task (one per agent)."""
 
     def __init__(self, ctx: PluginContext) -> None:
         self.ctx = ctx
-        self.rtt_gauge = ctx.metrics.gauge(
-            "rtt_seconds",
-            "Mean ICMP round-trip time of the link's last round; absent when no probe was answered.",
-            METRIC_LABELS,
-        )
-        self.loss_gauge = ctx.metrics.gauge(
-            "loss_ratio", "Share of the link's probes lost in the last round (0-1).", METRIC_LABELS
-        )
-        self.tier_gauge = ctx.metrics.gauge(
-            "latency_tier",
-            "DN42 latency tier (1-9) of the link after hysteresis; absent until a probe was answered.",
-            METRIC_LABELS,
-        )
-        self._labelsets: dict[str, tuple[str, str, str, str]] = {}
-        self._saved: LinksDoc | None = None
+        self._current: dict[str, _Link] = {}
+        """The last round per link: the status entries and the gauges are built from
+        it when asked (a ``prometheus_client`` child is about 1 KB, three per link)."""
+        # One collector per registry, however often the task is built; it reads the newest task.
+        gauges = ctx.stash.get(_GAUGES_KEY)
+        if not isinstance(gauges, _LinkGauges):
+            gauges = ctx.stash[_GAUGES_KEY] = _LinkGauges(ctx.metrics.full_name)
+            ctx.metrics.register_collector(gauges)
+        gauges.links = lambda: self._current
+        self._saved: dict[str, LinkState] | None = None
+        """The states last written (the same frozen objects as ``_states``)."""
         self._states: dict[str, LinkState] = self._load()
-        self._latest: dict[str, dict[str, Any]] = {}
         self._errors: dict[str, str] = {}
         self.last_run: float | None = None
         self.last_report_error: str | None = None
@@ -120,7 +166,7 @@ class RttMeasurement:
                 self.ctx.log.warning("rtt: dropping an invalid saved state for link {}", key)
                 continue
             out[str(key)] = state
-        self._saved = self._document(out)
+        self._saved = dict(out)
         return out
 
     @staticmethod
@@ -128,15 +174,14 @@ class RttMeasurement:
         return LinksDoc(links={k: states[k].to_json() for k in sorted(states)})
 
     def _save(self) -> None:
-        doc = self._document(self._states)
-        if doc == self._saved:
+        if self._states == self._saved:
             return
         try:
-            self.ctx.state.save(STATE_FILE, doc, version=STATE_VERSION)
+            self.ctx.state.save(STATE_FILE, self._document(self._states), version=STATE_VERSION)
         except StateError as exc:
             self.ctx.log.error("rtt: cannot save the tiers: {}", exc)
             return
-        self._saved = doc
+        self._saved = dict(self._states)
 
     # ------------------------------------------------------------------ run
 
@@ -194,9 +239,8 @@ class RttMeasurement:
 
         if results:
             self.ctx.emit_link_latency(tuple(results))
-        self._set_metrics(targets, results)
-        self._latest = {
-            link_id(t.owner, t.key): self._status_entry(t, p, r)
+        self._current = {
+            link_id(t.owner, t.key): _Link(t, r, p.error)
             for t, p, r in zip(targets, probes, results, strict=True)
         }
         self.last_run = measured_at
@@ -224,48 +268,19 @@ class RttMeasurement:
 
     # -------------------------------------------------------------- outputs
 
-    def _set_metrics(self, targets: Iterable[LinkTarget], results: Iterable[LinkLatency]) -> None:
-        gauges = (self.rtt_gauge, self.loss_gauge, self.tier_gauge)
-        current: dict[str, tuple[str, str, str, str]] = {}
-        for target, result in zip(targets, results, strict=True):
-            lid = link_id(target.owner, target.key)
-            labels = (target.owner, target.key, target.interface, str(target.labels.get("asn", "")))
-            old = self._labelsets.get(lid)
-            if old is not None and old != labels:
-                self._remove(gauges, old)
-            current[lid] = labels
-            self.loss_gauge.labels(*labels).set(result.loss / 100.0)
-            if result.rtt_ms is None:
-                self._remove((self.rtt_gauge,), labels)
-            else:
-                self.rtt_gauge.labels(*labels).set(result.rtt_ms / 1000.0)
-            if result.tier is None:
-                self._remove((self.tier_gauge,), labels)
-            else:
-                self.tier_gauge.labels(*labels).set(result.tier)
-        for lid, labels in self._labelsets.items():
-            if lid not in current:
-                self._remove(gauges, labels)
-        self._labelsets = current
-
     @staticmethod
-    def _remove(gauges: Iterable[Any], labels: tuple[str, ...]) -> None:
-        for gauge in gauges:
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
-
-    @staticmethod
-    def _status_entry(target: LinkTarget, probe: LinkProbe, result: LinkLatency) -> dict[str, Any]:
+    def _status_entry(link: _Link) -> dict[str, Any]:
+        target, result = link.target, link.result
         return {
             "owner": target.owner,
             "key": target.key,
             "interface": target.interface,
-            "target": probe.target,
-            "rttMs": None if probe.rtt_ms is None else round(probe.rtt_ms, 3),
-            "loss": round(probe.loss, 1),
+            "target": result.target,
+            "rttMs": None if result.rtt_ms is None else round(result.rtt_ms, 3),
+            "loss": round(result.loss, 1),
             "tier": result.tier,
             "tierChanged": result.tier_changed,
-            "error": probe.error,
+            "error": link.error,
             "measuredAt": result.measured_at,
         }
 
@@ -310,6 +325,6 @@ class RttMeasurement:
     def moenet_status_info(self) -> dict[str, Any]:
         return {
             "lastRun": self.last_run,
-            "links": dict(self._latest),
+            "links": {lid: self._status_entry(link) for lid, link in self._current.items()},
             "reportError": self.last_report_error,
         }

@@ -47,6 +47,7 @@ from .backends import (
     tunnel_drift,
 )
 from .clock import Clock, SystemClock
+from .concurrency import map_bounded
 from .crashpoints import crashpoint, sweep_partial_writes
 from .descriptors import (
     Backend,
@@ -252,6 +253,7 @@ __all__ = [
     "intent_to_json",
     "is_transient",
     "json_codec",
+    "map_bounded",
     "numeric_order",
     "plan_route",
     "removal_digest",

@@ -44,6 +44,8 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from moenet_core import map_bounded
+
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 ICMPV6_ECHO_REQUEST = 128
@@ -67,6 +69,10 @@ _TIMESPEC = struct.Struct("=qq")
 
 #: Echo payload: the series' token followed by filler, 56 bytes like ``ping``.
 PAYLOAD_SIZE = 56
+#: Bytes read per datagram: an echo reply to our probe is under 100 (plus the IPv4
+#: header); anything longer is not ours and may be cut. Not 64 KiB: each read
+#: allocates its buffer first, and a round over 1 000 links reads thousands.
+RECV_SIZE = 2048
 TOKEN_SIZE = 8
 _ECHO = struct.Struct("!BBHHH")
 
@@ -257,7 +263,7 @@ class _EchoSeries:
             return
         while True:
             try:
-                data, ancdata, _flags, source = sock.recvmsg(65535, socket.CMSG_SPACE(_TIMESPEC.size))
+                data, ancdata, _flags, source = sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(_TIMESPEC.size))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -456,10 +462,4 @@ class Prober:
 
     async def probe_all(self, links: Iterable[tuple[str, Sequence[str]]]) -> list[LinkProbe]:
         """One :class:`LinkProbe` per ``(interface, addresses)``, in the same order."""
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def one(interface: str, addresses: Sequence[str]) -> LinkProbe:
-            async with gate:
-                return await self.probe(interface, addresses)
-
-        return list(await asyncio.gather(*(one(i, a) for i, a in links)))
+        return await map_bounded(lambda link: self.probe(*link), links, max(1, self.concurrency))

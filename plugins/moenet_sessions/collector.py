@@ -89,6 +89,7 @@ from moenet_core import (
     SessionStatus,
     TunnelBackend,
     TunnelStats,
+    map_bounded,
     status_to_wire,
 )
 
@@ -508,17 +509,15 @@ class MetricCollector:
             tunnel = self.ctx.backend("tunnel", TunnelBackend)
         except Exception as exc:
             return {e.configured.interface: f"no tunnel backend: {exc}" for e in entries}
-        gate = asyncio.Semaphore(TUNNEL_CONCURRENCY)
 
         async def one(name: str) -> TunnelStats | str:
-            async with gate:
-                try:
-                    return await tunnel.stats(name)
-                except Exception as exc:
-                    return str(exc) or type(exc).__name__
+            try:
+                return await tunnel.stats(name)
+            except Exception as exc:
+                return str(exc) or type(exc).__name__
 
         names = sorted({e.configured.interface for e in entries})
-        results = await asyncio.gather(*(one(n) for n in names))
+        results = await map_bounded(one, names, TUNNEL_CONCURRENCY)
         return dict(zip(names, results, strict=True))
 
     def _latency(self, uuid: str) -> LinkLatency | None:

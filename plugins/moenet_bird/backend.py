@@ -623,7 +623,9 @@ class BirdRoutingBackend(RoutingBackend):
     # --------------------------------------------------------------- read-out
 
     async def protocols(self) -> Sequence[ProtocolState]:
-        return await self.client.protocols()
+        """Every protocol, lean (the details the collector reads: states, route
+        counts and limits); read every minute for every session of the node."""
+        return await self.client.protocols(lean=True)
 
     def fragment_protocols(self, owner: str) -> Mapping[str, tuple[str, ...]]:
         """Protocol names per applied fragment of ``owner``: an eBGP peer's key to

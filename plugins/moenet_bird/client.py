@@ -538,14 +538,16 @@ class BirdClient:
         """``configure status``: idle or reconfiguring, and a pending undo timer."""
         return parse_config_status(await self._pooled(encode_command("configure status"), None))
 
-    async def protocols(self, pattern: str | None = None) -> list[BirdProtocol]:
+    async def protocols(self, pattern: str | None = None, *, lean: bool = False) -> list[BirdProtocol]:
         """``show protocols all [\"pattern\"]``, parsed. A pattern that matches
-        nothing raises :class:`~moenet_bird.protocol.BirdError` (8003)."""
+        nothing raises :class:`~moenet_bird.protocol.BirdError` (8003). ``lean``:
+        each protocol's ``details`` keep only what the typed fields and the route
+        limits need (:data:`~moenet_bird.protocol.LEAN_KEYS`)."""
         cmd = "show protocols all" + (f" {quote(pattern)}" if pattern is not None else "")
         parsers: list[ProtocolsParser] = []
 
         def fresh() -> ProtocolsParser:
-            parsers.append(ProtocolsParser())
+            parsers.append(ProtocolsParser(lean=lean))
             return parsers[-1]
 
         # Parsed as the lines arrive: ~80 lines a session are never held at once.

@@ -13,6 +13,7 @@ from pathlib import Path
 import moenet_bird
 import pytest
 from moenet_bird.protocol import (
+    LEAN_KEYS,
     MAX_COMMAND_BYTES,
     AsyncMessage,
     BirdConfigError,
@@ -561,3 +562,21 @@ def test_protocols_parsed_as_the_lines_arrive():
     seen = [got for got in map(asm.feed, raw) if isinstance(got, Reply)]
     with pytest.raises(BirdError, match="dn42_roa"):
         seen[commands.index("show protocols dn42_roa")].raise_for_error("show protocols dn42_roa")
+
+
+def test_a_lean_read_keeps_what_the_fields_and_limits_need() -> None:
+    """The node's periodic read keeps only LEAN_KEYS in the details, with the typed
+    fields exactly as a full read gives them; few-valued texts are shared."""
+    lines = synthetic_reply(50)
+    full = parse_protocols(parse_replies(lines)[0][0])
+    asm = ReplyAssembler()
+    asm.sink = parser = ProtocolsParser(lean=True)
+    feed_all(asm, lines)
+    lean = parser.result()
+    assert lean == full  # every compared field (details are eq=False)
+    for a in lean:
+        assert set(a.details) <= LEAN_KEYS and a.details
+        for ch in a.channels.values():
+            assert set(ch.details) <= LEAN_KEYS and "Routes" in ch.details
+    assert any(len(a.details) < len(b.details) for a, b in zip(lean, full, strict=True))
+    assert lean[0].details["BGP state"] is lean[1].details["BGP state"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import email.utils
 import errno
@@ -50,8 +51,8 @@ if TYPE_CHECKING:
 
 _DEFAULT_RETRY = RetryPolicy()
 
-#: Bodies kept per resource by :class:`FileControlPlane`.
-SENT_KEEP = 1000
+#: Bytes of the send log per resource and generation (:class:`FileControlPlane`).
+SENT_MAX_BYTES = 4 * 2**20
 
 _LOG_BODY_MAX = 4096
 
@@ -640,8 +641,11 @@ class FileControlPlane(ControlPlane):
     error, never empty data (empty data would tell reconcilers to remove
     everything).
 
-    :meth:`send` keeps the last :data:`SENT_KEEP` bodies per resource in the
-    state file ``sent-<resource>.json`` (``/`` → ``_``) and logs each at info.
+    :meth:`send` appends each body to the state file ``sent-<resource>.jsonl``
+    (``/`` → ``_``; one JSON object a line) and logs it at info. At
+    :data:`SENT_MAX_BYTES` the file becomes ``sent-<resource>.jsonl.1`` (the one
+    before is dropped): the log is never read back, so a 1 MB report of 1 000
+    sessions every minute costs a write, not a decode of every earlier body.
     """
 
     def __init__(
@@ -663,7 +667,7 @@ class FileControlPlane(ControlPlane):
     @staticmethod
     def sent_name(resource: str) -> str:
         """The state file holding the bodies sent to ``resource``."""
-        return f"sent-{validate_resource(resource).replace('/', '_')}.json"
+        return f"sent-{validate_resource(resource).replace('/', '_')}.jsonl"
 
     async def fetch(self, resource: str) -> Any:
         return (await self.fetch_digest(resource))[0]
@@ -681,11 +685,12 @@ class FileControlPlane(ControlPlane):
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
         name = self.sent_name(resource)
         entry = {"time": self._clock.time(), "resource": resource, "body": dict(body)}
-        text = json.dumps(entry["body"], separators=(",", ":"), sort_keys=True)  # TypeError early
+        line = json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n"  # TypeError early
+        text = json.dumps(entry["body"], separators=(",", ":"), sort_keys=True)
         async with self._lock:
             try:
-                await asyncio.to_thread(self._record, name, entry)
-            except StateError as exc:
+                await asyncio.to_thread(self._record, name, line.encode())
+            except (OSError, StateError) as exc:
                 raise ControlPlaneUnavailable(f"cannot record send to {resource}: {exc}") from exc
         if len(text) > _LOG_BODY_MAX:
             text = text[: _LOG_BODY_MAX - 3] + "..."
@@ -712,14 +717,26 @@ class FileControlPlane(ControlPlane):
             )
         return document, raw
 
-    def _record(self, name: str, entry: dict[str, Any]) -> None:
+    def _record(self, name: str, line: bytes) -> None:
+        """Append ``line`` to the send log ``name``, rotating it at :data:`SENT_MAX_BYTES`."""
+        self._state.ensure()
+        path = self._state.path(name)
+        with contextlib.suppress(FileNotFoundError):
+            # The JSON-list log of earlier versions was rewritten whole on every send.
+            path.with_suffix(".json").unlink()
         try:
-            entries = self._state.read_json(name, default=[])
-        except StateError as exc:
-            logger.warning("discarding unreadable send log {}: {}", name, exc)
-            entries = []
-        if not isinstance(entries, list):
-            logger.warning("discarding send log {}: not a JSON list", name)
-            entries = []
-        entries.append(entry)
-        self._state.write_json(name, entries[-SENT_KEEP:])
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(line) > SENT_MAX_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+            size = 0
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a line torn by a crash stays on its own
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)

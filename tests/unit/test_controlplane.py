@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from loguru import logger
 
+from moenet_core import controlplane
 from moenet_core.breaker import CircuitBreaker
 from moenet_core.controlplane import (
     FileControlPlane,
@@ -728,6 +729,10 @@ async def test_file_fetch_returns_fresh_objects(cp_file: Path, state: StateStore
     assert await cp.fetch("sessions") == DOC["sessions"]
 
 
+def sent(state: StateStore, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in state.path(name).read_text().splitlines()]
+
+
 async def test_file_sends_recorded(cp_file: Path, state: StateStore, log_lines: list[str]) -> None:
     clock = ManualClock()
     cp = FileControlPlane(path=cp_file, node="node-1", state=state, clock=clock)
@@ -735,31 +740,39 @@ async def test_file_sends_recorded(cp_file: Path, state: StateStore, log_lines: 
     await clock.advance(5)
     await cp.send("modify", {"uuid": "a", "status": 2})
     await cp.send("mesh/status", {"peers": 3})
-    assert state.read_json("sent-modify.json") == [
+    assert sent(state, "sent-modify.jsonl") == [
         {"time": clock.time() - 5, "resource": "modify", "body": {"uuid": "a", "status": 1}},
         {"time": clock.time(), "resource": "modify", "body": {"uuid": "a", "status": 2}},
     ]
-    assert state.read_json("sent-mesh_status.json")[0]["body"] == {"peers": 3}
+    assert sent(state, "sent-mesh_status.jsonl")[0]["body"] == {"peers": 3}
+    assert oct(state.path("sent-modify.jsonl").stat().st_mode & 0o777) == "0o600"
     assert any('"status":2' in line and "modify" in line for line in log_lines)
 
 
-async def test_file_send_keeps_last_thousand(cp_file: Path, state: StateStore) -> None:
+async def test_file_send_log_is_appended_and_rotated_by_size(
+    cp_file: Path, state: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each body is appended (the log is never read back); past the size cap the file
+    becomes .1 and the one before that is gone. The old JSON-list log is removed."""
+    monkeypatch.setattr(controlplane, "SENT_MAX_BYTES", 300)
+    state.write_json("sent-report.json", [{"body": "old"}])
     cp = FileControlPlane(path=cp_file, node="node-1", state=state)
-    state.write_json(
-        "sent-report.json", [{"time": 0, "resource": "report", "body": {"n": i}} for i in range(1000)]
-    )
-    await cp.send("report", {"n": 1000})
-    entries = state.read_json("sent-report.json")
-    assert len(entries) == 1000
-    assert entries[0]["body"] == {"n": 1}
-    assert entries[-1]["body"] == {"n": 1000}
+    for i in range(12):
+        await cp.send("report", {"n": i, "pad": "x" * 40})
+    current, previous = sent(state, "sent-report.jsonl"), sent(state, "sent-report.jsonl.1")
+    assert not state.path("sent-report.json").exists()
+    assert [e["body"]["n"] for e in previous + current] == list(range(12))[-len(previous + current) :]
+    assert current[-1]["body"]["n"] == 11 and len(previous) >= 2
+    for name in ("sent-report.jsonl", "sent-report.jsonl.1"):
+        assert state.path(name).stat().st_size <= 300
 
 
-async def test_file_send_recovers_from_corrupt_log(cp_file: Path, state: StateStore) -> None:
-    state.write_bytes("sent-modify.json", b"{torn")
+async def test_file_send_after_a_torn_line(cp_file: Path, state: StateStore) -> None:
+    state.write_bytes("sent-modify.jsonl", b'{"time": 1, "resou')
     cp = FileControlPlane(path=cp_file, node="node-1", state=state)
     await cp.send("modify", {"uuid": "a"})
-    assert [e["body"] for e in state.read_json("sent-modify.json")] == [{"uuid": "a"}]
+    lines = state.path("sent-modify.jsonl").read_text().splitlines()
+    assert lines[0] == '{"time": 1, "resou' and json.loads(lines[1])["body"] == {"uuid": "a"}
 
 
 async def test_file_invalid_resource(cp_file: Path, state: StateStore) -> None:

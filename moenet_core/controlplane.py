@@ -684,9 +684,11 @@ class FileControlPlane(ControlPlane):
 
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
         name = self.sent_name(resource)
-        entry = {"time": self._clock.time(), "resource": resource, "body": dict(body)}
-        line = json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n"  # TypeError early
-        text = json.dumps(entry["body"], separators=(",", ":"), sort_keys=True)
+        text = json.dumps(dict(body), separators=(",", ":"), sort_keys=True)  # TypeError early
+        # {"body", "resource", "time"} in key order, the body encoded once (1 MB at 1 000 sessions).
+        line = (
+            f'{{"body":{text},"resource":{json.dumps(resource)},"time":{json.dumps(self._clock.time())}}}\n'
+        )
         async with self._lock:
             try:
                 await asyncio.to_thread(self._record, name, line.encode())

@@ -56,6 +56,22 @@ def _clean_output(text: str) -> str:
     return "; ".join(keep)[:500] or "no message"
 
 
+_DAEMON_ENV = frozenset({"WG_PROCESS_FOREGROUND", "WG_TUN_FD", "WG_UAPI_FD"})
+"""What the launcher puts in the environment of the daemon it re-executes (never
+passed to a launcher: with them it would not daemonise, or use foreign fds)."""
+
+
+def is_launcher(pid: int, proc: Path = Path("/proc")) -> bool:
+    """``pid`` (a wireguard-go process) is a launcher still starting, not a daemon:
+    the launcher re-executes itself as the daemon with ``WG_PROCESS_FOREGROUND=1``
+    in its environment, and the two are otherwise alike (binary, argv)."""
+    try:
+        env = (proc / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"WG_PROCESS_FOREGROUND=1" not in env
+
+
 async def start(
     name: str,
     binary: str,
@@ -69,7 +85,7 @@ async def start(
     :mod:`.intentlog`). The launcher is killed if the wait times out or the
     caller is cancelled.
     """
-    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL" and k not in _DAEMON_ENV}
     journal.record("daemon_start")
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -222,6 +238,57 @@ def scan(binary: str = "wireguard-go", *, proc: Path = Path("/proc")) -> dict[st
     return out
 
 
+def udp_socket_inodes(port: int, net: Path = Path("/proc/thread-self/net")) -> set[int]:
+    """Inodes of the UDP sockets (IPv4 and IPv6) bound to local ``port`` in the
+    caller's network namespace, from ``/proc/thread-self/net/udp{,6}``."""
+    out: set[int] = set()
+    for table in ("udp", "udp6"):
+        try:
+            rows = (net / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            try:
+                if len(cols) > 9 and int(cols[1].rpartition(":")[2], 16) == port:
+                    out.add(int(cols[9]))
+            except ValueError:
+                continue
+    return out
+
+
+def port_holders(
+    port: int, binary: str = "wireguard-go", *, proc: Path = Path("/proc"), net: Path | None = None
+) -> dict[int, str]:
+    """The wireguard-go daemons of the caller's network namespace with a UDP socket
+    on ``port``: pid -> the interface each serves (empty when nobody, or only
+    another program, holds it).
+
+    Why: a wireguard-go daemon binds an *automatic* port (0: a random one from the
+    ephemeral range) as soon as it starts, before it is configured, and that port
+    can be the listen port another tunnel is about to take."""
+    inodes = {f"socket:[{i}]" for i in udp_socket_inodes(port, net or Path("/proc/thread-self/net"))}
+    out: dict[int, str] = {}
+    if not inodes:
+        return out
+    for name, pids in scan(binary, proc=proc).items():
+        for pid in pids:
+            fd_dir = proc / str(pid) / "fd"
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink(fd_dir / fd)
+                except OSError:
+                    continue
+                if target in inodes:
+                    out[pid] = name
+                    break
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         return _live_state(Path(f"/proc/{pid}/stat").read_text())
@@ -262,6 +329,21 @@ async def wait_exited(pids: list[int], timeout: float) -> list[int]:
     killed = []
     for pid in pids:
         if await _wait_pidfd(pid, timeout):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        await _wait_pidfd(pid, timeout)
+    return killed
+
+
+async def wait_launchers(pids: list[int], timeout: float) -> list[int]:
+    """Wait for the launchers ``pids`` to finish; SIGKILL those still launchers after
+    ``timeout`` (one caught between its fork and the daemon's exec has become the
+    daemon meanwhile: left alone). Returns the pids that had to be killed."""
+    killed = []
+    for pid in pids:
+        if await _wait_pidfd(pid, timeout) or not is_launcher(pid):
             continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -34,9 +34,10 @@ class UapiError(TunnelError):
 
 
 class UapiBusyError(UapiError, TransientError):
-    """wireguard-go could not bind the listen port (EADDRINUSE): another socket
-    holds it, such as a daemon of a removed tunnel still exiting. A retry may fix
-    it, so the session keeps its status and is tried again."""
+    """wireguard-go could not bind the listen port (EADDRINUSE) and the backend
+    could not take it back (it does so from its own unconfigured daemons, which sit
+    on an automatic port): another program or a configured tunnel holds it. A retry
+    may fix it, so the session keeps its status and is tried again."""
 
 
 class DaemonError(TunnelError):

@@ -12,6 +12,9 @@ Lifecycle (see :mod:`.daemon` for why wireguard-go daemonises):
   first ensure finds the marked link and writes nothing if nothing changed.
 - ``remove`` deletes the link; the daemon exits and removes its socket, and the
   backend waits for that (killing a daemon that hangs, removing a stale socket).
+- a new daemon sits on an automatic (random) UDP port until it is configured,
+  which may be another tunnel's listen port: ``_write`` takes such a port back
+  (see :meth:`UserspaceTunnelBackend._reclaim_port`).
 - ``aclose`` leaves tunnels running on purpose (they are adopted by the next
   agent). A launcher still starting when the agent stops is killed by the
   cancellation of the ``ensure`` that started it, and its half-made device is
@@ -24,6 +27,7 @@ one namespace can never take over another's tunnel.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -36,7 +40,7 @@ from . import daemon
 from .base import WireguardBackend
 from .config import Settings, wireguard_go_available
 from .device import Device, DeviceUpdate
-from .errors import DaemonError, TunnelError
+from .errors import DaemonError, TunnelError, UapiBusyError
 from .intentlog import CreateIntent, process_start
 from .journal import Journal
 from .limits import BATCH, InotifyRoom, check_nofile
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
 SCAN_TTL = 2.0
 """Seconds a /proc scan for daemons is reused for tunnels it did not see start."""
 EXES_TTL = 60.0
+RECLAIM_POLL = 0.05
+"""Seconds between attempts while a listen port's holder is being configured by its own ensure."""
 
 
 class UserspaceTunnelBackend(WireguardBackend):
@@ -150,20 +156,35 @@ class UserspaceTunnelBackend(WireguardBackend):
             self.log.info("tunnel {}: removed a stale wireguard-go socket", name)
 
     async def _settle_launcher(self, entry: CreateIntent, journal: Journal) -> None:
-        """The launcher we started for ``entry`` may outlive a killed agent (it runs in
-        its own session): let it finish (it creates the device and forks the daemon,
-        then exits), or stop it after ``startTimeout``."""
-        if entry.launcher is None:
+        """The launchers started for ``entry`` may outlive a killed agent (they run in
+        their own session): let them finish (each creates the device and forks the
+        daemon, then exits), or stop them after ``startTimeout``.
+
+        Not only the recorded launcher: the agent can die between starting one and
+        recording it (a batch starts several before the first is recorded, and one
+        that finished first is not recorded at all). Every wireguard-go launcher for
+        the name started since the intent counts; left running, it would create an
+        unmarked device after this create was settled as "nothing made"."""
+        pids = set()
+        if entry.launcher is not None:
+            pid, start = entry.launcher
+            if process_start(pid) == start:
+                pids.add(pid)
+        since = entry.since_ticks
+        for pid in daemon.find_daemons(entry.name, self.settings.wireguard_go):
+            if (process_start(pid) or 0) >= since and daemon.is_launcher(pid):
+                pids.add(pid)
+        if not pids:
             return
-        pid, start = entry.launcher
-        if process_start(pid) != start:
-            return  # gone (or the pid is another process's now)
         self.log.info(
-            "tunnel {}: waiting for the wireguard-go launcher {} of an interrupted create", entry.name, pid
+            "tunnel {}: waiting for the wireguard-go launcher {} of an interrupted create",
+            entry.name,
+            sorted(pids),
         )
-        if await daemon.wait_exited([pid], self.settings.start_timeout):
-            journal.record("daemon_kill")
-            self.log.warning("tunnel {}: wireguard-go launcher {} did not finish; killed", entry.name, pid)
+        killed = await daemon.wait_launchers(sorted(pids), self.settings.start_timeout)
+        if killed:
+            journal.record("daemon_kill", len(killed))
+            self.log.warning("tunnel {}: wireguard-go launcher {} did not finish; killed", entry.name, killed)
 
     def _adoptable(self, link: Link, entry: CreateIntent) -> bool | None:
         """Ours when a daemon serving it started at or after our launcher (or our
@@ -218,10 +239,79 @@ class UserspaceTunnelBackend(WireguardBackend):
         return await self._uapi().get(name)
 
     async def _write(self, name: str, update: DeviceUpdate, journal: Journal) -> None:
+        """One UAPI set. A listen port held by another tunnel's *unconfigured*
+        daemon (on the automatic port it bound at start) is taken back and the set
+        tried again, within ``uapiTimeout``; any other holder (a configured tunnel,
+        another program) leaves :class:`~.errors.UapiBusyError` (transient)."""
         journal.record("uapi_set")
-        try:
-            await self._uapi().set(name, update)
-        except TunnelError:
-            raise
-        except Exception as exc:  # defensive: never let key material surface in a traceback
-            raise TunnelError(f"tunnel {name}: UAPI set failed: {type(exc).__name__}") from None
+        deadline = time.monotonic() + self.settings.uapi_timeout
+        while True:
+            try:
+                await self._uapi().set(name, update)
+                return
+            except UapiBusyError:
+                port = update.listen_port
+                if not port or time.monotonic() > deadline:
+                    raise
+                try:
+                    again = await self._reclaim_port(name, port, journal)
+                except TunnelError as exc:  # the holder went away or does not answer: retry later
+                    self.log.debug("tunnel {}: could not move the holder of port {}: {}", name, port, exc)
+                    again = False
+                if not again:
+                    raise
+            except TunnelError:
+                raise
+            except Exception as exc:  # defensive: never let key material surface in a traceback
+                raise TunnelError(f"tunnel {name}: UAPI set failed: {type(exc).__name__}") from None
+
+    def _port_holders(self, name: str, port: int) -> set[str]:
+        """The interfaces (other than ``name``) whose wireguard-go has a UDP socket on ``port``."""
+        return {
+            other for other in daemon.port_holders(port, self.settings.wireguard_go).values() if other != name
+        }
+
+    async def _reclaim_port(self, name: str, port: int, journal: Journal) -> bool:
+        """Free ``port`` for tunnel ``name`` when one of our wireguard-go daemons holds
+        it on its automatic port. True when a retry may now succeed.
+
+        wireguard-go binds a random ephemeral port the moment it starts (this
+        kernel reports a new TUN device as up to it), so a daemon created but not
+        configured yet (a batch being created, or daemons left by an agent killed
+        mid-create) can sit on another tunnel's listen port. A holder whose own
+        ensure runs now is left to it (it is about to set its own port); an idle
+        one of ours (marked, or being created) without a private key is moved to
+        a new automatic port (under its lock, never waiting for it: two tunnels
+        may hold each other's ports). Anyone else's daemon is never touched."""
+        holders = self._port_holders(name, port)
+        if not holders and daemon.udp_socket_inodes(port):
+            holders = self._port_holders(name, port)  # released and taken again while we looked?
+            if not holders:
+                return False  # another program holds it
+        if not holders:
+            await asyncio.sleep(RECLAIM_POLL)  # released meanwhile (its holder was just configured)
+            return True
+        for other in sorted(holders):
+            link = await Netlink().get_link(other)
+            if link is None:  # removed meanwhile: its daemon is exiting
+                await asyncio.sleep(RECLAIM_POLL)
+                return True
+            if not (link.owned or self.intents.pending(other) is not None):
+                return False  # not one of our tunnels: never touched
+            lock = self._lock(other)
+            if lock.locked():  # checked with no await before taking it: never blocks
+                await asyncio.sleep(RECLAIM_POLL)  # its own ensure sets its port (or removes it)
+                return True
+            async with lock:
+                if (await self._uapi().get(other)).private_key is not None:
+                    return False  # a configured tunnel on this port: a real conflict
+                await self._uapi().set(other, DeviceUpdate(listen_port=0))
+            journal.record("port_reclaim")
+            self.log.info(
+                "tunnel {}: listen port {} was the automatic port of the unconfigured "
+                "wireguard-go of {}; moved it",
+                name,
+                port,
+                other,
+            )
+        return True

@@ -23,7 +23,7 @@ from helpers.wireguard import RecordingKernel, TunKernelBackend
 from loguru import logger
 from moenet_wireguard import daemon, genl, keys
 from moenet_wireguard.config import Settings
-from moenet_wireguard.errors import DaemonError, EndpointError, NotOwnedError
+from moenet_wireguard.errors import DaemonError, EndpointError, NotOwnedError, UapiBusyError
 from moenet_wireguard.links import MARKER, Netlink
 from moenet_wireguard.uapi import socket_path
 from moenet_wireguard.userspace import UserspaceTunnelBackend
@@ -334,6 +334,48 @@ async def test_a_killed_daemon_is_replaced_and_leaves_nothing_behind(pair):
         assert daemon.find_daemons(a.name) == [] and await a.backend.list() == {}
     assert not socket_path(a.name).exists()  # the stale socket was removed
     assert a.ns.run("ip", "link", "show", a.name, check=False).returncode != 0
+
+
+def start_unconfigured_daemon(side: Side, name: str, *, mark: bool) -> int:
+    """``wireguard-go <name>`` started by hand and never configured: it sits on the
+    automatic (random) UDP port it bound as it started. ``mark``: with the agent's
+    alias, as a tunnel adopted after an agent was killed mid-create. Returns that port."""
+    side.ns.run("wireguard-go", name)
+    if mark:
+        side.ns.run("ip", "link", "set", "dev", name, "alias", MARKER)
+    port = int(side.ns.run("wg", "show", name, "listen-port").stdout)
+    assert port != 0
+    return port
+
+
+async def test_a_listen_port_on_an_unconfigured_daemons_automatic_port_is_taken_back(pair):
+    """wireguard-go binds a random port the moment it starts, before anyone
+    configures it; it can be the listen port another tunnel wants (a batch being
+    created, or the daemons an agent killed mid-create left). ensure moves that
+    daemon to a new automatic port instead of failing with EADDRINUSE."""
+    a = pair.a
+    other = unique("wgt-o")
+    pair.names.append(other)
+    port = start_unconfigured_daemon(a, other, mark=True)
+    before = Counter(a.backend.writes)
+    assert await ensure(a, pair.spec(a, listen_port=port))
+    assert (a.backend.writes - before)["port_reclaim"] == 1
+    assert wg_dump(a)["port"] == str(port)
+    moved = int(a.ns.run("wg", "show", other, "listen-port").stdout)
+    assert moved not in (0, port)
+
+
+async def test_a_listen_port_held_by_a_foreign_daemon_is_a_transient_failure(pair):
+    """Someone else's wireguard-go (no agent alias) on the port is never moved: the
+    ensure fails with the transient UapiBusyError, to be retried."""
+    a = pair.a
+    other = unique("wgt-f")
+    pair.names.append(other)
+    port = start_unconfigured_daemon(a, other, mark=False)
+    with pytest.raises(UapiBusyError, match="errno 98"):
+        await ensure(a, pair.spec(a, listen_port=port))
+    assert a.backend.writes["port_reclaim"] == 0
+    assert int(a.ns.run("wg", "show", other, "listen-port").stdout) == port
 
 
 async def test_foreign_interfaces_are_neither_listed_nor_touched(pair):

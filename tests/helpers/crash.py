@@ -191,6 +191,28 @@ class CrashRig:
             s.pop("lastError", None)
         self.publish(self.sessions)
 
+    def crowd_ports(self) -> None:
+        """Narrow the namespace's ephemeral port range onto the sessions' listen ports
+        (:data:`PORT_BASE` + 1 .. + 3 :attr:`n`): the automatic port a wireguard-go
+        daemon binds as it starts, before it is configured, then lands on another
+        session's port about every third time instead of about once in 1 800 (the
+        default range is 32768-60999), so a test sees that collision every run."""
+        assert self.ns is not None
+        self.ns.run(
+            "sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={PORT_BASE + 1} {PORT_BASE + 3 * self.n}"
+        )
+
+    def port_in_use_errors(self) -> list[str]:
+        """Every report ``lastError`` and agent log line about a listen port in use
+        (EADDRINUSE from wireguard-go): the backend takes such ports back from its own
+        unconfigured daemons, so a crash test must see none."""
+        errors = [str(r["lastError"]) for r in self.reports() if "errno 98" in str(r.get("lastError") or "")]
+        if self.log_path.exists():
+            errors += [
+                ln for ln in self.log_path.read_text(errors="replace").splitlines() if "errno 98" in ln
+            ]
+        return errors
+
     def statuses(self) -> dict[str, int]:
         return {s["uuid"]: s["status"] for s in self.sessions}
 
@@ -335,18 +357,18 @@ class CrashRig:
         """What an interrupted agent may leave and a recovered one must have removed."""
         out: list[str] = []
         if self.bird_dir.is_dir():
-            for p in self.bird_dir.rglob("*"):
+            for p in _tree(self.bird_dir):
                 rel = p.relative_to(self.bird_dir)
                 if p.name.startswith(".moenet-staging-") or p.name.endswith(".tmp"):
                     out.append(f"bird/{rel}")
                 elif p.name == ".moenet-pending-configure":
                     out.append(f"bird/{rel} (BIRD behind its files)")
         if self.state_dir.is_dir():
-            for p in self.state_dir.rglob("*"):
+            for p in _tree(self.state_dir):
                 if p.name.endswith(".tmp"):
                     out.append(f"state/{p.relative_to(self.state_dir)}")
             creating = self.state_dir / "plugins" / "wireguard" / "creating"
-            if creating.is_dir():
+            with contextlib.suppress(FileNotFoundError):
                 out += [f"unsettled create intent {p.name}" for p in creating.iterdir()]
         return out
 
@@ -513,6 +535,16 @@ def bird_protocols(sock: Path, timeout: float = 10.0) -> list[tuple[str, str]]:
         cols = text.split()
         if code == "1002" and len(cols) >= 2:
             out.append((cols[0], cols[1]))
+    return out
+
+
+def _tree(root: Path) -> list[Path]:
+    """Everything under ``root``, read while the agent changes it: a directory that
+    vanishes mid-walk (a staging directory being removed) is skipped, where
+    ``Path.rglob`` raises FileNotFoundError."""
+    out: list[Path] = []
+    for top, dirs, files in os.walk(root):
+        out += [Path(top) / n for n in (*dirs, *files)]
     return out
 
 

@@ -12,11 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import attrs
 import pytest
-from moenet_wireguard import base, intentlog, userspace
+from moenet_wireguard import base, daemon, intentlog, userspace
 from moenet_wireguard.config import Settings
 from moenet_wireguard.intentlog import CreateIntent, IntentLog
 from moenet_wireguard.kernel import KernelTunnelBackend
@@ -250,6 +251,7 @@ async def test_wireguard_go_tunnels_are_adopted_only_when_our_daemon_serves_them
     daemons = {"ours": [501], "older": [502]}
     started = {501: launcher_start + 3, 502: launcher_start - 500, 4242: None}
     monkeypatch.setattr(userspace.daemon, "find_daemons", lambda name, binary="": daemons.get(name, []))
+    monkeypatch.setattr(userspace.daemon, "is_launcher", lambda pid: False)  # 501, 502: daemons
     monkeypatch.setattr(userspace, "process_start", lambda pid: started.get(pid))
     monkeypatch.setattr(UserspaceTunnelBackend, "_daemons", lambda self, name: [])
     done = await userspace_backend(tmp_path).recover()
@@ -277,6 +279,42 @@ async def test_a_launcher_still_running_is_waited_for(tmp_path: Path, netlink, m
         assert proc.wait(timeout=5) == -signal.SIGKILL
         assert "nothing was created" in done["cr1"]
         assert restarted.writes["daemon_kill"] == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a wireguard-go process is one running as root")
+async def test_a_launcher_the_agent_died_before_recording_is_waited_for_too(tmp_path: Path, netlink) -> None:
+    """A batch starts several launchers before the first is recorded (and one that
+    finished is never recorded): a launcher still running for the name, started
+    since the intent, is waited for although the intent names none; settled as
+    "nothing made" while it runs, it would create an unmarked device afterwards.
+    The launcher here is a python process standing in for the configured binary
+    (same executable, last argument the interface, no ``WG_PROCESS_FOREGROUND``),
+    busy for a second."""
+    (tmp_path / "run").mkdir()
+    settings = Settings(wireguard_go=sys.executable, start_timeout=10.0)
+    backend = UserspaceTunnelBackend(
+        settings, socket_dir=str(tmp_path / "run"), intent_dir=tmp_path / "creating"
+    )
+    backend.intents.record(CreateIntent.now("cr2", "sessions", "tun"))  # no launcher recorded
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", "import time; time.sleep(1)", "cr2"], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 10  # Popen may return while the exec is still settling in /proc
+        while not daemon.serves(proc.pid, "cr2", sys.executable):
+            assert time.monotonic() < deadline, "the stand-in launcher never showed up in /proc"
+            time.sleep(0.01)
+        restarted = UserspaceTunnelBackend(
+            settings, socket_dir=str(tmp_path / "run"), intent_dir=tmp_path / "creating"
+        )
+        done = await restarted.recover()
+        assert proc.poll() == 0  # finished by itself before the create was settled
+        assert "nothing was created" in done["cr2"]
+        assert restarted.writes["daemon_kill"] == 0
     finally:
         if proc.poll() is None:
             proc.kill()

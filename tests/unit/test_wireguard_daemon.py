@@ -143,3 +143,38 @@ def test_a_daemon_whose_binary_was_upgraded_is_still_recognised(tmp_path: Path) 
     (entry / "status").write_text("Uid:\t0\t0\t0\t0\n")
     (entry / "exe").symlink_to(f"{PYTHON} (deleted)")
     assert daemon.serves(7, "wg7", proc=tmp_path, exes=frozenset({PYTHON}), any_netns=True)
+
+
+def _udp_row(local: str, inode: int) -> str:
+    return f"  12: {local} 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 {inode} 2 0 0\n"
+
+
+def test_the_daemon_holding_a_udp_port_is_found_by_its_socket(tmp_path: Path) -> None:
+    """wireguard-go binds an automatic port as it starts: the backend must tell
+    which daemon sits on a listen port it needs. Synthetic /proc (daemons, their
+    fds) and /proc/net/udp{,6} (52001 = 0xCB21 over IPv4, 52002 = 0xCB22 over IPv6)."""
+    header = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    )
+    net = tmp_path / "net"
+    net.mkdir()
+    (net / "udp").write_text(header + _udp_row("00000000:CB21", 777))
+    (net / "udp6").write_text(header + _udp_row("00000000000000000000000000000000:CB22", 888))
+    proc = tmp_path / "proc"
+    for pid, ifname, inode in ((31, "wga", 777), (32, "wgb", 888), (33, "wgc", 999)):
+        entry = proc / str(pid)
+        (entry / "fd").mkdir(parents=True)
+        (entry / "ns").mkdir()
+        (entry / "cmdline").write_bytes(f"wireguard-go\0{ifname}\0".encode())
+        (entry / "stat").write_text(f"{pid} (wireguard-go) S 1 {pid} {pid} 0 -1\n")
+        (entry / "status").write_text("Uid:\t0\t0\t0\t0\n")
+        (entry / "exe").symlink_to(PYTHON)
+        (entry / "ns" / "net").symlink_to("/proc/thread-self/ns/net")  # the caller's namespace
+        (entry / "fd" / "3").symlink_to("/dev/null")
+        (entry / "fd" / "7").symlink_to(f"socket:[{inode}]")
+    assert daemon.udp_socket_inodes(52001, net) == {777}
+    assert daemon.udp_socket_inodes(52002, net) == {888}
+    assert daemon.udp_socket_inodes(52003, net) == set()
+    assert daemon.port_holders(52001, PYTHON, proc=proc, net=net) == {31: "wga"}
+    assert daemon.port_holders(52002, PYTHON, proc=proc, net=net) == {32: "wgb"}
+    assert daemon.port_holders(52003, PYTHON, proc=proc, net=net) == {}

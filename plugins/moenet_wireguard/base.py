@@ -42,7 +42,7 @@ import os
 import time
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -103,7 +103,8 @@ class WireguardBackend(TunnelBackend):
         self.log: Logger = ctx.log if ctx is not None else logger.bind(plugin="wireguard")
         self.endpoints = EndpointBook(resolver or system_resolver)
         self._now = clock
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        """Per tunnel name: its lock and how many callers hold or wait for it."""
         self._confirmed: dict[str, tuple[int, Device]] = {}
         """Per tunnel: its ifindex and the WireGuard settings last written and read
         back (or read) by this backend, keys stripped; what :meth:`observe` reports."""
@@ -163,8 +164,26 @@ class WireguardBackend(TunnelBackend):
 
     # -------------------------------------------------------------- helpers
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, name: str) -> AsyncIterator[None]:
+        """Serialise the operations on one tunnel. The lock is dropped once nobody
+        holds or waits for it: a lock that was ever waited for keeps its waiter
+        queue (about 0.7 KB), which at 1 000 tunnels is most of a megabyte."""
+        lock, users = self._locks.get(name) or (asyncio.Lock(), 0)
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users <= 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
+
+    def _locked(self, name: str) -> bool:
+        """Someone holds (or waits for) the tunnel's lock."""
+        return name in self._locks
 
     def _confirm(self, name: str, index: int, dev: Device) -> Device:
         """Remember ``dev`` as the device of ``name`` (link ``index``), keys

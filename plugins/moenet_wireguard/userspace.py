@@ -298,11 +298,10 @@ class UserspaceTunnelBackend(WireguardBackend):
                 return True
             if not (link.owned or self.intents.pending(other) is not None):
                 return False  # not one of our tunnels: never touched
-            lock = self._lock(other)
-            if lock.locked():  # checked with no await before taking it: never blocks
+            if self._locked(other):  # checked with no await before taking it: never blocks
                 await asyncio.sleep(RECLAIM_POLL)  # its own ensure sets its port (or removes it)
                 return True
-            async with lock:
+            async with self._lock(other):
                 if (await self._uapi().get(other)).private_key is not None:
                     return False  # a configured tunnel on this port: a real conflict
                 await self._uapi().set(other, DeviceUpdate(listen_port=0))

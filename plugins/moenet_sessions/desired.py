@@ -51,6 +51,7 @@ from moenet_core.intents import EbgpPeerIntent
 
 from .config import SessionsConfig, section_of
 from .model import Session, bandwidth_community
+from .records import ConfiguredSession
 
 if TYPE_CHECKING:
     from moenet_core import NodeIdentity
@@ -167,6 +168,20 @@ class DesiredSession:
     preshared_key: str | None = attrs.field(default=None, repr=False)
     """Content for ``tunnel.preshared_key_file``; the apply phase writes it (0600)."""
     psk_digest: str | None = None
+    record: ConfiguredSession = attrs.field(init=False, eq=False, repr=False)
+    """What a successful apply records, built once: a cycle that keeps the session
+    hands the same object on, so comparing the sessions memory with the last one
+    is an identity check per session, not a comparison of every intent field."""
+
+    def __attrs_post_init__(self) -> None:
+        record = ConfiguredSession(
+            interface=self.tunnel.name,
+            tunnel=self.tunnel,
+            peer=self.peer,
+            port=self.port,
+            psk_digest=self.psk_digest,
+        )
+        object.__setattr__(self, "record", record)
 
 
 def build_desired(session: Session, settings: NodeSettings, *, latency: int | None = None) -> DesiredSession:

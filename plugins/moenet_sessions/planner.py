@@ -539,7 +539,7 @@ def _configure(
             if d.psk_digest:
                 drift.append("preshared key not known to be applied")
         else:
-            if rec.tunnel != d.tunnel:
+            if rec.tunnel is not d.tunnel and rec.tunnel != d.tunnel:
                 drift.append("tunnel parameters changed: " + ", ".join(_spec_changes(rec.tunnel, d.tunnel)))
             if rec.psk_digest != d.psk_digest:
                 drift.append("preshared key changed")
@@ -550,7 +550,7 @@ def _configure(
     if fragment is None:
         routing = RoutingAction.REPLACE
         drift.append("routing fragment missing")
-    elif fragment != d.peer:
+    elif fragment is not d.peer and fragment != d.peer:
         routing = RoutingAction.REPLACE
         drift.append("routing fragment differs")
     else:
@@ -590,9 +590,7 @@ def _configure(
 
 
 def _record(d: DesiredSession) -> ConfiguredSession:
-    return ConfiguredSession(
-        interface=d.tunnel.name, tunnel=d.tunnel, peer=d.peer, port=d.port, psk_digest=d.psk_digest
-    )
+    return d.record
 
 
 def _provisional(previous: Previous, uuid: str) -> bool:

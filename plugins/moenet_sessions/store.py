@@ -107,6 +107,10 @@ class SessionStore:
     def save_previous(self, previous: Previous) -> bool:
         """Persist ``previous``; False (nothing written) when unchanged."""
         if previous == self._previous:
+            # Equal: keep the newest objects anyway. They are the ones the planner
+            # hands on each cycle, so the next comparison is an identity check per
+            # session (not every field of every intent, as after a restart).
+            self._previous = previous
             return False
         doc = previous.to_json()
         version = doc.pop("version", PREVIOUS_VERSION)

@@ -12,6 +12,7 @@ import pytest
 from moenet_sessions.desired import NodeSettings, build_desired
 from moenet_sessions.model import parse_sessions
 from moenet_sessions.planner import (
+    DesiredCache,
     Kind,
     Observed,
     Plan,
@@ -454,3 +455,39 @@ def test_the_window_counts_earlier_removals() -> None:
     assert p.guard.refused and "6 of the 11 configured sessions" in p.guard.reason and "1h" in p.guard.reason
     assert p.by_uuid(uid(6)).kind is Kind.WITHHELD  # type: ignore[union-attr]
     assert not run([item(n) for n in (1, 2, 3, 4, 5)], obs, prev).guard.refused
+
+
+def test_the_desired_cache_hands_the_same_records_on() -> None:
+    """An unchanged session is built once: the next cycle reuses its desired state
+    and its record (the same objects, so comparing the memory is an identity check);
+    a changed session is built again."""
+    cache = DesiredCache()
+    answer = [item(1), item(2)]
+    obs, prev = healthy(1, 2)
+    first = run(answer, obs, prev, cache=cache)
+    second = run(answer, obs, prev, cache=cache)
+    by1 = {p.uuid: p for p in first.sessions}
+    by2 = {p.uuid: p for p in second.sessions}
+    assert (cache.misses, cache.hits) == (2, 2)
+    for u in (uid(1), uid(2)):
+        assert by2[u].configured is by1[u].configured and by2[u].peer is by1[u].peer
+        assert by2[u].configured == configured(int(u[-1]))  # equal to one built afresh
+    changed = run([item(1, mtu=1380), item(2)], obs, prev, cache=cache)
+    after = {p.uuid: p for p in changed.sessions}
+    assert after[uid(2)].configured is by1[uid(2)].configured
+    assert after[uid(1)].configured is not by1[uid(1)].configured
+    assert after[uid(1)].configured.tunnel.mtu == 1380
+
+
+def test_an_equal_memory_is_kept_as_the_newest_objects(tmp_path: pathlib.Path) -> None:
+    """After a restart the memory read from disk equals the planned one but shares
+    no objects with it; saving the equal one writes nothing and keeps it, so later
+    comparisons are identity checks."""
+    store = SessionStore(StateStore(tmp_path))
+    store.save_previous(Previous(configured={uid(1): configured(1)}))
+    restarted = SessionStore(StateStore(tmp_path))
+    loaded = restarted.load_previous()
+    planned = Previous(configured={uid(1): desired(1).record})
+    assert planned == loaded and planned.configured[uid(1)] is not loaded.configured[uid(1)]
+    assert restarted.save_previous(planned) is False
+    assert restarted.load_previous() is planned

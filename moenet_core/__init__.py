@@ -99,7 +99,7 @@ from .intents import (
     intent_to_json,
 )
 from .models import SessionStatus, StatusScheme, status_from_wire, status_to_wire
-from .netcheck import RESERVED_IFNAMES, endpoint_ip_problem, ifname_problem
+from .netcheck import RESERVED_IFNAMES, endpoint_ip_problem, host_header_name, ifname_problem, normal_ip
 from .state import StateError, StateStore, atomic_write
 from .version import __version__
 
@@ -247,6 +247,7 @@ __all__ = [
     "health_summary",
     "hookimpl",
     "hookspec",
+    "host_header_name",
     "ifname_problem",
     "intent_from_json",
     "intent_from_legacy",
@@ -254,6 +255,7 @@ __all__ = [
     "is_transient",
     "json_codec",
     "map_bounded",
+    "normal_ip",
     "numeric_order",
     "plan_route",
     "removal_digest",

@@ -61,6 +61,7 @@ from . import jsonlimits
 from .descriptors import RouteSpec
 from .errors import MoenetError, PluginError
 from .logs import add_secret
+from .netcheck import host_header_name, normal_ip
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -246,37 +247,6 @@ def listen_is_loopback(listen: str) -> bool:
     if host is None:
         return False
     return host.lower().rstrip(".") in LOOPBACK_NAMES or is_loopback(host)
-
-
-def _host_name(header: str) -> str | None:
-    """The host part of a ``Host`` header, lower-case, without port, brackets or
-    trailing dot; None when it is not ``name[:port]`` or ``[v6][:port]``."""
-    text = header.strip().lower()
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            return None
-        name, rest = text[1:close], text[close + 1 :]
-        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
-            return None
-        return name
-    name, sep, port = text.rpartition(":")
-    if not sep:
-        name = text
-    elif not port.isdigit():
-        return None
-    name = name.rstrip(".")
-    return name if _HOSTNAME.match(name) else None
-
-
-def _normal_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def valid_interface_name(name: object) -> bool:
@@ -619,7 +589,7 @@ class LocalApi:
         if host_name is not None:
             names.add(host_name.lower().rstrip("."))
         self._host_names = frozenset(names | LOOPBACK_NAMES)
-        self._host_ips = frozenset(ip for n in names if (ip := _normal_ip(n)) is not None)
+        self._host_ips = frozenset(ip for n in names if (ip := normal_ip(n)) is not None)
         self._log = _RateLimitedLog(log_interval, clock)
         self._guard = _ConnectionGuard(limit=max_connections, header_timeout=header_timeout, log=self._log)
         self.refused = {"host": 0, "unauthorized": 0, "forbidden": 0, "cross_origin": 0}
@@ -829,19 +799,19 @@ class LocalApi:
         header = request.headers.get(hdrs.HOST)
         if header is None:
             return True  # HTTP/1.0 without Host: not a browser, so not rebinding
-        name = _host_name(header)
+        name = host_header_name(header)
         if name is None:
             return False
         if name in self._host_names:
             return True
-        ip = _normal_ip(name)
+        ip = normal_ip(name)
         if ip is None:
             return False  # a DNS name nobody configured: the rebinding case
         if ip.is_loopback or ip in self._host_ips:
             return True
         # An address literal cannot be rebound; accept the one the client reached.
         sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
-        return isinstance(sock, tuple) and _normal_ip(str(sock[0])) == ip
+        return isinstance(sock, tuple) and normal_ip(str(sock[0])) == ip
 
     def _refuse(self, request: web.Request, reason: str, message: str, **extra: Any) -> None:
         """Count a refused request and log it, at most once per client per interval."""

@@ -1,15 +1,21 @@
-"""Checks on network values a peer or the CP hands the agent: tunnel endpoint
-addresses and interface names. One place, so that the sessions and the mesh
-plugins (and the tunnel backends) refuse the same things for the same reasons.
+"""Checks on network values a peer, the CP or an HTTP client hands the agent:
+tunnel endpoint addresses, interface names, ``Host`` headers. One place, so that
+the sessions and the mesh plugins (and the tunnel backends) refuse the same
+things for the same reasons, and the local API and the looking glass read a
+``Host`` header the same way.
 
-Both functions answer *why not* (a short reason for an error message) or None.
+The ``*_problem`` functions answer *why not* (a short reason for an error
+message) or None.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 
-__all__ = ["RESERVED_IFNAMES", "endpoint_ip_problem", "ifname_problem"]
+__all__ = ["RESERVED_IFNAMES", "endpoint_ip_problem", "host_header_name", "ifname_problem", "normal_ip"]
+
+_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?$")
 
 #: Interface names the kernel treats specially: ``.`` and ``..`` are refused by
 #: the kernel, ``all`` and ``default`` are the ``/proc/sys/net/ipv*/conf/`` entries
@@ -53,3 +59,33 @@ def endpoint_ip_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st
     if isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved:
         return f"{ip} is in the reserved range 240.0.0.0/4"
     return None
+
+
+def host_header_name(header: str) -> str | None:
+    """The host of a ``Host`` header, lower-case, without port, brackets or
+    trailing dot; None when it is not ``name[:port]`` or ``[v6][:port]``."""
+    text = header.strip().lower()
+    if text.startswith("["):
+        name, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        return name
+    name, sep, port = text.rpartition(":")
+    if not sep:
+        name = text
+    elif not port.isdigit():
+        return None
+    name = name.rstrip(".")
+    return name if _HOST_NAME.match(name) else None
+
+
+def normal_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an address (a zone suffix dropped, an IPv4-mapped IPv6 address
+    as IPv4), or None when it is not one."""
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr

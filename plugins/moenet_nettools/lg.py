@@ -51,7 +51,7 @@ import attrs
 from aiohttp import hdrs, web
 from prometheus_client import Counter
 
-from moenet_core import ConfigError, ConfigSection, MoenetError, hookimpl
+from moenet_core import ConfigError, ConfigSection, MoenetError, hookimpl, host_header_name, normal_ip
 from moenet_core.config import is_loopback_host
 
 from . import birdsock
@@ -71,7 +71,6 @@ __all__ = ["LookingGlass", "postprocess_traceroute"]
 _STASH = "moenet_nettools.lg"
 _NOT_RESPONDING = re.compile(r"(?m)^\s*(\d*)\s*\*\n")
 _INVALID = "Invalid Request\n"
-_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?$")
 _KEEPALIVE = 30.0
 """Seconds a kept-alive connection may wait for its next request."""
 _WARN_INTERVAL = 60.0
@@ -101,34 +100,6 @@ def _split_listen(listen: str) -> tuple[str | None, int]:
     host, _, port = listen.strip().rpartition(":")
     host = host.strip("[]")
     return (host or None), int(port)
-
-
-def _host_of(header: str) -> str | None:
-    """The host of a ``Host`` header, lower-case, without port, brackets or
-    trailing dot; None when it is not ``name[:port]`` or ``[v6][:port]``."""
-    text = header.strip().lower()
-    if text.startswith("["):
-        name, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
-            return None
-        return name
-    name, sep, port = text.rpartition(":")
-    if not sep:
-        name = text
-    elif not port.isdigit():
-        return None
-    name = name.rstrip(".")
-    return name if _HOST_NAME.match(name) else None
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 class _Connections:
@@ -358,7 +329,7 @@ class LookingGlass:
         if self.cfg.checks_host():
             names = {n.lower().strip("[]").rstrip(".") for n in self.cfg.allowed_hosts}
             host = _split_listen(self.cfg.listen)[0]
-            if host is not None and not ((ip := _ip(host)) is not None and ip.is_unspecified):
+            if host is not None and not ((ip := normal_ip(host)) is not None and ip.is_unspecified):
                 names.add(host.lower().rstrip("."))
             self._host_names = frozenset(names)
 
@@ -448,18 +419,18 @@ class LookingGlass:
         header = request.headers.get(hdrs.HOST)
         if header is None:
             return True  # HTTP/1.0 without Host: not a browser
-        name = _host_of(header)
+        name = host_header_name(header)
         if name is None:
             return False
         if name in self._host_names or is_loopback_host(name):
             return True
-        ip = _ip(name)
+        ip = normal_ip(name)
         if ip is None:
             return False  # a name nobody configured: the rebinding case
-        if any(_ip(n) == ip for n in self._host_names):
+        if any(normal_ip(n) == ip for n in self._host_names):
             return True
         sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
-        return isinstance(sock, tuple) and _ip(str(sock[0])) == ip
+        return isinstance(sock, tuple) and normal_ip(str(sock[0])) == ip
 
     @web.middleware
     async def _access(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -29,10 +29,11 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from moenet_core.api import LocalApi, _host_name, listen_is_loopback
+from moenet_core.api import LocalApi, listen_is_loopback
 from moenet_core.cli import cmd_plan, cmd_status
 from moenet_core.descriptors import RouteSpec
 from moenet_core.logs import clear_secrets
+from moenet_core.netcheck import host_header_name
 from moenet_core.reconcile import plan_route
 from moenet_core.state import StateStore
 
@@ -402,7 +403,7 @@ async def test_the_listen_name_is_accepted(aiohttp_client: ClientFactory) -> Non
     ],
 )
 def test_host_name_parsing(header: str, name: str | None) -> None:
-    assert _host_name(header) == name
+    assert host_header_name(header) == name
 
 
 # ------------------------------------------------------------------ sensitive routes

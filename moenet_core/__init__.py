@@ -9,7 +9,9 @@ A plugin imports the core from exactly these places:
   types (``TunnelBackend``, ``TunnelSpec``, ``tunnel_drift``...), errors,
   ``AgentConfig``, state (``StateStore``, ``StateError``, ``atomic_write``),
   the guard (``GuardPolicy``, ``evaluate``...), the reconciler skeleton
-  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``, the small
+  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``, bounded
+  aiohttp connections (``ConnectionLimits``, ``LimitedConnection``,
+  ``LimitedRunner``), the small
   rtnetlink client (``Rtnl``, ``RtLink``, ``RtAddress``, ``RtAddressDetail``,
   ``RtAddressFlag``, ``RtScope``, ``RtRoute``, ``NetlinkError``);
 - ``moenet_core.config``: the building blocks of a config section (``check``,
@@ -107,6 +109,7 @@ if TYPE_CHECKING:
     from .api import ApiError
     from .cli import CommandHandler, CommandRegistrar
     from .config import AgentConfig
+    from .connlimits import ConnectionLimits, LimitedConnection, LimitedRunner
     from .context import CommandContext, PluginContext
     from .metrics import PluginMetrics
     from .plugins import AgentPluginManager
@@ -135,7 +138,10 @@ _LAZY = {
     "CommandContext": "context",
     "CommandHandler": "cli",
     "CommandRegistrar": "cli",
+    "ConnectionLimits": "connlimits",
     "Failure": "reconcile",
+    "LimitedConnection": "connlimits",
+    "LimitedRunner": "connlimits",
     "PluginContext": "context",
     "PluginMetrics": "metrics",
     "NetlinkError": "rtnl",
@@ -180,6 +186,7 @@ __all__ = [
     "CommandRegistrar",
     "ConfigError",
     "ConfigSection",
+    "ConnectionLimits",
     "ControlPlaneError",
     "ControlPlaneRejected",
     "ControlPlaneUnavailable",
@@ -195,6 +202,8 @@ __all__ = [
     "IbgpOptionsIntent",
     "IdentityConflict",
     "IntentError",
+    "LimitedConnection",
+    "LimitedRunner",
     "LinkLatency",
     "LinkTarget",
     "LoopbackBackend",

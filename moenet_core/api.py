@@ -58,6 +58,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import jsonlimits
+from .connlimits import ConnectionLimits, LimitedRunner
 from .descriptors import RouteSpec
 from .errors import MoenetError, PluginError
 from .logs import add_secret
@@ -360,149 +361,23 @@ class _RateLimitedLog:
         return True
 
 
-class _ConnectionGuard:
-    """Counts and bounds the API's connections (see :class:`_GuardedHandler`)."""
+class _ApiConnections(ConnectionLimits):
+    """The API's connection limits: at the cap with every connection busy the new
+    one is closed (the default policy); closures at the cap are logged, rate-limited."""
 
     def __init__(self, *, limit: int, header_timeout: float, log: _RateLimitedLog) -> None:
-        self.limit = limit
-        self.header_timeout = header_timeout
+        super().__init__(limit=limit, header_timeout=header_timeout)
         self._log = log
-        self._open: dict[_GuardedHandler, None] = {}  # insertion order: oldest first
-        self.dropped = {"limit": 0, "evicted": 0, "header_timeout": 0}
+        self.dropped.update(dict.fromkeys(("limit", "evicted", "header_timeout"), 0))
 
-    @property
-    def active(self) -> int:
-        return len(self._open)
-
-    def admit(self, conn: _GuardedHandler) -> bool:
-        """Take ``conn`` in; at the cap, close the oldest idle connection to make
-        room, or refuse ``conn`` (False) when every open one has a request running."""
-        if len(self._open) >= self.limit:
-            idle = next((c for c in self._open if c.idle), None)
-            if idle is None:
-                self.drop("limit")
-                return False
-            self.drop("evicted")
-            self.release(idle)
-            idle.force_close()
-        self._open[conn] = None
-        return True
-
-    def release(self, conn: _GuardedHandler) -> None:
-        self._open.pop(conn, None)
-
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
+    def count(self, reason: str) -> None:
+        super().count(reason)
         if reason != "header_timeout":
             self._log.warning(
                 "connections",
                 f"local API: {self.limit} connections open (server.maxConnections): "
                 + ("closed the oldest idle one" if reason == "evicted" else "closed a new one"),
             )
-
-
-class _GuardedHandler(web.RequestHandler):
-    """aiohttp's connection protocol with the guard's rules.
-
-    - admitted by :meth:`_ConnectionGuard.admit` or closed at once;
-    - a request header must be complete ``header_timeout`` seconds after the
-      connection opened or after the first byte of the next request on a
-      kept-alive connection; otherwise the connection is closed (aiohttp has no
-      such timeout: a client sending the request line alone and nothing more
-      would hold its descriptor forever);
-    - idle keep-alive is aiohttp's ``keepalive_timeout``.
-    """
-
-    def __init__(self, manager: web.Server, *, guard: _ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._guard = guard
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._pending = 0  # requests whose header arrived and whose response is not finished
-
-    @property
-    def idle(self) -> bool:
-        """No request in progress (waiting for a header counts as idle)."""
-        return self._pending == 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if not self._guard.admit(self):
-            self.force_close()
-            return
-        self._arm()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm()
-        self._guard.release(self)
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        before = self._request_count
-        super().data_received(data)
-        if self._request_count != before:
-            self._pending += self._request_count - before
-            self._disarm()
-        elif data and self._pending == 0 and self._header_timer is None:
-            self._arm()  # the first bytes of the next request on a kept-alive connection
-
-    async def finish_response(
-        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            self._pending = max(0, self._pending - 1)
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._header_timer = asyncio.get_running_loop().call_later(
-            self._guard.header_timeout, self._header_timed_out
-        )
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _header_timed_out(self) -> None:
-        self._header_timer = None
-        if self._pending == 0 and self.transport is not None:
-            self._guard.drop("header_timeout")
-            self.force_close()
-
-
-class _GuardedServer(web.Server):
-    """aiohttp's low-level server making :class:`_GuardedHandler` connections."""
-
-    def __init__(self, handler: Any, *, guard: _ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._guard = guard
-
-    def __call__(self) -> web.RequestHandler:
-        return _GuardedHandler(self, guard=self._guard, loop=self._loop, **self._kwargs)
-
-
-class _GuardedRunner(web.AppRunner):
-    """An :class:`~aiohttp.web.AppRunner` whose server is a :class:`_GuardedServer`.
-
-    ``_make_server`` is the runner's documented extension point (abstract in
-    ``BaseRunner``); the app's own server is built as usual and re-made with the
-    same handler, request factory and arguments."""
-
-    def __init__(self, app: web.Application, *, guard: _ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._guard = guard
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
-        return _GuardedServer(
-            plain.request_handler,
-            guard=self._guard,
-            request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            **plain._kwargs,
-        )
 
 
 class _ApiCollector:
@@ -512,16 +387,16 @@ class _ApiCollector:
         self._api = api
 
     def collect(self) -> Iterator[Metric]:
-        guard = self._api._guard
+        limits = self._api._limits
         yield GaugeMetricFamily(
-            "moenet_api_connections", "Connections to the local API open now.", value=guard.active
+            "moenet_api_connections", "Connections to the local API open now.", value=limits.active
         )
         dropped = CounterMetricFamily(
             "moenet_api_connections_dropped",
             "Local API connections the agent closed: limit, evicted, header_timeout.",
             labels=["reason"],
         )
-        for reason, n in sorted(guard.dropped.items()):
+        for reason, n in sorted(limits.dropped.items()):
             dropped.add_metric([reason], n)
         yield dropped
         refused = CounterMetricFamily(
@@ -591,7 +466,7 @@ class LocalApi:
         self._host_names = frozenset(names | LOOPBACK_NAMES)
         self._host_ips = frozenset(ip for n in names if (ip := normal_ip(n)) is not None)
         self._log = _RateLimitedLog(log_interval, clock)
-        self._guard = _ConnectionGuard(limit=max_connections, header_timeout=header_timeout, log=self._log)
+        self._limits = _ApiConnections(limit=max_connections, header_timeout=header_timeout, log=self._log)
         self.refused = {"host": 0, "unauthorized": 0, "forbidden": 0, "cross_origin": 0}
         """Requests refused, by reason (``moenet_api_requests_refused_total``)."""
 
@@ -606,13 +481,13 @@ class LocalApi:
     @property
     def connections(self) -> int:
         """Connections open now (admitted by the connection cap)."""
-        return self._guard.active
+        return self._limits.active
 
     @property
     def dropped(self) -> Mapping[str, int]:
         """Connections closed by the guard, by reason: ``limit`` (a new one at the
         cap), ``evicted`` (an idle one, to make room), ``header_timeout``."""
-        return dict(self._guard.dropped)
+        return dict(self._limits.dropped)
 
     @property
     def bound(self) -> list[tuple[str, int]]:
@@ -628,9 +503,9 @@ class LocalApi:
         host, port = self._bind
         # access_log=None: aiohttp's access log is one INFO line per scrape; we
         # log mutating requests ourselves, without headers.
-        runner = _GuardedRunner(
+        runner = LimitedRunner(
             self.app,
-            guard=self._guard,
+            limits=self._limits,
             handle_signals=False,
             access_log=None,
             shutdown_timeout=self._shutdown_timeout,

@@ -27,7 +27,8 @@ Differences from bird-lg-go's proxy, all on the safe side:
   allow-list needs ``lg.allowAnyClient: true``;
 - a ``Host`` header that does not name this node gets ``421`` (DNS rebinding):
   on a loopback listener by default, elsewhere once ``lg.allowedHosts`` is set;
-- connections are bounded (:class:`_Connections`): at most ``lg.maxConnections``
+- connections are bounded (:class:`_Connections`, on the core's
+  :class:`~moenet_core.ConnectionLimits`): at most ``lg.maxConnections``
   (at the cap the oldest idle one is closed; when all are busy, the newcomer's
   request gets ``503`` at once), a header within ``lg.headerTimeout``, each
   answer computed within ``lg.requestTimeout`` (else ``504``) and sent within it
@@ -51,7 +52,17 @@ import attrs
 from aiohttp import hdrs, web
 from prometheus_client import Counter
 
-from moenet_core import ConfigError, ConfigSection, MoenetError, hookimpl, host_header_name, normal_ip
+from moenet_core import (
+    ConfigError,
+    ConfigSection,
+    ConnectionLimits,
+    LimitedConnection,
+    LimitedRunner,
+    MoenetError,
+    hookimpl,
+    host_header_name,
+    normal_ip,
+)
 from moenet_core.config import is_loopback_host
 
 from . import birdsock
@@ -102,61 +113,32 @@ def _split_listen(listen: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-class _Connections:
-    """Counts and bounds the proxy's connections (see :class:`_Conn`).
-
-    Up to ``limit`` are served. At the cap a new one closes the oldest idle one
-    (no request in progress: a kept-alive or a half-sent header costs nothing to
-    drop); when every one is busy, the newcomer is let in *over the cap* and its
-    request answered ``503`` (a clear refusal instead of a reset), up to ``limit``
-    such; past that, new connections are closed at once. So the proxy holds at
-    most twice ``limit`` sockets, whatever clients do."""
+class _Connections(ConnectionLimits):
+    """The proxy's connection limits (:class:`~moenet_core.ConnectionLimits`), with
+    its own policy when every connection is busy: the newcomer is let in *over
+    the cap* and its request answered ``503`` (a clear refusal instead of a
+    reset), up to ``limit`` such; past that, new connections are closed at once.
+    So the proxy holds at most twice ``limit`` sockets, whatever clients do.
+    Closures are counted in ``moenet_lg_connections_dropped_total``."""
 
     def __init__(
         self, *, limit: int, header_timeout: float, send_timeout: float, dropped: Counter | None, log: Any
     ) -> None:
-        self.limit = limit
-        self.header_timeout = header_timeout
-        self.send_timeout = send_timeout
+        super().__init__(limit=limit, header_timeout=header_timeout, send_timeout=send_timeout)
         self._dropped = dropped
         self._log = log
-        self._open: dict[_Conn, None] = {}  # insertion order: oldest first
-        self._over: set[_Conn] = set()
         self._warned = -_WARN_INTERVAL
 
-    @property
-    def active(self) -> int:
-        """Connections served now (not counting those over the cap)."""
-        return len(self._open)
-
-    def admit(self, conn: _Conn) -> bool | None:
-        """True: served; False: over the cap (its request gets ``503``); None: close it."""
-        if len(self._open) < self.limit:
-            self._open[conn] = None
-            return True
-        idle = next((c for c in self._open if c.idle), None)
-        if idle is not None:
-            self.drop(idle, "evicted")
-            self._open[conn] = None
-            return True
-        if len(self._over) < self.limit:
-            self._over.add(conn)
+    def at_cap(self, conn: LimitedConnection) -> bool:
+        if self.over < self.limit:
             self._warn("answering 503")
-            return False
+            return True
         self.count("refused")
         self._warn("closing new connections")
-        return None
-
-    def release(self, conn: _Conn) -> None:
-        self._open.pop(conn, None)
-        self._over.discard(conn)
-
-    def drop(self, conn: _Conn, reason: str) -> None:
-        self.release(conn)
-        self.count(reason)
-        conn.cut()
+        return False
 
     def count(self, reason: str) -> None:
+        super().count(reason)
         if self._dropped is not None:
             self._dropped.labels(reason).inc()
 
@@ -167,117 +149,6 @@ class _Connections:
             self._log.warning(
                 "lg: {} connections busy (lg.maxConnections): {} (logged once a minute)", self.limit, what
             )
-
-
-class _Conn(web.RequestHandler):
-    """aiohttp's connection protocol under :class:`_Connections`' rules.
-
-    - admitted, let in over the cap (``over_cap``: answered ``503``), or closed;
-    - a request header must be complete ``header_timeout`` seconds after the
-      connection opened, or after the first byte of the next request on a
-      kept-alive one (aiohttp has no such limit: a client sending half a header
-      would hold its socket forever);
-    - an answer must be sent within ``send_timeout`` seconds, else the connection
-      is aborted (a client that stops reading would hold it forever);
-    - idle keep-alive is aiohttp's ``keepalive_timeout``.
-    """
-
-    def __init__(self, manager: web.Server, *, guard: _Connections, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._guard = guard
-        self._timer: asyncio.TimerHandle | None = None
-        self._pending = 0  # requests whose header arrived and whose answer is not sent
-        self.over_cap = False
-
-    @property
-    def idle(self) -> bool:
-        """No request in progress (waiting for a header counts as idle)."""
-        return self._pending == 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        admitted = self._guard.admit(self)
-        if admitted is None:
-            self.cut()
-            return
-        self.over_cap = not admitted
-        self._arm(self._guard.header_timeout, "header_timeout")
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm()
-        self._guard.release(self)
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        before = self._request_count
-        super().data_received(data)
-        if self._request_count != before:
-            self._pending += self._request_count - before
-            self._disarm()
-        elif data and self._pending == 0 and self._timer is None:
-            self._arm(self._guard.header_timeout, "header_timeout")
-
-    async def finish_response(
-        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        self._arm(self._guard.send_timeout, "send_timeout")
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            self._disarm()
-            self._pending = max(0, self._pending - 1)
-
-    def cut(self) -> None:
-        """Close now, unsent data and all (``close`` would wait for a client
-        that does not read)."""
-        transport = self.transport
-        self.force_close()
-        if transport is not None:
-            transport.abort()
-
-    def _arm(self, seconds: float, reason: str) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out, reason)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self, reason: str) -> None:
-        self._timer = None
-        if self.transport is not None and (reason == "send_timeout" or self._pending == 0):
-            self._guard.drop(self, reason)
-
-
-class _Server(web.Server):
-    def __init__(self, handler: Any, *, guard: _Connections, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._guard = guard
-
-    def __call__(self) -> web.RequestHandler:
-        return _Conn(self, guard=self._guard, loop=self._loop, **self._kwargs)
-
-
-class _Runner(web.AppRunner):
-    """An :class:`~aiohttp.web.AppRunner` whose connections are :class:`_Conn`
-    (``_make_server`` is the runner's extension point; the app's server is built
-    as usual and re-made with the same handler, factory and arguments)."""
-
-    def __init__(self, app: web.Application, *, guard: _Connections, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._guard = guard
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
-        return _Server(
-            plain.request_handler,
-            guard=self._guard,
-            request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            **plain._kwargs,
-        )
 
 
 class _Busy:
@@ -346,9 +217,9 @@ class LookingGlass:
 
     async def start(self) -> None:
         host, port = _split_listen(self.cfg.listen)
-        runner = _Runner(
+        runner = LimitedRunner(
             self.app(),
-            guard=self._connections,
+            limits=self._connections,
             access_log=None,
             handle_signals=False,
             keepalive_timeout=_KEEPALIVE,
@@ -390,7 +261,7 @@ class LookingGlass:
     async def _limits(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Over the connection cap: ``503``; a foreign Host: ``421``; every answer
         within ``requestTimeout``: else ``504``."""
-        if isinstance(request.protocol, _Conn) and request.protocol.over_cap:
+        if isinstance(request.protocol, LimitedConnection) and request.protocol.over_cap:
             self._count("any", "busy")
             busy = _text("Too many connections to this looking glass. Please try again later.\n", 503)
             busy.force_close()

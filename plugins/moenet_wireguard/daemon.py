@@ -323,27 +323,17 @@ async def _wait_pidfd(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-async def wait_exited(pids: list[int], timeout: float) -> list[int]:
-    """Wait for ``pids`` to exit; SIGKILL those still running after ``timeout``.
+async def wait_exited(
+    pids: list[int], timeout: float, *, spare: Callable[[int], bool] | None = None
+) -> list[int]:
+    """Wait for ``pids`` to exit; SIGKILL those still running after ``timeout``,
+    except those ``spare`` says to leave alone (asked only after the timeout: a
+    wireguard-go launcher caught between its fork and the daemon's exec has become
+    the daemon meanwhile, and killing it would take the tunnel down).
     Returns the pids that had to be killed."""
     killed = []
     for pid in pids:
-        if await _wait_pidfd(pid, timeout):
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
-        await _wait_pidfd(pid, timeout)
-    return killed
-
-
-async def wait_launchers(pids: list[int], timeout: float) -> list[int]:
-    """Wait for the launchers ``pids`` to finish; SIGKILL those still launchers after
-    ``timeout`` (one caught between its fork and the daemon's exec has become the
-    daemon meanwhile: left alone). Returns the pids that had to be killed."""
-    killed = []
-    for pid in pids:
-        if await _wait_pidfd(pid, timeout) or not is_launcher(pid):
+        if await _wait_pidfd(pid, timeout) or (spare is not None and spare(pid)):
             continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

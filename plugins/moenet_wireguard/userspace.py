@@ -181,7 +181,9 @@ class UserspaceTunnelBackend(WireguardBackend):
             entry.name,
             sorted(pids),
         )
-        killed = await daemon.wait_launchers(sorted(pids), self.settings.start_timeout)
+        killed = await daemon.wait_exited(
+            sorted(pids), self.settings.start_timeout, spare=lambda pid: not daemon.is_launcher(pid)
+        )
         if killed:
             journal.record("daemon_kill", len(killed))
             self.log.warning("tunnel {}: wireguard-go launcher {} did not finish; killed", entry.name, killed)

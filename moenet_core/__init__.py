@@ -9,7 +9,8 @@ A plugin imports the core from exactly these places:
   types (``TunnelBackend``, ``TunnelSpec``, ``tunnel_drift``...), errors,
   ``AgentConfig``, state (``StateStore``, ``StateError``, ``atomic_write``),
   the guard (``GuardPolicy``, ``evaluate``...), the reconciler skeleton
-  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``, bounded
+  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``, a CP body
+  encoded ahead (``EncodedJson``), bounded
   aiohttp connections (``ConnectionLimits``, ``LimitedConnection``,
   ``LimitedRunner``), the small
   rtnetlink client (``Rtnl``, ``RtLink``, ``RtAddress``, ``RtAddressDetail``,
@@ -111,6 +112,7 @@ if TYPE_CHECKING:
     from .config import AgentConfig
     from .connlimits import ConnectionLimits, LimitedConnection, LimitedRunner
     from .context import CommandContext, PluginContext
+    from .controlplane import EncodedJson
     from .metrics import PluginMetrics
     from .plugins import AgentPluginManager
     from .reconcile import (
@@ -139,6 +141,7 @@ _LAZY = {
     "CommandHandler": "cli",
     "CommandRegistrar": "cli",
     "ConnectionLimits": "connlimits",
+    "EncodedJson": "controlplane",
     "Failure": "reconcile",
     "LimitedConnection": "connlimits",
     "LimitedRunner": "connlimits",
@@ -191,6 +194,7 @@ __all__ = [
     "ControlPlaneRejected",
     "ControlPlaneUnavailable",
     "EbgpPeerIntent",
+    "EncodedJson",
     "Failure",
     "FirewallBackend",
     "GuardMemory",

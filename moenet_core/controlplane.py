@@ -25,7 +25,7 @@ import random
 import re
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
@@ -256,6 +256,49 @@ def _unwrap(payload: Any, status: int | None) -> Any:
     return payload
 
 
+class EncodedJson(Mapping[str, Any]):
+    """A JSON object body already encoded: :meth:`ControlPlane.send` posts these
+    bytes as they are.
+
+    A body of 1 000 sessions built as dicts and encoded at the end is a million
+    small objects alive at once (several MB, and arenas left fragmented); one
+    encoded a session at a time never is. Read as a mapping (a fake CP, a test,
+    a third-party source that does not know this class) it decodes itself, once.
+    """
+
+    __slots__ = ("_decoded", "data")
+
+    def __init__(self, data: bytes) -> None:
+        if not data.startswith(b"{"):
+            raise ValueError("an encoded CP body must be a JSON object")
+        self.data = data
+        self._decoded: dict[str, Any] | None = None
+
+    def _doc(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = json.loads(self.data)
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._doc()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._doc())
+
+    def __len__(self) -> int:
+        return len(self._doc())
+
+    def __repr__(self) -> str:
+        return f"EncodedJson({len(self.data)} bytes)"
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """``body`` as the compact JSON a send posts (an :class:`EncodedJson` as is)."""
+    if isinstance(body, EncodedJson):
+        return body.data
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 class _Transient(Exception):
     """One attempt found the CP unavailable (network error, timeout); it may be retried."""
 
@@ -428,7 +471,7 @@ class HttpControlPlane(ControlPlane):
 
     async def _call(self, method: str, resource: str, body: Mapping[str, Any] | None) -> _Fetched:
         url = yarl.URL(self.url_for(resource), encoded=True)
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = None if body is None else encode_body(body)
         log = logger.bind(resource=resource, method=method)
         started = self._clock.monotonic()
         result = "unavailable"
@@ -684,7 +727,10 @@ class FileControlPlane(ControlPlane):
 
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
         name = self.sent_name(resource)
-        text = json.dumps(dict(body), separators=(",", ":"), sort_keys=True)  # TypeError early
+        if isinstance(body, EncodedJson):
+            text = body.data.decode()
+        else:
+            text = json.dumps(dict(body), separators=(",", ":"), sort_keys=True)  # TypeError early
         # {"body", "resource", "time"} in key order, the body encoded once (1 MB at 1 000 sessions).
         line = (
             f'{{"body":{text},"resource":{json.dumps(resource)},"time":{json.dumps(self._clock.time())}}}\n'

@@ -50,6 +50,7 @@ from .collector import MetricCollector
 from .config import SECTION as CONFIG_SECTION
 from .config import SessionsConfig, section_of
 from .keys import config_problems, ensure_private_key, missing_key_problem, record, write_public_key
+from .store import SessionStore
 from .task import TASK_NAME, SessionSync, SessionSyncError
 
 if TYPE_CHECKING:
@@ -138,7 +139,11 @@ def make_collector(ctx: PluginContext) -> MetricCollector:
         task = ctx.stash.get(TASK_NAME)  # the sessionSync task of the same agent
         return task.links.latest(uuid) if isinstance(task, SessionSync) else None
 
-    return MetricCollector(ctx, latency=latest_latency)
+    def shared_store() -> SessionStore | None:
+        task = ctx.stash.get(TASK_NAME)
+        return task.store if isinstance(task, SessionSync) else None
+
+    return MetricCollector(ctx, latency=latest_latency, store=shared_store)
 
 
 @hookimpl

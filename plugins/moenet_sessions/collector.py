@@ -72,6 +72,7 @@ longer available) is removed at the end of the run: no stale series.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -82,6 +83,7 @@ from prometheus_client.registry import Collector
 
 from moenet_core import (
     ControlPlaneError,
+    EncodedJson,
     LinkLatency,
     MoenetError,
     ProtocolState,
@@ -471,9 +473,18 @@ def _sync_error(report: Report | None) -> str | None:
 class MetricCollector:
     """The ``metricCollector`` task (see the module doc)."""
 
-    def __init__(self, ctx: PluginContext, latency: LatencyProvider | None = None) -> None:
+    def __init__(
+        self,
+        ctx: PluginContext,
+        latency: LatencyProvider | None = None,
+        store: Callable[[], SessionStore | None] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.latency = latency
+        self.store = store
+        """The sessionSync task's store, whose memory is the newest state (no file
+        read, no second copy of 1 000 sessions); None, or it answering None: the
+        state file is read each run."""
         self.metrics = _metrics_for(ctx)
         self.last: dict[str, Any] | None = None
         """Summary of the last run (also the run's result)."""
@@ -484,7 +495,8 @@ class MetricCollector:
     # ---------------------------------------------------------------- facts
 
     def inventory(self) -> list[_Entry]:
-        previous = SessionStore(self.ctx.state).load_previous()
+        shared = self.store() if self.store is not None else None
+        previous = (shared or SessionStore(self.ctx.state)).load_previous()
         return [
             _Entry(uuid=u, configured=c, report=previous.reported.get(u))
             for u, c in sorted(previous.configured.items())
@@ -533,7 +545,52 @@ class MetricCollector:
 
     async def run_once(self) -> dict[str, Any]:
         started = time.monotonic()
-        entries = self.inventory()
+        now, samples, parts, routing_error = await self._collect(self.inventory())
+        counts = {str(v): 0 for v in Verdict}
+        for sample in samples.values():
+            counts[str(sample.verdict)] += 1
+        stale = self.metrics.replace(samples, int(now))
+        for verdict_name, n in counts.items():
+            self.metrics.by_verdict.labels(verdict_name).set(n)
+
+        problems: list[str] = []
+        if routing_error is not None:
+            problems.append(f"routing daemon unreachable: {routing_error}")
+        self._note("routing", routing_error)
+        reported = False
+        if parts:
+            head = json.dumps({"node_id": self.ctx.node, "timestamp": int(now)}, separators=(",", ":"))
+            report = EncodedJson(b"".join((head[:-1].encode(), b',"sessions":[', b",".join(parts), b"]}")))
+            parts.clear()
+            try:
+                await self.ctx.cp.send(REPORT_RESOURCE, report)
+            except ControlPlaneError as exc:
+                problems.append(f"report not delivered: {exc}")
+                self._note("cp", str(exc))
+            else:
+                reported = True
+                self._note("cp", None)
+        self.last = {
+            "at": int(now),
+            "sessions": len(samples),
+            "health": counts,
+            "reported": reported,
+            "staleSeriesRemoved": stale,
+            "problem": "; ".join(problems) or None,
+            "seconds": round(time.monotonic() - started, 4),
+        }
+        if problems:
+            raise MetricCollectorError("; ".join(problems))
+        return self.last
+
+    async def _collect(
+        self, entries: list[_Entry]
+    ) -> tuple[float, dict[str, _Sample], list[bytes], str | None]:
+        """(time, sample per session, each session's report entry as JSON, routing error).
+
+        Each entry is encoded as soon as it is built, and the daemons' answers go
+        with this frame: at 1 000 sessions the report as dicts, the protocols and
+        the tunnel counters alive at once were a transient of several MB."""
         protocols: Mapping[str, ProtocolState] = {}
         names: Mapping[str, tuple[str, ...]] = {}
         routing_error: str | None = None
@@ -546,7 +603,7 @@ class MetricCollector:
         now = self.ctx.clock.time()
         lower = {k.lower(): v for k, v in names.items()}
 
-        sessions: list[dict[str, Any]] = []
+        parts: list[bytes] = []
         samples: dict[str, _Sample] = {}
         for e in entries:
             expected = tuple(names.get(e.uuid, lower.get(e.uuid.lower(), ())))
@@ -568,42 +625,9 @@ class MetricCollector:
             body = self._session_body(
                 e, expected, found, limits, routes, stats, latency, verdict, now, routing_error
             )
-            sessions.append(body)
             samples[e.uuid] = _sample(e, found, limits, routes, stats, latency, verdict, body, now)
-        counts = {str(v): 0 for v in Verdict}
-        for sample in samples.values():
-            counts[str(sample.verdict)] += 1
-        stale = self.metrics.replace(samples, int(now))
-        for verdict_name, n in counts.items():
-            self.metrics.by_verdict.labels(verdict_name).set(n)
-
-        problems: list[str] = []
-        if routing_error is not None:
-            problems.append(f"routing daemon unreachable: {routing_error}")
-        self._note("routing", routing_error)
-        reported = False
-        if sessions:
-            body = {"node_id": self.ctx.node, "timestamp": int(now), "sessions": sessions}
-            try:
-                await self.ctx.cp.send(REPORT_RESOURCE, body)
-            except ControlPlaneError as exc:
-                problems.append(f"report not delivered: {exc}")
-                self._note("cp", str(exc))
-            else:
-                reported = True
-                self._note("cp", None)
-        self.last = {
-            "at": int(now),
-            "sessions": len(sessions),
-            "health": counts,
-            "reported": reported,
-            "staleSeriesRemoved": stale,
-            "problem": "; ".join(problems) or None,
-            "seconds": round(time.monotonic() - started, 4),
-        }
-        if problems:
-            raise MetricCollectorError("; ".join(problems))
-        return self.last
+            parts.append(json.dumps(body, separators=(",", ":")).encode())
+        return now, samples, parts, routing_error
 
     def _note(self, what: str, problem: str | None) -> None:
         """Log a problem once when it starts and once when it ends (not every run)."""

@@ -22,10 +22,13 @@ from loguru import logger
 from moenet_bird.backend import BirdRoutingBackend
 from moenet_bird.protocol import parse_protocols, parse_replies
 from moenet_bird.testing import BirdDaemon
+from moenet_sessions import make_collector
 from moenet_sessions.collector import TASK_NAME as COLLECTOR_TASK
 from moenet_sessions.collector import MetricCollector, MetricCollectorError
 from moenet_sessions.records import ConfiguredSession, Previous, Report
-from moenet_sessions.store import SessionStore
+from moenet_sessions.store import STATE_FILE, SessionStateError, SessionStore
+from moenet_sessions.task import TASK_NAME as SYNC_TASK
+from moenet_sessions.task import SessionSync
 
 from moenet_core.backends import ProtocolState, TunnelSpec, TunnelStats
 from moenet_core.context import PluginContext
@@ -348,6 +351,25 @@ async def test_report_metrics_and_health_in_one_bird_call(rig: Rig) -> None:
 
     await collector.run_once()
     assert len(rig.routing.calls_of("protocols")) == 2 and len(rig.reports()) == 2
+
+
+async def test_the_collector_reads_the_sync_tasks_memory_not_the_state_file(rig: Rig) -> None:
+    """The agent's collector takes its inventory from the sessionSync task's store
+    (the newest state, already in memory), not from a second read of the file."""
+    four_sessions(rig)
+    task = SessionSync(rig.ctx)  # the agent's task, found by make_collector's provider
+    assert rig.ctx.stash.get(SYNC_TASK) is task
+    assert len(task.store.load_previous().configured) == 4
+    rig.ctx.state.path(STATE_FILE).write_text("{not json")
+
+    with pytest.raises(SessionStateError):
+        await rig.collector().run_once()  # on its own it reads the file
+    assert rig.reports() == []
+
+    result = await make_collector(rig.ctx).run_once()
+    assert result["sessions"] == 4 and result["reported"] is True
+    [body] = rig.reports()
+    assert [s["uuid"] for s in body["sessions"]] == [uid(n) for n in (1, 2, 3, 4)]
 
 
 async def test_vanished_sessions_and_changed_states_leave_no_stale_series(rig: Rig) -> None:

@@ -23,8 +23,10 @@ from loguru import logger
 from moenet_core import controlplane
 from moenet_core.breaker import CircuitBreaker
 from moenet_core.controlplane import (
+    EncodedJson,
     FileControlPlane,
     HttpControlPlane,
+    encode_body,
     parse_retry_after,
     validate_resource,
 )
@@ -271,6 +273,24 @@ async def test_headers_and_post_body(fake: tuple[FakeCP, TestServer], make_cp: A
     assert seen.headers["User-Agent"].startswith("moenet-agent/")
     assert "aiohttp/" in seen.headers["User-Agent"]
     assert json.loads(seen.body) == {"uuid": "u-1", "status": 2, "lastError": "boom"}
+
+
+async def test_an_encoded_body_is_posted_byte_for_byte(fake: tuple[FakeCP, TestServer], make_cp: Any) -> None:
+    data = b'{"b":[1,2],"a":"\\u00e9"}'
+    await make_cp().send("report", EncodedJson(data))
+    seen = fake[0].seen[0]
+    assert seen.body == data
+    assert seen.headers["Content-Type"] == "application/json"
+
+
+def test_an_encoded_body_reads_as_the_mapping_it_encodes() -> None:
+    body = EncodedJson(b'{"node_id":"n","sessions":[{"uuid":"u"}]}')
+    assert dict(body) == {"node_id": "n", "sessions": [{"uuid": "u"}]}
+    assert body["sessions"] == [{"uuid": "u"}] and len(body) == 2
+    assert encode_body(body) is body.data
+    assert json.loads(encode_body({"x": 1})) == {"x": 1}
+    with pytest.raises(ValueError, match="JSON object"):
+        EncodedJson(b'[{"x": 1}]')
 
 
 async def test_get_has_no_body_or_content_type(fake: tuple[FakeCP, TestServer], make_cp: Any) -> None:
@@ -747,6 +767,12 @@ async def test_file_sends_recorded(cp_file: Path, state: StateStore, log_lines: 
     assert sent(state, "sent-mesh_status.jsonl")[0]["body"] == {"peers": 3}
     assert oct(state.path("sent-modify.jsonl").stat().st_mode & 0o777) == "0o600"
     assert any('"status":2' in line and "modify" in line for line in log_lines)
+
+
+async def test_file_records_an_encoded_body_as_sent(cp_file: Path, state: StateStore) -> None:
+    cp = FileControlPlane(path=cp_file, node="node-1", state=state, clock=ManualClock())
+    await cp.send("report", EncodedJson(b'{"z":1,"sessions":[{"uuid":"u"}]}'))
+    assert sent(state, "sent-report.jsonl")[0]["body"] == {"z": 1, "sessions": [{"uuid": "u"}]}
 
 
 async def test_file_send_log_is_appended_and_rotated_by_size(

@@ -11,7 +11,7 @@ pinned public key; the Go agent's ``autoUpdate`` is read into it), the ``moenet-
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -19,15 +19,17 @@ from moenet_core import ConfigError, ConfigSection, TaskSpec, hookimpl
 
 from .config import SECTION as CONFIG_SECTION
 from .config import UpdaterConfig, problems, section_of
-from .task import TASK_NAME, Updater
 
 if TYPE_CHECKING:
-    from moenet_core import CommandRegistrar
+    from moenet_core import CommandRegistrar, PluginContext
     from moenet_core.config import AgentConfig
+
+    from .task import Updater
 
 __all__ = ["INITIAL_DELAY", "RUN_TIMEOUT", "SECTION", "TASK_NAME", "Updater", "UpdaterConfig", "interval"]
 
 SECTION = CONFIG_SECTION.name
+TASK_NAME = "updater"
 #: Let the agent settle (and its tasks succeed once: they become the health
 #: tasks of an update) before the first check.
 INITIAL_DELAY = 300.0
@@ -70,7 +72,7 @@ def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
     return [
         TaskSpec(
             name=TASK_NAME,
-            factory=Updater,
+            factory=_updater,
             interval=interval(config),
             initial_delay=INITIAL_DELAY,
             jitter=0.1,
@@ -79,6 +81,22 @@ def moenet_tasks(config: AgentConfig) -> list[TaskSpec]:
             description="check the release feed; install a signed, newer release and restart into it",
         )
     ]
+
+
+def _updater(ctx: PluginContext) -> Updater:
+    # The task and what it needs (the installer, ``packaging``: about 1 MB) load
+    # only on a node that updates itself; the updater is off by default.
+    from .task import Updater
+
+    return Updater(ctx)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Updater":
+        from .task import Updater
+
+        return Updater
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl

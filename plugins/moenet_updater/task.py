@@ -45,6 +45,7 @@ from packaging.version import InvalidVersion, Version
 
 from moenet_core import MoenetError, StateError, TaskRunEvent, __version__, hookimpl
 
+from . import TASK_NAME
 from . import state as state_file
 from .config import UpdaterConfig, feed_url
 from .fetch import Fetcher, FetchError
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
 
     from moenet_core import PluginContext
 
-TASK_NAME = "updater"
 FEED_LIMIT = 8 * 1024 * 1024
 SUMS_LIMIT = 1024 * 1024
 SIGNATURE_LIMIT = 4096

@@ -497,3 +497,24 @@ def test_what_code_runs_is_decided_locally_never_by_the_control_plane(key):
         "",
     )
     assert moenet_updater.moenet_tasks(config) == []
+
+
+def test_a_node_that_does_not_update_never_loads_the_updater_task_or_packaging():
+    """Off by default, the updater plugin registers its section and commands
+    only: its task, the installer and ``packaging`` (about 1 MB) stay unloaded
+    until a node enables it."""
+    code = """
+import sys
+import moenet_updater
+from moenet_core.config import build_config
+cfg, _ = build_config({"node": {"name": "n1", "id": 1},
+                       "controlPlane": {"url": "https://cp.example", "token": "t" * 32}})
+assert moenet_updater.moenet_tasks(cfg) == []
+print(sorted(m for m in sys.modules if m.split(".")[0] == "packaging" or m.startswith("moenet_updater.")))
+print(moenet_updater.Updater.__module__)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    loaded, updater = res.stdout.splitlines()
+    assert loaded == "['moenet_updater.config', 'moenet_updater.fetch', 'moenet_updater.verify']"
+    assert updater == "moenet_updater.task"  # still there for whoever asks for it

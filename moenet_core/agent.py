@@ -45,7 +45,7 @@ from .errors import BackendUnavailable, ConfigError, PluginError
 from .health import gather_health, health_summary
 from .hookspecs import hookimpl
 from .identity import IdentityBook
-from .memory import MemoryTrimmer
+from .memory import MemoryTrimmer, forget_generated_sources
 from .metrics import AgentMetrics, HealthCollector
 from .models import SessionStatus
 from .plugins import AgentPluginManager
@@ -419,6 +419,9 @@ class Agent:
         if self.api is not None:
             await self.api.start()
         await self._await_hooks("moenet_startup")
+        # Every plugin's classes exist now: their generated source goes before the
+        # first sync allocates its objects into the space it held.
+        forget_generated_sources()
         if self._maintenance["enabled"]:
             # Announced once plugins are configured and started (they have their ctx).
             self.pm.broadcast(

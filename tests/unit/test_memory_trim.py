@@ -9,7 +9,7 @@ from typing import Any
 
 import moenet_heartbeat
 
-from moenet_core.memory import MemoryTrimmer, malloc_trim
+from moenet_core.memory import MemoryTrimmer, forget_generated_sources, malloc_trim
 
 
 def rss_kb() -> int:
@@ -58,3 +58,37 @@ async def test_the_agent_trims_after_a_task_run(fake_cp: Any, agent_harness: Any
         await fake_cp.wait_for("heartbeat")
         await h.agent.scheduler.run_now("heartbeat")
         assert h.agent.memory.trims >= 1
+
+
+def test_generated_sources_are_forgotten_and_classes_still_work() -> None:
+    import linecache
+
+    import attrs
+
+    @attrs.frozen
+    class Probe:
+        x: int
+
+    assert any(name.startswith("<attrs generated") for name in linecache.cache)
+    assert forget_generated_sources() >= 1
+    assert not any(name.startswith("<attrs generated") for name in linecache.cache)
+    assert Probe(1) == Probe(1) and repr(Probe(2)) == "Probe(x=2)"
+    assert forget_generated_sources() == 0
+
+
+async def test_the_started_agent_holds_no_generated_source(
+    fake_cp: Any, agent_harness: Any, tmp_path: Path
+) -> None:
+    import linecache
+
+    import attrs
+
+    attrs.make_class("Probe", ["x"])  # a class made before the start, like a plugin's
+    assert any(n.startswith("<attrs generated") for n in linecache.cache)
+    cfg = {
+        "node": {"name": "jp1", "id": 1},
+        "controlPlane": {"url": fake_cp.url, "token": "t" * 32},
+        "state": {"directory": str(tmp_path)},
+    }
+    async with agent_harness(cfg, plugins=[("heartbeat", moenet_heartbeat)]):
+        assert [n for n in linecache.cache if n.startswith("<attrs generated")] == []

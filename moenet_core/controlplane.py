@@ -72,11 +72,16 @@ class ControlPlane(ABC):
         code, unparseable body). Never returns "empty" in place of an error.
         """
 
-    async def fetch_digest(self, resource: str) -> tuple[Any, bytes]:
+    async def fetch_digest(self, resource: str, *, known: bytes | None = None) -> tuple[Any, bytes]:
         """:meth:`fetch` plus a digest of the answer: equal digests mean equal
         answers, so a caller can tell "unchanged" without keeping the answer
         (at 1 000 sessions a decoded answer is about 1.5 MB). This default digests
-        the answer as canonical JSON; sources that read bytes digest those."""
+        the answer as canonical JSON; sources that read bytes digest those.
+
+        ``known``: the digest of an answer the caller still has the use of. A
+        source that can tell the digest before decoding returns :data:`UNCHANGED`
+        in place of the answer when they are equal, and skips the decode; this
+        default always decodes."""
         value = await self.fetch(resource)
         return value, answer_digest(value)
 
@@ -292,6 +297,20 @@ class EncodedJson(Mapping[str, Any]):
         return f"EncodedJson({len(self.data)} bytes)"
 
 
+class _Unchanged:
+    """The type of :data:`UNCHANGED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+"""What :meth:`ControlPlane.fetch_digest` returns in place of an answer whose
+digest is the caller's ``known`` one: the answer was not decoded."""
+
+
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """``body`` as the compact JSON a send posts (an :class:`EncodedJson` as is)."""
     if isinstance(body, EncodedJson):
@@ -430,9 +449,10 @@ class HttpControlPlane(ControlPlane):
     async def fetch(self, resource: str) -> Any:
         return (await self._call("GET", resource, None)).value
 
-    async def fetch_digest(self, resource: str) -> tuple[Any, bytes]:
-        """The answer and a digest of its body bytes (cheaper than re-encoding it)."""
-        got = await self._call("GET", resource, None)
+    async def fetch_digest(self, resource: str, *, known: bytes | None = None) -> tuple[Any, bytes]:
+        """The answer and a digest of its body bytes (cheaper than re-encoding it);
+        :data:`UNCHANGED` for a body whose digest is ``known``, not decoded."""
+        got = await self._call("GET", resource, None, known=known)
         return got.value, got.digest
 
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
@@ -469,14 +489,16 @@ class HttpControlPlane(ControlPlane):
         if self._metrics is not None:
             self._metrics.cp_requests.labels(resource=resource, method=method, result=result).inc()
 
-    async def _call(self, method: str, resource: str, body: Mapping[str, Any] | None) -> _Fetched:
+    async def _call(
+        self, method: str, resource: str, body: Mapping[str, Any] | None, *, known: bytes | None = None
+    ) -> _Fetched:
         url = yarl.URL(self.url_for(resource), encoded=True)
         data = None if body is None else encode_body(body)
         log = logger.bind(resource=resource, method=method)
         started = self._clock.monotonic()
         result = "unavailable"
         try:
-            value = await self._attempts(method, resource, url, data, log)
+            value = await self._attempts(method, resource, url, data, log, known)
         except _Refused as refused:
             result = "breaker_open"
             raise refused.error from None
@@ -501,7 +523,13 @@ class HttpControlPlane(ControlPlane):
                     )
 
     async def _attempts(
-        self, method: str, resource: str, url: yarl.URL, data: bytes | None, log: Logger
+        self,
+        method: str,
+        resource: str,
+        url: yarl.URL,
+        data: bytes | None,
+        log: Logger,
+        known: bytes | None = None,
     ) -> _Fetched:
         policy = self._retry
         last_reason = ""
@@ -538,7 +566,7 @@ class HttpControlPlane(ControlPlane):
                 else:
                     # The CP answered: whatever the content (even too much of it), it is up.
                     self.breaker.record_success(ticket)
-                    return self._interpret(method, resource, answer, log)
+                    return self._interpret(method, resource, answer, log, known)
 
             if attempt + 1 >= policy.max_attempts:
                 break
@@ -571,7 +599,9 @@ class HttpControlPlane(ControlPlane):
             f"{method} {resource}: control plane unavailable after {attempts} attempt(s): {last_reason}"
         )
 
-    def _interpret(self, method: str, resource: str, answer: _Answer, log: Logger) -> _Fetched:
+    def _interpret(
+        self, method: str, resource: str, answer: _Answer, log: Logger, known: bytes | None = None
+    ) -> _Fetched:
         status, payload = answer.status, answer.body
         if answer.oversize is not None:
             log.warning("control plane {} {} rejected: {}", method, resource, answer.oversize)
@@ -582,6 +612,10 @@ class HttpControlPlane(ControlPlane):
             if not payload.strip():
                 log.debug("control plane {} {} -> {} (empty)", method, resource, status)
                 return _Fetched(None, _digest(payload))
+            digest = _digest(payload)
+            if digest == known:
+                log.debug("control plane {} {} -> {} (unchanged)", method, resource, status)
+                return _Fetched(UNCHANGED, digest)
             try:
                 decoded = json_loads(payload)
             except ValueError as exc:
@@ -592,7 +626,7 @@ class HttpControlPlane(ControlPlane):
                     status=status,
                 ) from None
             log.debug("control plane {} {} -> {}", method, resource, status)
-            return _Fetched(_unwrap(decoded, status), _digest(payload))
+            return _Fetched(_unwrap(decoded, status), digest)
         detail = _excerpt(payload)
         if 300 <= status <= 399 and answer.location:
             # Redirects are not followed: the bearer token must not travel to
@@ -715,15 +749,19 @@ class FileControlPlane(ControlPlane):
     async def fetch(self, resource: str) -> Any:
         return (await self.fetch_digest(resource))[0]
 
-    async def fetch_digest(self, resource: str) -> tuple[Any, bytes]:
+    async def fetch_digest(self, resource: str, *, known: bytes | None = None) -> tuple[Any, bytes]:
         """The resource and a digest of the whole file with the resource's name:
         an unchanged file is an unchanged answer (another resource changing only
-        costs a parse)."""
+        costs a parse); :data:`UNCHANGED`, the file not decoded, when it is ``known``."""
         validate_resource(resource)
-        document, raw = self._load()
+        raw = self._read()
+        digest = _digest(resource.encode() + b"\0" + raw)
+        if digest == known:
+            return UNCHANGED, digest
+        document = self._decode(raw)
         if resource not in document:
             raise ControlPlaneRejected(f"resource '{resource}' not in {self.path}")
-        return document[resource], _digest(resource.encode() + b"\0" + raw)
+        return document[resource], digest
 
     async def send(self, resource: str, body: Mapping[str, Any]) -> Any:
         name = self.sent_name(resource)
@@ -745,16 +783,17 @@ class FileControlPlane(ControlPlane):
         logger.bind(resource=resource).info("control plane (file) send {}: {}", resource, text)
         return None
 
-    def _load(self) -> tuple[dict[str, Any], bytes]:
-        """The file's document and its bytes."""
+    def _read(self) -> bytes:
         try:
-            raw = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
             raise ControlPlaneRejected(f"control-plane file {self.path} does not exist") from None
         except OSError as exc:
             raise ControlPlaneRejected(
                 f"cannot read control-plane file {self.path}: {exc.strerror}"
             ) from None
+
+    def _decode(self, raw: bytes) -> dict[str, Any]:
         try:
             document = json_loads(raw)
         except ValueError as exc:
@@ -763,7 +802,7 @@ class FileControlPlane(ControlPlane):
             raise ControlPlaneRejected(
                 f"control-plane file {self.path} must hold a JSON object keyed by resource name"
             )
-        return document, raw
+        return document
 
     def _record(self, name: str, line: bytes) -> None:
         """Append ``line`` to the send log ``name``, rotating it at :data:`SENT_MAX_BYTES`."""

@@ -196,6 +196,13 @@ class Reconciler(Generic[D, O, P, R]):
         :attr:`payload_errors` when it is unusable as a whole."""
         raise NotImplementedError
 
+    def reusable_digest(self) -> bytes | None:
+        """The digest of an answer that :meth:`parse` can give again without it
+        (handed :data:`~moenet_core.controlplane.UNCHANGED` in its place) and that
+        is saved already: the CP source then does not decode an unchanged answer.
+        Default None: every answer is decoded and parsed."""
+        return None
+
     async def observe(self, desired: D) -> O:
         """What the system has now (read, not remembered)."""
         raise NotImplementedError
@@ -272,7 +279,7 @@ class Reconciler(Generic[D, O, P, R]):
         fatal = False
         self.answer_digest = None
         try:
-            raw, digest = await self.ctx.cp.fetch_digest(self.resource)
+            raw, digest = await self.ctx.cp.fetch_digest(self.resource, known=self.reusable_digest())
         except ControlPlaneUnavailable as exc:
             problem = f"control plane unreachable for {self.resource}: {exc}"
         except ControlPlaneError as exc:

@@ -63,6 +63,11 @@ class SessionStore:
         # old content is intact): nobody reads it, so it goes.
         sweep_partial_writes(store.root)
 
+    @property
+    def saved_digest(self) -> bytes | None:
+        """The CP digest of the answer last saved by this store (None: none yet)."""
+        return self._answer_digest
+
     def load_answer(self) -> Any | None:
         """The last valid CP answer (raw JSON, re-parse with ``parse_sessions``), or None."""
         try:

@@ -287,6 +287,19 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
 
     # ------------------------------------------------------- the cycle's steps
 
+    def reusable_digest(self) -> bytes | None:
+        """The digest of the remembered parse, when it was made under today's cap
+        and scheme and its answer is the one saved: an unchanged answer is then
+        neither decoded nor parsed."""
+        memo = self._parsed
+        if memo is None or memo[1] != (
+            self.section.max_sessions,
+            self.ctx.config.control_plane.status_scheme,
+        ):
+            return None
+        store = self._store
+        return memo[0] if store is not None and memo[0] == store.saved_digest else None
+
     def parse(self, raw: Any) -> Parsed:
         """``parse_sessions``, remembered for the last answer: the CP answers the
         same most of the time, and validating 1 000 sessions again each minute was

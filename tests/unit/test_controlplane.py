@@ -23,6 +23,7 @@ from loguru import logger
 from moenet_core import controlplane
 from moenet_core.breaker import CircuitBreaker
 from moenet_core.controlplane import (
+    UNCHANGED,
     EncodedJson,
     FileControlPlane,
     HttpControlPlane,
@@ -202,6 +203,23 @@ async def test_fetch_digest_tells_an_unchanged_answer(fake: tuple[FakeCP, TestSe
     other = await cp.fetch_digest("sessions")
     assert first[0] == again[0] == [{"uuid": "a"}] and other[0] == [{"uuid": "b"}]
     assert first[1] == again[1] and other[1] != first[1] and len(first[1]) == 16
+
+
+async def test_a_known_digest_is_answered_unchanged_without_a_decode(
+    fake: tuple[FakeCP, TestServer], make_cp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp_server, _ = fake
+    cp = make_cp()
+    cp_server.answer(reply(200, {"code": 0, "data": [{"uuid": "a"}]}))
+    _, digest = await cp.fetch_digest("sessions")
+    decodes: list[bytes] = []
+    real = controlplane.json_loads
+    monkeypatch.setattr(controlplane, "json_loads", lambda raw: decodes.append(raw) or real(raw))
+    assert await cp.fetch_digest("sessions", known=digest) == (UNCHANGED, digest)
+    assert decodes == [] and len(cp_server.seen) == 2  # asked the CP, did not decode
+    cp_server.answer(reply(200, {"code": 0, "data": [{"uuid": "b"}]}))
+    value, other = await cp.fetch_digest("sessions", known=digest)
+    assert value == [{"uuid": "b"}] and other != digest and len(decodes) == 1
 
 
 async def test_envelope_nonzero_code_is_rejected(fake: tuple[FakeCP, TestServer], make_cp: Any) -> None:
@@ -712,6 +730,8 @@ async def test_file_digest_changes_with_the_file(cp_file: Path, state: StateStor
     cp_file.write_text(json.dumps({**DOC, "sessions": []}))
     value, changed = await cp.fetch_digest("sessions")
     assert value == [] and changed != digest
+    assert await cp.fetch_digest("sessions", known=changed) == (UNCHANGED, changed)
+    assert (await cp.fetch_digest("mesh", known=changed))[0] == DOC["mesh"]  # per resource
 
 
 async def test_file_missing_resource_is_an_error(cp_file: Path, state: StateStore) -> None:

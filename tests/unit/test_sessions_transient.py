@@ -21,6 +21,8 @@ import pytest
 from helpers.sessions_rig import SessionsRig, session, uid
 
 from moenet_core import ApplyResult, SessionStatus, TunnelSpec
+from moenet_core.controlplane import UNCHANGED
+from moenet_core.testing import StubControlPlane
 
 INTERVAL = 60.0  # controlPlane.syncInterval's default: the backoff's unit
 BIRD_DOWN = "new config written, but BIRD could not be told to load it: connection refused"
@@ -104,6 +106,40 @@ async def test_a_no_op_cycle_reads_with_observe_and_the_deep_check_repairs_drift
         c.op for c in rig.fakes.journal.since(mark, writes_only=False) if c.op in ("list", "observe")
     ] == ["list"]
     assert fake.tunnels[name].keepalive == 25
+
+
+class DigestingCP(StubControlPlane):
+    """Answers UNCHANGED for the caller's ``known`` digest, as the HTTP and file
+    sources do; counts the answers it handed over."""
+
+    decoded = 0
+
+    async def fetch_digest(self, resource: str, *, known: bytes | None = None) -> tuple[Any, bytes]:
+        value, digest = await super().fetch_digest(resource)
+        if digest == known:
+            return UNCHANGED, digest
+        self.decoded += 1
+        return value, digest
+
+
+async def test_an_unchanged_answer_is_neither_decoded_nor_parsed(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.cp = DigestingCP("test-node")
+    rig.restart()
+    active = [session(n, SessionStatus.ACTIVE) for n in range(1, 4)]
+    r = await rig.sync(*active)
+    assert r["failed"] == {} and rig.cp.decoded == 1 and len(rig.tunnels) == 3
+
+    r = await rig.sync(*active)  # the same answer: handed over as UNCHANGED
+    assert rig.cp.decoded == 1 and r["failed"] == {} and r["changed"] == {}, r
+    assert len(rig.tunnels) == 3 and r["tunnelWrites"] == 0
+
+    r = await rig.sync(*active, session(4))  # a change is decoded and applied
+    assert rig.cp.decoded == 2 and "dn42-4" in rig.tunnels, r
+
+    rig.restart()  # a new process remembers no parse: it decodes once
+    r = await rig.sync(*active, session(4))
+    assert rig.cp.decoded == 3 and r["failed"] == {} and len(rig.tunnels) == 4
 
 
 async def test_a_deep_check_interval_of_zero_reads_deeply_every_cycle(tmp_path: Path) -> None:

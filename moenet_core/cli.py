@@ -25,6 +25,7 @@ from typing import Any
 from loguru import logger
 
 from . import HOOK_API_VERSION
+from . import lean_imports as _lean_imports  # noqa: F401 - before anything imports aiohttp
 from .config import AgentConfig, build_config
 from .context import CommandContext
 from .descriptors import BackendSpec, TaskSpec

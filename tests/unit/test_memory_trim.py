@@ -1,4 +1,4 @@
-"""moenet_core.memory: freed heap pages go back to the system after task runs."""
+"""The agent's memory: freed heap pages go back after task runs, and what it never loads."""
 
 from __future__ import annotations
 
@@ -92,3 +92,22 @@ async def test_the_started_agent_holds_no_generated_source(
     }
     async with agent_harness(cfg, plugins=[("heartbeat", moenet_heartbeat)]):
         assert [n for n in linecache.cache if n.startswith("<attrs generated")] == []
+
+
+def test_the_cli_process_uses_frozenlists_pure_python_twin() -> None:
+    """frozenlist's C++ extension would map libstdc++ (about 1 MB resident); the
+    agent's entry point turns it off unless the operator set the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import moenet_core.cli, aiohttp, frozenlist\n"
+        "print(frozenlist.FrozenList.__module__, 'libstdc++' in open('/proc/self/maps').read())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["frozenlist", "False"]
+    kept = {**env, "FROZENLIST_NO_EXTENSIONS": ""}  # the operator's choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=kept, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["frozenlist._frozenlist", "True"]

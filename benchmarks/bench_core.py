@@ -94,7 +94,77 @@ async def agent_benchmarks(state_dir: Path) -> None:
             await agent.stop()
 
 
+def scrape_at_scale(sessions: int = 1000) -> None:
+    """``/metrics`` with the sessions collector's series of ``sessions`` healthy
+    sessions (one MP-BGP protocol with two limits, tunnel, RTT: 21 per session):
+    prometheus_client formatting the whole registry at once against the agent's
+    part-by-part exposition (:class:`moenet_core.StreamedCollector`); time and the
+    traced memory peak above what the samples hold."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from moenet_sessions import collector as c
+    from moenet_sessions.health import Verdict
+    from prometheus_client import generate_latest
+
+    from moenet_core import LinkLatency, TunnelStats
+    from moenet_core.metrics import AgentRegistry, PluginMetrics
+
+    registry = AgentRegistry()
+    metrics = c._Metrics(SimpleNamespace(metrics=PluginMetrics(registry, "sessions")))  # type: ignore[arg-type]
+    samples = {}
+    for i in range(sessions):
+        uuid, iface = f"5e55b000-0000-4000-8000-{i:012d}", f"dn42-{i}"
+        limits = tuple(c._Limit(channel=ch, limit="import", value=9000, hit=False) for ch in ("ipv4", "ipv6"))
+        samples[uuid] = c._Sample(
+            uuid=uuid,
+            name=f"peer{i}",
+            asn=4242420000 + i,
+            labels=(uuid, str(4242420000 + i), iface),
+            protocols=(c._ProtocolSample(f"dn42_{i}", 1, "Established", 1700000000, limits),),
+            routes=tuple((f, d, 10) for f in ("ipv4", "ipv6") for d in ("imported", "filtered", "exported")),
+            tunnel=TunnelStats(
+                name=iface, latest_handshake=1.7e9, rx_bytes=123456, tx_bytes=654321, endpoint="192.0.2.1:1"
+            ),
+            handshake_age=30.0,
+            latency=LinkLatency(
+                owner="sessions",
+                key=uuid,
+                interface=iface,
+                target="fe80::1",
+                rtt_ms=12.5,
+                loss=0.0,
+                tier=2,
+                measured_at=1.7e9,
+            ),
+            verdict=Verdict.HEALTHY,
+            reasons=(),
+            bgp_state="Established",
+            since=1700000000,
+        )
+    metrics.replace(samples, 1)
+
+    def whole() -> int:
+        return len(generate_latest(registry))
+
+    def streamed() -> int:
+        return sum(len(chunk) for chunk in registry.exposition(generate_latest))
+
+    for name, fn in (
+        ("prometheus_client, whole registry", whole),
+        ("part by part (the agent's /metrics)", streamed),
+    ):
+        report(f"scrape, {sessions} sessions: {name}", timed(fn, 5))
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        size = fn()
+        peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        print(f"{'':<44} {size / 1e6:.2f} MB of text, transient peak {peak / 2**20:.1f} MB")
+
+
 def main() -> None:
+    scrape_at_scale()
     raw = json.loads((ROOT / "contrib/configs/full.json").read_text())
     report("build_config(full.json)", timed(lambda: build_config(raw, env={}), 2000), "us")
 

@@ -9,7 +9,7 @@ A plugin imports the core from exactly these places:
   types (``TunnelBackend``, ``TunnelSpec``, ``tunnel_drift``...), errors,
   ``AgentConfig``, state (``StateStore``, ``StateError``, ``atomic_write``),
   the guard (``GuardPolicy``, ``evaluate``...), the reconciler skeleton
-  (``Reconciler``...), ``PluginMetrics``, ``ApiError``, ``Clock``, a CP body
+  (``Reconciler``...), ``PluginMetrics``, ``StreamedCollector``, ``ApiError``, ``Clock``, a CP body
   encoded ahead (``EncodedJson``), bounded
   aiohttp connections (``ConnectionLimits``, ``LimitedConnection``,
   ``LimitedRunner``), the small
@@ -113,7 +113,7 @@ if TYPE_CHECKING:
     from .connlimits import ConnectionLimits, LimitedConnection, LimitedRunner
     from .context import CommandContext, PluginContext
     from .controlplane import EncodedJson
-    from .metrics import PluginMetrics
+    from .metrics import PluginMetrics, StreamedCollector
     from .plugins import AgentPluginManager
     from .reconcile import (
         Answer,
@@ -147,6 +147,7 @@ _LAZY = {
     "LimitedRunner": "connlimits",
     "PluginContext": "context",
     "PluginMetrics": "metrics",
+    "StreamedCollector": "metrics",
     "NetlinkError": "rtnl",
     "ReconcileError": "reconcile",
     "Reconciler": "reconcile",
@@ -239,6 +240,7 @@ __all__ = [
     "StateError",
     "StateStore",
     "StatusScheme",
+    "StreamedCollector",
     "SyncEvent",
     "SystemClock",
     "Task",

@@ -56,12 +56,14 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 
 from . import jsonlimits
 from .connlimits import ConnectionLimits, LimitedRunner
 from .descriptors import RouteSpec
 from .errors import MoenetError, PluginError
 from .logs import add_secret
+from .metrics import AgentRegistry
 from .netcheck import host_header_name, normal_ip
 
 if TYPE_CHECKING:
@@ -743,10 +745,24 @@ class LocalApi:
         return _json(self._host.status())
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        # prometheus_client's own handler: content negotiation (OpenMetrics or
-        # text), name[] filtering and gzip. Built per request so the host's
-        # registry is read at scrape time (it is cheap: a closure).
-        return await make_aiohttp_handler(self._host.registry)(request)
+        registry = self._host.registry
+        if not isinstance(registry, AgentRegistry) or not registry.streamed:
+            # prometheus_client's own handler: content negotiation (OpenMetrics or
+            # text), name[] filtering and gzip. Built per request so the host's
+            # registry is read at scrape time (it is cheap: a closure).
+            return await make_aiohttp_handler(registry)(request)
+        # The same negotiation, written a chunk at a time (see StreamedCollector).
+        encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        names = request.query.getall("name[]", None)
+        resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
+        resp.enable_compression()
+        await resp.prepare(request)
+        for chunk in registry.exposition(encoder, names):
+            if chunk:
+                await resp.write(chunk)
+            await asyncio.sleep(0)  # formatting a part takes milliseconds: let the loop run between
+        await resp.write_eof()
+        return resp
 
     async def _maintenance(self, request: web.Request) -> web.Response:
         return _json(self._host.maintenance())

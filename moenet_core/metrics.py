@@ -7,8 +7,10 @@ global one), so several agents can live in one test process. Plugins get a
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,6 +22,98 @@ from .version import __version__
 BREAKER_STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
 
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: The line that ends an OpenMetrics document.
+_EOF = b"# EOF\n"
+
+
+class StreamedCollector(Collector, ABC):
+    """A collector with too many series to format at once (the sessions plugin's
+    21 000 at 1 000 sessions: formatted together, a transient of about 10 MB a
+    scrape). ``/metrics`` formats and sends each part :meth:`parts` yields before
+    the next is built; :meth:`collect` (in-process readers, filtered scrapes)
+    joins the parts into whole families.
+
+    Parts of one family must come one after the other; gauges and untyped
+    families only (a counter's or histogram's extra samples would split)."""
+
+    @abstractmethod
+    def parts(self) -> Iterator[Metric]:
+        """The families in order, each in one or more consecutive parts."""
+
+    def collect(self) -> Iterator[Metric]:
+        whole: Metric | None = None
+        for part in self.parts():
+            if whole is not None and whole.name == part.name:
+                whole.samples.extend(part.samples)
+                continue
+            if whole is not None:
+                yield whole
+            whole = part
+        if whole is not None:
+            yield whole
+
+
+class _Only(Collector):
+    """A collector of the given metrics (what an encoder takes)."""
+
+    def __init__(self, metrics: Callable[[], Iterable[Metric]]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics()
+
+
+class AgentRegistry(CollectorRegistry):
+    """prometheus_client's registry, plus :class:`StreamedCollector` s, which
+    :meth:`exposition` writes a part at a time."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self._streamed: list[StreamedCollector] = []
+
+    def register_streamed(self, collector: StreamedCollector) -> None:
+        self._streamed.append(collector)
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self._streamed)
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric, the streamed collectors' as whole families."""
+        yield from super().collect()
+        for collector in list(self._streamed):
+            yield from collector.collect()
+
+    def exposition(
+        self, encoder: Callable[[Collector], bytes], names: Collection[str] | None = None
+    ) -> Iterator[bytes]:
+        """The registry as ``encoder`` (prometheus_client's, for the negotiated
+        format) writes it, in chunks: the registered collectors at once, then each
+        streamed part on its own (the header of a family repeated by a later part
+        dropped). ``names``: only these families (``/metrics?name[]=...``)."""
+        end = b""
+
+        def body(doc: bytes) -> bytes:
+            nonlocal end
+            if doc.endswith(_EOF):  # OpenMetrics ends each document; once is right
+                end, doc = _EOF, doc[: -len(_EOF)]
+            return doc
+
+        base = self.restricted_registry(names) if names is not None else _Only(super().collect)
+        yield body(encoder(base))
+        last = None
+        for collector in list(self._streamed):
+            for part in collector.parts():
+                if names is not None and part.name not in names:
+                    continue
+                doc = body(encoder(_Only(functools.partial(tuple, (part,)))))
+                if part.name == last:
+                    while doc.startswith(b"# "):  # HELP and TYPE: sample lines never start so
+                        doc = doc[doc.index(b"\n") + 1 :]
+                last = part.name
+                yield doc
+        yield end
 
 
 class HealthCollector(Collector):
@@ -50,7 +144,7 @@ class AgentMetrics:
     """Core metrics. Every name is documented in ``docs/metrics.md``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.registry = registry if registry is not None else AgentRegistry()
         r = self.registry
         self.info = Gauge("moenet_agent_info", "Agent version (value is always 1).", ["version"], registry=r)
         self.info.labels(version=__version__).set(1)
@@ -140,5 +234,9 @@ class PluginMetrics:
 
     def register_collector(self, collector: Collector) -> None:
         """Add a pull collector. Its ``collect()`` runs on the event loop during a
-        scrape: read cached state only, never do I/O."""
-        self.registry.register(collector)
+        scrape: read cached state only, never do I/O. A :class:`StreamedCollector`
+        is written to ``/metrics`` a part at a time."""
+        if isinstance(collector, StreamedCollector) and isinstance(self.registry, AgentRegistry):
+            self.registry.register_streamed(collector)
+        else:
+            self.registry.register(collector)

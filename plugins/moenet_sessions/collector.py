@@ -79,7 +79,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from moenet_core import (
     ControlPlaneError,
@@ -89,6 +88,7 @@ from moenet_core import (
     ProtocolState,
     RoutingBackend,
     SessionStatus,
+    StreamedCollector,
     TunnelBackend,
     TunnelStats,
     map_bounded,
@@ -187,6 +187,12 @@ class _Family(NamedTuple):
     _LIMIT_HIT,
     _HEALTH,
 ) = range(14)
+_FAMILY_COUNT = 14
+_PROTOCOL_FAMILIES = frozenset((_BGP_UP, _BGP_STATE, _BGP_SINCE, _LIMIT, _LIMIT_HIT))
+_TUNNEL_FAMILIES = frozenset((_HANDSHAKE_AT, _HANDSHAKE_AGE, _RX, _TX))
+_LATENCY_FAMILIES = frozenset((_RTT, _LOSS, _TIER))
+#: Sessions per part of a family written to /metrics (see StreamedCollector).
+_PART_SESSIONS = 100
 
 
 @attrs.frozen
@@ -227,32 +233,55 @@ class _Sample:
 
     def series(self) -> Iterator[tuple[int, tuple[str, ...], float]]:
         """(family index, label values, value) of every series this session exports."""
+        for family in range(_FAMILY_COUNT):
+            for key, value in self.rows(family):
+                yield family, key, value
+
+    def rows(self, family: int) -> Iterator[tuple[tuple[str, ...], float]]:
+        """(label values, value) of this session's series in ``family``."""
         labels = self.labels
-        for p in self.protocols:
-            yield _BGP_UP, (*labels, p.name), p.up
-            yield _BGP_STATE, (*labels, p.name, p.state), 1
-            if p.since is not None:
-                yield _BGP_SINCE, (*labels, p.name), p.since
-            for x in p.limits:
-                if x.value is not None:
-                    yield _LIMIT, (*labels, p.name, x.channel, x.limit), x.value
-                yield _LIMIT_HIT, (*labels, p.name, x.channel, x.limit), 1 if x.hit else 0
-        for family, direction, n in self.routes:
-            yield _ROUTES, (*labels, family, direction), n
-        if self.tunnel is not None:
-            yield _HANDSHAKE_AT, labels, self.tunnel.latest_handshake or 0
-            if self.handshake_age is not None:
-                yield _HANDSHAKE_AGE, labels, self.handshake_age
-            yield _RX, labels, self.tunnel.rx_bytes
-            yield _TX, labels, self.tunnel.tx_bytes
-        lat = self.latency
-        if lat is not None:
-            if lat.rtt_ms is not None:
-                yield _RTT, labels, lat.rtt_ms / 1000.0
-            yield _LOSS, labels, lat.loss / 100.0
-            if lat.tier is not None:
-                yield _TIER, labels, lat.tier
-        yield _HEALTH, labels, int(self.verdict)
+        if family in _PROTOCOL_FAMILIES:
+            for p in self.protocols:
+                if family == _BGP_UP:
+                    yield (*labels, p.name), p.up
+                elif family == _BGP_STATE:
+                    yield (*labels, p.name, p.state), 1
+                elif family == _BGP_SINCE:
+                    if p.since is not None:
+                        yield (*labels, p.name), p.since
+                else:
+                    for x in p.limits:
+                        if family == _LIMIT_HIT:
+                            yield (*labels, p.name, x.channel, x.limit), 1 if x.hit else 0
+                        elif x.value is not None:
+                            yield (*labels, p.name, x.channel, x.limit), x.value
+        elif family == _ROUTES:
+            for route_family, direction, n in self.routes:
+                yield (*labels, route_family, direction), n
+        elif family in _TUNNEL_FAMILIES:
+            t = self.tunnel
+            if t is None:
+                return
+            if family == _HANDSHAKE_AT:
+                yield labels, t.latest_handshake or 0
+            elif family == _HANDSHAKE_AGE:
+                if self.handshake_age is not None:
+                    yield labels, self.handshake_age
+            else:
+                yield labels, t.rx_bytes if family == _RX else t.tx_bytes
+        elif family in _LATENCY_FAMILIES:
+            lat = self.latency
+            if lat is None:
+                return
+            if family == _RTT:
+                if lat.rtt_ms is not None:
+                    yield labels, lat.rtt_ms / 1000.0
+            elif family == _LOSS:
+                yield labels, lat.loss / 100.0
+            elif lat.tier is not None:
+                yield labels, lat.tier
+        elif family == _HEALTH:
+            yield labels, int(self.verdict)
 
     def keys(self) -> set[tuple[int, tuple[str, ...]]]:
         return {(family, key) for family, key, _ in self.series()}
@@ -279,8 +308,9 @@ class _Sample:
         }
 
 
-class _SeriesCollector(Collector):
-    """Exports the per-session series at scrape time (no I/O: from the last run's samples)."""
+class _SeriesCollector(StreamedCollector):
+    """Exports the per-session series at scrape time (no I/O: from the last run's
+    samples), a family at a time and :data:`_PART_SESSIONS` sessions per part."""
 
     def __init__(self, metrics: _Metrics) -> None:
         self.metrics = metrics
@@ -289,12 +319,15 @@ class _SeriesCollector(Collector):
         for f in self.metrics.families:
             yield GaugeMetricFamily(f.name, f.doc, labels=f.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        fams = [GaugeMetricFamily(f.name, f.doc, labels=f.labelnames) for f in self.metrics.families]
-        for sample in list(self.metrics.samples.values()):
-            for family, key, value in sample.series():
-                fams[family].add_metric(key, float(value))
-        yield from fams
+    def parts(self) -> Iterator[Metric]:
+        samples = list(self.metrics.samples.values())
+        for index, f in enumerate(self.metrics.families):
+            for start in range(0, max(len(samples), 1), _PART_SESSIONS):
+                part = GaugeMetricFamily(f.name, f.doc, labels=f.labelnames)
+                for sample in samples[start : start + _PART_SESSIONS]:
+                    for key, value in sample.rows(index):
+                        part.add_metric(key, float(value))
+                yield part
 
 
 class _Metrics:

@@ -12,12 +12,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp.typedefs import Handler
 from loguru import logger
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from moenet_core.api import LocalApi, is_loopback, parse_listen, valid_interface_name
 from moenet_core.descriptors import RouteSpec
 from moenet_core.errors import MoenetError, PluginError
 from moenet_core.logs import clear_secrets
+from moenet_core.metrics import AgentRegistry, PluginMetrics, StreamedCollector
 
 TOKEN = "t0ken-for-tests-0123456789"
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -162,6 +165,55 @@ async def test_metrics_openmetrics_negotiation(aiohttp_client: ClientFactory, ho
     assert resp.status == 200
     assert resp.content_type == "application/openmetrics-text"
     assert (await resp.text()).rstrip().endswith("# EOF")
+
+
+class ManySeries(StreamedCollector):
+    """Two gauge families of 250 series, in parts of 100."""
+
+    def parts(self) -> Iterator[Metric]:
+        for name in ("moenet_fake_a", "moenet_fake_b"):
+            for start in range(0, 250, 100):
+                part = GaugeMetricFamily(name, f"{name} per peer.", labels=["peer"])
+                for i in range(start, min(start + 100, 250)):
+                    part.add_metric([f"p{i}"], i)
+                yield part
+
+
+@pytest.fixture
+def streamed_host(host: FakeHost) -> FakeHost:
+    registry = AgentRegistry()
+    Gauge("moenet_fake_peers", "Peers the fake host knows.", registry=registry).set(7)
+    PluginMetrics(registry, "fake").register_collector(ManySeries())
+    host.registry = registry
+    return host
+
+
+@pytest.mark.parametrize(
+    ("accept", "encoder"),
+    [("", generate_latest), ("application/openmetrics-text; version=1.0.0", openmetrics_latest)],
+)
+async def test_streamed_series_are_the_exposition_prometheus_client_writes(
+    aiohttp_client: ClientFactory, streamed_host: FakeHost, accept: str, encoder: Any
+) -> None:
+    """A StreamedCollector's parts go out one at a time; the document is byte for
+    byte the one prometheus_client writes for the whole registry."""
+    client = await client_for(aiohttp_client, streamed_host)
+    resp = await client.get("/metrics", headers={"Accept": accept} if accept else {})
+    assert resp.status == 200
+    body = await resp.read()
+    assert body == encoder(streamed_host.registry)
+    assert body.count(b"# TYPE moenet_fake_a gauge") == 1 and b'moenet_fake_b{peer="p249"} 249.0' in body
+    assert streamed_host.registry.get_sample_value("moenet_fake_a", {"peer": "p120"}) == 120.0
+
+
+async def test_streamed_series_honour_a_name_filter(
+    aiohttp_client: ClientFactory, streamed_host: FakeHost
+) -> None:
+    client = await client_for(aiohttp_client, streamed_host)
+    resp = await client.get("/metrics?name[]=moenet_fake_b&name[]=moenet_fake_peers")
+    body = (await resp.read()).decode()
+    assert "moenet_fake_peers 7.0" in body and 'moenet_fake_b{peer="p0"} 0.0' in body
+    assert "moenet_fake_a" not in body
 
 
 # ------------------------------------------------------------------ maintenance

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
 from aiohttp import web
+from helpers.polling import until
 
 from moenet_core import ConnectionLimits, LimitedConnection, LimitedRunner
 
@@ -78,14 +78,6 @@ async def serving(app: App, limits: ConnectionLimits) -> AsyncIterator[int]:
     finally:
         app.release.set()
         await runner.cleanup()
-
-
-async def until(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def connect(port: int, data: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from helpers.nettools import FakeBird, frontend_url
+from helpers.polling import until
 from loguru import logger
 from moenet_nettools.config import LgConfig
 from moenet_nettools.lg import LookingGlass
@@ -41,15 +42,6 @@ class Turnstile:
     def let_through(self, n: int = 1) -> None:
         for _ in range(n):
             self._sem.release()
-
-
-async def until(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``cond`` (yielding to the loop) until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class Proxy:

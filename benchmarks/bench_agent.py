@@ -13,7 +13,9 @@ Run as root::
   first ``sessionSync`` finished, and again a few seconds later.
 - **RSS at N sessions**: the same with N sessions in the CP file, after all N
   tunnels (wireguard-go) exist and a further ``sessionSync`` finished; the agent
-  process only (wireguard-go and BIRD excluded).
+  process only (wireguard-go and BIRD excluded). Then, for ``--watch`` seconds,
+  RSS every 0.5 s while the agent's periodic tasks run and ``/metrics`` is
+  scraped every 15 s as Prometheus would (min / median / max, the scrape's time).
 - **imports**: ``python -X importtime`` of ``moenet_core.cli`` and of every
   built-in plugin (cumulative ms of the heaviest top-level packages) and the
   wall time of ``python -c 'import ...'`` against ``python -c pass``.
@@ -56,6 +58,8 @@ BUILTINS = tuple(
 )
 """Every plugin the package registers (entry points of the ``moenet`` group)."""
 PORT = 24368
+#: Seconds between ``/metrics`` scrapes while RSS is watched (Prometheus's common interval).
+SCRAPE_EVERY = 15.0
 
 
 def get_status(timeout: float = 1.0) -> dict[str, Any] | None:
@@ -199,8 +203,40 @@ def starts(node: Node, runs: int) -> tuple[list[float], list[float]]:
     return agent, floor
 
 
-def memory(node: Node, count: int) -> tuple[int, int, int]:
-    """(RSS after the first sync, RSS 5 s later, VmHWM) in kB with ``count`` sessions."""
+def scrape(timeout: float = 30.0) -> tuple[float, int]:
+    """(seconds, series) of one ``GET /metrics`` as Prometheus asks for it."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}/metrics",
+        headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"},
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (the local API)
+        body = resp.read()
+    took = time.monotonic() - started
+    return took, sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+
+
+def watch(pid: int, seconds: float, every: float) -> tuple[list[int], list[float], int]:
+    """RSS (kB) every 0.5 s for ``seconds`` while ``/metrics`` is scraped every
+    ``every`` seconds; (RSS samples, scrape durations, series in the last scrape)."""
+    rss: list[int] = []
+    took: list[float] = []
+    series = 0
+    end = time.monotonic() + seconds
+    next_scrape = time.monotonic()
+    while time.monotonic() < end:
+        if time.monotonic() >= next_scrape:
+            t, series = scrape()
+            took.append(t)
+            next_scrape += every
+        rss.append(rss_kb(pid)[0])
+        time.sleep(0.5)
+    return rss, took, series
+
+
+def memory(node: Node, count: int, seconds: float = 0.0) -> tuple[int, int, int]:
+    """(RSS after the first sync, RSS 5 s later, VmHWM) in kB with ``count`` sessions;
+    then, for ``seconds``, RSS under scrapes (printed)."""
     node.write(count, f"state-{count}")
     limit = 120 + count * 1.0
     with node.agent() as proc:
@@ -215,6 +251,17 @@ def memory(node: Node, count: int) -> tuple[int, int, int]:
         first = rss_kb(proc.pid)[0]
         time.sleep(5)
         rss, hwm = rss_kb(proc.pid)
+        if seconds > 0:
+            with node.ns.entered():  # the API listens in the node's namespace
+                samples, took, series = watch(proc.pid, seconds, SCRAPE_EVERY)
+            mb = sorted(x / 1024 for x in samples)
+            print(
+                f"agent RSS, {count} sessions, over {seconds:.0f} s of its periodic tasks with /metrics "
+                f"scraped every {SCRAPE_EVERY:.0f} s: min {mb[0]:.1f}, median {statistics.median(mb):.1f}, "
+                f"max {mb[-1]:.1f} MB; a scrape ({series} series) p50 "
+                f"{statistics.median(took) * 1000:.0f} ms, max {max(took) * 1000:.0f} ms",
+                flush=True,
+            )
         return first, rss, hwm
 
 
@@ -304,6 +351,12 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=7, help="agent starts timed")
     ap.add_argument("--sessions", type=int, default=1000, help="sessions for the loaded RSS")
     ap.add_argument("--skip-sessions", action="store_true", help="idle RSS only")
+    ap.add_argument(
+        "--watch",
+        type=float,
+        default=90.0,
+        help="seconds of RSS under /metrics scrapes at N sessions (0: none)",
+    )
     ap.add_argument("--imports-only", action="store_true")
     args = ap.parse_args()
     imports(max(3, args.starts))
@@ -336,7 +389,7 @@ def main() -> None:
                 flush=True,
             )
             if not args.skip_sessions:
-                first, rss, hwm = memory(node, args.sessions)
+                first, rss, hwm = memory(node, args.sessions, args.watch)
                 print(
                     f"agent RSS, {args.sessions} sessions: {first / 1024:.1f} MB after a sync with all "
                     f"tunnels, {rss / 1024:.1f} MB 5 s later (peak {hwm / 1024:.1f} MB; wireguard-go "

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import attrs
 
+from .controlplane import UNCHANGED
 from .descriptors import RouteSpec, SyncEvent
 from .errors import BackendUnavailable, ControlPlaneError, ControlPlaneUnavailable, MoenetError
 from .guard import GuardMemory, GuardPolicy, GuardWindow
@@ -280,6 +281,10 @@ class Reconciler(Generic[D, O, P, R]):
         self.answer_digest = None
         try:
             raw, digest = await self.ctx.cp.fetch_digest(self.resource, known=self.reusable_digest())
+            if raw is UNCHANGED and self.reusable_digest() != digest:
+                # What parse remembers changed during the fetch (a plan preview parsed
+                # another answer): decode this one after all.
+                raw, digest = await self.ctx.cp.fetch_digest(self.resource)
         except ControlPlaneUnavailable as exc:
             problem = f"control plane unreachable for {self.resource}: {exc}"
         except ControlPlaneError as exc:

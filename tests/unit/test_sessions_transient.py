@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,13 @@ class DigestingCP(StubControlPlane):
     sources do; counts the answers it handed over."""
 
     decoded = 0
+    during: Callable[[], Awaitable[None]] | None = None
+    """Run once by the next fetch that names a known digest, before it answers."""
 
     async def fetch_digest(self, resource: str, *, known: bytes | None = None) -> tuple[Any, bytes]:
+        if known is not None and self.during is not None:
+            during, self.during = self.during, None
+            await during()
         value, digest = await super().fetch_digest(resource)
         if digest == known:
             return UNCHANGED, digest
@@ -140,6 +146,26 @@ async def test_an_unchanged_answer_is_neither_decoded_nor_parsed(tmp_path: Path)
     rig.restart()  # a new process remembers no parse: it decodes once
     r = await rig.sync(*active, session(4))
     assert rig.cp.decoded == 3 and r["failed"] == {} and len(rig.tunnels) == 4
+
+
+async def test_an_unchanged_answer_is_decoded_when_a_preview_replaced_the_parse_meanwhile(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    cp = rig.cp = DigestingCP("test-node")
+    rig.restart()
+    active = [session(n, SessionStatus.ACTIVE) for n in range(1, 3)]
+    await rig.sync(*active)
+
+    async def preview() -> None:  # `moenet-agent plan sessions` parses another answer
+        cp.set("sessions", [*active, session(3)])
+        await rig.task.fetch(persist=False)
+        cp.set("sessions", active)
+
+    cp.during = preview
+    r = await rig.task.run_once()
+    assert r["failed"] == {} and r["changed"] == {} and len(rig.tunnels) == 2, r
+    assert cp.decoded == 3  # the first answer, the preview's, and this one after all
 
 
 async def test_a_deep_check_interval_of_zero_reads_deeply_every_cycle(tmp_path: Path) -> None:

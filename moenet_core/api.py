@@ -753,6 +753,8 @@ class LocalApi:
             return await make_aiohttp_handler(registry)(request)
         # The same negotiation, written a chunk at a time (see StreamedCollector).
         encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        if request.method == hdrs.METH_HEAD:  # a streamed body must not follow a HEAD's headers
+            return web.Response(headers={hdrs.CONTENT_TYPE: content_type})
         names = request.query.getall("name[]", None)
         resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
         resp.enable_compression()

@@ -206,6 +206,18 @@ async def test_streamed_series_are_the_exposition_prometheus_client_writes(
     assert streamed_host.registry.get_sample_value("moenet_fake_a", {"peer": "p120"}) == 120.0
 
 
+async def test_head_of_streamed_metrics_has_no_body(
+    aiohttp_client: ClientFactory, streamed_host: FakeHost
+) -> None:
+    client = await client_for(aiohttp_client, streamed_host)
+    resp = await client.head("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert await resp.read() == b""
+    resp = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})  # the connection is still sound
+    assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
+    assert await resp.read() == generate_latest(streamed_host.registry)
+
+
 async def test_streamed_series_honour_a_name_filter(
     aiohttp_client: ClientFactory, streamed_host: FakeHost
 ) -> None:

@@ -759,11 +759,14 @@ class LocalApi:
         resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
         resp.enable_compression()
         await resp.prepare(request)
-        for chunk in registry.exposition(encoder, names):
-            if chunk:
-                await resp.write(chunk)
-            await asyncio.sleep(0)  # formatting a part takes milliseconds: let the loop run between
-        await resp.write_eof()
+        try:
+            for chunk in registry.exposition(encoder, names):
+                if chunk:
+                    await resp.write(chunk)
+                await asyncio.sleep(0)  # formatting a part takes milliseconds: let the loop run between
+            await resp.write_eof()
+        except ConnectionResetError:  # the scraper went away mid-answer (its timeout): nothing to tell
+            logger.debug("/metrics: the client closed the connection during the answer")
         return resp
 
     async def _maintenance(self, request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp.typedefs import Handler
+from helpers.polling import until
 from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -216,6 +217,33 @@ async def test_head_of_streamed_metrics_has_no_body(
     resp = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})  # the connection is still sound
     assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
     assert await resp.read() == generate_latest(streamed_host.registry)
+
+
+async def test_a_scraper_leaving_mid_answer_is_not_an_error(
+    aiohttp_client: ClientFactory,
+    streamed_host: FakeHost,
+    captured: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scraper's timeout closes the connection while parts are being written:
+    the handler stops quietly (no "handler failed" with a traceback)."""
+    real = web.StreamResponse.write
+    writes = 0
+
+    async def write(self: web.StreamResponse, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 2:
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        await real(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", write)
+    client = await client_for(aiohttp_client, streamed_host)
+    resp = await client.get("/metrics")  # the headers came; the body stops
+    await until("the answer given up", lambda: any("closed the connection" in line for line in captured))
+    resp.close()
+    assert writes == 2
+    assert not [line for line in captured if "handler failed" in line], captured
 
 
 async def test_streamed_series_honour_a_name_filter(

@@ -287,35 +287,35 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
 
     # ------------------------------------------------------- the cycle's steps
 
+    def _parse_terms(self) -> tuple[int | None, str]:
+        """What a parse depends on besides the answer: the session cap and the status scheme."""
+        return self.section.max_sessions, self.ctx.config.control_plane.status_scheme
+
     def reusable_digest(self) -> bytes | None:
         """The digest of the remembered parse, when it was made under today's cap
         and scheme and its answer is the one saved: an unchanged answer is then
         neither decoded nor parsed."""
-        memo = self._parsed
-        if memo is None or memo[1] != (
-            self.section.max_sessions,
-            self.ctx.config.control_plane.status_scheme,
-        ):
+        memo, store = self._parsed, self._store
+        if memo is None or store is None or memo[1] != self._parse_terms():
             return None
-        store = self._store
-        return memo[0] if store is not None and memo[0] == store.saved_digest else None
+        return memo[0] if memo[0] == store.saved_digest else None
 
     def parse(self, raw: Any) -> Parsed:
         """``parse_sessions``, remembered for the last answer: the CP answers the
         same most of the time, and validating 1 000 sessions again each minute was
         a third of an unchanged cycle. Parsing is pure, so an equal answer under
         the same cap gives an equal result."""
-        cap = self.section.max_sessions
-        scheme = self.ctx.config.control_plane.status_scheme
+        terms = self._parse_terms()
         digest, memo = self.answer_digest, self._parsed
-        if digest is not None and memo is not None and memo[0] == digest and memo[1] == (cap, scheme):
+        if digest is not None and memo is not None and memo[0] == digest and memo[1] == terms:
             sessions, invalid = memo[2]
             return list(sessions), list(invalid)
+        cap, scheme = terms
         parsed = parse_sessions(raw, max_sessions=cap, status_scheme=scheme)
         # Keyed by the answer's digest, not the answer: a decoded answer of 1 000
         # sessions is about 1.5 MB, kept only for this comparison.
         if digest is not None:
-            self._parsed = (digest, (cap, scheme), (tuple(parsed[0]), tuple(parsed[1])))
+            self._parsed = (digest, terms, (tuple(parsed[0]), tuple(parsed[1])))
         return parsed
 
     def save_answer(self, raw: Any) -> None:

@@ -746,7 +746,7 @@ class LocalApi:
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         registry = self._host.registry
-        if not isinstance(registry, AgentRegistry) or not registry.streamed:
+        if not isinstance(registry, AgentRegistry) or not registry.has_streamed:
             # prometheus_client's own handler: content negotiation (OpenMetrics or
             # text), name[] filtering and gzip. Built per request so the host's
             # registry is read at scrape time (it is cheap: a closure).

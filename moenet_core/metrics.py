@@ -76,7 +76,7 @@ class AgentRegistry(CollectorRegistry):
         self._streamed.append(collector)
 
     @property
-    def streamed(self) -> bool:
+    def has_streamed(self) -> bool:
         return bool(self._streamed)
 
     def collect(self) -> Iterator[Metric]:

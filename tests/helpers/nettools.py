@@ -156,14 +156,19 @@ class TwoNodes:
         return str(self.bird_a.socket)
 
     def wait_established(self, timeout: float = 30.0) -> None:
-        """Poll BIRD on ``a`` until the session is up and b's prefix arrived."""
+        """Poll BIRD on ``a`` until the session is up and both of b's prefixes
+        arrived (the IPv6 one may come in a later update than the IPv4 one)."""
         import time
 
         deadline = time.monotonic() + timeout
         while True:
             res = self.a.run("birdc", "-s", self.socket_a, "show", "route", "for", "172.20.20.1", check=False)
             if NET_B in res.stdout:
-                return
+                res = self.a.run(
+                    "birdc", "-s", self.socket_a, "show", "route", "for", "fd42:20::1", check=False
+                )
+                if NET6_B in res.stdout:
+                    return
             if time.monotonic() > deadline:
                 raise AssertionError(f"BGP between the nodes never came up:\n{res.stdout}{res.stderr}")
             time.sleep(0.1)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import moenet_heartbeat
+from helpers.polling import until
 
 from moenet_core.memory import MemoryTrimmer, forget_generated_sources, malloc_trim
 
@@ -33,19 +34,44 @@ def test_a_trim_gives_freed_heap_back() -> None:
     assert keep[0] == ord("x")
 
 
-def test_trims_at_most_once_per_interval() -> None:
+def test_a_burst_of_runs_is_trimmed_once_at_once_and_once_after_the_gap() -> None:
     now = [100.0]
-    trimmer = MemoryTrimmer(interval=30.0, clock=lambda: now[0])
+    scheduled: list[tuple[float, Any]] = []
+    trimmer = MemoryTrimmer(gap=1.0, clock=lambda: now[0], later=lambda d, f: scheduled.append((d, f)))
+    per_trim = 1 if malloc_trim() is not None else 0
+    trimmer.after_run()  # the first run: trimmed at once
+    assert (trimmer.trims, scheduled) == (per_trim, [])
+    now[0] += 0.25
+    trimmer.after_run()  # inside the gap: one trim when it has passed...
+    now[0] += 0.25
+    trimmer.after_run()  # ...for every run of the burst
+    assert trimmer.trims == per_trim
+    assert [round(d, 6) for d, _ in scheduled] == [0.75]
+    now[0] += 0.5
+    scheduled[0][1]()  # the gap passed: the burst's last run is trimmed too
+    assert trimmer.trims == 2 * per_trim
+    now[0] += 0.5
+    trimmer.after_run()  # 0.5 s after that trim: deferred again
+    assert len(scheduled) == 2 and round(scheduled[1][0], 6) == 0.5
+    now[0] += 0.5
+    scheduled[1][1]()
+    now[0] += 5
+    trimmer.after_run()  # long after the last trim: at once
+    assert trimmer.trims == 4 * per_trim and len(scheduled) == 2
+    never = MemoryTrimmer(gap=0, clock=lambda: now[0], later=lambda d, f: scheduled.append((d, f)))
+    never.after_run()
+    assert never.trims == 0 and len(scheduled) == 2
+
+
+async def test_without_a_given_timer_the_running_loop_defers_the_trim() -> None:
+    now = [0.0]
+    trimmer = MemoryTrimmer(gap=0.05, clock=lambda: now[0])
     trimmer.after_run()
+    first = trimmer.trims
     trimmer.after_run()
-    now[0] += 29.9
-    trimmer.after_run()
-    expected = 1 if malloc_trim() is not None else 0
-    assert trimmer.trims == expected
-    now[0] += 0.2
-    trimmer.after_run()
-    assert trimmer.trims == 2 * expected
-    MemoryTrimmer(interval=0, clock=lambda: now[0]).after_run()  # 0: never
+    assert trimmer.trims == first
+    now[0] += 0.05
+    await until("the deferred trim", lambda: trimmer.trims == 2 * first)
 
 
 async def test_the_agent_trims_after_a_task_run(fake_cp: Any, agent_harness: Any, tmp_path: Path) -> None:
@@ -111,3 +137,26 @@ def test_the_cli_process_uses_frozenlists_pure_python_twin() -> None:
     kept = {**env, "FROZENLIST_NO_EXTENSIONS": ""}  # the operator's choice wins
     out = subprocess.run([sys.executable, "-c", code], env=kept, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["frozenlist._frozenlist", "True"]
+
+
+def test_the_cli_process_does_not_read_the_system_mime_tables() -> None:
+    """aiohttp builds a MIME table at import (for file responses the agent never
+    sends), which loads the module's tables: only Python's built-in types go in,
+    not ``/etc/mime.types``."""
+    import subprocess
+    import sys
+
+    def table(imports: str) -> list[str]:
+        code = (
+            f"import {imports}, aiohttp.web_fileresponse as f, mimetypes\n"
+            "print(len(mimetypes.types_map), mimetypes.guess_type('x.json')[0])"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+
+    size, json_type = table("moenet_core.cli")
+    assert json_type == "application/json"
+    assert int(size) < 200  # Python's own table has about 150 types
+    if Path("/etc/mime.types").exists():  # the control: a process that reads it gets far more
+        assert int(table("os")[0]) > 2 * int(size)

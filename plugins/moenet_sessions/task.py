@@ -83,6 +83,7 @@ from moenet_core import (
     atomic_write,
     crashpoint,
     hookimpl,
+    map_bounded,
     sweep_partial_writes,
 )
 
@@ -487,22 +488,23 @@ class SessionSync(Reconciler[Parsed, Now, Plan, Outcome]):
             todo.append((s, s.spec))
         if not todo:
             return
-        gate = asyncio.Semaphore(max(1, self.section.tunnel_concurrency))
 
-        async def ensure(s: SessionPlan, spec: TunnelSpec) -> None:
-            async with gate:
-                try:
-                    if spec.preshared_key_file and s.preshared_key:
-                        path = Path(spec.preshared_key_file)
-                        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                        atomic_write(path, (s.preshared_key + "\n").encode("ascii"), mode=0o600)
-                    await tunnel.ensure(spec)
-                    out.counts["tunnelWrites"] += 1
-                except Exception as exc:
-                    out.failed[s.uuid] = Failure.of(f"tunnel {spec.name}", exc)
-                    self.ctx.log.error("session {}: tunnel {} failed: {}", s.uuid, spec.name, exc)
+        async def ensure(item: tuple[SessionPlan, TunnelSpec]) -> None:
+            s, spec = item
+            try:
+                if spec.preshared_key_file and s.preshared_key:
+                    path = Path(spec.preshared_key_file)
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    atomic_write(path, (s.preshared_key + "\n").encode("ascii"), mode=0o600)
+                await tunnel.ensure(spec)
+                out.counts["tunnelWrites"] += 1
+            except Exception as exc:
+                out.failed[s.uuid] = Failure.of(f"tunnel {spec.name}", exc)
+                self.ctx.log.error("session {}: tunnel {} failed: {}", s.uuid, spec.name, exc)
 
-        await asyncio.gather(*(ensure(s, spec) for s, spec in todo))
+        # Workers, not a task per tunnel: 1 000 waiting tasks are megabytes of heap
+        # on a cold start, and the heap stays that size.
+        await map_bounded(ensure, todo, max(1, self.section.tunnel_concurrency))
         crashpoint("sessions.tunnels.done")
 
     @staticmethod

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 from loguru import logger
 
-from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats, crashpoint
+from moenet_core import TunnelBackend, TunnelSpec, TunnelState, TunnelStats, crashpoint, map_bounded
 
 from .config import Settings
 from .device import DesiredDevice, Device, DeviceUpdate, endpoint_update, plan
@@ -519,10 +519,9 @@ class WireguardBackend(TunnelBackend):
         settings = self.settings
         now = self._now()
         due = [n for n in self.endpoints.names() if self._recheck.get(n, 0.0) <= now]
-        gate = asyncio.Semaphore(LIST_CONCURRENCY)
 
         async def one(name: str) -> bool:
-            async with gate, self._lock(name):
+            async with self._lock(name):
                 journal = Journal()
                 try:
                     return await self._refresh_one(name, settings, journal, owner)
@@ -532,7 +531,7 @@ class WireguardBackend(TunnelBackend):
                 finally:
                     self._account(journal)
 
-        results = await asyncio.gather(*(one(n) for n in due))
+        results = await map_bounded(one, due, LIST_CONCURRENCY)
         return [name for name, moved in zip(due, results, strict=True) if moved]
 
     async def _refresh_one(self, name: str, settings: Settings, journal: Journal, owner: str | None) -> bool:
@@ -601,20 +600,18 @@ class WireguardBackend(TunnelBackend):
                 link for link in await nl.links() if link.owned and (owner is None or link.owner == owner)
             ]
             addrs = await nl.addresses()
-        gate = asyncio.Semaphore(LIST_CONCURRENCY)
 
         async def read(link: Link) -> Device | None:
             if link.kind != self.link_kind:
                 return None
-            async with gate:
-                try:
-                    return await self._read(link.name)
-                except TunnelError as exc:
-                    self.log.warning("tunnel {}: cannot read its device: {}", link.name, exc)
-                    return None
+            try:
+                return await self._read(link.name)
+            except TunnelError as exc:
+                self.log.warning("tunnel {}: cannot read its device: {}", link.name, exc)
+                return None
 
         ordered = sorted(links, key=lambda lk: lk.name)
-        devices = await asyncio.gather(*(read(link) for link in ordered))
+        devices = await map_bounded(read, ordered, LIST_CONCURRENCY)
         for link, dev in zip(ordered, devices, strict=True):
             if dev is not None:
                 self._confirm(link.name, link.index, dev)
@@ -656,18 +653,16 @@ class WireguardBackend(TunnelBackend):
             else:
                 unknown.append(link)
         if unknown:
-            gate = asyncio.Semaphore(LIST_CONCURRENCY)
 
             async def read(link: Link) -> Device | None:
-                async with gate:
-                    try:
-                        dev = await self._read(link.name)
-                    except TunnelError as exc:
-                        self.log.warning("tunnel {}: cannot read its device: {}", link.name, exc)
-                        return None
+                try:
+                    dev = await self._read(link.name)
+                except TunnelError as exc:
+                    self.log.warning("tunnel {}: cannot read its device: {}", link.name, exc)
+                    return None
                 return self._confirm(link.name, link.index, dev)
 
-            for link, dev in zip(unknown, await asyncio.gather(*(read(lk) for lk in unknown)), strict=True):
+            for link, dev in zip(unknown, await map_bounded(read, unknown, LIST_CONCURRENCY), strict=True):
                 devices[link.name] = dev
         states: dict[str, _Observed] = {}
         for link in links:

@@ -43,13 +43,14 @@ def rig(tmp_path: Path) -> Rig:
 async def test_tunnels_are_created_with_bounded_concurrency(tmp_path: Path) -> None:
     rig = Rig(tmp_path, tunnelConcurrency=4)
     tunnel = rig.fakes.tunnel
-    running = peak = 0
+    running = peak = tasks = 0
     real = tunnel.ensure
 
     async def slow_ensure(spec: TunnelSpec) -> bool:
-        nonlocal running, peak
+        nonlocal running, peak, tasks
         running += 1
         peak = max(peak, running)
+        tasks = max(tasks, len(asyncio.all_tasks()))
         try:
             await asyncio.sleep(0.01)
             if spec.name == "dn42-7":
@@ -59,8 +60,10 @@ async def test_tunnels_are_created_with_bounded_concurrency(tmp_path: Path) -> N
             running -= 1
 
     tunnel.ensure = slow_ensure  # type: ignore[method-assign]
+    before = len(asyncio.all_tasks())
     r = await rig.sync(*(session(n) for n in range(1, 21)))
     assert peak == 4
+    assert tasks - before <= 4, "a task per tunnel waits in memory, not 4 workers"
     assert set(r["failed"]) == {uid(7)} and "Connection reset by peer" in r["failed"][uid(7)]
     assert len(rig.tunnels) == 19 and r["tunnelWrites"] == 19
 

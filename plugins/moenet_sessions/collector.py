@@ -75,7 +75,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -191,6 +191,7 @@ _FAMILY_COUNT = 14
 _PROTOCOL_FAMILIES = frozenset((_BGP_UP, _BGP_STATE, _BGP_SINCE, _LIMIT, _LIMIT_HIT))
 _TUNNEL_FAMILIES = frozenset((_HANDSHAKE_AT, _HANDSHAKE_AGE, _RX, _TX))
 _LATENCY_FAMILIES = frozenset((_RTT, _LOSS, _TIER))
+_T = TypeVar("_T")
 #: Sessions per part of a family written to /metrics (see StreamedCollector).
 _PART_SESSIONS = 100
 
@@ -658,7 +659,9 @@ class MetricCollector:
             body = self._session_body(
                 e, expected, found, limits, routes, stats, latency, verdict, now, routing_error
             )
-            samples[e.uuid] = _sample(e, found, limits, routes, stats, latency, verdict, body, now)
+            samples[e.uuid] = _sample(
+                e, found, limits, routes, stats, latency, verdict, body, now, self.metrics.samples.get(e.uuid)
+            )
             parts.append(json.dumps(body, separators=(",", ":")).encode())
         return now, samples, parts, routing_error
 
@@ -804,10 +807,15 @@ def _sample(
     health: Health,
     body: Mapping[str, Any],
     now: float,
+    old: _Sample | None = None,
 ) -> _Sample:
+    """The session's sample. Parts equal to those of its ``old`` sample are the
+    old objects: the samples live until the next run, and 1 000 sessions' labels,
+    protocols and routes made anew every minute, while the run's transients
+    were alive, left the heap fragmented by megabytes."""
     tunnel = stats if isinstance(stats, TunnelStats) else None
     hs = tunnel.latest_handshake if tunnel is not None else None
-    return _Sample(
+    new = _Sample(
         uuid=e.uuid,
         name=e.name,
         asn=e.asn,
@@ -831,6 +839,27 @@ def _sample(
         bgp_state=body["bgpState"],
         since=body["since"],
     )
+    if old is None:
+        return new
+    if new == old:
+        return old
+    return attrs.evolve(
+        new,
+        uuid=_kept(new.uuid, old.uuid),
+        name=_kept(new.name, old.name),
+        labels=_kept(new.labels, old.labels),
+        protocols=_kept(new.protocols, old.protocols),
+        routes=_kept(new.routes, old.routes),
+        tunnel=_kept(new.tunnel, old.tunnel),
+        latency=_kept(new.latency, old.latency),
+        reasons=_kept(new.reasons, old.reasons),
+        bgp_state=_kept(new.bgp_state, old.bgp_state),
+    )
+
+
+def _kept(new: _T, old: _T) -> _T:
+    """``old`` when it equals ``new`` (the older object stays, the new one goes)."""
+    return old if new == old else new
 
 
 def _up(p: ProtocolState) -> bool:

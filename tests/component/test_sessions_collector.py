@@ -434,6 +434,27 @@ async def test_vanished_sessions_and_changed_states_leave_no_stale_series(rig: R
     )
 
 
+async def test_a_run_keeps_the_sample_parts_that_did_not_change(rig: Rig) -> None:
+    """Samples live from one run to the next: what did not change stays the same
+    object (1 000 sessions' labels and protocols made anew every minute
+    fragmented the heap), what changed is the new value."""
+    four_sessions(rig)
+    collector = rig.collector()
+    await collector.run_once()
+    first = dict(collector.metrics.samples)
+    await collector.run_once()
+    assert all(collector.metrics.samples[u] is first[u] for u in first)  # nothing changed
+
+    rig.tunnel.stats_by_name["dn42-1"] = stats(1, 30, rx=5000, tx=6000)
+    await collector.run_once()
+    now, before = collector.metrics.samples[uid(1)], first[uid(1)]
+    assert now is not before and now.tunnel is not None and now.tunnel.rx_bytes == 5000
+    assert now.labels is before.labels and now.protocols is before.protocols
+    assert now.routes is before.routes and now.latency is before.latency
+    assert rig.sample("tunnel_rx_bytes", 1) == 5000 and rig.sample("tunnel_tx_bytes", 1) == 6000
+    assert collector.metrics.samples[uid(2)] is first[uid(2)]
+
+
 async def test_control_plane_outage_still_updates_metrics_and_health(rig: Rig) -> None:
     rig.configure({uid(1): configured(1)})
     rig.routing.protocol_names["sessions"] = {uid(1): ("dn42_a",)}

@@ -67,8 +67,16 @@ if TYPE_CHECKING:
 
     from moenet_core import PluginContext
 
-_Observed = tuple[Link, Device | None, frozenset[tuple[int, str, str | None]], TunnelState]
-"""A state :meth:`WireguardBackend.observe` built, with the link, device and raw addresses it came from."""
+_RawAddress = tuple[int, str, str | None]
+"""(prefix length, local, peer) as the address dump gives it."""
+_Observed = tuple[Link, Device | None, tuple[_RawAddress, ...], TunnelState]
+"""A state :meth:`WireguardBackend.observe` built, with the link, device and raw
+addresses (sorted; a tuple, a third of a frozenset's size) it came from."""
+
+
+def _address_order(a: _RawAddress) -> tuple[int, str, str]:
+    return a[0], a[1], a[2] or ""
+
 
 #: Device reads in flight at once while listing (each is one UAPI round trip to a
 #: wireguard-go process, or one netlink request): enough to overlap the waits of a
@@ -639,7 +647,7 @@ class WireguardBackend(TunnelBackend):
         )
         # Raw (prefixlen, local, peer) tuples: cheap to hash and compare; parsed
         # into Address only for a tunnel whose state is built anew.
-        addrs: dict[int, set[tuple[int, str, str | None]]] = {}
+        addrs: dict[int, set[_RawAddress]] = {}
         for index, prefixlen, local, peer in await nl.raw_addresses():
             addrs.setdefault(index, set()).add((prefixlen, local, peer))
         devices: dict[str, Device | None] = {}
@@ -666,7 +674,7 @@ class WireguardBackend(TunnelBackend):
                 devices[link.name] = dev
         states: dict[str, _Observed] = {}
         for link in links:
-            dev, have = devices[link.name], frozenset(addrs.get(link.index, ()))
+            dev, have = devices[link.name], tuple(sorted(addrs.get(link.index, ()), key=_address_order))
             cached = self._observed.get(link.name)
             if cached is not None and cached[0] == link and cached[1] is dev and cached[2] == have:
                 states[link.name] = cached

@@ -30,7 +30,6 @@ import hashlib
 import os
 import socket
 import struct
-import sys
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import NamedTuple, TypeVar
@@ -319,10 +318,7 @@ def attrs(buf: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, 
 
 
 def _text(buf: bytes | memoryview, a: int, b: int) -> str:
-    """A NUL-terminated attribute, interned: a link's name, kind and alias are the
-    same few strings in every dump, and 1 000 links kept from one dump while the
-    next decodes held each of them twice (their holders keep equal links)."""
-    return sys.intern(bytes(buf[a:b]).split(b"\0", 1)[0].decode(errors="replace"))
+    return bytes(buf[a:b]).split(b"\0", 1)[0].decode(errors="replace")
 
 
 def parse_link(buf: bytes | memoryview, off: int, end: int) -> RtLink:

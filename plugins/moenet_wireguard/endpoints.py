@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
@@ -30,10 +29,8 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 def format_endpoint(ip: IPAddress, port: int) -> str:
-    """The canonical form both WireGuard implementations print; interned, since a
-    tunnel's endpoint is kept by its book record, its confirmed device and its
-    observed state (three copies a tunnel otherwise)."""
-    return sys.intern(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    """The canonical form both WireGuard implementations print."""
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def _port(text: str, endpoint: str) -> int:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import moenet_bird
 import pytest
 from helpers.bird import cp_data, session
@@ -552,6 +553,35 @@ async def test_channel_states_and_import_limits_from_a_bird_readout(rig: Rig) ->
         "ipv4": {"imported": 1, "filtered": 1, "exported": 1},
         "ipv6": {"imported": 1, "filtered": 0, "exported": 1},
     }
+
+
+async def test_sessions_with_the_same_route_limits_share_one_record_of_them(rig: Rig) -> None:
+    text = (ROOT / "tests/data/bird/show-protocols-all-bgp.txt").read_text()
+    [reply], _, _ = parse_replies("\n".join(line for line in text.splitlines() if not line.startswith(">>>")))
+    [p] = parse_protocols(reply)
+    rig.configure({uid(n): configured(n) for n in (1, 2, 3)})
+    rig.routing.protocol_names["sessions"] = {uid(n): (f"dn42_{n}",) for n in (1, 2, 3)}
+    rig.routing.states = [attrs.evolve(p, name=f"dn42_{n}") for n in (1, 2, 3)]
+    rig.tunnel.stats_by_name = {f"dn42-{n}": stats(n, 5) for n in (1, 2, 3)}
+    collector = rig.collector()
+    await collector.run_once()
+
+    def limits(n: int) -> object:
+        [proto_sample] = collector.metrics.samples[uid(n)].protocols
+        return proto_sample.limits
+
+    first = limits(1)
+    assert len(first) >= 2  # import and export limits of two channels (tuple of _Limit)
+    assert limits(2) is first and limits(3) is first
+    assert rig.sample("route_limit", 2, protocol="dn42_2", channel="ipv4", limit="import") == 9000
+
+    rig.routing.states[2] = attrs.evolve(
+        rig.routing.states[2],
+        channels={**p.channels, "ipv4": attrs.evolve(p.channels["ipv4"], details={})},
+    )
+    await collector.run_once()  # session 3 lost its IPv4 limits; the others' record is kept
+    assert limits(1) is first and limits(2) is first and limits(3) is not first
+    assert len(limits(3)) < len(first)
 
 
 async def test_no_tunnel_backend_and_a_failing_latency_provider_are_reasons_not_crashes(

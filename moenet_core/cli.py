@@ -527,6 +527,9 @@ def render_session_lines(data: dict[str, Any]) -> list[str]:
 
 
 def cmd_run(path: str | None) -> int:
+    from .lean_imports import trust_store_by_directory
+
+    trust_store_by_directory()  # before anything imports aiohttp
     from .agent import Agent
     from .bootstrap import load_config
     from .logs import add_secret, setup_logging

@@ -4,6 +4,7 @@ that serve it and trust it (and nothing else)."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import ssl
 from pathlib import Path
@@ -56,3 +57,15 @@ class TestCert:
     def client_context(self) -> ssl.SSLContext:
         """Trusts this certificate only (hostname checks on)."""
         return ssl.create_default_context(cafile=str(self.cert_path))
+
+    def subject_hash(self) -> str:
+        """OpenSSL's name for this certificate in a CA directory (``<hash>.0``, as
+        ``openssl x509 -hash`` prints it): SHA-1 of the subject's canonical DER
+        (its RDN sets without the outer SEQUENCE; the common name above is already
+        in canonical form, lower case and UTF8String), first 4 bytes little-endian."""
+        cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        der = cert.subject.public_bytes()
+        assert der[0] == 0x30
+        header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+        digest = hashlib.sha1(der[header:]).digest()  # OpenSSL's choice of hash
+        return f"{int.from_bytes(digest[:4], 'little'):08x}"

@@ -541,8 +541,8 @@ class BirdClient:
     async def protocols(self, pattern: str | None = None, *, lean: bool = False) -> list[BirdProtocol]:
         """``show protocols all [\"pattern\"]``, parsed. A pattern that matches
         nothing raises :class:`~moenet_bird.protocol.BirdError` (8003). ``lean``:
-        each protocol's ``details`` keep only what the typed fields and the route
-        limits need (:data:`~moenet_bird.protocol.LEAN_KEYS`)."""
+        the typed fields only, plus the channels' route limits in their
+        ``details`` (:data:`~moenet_bird.protocol.LEAN_DETAILS`)."""
         cmd = "show protocols all" + (f" {quote(pattern)}" if pattern is not None else "")
         parsers: list[ProtocolsParser] = []
 

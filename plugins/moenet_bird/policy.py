@@ -411,11 +411,14 @@ class BirdPolicy:
 
 
 def canonical_key(key: str) -> str | None:
-    """``key`` as a canonical UUID string, or None when it is not a UUID."""
+    """``key`` as a canonical UUID string, or None when it is not a UUID. A key
+    already in canonical form is returned itself, not a copy: every eBGP peer
+    keeps its id for as long as it is declared."""
     try:
-        return str(uuidlib.UUID(key))
+        text = str(uuidlib.UUID(key))
     except (ValueError, TypeError, AttributeError):
         return None
+    return key if text == key else text
 
 
 def peer_id(owner: str, key: str) -> str:

@@ -1028,3 +1028,13 @@ def test_rendered_ranges_match_tables() -> None:
     comm = render_case({"peers": []})["moenet_communities.conf"]
     assert "(64511, 1..9)" in comm and "(64511, 21..29)" in comm and "(64511, 31..36)" in comm
     assert "(64511, 41..70)" in comm and "(64511, 1000..1999)" in comm
+
+
+def test_a_canonical_uuid_key_is_the_peer_id_itself_and_others_are_normalised() -> None:
+    from moenet_bird.policy import peer_id
+
+    key = "".join(["8f0c2a1e-4b6d-4e2f-9a3b-", "1c2d3e4f5a6b"])  # built at run time: not a shared constant
+    assert peer_id("sessions", key) is key  # no second copy kept per declared peer
+    assert peer_id("sessions", key.upper()) == key
+    assert peer_id("sessions", "{" + key + "}") == key
+    assert peer_id("staticpeers", "kioubit") == "staticpeers/kioubit"

@@ -30,6 +30,7 @@ import hashlib
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import NamedTuple, TypeVar
@@ -333,11 +334,13 @@ def parse_link(buf: bytes | memoryview, off: int, end: int) -> RtLink:
         elif t == IFLA_MTU:
             mtu = _U32.unpack_from(buf, a)[0]
         elif t == IFLA_IFALIAS:
-            alias = _text(buf, a, b) or None
+            # Kinds and aliases are a few texts shared by many links (every tunnel of
+            # a 1 000-session node is "tun" with the same marker): one copy each.
+            alias = sys.intern(_text(buf, a, b)) or None
         elif t == IFLA_LINKINFO:
             for t2, a2, b2 in attrs(buf, a, b):
                 if t2 == IFLA_INFO_KIND:
-                    kind = _text(buf, a2, b2)
+                    kind = sys.intern(_text(buf, a2, b2))
     return RtLink(index, name, kind, alias, mtu, flags)
 
 

@@ -206,6 +206,10 @@ def test_link_message_decoded_to_the_fields_used():
     )
     assert rtnl.parse_link(down, 0, len(down)) == RtLink(3, "x", None, None, 0, 0x1000)
     assert not rtnl.parse_link(down, 0, len(down)).up
+    # Another link of the same kind and marker shares those texts (one copy a node).
+    other = _msg(rtnl.RTM_NEWLINK, body.replace(b"wg-a\0", b"wg-b\0"))
+    again = rtnl.parse_link(other, 0, len(other))
+    assert again.name == "wg-b" and again.kind is link.kind and again.alias is link.alias
 
 
 def test_address_messages_with_and_without_a_peer():

@@ -194,10 +194,16 @@ class WireguardBackend(TunnelBackend):
         return name in self._locks
 
     def _confirm(self, name: str, index: int, dev: Device) -> Device:
-        """Remember ``dev`` as the device of ``name`` (link ``index``), keys
-        stripped; returns the remembered copy."""
+        """Remember ``dev`` as the device of ``name`` (link ``index``), keys and
+        traffic counters stripped (an observed state has neither; at 1 000 tunnels
+        the counters alone were 88 KB); returns the remembered copy."""
         kept = attrs.evolve(
-            dev, private_key=None, peers=tuple(attrs.evolve(p, preshared_key=None) for p in dev.peers)
+            dev,
+            private_key=None,
+            peers=tuple(
+                attrs.evolve(p, preshared_key=None, last_handshake=None, rx_bytes=0, tx_bytes=0)
+                for p in dev.peers
+            ),
         )
         self._confirmed[name] = (index, kept)
         return kept

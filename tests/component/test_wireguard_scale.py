@@ -150,6 +150,8 @@ async def test_kernel_backend_observe_reads_no_device(netns, tmp_path):
         observed = await backend.observe("mesh")
         assert len(kernel.gets) == gets
         assert observed == await backend.list("mesh") and len(kernel.gets) == gets + 1
+        _, kept = backend._confirmed["wgko0"]  # what observe answers from: no secret in memory
+        assert kept.private_key is None and [p.preshared_key for p in kept.peers] == [None]
         assert observed["wgko0"].endpoint == "192.0.2.2:51820" and observed["wgko0"].keepalive == 25
         assert await backend.observe("sessions") == {}
         assert await backend.remove("wgko0", owner="mesh")

@@ -191,7 +191,6 @@ _FAMILY_COUNT = 14
 _PROTOCOL_FAMILIES = frozenset((_BGP_UP, _BGP_STATE, _BGP_SINCE, _LIMIT, _LIMIT_HIT))
 _TUNNEL_FAMILIES = frozenset((_HANDSHAKE_AT, _HANDSHAKE_AGE, _RX, _TX))
 _LATENCY_FAMILIES = frozenset((_RTT, _LOSS, _TIER))
-_T = TypeVar("_T")
 #: Sessions per part of a family written to /metrics (see StreamedCollector).
 _PART_SESSIONS = 100
 
@@ -867,6 +866,9 @@ def _sample(
         reasons=_kept(new.reasons, old.reasons),
         bgp_state=_kept(new.bgp_state, old.bgp_state),
     )
+
+
+_T = TypeVar("_T")
 
 
 def _kept(new: _T, old: _T) -> _T:

@@ -1,4 +1,4 @@
-"""The agent's memory: freed heap pages go back after task runs, and what it never loads."""
+"""The agent's memory: freed heap pages go back after task runs, and generated source is dropped."""
 
 from __future__ import annotations
 
@@ -118,45 +118,3 @@ async def test_the_started_agent_holds_no_generated_source(
     }
     async with agent_harness(cfg, plugins=[("heartbeat", moenet_heartbeat)]):
         assert [n for n in linecache.cache if n.startswith("<attrs generated")] == []
-
-
-def test_the_cli_process_uses_frozenlists_pure_python_twin() -> None:
-    """frozenlist's C++ extension would map libstdc++ (about 1 MB resident); the
-    agent's entry point turns it off unless the operator set the variable."""
-    import os
-    import subprocess
-    import sys
-
-    code = (
-        "import moenet_core.cli, aiohttp, frozenlist\n"
-        "print(frozenlist.FrozenList.__module__, 'libstdc++' in open('/proc/self/maps').read())"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["frozenlist", "False"]
-    kept = {**env, "FROZENLIST_NO_EXTENSIONS": ""}  # the operator's choice wins
-    out = subprocess.run([sys.executable, "-c", code], env=kept, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["frozenlist._frozenlist", "True"]
-
-
-def test_the_cli_process_does_not_read_the_system_mime_tables() -> None:
-    """aiohttp builds a MIME table at import (for file responses the agent never
-    sends), which loads the module's tables: only Python's built-in types go in,
-    not ``/etc/mime.types``."""
-    import subprocess
-    import sys
-
-    def table(imports: str) -> list[str]:
-        code = (
-            f"import {imports}, aiohttp.web_fileresponse as f, mimetypes\n"
-            "print(len(mimetypes.types_map), mimetypes.guess_type('x.json')[0])"
-        )
-        return subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout.split()
-
-    size, json_type = table("moenet_core.cli")
-    assert json_type == "application/json"
-    assert int(size) < 200  # Python's own table has about 150 types
-    if Path("/etc/mime.types").exists():  # the control: a process that reads it gets far more
-        assert int(table("os")[0]) > 2 * int(size)

@@ -1,6 +1,7 @@
-"""The agent's TLS trust comes from the system's CA directory, looked up when a
-handshake needs a CA, instead of the whole bundle loaded at start (2 MB): the same
-anchors, and the operator's own choice of trust store wins."""
+"""What ``moenet_core.lean_imports`` switches off before the libraries load:
+frozenlist's C++ extension, the system MIME tables, and the whole CA bundle (the
+agent's TLS trust comes from the system's CA directory, looked up when a
+handshake needs a CA: the same anchors, and the operator's own choice wins)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,45 @@ def test_a_directory_without_hash_links_changes_nothing(tmp_path: Path) -> None:
     (plain / "ca.pem").symlink_to(cert.cert_path)
     out = probe(str(plain), [], clean_env())
     assert out["used"] is False and out["env_kept"] is True
+
+
+def test_the_cli_process_uses_frozenlists_pure_python_twin() -> None:
+    """frozenlist's C++ extension would map libstdc++ (about 1 MB resident); the
+    agent's entry point turns it off unless the operator set the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import moenet_core.cli, aiohttp, frozenlist\n"
+        "print(frozenlist.FrozenList.__module__, 'libstdc++' in open('/proc/self/maps').read())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["frozenlist", "False"]
+    kept = {**env, "FROZENLIST_NO_EXTENSIONS": ""}  # the operator's choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=kept, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["frozenlist._frozenlist", "True"]
+
+
+def test_the_cli_process_does_not_read_the_system_mime_tables() -> None:
+    """aiohttp builds a MIME table at import (for file responses the agent never
+    sends), which loads the module's tables: only Python's built-in types go in,
+    not ``/etc/mime.types``."""
+    import subprocess
+    import sys
+
+    def table(imports: str) -> list[str]:
+        code = (
+            f"import {imports}, aiohttp.web_fileresponse as f, mimetypes\n"
+            "print(len(mimetypes.types_map), mimetypes.guess_type('x.json')[0])"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+
+    size, json_type = table("moenet_core.cli")
+    assert json_type == "application/json"
+    assert int(size) < 200  # Python's own table has about 150 types
+    if Path("/etc/mime.types").exists():  # the control: a process that reads it gets far more
+        assert int(table("os")[0]) > 2 * int(size)
